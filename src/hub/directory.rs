@@ -1,0 +1,115 @@
+//! Who is called what, and who is in which room.
+//!
+//! This is the seam for running parlor on more than one machine: every name
+//! claim and every room fan-out goes through [`Directory`], and nothing else
+//! in the hub keeps a copy of that state. A cluster mode would replace this
+//! struct with one that also claims names and publishes room messages through
+//! a message bus (NATS or Redis), leaving the rest of the hub unchanged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::ConnId;
+
+/// A chat room: its members, in order of joining, and its password.
+#[derive(Debug)]
+pub struct Room {
+    members: Vec<ConnId>,
+    /// The argon2id PHC string of the room's password; `None` for a room
+    /// created with an empty password.
+    password: Option<Arc<str>>,
+    /// Distinguishes this room from an earlier room of the same name, so a
+    /// password check that finishes after the room was deleted and
+    /// recreated is not applied to the new one.
+    generation: u64,
+}
+
+impl Room {
+    pub fn members(&self) -> &[ConnId] {
+        &self.members
+    }
+
+    pub fn password_hash(&self) -> Option<&Arc<str>> {
+        self.password.as_ref()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    names: HashMap<Bytes, ConnId>,
+    rooms: HashMap<Bytes, Room>,
+    next_generation: u64,
+}
+
+impl Directory {
+    /// Gives `name` to `conn` unless somebody else holds it. Returns whether
+    /// `conn` now holds it.
+    pub fn claim_name(&mut self, name: &Bytes, conn: ConnId) -> bool {
+        *self.names.entry(name.clone()).or_insert(conn) == conn
+    }
+
+    pub fn release_name(&mut self, name: &[u8]) {
+        self.names.remove(name);
+    }
+
+    pub fn find_user(&self, name: &[u8]) -> Option<ConnId> {
+        self.names.get(name).copied()
+    }
+
+    pub fn user_names(&self) -> impl Iterator<Item = (&Bytes, ConnId)> + '_ {
+        self.names.iter().map(|(name, conn)| (name, *conn))
+    }
+
+    pub fn room(&self, name: &[u8]) -> Option<&Room> {
+        self.rooms.get(name)
+    }
+
+    pub fn room_names(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.rooms.keys()
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = (&Bytes, &Room)> + '_ {
+        self.rooms.iter()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Creates an empty room; the caller adds its creator right away.
+    pub fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>) {
+        self.next_generation += 1;
+        let room = Room {
+            members: Vec::new(),
+            password,
+            generation: self.next_generation,
+        };
+        self.rooms.insert(name, room);
+    }
+
+    pub fn add_member(&mut self, room: &[u8], conn: ConnId) {
+        if let Some(room) = self.rooms.get_mut(room) {
+            room.members.push(conn);
+        }
+    }
+
+    /// Takes `conn` out of `room`, deleting the room when it empties.
+    /// Returns whether the room was deleted.
+    pub fn remove_member(&mut self, room: &[u8], conn: ConnId) -> bool {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        entry.members.retain(|member| *member != conn);
+        if entry.members.is_empty() {
+            self.rooms.remove(room);
+            return true;
+        }
+        false
+    }
+}

@@ -1,0 +1,21 @@
+//! parlor: a room-chat server that speaks the legacy "Chat Replica" protocol
+//! byte for byte.
+//!
+//! The crate is layered so that each part can be tested on its own:
+//!
+//! - [`protocol`]: framing and typed messages; bytes in, bytes out.
+//! - [`hub`]: the sans-IO chat core; events and the current time in, actions
+//!   out. No sockets, no clock.
+//! - [`password`]: the bounded argon2id pool that hashes room passwords off
+//!   the event loop.
+//! - [`server`]: the thin tokio shell that connects sockets to the hub.
+//! - [`config`]: every limit, with its default.
+
+pub mod config;
+pub mod hub;
+pub mod password;
+pub mod printable;
+pub mod protocol;
+pub mod server;
+
+pub use config::Config;

@@ -1,0 +1,12 @@
+//! The wire, and nothing else: framing ([`frame`]) and the typed legacy
+//! messages carried inside frames ([`legacy`]).
+//!
+//! Nothing here knows about users, rooms or sockets. Data flows one way:
+//! bytes → [`FrameCodec`] → [`Frame`] → [`ClientMessage`] → the hub, and back
+//! out as [`ServerMessage`]s encoded once into [`bytes::Bytes`].
+
+pub mod frame;
+pub mod legacy;
+
+pub use frame::{Frame, FrameCodec, FrameError, HEADER_LEN, MAGIC, MAX_CLIENT_PAYLOAD};
+pub use legacy::{opcode, ClientMessage, ParseError, ServerMessage, Status};
