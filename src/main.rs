@@ -1,1 +1,147 @@
-fn main(){}
+//! The `parlor` command: `parlor serve` (the default) runs the chat server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use parlor::config::Config;
+use parlor::server::Server;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "parlor",
+    version,
+    about = "A room-chat server that speaks the legacy Chat Replica protocol",
+    long_about = "A room-chat server that speaks the legacy Chat Replica protocol byte for \
+                  byte, so the old C++ client works against it unchanged.\n\n\
+                  Without a subcommand, `parlor` runs `parlor serve`, so `parlor -p 4170` \
+                  works like the old `server -p 4170`.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat server (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Port to listen on, keeping the address of --listen or the config.
+    #[arg(short, long)]
+    port: Option<u16>,
+    /// Address to listen on [default: 0.0.0.0:4170].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// TOML file with settings; see README.md for every key and default.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log line format. Verbosity follows RUST_LOG (default: info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Exit code for bad flags or settings, matching clap's own usage errors.
+const USAGE_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let config = match load_config(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("parlor: {err}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+    };
+    init_logging(args.log_format);
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("parlor: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(port) = args.port {
+        config.listen.set_port(port);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = runtime.enable_all().build()?;
+    runtime.block_on(async {
+        let listen = config.listen;
+        let server = Server::bind(config)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot listen on {listen}: {err}"))?;
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
