@@ -124,8 +124,12 @@ impl Hasher {
         let mut salt = [0u8; SALT_LEN];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         let mut output = Zeroizing::new([0u8; OUTPUT_LEN]);
-        self.argon2
-            .hash_password_into_with_memory(password, &salt, &mut output[..], &mut self.memory[..])?;
+        self.argon2.hash_password_into_with_memory(
+            password,
+            &salt,
+            &mut output[..],
+            &mut self.memory[..],
+        )?;
         let salt = SaltString::encode_b64(&salt)?;
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
@@ -147,10 +151,15 @@ impl Hasher {
             return Err(HashError::TooMuchMemory);
         }
         let algorithm = Algorithm::try_from(parsed.algorithm)?;
-        let version = parsed.version.map_or(Ok(Version::default()), Version::try_from)?;
+        let version = parsed
+            .version
+            .map_or(Ok(Version::default()), Version::try_from)?;
         let expected = parsed.hash.ok_or(HashError::NoHash)?;
         let mut salt = [0u8; 64];
-        let salt = parsed.salt.ok_or(HashError::NoHash)?.decode_b64(&mut salt)?;
+        let salt = parsed
+            .salt
+            .ok_or(HashError::NoHash)?
+            .decode_b64(&mut salt)?;
         let mut output = Zeroizing::new(vec![0u8; expected.len()]);
         Argon2::new(algorithm, version, params).hash_password_into_with_memory(
             password,

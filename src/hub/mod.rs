@@ -255,7 +255,13 @@ impl Hub {
     }
 
     /// A whole message arrived from a connection.
-    pub fn handle(&mut self, conn: ConnId, message: ClientMessage, now: Instant, out: &mut Vec<Action>) {
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        message: ClientMessage,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let Some(user) = self.users.get_mut(&conn) else {
             return;
         };
@@ -267,7 +273,10 @@ impl Hub {
         match message {
             ClientMessage::Hello { .. } => {
                 let name = user.name.clone();
-                out.push(send(conn, encode_response(Status::Ok as u8, std::iter::once(&name[..]))));
+                out.push(send(
+                    conn,
+                    encode_response(Status::Ok as u8, std::iter::once(&name[..])),
+                ));
             }
             ClientMessage::Heartbeat { .. } => {}
             ClientMessage::Nick { name } => self.nick(conn, &name, out),
@@ -286,7 +295,12 @@ impl Hub {
 
     /// The connection sent bytes that are not a valid frame or message: tell
     /// it why, then close it.
-    pub fn reject_malformed(&mut self, conn: ConnId, reason: &dyn fmt::Display, out: &mut Vec<Action>) {
+    pub fn reject_malformed(
+        &mut self,
+        conn: ConnId,
+        reason: &dyn fmt::Display,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(user) = self.users.get(&conn) {
             warn!(peer = %user.peer, nick = %Printable(&user.name), %reason, "malformed input");
         }
@@ -332,7 +346,10 @@ impl Hub {
         let Some(user) = self.users.get_mut(&conn) else {
             return;
         };
-        let Some(pending) = user.pending_join.take_if(|pending| pending.ticket == ticket) else {
+        let Some(pending) = user
+            .pending_join
+            .take_if(|pending| pending.ticket == ticket)
+        else {
             return;
         };
         let room_now = self.directory.room(&pending.room);
@@ -390,7 +407,10 @@ impl Hub {
         let user = &self.users[&conn];
         if user.room.as_deref() == Some(room) {
             let reply = [b"You are already in room '", room, b"'."];
-            return out.push(send(conn, encode_response(Status::Error as u8, reply.into_iter())));
+            return out.push(send(
+                conn,
+                encode_response(Status::Error as u8, reply.into_iter()),
+            ));
         }
         let password = Zeroizing::new(password.to_vec());
         self.attempt_join(conn, Bytes::copy_from_slice(room), password, out);
@@ -495,7 +515,11 @@ impl Hub {
                     .map(|member| &self.users[member].name[..])
                     .collect()
             }),
-            None => self.directory.user_names().map(|(name, _)| &name[..]).collect(),
+            None => self
+                .directory
+                .user_names()
+                .map(|(name, _)| &name[..])
+                .collect(),
         };
         names.sort_unstable();
         out.push(send(conn, encode_name_list(names.into_iter())));
@@ -517,12 +541,22 @@ impl Hub {
         warn!(peer = %user.peer, nick = %Printable(&user.name), "rate limit hit");
         out.push(send(
             conn,
-            encode_response(Status::TryLater as u8, std::iter::once(&self.rate_limit_text[..])),
+            encode_response(
+                Status::TryLater as u8,
+                std::iter::once(&self.rate_limit_text[..]),
+            ),
         ));
         false
     }
 
-    fn room_message(&mut self, conn: ConnId, room: &[u8], text: &[u8], now: Instant, out: &mut Vec<Action>) {
+    fn room_message(
+        &mut self,
+        conn: ConnId,
+        room: &[u8],
+        text: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if !self.admit_message(conn, now, out) {
             return;
         }
@@ -532,7 +566,10 @@ impl Hub {
         };
         if current != room {
             let reply = [b"You are not in room '", room, b"'."];
-            return out.push(send(conn, encode_response(Status::Error as u8, reply.into_iter())));
+            return out.push(send(
+                conn,
+                encode_response(Status::Error as u8, reply.into_iter()),
+            ));
         }
         out.push(send(conn, OK_RESPONSE));
         let frame = encode_room_message(current, &user.name, text);
@@ -545,7 +582,14 @@ impl Hub {
         );
     }
 
-    fn direct_message(&mut self, conn: ConnId, target: &[u8], text: &[u8], now: Instant, out: &mut Vec<Action>) {
+    fn direct_message(
+        &mut self,
+        conn: ConnId,
+        target: &[u8],
+        text: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if !self.admit_message(conn, now, out) {
             return;
         }
@@ -605,12 +649,20 @@ impl Hub {
         for (name, conn) in self.directory.user_names() {
             match self.users.get(&conn) {
                 Some(user) if user.name == name => {}
-                _ => return Err(format!("name {} held by unknown or renamed {conn}", Printable(name))),
+                _ => {
+                    return Err(format!(
+                        "name {} held by unknown or renamed {conn}",
+                        Printable(name)
+                    ))
+                }
             }
         }
         for (conn, user) in &self.users {
             if self.directory.find_user(&user.name) != Some(*conn) {
-                return Err(format!("{conn} does not hold its name {}", Printable(&user.name)));
+                return Err(format!(
+                    "{conn} does not hold its name {}",
+                    Printable(&user.name)
+                ));
             }
             if let Some(room) = &user.room {
                 let members = self.directory.room(room).map_or(&[][..], Room::members);
@@ -626,7 +678,10 @@ impl Hub {
             for member in room.members() {
                 let in_room = self.users.get(member).and_then(|user| user.room.as_ref());
                 if in_room != Some(name) {
-                    return Err(format!("{member} listed in room {} it is not in", Printable(name)));
+                    return Err(format!(
+                        "{member} listed in room {} it is not in",
+                        Printable(name)
+                    ));
                 }
             }
         }

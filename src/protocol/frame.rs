@@ -197,7 +197,13 @@ mod tests {
     fn refuses_a_huge_length_before_reserving() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
         let err = FrameCodec::default().decode(&mut buf).unwrap_err();
-        assert!(matches!(err, FrameError::TooLong { len: 0xffff_ffff, .. }));
+        assert!(matches!(
+            err,
+            FrameError::TooLong {
+                len: 0xffff_ffff,
+                ..
+            }
+        ));
         assert!(buf.capacity() < 1024);
     }
 

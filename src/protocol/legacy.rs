@@ -37,18 +37,33 @@ pub mod opcode {
 pub enum ClientMessage {
     /// The greeting sent right after connecting. Its bytes differ between
     /// client builds, so they are carried but never interpreted.
-    Hello { greeting: Bytes },
+    Hello {
+        greeting: Bytes,
+    },
     /// Keep-alive; never answered.
-    Heartbeat { payload: Bytes },
-    Nick { name: Bytes },
-    Join { room: Bytes, password: Bytes },
+    Heartbeat {
+        payload: Bytes,
+    },
+    Nick {
+        name: Bytes,
+    },
+    Join {
+        room: Bytes,
+        password: Bytes,
+    },
     Leave,
     ListUsers,
     ListRooms,
-    DirectMessage { target: Bytes, text: Bytes },
+    DirectMessage {
+        target: Bytes,
+        text: Bytes,
+    },
     /// `room` is the client's own idea of its current room, empty when it
     /// believes it is in none.
-    RoomMessage { room: Bytes, text: Bytes },
+    RoomMessage {
+        room: Bytes,
+        text: Bytes,
+    },
 }
 
 /// Why a whole frame does not hold a valid client message.
@@ -278,8 +293,8 @@ impl ServerMessage {
                 })
             }
             opcode::DIRECT_MESSAGE => {
-                let (_, (sender, text)) = short_then_long(payload)
-                    .map_err(|_| ParseError::BadLengths { name: "DM" })?;
+                let (_, (sender, text)) =
+                    short_then_long(payload).map_err(|_| ParseError::BadLengths { name: "DM" })?;
                 Ok(ServerMessage::DirectMessage {
                     sender: sub(sender),
                     text: sub(text),

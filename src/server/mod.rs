@@ -37,11 +37,8 @@ impl Server {
         let params = config
             .argon2_params()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
-        let passwords = PasswordPool::start(
-            params,
-            config.password_hash_threads,
-            config.password_queue,
-        )?;
+        let passwords =
+            PasswordPool::start(params, config.password_hash_threads, config.password_queue)?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Server {
             listener,
@@ -82,7 +79,10 @@ impl Server {
         shared.close_all();
         connections.close();
         let grace = shared.config().flush_timeout() + Duration::from_secs(1);
-        if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
             error!("connections still open after the flush timeout; exiting anyway");
         }
         timers.abort();

@@ -98,7 +98,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state is still the
         // best there is, so keep serving the other connections.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a new connection with the hub.
@@ -112,7 +114,9 @@ impl Shared {
         state.next_conn += 1;
         let conn = ConnId(state.next_conn);
         state.peers.insert(conn, Peer { outbox, link });
-        self.run_hub(&mut state, |hub, out| hub.connect(conn, peer, Instant::now(), out));
+        self.run_hub(&mut state, |hub, out| {
+            hub.connect(conn, peer, Instant::now(), out)
+        });
         conn
     }
 
@@ -128,7 +132,8 @@ impl Shared {
                 Ok(None) => break,
                 Err(err) => {
                     buffer.clear();
-                    job = self.run_hub(&mut state, |hub, out| hub.reject_malformed(conn, &err, out));
+                    job =
+                        self.run_hub(&mut state, |hub, out| hub.reject_malformed(conn, &err, out));
                     break;
                 }
             };

@@ -1,0 +1,131 @@
+//! Property tests of the wire codec: every message round-trips, and no way of
+//! splitting a byte stream changes what decodes from it.
+
+use bytes::{Bytes, BytesMut};
+use parlor::protocol::{ClientMessage, Frame, FrameCodec, ServerMessage, MAX_CLIENT_PAYLOAD};
+use proptest::prelude::*;
+use tokio_util::codec::Decoder;
+
+fn short() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..=255).prop_map(Bytes::from)
+}
+
+fn long() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        8 => proptest::collection::vec(any::<u8>(), 0..300),
+        1 => proptest::collection::vec(any::<u8>(), 65_535..=65_535),
+    ]
+    .prop_map(Bytes::from)
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        long().prop_map(|greeting| ClientMessage::Hello { greeting }),
+        long().prop_map(|payload| ClientMessage::Heartbeat { payload }),
+        short().prop_map(|name| ClientMessage::Nick { name }),
+        (short(), short()).prop_map(|(room, password)| ClientMessage::Join { room, password }),
+        Just(ClientMessage::Leave),
+        Just(ClientMessage::ListUsers),
+        Just(ClientMessage::ListRooms),
+        (short(), long()).prop_map(|(target, text)| ClientMessage::DirectMessage { target, text }),
+        (short(), long()).prop_map(|(room, text)| ClientMessage::RoomMessage { room, text }),
+    ]
+}
+
+fn server_message() -> impl Strategy<Value = ServerMessage> {
+    prop_oneof![
+        (any::<u8>(), long()).prop_map(|(status, data)| ServerMessage::Response { status, data }),
+        (short(), short(), long()).prop_map(|(room, sender, text)| ServerMessage::RoomMessage {
+            room,
+            sender,
+            text
+        }),
+        (short(), long()).prop_map(|(sender, text)| ServerMessage::DirectMessage { sender, text }),
+    ]
+}
+
+/// Feeds `bytes` to a fresh codec in the given chunk sizes, collecting
+/// frames until the end or the first error.
+fn decode_in_chunks(bytes: &[u8], chunks: &[usize]) -> (Vec<Frame>, bool) {
+    let mut codec = FrameCodec::default();
+    let mut buffer = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    let mut sizes = chunks.iter().cycle();
+    while !rest.is_empty() {
+        let size = (*sizes.next().unwrap()).clamp(1, rest.len());
+        buffer.extend_from_slice(&rest[..size]);
+        rest = &rest[size..];
+        loop {
+            match codec.decode(&mut buffer) {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(_) => return (frames, true),
+            }
+        }
+        // Whatever is reserved must be for at most one maximal frame.
+        assert!(buffer.capacity() <= 2 * (MAX_CLIENT_PAYLOAD + 7) + 4096);
+    }
+    (frames, false)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn client_messages_round_trip(message in client_message()) {
+        let wire = message.to_frame().to_bytes();
+        let (frames, failed) = decode_in_chunks(&wire, &[wire.len()]);
+        prop_assert!(!failed);
+        prop_assert_eq!(frames.len(), 1);
+        prop_assert_eq!(ClientMessage::parse(&frames[0]).unwrap(), message);
+    }
+
+    #[test]
+    fn server_messages_round_trip(message in server_message()) {
+        let wire = message.encode();
+        let mut buffer = BytesMut::from(&wire[..]);
+        let frame = FrameCodec::new(usize::MAX).decode(&mut buffer).unwrap().unwrap();
+        prop_assert!(buffer.is_empty());
+        prop_assert_eq!(ServerMessage::parse(&frame).unwrap(), message);
+    }
+
+    #[test]
+    fn any_split_of_valid_frames_decodes_the_same(
+        messages in proptest::collection::vec(client_message(), 1..6),
+        chunks in proptest::collection::vec(1usize..200, 1..20),
+    ) {
+        let wire: Vec<u8> = messages.iter().flat_map(|m| m.to_frame().to_bytes().to_vec()).collect();
+        let (frames, failed) = decode_in_chunks(&wire, &chunks);
+        prop_assert!(!failed);
+        let decoded: Vec<ClientMessage> = frames.iter().map(|f| ClientMessage::parse(f).unwrap()).collect();
+        prop_assert_eq!(decoded, messages);
+    }
+
+    #[test]
+    fn arbitrary_bytes_decode_the_same_however_split_or_error(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            // Valid frames with one byte changed: mostly plausible input.
+            (proptest::collection::vec(client_message(), 1..4), any::<usize>(), any::<u8>())
+                .prop_map(|(messages, at, value)| {
+                    let mut wire: Vec<u8> =
+                        messages.iter().flat_map(|m| m.to_frame().to_bytes().to_vec()).collect();
+                    let at = at % wire.len();
+                    wire[at] = value;
+                    wire
+                }),
+        ],
+        chunks in proptest::collection::vec(1usize..64, 1..10),
+    ) {
+        let whole = decode_in_chunks(&bytes, &[bytes.len().max(1)]);
+        let split = decode_in_chunks(&bytes, &chunks);
+        prop_assert_eq!(&whole, &split);
+        // Whatever decodes re-encodes to exactly the bytes it came from.
+        let reencoded: Vec<u8> = whole.0.iter().flat_map(|frame| frame.to_bytes().to_vec()).collect();
+        prop_assert_eq!(&bytes[..reencoded.len()], &reencoded[..]);
+        for frame in &whole.0 {
+            let _ = ClientMessage::parse(frame);
+        }
+    }
+}
