@@ -45,22 +45,31 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let reader = read_loop(&shared, conn, &stream, &link);
     let writer = write_loop(&stream, queue, &link);
     tokio::pin!(reader, writer);
-    let reason = tokio::select! {
-        reason = &mut reader => reason,
-        written = &mut writer => match written {
+    let (reason, written) = tokio::select! {
+        reason = &mut reader => (reason, None),
+        written = &mut writer => {
             // The queue closed: the server ended the connection and
-            // everything queued has been written.
-            Ok(()) => link.closing().unwrap_or(CloseReason::ClientClosed),
-            Err(_) => CloseReason::IoError,
-        },
+            // everything queued has been written (or writing failed).
+            let reason = match written {
+                Ok(()) => link.closing().unwrap_or(CloseReason::ClientClosed),
+                Err(_) => CloseReason::IoError,
+            };
+            (reason, Some(written))
+        }
     };
     shared.disconnect(conn, reason);
     if reason == CloseReason::SlowConsumer {
         return;
     }
-    // The queue is closed now; let the writer finish what is in it.
-    let flushed = tokio::time::timeout(shared.config().flush_timeout(), &mut writer).await;
-    if server_initiated(reason) && matches!(flushed, Ok(Ok(()))) {
+    let flushed = match written {
+        Some(written) => written.is_ok(),
+        // The queue is closed now; let the writer finish what is in it.
+        None => matches!(
+            tokio::time::timeout(shared.config().flush_timeout(), &mut writer).await,
+            Ok(Ok(()))
+        ),
+    };
+    if server_initiated(reason) && flushed {
         close_gracefully(&stream).await;
     }
 }

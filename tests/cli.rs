@@ -1,0 +1,232 @@
+//! The `parlor` binary as an operator runs it: flags, config files, exit
+//! codes, logs and signals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn parlor() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_parlor"))
+}
+
+fn run(args: &[&str]) -> Output {
+    parlor().args(args).output().expect("run parlor")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("parlor-test-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the server and waits until it logs that it is listening.
+fn start(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child = parlor()
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn parlor");
+    let mut logs = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            logs.read_line(&mut line).unwrap() > 0,
+            "server exited before listening"
+        );
+        if line.contains("listening") {
+            return (child, logs);
+        }
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit in {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn hello(stream: &mut TcpStream) -> Vec<u8> {
+    let greeting = "Xin chào. Bonghjornu.".as_bytes();
+    let mut frame = (greeting.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0x04, 0x17, 0x9b]);
+    frame.extend_from_slice(greeting);
+    stream.write_all(&frame).unwrap();
+    let mut header = [0u8; 7];
+    stream.read_exact(&mut header).unwrap();
+    let mut payload = vec![0u8; u32::from_be_bytes(header[..4].try_into().unwrap()) as usize];
+    stream.read_exact(&mut payload).unwrap();
+    [&header[..], &payload].concat()
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let output = run(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--port",
+        "-p",
+        "--listen",
+        "--config",
+        "--log-format",
+        "RUST_LOG",
+        "serve",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    let output = run(&["--bogus"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--bogus"), "{}", stderr(&output));
+
+    let output = run(&["serve", "--port", "not-a-port"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not-a-port"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_config_files_exit_2_naming_the_problem() {
+    let missing = run(&["--config", "/nonexistent/parlor.toml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("/nonexistent/parlor.toml"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let typo = temp_file("typo.toml", "idle_timout_secs = 10\n");
+    let output = run(&["--config", typo.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("idle_timout_secs"),
+        "{}",
+        stderr(&output)
+    );
+
+    let invalid = temp_file("invalid.toml", "max_frame_bytes = 70000\n");
+    let output = run(&["serve", "--config", invalid.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("max_frame_bytes"),
+        "{}",
+        stderr(&output)
+    );
+
+    let wrong_type = temp_file("type.toml", "max_connections = \"many\"\n");
+    let output = run(&["--config", wrong_type.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("max_connections"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn old_style_port_flag_serves_and_sigterm_exits_0() {
+    let port = free_port();
+    let (mut child, _logs) = start(&["-p", &port.to_string(), "--listen", "127.0.0.1:1"]);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(hello(&mut client), b"\x00\x00\x00\x06\x04\x17\x9a\x00rand0");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    // The client saw a clean close: end of stream, no stray frame.
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn config_file_settings_apply_and_logs_can_be_json() {
+    let port = free_port();
+    let config = temp_file(
+        "serve.toml",
+        &format!("listen = \"127.0.0.1:{port}\"\nmax_connections = 1\n"),
+    );
+    let (mut child, mut logs) = start(&[
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    hello(&mut first);
+    // max_connections = 1: the second is told to try later and closed.
+    let mut second = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut refused = Vec::new();
+    second.read_to_end(&mut refused).unwrap();
+    let expected = [
+        &b"\x00\x00\x00\x1e\x04\x17\x9a\x02"[..],
+        b"Server full, try again later.",
+    ]
+    .concat();
+    assert_eq!(refused, expected);
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        wait_with_timeout(&mut child, Duration::from_secs(5)).code(),
+        Some(0)
+    );
+    let mut rest = String::new();
+    logs.read_to_string(&mut rest).unwrap();
+    let lines: Vec<&str> = rest.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}'),
+            "not JSON: {line:?} in\n{rest}"
+        );
+    }
+    assert!(rest.contains("connection refused: server full"), "{rest}");
+    assert!(rest.contains("\"peer\":\"127.0.0.1:"), "{rest}");
+}
