@@ -34,6 +34,10 @@ fn free_port() -> u16 {
 }
 
 /// Starts the server and waits until it logs that it is listening.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller waits for the returned child"
+)]
 fn start(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut child = parlor()
         .args(args)

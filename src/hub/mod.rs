@@ -495,7 +495,7 @@ impl Hub {
             return false;
         };
         if self.directory.remove_member(&room, conn) {
-            info!(room = %Printable(&room), "room deleted");
+            info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room), "room deleted");
         }
         true
     }

@@ -54,6 +54,9 @@ struct State {
     hub: Hub,
     peers: HashMap<ConnId, Peer>,
     next_conn: u64,
+    /// Cleared at shutdown, so a connection accepted just before is closed
+    /// instead of being registered after everyone else was told to go.
+    accepting: bool,
     /// Reused for every hub call, so feeding the hub allocates nothing.
     actions: Vec<Action>,
 }
@@ -78,6 +81,7 @@ impl Shared {
             hub: Hub::new(&config),
             peers: HashMap::new(),
             next_conn: 0,
+            accepting: true,
             actions: Vec::new(),
         };
         Shared {
@@ -113,6 +117,10 @@ impl Shared {
         let mut state = self.lock();
         state.next_conn += 1;
         let conn = ConnId(state.next_conn);
+        if !state.accepting {
+            link.close(CloseReason::Shutdown);
+            return conn;
+        }
         state.peers.insert(conn, Peer { outbox, link });
         self.run_hub(&mut state, |hub, out| {
             hub.connect(conn, peer, Instant::now(), out)
@@ -173,6 +181,7 @@ impl Shared {
     /// Shutdown: every connection flushes what it has and closes.
     pub fn close_all(&self) {
         let mut state = self.lock();
+        state.accepting = false;
         let peers = std::mem::take(&mut state.peers);
         for (conn, peer) in peers {
             state.hub.disconnect(conn, CloseReason::Shutdown);
