@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::MAX_CLIENT_PAYLOAD;
 
 /// The server's settings. Field names are the TOML keys.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on.
@@ -148,6 +148,11 @@ impl Config {
         Ok(())
     }
 
+    /// The default settings as a TOML file, for `--help`.
+    pub fn defaults_toml() -> String {
+        toml::to_string(&Config::default()).expect("settings always serialize")
+    }
+
     pub fn argon2_params(&self) -> Result<argon2::Params, argon2::Error> {
         argon2::Params::new(
             self.argon2_memory_kib,
@@ -183,6 +188,12 @@ mod tests {
 
         let err = toml::from_str::<Config>("idle_timout_secs = 10").unwrap_err();
         assert!(err.to_string().contains("idle_timout_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_defaults_shown_in_help_read_back_as_the_defaults() {
+        let shown = Config::defaults_toml();
+        assert_eq!(toml::from_str::<Config>(&shown).unwrap(), Config::default());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use parlor::config::Config;
 use parlor::server::Server;
 use tracing_subscriber::EnvFilter;
@@ -59,7 +59,12 @@ enum LogFormat {
 const USAGE_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let settings = format!(
+        "Settings for --config FILE (TOML), shown with their defaults:\n\n{}",
+        Config::defaults_toml()
+    );
+    let matches = Cli::command().after_long_help(settings).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,

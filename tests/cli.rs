@@ -99,6 +99,8 @@ fn help_documents_every_flag() {
         "--log-format",
         "RUST_LOG",
         "serve",
+        "max_connections = 10000",
+        "idle_timeout_secs = 30.0",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -98,10 +98,6 @@ impl FrameCodec {
         FrameCodec { max_payload }
     }
 
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
-    }
-
     /// Checks what of the header is buffered so far, so that a bad length or
     /// magic is refused as soon as its bytes arrive, without waiting for more.
     fn check_header(&self, src: &[u8]) -> Result<Option<usize>, FrameError> {
