@@ -85,7 +85,8 @@ async fn close_gracefully(stream: &TcpStream) {
         return;
     }
     let drain = async {
-        let mut sink = [0u8; 1024];
+        // On the heap: only closing connections need it.
+        let mut sink = vec![0u8; 1024];
         loop {
             if stream.readable().await.is_err() {
                 return;
@@ -166,6 +167,10 @@ async fn write_loop(
         let bytes: usize = batch.iter().map(Bytes::len).sum();
         link.queued.fetch_sub(bytes, Ordering::AcqRel);
         batch.clear();
+        if queue.is_empty() {
+            // Give the memory back while the connection is quiet.
+            batch = Vec::new();
+        }
         if let Err(err) = written {
             warn_unless_reset(&err);
             return Err(err);
@@ -188,6 +193,9 @@ async fn write_all(stream: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
     let mut next = 0; // first frame not completely written
     let mut offset = 0; // bytes of `frames[next]` already written
     while next < frames.len() {
+        stream.writable().await?;
+        // Built after the await, so the slices are not part of the task's
+        // state while it waits.
         let mut slices = [IoSlice::new(&[]); MAX_BATCH];
         let mut count = 0;
         for (index, frame) in frames[next..].iter().take(MAX_BATCH).enumerate() {
@@ -195,7 +203,6 @@ async fn write_all(stream: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
             slices[index] = IoSlice::new(&frame[start..]);
             count += 1;
         }
-        stream.writable().await?;
         let mut written = match stream.try_write_vectored(&slices[..count]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(written) => written,
