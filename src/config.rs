@@ -44,7 +44,7 @@ pub struct Config {
     /// Password hashes computed at once (each thread keeps one memory block).
     pub password_hash_threads: usize,
     /// Password checks waiting for a hashing thread before joins are told to
-    /// try later.
+    /// try later; 0 means a join is only served when a thread is free.
     pub password_queue: usize,
     /// Seconds a closing connection (or the whole server, at shutdown) may
     /// spend flushing what is queued for it.
@@ -143,7 +143,13 @@ impl Config {
             }
         }
         if let Err(err) = self.argon2_params() {
-            return invalid("argon2_memory_kib", &format!("argon2 parameters: {err}"));
+            use argon2::Error;
+            let key = match err {
+                Error::TimeTooSmall => "argon2_iterations",
+                Error::ThreadsTooFew | Error::ThreadsTooMany => "argon2_parallelism",
+                _ => "argon2_memory_kib",
+            };
+            return invalid(key, &err.to_string());
         }
         Ok(())
     }
@@ -204,6 +210,32 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("max_frame_bytes"), "{err}");
+        for (config, key) in [
+            (
+                Config {
+                    argon2_iterations: 0,
+                    ..Config::default()
+                },
+                "argon2_iterations",
+            ),
+            (
+                Config {
+                    argon2_parallelism: 0,
+                    ..Config::default()
+                },
+                "argon2_parallelism",
+            ),
+            (
+                Config {
+                    argon2_memory_kib: 1,
+                    ..Config::default()
+                },
+                "argon2_memory_kib",
+            ),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
         assert!(Config::default().validate().is_ok());
     }
 }

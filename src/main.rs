@@ -120,10 +120,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
-        let listen = config.listen;
-        let server = Server::bind(config)
-            .await
-            .map_err(|err| anyhow::anyhow!("cannot listen on {listen}: {err}"))?;
+        let server = Server::bind(config).await?;
         server.run(shutdown_signal()).await?;
         Ok(())
     })

@@ -236,3 +236,13 @@ fn config_file_settings_apply_and_logs_can_be_json() {
     assert!(rest.contains("connection refused: server full"), "{rest}");
     assert!(rest.contains("\"peer\":\"127.0.0.1:"), "{rest}");
 }
+
+#[test]
+fn a_port_in_use_exits_1_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = run(&["--listen", &addr]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected = format!("cannot listen on {addr}");
+    assert!(stderr(&output).contains(&expected), "{}", stderr(&output));
+}

@@ -615,7 +615,13 @@ impl Hub {
             return false;
         };
         self.directory.release_name(&user.name);
-        info!(peer = %user.peer, nick = %Printable(&user.name), %conn, %reason, "disconnected");
+        let (peer, nick) = (user.peer, Printable(&user.name));
+        match reason {
+            CloseReason::ClientClosed | CloseReason::LeftServer | CloseReason::Shutdown => {
+                info!(%peer, %nick, %conn, %reason, "disconnected")
+            }
+            _ => warn!(%peer, %nick, %conn, %reason, "disconnected"),
+        }
         true
     }
 

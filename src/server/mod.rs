@@ -38,8 +38,11 @@ impl Server {
             .argon2_params()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
         let passwords =
-            PasswordPool::start(params, config.password_hash_threads, config.password_queue)?;
-        let listener = TcpListener::bind(config.listen).await?;
+            PasswordPool::start(params, config.password_hash_threads, config.password_queue)
+                .map_err(|err| context(err, "cannot start the password hashing threads"))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|err| context(err, &format!("cannot listen on {}", config.listen)))?;
         Ok(Server {
             listener,
             shared: Arc::new(Shared::new(config, passwords)),
@@ -89,6 +92,11 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Prefixes an I/O error with what was being attempted.
+fn context(err: io::Error, what: &str) -> io::Error {
+    io::Error::new(err.kind(), format!("{what}: {err}"))
 }
 
 /// Wakes the hub when its earliest timer is due.
