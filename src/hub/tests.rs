@@ -496,3 +496,140 @@ fn malformed_input_is_answered_then_closed() {
     assert_eq!(h.hub.room_count(), 0);
     h.hub.check_invariants().unwrap();
 }
+
+/// Random sessions of up to six clients: whatever they do, the hub keeps
+/// its invariants and the protocol's promises to the real client.
+mod random_sessions {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Connect,
+        Disconnect(usize),
+        Send(usize, ClientMessage),
+        Wait(u64),
+    }
+
+    fn name() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            Just("alice"),
+            Just("bob"),
+            Just("rand0"),
+            Just("rand3"),
+            Just(""),
+            Just("a b"),
+            Just("h\u{e9}")
+        ]
+        .prop_map(bytes)
+    }
+
+    fn room() -> impl Strategy<Value = Bytes> {
+        prop_oneof![Just("lobby"), Just("r2"), Just(""), Just("x\ty")].prop_map(bytes)
+    }
+
+    fn password() -> impl Strategy<Value = Bytes> {
+        prop_oneof![Just(""), Just("pw"), Just("other")].prop_map(bytes)
+    }
+
+    fn message() -> impl Strategy<Value = ClientMessage> {
+        prop_oneof![
+            Just(ClientMessage::Hello {
+                greeting: Bytes::new()
+            }),
+            Just(ClientMessage::Heartbeat {
+                payload: Bytes::new()
+            }),
+            name().prop_map(|name| ClientMessage::Nick { name }),
+            (room(), password())
+                .prop_map(|(room, password)| ClientMessage::Join { room, password }),
+            Just(ClientMessage::Leave),
+            Just(ClientMessage::ListUsers),
+            Just(ClientMessage::ListRooms),
+            name().prop_map(|target| ClientMessage::DirectMessage {
+                target,
+                text: bytes("hi")
+            }),
+            room().prop_map(|room| ClientMessage::RoomMessage {
+                room,
+                text: bytes("hi")
+            }),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => Just(Op::Connect),
+            1 => (0..6usize).prop_map(Op::Disconnect),
+            12 => (0..6usize, message()).prop_map(|(client, message)| Op::Send(client, message)),
+            2 => (0..40_000u64).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn promises_hold_in_any_session(ops in proptest::collection::vec(op(), 1..60)) {
+            let config = Config { rate_limit_messages: 3, idle_timeout_secs: 30.0, ..Config::default() };
+            let mut h = Harness::with(config);
+            let mut conns: Vec<ConnId> = Vec::new();
+            for op in ops {
+                let out = match op {
+                    Op::Connect => {
+                        conns.push(h.connect(conns.len() as u64 + 1));
+                        continue;
+                    }
+                    Op::Disconnect(index) => {
+                        if let Some(conn) = conns.get(index) {
+                            h.hub.disconnect(*conn, CloseReason::ClientClosed);
+                        }
+                        h.hub.check_invariants().unwrap();
+                        continue;
+                    }
+                    Op::Wait(ms) => {
+                        let out = h.advance(Duration::from_millis(ms));
+                        prop_assert!(sent(&out).is_empty(), "timers send nothing");
+                        out
+                    }
+                    Op::Send(index, message) => {
+                        let Some(&conn) = conns.get(index) else { continue };
+                        let was_connected = h.hub.is_connected(conn);
+                        let room_before = h.hub.room_of(conn).map(Bytes::copy_from_slice);
+                        let members_before: Vec<ConnId> = room_before
+                            .as_ref()
+                            .and_then(|room| h.hub.directory.room(room))
+                            .map_or_else(Vec::new, |room| room.members().to_vec());
+                        let is_request = message.expects_response();
+                        let is_room_message = matches!(message, ClientMessage::RoomMessage { .. });
+                        let out = h.send(conn, message);
+                        let responses: Vec<u8> = sent(&out)
+                            .iter()
+                            .filter(|(to, frame)| *to == conn && frame[6] == 0x9a)
+                            .map(|(_, frame)| frame[7])
+                            .collect();
+                        let expected = usize::from(was_connected && is_request);
+                        prop_assert_eq!(responses.len(), expected, "one response per request: {:?}", out);
+                        prop_assert!(responses.iter().all(|status| *status != 3));
+                        let unsolicited = sent(&out).iter().any(|(to, frame)| *to != conn && frame[6] == 0x9a);
+                        prop_assert!(!unsolicited, "a 9a to someone who asked nothing");
+                        if is_room_message {
+                            for (to, _) in sent(&out).iter().filter(|(to, _)| *to != conn) {
+                                prop_assert!(members_before.contains(to), "relay to a non-member");
+                            }
+                        }
+                        out
+                    }
+                };
+                for (to, frame) in sent(&out) {
+                    prop_assert!(frame.len() > 7, "zero-length frame");
+                    prop_assert!(matches!(frame[6], 0x9a | 0x15 | 0x12), "unknown opcode");
+                    let closing = closed(&out).iter().any(|(conn, _)| *conn == to);
+                    prop_assert!(h.hub.is_connected(to) || closing, "frame to a gone connection");
+                }
+                h.hub.check_invariants().unwrap();
+            }
+        }
+    }
+}
