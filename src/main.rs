@@ -77,6 +77,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(args.log_format);
+    raise_fd_limit(config.max_connections);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -110,6 +111,22 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Every connection is a file descriptor, and the usual soft limit of 1,024
+/// would make `accept` fail long before `max_connections`; raise it towards
+/// the hard limit, and say so when that is still too low.
+fn raise_fd_limit(max_connections: usize) {
+    let wanted = max_connections as u64 + 64;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below max_connections; connections past it will fail"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
 }
 
