@@ -1,9 +1,9 @@
 //! The tokio shell: accepts connections and connects them to the [`Hub`].
 //!
 //! Everything with a rule in it lives in the hub; this layer only moves
-//! bytes. Each connection is one task ([`connection`]) that reads frames,
+//! bytes. Each connection is one task (`connection.rs`) that reads frames,
 //! feeds them to the hub under a short lock, and writes what the hub queued
-//! for it in batched, vectored writes. [`state`] holds the hub together with
+//! for it in batched, vectored writes. `state.rs` holds the hub together with
 //! each connection's outbound queue, and applies the hub's actions.
 //!
 //! [`Hub`]: crate::hub::Hub
