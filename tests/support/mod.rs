@@ -122,12 +122,15 @@ impl Client {
         self.send_raw(&bytes).await;
     }
 
-    /// The exact wire bytes of the next frame; panics on close or timeout.
+    /// The exact wire bytes of the next frame, checked against the rules
+    /// for every server frame; panics on close or timeout.
     pub async fn recv_raw(&mut self) -> Vec<u8> {
-        tokio::time::timeout(PATIENCE, self.next_frame())
+        let frame = tokio::time::timeout(PATIENCE, self.next_frame())
             .await
             .expect("timed out waiting for a frame")
-            .expect("connection closed while waiting for a frame")
+            .expect("connection closed while waiting for a frame");
+        check_legacy_frame(&frame);
+        frame
     }
 
     pub async fn recv(&mut self) -> Frame {
@@ -204,6 +207,26 @@ impl Client {
     /// Closes the connection from the client side.
     pub async fn close(mut self) {
         let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Asserts what rule 2 demands of any frame the server sends.
+pub fn check_legacy_frame(frame: &[u8]) {
+    let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+    assert_eq!(len + 7, frame.len(), "length field: {}", hex(frame));
+    assert!(
+        len >= 1,
+        "the server sent a frame of length 0: {}",
+        hex(frame)
+    );
+    assert_eq!(&frame[4..6], &[0x04, 0x17], "magic: {}", hex(frame));
+    assert!(
+        matches!(frame[6], 0x9a | 0x15 | 0x12),
+        "opcode the legacy client does not know: {}",
+        hex(frame)
+    );
+    if frame[6] == 0x9a {
+        assert_ne!(frame[7], 0x03, "status 03 answers nothing: {}", hex(frame));
     }
 }
 
