@@ -3,7 +3,7 @@
 //! [`Hub`] owns no sockets and reads no clock. The server (or a test, or a
 //! fuzzer) feeds it events — a connection opened, a message arrived, a
 //! password check finished, time passed — each with the current time, and
-//! it appends what should happen to an `Vec<Action>`: frames to send to
+//! it appends what should happen to a `Vec<Action>`: frames to send to
 //! connections, connections to close, and password hashing to run off the
 //! event loop. Because time is an argument, the idle cutoff and the rate
 //! limit are tested exactly with a fake clock.
