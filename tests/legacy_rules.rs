@@ -131,15 +131,6 @@ fn dm_relay(sender: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> Vec<u8> {
     frame_bytes(0x12, &payload)
 }
 
-/// Hex of at most the first 48 bytes, for assertion messages.
-fn show(bytes: &[u8]) -> String {
-    if bytes.len() <= 48 {
-        hex(bytes)
-    } else {
-        format!("{} ... ({} bytes)", hex(&bytes[..48]), bytes.len())
-    }
-}
-
 /// Deterministic pseudo-random bytes (xorshift64).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -156,29 +147,6 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 // ---------------------------------------------------------------------------
 // Receiving, with the rules that hold for every server frame
 
-/// The next frame (checked by the support client against the rules for all
-/// server frames).
-async fn recv_checked(client: &mut Client) -> Vec<u8> {
-    client.recv_raw().await
-}
-
-/// Asserts that the next frame is exactly `expected`.
-async fn want(client: &mut Client, expected: &[u8]) {
-    let got = recv_checked(client).await;
-    assert!(
-        got == expected,
-        "\n got: {}\nwant: {}",
-        show(&got),
-        show(expected)
-    );
-}
-
-/// Sends a message and asserts that the next frame is exactly `expected`.
-async fn ask(client: &mut Client, message: &ClientMessage, expected: &[u8]) {
-    client.send(message).await;
-    want(client, expected).await;
-}
-
 /// Asserts that none of the clients receives anything. The first waits the
 /// full [`SILENCE`]; by then anything sent to the others has arrived too.
 async fn all_silent(clients: &mut [&mut Client]) {
@@ -192,14 +160,14 @@ async fn all_silent(clients: &mut [&mut Client]) {
 /// A greeted client that took the nick `name`.
 async fn named(server: &TestServer, name: &str) -> Client {
     let (mut client, _) = server.greeted().await;
-    ask(&mut client, &nick(name), &ok_bytes()).await;
+    client.request(&nick(name), &ok_bytes()).await;
     client
 }
 
 /// A greeted client with nick `name`, in `room` (joined without password).
 async fn joined(server: &TestServer, name: &str, room: &str) -> Client {
     let mut client = named(server, name).await;
-    ask(&mut client, &join(room, ""), &ok_bytes()).await;
+    client.request(&join(room, ""), &ok_bytes()).await;
     client
 }
 
@@ -209,15 +177,15 @@ async fn wait_for_list(client: &mut Client, request: &ClientMessage, expected: &
     let deadline = Instant::now() + PATIENCE;
     loop {
         client.send(request).await;
-        let got = recv_checked(client).await;
+        let got = client.recv_raw().await;
         if got == expected {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "list never became {}; last {}",
-            show(expected),
-            show(&got)
+            show_frame(expected),
+            show_frame(&got)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -256,8 +224,8 @@ async fn raw_ask(stream: &mut TcpStream, message: &ClientMessage, expected: &[u8
     assert!(
         got == expected,
         "\n got: {}\nwant: {}",
-        show(&got),
-        show(expected)
+        show_frame(&got),
+        show_frame(expected)
     );
 }
 
@@ -294,29 +262,25 @@ async fn rule_01_hello_accepts_any_payload_and_names_rand_n_increasing() {
         let mut client = server.client().await;
         client.send_raw(&frame_bytes(0x9b, payload)).await;
         // `9a 00` + the name as the rest of the payload, no length byte.
-        want(
-            &mut client,
-            &response_bytes(0, format!("rand{number}").as_bytes()),
-        )
-        .await;
+        client
+            .expect(&response_bytes(0, format!("rand{number}").as_bytes()))
+            .await;
         clients.push(client);
     }
     // The first reply, byte for byte as in the protocol notes.
     let mut fifth = server.client().await;
     fifth.send_raw(&frame_bytes(0x9b, GREETING)).await;
-    want(
-        &mut fifth,
-        &[
+    fifth
+        .expect(&[
             0, 0, 0, 6, 0x04, 0x17, 0x9a, 0x00, b'r', b'a', b'n', b'd', b'4',
-        ],
-    )
-    .await;
-    ask(
-        &mut fifth,
-        &list_users(),
-        &names(&["rand0", "rand1", "rand2", "rand3", "rand4"]),
-    )
-    .await;
+        ])
+        .await;
+    fifth
+        .request(
+            &list_users(),
+            &names(&["rand0", "rand1", "rand2", "rand3", "rand4"]),
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -326,28 +290,25 @@ async fn rule_01_guest_number_taken_as_a_nick_is_skipped() {
     assert_eq!(name, b"rand0");
     let (_second, name) = server.greeted().await;
     assert_eq!(name, b"rand1");
-    ask(&mut first, &nick("rand2"), &ok_bytes()).await;
+    first.request(&nick("rand2"), &ok_bytes()).await;
     let (mut third, name) = server.greeted().await;
     assert_eq!(name, b"rand3", "rand2 is taken by a nick, so it is skipped");
     // Never two live users with one name.
-    ask(
-        &mut third,
-        &list_users(),
-        &names(&["rand1", "rand2", "rand3"]),
-    )
-    .await;
+    third
+        .request(&list_users(), &names(&["rand1", "rand2", "rand3"]))
+        .await;
     // A nick far ahead is skipped when the counter gets there.
-    ask(&mut third, &nick("rand5"), &ok_bytes()).await;
+    third.request(&nick("rand5"), &ok_bytes()).await;
     let (_fourth, name) = server.greeted().await;
     assert_eq!(name, b"rand4");
     let (mut fifth, name) = server.greeted().await;
     assert_eq!(name, b"rand6");
-    ask(
-        &mut fifth,
-        &list_users(),
-        &names(&["rand1", "rand2", "rand4", "rand5", "rand6"]),
-    )
-    .await;
+    fifth
+        .request(
+            &list_users(),
+            &names(&["rand1", "rand2", "rand4", "rand5", "rand6"]),
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -364,15 +325,12 @@ async fn rule_01_guest_numbers_are_never_reused_after_a_disconnect() {
     let (_third, name) = server.greeted().await;
     assert_eq!(name, b"rand2");
     // Nor is a number freed by a nick change.
-    ask(&mut first, &nick("alice"), &ok_bytes()).await;
+    first.request(&nick("alice"), &ok_bytes()).await;
     let (mut fourth, name) = server.greeted().await;
     assert_eq!(name, b"rand3");
-    ask(
-        &mut fourth,
-        &list_users(),
-        &names(&["alice", "rand2", "rand3"]),
-    )
-    .await;
+    fourth
+        .request(&list_users(), &names(&["alice", "rand2", "rand3"]))
+        .await;
 }
 
 // ===========================================================================
@@ -410,15 +368,15 @@ async fn rule_02_every_request_gets_exactly_one_response_in_order() {
     let burst: Vec<u8> = exchange.iter().flat_map(|(m, _)| wire(m)).collect();
     alice.send_raw(&burst).await;
     for (message, expected) in &exchange {
-        let got = recv_checked(&mut alice).await;
+        let got = alice.recv_raw().await;
         assert!(
             got == *expected,
             "reply to {message:?}\n got: {}\nwant: {}",
-            show(&got),
-            show(expected)
+            show_frame(&got),
+            show_frame(expected)
         );
     }
-    want(&mut bob, &dm_relay("alice", "yo")).await;
+    bob.expect(&dm_relay("alice", "yo")).await;
     all_silent(&mut [&mut alice, &mut bob]).await;
 }
 
@@ -430,18 +388,20 @@ async fn rule_02_heartbeat_gets_no_reply() {
     let mut client = server.client().await;
     client.send_raw(&heartbeat()).await;
     client.send_raw(&frame_bytes(0x9b, GREETING)).await;
-    want(&mut client, &response_bytes(0, b"rand0")).await;
+    client.expect(&response_bytes(0, b"rand0")).await;
 
     let mut other = joined(&server, "other", "lobby").await;
-    ask(&mut client, &join("lobby", ""), &ok_bytes()).await;
+    client.request(&join("lobby", ""), &ok_bytes()).await;
     // The real heartbeat, an empty one and one with junk: payload ignored.
     client.send_raw(&heartbeat()).await;
     client.send_raw(&frame_bytes(0x13, b"")).await;
     client.send_raw(&frame_bytes(0x13, &noise(100, 3))).await;
     all_silent(&mut [&mut client, &mut other]).await;
     // The next frame is the reply to the next request.
-    ask(&mut client, &list_rooms(), &names(&["lobby"])).await;
-    ask(&mut other, &list_users(), &names(&["other", "rand0"])).await;
+    client.request(&list_rooms(), &names(&["lobby"])).await;
+    other
+        .request(&list_users(), &names(&["other", "rand0"]))
+        .await;
 }
 
 // ===========================================================================
@@ -452,40 +412,41 @@ async fn rule_03_nick_taken_by_someone_else_is_refused() {
     let server = TestServer::start(test_config()).await;
     let mut alice = named(&server, "alice").await;
     let (mut other, _) = server.greeted().await;
-    ask(
-        &mut other,
-        &nick("alice"),
-        b"\x00\x00\x00\x2b\x04\x17\x9a\x01This nick has been nicked by someone else.",
-    )
-    .await;
+    other
+        .request(
+            &nick("alice"),
+            b"\x00\x00\x00\x2b\x04\x17\x9a\x01This nick has been nicked by someone else.",
+        )
+        .await;
     // A guest name in use is taken too.
     let (mut third, _) = server.greeted().await;
-    ask(&mut third, &nick("rand1"), &error(text::NICK_TAKEN)).await;
+    third
+        .request(&nick("rand1"), &error(text::NICK_TAKEN))
+        .await;
     // Names compare bytewise: another case is another name.
-    ask(&mut other, &nick("Alice"), &ok_bytes()).await;
-    ask(
-        &mut alice,
-        &list_users(),
-        &names(&["Alice", "alice", "rand2"]),
-    )
-    .await;
+    other.request(&nick("Alice"), &ok_bytes()).await;
+    alice
+        .request(&list_users(), &names(&["Alice", "alice", "rand2"]))
+        .await;
 }
 
 #[tokio::test]
 async fn rule_03_nick_to_own_current_name_is_ok() {
     let server = TestServer::start(test_config()).await;
     let (mut client, name) = server.greeted().await;
-    ask(&mut client, &nick(&name), &ok_bytes()).await;
-    ask(&mut client, &nick("alice"), &ok_bytes()).await;
-    ask(&mut client, &nick("alice"), &ok_bytes()).await;
-    ask(&mut client, &list_users(), &names(&["alice"])).await;
+    client.request(&nick(&name), &ok_bytes()).await;
+    client.request(&nick("alice"), &ok_bytes()).await;
+    client.request(&nick("alice"), &ok_bytes()).await;
+    client.request(&list_users(), &names(&["alice"])).await;
 }
 
 #[tokio::test]
 async fn rule_03_nick_empty_or_with_whitespace_or_control_bytes_is_refused() {
     let server = TestServer::start(test_config()).await;
     let (mut client, _) = server.greeted().await;
-    ask(&mut client, &nick(""), &error("Nick must not be empty.")).await;
+    client
+        .request(&nick(""), &error("Nick must not be empty."))
+        .await;
     assert_eq!(text::NICK_EMPTY, "Nick must not be empty.");
     let invalid: [&[u8]; 9] = [
         b"al ice",
@@ -500,15 +461,15 @@ async fn rule_03_nick_empty_or_with_whitespace_or_control_bytes_is_refused() {
     ];
     for name in invalid {
         client.send(&nick(name)).await;
-        let got = recv_checked(&mut client).await;
+        let got = client.recv_raw().await;
         assert!(
             got == error(text::NICK_INVALID),
             "nick {name:?}: {}",
-            show(&got)
+            show_frame(&got)
         );
     }
     // Nothing changed.
-    ask(&mut client, &list_users(), &names(&["rand0"])).await;
+    client.request(&list_users(), &names(&["rand0"])).await;
 }
 
 #[tokio::test]
@@ -520,21 +481,23 @@ async fn rule_03_utf8_nick_passes_through_as_raw_bytes() {
     let longest = format!("{}x", "é".repeat(127));
     assert_eq!(longest.len(), 255);
     let (mut long, _) = server.greeted().await;
-    ask(&mut long, &nick(&longest), &ok_bytes()).await;
+    long.request(&nick(&longest), &ok_bytes()).await;
     let mut expected = vec![
         "h\u{e9}llo".as_bytes().to_vec(),
         longest.as_bytes().to_vec(),
         "ünïcødé✓".as_bytes().to_vec(),
     ];
     expected.sort();
-    ask(&mut accented, &list_users(), &names(&expected)).await;
+    accented.request(&list_users(), &names(&expected)).await;
     // The raw bytes, as the protocol notes show them.
     assert_eq!(&names(&["héllo"])[8..], b"\x06\x68\xc3\xa9\x6c\x6c\x6f");
     // And they are the sender name of a DM.
-    ask(&mut accented, &dm("ünïcødé✓", "salut"), &ok_bytes()).await;
-    want(&mut symbols, &dm_relay("héllo", "salut")).await;
+    accented
+        .request(&dm("ünïcødé✓", "salut"), &ok_bytes())
+        .await;
+    symbols.expect(&dm_relay("héllo", "salut")).await;
     // Different bytes are different names, even if they look alike (NFD).
-    ask(&mut symbols, &nick("he\u{301}llo"), &ok_bytes()).await;
+    symbols.request(&nick("he\u{301}llo"), &ok_bytes()).await;
 }
 
 // ===========================================================================
@@ -544,62 +507,68 @@ async fn rule_03_utf8_nick_passes_through_as_raw_bytes() {
 async fn rule_04_join_creates_a_missing_room() {
     let server = TestServer::start(test_config()).await;
     let (mut client, _) = server.greeted().await;
-    ask(&mut client, &list_rooms(), &NO_ROOMS).await;
-    ask(&mut client, &join("lobby", ""), &ok_bytes()).await;
-    ask(&mut client, &list_rooms(), &names(&["lobby"])).await;
-    ask(&mut client, &list_users(), &names(&["rand0"])).await;
+    client.request(&list_rooms(), &NO_ROOMS).await;
+    client.request(&join("lobby", ""), &ok_bytes()).await;
+    client.request(&list_rooms(), &names(&["lobby"])).await;
+    client.request(&list_users(), &names(&["rand0"])).await;
     // Room names are raw bytes too.
     let (mut other, _) = server.greeted().await;
-    ask(&mut other, &join("salle-é", ""), &ok_bytes()).await;
-    ask(&mut other, &list_rooms(), &names(&["lobby", "salle-é"])).await;
+    other.request(&join("salle-é", ""), &ok_bytes()).await;
+    other
+        .request(&list_rooms(), &names(&["lobby", "salle-é"]))
+        .await;
 }
 
 #[tokio::test]
 async fn rule_04_wrong_password_is_refused_with_the_exact_text() {
     let server = TestServer::start(test_config()).await;
     let mut owner = named(&server, "owner").await;
-    ask(&mut owner, &join("vault", "sesame"), &ok_bytes()).await;
+    owner.request(&join("vault", "sesame"), &ok_bytes()).await;
     let (mut guest, _) = server.greeted().await;
     let wrong =
         b"\x00\x00\x00\x36\x04\x17\x9a\x01Invalid password. I'm afraid I can't let you do that.";
     assert_eq!(*wrong, error(text::WRONG_PASSWORD)[..]);
-    ask(&mut guest, &join("vault", "sesam"), wrong).await;
-    ask(&mut guest, &join("vault", "SESAME"), wrong).await;
-    ask(&mut guest, &join("vault", ""), wrong).await;
+    guest.request(&join("vault", "sesam"), wrong).await;
+    guest.request(&join("vault", "SESAME"), wrong).await;
+    guest.request(&join("vault", ""), wrong).await;
     // Still outside: LIST_USERS lists everyone, and the room has one member.
-    ask(&mut guest, &list_users(), &names(&["owner", "rand1"])).await;
-    ask(&mut owner, &list_users(), &names(&["owner"])).await;
+    guest
+        .request(&list_users(), &names(&["owner", "rand1"]))
+        .await;
+    owner.request(&list_users(), &names(&["owner"])).await;
 }
 
 #[tokio::test]
 async fn rule_04_join_of_the_current_room_is_refused() {
     let server = TestServer::start(test_config()).await;
     let mut client = joined(&server, "alice", "lobby").await;
-    ask(
-        &mut client,
-        &join("lobby", ""),
-        b"\x00\x00\x00\x21\x04\x17\x9a\x01You are already in room 'lobby'.",
-    )
-    .await;
+    client
+        .request(
+            &join("lobby", ""),
+            b"\x00\x00\x00\x21\x04\x17\x9a\x01You are already in room 'lobby'.",
+        )
+        .await;
     // Also with a password, right or not: the answer does not depend on it.
     let mut owner = named(&server, "owner").await;
-    ask(&mut owner, &join("vault", "pw"), &ok_bytes()).await;
-    ask(
-        &mut owner,
-        &join("vault", "pw"),
-        &error("You are already in room 'vault'."),
-    )
-    .await;
-    ask(
-        &mut owner,
-        &join("vault", "nope"),
-        &error("You are already in room 'vault'."),
-    )
-    .await;
+    owner.request(&join("vault", "pw"), &ok_bytes()).await;
+    owner
+        .request(
+            &join("vault", "pw"),
+            &error("You are already in room 'vault'."),
+        )
+        .await;
+    owner
+        .request(
+            &join("vault", "nope"),
+            &error("You are already in room 'vault'."),
+        )
+        .await;
     // Still a member of each.
-    ask(&mut client, &list_users(), &names(&["alice"])).await;
-    ask(&mut owner, &list_users(), &names(&["owner"])).await;
-    ask(&mut owner, &list_rooms(), &names(&["lobby", "vault"])).await;
+    client.request(&list_users(), &names(&["alice"])).await;
+    owner.request(&list_users(), &names(&["owner"])).await;
+    owner
+        .request(&list_rooms(), &names(&["lobby", "vault"]))
+        .await;
 }
 
 #[tokio::test]
@@ -608,28 +577,26 @@ async fn rule_04_join_while_in_another_room_moves_the_user() {
     let mut anna = joined(&server, "anna", "red").await;
     let mut bert = joined(&server, "bert", "red").await;
     let mut cleo = joined(&server, "cleo", "blue").await;
-    ask(&mut anna, &list_users(), &names(&["anna", "bert"])).await;
+    anna.request(&list_users(), &names(&["anna", "bert"])).await;
 
     // No LEAVE first, as the legacy client does.
-    ask(&mut bert, &join("blue", ""), &ok_bytes()).await;
-    ask(&mut anna, &list_users(), &names(&["anna"])).await;
-    ask(&mut cleo, &list_users(), &names(&["bert", "cleo"])).await;
-    ask(&mut bert, &list_rooms(), &names(&["blue", "red"])).await;
+    bert.request(&join("blue", ""), &ok_bytes()).await;
+    anna.request(&list_users(), &names(&["anna"])).await;
+    cleo.request(&list_users(), &names(&["bert", "cleo"])).await;
+    bert.request(&list_rooms(), &names(&["blue", "red"])).await;
     // Bert now hears blue, not red.
-    ask(&mut cleo, &room_msg("blue", "hi blue"), &ok_bytes()).await;
-    want(&mut bert, &relay("blue", "cleo", "hi blue")).await;
-    ask(&mut anna, &room_msg("red", "hi red"), &ok_bytes()).await;
-    ask(
-        &mut bert,
-        &room_msg("red", "x"),
-        &error("You are not in room 'red'."),
-    )
-    .await;
+    cleo.request(&room_msg("blue", "hi blue"), &ok_bytes())
+        .await;
+    bert.expect(&relay("blue", "cleo", "hi blue")).await;
+    anna.request(&room_msg("red", "hi red"), &ok_bytes()).await;
+    bert.request(&room_msg("red", "x"), &error("You are not in room 'red'."))
+        .await;
 
     // Moving the last member out deletes the old room.
-    ask(&mut anna, &join("blue", ""), &ok_bytes()).await;
-    ask(&mut anna, &list_rooms(), &names(&["blue"])).await;
-    ask(&mut cleo, &list_users(), &names(&["anna", "bert", "cleo"])).await;
+    anna.request(&join("blue", ""), &ok_bytes()).await;
+    anna.request(&list_rooms(), &names(&["blue"])).await;
+    cleo.request(&list_users(), &names(&["anna", "bert", "cleo"]))
+        .await;
     all_silent(&mut [&mut bert, &mut anna, &mut cleo]).await;
 }
 
@@ -639,18 +606,17 @@ async fn rule_04_empty_password_is_the_same_as_none() {
     let mut owner = named(&server, "owner").await;
     // The legacy client sends `00` for "no password".
     owner.send_raw(&frame_bytes(0x03, b"\x05lobby\x00")).await;
-    want(&mut owner, &ok_bytes()).await;
+    owner.expect(&ok_bytes()).await;
     let (mut guest, _) = server.greeted().await;
-    ask(&mut guest, &join("lobby", ""), &ok_bytes()).await;
-    ask(&mut guest, &list_users(), &names(&["owner", "rand1"])).await;
+    guest.request(&join("lobby", ""), &ok_bytes()).await;
+    guest
+        .request(&list_users(), &names(&["owner", "rand1"]))
+        .await;
     // The creator's (empty) password is the room's: a non-empty one is wrong.
     let (mut third, _) = server.greeted().await;
-    ask(
-        &mut third,
-        &join("lobby", "secret"),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
+    third
+        .request(&join("lobby", "secret"), &error(text::WRONG_PASSWORD))
+        .await;
 }
 
 #[tokio::test]
@@ -659,29 +625,25 @@ async fn rule_04_room_is_deleted_when_its_last_member_leaves() {
     let mut anna = named(&server, "anna").await;
     let mut bert = named(&server, "bert").await;
     let (mut watcher, _) = server.greeted().await;
-    ask(&mut anna, &join("vault", "one"), &ok_bytes()).await;
-    ask(&mut bert, &join("vault", "one"), &ok_bytes()).await;
+    anna.request(&join("vault", "one"), &ok_bytes()).await;
+    bert.request(&join("vault", "one"), &ok_bytes()).await;
 
-    ask(&mut anna, &leave(), &ok_bytes()).await;
-    ask(&mut watcher, &list_rooms(), &names(&["vault"])).await;
-    ask(&mut bert, &leave(), &ok_bytes()).await;
-    ask(&mut watcher, &list_rooms(), &NO_ROOMS).await;
-    ask(
-        &mut watcher,
-        &list_rooms(),
-        &[0x00, 0x00, 0x00, 0x01, 0x04, 0x17, 0x9a, 0x00],
-    )
-    .await;
+    anna.request(&leave(), &ok_bytes()).await;
+    watcher.request(&list_rooms(), &names(&["vault"])).await;
+    bert.request(&leave(), &ok_bytes()).await;
+    watcher.request(&list_rooms(), &NO_ROOMS).await;
+    watcher
+        .request(
+            &list_rooms(),
+            &[0x00, 0x00, 0x00, 0x01, 0x04, 0x17, 0x9a, 0x00],
+        )
+        .await;
 
     // The room is gone with its password: the next creator sets a new one.
-    ask(&mut anna, &join("vault", "two"), &ok_bytes()).await;
-    ask(
-        &mut bert,
-        &join("vault", "one"),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(&mut bert, &join("vault", "two"), &ok_bytes()).await;
+    anna.request(&join("vault", "two"), &ok_bytes()).await;
+    bert.request(&join("vault", "one"), &error(text::WRONG_PASSWORD))
+        .await;
+    bert.request(&join("vault", "two"), &ok_bytes()).await;
 
     // A member disconnecting counts as leaving.
     anna.close().await;
@@ -694,17 +656,19 @@ async fn rule_04_room_is_deleted_when_its_last_member_leaves() {
 async fn rule_04_room_name_must_be_non_empty_without_whitespace_or_control_bytes() {
     let server = TestServer::start(test_config()).await;
     let (mut client, _) = server.greeted().await;
-    ask(&mut client, &join("", ""), &error(text::ROOM_EMPTY)).await;
+    client
+        .request(&join("", ""), &error(text::ROOM_EMPTY))
+        .await;
     for room in [&b"my room"[..], b"tab\there", b"bell\x07", b"\x7f"] {
         client.send(&join(room, "")).await;
-        let got = recv_checked(&mut client).await;
+        let got = client.recv_raw().await;
         assert!(
             got == error(text::ROOM_INVALID),
             "room {room:?}: {}",
-            show(&got)
+            show_frame(&got)
         );
     }
-    ask(&mut client, &list_rooms(), &NO_ROOMS).await;
+    client.request(&list_rooms(), &NO_ROOMS).await;
 }
 
 // ===========================================================================
@@ -714,32 +678,39 @@ async fn rule_04_room_name_must_be_non_empty_without_whitespace_or_control_bytes
 async fn rule_05_protected_room_accepts_the_right_password_and_refuses_a_wrong_one() {
     let server = TestServer::start(test_config()).await;
     let mut owner = named(&server, "owner").await;
-    ask(&mut owner, &join("vault", "correct horse"), &ok_bytes()).await;
+    owner
+        .request(&join("vault", "correct horse"), &ok_bytes())
+        .await;
     let mut friend = named(&server, "friend").await;
     let mut stranger = named(&server, "stranger").await;
-    ask(
-        &mut stranger,
-        &join("vault", "correct hors"),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(&mut friend, &join("vault", "correct horse"), &ok_bytes()).await;
-    ask(
-        &mut stranger,
-        &join("vault", "correct horse "),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(&mut owner, &list_users(), &names(&["friend", "owner"])).await;
+    stranger
+        .request(&join("vault", "correct hors"), &error(text::WRONG_PASSWORD))
+        .await;
+    friend
+        .request(&join("vault", "correct horse"), &ok_bytes())
+        .await;
+    stranger
+        .request(
+            &join("vault", "correct horse "),
+            &error(text::WRONG_PASSWORD),
+        )
+        .await;
+    owner
+        .request(&list_users(), &names(&["friend", "owner"]))
+        .await;
     // Raw bytes, UTF-8 or not, are the password.
-    ask(&mut stranger, &join("binary", b"\xff\x00\xfe"), &ok_bytes()).await;
-    ask(
-        &mut friend,
-        &join("binary", b"\xff\x00\xff"),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(&mut friend, &join("binary", b"\xff\x00\xfe"), &ok_bytes()).await;
+    stranger
+        .request(&join("binary", b"\xff\x00\xfe"), &ok_bytes())
+        .await;
+    friend
+        .request(
+            &join("binary", b"\xff\x00\xff"),
+            &error(text::WRONG_PASSWORD),
+        )
+        .await;
+    friend
+        .request(&join("binary", b"\xff\x00\xfe"), &ok_bytes())
+        .await;
 }
 
 #[tokio::test]
@@ -754,24 +725,24 @@ async fn rule_05_default_argon2_parameters_work_end_to_end() {
     );
     let server = TestServer::start(config).await;
     let mut owner = named(&server, "owner").await;
-    ask(&mut owner, &join("vault", "correct horse"), &ok_bytes()).await;
+    owner
+        .request(&join("vault", "correct horse"), &ok_bytes())
+        .await;
     let mut friend = named(&server, "friend").await;
-    ask(&mut friend, &join("vault", "correct horse"), &ok_bytes()).await;
+    friend
+        .request(&join("vault", "correct horse"), &ok_bytes())
+        .await;
     let mut stranger = named(&server, "stranger").await;
-    ask(
-        &mut stranger,
-        &join("vault", "wrong horse"),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(
-        &mut stranger,
-        &join("vault", ""),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(&mut friend, &list_users(), &names(&["friend", "owner"])).await;
-    ask(&mut stranger, &list_rooms(), &names(&["vault"])).await;
+    stranger
+        .request(&join("vault", "wrong horse"), &error(text::WRONG_PASSWORD))
+        .await;
+    stranger
+        .request(&join("vault", ""), &error(text::WRONG_PASSWORD))
+        .await;
+    friend
+        .request(&list_users(), &names(&["friend", "owner"]))
+        .await;
+    stranger.request(&list_rooms(), &names(&["vault"])).await;
 }
 
 #[tokio::test]
@@ -784,7 +755,7 @@ async fn rule_05_join_flood_on_a_full_hash_queue_gets_one_reply_each_and_busy() 
     };
     let server = TestServer::start(config).await;
     let mut owner = named(&server, "owner").await;
-    ask(&mut owner, &join("vault", "pw"), &ok_bytes()).await;
+    owner.request(&join("vault", "pw"), &ok_bytes()).await;
     let mut observer = named(&server, "observer").await;
     let mut joiners = Vec::new();
     for _ in 0..20 {
@@ -798,33 +769,33 @@ async fn rule_05_join_flood_on_a_full_hash_queue_gets_one_reply_each_and_busy() 
         joiner.send(&join("vault", password(index))).await;
     }
     // Someone who needs no hash is answered meanwhile.
-    ask(&mut observer, &list_rooms(), &names(&["vault"])).await;
+    observer.request(&list_rooms(), &names(&["vault"])).await;
 
     let busy = try_later(text::PASSWORDS_BUSY);
     let (mut admitted, mut refused, mut busy_count) = (0, 0, 0);
     for (index, joiner) in joiners.iter_mut().enumerate() {
-        let got = recv_checked(joiner).await;
+        let got = joiner.recv_raw().await;
         if got == busy {
             busy_count += 1;
         } else if index % 2 == 0 {
-            assert!(got == ok_bytes(), "right password: {}", show(&got));
+            assert!(got == ok_bytes(), "right password: {}", show_frame(&got));
             admitted += 1;
         } else {
             assert!(
                 got == error(text::WRONG_PASSWORD),
                 "wrong password: {}",
-                show(&got)
+                show_frame(&got)
             );
             refused += 1;
         }
         // Exactly one reply: the next frame answers the next request.
-        ask(joiner, &list_rooms(), &names(&["vault"])).await;
+        joiner.request(&list_rooms(), &names(&["vault"])).await;
     }
     assert!(busy_count >= 1, "a full queue answers 9a 02");
     assert_eq!(admitted + refused + busy_count, 20);
     // The room holds exactly the owner and the admitted joiners.
     owner.send(&list_users()).await;
-    let members = recv_checked(&mut owner).await;
+    let members = owner.recv_raw().await;
     assert_eq!(split_names(&members).len(), 1 + admitted);
     assert_eq!(
         text::PASSWORDS_BUSY,
@@ -834,7 +805,7 @@ async fn rule_05_join_flood_on_a_full_hash_queue_gets_one_reply_each_and_busy() 
 
 /// The names in a `9a 00 {u8 len, name}*` reply.
 fn split_names(reply: &[u8]) -> Vec<Vec<u8>> {
-    assert_eq!(&reply[6..8], &[0x9a, 0x00], "{}", show(reply));
+    assert_eq!(&reply[6..8], &[0x9a, 0x00], "{}", show_frame(reply));
     let mut rest = &reply[8..];
     let mut list = Vec::new();
     while let Some((&len, tail)) = rest.split_first() {
@@ -862,18 +833,15 @@ async fn rule_05_only_the_joining_client_waits_for_its_password_hash() {
     burst.extend(wire(&list_rooms()));
     joiner.send_raw(&burst).await;
     // The observer is served while the hash runs: the room is not made yet.
-    ask(&mut observer, &list_rooms(), &NO_ROOMS).await;
-    ask(
-        &mut observer,
-        &list_users(),
-        &names(&["joiner", "observer"]),
-    )
-    .await;
+    observer.request(&list_rooms(), &NO_ROOMS).await;
+    observer
+        .request(&list_users(), &names(&["joiner", "observer"]))
+        .await;
     joiner.expect_silence(Duration::ZERO).await;
     // The joiner gets its replies in order once the hash is done.
-    want(&mut joiner, &ok_bytes()).await;
-    want(&mut joiner, &names(&["vault"])).await;
-    ask(&mut observer, &list_rooms(), &names(&["vault"])).await;
+    joiner.expect(&ok_bytes()).await;
+    joiner.expect(&names(&["vault"])).await;
+    observer.request(&list_rooms(), &names(&["vault"])).await;
 }
 
 // ===========================================================================
@@ -883,31 +851,35 @@ async fn rule_05_only_the_joining_client_waits_for_its_password_hash() {
 async fn rule_06_leave_in_a_room_answers_ok_and_keeps_the_connection() {
     let server = TestServer::start(test_config()).await;
     let mut client = joined(&server, "alice", "lobby").await;
-    ask(&mut client, &leave(), &[0, 0, 0, 1, 0x04, 0x17, 0x9a, 0x00]).await;
+    client
+        .request(&leave(), &[0, 0, 0, 1, 0x04, 0x17, 0x9a, 0x00])
+        .await;
     client.expect_silence(SILENCE).await;
-    ask(&mut client, &list_rooms(), &NO_ROOMS).await;
-    ask(&mut client, &room_msg("lobby", "x"), &error(text::VOID)).await;
+    client.request(&list_rooms(), &NO_ROOMS).await;
+    client
+        .request(&room_msg("lobby", "x"), &error(text::VOID))
+        .await;
 }
 
 #[tokio::test]
 async fn rule_06_leave_outside_a_room_answers_ok_then_closes() {
     let server = TestServer::start(test_config()).await;
     let (mut client, _) = server.greeted().await;
-    ask(&mut client, &leave(), &ok_bytes()).await;
+    client.request(&leave(), &ok_bytes()).await;
     client.expect_closed().await;
 
     // After leaving a room, a second LEAVE leaves the server; requests
     // pipelined behind it are not answered.
     let mut other = joined(&server, "bob", "lobby").await;
-    ask(&mut other, &leave(), &ok_bytes()).await;
+    other.request(&leave(), &ok_bytes()).await;
     let mut burst = wire(&leave());
     burst.extend(wire(&list_rooms()));
     other.send_raw(&burst).await;
-    want(&mut other, &ok_bytes()).await;
+    other.expect(&ok_bytes()).await;
     other.expect_closed().await;
 
     let (mut last, name) = server.greeted().await;
-    ask(&mut last, &list_users(), &names(&[name])).await;
+    last.request(&list_users(), &names(&[name])).await;
 }
 
 // ===========================================================================
@@ -924,9 +896,9 @@ async fn rule_07_list_users_in_a_room_lists_its_members_sorted_bytewise() {
     let _nobody = named(&server, "nobody").await;
     // 'B' < 'a' < 'z' < 0xc3: bytewise, not case-folded or by code point.
     let expected = names(&["Bob", "alice", "zelda", "élan"]);
-    ask(&mut alice, &list_users(), &expected).await;
-    ask(&mut zelda, &list_users(), &expected).await;
-    ask(&mut mallory, &list_users(), &names(&["mallory"])).await;
+    alice.request(&list_users(), &expected).await;
+    zelda.request(&list_users(), &expected).await;
+    mallory.request(&list_users(), &names(&["mallory"])).await;
 }
 
 #[tokio::test]
@@ -936,42 +908,39 @@ async fn rule_07_list_users_outside_a_room_lists_everyone_sorted_bytewise() {
     let _bob = joined(&server, "Bob", "attic").await;
     let mut alice = named(&server, "alice").await;
     let (_guest, _) = server.greeted().await;
-    ask(
-        &mut alice,
-        &list_users(),
-        b"\x00\x00\x00\x17\x04\x17\x9a\x00\x03Bob\x05alice\x05rand3\x05zelda",
-    )
-    .await;
+    alice
+        .request(
+            &list_users(),
+            b"\x00\x00\x00\x17\x04\x17\x9a\x00\x03Bob\x05alice\x05rand3\x05zelda",
+        )
+        .await;
 }
 
 #[tokio::test]
 async fn rule_07_list_rooms_is_sorted_bytewise_without_a_count() {
     let server = TestServer::start(test_config()).await;
     let (mut client, _) = server.greeted().await;
-    ask(
-        &mut client,
-        &list_rooms(),
-        &[0, 0, 0, 1, 0x04, 0x17, 0x9a, 0x00],
-    )
-    .await;
+    client
+        .request(&list_rooms(), &[0, 0, 0, 1, 0x04, 0x17, 0x9a, 0x00])
+        .await;
     let _secret = joined(&server, "a", "secret").await;
     let _open = joined(&server, "b", "open").await;
-    ask(
-        &mut client,
-        &list_rooms(),
-        b"\x00\x00\x00\x0d\x04\x17\x9a\x00\x04open\x06secret",
-    )
-    .await;
+    client
+        .request(
+            &list_rooms(),
+            b"\x00\x00\x00\x0d\x04\x17\x9a\x00\x04open\x06secret",
+        )
+        .await;
     let _r2 = joined(&server, "c", "r2").await;
     let _r1 = joined(&server, "d", "R1").await;
     let _r10 = joined(&server, "e", "r10").await;
     let _n = joined(&server, "f", "ñ").await;
-    ask(
-        &mut client,
-        &list_rooms(),
-        &names(&["R1", "open", "r10", "r2", "secret", "ñ"]),
-    )
-    .await;
+    client
+        .request(
+            &list_rooms(),
+            &names(&["R1", "open", "r10", "r2", "secret", "ñ"]),
+        )
+        .await;
 }
 
 // ===========================================================================
@@ -982,19 +951,16 @@ async fn rule_08_room_message_in_no_room_shouts_into_the_void() {
     let server = TestServer::start(test_config()).await;
     let (mut client, _) = server.greeted().await;
     let mut bystander = joined(&server, "bob", "lobby").await;
-    ask(
-        &mut client,
-        &room_msg("", "hello?"),
-        b"\x00\x00\x00\x2a\x04\x17\x9a\x01You shout into the void and hear nothing.",
-    )
-    .await;
+    client
+        .request(
+            &room_msg("", "hello?"),
+            b"\x00\x00\x00\x2a\x04\x17\x9a\x01You shout into the void and hear nothing.",
+        )
+        .await;
     // Naming a room one is not in changes nothing.
-    ask(
-        &mut client,
-        &room_msg("lobby", "hello?"),
-        &error(text::VOID),
-    )
-    .await;
+    client
+        .request(&room_msg("lobby", "hello?"), &error(text::VOID))
+        .await;
     bystander.expect_silence(SILENCE).await;
 }
 
@@ -1004,24 +970,21 @@ async fn rule_08_room_message_naming_another_room_is_refused() {
     let mut alice = joined(&server, "alice", "lobby").await;
     let mut bob = joined(&server, "bob", "lobby").await;
     let mut cleo = joined(&server, "cleo", "kitchen").await;
-    ask(
-        &mut alice,
-        &room_msg("kitchen", "psst"),
-        b"\x00\x00\x00\x1f\x04\x17\x9a\x01You are not in room 'kitchen'.",
-    )
-    .await;
-    ask(
-        &mut alice,
-        &room_msg("", "psst"),
-        &error("You are not in room ''."),
-    )
-    .await;
-    ask(
-        &mut alice,
-        &room_msg("Lobby", "psst"),
-        &error("You are not in room 'Lobby'."),
-    )
-    .await;
+    alice
+        .request(
+            &room_msg("kitchen", "psst"),
+            b"\x00\x00\x00\x1f\x04\x17\x9a\x01You are not in room 'kitchen'.",
+        )
+        .await;
+    alice
+        .request(&room_msg("", "psst"), &error("You are not in room ''."))
+        .await;
+    alice
+        .request(
+            &room_msg("Lobby", "psst"),
+            &error("You are not in room 'Lobby'."),
+        )
+        .await;
     all_silent(&mut [&mut bob, &mut cleo, &mut alice]).await;
 }
 
@@ -1034,16 +997,13 @@ async fn rule_08_room_message_goes_to_every_other_member_exactly() {
     let mut dave = joined(&server, "dave", "kitchen").await;
     let mut erin = named(&server, "erin").await;
 
-    ask(
-        &mut alice,
-        &room_msg("lobby", "hello from alice"),
-        &ok_bytes(),
-    )
-    .await;
+    alice
+        .request(&room_msg("lobby", "hello from alice"), &ok_bytes())
+        .await;
     // Byte for byte as in capture 02.
     let expected: &[u8] = b"\x00\x00\x00\x1e\x04\x17\x15\x05lobby\x05alice\x00\x10hello from alice";
-    want(&mut bob, expected).await;
-    want(&mut cleo, expected).await;
+    bob.expect(expected).await;
+    cleo.expect(expected).await;
     // No copy to the sender, nothing to other rooms or to users in none.
     all_silent(&mut [&mut alice, &mut dave, &mut erin]).await;
 
@@ -1053,9 +1013,9 @@ async fn rule_08_room_message_goes_to_every_other_member_exactly() {
         &[0, 0, 0, 1, 0x04, 0x17, 0x9a, 0x00],
     ]
     .concat();
-    ask(&mut bob, &room_msg("lobby", &tricky), &ok_bytes()).await;
-    want(&mut alice, &relay("lobby", "bob", &tricky)).await;
-    want(&mut cleo, &relay("lobby", "bob", &tricky)).await;
+    bob.request(&room_msg("lobby", &tricky), &ok_bytes()).await;
+    alice.expect(&relay("lobby", "bob", &tricky)).await;
+    cleo.expect(&relay("lobby", "bob", &tricky)).await;
     all_silent(&mut [&mut bob, &mut dave, &mut erin]).await;
 }
 
@@ -1065,8 +1025,8 @@ async fn rule_08_a_65535_byte_room_message_relays_intact() {
     let mut alice = joined(&server, "alice", "lobby").await;
     let mut bob = joined(&server, "bob", "lobby").await;
     let text = noise(65_535, 8);
-    ask(&mut alice, &room_msg("lobby", &text), &ok_bytes()).await;
-    let got = recv_checked(&mut bob).await;
+    alice.request(&room_msg("lobby", &text), &ok_bytes()).await;
+    let got = bob.recv_raw().await;
     assert_eq!(got.len(), 7 + 1 + 5 + 1 + 5 + 2 + 65_535);
     assert_eq!(
         &got[..21],
@@ -1084,18 +1044,24 @@ async fn rule_09_dm_to_an_unknown_nick_is_refused() {
     let server = TestServer::start(test_config()).await;
     let mut alice = named(&server, "alice").await;
     let mut bob = named(&server, "bob").await;
-    ask(
-        &mut alice,
-        &dm("carol", "hi"),
-        b"\x00\x00\x00\x11\x04\x17\x9a\x01Nick not present",
-    )
-    .await;
+    alice
+        .request(
+            &dm("carol", "hi"),
+            b"\x00\x00\x00\x11\x04\x17\x9a\x01Nick not present",
+        )
+        .await;
     // Bytewise: "Bob" is not "bob"; an empty target is nobody.
-    ask(&mut alice, &dm("Bob", "hi"), &error(text::NICK_NOT_PRESENT)).await;
-    ask(&mut alice, &dm("", "hi"), &error(text::NICK_NOT_PRESENT)).await;
+    alice
+        .request(&dm("Bob", "hi"), &error(text::NICK_NOT_PRESENT))
+        .await;
+    alice
+        .request(&dm("", "hi"), &error(text::NICK_NOT_PRESENT))
+        .await;
     // A name given up with NICK is gone.
-    ask(&mut bob, &nick("robert"), &ok_bytes()).await;
-    ask(&mut alice, &dm("bob", "hi"), &error(text::NICK_NOT_PRESENT)).await;
+    bob.request(&nick("robert"), &ok_bytes()).await;
+    alice
+        .request(&dm("bob", "hi"), &error(text::NICK_NOT_PRESENT))
+        .await;
     bob.expect_silence(SILENCE).await;
 }
 
@@ -1107,32 +1073,29 @@ async fn rule_09_dm_reaches_its_target_in_or_out_of_rooms() {
     let mut cleo = named(&server, "cleo").await;
 
     // Both outside rooms; byte for byte as in capture 03.
-    ask(
-        &mut alice,
-        &dm("bob", "hello bob, this is a DM"),
-        &ok_bytes(),
-    )
-    .await;
-    want(
-        &mut bob,
-        b"\x00\x00\x00\x1f\x04\x17\x12\x05alice\x00\x17hello bob, this is a DM",
-    )
-    .await;
+    alice
+        .request(&dm("bob", "hello bob, this is a DM"), &ok_bytes())
+        .await;
+    bob.expect(b"\x00\x00\x00\x1f\x04\x17\x12\x05alice\x00\x17hello bob, this is a DM")
+        .await;
     // Sender in a room, target outside.
-    ask(&mut alice, &join("lobby", ""), &ok_bytes()).await;
-    ask(&mut alice, &dm("bob", "from the lobby"), &ok_bytes()).await;
-    want(&mut bob, &dm_relay("alice", "from the lobby")).await;
+    alice.request(&join("lobby", ""), &ok_bytes()).await;
+    alice
+        .request(&dm("bob", "from the lobby"), &ok_bytes())
+        .await;
+    bob.expect(&dm_relay("alice", "from the lobby")).await;
     // Sender outside, target in a room.
-    ask(&mut bob, &dm("alice", "into the lobby"), &ok_bytes()).await;
-    want(&mut alice, &dm_relay("bob", "into the lobby")).await;
+    bob.request(&dm("alice", "into the lobby"), &ok_bytes())
+        .await;
+    alice.expect(&dm_relay("bob", "into the lobby")).await;
     // Different rooms.
-    ask(&mut bob, &join("kitchen", ""), &ok_bytes()).await;
-    ask(&mut bob, &dm("alice", "across rooms"), &ok_bytes()).await;
-    want(&mut alice, &dm_relay("bob", "across rooms")).await;
+    bob.request(&join("kitchen", ""), &ok_bytes()).await;
+    bob.request(&dm("alice", "across rooms"), &ok_bytes()).await;
+    alice.expect(&dm_relay("bob", "across rooms")).await;
     // Same room: only the target gets it, as a DM.
-    ask(&mut cleo, &join("lobby", ""), &ok_bytes()).await;
-    ask(&mut cleo, &dm("alice", "just you"), &ok_bytes()).await;
-    want(&mut alice, &dm_relay("cleo", "just you")).await;
+    cleo.request(&join("lobby", ""), &ok_bytes()).await;
+    cleo.request(&dm("alice", "just you"), &ok_bytes()).await;
+    alice.expect(&dm_relay("cleo", "just you")).await;
     all_silent(&mut [&mut alice, &mut bob, &mut cleo]).await;
 }
 
@@ -1149,32 +1112,30 @@ async fn rule_10_sixth_message_within_the_window_is_refused_and_dropped() {
     // Five, room messages and DMs together, are fine.
     for index in 0..3 {
         let text = format!("room {index}");
-        ask(&mut alice, &room_msg("lobby", &text), &ok_bytes()).await;
-        want(&mut bob, &relay("lobby", "alice", &text)).await;
+        alice.request(&room_msg("lobby", &text), &ok_bytes()).await;
+        bob.expect(&relay("lobby", "alice", &text)).await;
     }
     for index in 0..2 {
         let text = format!("dm {index}");
-        ask(&mut alice, &dm("bob", &text), &ok_bytes()).await;
-        want(&mut bob, &dm_relay("alice", &text)).await;
+        alice.request(&dm("bob", &text), &ok_bytes()).await;
+        bob.expect(&dm_relay("alice", &text)).await;
     }
     // The sixth is refused with 9a 02, whichever kind it is, and dropped.
-    ask(
-        &mut alice,
-        &dm("bob", "sixth"),
-        b"\x00\x00\x00\x2d\x04\x17\x9a\x02Slow down: at most 5 messages per 5 seconds.",
-    )
-    .await;
-    ask(
-        &mut alice,
-        &room_msg("lobby", "seventh"),
-        &try_later(RATE_LIMITED),
-    )
-    .await;
+    alice
+        .request(
+            &dm("bob", "sixth"),
+            b"\x00\x00\x00\x2d\x04\x17\x9a\x02Slow down: at most 5 messages per 5 seconds.",
+        )
+        .await;
+    alice
+        .request(&room_msg("lobby", "seventh"), &try_later(RATE_LIMITED))
+        .await;
     bob.expect_silence(SILENCE).await;
     // Other requests are not limited, and the limit is per user.
-    ask(&mut alice, &list_rooms(), &names(&["lobby"])).await;
-    ask(&mut bob, &dm("alice", "my own budget"), &ok_bytes()).await;
-    want(&mut alice, &dm_relay("bob", "my own budget")).await;
+    alice.request(&list_rooms(), &names(&["lobby"])).await;
+    bob.request(&dm("alice", "my own budget"), &ok_bytes())
+        .await;
+    alice.expect(&dm_relay("bob", "my own budget")).await;
 }
 
 #[tokio::test]
@@ -1183,17 +1144,18 @@ async fn rule_10_failed_messages_count_too() {
     let mut alice = named(&server, "alice").await;
     let mut bob = named(&server, "bob").await;
     for _ in 0..3 {
-        ask(&mut alice, &room_msg("", "anyone?"), &error(text::VOID)).await;
+        alice
+            .request(&room_msg("", "anyone?"), &error(text::VOID))
+            .await;
     }
     for _ in 0..2 {
-        ask(
-            &mut alice,
-            &dm("nobody", "hi"),
-            &error(text::NICK_NOT_PRESENT),
-        )
-        .await;
+        alice
+            .request(&dm("nobody", "hi"), &error(text::NICK_NOT_PRESENT))
+            .await;
     }
-    ask(&mut alice, &dm("bob", "hi bob"), &try_later(RATE_LIMITED)).await;
+    alice
+        .request(&dm("bob", "hi bob"), &try_later(RATE_LIMITED))
+        .await;
     bob.expect_silence(SILENCE).await;
 }
 
@@ -1207,20 +1169,22 @@ async fn rule_10_the_window_slides_and_the_client_can_send_again() {
     let mut alice = named(&server, "alice").await;
     let mut bob = named(&server, "bob").await;
     for index in 0..5 {
-        ask(&mut alice, &dm("bob", format!("{index}")), &ok_bytes()).await;
+        alice
+            .request(&dm("bob", format!("{index}")), &ok_bytes())
+            .await;
     }
-    ask(
-        &mut alice,
-        &dm("bob", "too soon"),
-        &try_later("Slow down: at most 5 messages per 0.5 seconds."),
-    )
-    .await;
+    alice
+        .request(
+            &dm("bob", "too soon"),
+            &try_later("Slow down: at most 5 messages per 0.5 seconds."),
+        )
+        .await;
     for index in 0..5 {
-        want(&mut bob, &dm_relay("alice", format!("{index}"))).await;
+        bob.expect(&dm_relay("alice", format!("{index}"))).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    ask(&mut alice, &dm("bob", "again"), &ok_bytes()).await;
-    want(&mut bob, &dm_relay("alice", "again")).await;
+    alice.request(&dm("bob", "again"), &ok_bytes()).await;
+    bob.expect(&dm_relay("alice", "again")).await;
     bob.expect_silence(SILENCE).await;
 }
 
@@ -1254,7 +1218,7 @@ async fn rule_11_heartbeats_keep_a_client_connected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Still there, and nothing was sent in between.
-    ask(&mut client, &list_users(), &names(&[name])).await;
+    client.request(&list_users(), &names(&[name])).await;
 }
 
 #[tokio::test]
@@ -1292,7 +1256,7 @@ async fn rule_11_a_partial_frame_does_not_count_as_activity() {
     assert!(
         received.is_empty(),
         "idle cutoff sends nothing: {}",
-        show(&received)
+        show_frame(&received)
     );
 }
 
@@ -1301,12 +1265,12 @@ async fn rule_11_a_partial_frame_does_not_count_as_activity() {
 
 /// Asserts a `9a 01 Malformed frame: ...` reply and then the close.
 async fn expect_malformed_then_close(client: &mut Client, case: &str) {
-    let got = recv_checked(client).await;
+    let got = client.recv_raw().await;
     assert_eq!(
         &got[4..8],
         &[0x04, 0x17, 0x9a, 0x01],
         "{case}: {}",
-        show(&got)
+        show_frame(&got)
     );
     let reason = String::from_utf8_lossy(&got[8..]).into_owned();
     assert!(reason.starts_with("Malformed frame:"), "{case}: {reason:?}");
@@ -1390,10 +1354,14 @@ async fn rule_12_malformed_frames_get_a_reason_and_close_only_that_connection() 
 
     // The bystander saw nothing, is still served, and the victims are gone.
     bystander.expect_silence(SILENCE).await;
-    ask(&mut bystander, &list_users(), &names(&["bystander"])).await;
-    ask(&mut bystander, &leave(), &ok_bytes()).await;
-    ask(&mut bystander, &list_users(), &names(&["bystander"])).await;
-    ask(&mut bystander, &list_rooms(), &NO_ROOMS).await;
+    bystander
+        .request(&list_users(), &names(&["bystander"]))
+        .await;
+    bystander.request(&leave(), &ok_bytes()).await;
+    bystander
+        .request(&list_users(), &names(&["bystander"]))
+        .await;
+    bystander.request(&list_rooms(), &NO_ROOMS).await;
 }
 
 #[tokio::test]
@@ -1405,8 +1373,8 @@ async fn rule_12_requests_before_a_malformed_frame_are_answered_and_after_it_not
     burst.extend([0, 0, 0, 0, 0x04, 0x18, 0x09]);
     burst.extend(wire(&list_users()));
     client.send_raw(&burst).await;
-    want(&mut client, &NO_ROOMS).await;
-    want(&mut client, &ok_bytes()).await;
+    client.expect(&NO_ROOMS).await;
+    client.expect(&ok_bytes()).await;
     expect_malformed_then_close(&mut client, "pipelined").await;
 }
 
@@ -1415,16 +1383,16 @@ async fn rule_12_zero_length_client_frames_are_legal() {
     let server = TestServer::start(test_config()).await;
     let (mut client, name) = server.greeted().await;
     client.send_raw(&[0, 0, 0, 0, 0x04, 0x17, 0x09]).await; // LIST_ROOMS
-    want(&mut client, &NO_ROOMS).await;
+    client.expect(&NO_ROOMS).await;
     client.send_raw(&[0, 0, 0, 0, 0x04, 0x17, 0x0c]).await; // LIST_USERS
-    want(&mut client, &names(&[&name])).await;
-    ask(&mut client, &join("lobby", ""), &ok_bytes()).await;
+    client.expect(&names(&[&name])).await;
+    client.request(&join("lobby", ""), &ok_bytes()).await;
     client.send_raw(&[0, 0, 0, 0, 0x04, 0x17, 0x06]).await; // LEAVE
-    want(&mut client, &ok_bytes()).await;
+    client.expect(&ok_bytes()).await;
     client.send_raw(&[0, 0, 0, 0, 0x04, 0x17, 0x13]).await; // empty HEARTBEAT
     client.send_raw(&[0, 0, 0, 0, 0x04, 0x17, 0x9b]).await; // empty HELLO
-    want(&mut client, &response_bytes(0, &name)).await;
-    ask(&mut client, &list_rooms(), &NO_ROOMS).await;
+    client.expect(&response_bytes(0, &name)).await;
+    client.request(&list_rooms(), &NO_ROOMS).await;
 }
 
 #[tokio::test]
@@ -1439,21 +1407,19 @@ async fn rule_12_the_largest_legal_frame_is_accepted() {
     assert_eq!(frame.len(), 7 + 65_793);
     assert_eq!(&frame[..4], &65_793u32.to_be_bytes());
     client.send_raw(&frame).await;
-    want(
-        &mut client,
-        &error(format!("You are not in room '{long_room}'.")),
-    )
-    .await;
+    client
+        .expect(&error(format!("You are not in room '{long_room}'.")))
+        .await;
 
     let frame = wire(&dm("y".repeat(255), &text));
     assert_eq!(frame.len(), 7 + 65_793);
     client.send_raw(&frame).await;
-    want(&mut client, &error(text::NICK_NOT_PRESENT)).await;
+    client.expect(&error(text::NICK_NOT_PRESENT)).await;
 
     // Still connected and served.
-    ask(&mut client, &room_msg("lobby", &text), &ok_bytes()).await;
-    want(&mut bob, &relay("lobby", "alice", &text)).await;
-    ask(&mut client, &list_rooms(), &names(&["lobby"])).await;
+    client.request(&room_msg("lobby", &text), &ok_bytes()).await;
+    bob.expect(&relay("lobby", "alice", &text)).await;
+    client.request(&list_rooms(), &names(&["lobby"])).await;
 }
 
 #[tokio::test]
@@ -1465,18 +1431,18 @@ async fn rule_12_frames_split_anywhere_or_batched_are_decoded() {
         client.send_raw(&[byte]).await;
         tokio::task::yield_now().await;
     }
-    want(&mut client, &response_bytes(0, b"rand0")).await;
+    client.expect(&response_bytes(0, b"rand0")).await;
     // Three frames in one write, the last one split in the middle of its header.
     let mut burst = wire(&nick("alice"));
     burst.extend(wire(&join("lobby", "")));
     let tail = wire(&list_users());
     burst.extend(&tail[..3]);
     client.send_raw(&burst).await;
-    want(&mut client, &ok_bytes()).await;
-    want(&mut client, &ok_bytes()).await;
+    client.expect(&ok_bytes()).await;
+    client.expect(&ok_bytes()).await;
     client.expect_silence(Duration::from_millis(100)).await;
     client.send_raw(&tail[3..]).await;
-    want(&mut client, &names(&["alice"])).await;
+    client.expect(&names(&["alice"])).await;
 }
 
 // ===========================================================================
@@ -1509,7 +1475,7 @@ async fn rule_13_a_slow_consumer_is_disconnected_and_others_get_everything_in_or
     raw_ask(&mut sleeper, &nick("sleeper"), &ok_bytes()).await;
     raw_ask(&mut sleeper, &join("lobby", ""), &ok_bytes()).await;
     let everyone = names(&["flooder", "sleeper", "watcher"]);
-    ask(&mut flooder, &list_users(), &everyone).await;
+    flooder.request(&list_users(), &everyone).await;
 
     // The watcher reads everything, checking order, and reports progress.
     let (progress, mut watched) = tokio::sync::watch::channel(0usize);
@@ -1517,14 +1483,14 @@ async fn rule_13_a_slow_consumer_is_disconnected_and_others_get_everything_in_or
         let end = relay("lobby", "flooder", "end");
         let mut count = 0;
         loop {
-            let frame = recv_checked(&mut watcher).await;
+            let frame = watcher.recv_raw().await;
             if frame == end {
                 return (watcher, count);
             }
             assert!(
                 frame == relay("lobby", "flooder", flood_text(count)),
                 "watcher: message {count} out of order: {}",
-                show(&frame)
+                show_frame(&frame)
             );
             count += 1;
             progress.send_replace(count);
@@ -1540,29 +1506,30 @@ async fn rule_13_a_slow_consumer_is_disconnected_and_others_get_everything_in_or
             .await
             .expect("watcher keeps up")
             .expect("watcher alive");
-        ask(
-            &mut flooder,
-            &room_msg("lobby", flood_text(sent)),
-            &ok_bytes(),
-        )
-        .await;
+        flooder
+            .request(&room_msg("lobby", flood_text(sent)), &ok_bytes())
+            .await;
         sent += 1;
         if sent % 8 == 0 {
             flooder.send(&list_users()).await;
-            let members = recv_checked(&mut flooder).await;
+            let members = flooder.recv_raw().await;
             if members == names(&["flooder", "watcher"]) {
                 break;
             }
-            assert!(members == everyone, "members: {}", show(&members));
+            assert!(members == everyone, "members: {}", show_frame(&members));
         }
     }
-    ask(&mut flooder, &room_msg("lobby", "end"), &ok_bytes()).await;
+    flooder
+        .request(&room_msg("lobby", "end"), &ok_bytes())
+        .await;
     let (mut watcher, count) = tokio::time::timeout(PATIENCE, reader)
         .await
         .expect("watcher finishes")
         .expect("watcher task");
     assert_eq!(count, sent, "the watcher got every message");
-    ask(&mut watcher, &list_users(), &names(&["flooder", "watcher"])).await;
+    watcher
+        .request(&list_users(), &names(&["flooder", "watcher"]))
+        .await;
 
     // The sleeper finds what the kernel buffered, in order, then the end.
     let mut drained = Vec::new();
@@ -1586,7 +1553,7 @@ async fn rule_13_a_slow_consumer_is_disconnected_and_others_get_everything_in_or
         assert!(
             *frame == relay("lobby", "flooder", flood_text(index)),
             "sleeper frame {index}: {}",
-            show(frame)
+            show_frame(frame)
         );
     }
 }
@@ -1601,17 +1568,17 @@ async fn rule_13_connections_over_the_cap_are_told_the_server_is_full() {
     let (first, _) = server.greeted().await;
     let (mut second, _) = server.greeted().await;
     let mut third = server.client().await;
-    want(
-        &mut third,
-        b"\x00\x00\x00\x1e\x04\x17\x9a\x02Server full, try again later.",
-    )
-    .await;
+    third
+        .expect(b"\x00\x00\x00\x1e\x04\x17\x9a\x02Server full, try again later.")
+        .await;
     third.expect_closed().await;
     assert_eq!(
         try_later(text::SERVER_FULL)[..],
         b"\x00\x00\x00\x1e\x04\x17\x9a\x02Server full, try again later."[..]
     );
-    ask(&mut second, &list_users(), &names(&["rand0", "rand1"])).await;
+    second
+        .request(&list_users(), &names(&["rand0", "rand1"]))
+        .await;
 
     // Once someone leaves, a new connection is served again.
     first.close().await;
@@ -1619,12 +1586,16 @@ async fn rule_13_connections_over_the_cap_are_told_the_server_is_full() {
     loop {
         let mut next = server.client().await;
         next.send_raw(&frame_bytes(0x9b, GREETING)).await;
-        let reply = recv_checked(&mut next).await;
+        let reply = next.recv_raw().await;
         if reply[7] == 0x00 {
-            assert!(reply[8..].starts_with(b"rand"), "{}", show(&reply));
+            assert!(reply[8..].starts_with(b"rand"), "{}", show_frame(&reply));
             break;
         }
-        assert!(reply == try_later(text::SERVER_FULL), "{}", show(&reply));
+        assert!(
+            reply == try_later(text::SERVER_FULL),
+            "{}",
+            show_frame(&reply)
+        );
         assert!(Instant::now() < deadline, "the freed slot is never reused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1668,40 +1639,35 @@ async fn rule_14_events_are_logged_but_never_message_contents_or_passwords() {
     let server = TestServer::start(config).await;
     let mut alice = named(&server, "alice").await;
     let mut bob = named(&server, "bob").await;
-    ask(&mut alice, &join("vault", "hunter2-pw"), &ok_bytes()).await;
-    ask(
-        &mut bob,
-        &join("vault", "swordfish-pw"),
-        &error(text::WRONG_PASSWORD),
-    )
-    .await;
-    ask(&mut bob, &join("vault", "hunter2-pw"), &ok_bytes()).await;
-    for _ in 0..3 {
-        ask(
-            &mut alice,
-            &room_msg("vault", "room-secret-text"),
-            &ok_bytes(),
-        )
+    alice
+        .request(&join("vault", "hunter2-pw"), &ok_bytes())
         .await;
-        want(&mut bob, &relay("vault", "alice", "room-secret-text")).await;
+    bob.request(&join("vault", "swordfish-pw"), &error(text::WRONG_PASSWORD))
+        .await;
+    bob.request(&join("vault", "hunter2-pw"), &ok_bytes()).await;
+    for _ in 0..3 {
+        alice
+            .request(&room_msg("vault", "room-secret-text"), &ok_bytes())
+            .await;
+        bob.expect(&relay("vault", "alice", "room-secret-text"))
+            .await;
     }
     for _ in 0..2 {
-        ask(&mut alice, &dm("bob", "dm-secret-text"), &ok_bytes()).await;
-        want(&mut bob, &dm_relay("alice", "dm-secret-text")).await;
+        alice
+            .request(&dm("bob", "dm-secret-text"), &ok_bytes())
+            .await;
+        bob.expect(&dm_relay("alice", "dm-secret-text")).await;
     }
-    ask(
-        &mut alice,
-        &dm("bob", "limited-secret-text"),
-        &try_later(RATE_LIMITED),
-    )
-    .await;
+    alice
+        .request(&dm("bob", "limited-secret-text"), &try_later(RATE_LIMITED))
+        .await;
     bob.send_raw(&frame_bytes(
         0x15,
         b"\x05vault\x00\xffmalformed-secret-text",
     ))
     .await;
     expect_malformed_then_close(&mut bob, "malformed").await;
-    ask(&mut alice, &leave(), &ok_bytes()).await;
+    alice.request(&leave(), &ok_bytes()).await;
     // An idle cutoff.
     alice.expect_closed_within(Duration::from_secs(5)).await;
     server.stop().await;
@@ -1757,29 +1723,23 @@ async fn shutdown_delivers_queued_replies_then_closes_every_client() {
     }
     burst.extend(wire(&dm("bob", "sync")));
     alice.send_raw(&burst).await;
-    want(&mut bob, &dm_relay("alice", "sync")).await;
+    bob.expect(&dm_relay("alice", "sync")).await;
     // Then Bob's room messages queue up for her behind her own replies.
     for index in 0..30 {
-        ask(
-            &mut bob,
-            &room_msg("lobby", format!("message {index}")),
-            &ok_bytes(),
-        )
-        .await;
+        bob.request(&room_msg("lobby", format!("message {index}")), &ok_bytes())
+            .await;
     }
 
     server.stop().await;
 
     for _ in 0..20 {
-        want(&mut alice, &names(&["lobby"])).await;
+        alice.expect(&names(&["lobby"])).await;
     }
-    want(&mut alice, &ok_bytes()).await;
+    alice.expect(&ok_bytes()).await;
     for index in 0..30 {
-        want(
-            &mut alice,
-            &relay("lobby", "bob", format!("message {index}")),
-        )
-        .await;
+        alice
+            .expect(&relay("lobby", "bob", format!("message {index}")))
+            .await;
     }
     alice.expect_closed().await;
     bob.expect_closed().await;
