@@ -123,40 +123,23 @@ fn bad_flags_exit_2_with_a_message() {
 
 #[test]
 fn bad_config_files_exit_2_naming_the_problem() {
-    let missing = run(&["--config", "/nonexistent/parlor.toml"]);
-    assert_eq!(missing.status.code(), Some(2));
-    assert!(
-        stderr(&missing).contains("/nonexistent/parlor.toml"),
-        "{}",
-        stderr(&missing)
-    );
-
-    let typo = temp_file("typo.toml", "idle_timout_secs = 10\n");
-    let output = run(&["--config", typo.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("idle_timout_secs"),
-        "{}",
-        stderr(&output)
-    );
-
-    let invalid = temp_file("invalid.toml", "max_frame_bytes = 70000\n");
-    let output = run(&["serve", "--config", invalid.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("max_frame_bytes"),
-        "{}",
-        stderr(&output)
-    );
-
-    let wrong_type = temp_file("type.toml", "max_connections = \"many\"\n");
-    let output = run(&["--config", wrong_type.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("max_connections"),
-        "{}",
-        stderr(&output)
-    );
+    // (file contents, or None for a missing file; text stderr must name)
+    let cases = [
+        (None, "/nonexistent/parlor.toml"),
+        (Some("idle_timout_secs = 10\n"), "idle_timout_secs"),
+        (Some("max_frame_bytes = 70000\n"), "max_frame_bytes"),
+        (Some("max_connections = \"many\"\n"), "max_connections"),
+        (Some("argon2_iterations = 0\n"), "argon2_iterations"),
+    ];
+    for (index, (contents, named)) in cases.into_iter().enumerate() {
+        let path = match contents {
+            Some(contents) => temp_file(&format!("bad-{index}.toml"), contents),
+            None => named.into(),
+        };
+        let output = run(&["serve", "--config", path.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{named}");
+        assert!(stderr(&output).contains(named), "{}", stderr(&output));
+    }
 }
 
 #[test]
