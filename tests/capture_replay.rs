@@ -90,7 +90,7 @@ struct Deviation {
     port: u16,
     nth: usize,
     expected: Vec<u8>,
-    _why: &'static str,
+    why: &'static str,
 }
 
 async fn replay(capture: &str, deviations: &[Deviation]) {
@@ -116,12 +116,21 @@ async fn replay(capture: &str, deviations: &[Deviation]) {
             }
             (Direction::ToClient, Event::Frame(captured)) => {
                 let nth = received.entry(line.port).or_default();
-                let expected = deviations
+                let deviation = deviations
                     .iter()
-                    .find(|d| d.port == line.port && d.nth == *nth)
-                    .map_or(captured, |d| d.expected.clone());
+                    .find(|d| d.port == line.port && d.nth == *nth);
+                let (expected, why) =
+                    deviation.map_or((&captured, "as captured"), |d| (&d.expected, d.why));
                 *nth += 1;
-                clients.get_mut(&line.port).unwrap().expect(&expected).await;
+                let got = clients.get_mut(&line.port).unwrap().recv_raw().await;
+                assert!(
+                    got == *expected,
+                    "{capture}, reply {} to client {} ({why}):\n got: {}\nwant: {}",
+                    *nth - 1,
+                    line.port,
+                    show_frame(&got),
+                    show_frame(expected)
+                );
                 checked += 1;
             }
             // The server hung up first (LEAVE outside a room): so must parlor.
@@ -152,7 +161,7 @@ async fn capture_02_room_two_clients() {
             port: 36858,
             nth: 0,
             expected: response_bytes(0, b"rand1"),
-            _why: "guest numbers only increase: the student server handed out rand0 twice",
+            why: "guest numbers only increase: the student server handed out rand0 twice",
         }],
     )
     .await;
@@ -167,13 +176,13 @@ async fn capture_03_dm_nick_collision() {
                 port: 57802,
                 nth: 0,
                 expected: response_bytes(0, b"rand1"),
-                _why: "guest numbers only increase",
+                why: "guest numbers only increase",
             },
             Deviation {
                 port: 57792,
                 nth: 5,
                 expected: ok_bytes(),
-                _why: "NICK to your own current name succeeds (seed notes)",
+                why: "NICK to your own current name succeeds (seed notes)",
             },
         ],
     )
@@ -190,19 +199,19 @@ async fn capture_04_room_password() {
                 port: 43556,
                 nth: 0,
                 expected: response_bytes(0, b"rand1"),
-                _why: "guest numbers only increase",
+                why: "guest numbers only increase",
             },
             Deviation {
                 port: 43548,
                 nth: 4,
                 expected: sorted_rooms.clone(),
-                _why: "rooms are listed sorted bytewise",
+                why: "rooms are listed sorted bytewise",
             },
             Deviation {
                 port: 43556,
                 nth: 7,
                 expected: sorted_rooms,
-                _why: "rooms are listed sorted bytewise",
+                why: "rooms are listed sorted bytewise",
             },
         ],
     )
@@ -218,13 +227,13 @@ async fn capture_05_lists_leave_void_disconnect() {
                 port: 47248,
                 nth: 1,
                 expected: response_bytes(0, b"\x03bee\x05rand0\x05rand2"),
-                _why: "users are listed sorted bytewise",
+                why: "users are listed sorted bytewise",
             },
             Deviation {
                 port: 47244,
                 nth: 5,
                 expected: response_bytes(0, b"\x02r1\x02r2"),
-                _why: "rooms are listed sorted bytewise",
+                why: "rooms are listed sorted bytewise",
             },
         ],
     )

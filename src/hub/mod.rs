@@ -8,10 +8,11 @@
 //! event loop. Because time is an argument, the idle cutoff and the rate
 //! limit are tested exactly with a fake clock.
 //!
-//! Invariants the hub keeps, checked by [`Hub::check_invariants`]:
-//! every request gets exactly one `9a` response, a success (`9a 00`) is only
-//! ever a response, names are unique, rooms are never empty, and every room
-//! member is a connected user who knows it is in that room.
+//! Promises to the client: every request gets exactly one `9a` response and
+//! a success (`9a 00`) is only ever a response (checked by the random-session
+//! property test). State invariants, checked by [`Hub::check_invariants`]:
+//! names are unique, rooms are never empty, and every room member is a
+//! connected user who knows it is in that room.
 
 mod directory;
 mod idle;

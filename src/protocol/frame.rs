@@ -14,7 +14,7 @@
 //! header costs nothing.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Decoder;
 
 /// The two bytes after the length in every frame.
 pub const MAGIC: [u8; 2] = [0x04, 0x17];
@@ -152,15 +152,6 @@ impl Decoder for FrameCodec {
             None if src.is_empty() => Ok(None),
             None => Err(FrameError::Truncated),
         }
-    }
-}
-
-impl Encoder<&Frame> for FrameCodec {
-    type Error = FrameError;
-
-    fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        frame.encode_into(dst);
-        Ok(())
     }
 }
 

@@ -243,14 +243,6 @@ pub enum ServerMessage {
 pub const OK_RESPONSE: Bytes = Bytes::from_static(&[0, 0, 0, 1, 0x04, 0x17, opcode::RESPONSE, 0]);
 
 impl ServerMessage {
-    /// `9a <status> <text>`.
-    pub fn response(status: Status, text: impl AsRef<[u8]>) -> ServerMessage {
-        ServerMessage::Response {
-            status: status as u8,
-            data: Bytes::copy_from_slice(text.as_ref()),
-        }
-    }
-
     /// Encodes the message into one frame, ready to be shared by every
     /// recipient.
     pub fn encode(&self) -> Bytes {
@@ -436,7 +428,11 @@ mod tests {
         assert_eq!(empty_list.as_ref(), &[0, 0, 0, 1, 4, 0x17, 0x9a, 0]);
         assert_eq!(OK_RESPONSE, empty_list);
 
-        let hello = ServerMessage::response(Status::Ok, "rand0").encode();
+        let hello = ServerMessage::Response {
+            status: Status::Ok as u8,
+            data: Bytes::from_static(b"rand0"),
+        }
+        .encode();
         assert_eq!(hello.as_ref(), b"\x00\x00\x00\x06\x04\x17\x9a\x00rand0");
     }
 }
