@@ -18,7 +18,7 @@ use std::thread;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use rand::RngCore;
+use rand::Rng;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 use tracing::error;
@@ -122,7 +122,7 @@ impl Hasher {
     /// Hashes `password` with a fresh random salt into a PHC string.
     pub fn hash(&mut self, password: &[u8]) -> Result<Arc<str>, HashError> {
         let mut salt = [0u8; SALT_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut salt);
+        rand::rng().fill_bytes(&mut salt);
         let mut output = Zeroizing::new([0u8; OUTPUT_LEN]);
         self.argon2.hash_password_into_with_memory(
             password,
