@@ -25,16 +25,35 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Connections served at once; further ones are told to try later.
     pub max_connections: usize,
+    /// Connections served at once from one IP address.
+    pub max_connections_per_ip: usize,
     /// Bytes queued for one client before it counts as too slow and is
     /// disconnected.
     pub send_queue_bytes: usize,
     /// Seconds without any complete frame (heartbeats count) before a
     /// connection is closed.
     pub idle_timeout_secs: f64,
+    /// Seconds a new connection has to complete its first frame. Shorter than
+    /// the idle timeout, so connections opened and left silent, or trickling
+    /// a frame byte by byte, are shed quickly.
+    pub handshake_timeout_secs: f64,
     /// Room and direct messages allowed per window; the next is refused.
     pub rate_limit_messages: usize,
     /// Length of the sliding rate-limit window, in seconds.
     pub rate_limit_window_secs: f64,
+    /// Nick changes allowed per window.
+    pub nick_rate_limit: usize,
+    /// Length of the sliding nick-change window, in seconds.
+    pub nick_rate_window_secs: f64,
+    /// Joins that need a password hash (creating or entering a protected
+    /// room) allowed per window; each costs argon2's memory and time.
+    pub password_join_rate_limit: usize,
+    /// Length of the sliding password-join window, in seconds.
+    pub password_join_rate_window_secs: f64,
+    /// Rooms that may exist at once.
+    pub max_rooms: usize,
+    /// Members one room may have.
+    pub max_room_members: usize,
     /// Argon2id memory cost for room passwords, in KiB.
     pub argon2_memory_kib: u32,
     /// Argon2id iterations.
@@ -51,6 +70,8 @@ pub struct Config {
     pub flush_timeout_secs: f64,
     /// Tokio worker threads; 0 means one per available core.
     pub worker_threads: usize,
+    /// Address of the Prometheus metrics endpoint; off when absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -59,10 +80,18 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 4170)),
             max_frame_bytes: MAX_CLIENT_PAYLOAD,
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             send_queue_bytes: 1 << 20,
             idle_timeout_secs: 30.0,
+            handshake_timeout_secs: 10.0,
             rate_limit_messages: 5,
             rate_limit_window_secs: 5.0,
+            nick_rate_limit: 5,
+            nick_rate_window_secs: 60.0,
+            password_join_rate_limit: 5,
+            password_join_rate_window_secs: 60.0,
+            max_rooms: 10_000,
+            max_room_members: 1_000,
             argon2_memory_kib: argon2::Params::DEFAULT_M_COST,
             argon2_iterations: argon2::Params::DEFAULT_T_COST,
             argon2_parallelism: argon2::Params::DEFAULT_P_COST,
@@ -70,6 +99,7 @@ impl Default for Config {
             password_queue: 32,
             flush_timeout_secs: 3.0,
             worker_threads: 0,
+            metrics_listen: None,
         }
     }
 }
@@ -116,6 +146,12 @@ impl Config {
         };
         let positive_secs = [
             ("idle_timeout_secs", self.idle_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("nick_rate_window_secs", self.nick_rate_window_secs),
+            (
+                "password_join_rate_window_secs",
+                self.password_join_rate_window_secs,
+            ),
             ("rate_limit_window_secs", self.rate_limit_window_secs),
             ("flush_timeout_secs", self.flush_timeout_secs),
         ];
@@ -133,6 +169,11 @@ impl Config {
         let at_least_one = [
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("nick_rate_limit", self.nick_rate_limit),
+            ("password_join_rate_limit", self.password_join_rate_limit),
+            ("max_rooms", self.max_rooms),
+            ("max_room_members", self.max_room_members),
             ("send_queue_bytes", self.send_queue_bytes),
             ("rate_limit_messages", self.rate_limit_messages),
             ("password_hash_threads", self.password_hash_threads),
@@ -156,7 +197,9 @@ impl Config {
 
     /// The default settings as a TOML file, for `--help`.
     pub fn defaults_toml() -> String {
-        toml::to_string(&Config::default()).expect("settings always serialize")
+        let mut shown = toml::to_string(&Config::default()).expect("settings always serialize");
+        shown.push_str("# metrics_listen = \"127.0.0.1:9464\"  (unset by default: no endpoint)\n");
+        shown
     }
 
     pub fn argon2_params(&self) -> Result<argon2::Params, argon2::Error> {
@@ -172,8 +215,20 @@ impl Config {
         Duration::from_secs_f64(self.idle_timeout_secs)
     }
 
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handshake_timeout_secs)
+    }
+
     pub fn rate_limit_window(&self) -> Duration {
         Duration::from_secs_f64(self.rate_limit_window_secs)
+    }
+
+    pub fn nick_rate_window(&self) -> Duration {
+        Duration::from_secs_f64(self.nick_rate_window_secs)
+    }
+
+    pub fn password_join_rate_window(&self) -> Duration {
+        Duration::from_secs_f64(self.password_join_rate_window_secs)
     }
 
     pub fn flush_timeout(&self) -> Duration {

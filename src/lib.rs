@@ -10,9 +10,11 @@
 //!   the event loop.
 //! - [`server`]: the thin tokio shell that connects sockets to the hub.
 //! - [`config`]: every limit, with its default.
+//! - [`metrics`]: counters of what the server refuses and relays.
 
 pub mod config;
 pub mod hub;
+pub mod metrics;
 pub mod password;
 pub mod printable;
 pub mod protocol;

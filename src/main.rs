@@ -41,6 +41,9 @@ struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0:4170].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// TOML file with settings; see README.md for every key and default.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -99,6 +102,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error>> {
     if let Some(port) = args.port {
         config.listen.set_port(port);
     }
+    if let Some(metrics) = args.metrics {
+        config.metrics_listen = Some(metrics);
+    }
     config.validate()?;
     Ok(config)
 }
@@ -137,30 +143,31 @@ fn serve(config: Config) -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
         let server = Server::bind(config).await?;
-        server.run(shutdown_signal()).await?;
+        server.run(shutdown).await?;
         Ok(())
     })
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed here, before
+/// the server binds, so a signal sent as soon as it is listening is not lost.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

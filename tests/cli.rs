@@ -216,7 +216,11 @@ fn config_file_settings_apply_and_logs_can_be_json() {
             "not JSON: {line:?} in\n{rest}"
         );
     }
-    assert!(rest.contains("connection refused: server full"), "{rest}");
+    assert!(
+        rest.contains("\"message\":\"connection refused\""),
+        "{rest}"
+    );
+    assert!(rest.contains("connection limit reached"), "{rest}");
     assert!(rest.contains("\"peer\":\"127.0.0.1:"), "{rest}");
 }
 

@@ -20,7 +20,7 @@ mod rate;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::config::Config;
+use crate::metrics::{Metrics, Rejection, Relayed};
 use crate::printable::Printable;
 use crate::protocol::legacy::{
     encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
@@ -37,7 +38,7 @@ use crate::protocol::{ClientMessage, Status};
 
 pub use directory::{Directory, Room};
 pub use idle::IdleTimers;
-pub use rate::SlidingWindow;
+pub use rate::{Rate, SlidingWindow};
 
 /// Identifies one connection for its whole life; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,6 +61,9 @@ pub mod text {
     pub const VOID: &str = "You shout into the void and hear nothing.";
     pub const NICK_NOT_PRESENT: &str = "Nick not present";
     pub const SERVER_FULL: &str = "Server full, try again later.";
+    pub const TOO_MANY_FROM_ADDRESS: &str =
+        "Too many connections from your address, try again later.";
+    pub const TOO_MANY_ROOMS: &str = "The server has too many rooms, try again later.";
     pub const PASSWORDS_BUSY: &str = "Server busy checking passwords, try again later.";
     pub const PASSWORD_FAILED: &str = "Internal error while checking the password.";
     pub const REQUEST_PENDING: &str = "Previous request still in progress.";
@@ -95,6 +99,10 @@ pub enum CloseReason {
     SlowConsumer,
     /// The connection limit was reached.
     ServerFull,
+    /// The per-address connection limit was reached.
+    TooManyFromAddress,
+    /// No complete frame within the handshake timeout.
+    HandshakeTimeout,
     /// The server is shutting down.
     Shutdown,
     /// Reading from or writing to the socket failed.
@@ -110,6 +118,8 @@ impl fmt::Display for CloseReason {
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::SlowConsumer => "send queue overflow (slow consumer)",
             CloseReason::ServerFull => "connection limit reached",
+            CloseReason::TooManyFromAddress => "per-address connection limit reached",
+            CloseReason::HandshakeTimeout => "no complete frame within the handshake timeout",
             CloseReason::Shutdown => "server shutdown",
             CloseReason::IoError => "socket error",
         })
@@ -152,9 +162,14 @@ pub enum PasswordOutcome {
 #[derive(Clone, Debug)]
 struct Limits {
     max_connections: usize,
+    max_connections_per_ip: usize,
+    handshake_timeout: Duration,
     idle_timeout: Duration,
-    rate_limit_messages: usize,
-    rate_limit_window: Duration,
+    message_rate: Rate,
+    nick_rate: Rate,
+    password_join_rate: Rate,
+    max_rooms: usize,
+    max_room_members: usize,
 }
 
 #[derive(Debug)]
@@ -162,8 +177,14 @@ struct User {
     name: Bytes,
     room: Option<Bytes>,
     peer: SocketAddr,
+    /// When the last complete frame arrived (at first: when it connected).
     last_heard: Instant,
+    /// Whether any complete frame has arrived; until then the shorter
+    /// handshake timeout applies.
+    heard_frame: bool,
     message_rate: SlidingWindow,
+    nick_rate: SlidingWindow,
+    password_join_rate: SlidingWindow,
     pending_join: Option<PendingJoin>,
 }
 
@@ -182,48 +203,107 @@ struct PendingJoin {
 pub struct Hub {
     limits: Limits,
     rate_limit_text: Bytes,
+    nick_rate_limit_text: Bytes,
+    password_join_rate_limit_text: Bytes,
     users: HashMap<ConnId, User>,
+    connections_per_ip: HashMap<IpAddr, usize>,
     directory: Directory,
     idle: IdleTimers,
     next_guest_number: u64,
     next_ticket: u64,
+    metrics: Metrics,
 }
 
 impl Hub {
     pub fn new(config: &Config) -> Hub {
         let limits = Limits {
             max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip,
+            // A handshake never gets longer than the idle timeout.
+            handshake_timeout: config.handshake_timeout().min(config.idle_timeout()),
             idle_timeout: config.idle_timeout(),
-            rate_limit_messages: config.rate_limit_messages,
-            rate_limit_window: config.rate_limit_window(),
+            message_rate: Rate {
+                limit: config.rate_limit_messages,
+                window: config.rate_limit_window(),
+            },
+            nick_rate: Rate {
+                limit: config.nick_rate_limit,
+                window: config.nick_rate_window(),
+            },
+            password_join_rate: Rate {
+                limit: config.password_join_rate_limit,
+                window: config.password_join_rate_window(),
+            },
+            max_rooms: config.max_rooms,
+            max_room_members: config.max_room_members,
         };
-        let rate_limit_text = Bytes::from(format!(
-            "Slow down: at most {} messages per {} seconds.",
-            limits.rate_limit_messages, config.rate_limit_window_secs
-        ));
+        let slow_down = |limit, what, secs| {
+            Bytes::from(format!(
+                "Slow down: at most {limit} {what} per {secs} seconds."
+            ))
+        };
         Hub {
             limits,
-            rate_limit_text,
+            rate_limit_text: slow_down(
+                config.rate_limit_messages,
+                "messages",
+                config.rate_limit_window_secs,
+            ),
+            nick_rate_limit_text: slow_down(
+                config.nick_rate_limit,
+                "nick changes",
+                config.nick_rate_window_secs,
+            ),
+            password_join_rate_limit_text: slow_down(
+                config.password_join_rate_limit,
+                "password attempts",
+                config.password_join_rate_window_secs,
+            ),
             users: HashMap::new(),
+            connections_per_ip: HashMap::new(),
             directory: Directory::default(),
             idle: IdleTimers::default(),
             next_guest_number: 0,
             next_ticket: 0,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// The counters the hub keeps; clones share them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A connection was accepted. It is named `randN` at once; the name is
     /// sent as the reply to its HELLO.
     pub fn connect(&mut self, conn: ConnId, peer: SocketAddr, now: Instant, out: &mut Vec<Action>) {
-        if self.users.len() >= self.limits.max_connections {
-            warn!(%peer, limit = self.limits.max_connections, "connection refused: server full");
-            respond(out, conn, Status::TryLater, text::SERVER_FULL);
-            out.push(Action::Close {
-                conn,
-                reason: CloseReason::ServerFull,
-            });
+        let from_address = self.connections_per_ip.entry(peer.ip()).or_default();
+        let refusal = if self.users.len() >= self.limits.max_connections {
+            Some((
+                CloseReason::ServerFull,
+                Rejection::ServerFull,
+                text::SERVER_FULL,
+            ))
+        } else if *from_address >= self.limits.max_connections_per_ip {
+            Some((
+                CloseReason::TooManyFromAddress,
+                Rejection::PerIpLimit,
+                text::TOO_MANY_FROM_ADDRESS,
+            ))
+        } else {
+            None
+        };
+        if let Some((reason, rejection, reply)) = refusal {
+            if *from_address == 0 {
+                self.connections_per_ip.remove(&peer.ip());
+            }
+            warn!(%peer, %reason, "connection refused");
+            self.metrics.reject(rejection);
+            respond(out, conn, Status::TryLater, reply);
+            out.push(Action::Close { conn, reason });
             return;
         }
+        *from_address += 1;
         let name = self.fresh_guest_name(conn);
         info!(%peer, nick = %Printable(&name), %conn, "connected");
         self.users.insert(
@@ -233,14 +313,15 @@ impl Hub {
                 room: None,
                 peer,
                 last_heard: now,
-                message_rate: SlidingWindow::new(
-                    self.limits.rate_limit_messages,
-                    self.limits.rate_limit_window,
-                ),
+                heard_frame: false,
+                message_rate: SlidingWindow::default(),
+                nick_rate: SlidingWindow::default(),
+                password_join_rate: SlidingWindow::default(),
                 pending_join: None,
             },
         );
-        self.idle.schedule(conn, now + self.limits.idle_timeout);
+        self.idle
+            .schedule(conn, now + self.limits.handshake_timeout);
     }
 
     /// `rand0`, `rand1`, ...: numbers only go up, and a number whose name
@@ -267,6 +348,7 @@ impl Hub {
             return;
         };
         user.last_heard = now;
+        user.heard_frame = true;
         if user.pending_join.is_some() && message.expects_response() {
             respond(out, conn, Status::TryLater, text::REQUEST_PENDING);
             return;
@@ -280,8 +362,8 @@ impl Hub {
                 ));
             }
             ClientMessage::Heartbeat { .. } => {}
-            ClientMessage::Nick { name } => self.nick(conn, &name, out),
-            ClientMessage::Join { room, password } => self.join(conn, &room, &password, out),
+            ClientMessage::Nick { name } => self.nick(conn, &name, now, out),
+            ClientMessage::Join { room, password } => self.join(conn, &room, &password, now, out),
             ClientMessage::Leave => self.leave(conn, out),
             ClientMessage::ListUsers => self.list_users(conn, out),
             ClientMessage::ListRooms => self.list_rooms(conn, out),
@@ -305,6 +387,7 @@ impl Hub {
         if let Some(user) = self.users.get(&conn) {
             warn!(peer = %user.peer, nick = %Printable(&user.name), %reason, "malformed input");
         }
+        self.metrics.reject(Rejection::Malformed);
         let reply = format!("Malformed frame: {reason}.");
         respond(out, conn, Status::Error, reply);
         self.close(conn, CloseReason::Malformed, out);
@@ -321,15 +404,28 @@ impl Hub {
         self.idle.next()
     }
 
-    /// Closes connections that have been silent for the idle timeout.
+    /// Closes connections that have been silent for the idle timeout, or
+    /// that have not completed a first frame within the handshake timeout.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
         while let Some(conn) = self.idle.pop_due(now) {
             let Some(user) = self.users.get(&conn) else {
                 continue;
             };
-            let deadline = user.last_heard + self.limits.idle_timeout;
+            let (timeout, reason, rejection) = if user.heard_frame {
+                let idle = self.limits.idle_timeout;
+                (idle, CloseReason::IdleTimeout, Rejection::IdleTimeout)
+            } else {
+                let handshake = self.limits.handshake_timeout;
+                (
+                    handshake,
+                    CloseReason::HandshakeTimeout,
+                    Rejection::HandshakeTimeout,
+                )
+            };
+            let deadline = user.last_heard + timeout;
             if deadline <= now {
-                self.close(conn, CloseReason::IdleTimeout, out);
+                self.metrics.reject(rejection);
+                self.close(conn, reason, out);
             } else {
                 self.idle.schedule(conn, deadline);
             }
@@ -360,6 +456,13 @@ impl Hub {
                 respond(out, conn, Status::TryLater, text::PASSWORDS_BUSY);
             }
             PasswordOutcome::Failed => respond(out, conn, Status::Error, text::PASSWORD_FAILED),
+            // The room filled up while the hash ran: judge again, which
+            // refuses with the capacity text.
+            PasswordOutcome::Verified(true) | PasswordOutcome::Hashed(_)
+                if self.room_capacity_refusal(&pending.room).is_some() =>
+            {
+                self.attempt_join(conn, pending.room, pending.password, None, out)
+            }
             PasswordOutcome::Verified(matches)
                 if room_now.map(Room::generation) == pending.room_generation =>
             {
@@ -378,18 +481,25 @@ impl Hub {
             // The room was created, deleted or recreated while the hash ran:
             // judge the join again against the room as it is now.
             PasswordOutcome::Verified(_) | PasswordOutcome::Hashed(_) => {
-                self.attempt_join(conn, pending.room, pending.password, out)
+                self.attempt_join(conn, pending.room, pending.password, None, out)
             }
         }
     }
 
-    fn nick(&mut self, conn: ConnId, name: &[u8], out: &mut Vec<Action>) {
+    fn nick(&mut self, conn: ConnId, name: &[u8], now: Instant, out: &mut Vec<Action>) {
         if let Err(problem) = check_name(name, text::NICK_EMPTY, text::NICK_INVALID) {
             return respond(out, conn, Status::Error, problem);
         }
         let user = self.users.get_mut(&conn).expect("caller checked");
         if user.name == name {
             return out.push(send(conn, OK_RESPONSE));
+        }
+        // Every attempt counts, taken names too: probing for free names is
+        // as cheap for a spammer as changing.
+        if !user.nick_rate.try_acquire(now, self.limits.nick_rate) {
+            warn!(peer = %user.peer, nick = %Printable(&user.name), "nick rate limit hit");
+            self.metrics.reject(Rejection::NickRateLimited);
+            return respond(out, conn, Status::TryLater, &self.nick_rate_limit_text);
         }
         let name = Bytes::copy_from_slice(name);
         if !self.directory.claim_name(&name, conn) {
@@ -401,7 +511,14 @@ impl Hub {
         out.push(send(conn, OK_RESPONSE));
     }
 
-    fn join(&mut self, conn: ConnId, room: &[u8], password: &[u8], out: &mut Vec<Action>) {
+    fn join(
+        &mut self,
+        conn: ConnId,
+        room: &[u8],
+        password: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if let Err(problem) = check_name(room, text::ROOM_EMPTY, text::ROOM_INVALID) {
             return respond(out, conn, Status::Error, problem);
         }
@@ -414,17 +531,24 @@ impl Hub {
             ));
         }
         let password = Zeroizing::new(password.to_vec());
-        self.attempt_join(conn, Bytes::copy_from_slice(room), password, out);
+        self.attempt_join(conn, Bytes::copy_from_slice(room), password, Some(now), out);
     }
 
-    /// Joins, creates, or starts the password work a join needs.
+    /// Joins, creates, or starts the password work a join needs. A hash
+    /// counts against the password-join rate limit when `charge_at` is given
+    /// (not when a join is judged again after the room changed under it).
     fn attempt_join(
         &mut self,
         conn: ConnId,
         room: Bytes,
         password: Zeroizing<Vec<u8>>,
+        charge_at: Option<Instant>,
         out: &mut Vec<Action>,
     ) {
+        if let Some(refusal) = self.room_capacity_refusal(&room) {
+            self.metrics.reject(Rejection::RoomLimit);
+            return respond(out, conn, Status::TryLater, refusal);
+        }
         let (task, room_generation) = match self.directory.room(&room) {
             Some(existing) => match existing.password_hash() {
                 // An empty password never matches a set one, and a room
@@ -454,9 +578,24 @@ impl Hub {
                 None,
             ),
         };
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        if let Some(now) = charge_at {
+            if !user
+                .password_join_rate
+                .try_acquire(now, self.limits.password_join_rate)
+            {
+                warn!(peer = %user.peer, nick = %Printable(&user.name), "password join rate limit hit");
+                self.metrics.reject(Rejection::PasswordRateLimited);
+                return respond(
+                    out,
+                    conn,
+                    Status::TryLater,
+                    &self.password_join_rate_limit_text,
+                );
+            }
+        }
         self.next_ticket += 1;
         let ticket = self.next_ticket;
-        let user = self.users.get_mut(&conn).expect("caller checked");
         user.pending_join = Some(PendingJoin {
             ticket,
             room,
@@ -466,8 +605,22 @@ impl Hub {
         out.push(Action::Password(PasswordJob { conn, ticket, task }));
     }
 
+    /// Why joining `room` would break a capacity limit, if it would.
+    fn room_capacity_refusal(&self, room: &[u8]) -> Option<Vec<u8>> {
+        match self.directory.room(room) {
+            Some(existing) if existing.members().len() >= self.limits.max_room_members => {
+                Some([b"Room '", room, b"' is full, try again later."].concat())
+            }
+            None if self.directory.room_count() >= self.limits.max_rooms => {
+                Some(text::TOO_MANY_ROOMS.as_bytes().to_vec())
+            }
+            _ => None,
+        }
+    }
+
     fn wrong_password(&self, conn: ConnId, room: &[u8], out: &mut Vec<Action>) {
         let user = &self.users[&conn];
+        self.metrics.reject(Rejection::WrongPassword);
         warn!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(room), "wrong room password");
         respond(out, conn, Status::Error, text::WRONG_PASSWORD);
     }
@@ -536,10 +689,11 @@ impl Hub {
     /// (failed ones too); `false` means it was refused and answered.
     fn admit_message(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) -> bool {
         let user = self.users.get_mut(&conn).expect("caller checked");
-        if user.message_rate.try_acquire(now) {
+        if user.message_rate.try_acquire(now, self.limits.message_rate) {
             return true;
         }
         warn!(peer = %user.peer, nick = %Printable(&user.name), "rate limit hit");
+        self.metrics.reject(Rejection::RateLimited);
         out.push(send(
             conn,
             encode_response(
@@ -581,6 +735,8 @@ impl Hub {
                 .filter(|member| **member != conn)
                 .map(|member| send(*member, frame.clone())),
         );
+        self.metrics
+            .relayed(Relayed::Room, members.len().saturating_sub(1));
     }
 
     fn direct_message(
@@ -600,6 +756,7 @@ impl Hub {
         out.push(send(conn, OK_RESPONSE));
         let sender = &self.users[&conn].name;
         out.push(send(recipient, encode_direct_message(sender, text)));
+        self.metrics.relayed(Relayed::Direct, 1);
     }
 
     /// Forgets the user and asks the driver to flush and close.
@@ -616,6 +773,15 @@ impl Hub {
             return false;
         };
         self.directory.release_name(&user.name);
+        if let Some(count) = self.connections_per_ip.get_mut(&user.peer.ip()) {
+            *count -= 1;
+            if *count == 0 {
+                self.connections_per_ip.remove(&user.peer.ip());
+            }
+        }
+        if reason == CloseReason::SlowConsumer {
+            self.metrics.reject(Rejection::SlowConsumer);
+        }
         let (peer, nick) = (user.peer, Printable(&user.name));
         match reason {
             CloseReason::ClientClosed | CloseReason::LeftServer | CloseReason::Shutdown => {

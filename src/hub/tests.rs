@@ -433,10 +433,12 @@ fn rate_limit_counts_room_and_direct_messages_together_in_a_sliding_window() {
 fn idle_connections_are_closed_at_the_timeout_and_heartbeats_count() {
     let mut h = Harness::new();
     let (quiet, chatty) = (h.connect(1), h.connect(2));
-    assert_eq!(h.hub.poll_timeout(), Some(h.now + Duration::from_secs(30)));
     let heartbeat = || ClientMessage::Heartbeat {
         payload: Bytes::new(),
     };
+    // A first frame moves both from the handshake timeout to the idle one.
+    h.send(quiet, heartbeat());
+    h.send(chatty, heartbeat());
     for _ in 0..4 {
         assert!(h.advance(Duration::from_secs(6)).is_empty());
         assert!(
@@ -456,6 +458,150 @@ fn idle_connections_are_closed_at_the_timeout_and_heartbeats_count() {
         [(chatty, CloseReason::IdleTimeout)]
     );
     assert_eq!(h.hub.poll_timeout(), None);
+}
+
+#[test]
+fn connections_without_a_complete_frame_go_at_the_handshake_timeout() {
+    let mut h = Harness::with(Config {
+        handshake_timeout_secs: 10.0,
+        ..Config::default()
+    });
+    let (silent, greeted) = (h.connect(1), h.connect(2));
+    assert_eq!(h.hub.poll_timeout(), Some(h.now + Duration::from_secs(10)));
+    h.now += Duration::from_secs(9);
+    h.send(
+        greeted,
+        ClientMessage::Hello {
+            greeting: Bytes::from_static(b"hi"),
+        },
+    );
+    let out = h.advance(Duration::from_secs(1));
+    assert!(sent(&out).is_empty(), "closed without a frame");
+    assert_eq!(closed(&out), [(silent, CloseReason::HandshakeTimeout)]);
+    assert!(h.hub.is_connected(greeted), "now on the 30 s idle timeout");
+    // Its frame came at t = 9 s, so it goes at t = 39 s.
+    assert!(h.advance(Duration::from_secs(28)).is_empty());
+    assert_eq!(
+        closed(&h.advance(Duration::from_secs(1))),
+        [(greeted, CloseReason::IdleTimeout)]
+    );
+    let metrics = h.hub.metrics();
+    assert_eq!(metrics.rejections(Rejection::HandshakeTimeout), 1);
+    assert_eq!(metrics.rejections(Rejection::IdleTimeout), 1);
+}
+
+#[test]
+fn the_per_address_limit_refuses_with_try_later_and_frees_on_disconnect() {
+    let mut h = Harness::with(Config {
+        max_connections_per_ip: 2,
+        ..Config::default()
+    });
+    h.connect(1);
+    h.connect(2);
+    let refused = |h: &mut Harness, id: u64, ip: [u8; 4]| {
+        let mut out = Vec::new();
+        let peer = SocketAddr::from((ip, 50_000));
+        h.hub.connect(ConnId(id), peer, h.now, &mut out);
+        !out.is_empty()
+    };
+    assert!(refused(&mut h, 3, [127, 0, 0, 1]));
+    assert!(
+        !refused(&mut h, 4, [10, 0, 0, 7]),
+        "another address is fine"
+    );
+    let mut out = Vec::new();
+    h.hub.connect(
+        ConnId(5),
+        SocketAddr::from(([127, 0, 0, 1], 1)),
+        h.now,
+        &mut out,
+    );
+    assert_eq!(
+        sent(&out),
+        [(ConnId(5), response(2, text::TOO_MANY_FROM_ADDRESS))]
+    );
+    assert_eq!(closed(&out), [(ConnId(5), CloseReason::TooManyFromAddress)]);
+    h.hub.disconnect(ConnId(1), CloseReason::ClientClosed);
+    assert!(!refused(&mut h, 6, [127, 0, 0, 1]), "a slot was freed");
+    assert_eq!(h.hub.metrics().rejections(Rejection::PerIpLimit), 2);
+}
+
+#[test]
+fn nick_changes_are_rate_limited_taken_names_included() {
+    let mut h = Harness::with(Config {
+        nick_rate_limit: 2,
+        nick_rate_window_secs: 60.0,
+        ..Config::default()
+    });
+    let (a, b) = (h.connect(1), h.connect(2));
+    h.nick(b, "taken");
+    assert_eq!(sent(&h.nick(a, "one")), [(a, ok())]);
+    assert_eq!(
+        sent(&h.nick(a, "taken")),
+        [(a, response(1, text::NICK_TAKEN))]
+    );
+    let limited = response(2, "Slow down: at most 2 nick changes per 60 seconds.");
+    assert_eq!(sent(&h.nick(a, "two")), [(a, limited.clone())]);
+    assert_eq!(sent(&h.nick(a, "one")), [(a, ok())], "no change, no charge");
+    h.now += Duration::from_secs(60);
+    assert_eq!(sent(&h.nick(a, "two")), [(a, ok())]);
+    assert_eq!(h.hub.name_of(a), Some(&b"two"[..]));
+}
+
+#[test]
+fn password_joins_are_rate_limited_but_open_rooms_are_not() {
+    let mut h = Harness::with(Config {
+        password_join_rate_limit: 2,
+        password_join_rate_window_secs: 60.0,
+        ..Config::default()
+    });
+    let (owner, guesser) = (h.connect(1), h.connect(2));
+    h.join(owner, "vault", "secret");
+    let wrong = response(1, text::WRONG_PASSWORD);
+    assert_eq!(
+        sent(&h.join(guesser, "vault", "guess1")),
+        [(guesser, wrong.clone())]
+    );
+    assert_eq!(
+        sent(&h.join(guesser, "vault", "guess2")),
+        [(guesser, wrong)]
+    );
+    let limited = response(2, "Slow down: at most 2 password attempts per 60 seconds.");
+    assert_eq!(
+        sent(&h.join(guesser, "vault", "secret")),
+        [(guesser, limited)],
+        "refused before any hash, even with the right password"
+    );
+    assert_eq!(sent(&h.join(guesser, "lobby", "")), [(guesser, ok())]);
+    h.now += Duration::from_secs(60);
+    assert_eq!(sent(&h.join(guesser, "vault", "secret")), [(guesser, ok())]);
+    let metrics = h.hub.metrics();
+    assert_eq!(metrics.rejections(Rejection::WrongPassword), 2);
+    assert_eq!(metrics.rejections(Rejection::PasswordRateLimited), 1);
+}
+
+#[test]
+fn rooms_and_room_members_are_capped() {
+    let mut h = Harness::with(Config {
+        max_rooms: 1,
+        max_room_members: 2,
+        ..Config::default()
+    });
+    let (a, b, c) = (h.connect(1), h.connect(2), h.connect(3));
+    h.join(a, "only", "");
+    assert_eq!(
+        sent(&h.join(b, "second", "")),
+        [(b, response(2, text::TOO_MANY_ROOMS))]
+    );
+    assert_eq!(sent(&h.join(b, "only", "")), [(b, ok())]);
+    assert_eq!(
+        sent(&h.join(c, "only", "")),
+        [(c, response(2, "Room 'only' is full, try again later."))]
+    );
+    h.send(a, ClientMessage::Leave);
+    assert_eq!(sent(&h.join(c, "only", "")), [(c, ok())]);
+    assert_eq!(h.hub.metrics().rejections(Rejection::RoomLimit), 2);
+    h.hub.check_invariants().unwrap();
 }
 
 #[test]

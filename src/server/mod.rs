@@ -9,6 +9,7 @@
 //! [`Hub`]: crate::hub::Hub
 
 mod connection;
+mod metrics_endpoint;
 mod state;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use state::Shared;
 /// A bound, not yet running, server.
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -43,8 +45,16 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|err| context(err, &format!("cannot listen on {}", config.listen)))?;
+        let metrics_listener =
+            match config.metrics_listen {
+                Some(addr) => Some(TcpListener::bind(addr).await.map_err(|err| {
+                    context(err, &format!("cannot listen for metrics on {addr}"))
+                })?),
+                None => None,
+            };
         Ok(Server {
             listener,
+            metrics_listener,
             shared: Arc::new(Shared::new(config, passwords)),
         })
     }
@@ -53,14 +63,32 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Where the metrics endpoint listens, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref()?.local_addr().ok()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, flushes what
     /// is queued for every client (for at most `flush_timeout_secs`), closes
     /// every connection and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let Server { listener, shared } = self;
+        let Server {
+            listener,
+            metrics_listener,
+            shared,
+        } = self;
         info!(addr = %listener.local_addr()?, "listening");
         let connections = TaskTracker::new();
         let timers = tokio::spawn(run_timers(Arc::clone(&shared)));
+        let metrics = metrics_listener.map(|metrics_listener| {
+            if let Ok(addr) = metrics_listener.local_addr() {
+                info!(%addr, "serving metrics");
+            }
+            tokio::spawn(metrics_endpoint::serve(
+                metrics_listener,
+                Arc::clone(&shared),
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -89,6 +117,9 @@ impl Server {
             error!("connections still open after the flush timeout; exiting anyway");
         }
         timers.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         info!("stopped");
         Ok(())
     }

@@ -153,6 +153,17 @@ impl Shared {
         job.map_or(Fed::More, Fed::Password)
     }
 
+    /// The server's counters in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let metrics = {
+            let state = self.lock();
+            let metrics = state.hub.metrics().clone();
+            metrics.set_population(state.hub.user_count(), state.hub.room_count());
+            metrics
+        };
+        metrics.render()
+    }
+
     /// Reports a finished password job to the hub.
     pub fn password_checked(&self, conn: ConnId, ticket: u64, outcome: PasswordOutcome) -> Fed {
         let mut state = self.lock();
