@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parlor::config::Config;
 use parlor::hub::text;
 use parlor::protocol::ClientMessage;
@@ -26,110 +25,6 @@ const SILENCE: Duration = Duration::from_millis(300);
 
 /// LIST_ROOMS with no rooms (and any `9a 00` without data).
 const NO_ROOMS: [u8; 8] = [0x00, 0x00, 0x00, 0x01, 0x04, 0x17, 0x9a, 0x00];
-
-// ---------------------------------------------------------------------------
-// Client messages
-
-fn bytes(x: impl AsRef<[u8]>) -> Bytes {
-    Bytes::copy_from_slice(x.as_ref())
-}
-
-fn hello(greeting: impl AsRef<[u8]>) -> ClientMessage {
-    ClientMessage::Hello {
-        greeting: bytes(greeting),
-    }
-}
-
-fn nick(name: impl AsRef<[u8]>) -> ClientMessage {
-    ClientMessage::Nick { name: bytes(name) }
-}
-
-fn join(room: impl AsRef<[u8]>, password: impl AsRef<[u8]>) -> ClientMessage {
-    ClientMessage::Join {
-        room: bytes(room),
-        password: bytes(password),
-    }
-}
-
-fn leave() -> ClientMessage {
-    ClientMessage::Leave
-}
-
-fn list_users() -> ClientMessage {
-    ClientMessage::ListUsers
-}
-
-fn list_rooms() -> ClientMessage {
-    ClientMessage::ListRooms
-}
-
-fn room_msg(room: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
-    ClientMessage::RoomMessage {
-        room: bytes(room),
-        text: bytes(text),
-    }
-}
-
-fn dm(target: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
-    ClientMessage::DirectMessage {
-        target: bytes(target),
-        text: bytes(text),
-    }
-}
-
-/// The real client's heartbeat.
-fn heartbeat() -> Vec<u8> {
-    frame_bytes(0x13, b"\x1fstaying alive, staying alive...")
-}
-
-/// A message as client wire bytes.
-fn wire(message: &ClientMessage) -> Vec<u8> {
-    message.to_frame().to_bytes().to_vec()
-}
-
-// ---------------------------------------------------------------------------
-// Expected server frames
-
-fn error(text: impl AsRef<[u8]>) -> Vec<u8> {
-    response_bytes(0x01, text.as_ref())
-}
-
-fn try_later(text: impl AsRef<[u8]>) -> Vec<u8> {
-    response_bytes(0x02, text.as_ref())
-}
-
-/// `9a 00 {u8 len, name}*`, in the order given.
-fn names<T: AsRef<[u8]>>(list: &[T]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for name in list {
-        let name = name.as_ref();
-        data.push(u8::try_from(name.len()).unwrap());
-        data.extend_from_slice(name);
-    }
-    response_bytes(0x00, &data)
-}
-
-/// `15 <u8 room> <u8 sender> <u16 text>`.
-fn relay(room: impl AsRef<[u8]>, sender: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> Vec<u8> {
-    let (room, sender, text) = (room.as_ref(), sender.as_ref(), text.as_ref());
-    let mut payload = vec![u8::try_from(room.len()).unwrap()];
-    payload.extend_from_slice(room);
-    payload.push(u8::try_from(sender.len()).unwrap());
-    payload.extend_from_slice(sender);
-    payload.extend_from_slice(&u16::try_from(text.len()).unwrap().to_be_bytes());
-    payload.extend_from_slice(text);
-    frame_bytes(0x15, &payload)
-}
-
-/// `12 <u8 sender> <u16 text>`.
-fn dm_relay(sender: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> Vec<u8> {
-    let (sender, text) = (sender.as_ref(), text.as_ref());
-    let mut payload = vec![u8::try_from(sender.len()).unwrap()];
-    payload.extend_from_slice(sender);
-    payload.extend_from_slice(&u16::try_from(text.len()).unwrap().to_be_bytes());
-    payload.extend_from_slice(text);
-    frame_bytes(0x12, &payload)
-}
 
 /// Deterministic pseudo-random bytes (xorshift64).
 fn noise(len: usize, seed: u64) -> Vec<u8> {

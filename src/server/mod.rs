@@ -132,13 +132,15 @@ fn context(err: io::Error, what: &str) -> io::Error {
 
 /// Wakes the hub when its earliest timer is due.
 async fn run_timers(shared: Arc<Shared>) {
-    let idle_timeout = shared.config().idle_timeout();
+    let config = shared.config();
+    let shortest = config.handshake_timeout().min(config.idle_timeout());
     loop {
         // A connection made after this check is due no earlier than
-        // `now + idle_timeout`, so sleeping until then misses nothing.
+        // `now + shortest`, so sleeping at most until then misses nothing.
+        let horizon = Instant::now() + shortest;
         let next = shared
             .next_timeout()
-            .unwrap_or_else(|| Instant::now() + idle_timeout);
+            .map_or(horizon, |next| next.min(horizon));
         tokio::time::sleep_until(next.into()).await;
         shared.handle_timeout(Instant::now());
     }

@@ -1,7 +1,12 @@
 //! Shared helpers for the integration tests: an in-process server on a free
 //! loopback port, and a raw client that sees every byte the server sends.
 
-#![allow(dead_code)] // each test binary uses its own subset of the helpers
+#![allow(dead_code, unused_imports)] // each test binary uses its own subset of the helpers
+
+pub mod messages;
+pub mod process;
+
+pub use messages::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
