@@ -182,10 +182,25 @@ struct User {
     /// Whether any complete frame has arrived; until then the shorter
     /// handshake timeout applies.
     heard_frame: bool,
-    message_rate: SlidingWindow,
-    nick_rate: SlidingWindow,
-    password_join_rate: SlidingWindow,
-    pending_join: Option<PendingJoin>,
+    /// Allocated by the first rate-limited request: an idle connection
+    /// that only heartbeats never needs them.
+    rates: Option<Box<RateWindows>>,
+    /// Boxed because it is rare, and users are many.
+    pending_join: Option<Box<PendingJoin>>,
+}
+
+impl User {
+    fn rates(&mut self) -> &mut RateWindows {
+        self.rates.get_or_insert_with(Box::default)
+    }
+}
+
+/// A user's rate-limit windows.
+#[derive(Debug, Default)]
+struct RateWindows {
+    message: SlidingWindow,
+    nick: SlidingWindow,
+    password_join: SlidingWindow,
 }
 
 /// A JOIN waiting for its password to be hashed or checked.
@@ -314,9 +329,7 @@ impl Hub {
                 peer,
                 last_heard: now,
                 heard_frame: false,
-                message_rate: SlidingWindow::default(),
-                nick_rate: SlidingWindow::default(),
-                password_join_rate: SlidingWindow::default(),
+                rates: None,
                 pending_join: None,
             },
         );
@@ -446,6 +459,7 @@ impl Hub {
         let Some(pending) = user
             .pending_join
             .take_if(|pending| pending.ticket == ticket)
+            .map(|pending| *pending)
         else {
             return;
         };
@@ -496,7 +510,7 @@ impl Hub {
         }
         // Every attempt counts, taken names too: probing for free names is
         // as cheap for a spammer as changing.
-        if !user.nick_rate.try_acquire(now, self.limits.nick_rate) {
+        if !user.rates().nick.try_acquire(now, self.limits.nick_rate) {
             warn!(peer = %user.peer, nick = %Printable(&user.name), "nick rate limit hit");
             self.metrics.reject(Rejection::NickRateLimited);
             return respond(out, conn, Status::TryLater, &self.nick_rate_limit_text);
@@ -581,7 +595,8 @@ impl Hub {
         let user = self.users.get_mut(&conn).expect("caller checked");
         if let Some(now) = charge_at {
             if !user
-                .password_join_rate
+                .rates()
+                .password_join
                 .try_acquire(now, self.limits.password_join_rate)
             {
                 warn!(peer = %user.peer, nick = %Printable(&user.name), "password join rate limit hit");
@@ -596,12 +611,12 @@ impl Hub {
         }
         self.next_ticket += 1;
         let ticket = self.next_ticket;
-        user.pending_join = Some(PendingJoin {
+        user.pending_join = Some(Box::new(PendingJoin {
             ticket,
             room,
             password,
             room_generation,
-        });
+        }));
         out.push(Action::Password(PasswordJob { conn, ticket, task }));
     }
 
@@ -689,7 +704,11 @@ impl Hub {
     /// (failed ones too); `false` means it was refused and answered.
     fn admit_message(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) -> bool {
         let user = self.users.get_mut(&conn).expect("caller checked");
-        if user.message_rate.try_acquire(now, self.limits.message_rate) {
+        if user
+            .rates()
+            .message
+            .try_acquire(now, self.limits.message_rate)
+        {
             return true;
         }
         warn!(peer = %user.peer, nick = %Printable(&user.name), "rate limit hit");

@@ -1,24 +1,31 @@
-//! One task per connection: a read loop and a write loop over one socket.
+//! One task per connection, reading and writing one socket.
 //!
-//! The read loop waits for the socket to become readable *before* taking a
-//! buffer, and drops the buffer again once it holds no partial frame, so an
-//! idle connection costs almost no memory. The write loop drains everything
-//! queued for the connection and writes it with one vectored write, so a
-//! burst of frames leaves in one syscall (and, with `TCP_NODELAY`, at once).
+//! An idle chat connection is the common case, so the task is built to cost
+//! little while it waits: it is a single loop that polls the socket's read
+//! and write readiness and its [`Link`] directly, instead of running a read
+//! future and a write future side by side. It takes a read buffer only once
+//! the socket is readable and drops it again when it holds no partial frame;
+//! frames queued for the client are taken all at once and written with one
+//! vectored write, so a burst leaves in one syscall (and, with
+//! `TCP_NODELAY`, at once). Rare work (a password check, the final flush)
+//! lives on the heap only while it happens.
 
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::state::{Fed, Link, Shared};
+use super::state::{Fed, Link, LinkEvent, Shared};
 use crate::hub::{CloseReason, ConnId, PasswordOutcome};
 use crate::password::Busy;
 use crate::protocol::FrameCodec;
@@ -33,49 +40,248 @@ const MAX_BATCH: usize = 64;
 /// the final reply before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Serves one client until either side ends the connection.
-pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Registers a new client and returns the task that serves it until either
+/// side ends the connection.
+///
+/// Not an `async fn`: the future owns only the [`Connection`], not a second
+/// copy of the arguments it was built from, which keeps every idle
+/// connection's task smaller.
+pub fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%peer, %err, "cannot set TCP_NODELAY");
     }
-    let (outbox, queue) = mpsc::unbounded_channel();
     let link = Arc::new(Link::default());
-    let conn = shared.register(peer, outbox, Arc::clone(&link));
-
-    let reader = read_loop(&shared, conn, &stream, &link);
-    let writer = write_loop(&stream, queue, &link);
-    tokio::pin!(reader, writer);
-    let (reason, written) = tokio::select! {
-        reason = &mut reader => (reason, None),
-        written = &mut writer => {
-            // The queue closed: the server ended the connection and
-            // everything queued has been written (or writing failed).
-            let reason = match written {
-                Ok(()) => link.closing().unwrap_or(CloseReason::ClientClosed),
-                Err(_) => CloseReason::IoError,
-            };
-            (reason, Some(written))
-        }
+    let conn = shared.register(peer, Arc::clone(&link));
+    let mut connection = Connection {
+        codec: FrameCodec::new(shared.config().max_frame_bytes),
+        shared,
+        stream,
+        link,
+        conn,
+        buffer: BytesMut::new(),
+        sending: VecDeque::new(),
+        offset: 0,
+        password: None,
     };
-    shared.disconnect(conn, reason);
-    if reason == CloseReason::SlowConsumer {
-        return;
-    }
-    let flushed = match written {
-        Some(written) => written.is_ok(),
-        // The queue is closed now; let the writer finish what is in it.
-        None => matches!(
-            tokio::time::timeout(shared.config().flush_timeout(), &mut writer).await,
-            Ok(Ok(()))
-        ),
-    };
-    if server_initiated(reason) && flushed {
-        close_gracefully(&stream).await;
+    // An `async` block rather than an `async fn` taking the connection: a
+    // by-value argument would be stored twice in the future.
+    async move {
+        let reason = connection.run().await;
+        connection.finish(reason).await;
     }
 }
 
-fn server_initiated(reason: CloseReason) -> bool {
-    !matches!(reason, CloseReason::ClientClosed | CloseReason::IoError)
+struct Connection {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    link: Arc<Link>,
+    conn: ConnId,
+    codec: FrameCodec,
+    /// Bytes read and not yet decoded; empty (no allocation) when idle.
+    buffer: BytesMut,
+    /// Frames taken from the link and not yet completely written.
+    sending: VecDeque<Bytes>,
+    /// Bytes of `sending[0]` already written.
+    offset: usize,
+    /// The password check a JOIN waits for; no request is read meanwhile,
+    /// so replies stay in order.
+    password: Option<(u64, oneshot::Receiver<PasswordOutcome>)>,
+}
+
+/// What the connection's task should do next.
+enum Event {
+    Readable,
+    Writable,
+    PasswordChecked(u64, PasswordOutcome),
+    Closing(CloseReason),
+}
+
+impl Connection {
+    /// Tells the hub the connection is gone, then flushes what is queued and
+    /// closes politely, unless the socket is already broken.
+    ///
+    /// The work is boxed, and the box made outside any `async` body, so its
+    /// state is not part of every idle connection's task.
+    fn finish(&mut self, reason: CloseReason) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.flush_and_close(reason))
+    }
+
+    async fn flush_and_close(&mut self, reason: CloseReason) {
+        self.shared.disconnect(self.conn, reason);
+        if matches!(reason, CloseReason::SlowConsumer | CloseReason::IoError) {
+            return;
+        }
+        // The client may have half-closed and still be reading: flush anyway.
+        let deadline = self.shared.config().flush_timeout();
+        let flushed = tokio::time::timeout(deadline, self.flush()).await;
+        if reason != CloseReason::ClientClosed && matches!(flushed, Ok(Ok(()))) {
+            close_gracefully(&self.stream).await;
+        }
+    }
+
+    /// Serves until the client goes, the socket fails or the server closes
+    /// the connection, and says which.
+    async fn run(&mut self) -> CloseReason {
+        loop {
+            let outcome = match poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Closing(reason) => return reason,
+                Event::Readable => self.read(),
+                Event::Writable => self.write().map_err(|err| {
+                    warn_unless_reset(&err);
+                    CloseReason::IoError
+                }),
+                Event::PasswordChecked(ticket, outcome) => {
+                    let fed = self.password_checked(ticket, outcome);
+                    self.after_feed(fed);
+                    Ok(())
+                }
+            };
+            if let Err(reason) = outcome {
+                return reason;
+            }
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        match self.link.poll_wake(cx) {
+            Poll::Ready(LinkEvent::Closing(reason)) => return Poll::Ready(Event::Closing(reason)),
+            Poll::Ready(LinkEvent::Output) if self.sending.is_empty() => {
+                self.link.take_frames(&mut self.sending);
+                return Poll::Ready(Event::Writable);
+            }
+            _ => {}
+        }
+        if !self.sending.is_empty() && self.stream.poll_write_ready(cx).is_ready() {
+            return Poll::Ready(Event::Writable);
+        }
+        if let Some((ticket, answer)) = &mut self.password {
+            let ticket = *ticket;
+            return Pin::new(answer).poll(cx).map(|outcome| {
+                self.password = None;
+                Event::PasswordChecked(ticket, outcome.unwrap_or(PasswordOutcome::Failed))
+            });
+        }
+        self.stream.poll_read_ready(cx).map(|_| Event::Readable)
+    }
+
+    /// Reads what the socket has and feeds every whole frame to the hub.
+    fn read(&mut self) -> Result<(), CloseReason> {
+        self.buffer.reserve(READ_CHUNK);
+        match self.stream.try_read_buf(&mut self.buffer) {
+            Ok(0) => {
+                if !self.buffer.is_empty() {
+                    debug!(conn = %self.conn, pending = self.buffer.len(),
+                           "client closed in the middle of a frame");
+                }
+                return Err(CloseReason::ClientClosed);
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => {
+                debug!(conn = %self.conn, %err, "read failed");
+                return Err(CloseReason::IoError);
+            }
+        }
+        let fed = self
+            .shared
+            .feed(self.conn, &mut self.codec, &mut self.buffer);
+        self.after_feed(fed);
+        Ok(())
+    }
+
+    /// Starts the password check the hub asked for, if any, and gives the
+    /// read buffer back while the connection is idle.
+    fn after_feed(&mut self, mut fed: Fed) {
+        while let Fed::Password(job) = fed {
+            match self.shared.passwords().submit(job.task) {
+                Ok(answer) => {
+                    self.password = Some((job.ticket, answer));
+                    return;
+                }
+                Err(Busy(_)) => fed = self.password_checked(job.ticket, PasswordOutcome::Busy),
+            }
+        }
+        if self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        }
+    }
+
+    /// Reports a password outcome, then feeds the requests that arrived
+    /// while it was computed.
+    fn password_checked(&mut self, ticket: u64, outcome: PasswordOutcome) -> Fed {
+        match self.shared.password_checked(self.conn, ticket, outcome) {
+            Fed::More => self
+                .shared
+                .feed(self.conn, &mut self.codec, &mut self.buffer),
+            job => job,
+        }
+    }
+
+    /// Writes as much of what is queued as the socket takes now.
+    fn write(&mut self) -> io::Result<()> {
+        while !self.sending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+            let count = self.sending.len().min(MAX_BATCH);
+            for (slot, frame) in slices.iter_mut().zip(&self.sending) {
+                *slot = IoSlice::new(frame);
+            }
+            slices[0] = IoSlice::new(&self.sending[0][self.offset..]);
+            let written = match self.stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            self.link.written(written);
+            self.consume(written);
+            if self.sending.is_empty() {
+                self.link.take_frames(&mut self.sending);
+            }
+        }
+        // A queue grown by a burst gives its memory back once written.
+        if self.sending.capacity() > MAX_BATCH {
+            self.sending = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Drops what `written` bytes completed from the front of `sending`.
+    fn consume(&mut self, mut written: usize) {
+        while written > 0 {
+            let remaining = self.sending[0].len() - self.offset;
+            if written >= remaining {
+                written -= remaining;
+                self.sending.pop_front();
+                self.offset = 0;
+            } else {
+                self.offset += written;
+                written = 0;
+            }
+        }
+    }
+
+    /// Writes everything still queued, waiting for the socket as needed.
+    async fn flush(&mut self) -> io::Result<()> {
+        self.link.take_frames(&mut self.sending);
+        while !self.sending.is_empty() {
+            self.stream.writable().await?;
+            self.write()?;
+        }
+        Ok(())
+    }
+}
+
+fn warn_unless_reset(err: &io::Error) {
+    if !matches!(
+        err.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    ) {
+        warn!(%err, "write failed");
+    }
 }
 
 /// Sends FIN after the queued data, then waits briefly for the client to
@@ -85,7 +291,6 @@ async fn close_gracefully(stream: &TcpStream) {
         return;
     }
     let drain = async {
-        // On the heap: only closing connections need it.
         let mut sink = vec![0u8; 1024];
         loop {
             if stream.readable().await.is_err() {
@@ -100,126 +305,4 @@ async fn close_gracefully(stream: &TcpStream) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// Reads frames and feeds them to the hub until the client closes, the
-/// socket fails, or the server closes the connection.
-async fn read_loop(shared: &Shared, conn: ConnId, stream: &TcpStream, link: &Link) -> CloseReason {
-    let mut codec = FrameCodec::new(shared.config().max_frame_bytes);
-    let mut buffer = BytesMut::new();
-    loop {
-        if let Some(reason) = link.closing() {
-            return reason;
-        }
-        tokio::select! {
-            biased;
-            () = link.wake.notified() => continue,
-            ready = stream.readable() => if ready.is_err() {
-                return CloseReason::IoError;
-            },
-        }
-        buffer.reserve(READ_CHUNK);
-        match stream.try_read_buf(&mut buffer) {
-            Ok(0) => {
-                if !buffer.is_empty() {
-                    debug!(%conn, pending = buffer.len(), "client closed in the middle of a frame");
-                }
-                return CloseReason::ClientClosed;
-            }
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(err) => {
-                debug!(%conn, %err, "read failed");
-                return CloseReason::IoError;
-            }
-        }
-        let mut fed = shared.feed(conn, &mut codec, &mut buffer);
-        while let Fed::Password(job) = fed {
-            let outcome = match shared.passwords().submit(job.task) {
-                Ok(answer) => tokio::select! {
-                    outcome = answer => outcome.unwrap_or(PasswordOutcome::Failed),
-                    () = link.wake.notified() => return link.closing().unwrap_or(CloseReason::Shutdown),
-                },
-                Err(Busy(_)) => PasswordOutcome::Busy,
-            };
-            fed = shared.password_checked(conn, job.ticket, outcome);
-            if matches!(fed, Fed::More) {
-                // Requests that arrived while the password was checked.
-                fed = shared.feed(conn, &mut codec, &mut buffer);
-            }
-        }
-        if buffer.is_empty() {
-            // Give the memory back while the connection is idle.
-            buffer = BytesMut::new();
-        }
-    }
-}
-
-/// Writes queued frames until the queue closes or the socket fails.
-async fn write_loop(
-    stream: &TcpStream,
-    mut queue: mpsc::UnboundedReceiver<Bytes>,
-    link: &Link,
-) -> io::Result<()> {
-    let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let written = write_all(stream, &batch).await;
-        let bytes: usize = batch.iter().map(Bytes::len).sum();
-        link.queued.fetch_sub(bytes, Ordering::AcqRel);
-        batch.clear();
-        if queue.is_empty() {
-            // Give the memory back while the connection is quiet.
-            batch = Vec::new();
-        }
-        if let Err(err) = written {
-            warn_unless_reset(&err);
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
-fn warn_unless_reset(err: &io::Error) {
-    if !matches!(
-        err.kind(),
-        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-    ) {
-        warn!(%err, "write failed");
-    }
-}
-
-/// Writes every frame, in order, with as few syscalls as the kernel allows.
-async fn write_all(stream: &TcpStream, frames: &[Bytes]) -> io::Result<()> {
-    let mut next = 0; // first frame not completely written
-    let mut offset = 0; // bytes of `frames[next]` already written
-    while next < frames.len() {
-        stream.writable().await?;
-        // Built after the await, so the slices are not part of the task's
-        // state while it waits.
-        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-        let mut count = 0;
-        for (index, frame) in frames[next..].iter().take(MAX_BATCH).enumerate() {
-            let start = if index == 0 { offset } else { 0 };
-            slices[index] = IoSlice::new(&frame[start..]);
-            count += 1;
-        }
-        let mut written = match stream.try_write_vectored(&slices[..count]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => written,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(err) => return Err(err),
-        };
-        while written > 0 {
-            let remaining = frames[next].len() - offset;
-            if written >= remaining {
-                written -= remaining;
-                next += 1;
-                offset = 0;
-            } else {
-                offset += written;
-                written = 0;
-            }
-        }
-    }
-    Ok(())
 }

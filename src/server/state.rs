@@ -1,19 +1,18 @@
 //! The hub plus each connection's outbound queue, behind one lock.
 //!
 //! A connection task takes the lock, feeds the hub, and applies the actions
-//! it returns right there: frames go into recipients' unbounded channels
-//! (no await, no allocation per delivery beyond the channel slot), and the
-//! bytes queued per connection are counted so a slow reader is cut off at
-//! `send_queue_bytes` instead of growing without bound.
+//! it returns right there: frames go into recipients' [`Link`]s (a push onto
+//! a queue, no await, no allocation per delivery beyond queue growth), and
+//! the bytes queued per connection are counted so a slow reader is cut off
+//! at `send_queue_bytes` instead of growing without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, Notify};
 use tokio_util::codec::Decoder;
 use tracing::warn;
 
@@ -22,37 +21,118 @@ use crate::hub::{Action, CloseReason, ConnId, Hub, PasswordJob, PasswordOutcome}
 use crate::password::PasswordPool;
 use crate::protocol::{ClientMessage, FrameCodec};
 
-/// What a connection task and the rest of the server share about it.
+/// What the server and a connection's task share: the frames queued for the
+/// connection and whether the server has decided to end it.
+///
+/// It is one small allocation with no channel behind it, because an idle
+/// connection should cost as little memory as possible: an empty queue
+/// holds no buffer, and the task is woken through a stored [`Waker`] rather
+/// than a waiter node it would have to keep in its own state.
 #[derive(Debug, Default)]
 pub struct Link {
-    /// Bytes handed to the writer and not yet written to the socket.
-    pub queued: AtomicUsize,
+    outbox: Mutex<Outbox>,
+}
+
+#[derive(Debug, Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes queued or taken by the task and not yet written to the socket.
+    bytes: usize,
     /// Set once, when the server decides to end the connection.
-    closing: OnceLock<CloseReason>,
-    /// Wakes the connection task when `closing` is set.
-    pub wake: Notify,
+    closing: Option<CloseReason>,
+    /// The connection task, while it waits for something to do.
+    waker: Option<Waker>,
+}
+
+/// The queue would grow past `send_queue_bytes`; it holds `queued` bytes.
+struct Overflow {
+    queued: usize,
 }
 
 impl Link {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame unless that takes the queue over `limit` bytes. A
+    /// frame larger than the limit still goes to an empty queue, so a big
+    /// list reply is not fatal.
+    fn push(&self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
+        let mut outbox = self.outbox();
+        if outbox.bytes > 0 && outbox.bytes + frame.len() > limit {
+            return Err(Overflow {
+                queued: outbox.bytes,
+            });
+        }
+        outbox.bytes += frame.len();
+        outbox.frames.push_back(frame);
+        let waker = outbox.waker.take();
+        drop(outbox);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
     fn close(&self, reason: CloseReason) {
-        if self.closing.set(reason).is_ok() {
-            self.wake.notify_one();
+        let mut outbox = self.outbox();
+        if outbox.closing.is_some() {
+            return;
+        }
+        outbox.closing = Some(reason);
+        let waker = outbox.waker.take();
+        drop(outbox);
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
-    pub fn closing(&self) -> Option<CloseReason> {
-        self.closing.get().copied()
+    /// Moves every queued frame to the back of `sending`.
+    pub fn take_frames(&self, sending: &mut VecDeque<Bytes>) {
+        let mut outbox = self.outbox();
+        if sending.is_empty() {
+            std::mem::swap(&mut outbox.frames, sending);
+        } else {
+            sending.extend(outbox.frames.drain(..));
+        }
+    }
+
+    /// `bytes` of what was taken have reached the socket.
+    pub fn written(&self, bytes: usize) {
+        self.outbox().bytes -= bytes;
+    }
+
+    /// Ready when the server closes the connection or has frames queued.
+    /// Unless closing, it also remembers the task's waker, so that a frame
+    /// or a close arriving later wakes the task whatever else it waits for.
+    pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<LinkEvent> {
+        let mut outbox = self.outbox();
+        if let Some(reason) = outbox.closing {
+            return Poll::Ready(LinkEvent::Closing(reason));
+        }
+        match &mut outbox.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        if outbox.frames.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(LinkEvent::Output)
+        }
     }
 }
 
-struct Peer {
-    outbox: mpsc::UnboundedSender<Bytes>,
-    link: Arc<Link>,
+/// Why [`Link::poll_wake`] woke the task.
+pub enum LinkEvent {
+    Closing(CloseReason),
+    Output,
 }
 
 struct State {
     hub: Hub,
-    peers: HashMap<ConnId, Peer>,
+    peers: HashMap<ConnId, Arc<Link>>,
     next_conn: u64,
     /// Cleared at shutdown, so a connection accepted just before is closed
     /// instead of being registered after everyone else was told to go.
@@ -108,12 +188,7 @@ impl Shared {
     }
 
     /// Registers a new connection with the hub.
-    pub fn register(
-        &self,
-        peer: SocketAddr,
-        outbox: mpsc::UnboundedSender<Bytes>,
-        link: Arc<Link>,
-    ) -> ConnId {
+    pub fn register(&self, peer: SocketAddr, link: Arc<Link>) -> ConnId {
         let mut state = self.lock();
         state.next_conn += 1;
         let conn = ConnId(state.next_conn);
@@ -121,7 +196,7 @@ impl Shared {
             link.close(CloseReason::Shutdown);
             return conn;
         }
-        state.peers.insert(conn, Peer { outbox, link });
+        state.peers.insert(conn, link);
         self.run_hub(&mut state, |hub, out| {
             hub.connect(conn, peer, Instant::now(), out)
         });
@@ -194,9 +269,9 @@ impl Shared {
         let mut state = self.lock();
         state.accepting = false;
         let peers = std::mem::take(&mut state.peers);
-        for (conn, peer) in peers {
+        for (conn, link) in peers {
             state.hub.disconnect(conn, CloseReason::Shutdown);
-            peer.link.close(CloseReason::Shutdown);
+            link.close(CloseReason::Shutdown);
         }
     }
 
@@ -215,8 +290,8 @@ impl Shared {
             match action {
                 Action::Send { to, frame } => self.deliver(state, to, frame),
                 Action::Close { conn, reason } => {
-                    if let Some(peer) = state.peers.remove(&conn) {
-                        peer.link.close(reason);
+                    if let Some(link) = state.peers.remove(&conn) {
+                        link.close(reason);
                     }
                 }
                 Action::Password(password_job) => job = Some(password_job),
@@ -227,22 +302,16 @@ impl Shared {
     }
 
     /// Queues a frame for a connection, cutting the connection off if its
-    /// queue would exceed `send_queue_bytes`. A single frame larger than the
-    /// limit still goes to an empty queue, so a big list reply is not fatal.
+    /// queue would exceed `send_queue_bytes`.
     fn deliver(&self, state: &mut State, to: ConnId, frame: Bytes) {
-        let Some(peer) = state.peers.get(&to) else {
+        let Some(link) = state.peers.get(&to) else {
             return;
         };
-        let queued = peer.link.queued.load(Ordering::Acquire);
-        if queued > 0 && queued + frame.len() > self.config.send_queue_bytes {
+        if let Err(Overflow { queued }) = link.push(frame, self.config.send_queue_bytes) {
             warn!(conn = %to, queued, limit = self.config.send_queue_bytes, "send queue overflow");
-            let peer = state.peers.remove(&to).expect("just looked up");
-            peer.link.close(CloseReason::SlowConsumer);
+            let link = state.peers.remove(&to).expect("just looked up");
+            link.close(CloseReason::SlowConsumer);
             state.hub.disconnect(to, CloseReason::SlowConsumer);
-            return;
         }
-        peer.link.queued.fetch_add(frame.len(), Ordering::AcqRel);
-        // A send error means the connection task is already finishing.
-        let _ = peer.outbox.send(frame);
     }
 }
