@@ -10,7 +10,6 @@
 //! `TCP_NODELAY`, at once). Rare work (a password check, the final flush)
 //! lives on the heap only while it happens.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr};
@@ -28,7 +27,6 @@ use tracing::{debug, warn};
 use super::state::{Fed, Link, LinkEvent, Shared};
 use crate::hub::{CloseReason, ConnId, PasswordOutcome};
 use crate::password::Busy;
-use crate::protocol::FrameCodec;
 
 /// Bytes read per `read` call; frames larger than this grow the buffer to
 /// their exact size (bounded by the frame limit).
@@ -57,14 +55,12 @@ pub fn serve(
     let link = Arc::new(Link::default());
     let conn = shared.register(peer, Arc::clone(&link));
     let mut connection = Connection {
-        codec: FrameCodec::new(shared.config().max_frame_bytes),
         shared,
         stream,
         link,
         conn,
         buffer: BytesMut::new(),
-        sending: VecDeque::new(),
-        offset: 0,
+        write_blocked: false,
         password: None,
     };
     // An `async` block rather than an `async fn` taking the connection: a
@@ -75,21 +71,26 @@ pub fn serve(
     }
 }
 
+/// Everything an idle connection's task holds. Kept small on purpose: the
+/// task's allocation is rounded up to a multiple of 128 bytes, and this is
+/// most of it. Frames waiting to be written stay in the [`Link`].
 struct Connection {
     shared: Arc<Shared>,
     stream: TcpStream,
     link: Arc<Link>,
     conn: ConnId,
-    codec: FrameCodec,
     /// Bytes read and not yet decoded; empty (no allocation) when idle.
     buffer: BytesMut,
-    /// Frames taken from the link and not yet completely written.
-    sending: VecDeque<Bytes>,
-    /// Bytes of `sending[0]` already written.
-    offset: usize,
+    /// The socket took less than was queued; wait until it is writable.
+    write_blocked: bool,
     /// The password check a JOIN waits for; no request is read meanwhile,
     /// so replies stay in order.
-    password: Option<(u64, oneshot::Receiver<PasswordOutcome>)>,
+    password: Option<Box<PendingPassword>>,
+}
+
+struct PendingPassword {
+    ticket: u64,
+    answer: oneshot::Receiver<PasswordOutcome>,
 }
 
 /// What the connection's task should do next.
@@ -149,18 +150,18 @@ impl Connection {
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         match self.link.poll_wake(cx) {
             Poll::Ready(LinkEvent::Closing(reason)) => return Poll::Ready(Event::Closing(reason)),
-            Poll::Ready(LinkEvent::Output) if self.sending.is_empty() => {
-                self.link.take_frames(&mut self.sending);
-                return Poll::Ready(Event::Writable);
+            Poll::Ready(LinkEvent::Output) if !self.write_blocked => {
+                return Poll::Ready(Event::Writable)
             }
             _ => {}
         }
-        if !self.sending.is_empty() && self.stream.poll_write_ready(cx).is_ready() {
+        if self.write_blocked && self.stream.poll_write_ready(cx).is_ready() {
+            self.write_blocked = false;
             return Poll::Ready(Event::Writable);
         }
-        if let Some((ticket, answer)) = &mut self.password {
-            let ticket = *ticket;
-            return Pin::new(answer).poll(cx).map(|outcome| {
+        if let Some(pending) = &mut self.password {
+            let ticket = pending.ticket;
+            return Pin::new(&mut pending.answer).poll(cx).map(|outcome| {
                 self.password = None;
                 Event::PasswordChecked(ticket, outcome.unwrap_or(PasswordOutcome::Failed))
             });
@@ -186,9 +187,7 @@ impl Connection {
                 return Err(CloseReason::IoError);
             }
         }
-        let fed = self
-            .shared
-            .feed(self.conn, &mut self.codec, &mut self.buffer);
+        let fed = self.shared.feed(self.conn, &mut self.buffer);
         self.after_feed(fed);
         Ok(())
     }
@@ -199,7 +198,8 @@ impl Connection {
         while let Fed::Password(job) = fed {
             match self.shared.passwords().submit(job.task) {
                 Ok(answer) => {
-                    self.password = Some((job.ticket, answer));
+                    let ticket = job.ticket;
+                    self.password = Some(Box::new(PendingPassword { ticket, answer }));
                     return;
                 }
                 Err(Busy(_)) => fed = self.password_checked(job.ticket, PasswordOutcome::Busy),
@@ -214,61 +214,54 @@ impl Connection {
     /// while it was computed.
     fn password_checked(&mut self, ticket: u64, outcome: PasswordOutcome) -> Fed {
         match self.shared.password_checked(self.conn, ticket, outcome) {
-            Fed::More => self
-                .shared
-                .feed(self.conn, &mut self.codec, &mut self.buffer),
+            Fed::More => self.shared.feed(self.conn, &mut self.buffer),
             job => job,
         }
     }
 
-    /// Writes as much of what is queued as the socket takes now.
+    /// Writes as much of what is queued as the socket takes now, in
+    /// batches of up to [`MAX_BATCH`] frames per vectored write.
     fn write(&mut self) -> io::Result<()> {
-        while !self.sending.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-            let count = self.sending.len().min(MAX_BATCH);
-            for (slot, frame) in slices.iter_mut().zip(&self.sending) {
-                *slot = IoSlice::new(frame);
+        let mut batch: [Bytes; MAX_BATCH] = std::array::from_fn(|_| Bytes::new());
+        loop {
+            let (count, offset) = self.link.take_batch(&mut batch);
+            if count == 0 {
+                return Ok(());
             }
-            slices[0] = IoSlice::new(&self.sending[0][self.offset..]);
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+            for (slice, frame) in slices.iter_mut().zip(&batch[..count]) {
+                *slice = IoSlice::new(frame);
+            }
+            slices[0] = IoSlice::new(&batch[0][offset..]);
             let written = match self.stream.try_write_vectored(&slices[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => written,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
                 Err(err) => return Err(err),
             };
-            self.link.written(written);
-            self.consume(written);
-            if self.sending.is_empty() {
-                self.link.take_frames(&mut self.sending);
+            // Frames written completely are dropped; the rest go back.
+            let (mut done, mut offset, mut left) = (0, offset, written);
+            while done < count && left >= batch[done].len() - offset {
+                left -= batch[done].len() - offset;
+                batch[done] = Bytes::new();
+                done += 1;
+                offset = 0;
             }
-        }
-        // A queue grown by a burst gives its memory back once written.
-        if self.sending.capacity() > MAX_BATCH {
-            self.sending = VecDeque::new();
-        }
-        Ok(())
-    }
-
-    /// Drops what `written` bytes completed from the front of `sending`.
-    fn consume(&mut self, mut written: usize) {
-        while written > 0 {
-            let remaining = self.sending[0].len() - self.offset;
-            if written >= remaining {
-                written -= remaining;
-                self.sending.pop_front();
-                self.offset = 0;
-            } else {
-                self.offset += written;
-                written = 0;
+            self.link
+                .put_back(&mut batch[done..count], offset + left, written);
+            if done < count {
+                self.write_blocked = true;
+                return Ok(());
             }
         }
     }
 
     /// Writes everything still queued, waiting for the socket as needed.
     async fn flush(&mut self) -> io::Result<()> {
-        self.link.take_frames(&mut self.sending);
-        while !self.sending.is_empty() {
+        self.write()?;
+        while self.write_blocked {
             self.stream.writable().await?;
+            self.write_blocked = false;
             self.write()?;
         }
         Ok(())

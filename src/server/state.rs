@@ -36,7 +36,9 @@ pub struct Link {
 #[derive(Debug, Default)]
 struct Outbox {
     frames: VecDeque<Bytes>,
-    /// Bytes queued or taken by the task and not yet written to the socket.
+    /// Bytes of `frames[0]` already written.
+    offset: usize,
+    /// Bytes queued and not yet written to the socket.
     bytes: usize,
     /// Set once, when the server decides to end the connection.
     closing: Option<CloseReason>,
@@ -66,6 +68,11 @@ impl Link {
                 queued: outbox.bytes,
             });
         }
+        if outbox.frames.capacity() == 0 {
+            // Most connections are sent one frame at a time: start with room
+            // for one instead of the usual four.
+            outbox.frames.reserve_exact(1);
+        }
         outbox.bytes += frame.len();
         outbox.frames.push_back(frame);
         let waker = outbox.waker.take();
@@ -89,19 +96,32 @@ impl Link {
         }
     }
 
-    /// Moves every queued frame to the back of `sending`.
-    pub fn take_frames(&self, sending: &mut VecDeque<Bytes>) {
+    /// Moves up to `batch.len()` frames from the front of the queue into
+    /// `batch`, for writing without holding the lock. Returns how many, and
+    /// how many bytes of the first were already written.
+    pub fn take_batch(&self, batch: &mut [Bytes]) -> (usize, usize) {
         let mut outbox = self.outbox();
-        if sending.is_empty() {
-            std::mem::swap(&mut outbox.frames, sending);
-        } else {
-            sending.extend(outbox.frames.drain(..));
+        let count = outbox.frames.len().min(batch.len());
+        for (slot, frame) in batch.iter_mut().zip(outbox.frames.drain(..count)) {
+            *slot = frame;
         }
+        if outbox.frames.is_empty() && outbox.frames.capacity() > batch.len() {
+            // A burst grew the queue; give the memory back.
+            outbox.frames = VecDeque::new();
+        }
+        (count, outbox.offset)
     }
 
-    /// `bytes` of what was taken have reached the socket.
-    pub fn written(&self, bytes: usize) {
-        self.outbox().bytes -= bytes;
+    /// After a write of `written` bytes: returns the frames of a batch that
+    /// were not completely written to the front of the queue, the first with
+    /// `offset` bytes written.
+    pub fn put_back(&self, unwritten: &mut [Bytes], offset: usize, written: usize) {
+        let mut outbox = self.outbox();
+        outbox.bytes -= written;
+        outbox.offset = offset;
+        for frame in unwritten.iter_mut().rev() {
+            outbox.frames.push_front(std::mem::take(frame));
+        }
     }
 
     /// Ready when the server closes the connection or has frames queued.
@@ -205,7 +225,10 @@ impl Shared {
 
     /// Decodes every whole frame in `buffer` and feeds it to the hub, until
     /// the buffer holds no whole frame or a request needs a password job.
-    pub fn feed(&self, conn: ConnId, codec: &mut FrameCodec, buffer: &mut BytesMut) -> Fed {
+    pub fn feed(&self, conn: ConnId, buffer: &mut BytesMut) -> Fed {
+        // The codec keeps no state between calls, so it is made here rather
+        // than stored in every connection.
+        let mut codec = FrameCodec::new(self.config.max_frame_bytes);
         let now = Instant::now();
         let mut state = self.lock();
         let mut job = None;
