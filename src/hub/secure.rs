@@ -23,6 +23,7 @@ use tracing::{error, info};
 use super::{respond, send, text, Action, ConnId, Hub, Pending, Room};
 use crate::printable::Printable;
 use crate::protocol::legacy::{encode_response, OK_RESPONSE};
+use crate::protocol::secure::{DM_KEY_OAEP_LABEL, ROOM_KEY_OAEP_LABEL};
 use crate::protocol::{SecureMessage, Status};
 
 /// Modulus sizes a registered key may have, in bits. Below 2048 bits RSA is
@@ -73,11 +74,10 @@ pub enum KeyUse {
 }
 
 impl KeyUse {
-    /// The OAEP label of PROTOCOL.md §12.2 and §12.3.
     pub fn oaep_label(self) -> &'static [u8] {
         match self {
-            KeyUse::Room => b"parlor room key",
-            KeyUse::Dm => b"parlor dm key",
+            KeyUse::Room => ROOM_KEY_OAEP_LABEL,
+            KeyUse::Dm => DM_KEY_OAEP_LABEL,
         }
     }
 }
