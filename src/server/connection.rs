@@ -7,7 +7,7 @@
 //! the socket is readable and drops it again when it holds no partial frame;
 //! frames queued for the client are taken all at once and written with one
 //! vectored write, so a burst leaves in one syscall (and, with
-//! `TCP_NODELAY`, at once). Rare work (a password check, the final flush)
+//! `TCP_NODELAY`, at once). Rare work (a password check, a DM key, the final flush)
 //! lives on the heap only while it happens.
 
 use std::future::{poll_fn, Future};
@@ -25,7 +25,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::state::{Fed, Link, LinkEvent, Shared};
-use crate::hub::{CloseReason, ConnId, PasswordOutcome};
+use crate::hub::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
+use crate::keywrap::QueueFull;
 use crate::password::Busy;
 
 /// Bytes read per `read` call; frames larger than this grow the buffer to
@@ -61,7 +62,7 @@ pub fn serve(
         conn,
         buffer: BytesMut::new(),
         write_blocked: false,
-        password: None,
+        owed: None,
     };
     // An `async` block rather than an `async fn` taking the connection: a
     // by-value argument would be stored twice in the future.
@@ -83,14 +84,20 @@ struct Connection {
     buffer: BytesMut,
     /// The socket took less than was queued; wait until it is writable.
     write_blocked: bool,
-    /// The password check a JOIN waits for; no request is read meanwhile,
-    /// so replies stay in order.
-    password: Option<Box<PendingPassword>>,
+    /// Work off the event loop that the reply to the last request waits
+    /// for; no further request is read meanwhile, so replies stay in order.
+    owed: Option<Box<OwedReply>>,
 }
 
-struct PendingPassword {
-    ticket: u64,
-    answer: oneshot::Receiver<PasswordOutcome>,
+enum OwedReply {
+    Password {
+        ticket: u64,
+        answer: oneshot::Receiver<PasswordOutcome>,
+    },
+    Keys {
+        ticket: u64,
+        answer: oneshot::Receiver<KeyWrapOutcome>,
+    },
 }
 
 /// What the connection's task should do next.
@@ -98,6 +105,7 @@ enum Event {
     Readable,
     Writable,
     PasswordChecked(u64, PasswordOutcome),
+    KeysWrapped(u64, KeyWrapOutcome),
     Closing(CloseReason),
 }
 
@@ -136,8 +144,13 @@ impl Connection {
                     CloseReason::IoError
                 }),
                 Event::PasswordChecked(ticket, outcome) => {
-                    let fed = self.password_checked(ticket, outcome);
-                    self.after_feed(fed);
+                    let fed = self.shared.password_checked(self.conn, ticket, outcome);
+                    self.resume(fed);
+                    Ok(())
+                }
+                Event::KeysWrapped(ticket, outcome) => {
+                    let fed = self.shared.keys_wrapped(ticket, outcome);
+                    self.resume(fed);
                     Ok(())
                 }
             };
@@ -159,12 +172,25 @@ impl Connection {
             self.write_blocked = false;
             return Poll::Ready(Event::Writable);
         }
-        if let Some(pending) = &mut self.password {
-            let ticket = pending.ticket;
-            return Pin::new(&mut pending.answer).poll(cx).map(|outcome| {
-                self.password = None;
-                Event::PasswordChecked(ticket, outcome.unwrap_or(PasswordOutcome::Failed))
-            });
+        if let Some(owed) = &mut self.owed {
+            let event = match owed.as_mut() {
+                OwedReply::Password { ticket, answer } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|outcome| {
+                        Event::PasswordChecked(ticket, outcome.unwrap_or(PasswordOutcome::Failed))
+                    })
+                }
+                OwedReply::Keys { ticket, answer } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|outcome| {
+                        Event::KeysWrapped(ticket, outcome.unwrap_or(KeyWrapOutcome::Failed))
+                    })
+                }
+            };
+            if event.is_ready() {
+                self.owed = None;
+            }
+            return event;
         }
         self.stream.poll_read_ready(cx).map(|_| Event::Readable)
     }
@@ -192,28 +218,53 @@ impl Connection {
         Ok(())
     }
 
-    /// Starts the password check the hub asked for, if any, and gives the
-    /// read buffer back while the connection is idle.
+    /// Starts the work off the event loop that the hub asked for, if any,
+    /// and gives the read buffer back while the connection is idle.
     fn after_feed(&mut self, mut fed: Fed) {
-        while let Fed::Password(job) = fed {
-            match self.shared.passwords().submit(job.task) {
-                Ok(answer) => {
+        loop {
+            fed = match fed {
+                Fed::More => break,
+                Fed::Password(job) => match self.shared.passwords().submit(job.task) {
+                    Ok(answer) => {
+                        let ticket = job.ticket;
+                        self.owed = Some(Box::new(OwedReply::Password { ticket, answer }));
+                        return;
+                    }
+                    Err(Busy(_)) => {
+                        let busy = PasswordOutcome::Busy;
+                        let fed = self.shared.password_checked(self.conn, job.ticket, busy);
+                        self.continue_after_reply(fed)
+                    }
+                },
+                Fed::Keys(job) => {
                     let ticket = job.ticket;
-                    self.password = Some(Box::new(PendingPassword { ticket, answer }));
-                    return;
+                    match self.shared.key_wraps().request(job) {
+                        Ok(answer) => {
+                            self.owed = Some(Box::new(OwedReply::Keys { ticket, answer }));
+                            return;
+                        }
+                        Err(QueueFull) => {
+                            let fed = self.shared.keys_wrapped(ticket, KeyWrapOutcome::Busy);
+                            self.continue_after_reply(fed)
+                        }
+                    }
                 }
-                Err(Busy(_)) => fed = self.password_checked(job.ticket, PasswordOutcome::Busy),
-            }
+            };
         }
         if self.buffer.is_empty() {
             self.buffer = BytesMut::new();
         }
     }
 
-    /// Reports a password outcome, then feeds the requests that arrived
-    /// while it was computed.
-    fn password_checked(&mut self, ticket: u64, outcome: PasswordOutcome) -> Fed {
-        match self.shared.password_checked(self.conn, ticket, outcome) {
+    /// An owed reply went out: carry on with what the hub said next.
+    fn resume(&mut self, fed: Fed) {
+        let fed = self.continue_after_reply(fed);
+        self.after_feed(fed);
+    }
+
+    /// After an owed reply, feeds the requests that arrived meanwhile.
+    fn continue_after_reply(&mut self, fed: Fed) -> Fed {
+        match fed {
             Fed::More => self.shared.feed(self.conn, &mut self.buffer),
             job => job,
         }

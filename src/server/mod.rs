@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::keywrap::{KeyWrapPool, Rotated};
 use crate::password::PasswordPool;
 use state::Shared;
 
@@ -31,10 +33,12 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     shared: Arc<Shared>,
+    rotations: mpsc::UnboundedReceiver<Rotated>,
 }
 
 impl Server {
-    /// Binds the listening socket and starts the password hashing threads.
+    /// Binds the listening socket and starts the password hashing and key
+    /// wrapping threads.
     pub async fn bind(config: Config) -> io::Result<Server> {
         let params = config
             .argon2_params()
@@ -42,6 +46,9 @@ impl Server {
         let passwords =
             PasswordPool::start(params, config.password_hash_threads, config.password_queue)
                 .map_err(|err| context(err, "cannot start the password hashing threads"))?;
+        let (key_wraps, rotations) =
+            KeyWrapPool::start(config.key_wrap_threads, config.key_wrap_queue)
+                .map_err(|err| context(err, "cannot start the key wrapping threads"))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|err| context(err, &format!("cannot listen on {}", config.listen)))?;
@@ -55,7 +62,8 @@ impl Server {
         Ok(Server {
             listener,
             metrics_listener,
-            shared: Arc::new(Shared::new(config, passwords)),
+            shared: Arc::new(Shared::new(config, passwords, key_wraps)),
+            rotations,
         })
     }
 
@@ -76,6 +84,7 @@ impl Server {
             listener,
             metrics_listener,
             shared,
+            rotations,
         } = self;
         info!(addr = %listener.local_addr()?, "listening");
         let connections = TaskTracker::new();
@@ -89,6 +98,7 @@ impl Server {
                 Arc::clone(&shared),
             ))
         });
+        let rotations = tokio::spawn(run_rotations(Arc::clone(&shared), rotations));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -120,6 +130,7 @@ impl Server {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
+        rotations.abort();
         info!("stopped");
         Ok(())
     }
@@ -128,6 +139,13 @@ impl Server {
 /// Prefixes an I/O error with what was being attempted.
 fn context(err: io::Error, what: &str) -> io::Error {
     io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+/// Hands finished room key rotations back to the hub, which sends the keys.
+async fn run_rotations(shared: Arc<Shared>, mut rotations: mpsc::UnboundedReceiver<Rotated>) {
+    while let Some(Rotated { ticket, outcome }) = rotations.recv().await {
+        shared.keys_wrapped(ticket, outcome);
+    }
 }
 
 /// Wakes the hub when its earliest timer is due.
