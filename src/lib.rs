@@ -12,6 +12,7 @@
 //! - [`config`]: every limit, with its default.
 
 pub mod config;
+pub mod crypto;
 pub mod hub;
 pub mod password;
 pub mod printable;
