@@ -2,7 +2,9 @@
 //! splitting a byte stream changes what decodes from it.
 
 use bytes::{Bytes, BytesMut};
-use parlor::protocol::{ClientMessage, Frame, FrameCodec, ServerMessage, MAX_CLIENT_PAYLOAD};
+use parlor::protocol::{
+    ClientMessage, Frame, FrameCodec, SecureMessage, ServerMessage, MAX_CLIENT_PAYLOAD,
+};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
@@ -29,6 +31,43 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         Just(ClientMessage::ListRooms),
         (short(), long()).prop_map(|(target, text)| ClientMessage::DirectMessage { target, text }),
         (short(), long()).prop_map(|(room, text)| ClientMessage::RoomMessage { room, text }),
+        long().prop_map(|key| ClientMessage::RegisterKey { key }),
+        short().prop_map(|target| ClientMessage::DmKeyRequest { target }),
+    ]
+}
+
+fn secure_message() -> impl Strategy<Value = SecureMessage> {
+    prop_oneof![
+        (short(), long()).prop_map(|(name, key)| SecureMessage::PeerKey { name, key }),
+        (short(), any::<u32>(), long()).prop_map(|(room, epoch, wrapped)| {
+            SecureMessage::RoomKey {
+                room,
+                epoch,
+                wrapped,
+            }
+        }),
+        (short(), any::<u32>(), long()).prop_map(|(peer, key_id, wrapped)| {
+            SecureMessage::DmKey {
+                peer,
+                key_id,
+                wrapped,
+            }
+        }),
+        (short(), long(), any::<u32>(), long()).prop_map(|(target, key, key_id, wrapped)| {
+            SecureMessage::DmKeyIssued {
+                target,
+                key,
+                key_id,
+                wrapped,
+            }
+        }),
+        short().prop_map(|name| SecureMessage::NickSet { name }),
+        (short(), any::<bool>())
+            .prop_map(|(room, secure)| SecureMessage::RoomJoined { room, secure }),
+        (short(), any::<bool>())
+            .prop_map(|(room, secure)| SecureMessage::RoomCreated { room, secure }),
+        short().prop_map(|room| SecureMessage::RoomLeft { room }),
+        short().prop_map(|name| SecureMessage::NoSuchUser { name }),
     ]
 }
 
@@ -41,6 +80,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
             text
         }),
         (short(), long()).prop_map(|(sender, text)| ServerMessage::DirectMessage { sender, text }),
+        secure_message().prop_map(ServerMessage::Secure),
     ]
 }
 

@@ -291,6 +291,12 @@ impl Hub {
             ClientMessage::RoomMessage { room, text } => {
                 self.room_message(conn, &room, &text, now, out)
             }
+            ClientMessage::RegisterKey { .. } | ClientMessage::DmKeyRequest { .. } => respond(
+                out,
+                conn,
+                Status::Error,
+                "The secure extension is not served yet.",
+            ),
         }
     }
 

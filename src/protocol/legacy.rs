@@ -14,6 +14,7 @@ use nom::number::complete::{be_u16, be_u8};
 use nom::{IResult, Parser};
 
 use super::frame::{put_header, Frame, HEADER_LEN};
+use super::secure::{self, SecureMessage};
 
 /// Opcodes of the legacy protocol, as the real client's `MessageType` enum
 /// names them.
@@ -64,6 +65,15 @@ pub enum ClientMessage {
         room: Bytes,
         text: Bytes,
     },
+    /// Secure extension (`81`): the connection's RSA public key as DER
+    /// SubjectPublicKeyInfo. Makes the connection secure.
+    RegisterKey {
+        key: Bytes,
+    },
+    /// Secure extension (`82`): asks for a DM key shared with `target`.
+    DmKeyRequest {
+        target: Bytes,
+    },
 }
 
 /// Why a whole frame does not hold a valid client message.
@@ -77,11 +87,11 @@ pub enum ParseError {
 
 type Fields<'a> = IResult<&'a [u8], (&'a [u8], &'a [u8])>;
 
-fn short_field(input: &[u8]) -> IResult<&[u8], &[u8]> {
+pub(super) fn short_field(input: &[u8]) -> IResult<&[u8], &[u8]> {
     length_data(be_u8).parse(input)
 }
 
-fn long_field(input: &[u8]) -> IResult<&[u8], &[u8]> {
+pub(super) fn long_field(input: &[u8]) -> IResult<&[u8], &[u8]> {
     length_data(be_u16).parse(input)
 }
 
@@ -156,6 +166,12 @@ impl ClientMessage {
                     text: sub(text),
                 }
             }
+            secure::opcode::REGISTER_KEY => ClientMessage::RegisterKey {
+                key: secure::parse_register_key(payload)?,
+            },
+            secure::opcode::DM_KEY_REQUEST => ClientMessage::DmKeyRequest {
+                target: secure::parse_dm_key_request(payload)?,
+            },
             other => return Err(ParseError::UnknownOpcode(other)),
         };
         Ok(message)
@@ -205,6 +221,14 @@ impl ClientMessage {
                 put_long(&mut payload, text);
                 opcode::ROOM_MESSAGE
             }
+            ClientMessage::RegisterKey { key } => {
+                put_long(&mut payload, key);
+                secure::opcode::REGISTER_KEY
+            }
+            ClientMessage::DmKeyRequest { target } => {
+                put_short(&mut payload, target);
+                secure::opcode::DM_KEY_REQUEST
+            }
         };
         Frame::new(opcode, payload.freeze())
     }
@@ -236,6 +260,8 @@ pub enum ServerMessage {
     },
     /// A direct message relayed from another user.
     DirectMessage { sender: Bytes, text: Bytes },
+    /// A frame of the secure extension; sent to secure connections only.
+    Secure(SecureMessage),
 }
 
 /// `9a 00` with no data: the reply to every successful request that returns
@@ -254,6 +280,7 @@ impl ServerMessage {
                 encode_room_message(room, sender, text)
             }
             ServerMessage::DirectMessage { sender, text } => encode_direct_message(sender, text),
+            ServerMessage::Secure(message) => message.encode(),
         }
     }
 
@@ -291,6 +318,9 @@ impl ServerMessage {
                     sender: sub(sender),
                     text: sub(text),
                 })
+            }
+            other if secure::is_secure_only(other) => {
+                SecureMessage::parse(frame).map(ServerMessage::Secure)
             }
             other => Err(ParseError::UnknownOpcode(other)),
         }
@@ -342,13 +372,13 @@ pub fn encode_direct_message(sender: &[u8], text: &[u8]) -> Bytes {
     dst.freeze()
 }
 
-fn put_short(dst: &mut BytesMut, field: &[u8]) {
+pub(super) fn put_short(dst: &mut BytesMut, field: &[u8]) {
     let len = u8::try_from(field.len()).expect("name longer than 255 bytes");
     dst.put_u8(len);
     dst.extend_from_slice(field);
 }
 
-fn put_long(dst: &mut BytesMut, field: &[u8]) {
+pub(super) fn put_long(dst: &mut BytesMut, field: &[u8]) {
     let len = u16::try_from(field.len()).expect("text longer than 65535 bytes");
     dst.put_u16(len);
     dst.extend_from_slice(field);

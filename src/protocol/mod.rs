@@ -1,5 +1,6 @@
-//! The wire, and nothing else: framing ([`frame`]) and the typed legacy
-//! messages carried inside frames ([`legacy`]).
+//! The wire, and nothing else: framing ([`frame`]), the typed legacy
+//! messages carried inside frames ([`legacy`]) and the messages of the
+//! secure extension ([`secure`]).
 //!
 //! Nothing here knows about users, rooms or sockets. Data flows one way:
 //! bytes → [`FrameCodec`] → [`Frame`] → [`ClientMessage`] → the hub, and back
@@ -7,6 +8,8 @@
 
 pub mod frame;
 pub mod legacy;
+pub mod secure;
 
 pub use frame::{Frame, FrameCodec, FrameError, HEADER_LEN, MAGIC, MAX_CLIENT_PAYLOAD};
 pub use legacy::{opcode, ClientMessage, ParseError, ServerMessage, Status};
+pub use secure::SecureMessage;
