@@ -46,6 +46,12 @@ pub struct Config {
     /// Password checks waiting for a hashing thread before joins are told to
     /// try later; 0 means a join is only served when a thread is free.
     pub password_queue: usize,
+    /// Threads that make room and DM keys and wrap them for their recipients
+    /// (RSA-OAEP, 60–150 µs per recipient).
+    pub key_wrap_threads: usize,
+    /// DM key requests waiting for a key-wrapping thread before they are told
+    /// to try later. Room key rotations are never refused.
+    pub key_wrap_queue: usize,
     /// Seconds a closing connection (or the whole server, at shutdown) may
     /// spend flushing what is queued for it.
     pub flush_timeout_secs: f64,
@@ -68,6 +74,8 @@ impl Default for Config {
             argon2_parallelism: argon2::Params::DEFAULT_P_COST,
             password_hash_threads: 2,
             password_queue: 32,
+            key_wrap_threads: 2,
+            key_wrap_queue: 64,
             flush_timeout_secs: 3.0,
             worker_threads: 0,
         }
@@ -136,6 +144,7 @@ impl Config {
             ("send_queue_bytes", self.send_queue_bytes),
             ("rate_limit_messages", self.rate_limit_messages),
             ("password_hash_threads", self.password_hash_threads),
+            ("key_wrap_threads", self.key_wrap_threads),
         ];
         for (key, value) in at_least_one {
             if value == 0 {

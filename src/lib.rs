@@ -8,12 +8,15 @@
 //!   out. No sockets, no clock.
 //! - [`password`]: the bounded argon2id pool that hashes room passwords off
 //!   the event loop.
+//! - [`keywrap`]: the pool that makes room and DM keys and wraps them for
+//!   their recipients off the event loop (secure extension).
 //! - [`server`]: the thin tokio shell that connects sockets to the hub.
 //! - [`config`]: every limit, with its default.
 
 pub mod config;
 pub mod crypto;
 pub mod hub;
+pub mod keywrap;
 pub mod password;
 pub mod printable;
 pub mod protocol;

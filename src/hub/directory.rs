@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::secure::RoomKeys;
 use super::ConnId;
 
-/// A chat room: its members, in order of joining, and its password.
+/// A chat room: its members, in order of joining, its password, and for a
+/// secure room the state of its key.
 #[derive(Debug)]
 pub struct Room {
     members: Vec<ConnId>,
@@ -24,6 +26,9 @@ pub struct Room {
     /// password check that finishes after the room was deleted and
     /// recreated is not applied to the new one.
     generation: u64,
+    /// `Some` for a secure room (created by a secure connection), `None` for
+    /// a plaintext one. The kind never changes while the room exists.
+    keys: Option<RoomKeys>,
 }
 
 impl Room {
@@ -37,6 +42,18 @@ impl Room {
 
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    pub fn keys(&self) -> Option<&RoomKeys> {
+        self.keys.as_ref()
+    }
+
+    pub fn keys_mut(&mut self) -> Option<&mut RoomKeys> {
+        self.keys.as_mut()
     }
 }
 
@@ -70,6 +87,10 @@ impl Directory {
         self.rooms.get(name)
     }
 
+    pub fn room_mut(&mut self, name: &[u8]) -> Option<&mut Room> {
+        self.rooms.get_mut(name)
+    }
+
     pub fn room_names(&self) -> impl Iterator<Item = &Bytes> + '_ {
         self.rooms.keys()
     }
@@ -83,12 +104,13 @@ impl Directory {
     }
 
     /// Creates an empty room; the caller adds its creator right away.
-    pub fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>) {
+    pub fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>, secure: bool) {
         self.next_generation += 1;
         let room = Room {
             members: Vec::new(),
             password,
             generation: self.next_generation,
+            keys: secure.then(RoomKeys::default),
         };
         self.rooms.insert(name, room);
     }

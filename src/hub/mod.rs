@@ -8,15 +8,23 @@
 //! event loop. Because time is an argument, the idle cutoff and the rate
 //! limit are tested exactly with a fake clock.
 //!
-//! Promises to the client: every request gets exactly one `9a` response and
-//! a success (`9a 00`) is only ever a response (checked by the random-session
+//! Promises to the client: every request gets exactly one `9a` response, a
+//! success (`9a 00`) is only ever a response, and a legacy connection never
+//! gets a frame of the secure extension (checked by the random-session
 //! property test). State invariants, checked by [`Hub::check_invariants`]:
-//! names are unique, rooms are never empty, and every room member is a
-//! connected user who knows it is in that room.
+//! names are unique, rooms are never empty, every room member is a connected
+//! user who knows it is in that room, every member of a secure room is
+//! secure, and every secure room has a rotation in flight exactly when it
+//! says so.
+//!
+//! The secure extension (registered keys, key rotation, DM keys) lives in
+//! `secure.rs`; this file calls into it where a legacy request has a secure
+//! side.
 
 mod directory;
 mod idle;
 mod rate;
+mod secure;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -33,11 +41,13 @@ use crate::printable::Printable;
 use crate::protocol::legacy::{
     encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
 };
-use crate::protocol::{ClientMessage, Status};
+use crate::protocol::{ClientMessage, SecureMessage, Status};
 
 pub use directory::{Directory, Room};
 pub use idle::IdleTimers;
 pub use rate::SlidingWindow;
+use secure::WrapPurpose;
+pub use secure::{KeyUse, KeyWrapJob, KeyWrapOutcome, PeerKey, Recipient, RoomKeys, KEY_BITS};
 
 /// Identifies one connection for its whole life; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,13 +73,21 @@ pub mod text {
     pub const PASSWORDS_BUSY: &str = "Server busy checking passwords, try again later.";
     pub const PASSWORD_FAILED: &str = "Internal error while checking the password.";
     pub const REQUEST_PENDING: &str = "Previous request still in progress.";
+    pub const BAD_PUBLIC_KEY: &str =
+        "Public key must be an RSA SubjectPublicKeyInfo (DER) of 2048 to 4096 bits.";
+    pub const KEY_ALREADY_REGISTERED: &str = "A key is already registered on this connection.";
+    pub const REGISTER_KEY_FIRST: &str = "Register a key (81) first.";
+    pub const DM_KEY_WITH_YOURSELF: &str = "You cannot open an encrypted DM with yourself.";
+    pub const KEYS_BUSY: &str = "Server busy issuing keys, try again later.";
+    pub const KEY_WRAP_FAILED: &str = "Internal error while issuing keys.";
 }
 
 /// What the hub asks its driver to do.
 #[derive(Debug)]
 pub enum Action {
-    /// Queue an encoded frame for a connection. One room message is encoded
-    /// once and the same `Bytes` is handed to every member.
+    /// Queue encoded frames for a connection: usually one frame; a secure
+    /// JOIN's reply is several frames in one buffer. One room message is
+    /// encoded once and the same `Bytes` is handed to every member.
     Send { to: ConnId, frame: Bytes },
     /// Flush what is queued for the connection, then close it. The hub has
     /// already forgotten the user.
@@ -78,6 +96,10 @@ pub enum Action {
     /// [`Hub::password_checked`]. Until then the connection's reply is owed,
     /// so the driver reads no further requests from it.
     Password(PasswordJob),
+    /// Generate a key and wrap it for each recipient off the event loop,
+    /// then report back with [`Hub::keys_wrapped`]. A job with a requester
+    /// owes that connection its reply, as a password job does.
+    WrapKeys(KeyWrapJob),
 }
 
 /// Why a connection ended; shown in logs.
@@ -164,7 +186,17 @@ struct User {
     peer: SocketAddr,
     last_heard: Instant,
     message_rate: SlidingWindow,
-    pending_join: Option<PendingJoin>,
+    pending: Option<Pending>,
+    /// The registered RSA key; `Some` makes the connection secure.
+    key: Option<PeerKey>,
+}
+
+/// A request whose reply waits for work done off the event loop.
+#[derive(Debug)]
+enum Pending {
+    Join(PendingJoin),
+    /// A DM_KEY_REQUEST waiting for its key to be wrapped.
+    DmKey,
 }
 
 /// A JOIN waiting for its password to be hashed or checked.
@@ -187,6 +219,10 @@ pub struct Hub {
     idle: IdleTimers,
     next_guest_number: u64,
     next_ticket: u64,
+    /// Key wrap jobs in flight, by ticket.
+    wraps: HashMap<u64, WrapPurpose>,
+    /// The last DM key id handed out.
+    next_key_id: u32,
 }
 
 impl Hub {
@@ -209,6 +245,8 @@ impl Hub {
             idle: IdleTimers::default(),
             next_guest_number: 0,
             next_ticket: 0,
+            wraps: HashMap::new(),
+            next_key_id: 0,
         }
     }
 
@@ -237,7 +275,8 @@ impl Hub {
                     self.limits.rate_limit_messages,
                     self.limits.rate_limit_window,
                 ),
-                pending_join: None,
+                pending: None,
+                key: None,
             },
         );
         self.idle.schedule(conn, now + self.limits.idle_timeout);
@@ -267,7 +306,7 @@ impl Hub {
             return;
         };
         user.last_heard = now;
-        if user.pending_join.is_some() && message.expects_response() {
+        if user.pending.is_some() && message.expects_response() {
             respond(out, conn, Status::TryLater, text::REQUEST_PENDING);
             return;
         }
@@ -291,12 +330,8 @@ impl Hub {
             ClientMessage::RoomMessage { room, text } => {
                 self.room_message(conn, &room, &text, now, out)
             }
-            ClientMessage::RegisterKey { .. } | ClientMessage::DmKeyRequest { .. } => respond(
-                out,
-                conn,
-                Status::Error,
-                "The secure extension is not served yet.",
-            ),
+            ClientMessage::RegisterKey { key } => self.register_key(conn, &key, out),
+            ClientMessage::DmKeyRequest { target } => self.dm_key_request(conn, &target, now, out),
         }
     }
 
@@ -316,10 +351,11 @@ impl Hub {
         self.close(conn, CloseReason::Malformed, out);
     }
 
-    /// The connection is gone (closed by the client, a socket error, or its
-    /// send queue overflowed). Idempotent.
-    pub fn disconnect(&mut self, conn: ConnId, reason: CloseReason) {
-        self.forget(conn, reason);
+    /// The connection is gone (closed by the client, a socket error, its
+    /// send queue overflowed, or shutdown). Idempotent. The only actions are
+    /// key rotations for the secure room it was in.
+    pub fn disconnect(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) {
+        self.forget(conn, reason, out);
     }
 
     /// The earliest time at which [`Hub::handle_timeout`] has work to do.
@@ -353,9 +389,9 @@ impl Hub {
         let Some(user) = self.users.get_mut(&conn) else {
             return;
         };
-        let Some(pending) = user
-            .pending_join
-            .take_if(|pending| pending.ticket == ticket)
+        let Some(Pending::Join(pending)) = user
+            .pending
+            .take_if(|pending| matches!(pending, Pending::Join(join) if join.ticket == ticket))
         else {
             return;
         };
@@ -370,16 +406,14 @@ impl Hub {
                 if room_now.map(Room::generation) == pending.room_generation =>
             {
                 if matches {
-                    self.enter_room(conn, pending.room);
-                    out.push(send(conn, OK_RESPONSE));
+                    self.admit(conn, pending.room, false, out);
                 } else {
                     self.wrong_password(conn, &pending.room, out);
                 }
             }
             PasswordOutcome::Hashed(phc) if room_now.is_none() => {
                 self.create_room(conn, pending.room.clone(), Some(phc));
-                self.enter_room(conn, pending.room);
-                out.push(send(conn, OK_RESPONSE));
+                self.admit(conn, pending.room, true, out);
             }
             // The room was created, deleted or recreated while the hash ran:
             // judge the join again against the room as it is now.
@@ -394,17 +428,26 @@ impl Hub {
             return respond(out, conn, Status::Error, problem);
         }
         let user = self.users.get_mut(&conn).expect("caller checked");
-        if user.name == name {
-            return out.push(send(conn, OK_RESPONSE));
+        let renamed = user.name != name;
+        if renamed {
+            let name = Bytes::copy_from_slice(name);
+            if !self.directory.claim_name(&name, conn) {
+                return respond(out, conn, Status::Error, text::NICK_TAKEN);
+            }
+            self.directory.release_name(&user.name);
+            info!(peer = %user.peer, old = %Printable(&user.name), new = %Printable(&name), "nick changed");
+            user.name = name;
         }
-        let name = Bytes::copy_from_slice(name);
-        if !self.directory.claim_name(&name, conn) {
-            return respond(out, conn, Status::Error, text::NICK_TAKEN);
+        if user.key.is_some() {
+            let confirmation = SecureMessage::NickSet {
+                name: user.name.clone(),
+            };
+            out.push(send(conn, confirmation.encode()));
         }
-        self.directory.release_name(&user.name);
-        info!(peer = %user.peer, old = %Printable(&user.name), new = %Printable(&name), "nick changed");
-        user.name = name;
         out.push(send(conn, OK_RESPONSE));
+        if renamed {
+            self.announce_key(conn, out);
+        }
     }
 
     fn join(&mut self, conn: ConnId, room: &[u8], password: &[u8], out: &mut Vec<Action>) {
@@ -432,13 +475,22 @@ impl Hub {
         out: &mut Vec<Action>,
     ) {
         let (task, room_generation) = match self.directory.room(&room) {
+            // Before any password work: a legacy client could never enter.
+            Some(existing) if existing.is_secure() && !self.is_secure(conn) => {
+                let reply = [
+                    b"Room '",
+                    &room[..],
+                    b"' is end-to-end encrypted; your client cannot join it.",
+                ];
+                return out.push(send(
+                    conn,
+                    encode_response(Status::Error as u8, reply.into_iter()),
+                ));
+            }
             Some(existing) => match existing.password_hash() {
                 // An empty password never matches a set one, and a room
                 // without a password only takes an empty one: no hash needed.
-                None if password.is_empty() => {
-                    self.enter_room(conn, room);
-                    return out.push(send(conn, OK_RESPONSE));
-                }
+                None if password.is_empty() => return self.admit(conn, room, false, out),
                 Some(phc) if !password.is_empty() => (
                     PasswordTask::Verify {
                         password: password.clone(),
@@ -450,8 +502,7 @@ impl Hub {
             },
             None if password.is_empty() => {
                 self.create_room(conn, room.clone(), None);
-                self.enter_room(conn, room);
-                return out.push(send(conn, OK_RESPONSE));
+                return self.admit(conn, room, true, out);
             }
             None => (
                 PasswordTask::Hash {
@@ -460,15 +511,14 @@ impl Hub {
                 None,
             ),
         };
-        self.next_ticket += 1;
-        let ticket = self.next_ticket;
+        let ticket = self.new_ticket();
         let user = self.users.get_mut(&conn).expect("caller checked");
-        user.pending_join = Some(PendingJoin {
+        user.pending = Some(Pending::Join(PendingJoin {
             ticket,
             room,
             password,
             room_generation,
-        });
+        }));
         out.push(Action::Password(PasswordJob { conn, ticket, task }));
     }
 
@@ -478,40 +528,67 @@ impl Hub {
         respond(out, conn, Status::Error, text::WRONG_PASSWORD);
     }
 
+    fn new_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Creates a room, secure when its creator is.
     fn create_room(&mut self, conn: ConnId, room: Bytes, password: Option<Arc<str>>) {
         let user = &self.users[&conn];
+        let secure = user.key.is_some();
         info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room),
-              protected = password.is_some(), "room created");
-        self.directory.create_room(room, password);
+              protected = password.is_some(), secure, "room created");
+        self.directory.create_room(room, password, secure);
     }
 
-    /// Moves the user into `room` (which exists), leaving its current room:
-    /// the legacy client sends no LEAVE before a JOIN.
-    fn enter_room(&mut self, conn: ConnId, room: Bytes) {
-        self.leave_room(conn);
+    /// Moves the user into `room` (which exists) and answers its JOIN. A
+    /// secure joiner first gets the confirmation and, in a secure room, every
+    /// other member's key; `9a 00` comes last, in the same buffer. Then the
+    /// other members get the joiner's key, and the keys of the room left and
+    /// the room entered rotate.
+    fn admit(&mut self, conn: ConnId, room: Bytes, created: bool, out: &mut Vec<Action>) {
+        // The legacy client sends no LEAVE before a JOIN.
+        let left = self.leave_room(conn);
         self.directory.add_member(&room, conn);
-        self.users.get_mut(&conn).expect("caller checked").room = Some(room);
+        self.users.get_mut(&conn).expect("caller checked").room = Some(room.clone());
+        let mut reply = BytesMut::new();
+        self.join_notices(conn, &room, created, &mut reply);
+        if reply.is_empty() {
+            out.push(send(conn, OK_RESPONSE));
+        } else {
+            reply.extend_from_slice(&OK_RESPONSE);
+            out.push(send(conn, reply.freeze()));
+        }
+        self.announce_key(conn, out);
+        if let Some(left) = left {
+            self.membership_changed(&left, out);
+        }
+        self.membership_changed(&room, out);
     }
 
-    /// Takes the user out of its room, if any. Returns whether it was in one.
-    fn leave_room(&mut self, conn: ConnId) -> bool {
-        let Some(user) = self.users.get_mut(&conn) else {
-            return false;
-        };
-        let Some(room) = user.room.take() else {
-            return false;
-        };
+    /// Takes the user out of its room, if any, and returns that room. The
+    /// caller rotates the room's key.
+    fn leave_room(&mut self, conn: ConnId) -> Option<Bytes> {
+        let user = self.users.get_mut(&conn)?;
+        let room = user.room.take()?;
         if self.directory.remove_member(&room, conn) {
             info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room), "room deleted");
         }
-        true
+        Some(room)
     }
 
     fn leave(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        out.push(send(conn, OK_RESPONSE));
-        if !self.leave_room(conn) {
-            self.close(conn, CloseReason::LeftServer, out);
+        let Some(room) = self.leave_room(conn) else {
+            out.push(send(conn, OK_RESPONSE));
+            return self.close(conn, CloseReason::LeftServer, out);
+        };
+        if self.is_secure(conn) {
+            let confirmation = SecureMessage::RoomLeft { room: room.clone() };
+            out.push(send(conn, confirmation.encode()));
         }
+        out.push(send(conn, OK_RESPONSE));
+        self.membership_changed(&room, out);
     }
 
     fn list_users(&self, conn: ConnId, out: &mut Vec<Action>) {
@@ -601,7 +678,7 @@ impl Hub {
             return;
         }
         let Some(recipient) = self.directory.find_user(target) else {
-            return respond(out, conn, Status::Error, text::NICK_NOT_PRESENT);
+            return self.no_such_user(conn, target, out);
         };
         out.push(send(conn, OK_RESPONSE));
         let sender = &self.users[&conn].name;
@@ -610,17 +687,21 @@ impl Hub {
 
     /// Forgets the user and asks the driver to flush and close.
     fn close(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) {
-        if self.forget(conn, reason) {
+        if self.forget(conn, reason, out) {
             out.push(Action::Close { conn, reason });
         }
     }
 
-    /// Removes every trace of the user. Returns whether it was known.
-    fn forget(&mut self, conn: ConnId, reason: CloseReason) -> bool {
-        self.leave_room(conn);
+    /// Removes every trace of the user, its key included, and rotates the
+    /// key of the secure room it was in. Returns whether it was known.
+    fn forget(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) -> bool {
+        let left = self.leave_room(conn);
         let Some(user) = self.users.remove(&conn) else {
             return false;
         };
+        if let Some(left) = left {
+            self.membership_changed(&left, out);
+        }
         self.directory.release_name(&user.name);
         let (peer, nick) = (user.peer, Printable(&user.name));
         match reason {
@@ -698,7 +779,7 @@ impl Hub {
                 }
             }
         }
-        Ok(())
+        self.check_secure_invariants()
     }
 }
 

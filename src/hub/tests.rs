@@ -1,5 +1,7 @@
 //! The hub driven directly, with a fake clock: every timer is exact and
-//! instant.
+//! instant. The secure extension's tests are in `tests/secure.rs`.
+
+mod secure;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -8,12 +10,17 @@ use bytes::Bytes;
 
 use super::*;
 use crate::password::Hasher;
+use crate::protocol::HEADER_LEN;
 
-/// A hub plus a fake clock and a synchronous stand-in for the hashing pool.
+/// A hub plus a fake clock and synchronous stand-ins for the hashing and
+/// key-wrapping pools.
 struct Harness {
     hub: Hub,
     now: Instant,
     hasher: Hasher,
+    /// Room key rotations started and not finished yet, oldest first; see
+    /// [`Harness::finish_rotations`].
+    rotations: Vec<KeyWrapJob>,
 }
 
 impl Harness {
@@ -26,6 +33,7 @@ impl Harness {
             hub: Hub::new(&config),
             now: Instant::now(),
             hasher: Hasher::new(argon2::Params::new(64, 1, 1, None).unwrap()),
+            rotations: Vec::new(),
         }
     }
 
@@ -33,6 +41,15 @@ impl Harness {
         self.now += by;
         let mut out = Vec::new();
         self.hub.handle_timeout(self.now, &mut out);
+        self.settle(&mut out);
+        out
+    }
+
+    fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.hub
+            .disconnect(conn, CloseReason::ClientClosed, &mut out);
+        self.settle(&mut out);
         out
     }
 
@@ -45,20 +62,44 @@ impl Harness {
         conn
     }
 
-    /// Feeds a message and runs any password job to completion, as the
-    /// server does before reading the connection's next request.
+    /// Feeds a message and runs any password or DM key job to completion,
+    /// as the server does before reading the connection's next request.
     fn send(&mut self, conn: ConnId, message: ClientMessage) -> Vec<Action> {
         let mut out = Vec::new();
         self.hub.handle(conn, message, self.now, &mut out);
-        while let Some(index) = out.iter().position(|a| matches!(a, Action::Password(_))) {
-            let Action::Password(job) = out.remove(index) else {
-                unreachable!()
-            };
-            let outcome = self.hasher.run(job.task);
-            self.hub
-                .password_checked(job.conn, job.ticket, outcome, &mut out);
+        self.settle(&mut out);
+        out
+    }
+
+    /// Runs the jobs in `out` that a reply waits for, and moves rotations
+    /// to [`Harness::rotations`], so that `out` holds frames and closes.
+    fn settle(&mut self, out: &mut Vec<Action>) {
+        let is_job = |action: &Action| matches!(action, Action::Password(_) | Action::WrapKeys(_));
+        while let Some(index) = out.iter().position(is_job) {
+            match out.remove(index) {
+                Action::Password(job) => {
+                    let outcome = self.hasher.run(job.task);
+                    self.hub
+                        .password_checked(job.conn, job.ticket, outcome, out);
+                }
+                Action::WrapKeys(job) if job.requester.is_some() => {
+                    self.hub.keys_wrapped(job.ticket, fake_wrap(&job), out);
+                }
+                Action::WrapKeys(job) => self.rotations.push(job),
+                _ => unreachable!(),
+            }
         }
         self.hub.check_invariants().unwrap();
+    }
+
+    /// Finishes the rotations started so far, in order; the ones they start
+    /// in turn wait for the next call.
+    fn finish_rotations(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for job in std::mem::take(&mut self.rotations) {
+            self.hub.keys_wrapped(job.ticket, fake_wrap(&job), &mut out);
+        }
+        self.settle(&mut out);
         out
     }
 
@@ -83,19 +124,58 @@ impl Harness {
     }
 }
 
+/// Stands in for the key-wrapping pool: instead of a real RSA wrap, each
+/// recipient gets bytes that say who it is and which job made them.
+fn fake_wrap(job: &KeyWrapJob) -> KeyWrapOutcome {
+    let wrapped = job
+        .recipients
+        .iter()
+        .map(|recipient| {
+            let text = format!("key of job {} for {}", job.ticket, recipient.conn);
+            (recipient.conn, Bytes::from(text))
+        })
+        .collect();
+    KeyWrapOutcome::Wrapped(wrapped)
+}
+
+/// The DER SubjectPublicKeyInfo of an RSA public key whose modulus has
+/// `bits` bits. The modulus is no product of two primes, so nobody holds a
+/// private key for it; but the hub only parses public keys, and any odd
+/// modulus will do for that, so keys of any size cost nothing to make.
+fn public_key_der(bits: usize, seed: u8) -> Bytes {
+    use rsa::pkcs8::EncodePublicKey;
+    let len = bits.div_ceil(8);
+    let mut modulus: Vec<u8> = (0..len).map(|i| seed ^ (i as u8)).collect();
+    modulus[0] = 0xff >> (len * 8 - bits);
+    modulus[len - 1] |= 1;
+    let precision = (len as u32 * 8).next_multiple_of(64);
+    let n = rsa::BoxedUint::from_be_slice(&modulus, precision).unwrap();
+    let e = rsa::BoxedUint::from_be_slice(&[1, 0, 1], 64).unwrap();
+    let key = rsa::PublicKey::new(n, e).unwrap();
+    Bytes::from(key.to_public_key_der().unwrap().into_vec())
+}
+
 fn bytes(text: &str) -> Bytes {
     Bytes::copy_from_slice(text.as_bytes())
 }
 
-/// The frames sent, as (recipient, bytes), in order.
+/// The frames sent, as (recipient, bytes), in order. A buffer holding
+/// several frames for one recipient is cut into its frames.
 fn sent(actions: &[Action]) -> Vec<(ConnId, Vec<u8>)> {
-    actions
-        .iter()
-        .filter_map(|action| match action {
-            Action::Send { to, frame } => Some((*to, frame.to_vec())),
-            _ => None,
-        })
-        .collect()
+    let mut frames = Vec::new();
+    for action in actions {
+        let Action::Send { to, frame } = action else {
+            continue;
+        };
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            let (one, after) = rest.split_at(HEADER_LEN + len);
+            frames.push((*to, one.to_vec()));
+            rest = after;
+        }
+    }
+    frames
 }
 
 fn closed(actions: &[Action]) -> Vec<(ConnId, CloseReason)> {
@@ -126,7 +206,7 @@ fn guest_names_increase_and_skip_names_taken_as_nicks() {
     assert_eq!(sent(&h.nick(a, "rand1")), [(a, ok())]);
     let b = h.connect(2);
     assert_eq!(h.hub.name_of(b), Some(&b"rand2"[..]), "rand1 is taken");
-    h.hub.disconnect(b, CloseReason::ClientClosed);
+    h.disconnect(b);
     let c = h.connect(3);
     assert_eq!(
         h.hub.name_of(c),
@@ -197,7 +277,7 @@ fn join_creates_moves_and_deletes_rooms() {
     );
     assert_eq!(h.hub.room_of(a), Some(&b"other"[..]));
     assert_eq!(h.hub.room_count(), 2);
-    h.hub.disconnect(b, CloseReason::ClientClosed);
+    h.disconnect(b);
     assert_eq!(h.hub.room_count(), 1, "lobby deleted with its last member");
     assert_eq!(
         sent(&h.join(a, "", "")),
@@ -250,7 +330,7 @@ fn a_password_check_for_a_room_that_changed_meanwhile_is_judged_again() {
     };
     // While b's check runs, the room is deleted and recreated with another
     // password: the old verdict must not let b in.
-    h.hub.disconnect(a, CloseReason::ClientClosed);
+    h.disconnect(a);
     let c = h.connect(3);
     h.join(c, "r", "new");
     let outcome = h.hasher.run(job.task);
@@ -497,19 +577,25 @@ fn malformed_input_is_answered_then_closed() {
     h.hub.check_invariants().unwrap();
 }
 
-/// Random sessions of up to six clients: whatever they do, the hub keeps
-/// its invariants and the protocol's promises to the real client.
+/// Random sessions of up to six clients, legacy and secure: whatever they
+/// do, the hub keeps its invariants and the protocol's promises, and a
+/// legacy connection never receives a frame of the secure extension.
 mod random_sessions {
+    use std::collections::HashSet;
+
     use proptest::prelude::*;
 
     use super::*;
+    use crate::protocol::secure::is_secure_only;
 
     #[derive(Clone, Debug)]
     enum Op {
-        Connect,
+        /// A new connection, secure from the start when it comes with a key.
+        Connect(Option<u8>),
         Disconnect(usize),
         Send(usize, ClientMessage),
         Wait(u64),
+        FinishRotations,
     }
 
     fn name() -> impl Strategy<Value = Bytes> {
@@ -526,44 +612,60 @@ mod random_sessions {
     }
 
     fn room() -> impl Strategy<Value = Bytes> {
-        prop_oneof![Just("lobby"), Just("r2"), Just(""), Just("x\ty")].prop_map(bytes)
+        prop_oneof![3 => Just("lobby"), 3 => Just("r2"), 1 => Just(""), 1 => Just("x\ty")]
+            .prop_map(bytes)
     }
 
     fn password() -> impl Strategy<Value = Bytes> {
-        prop_oneof![Just(""), Just("pw"), Just("other")].prop_map(bytes)
+        prop_oneof![3 => Just(""), 1 => Just("pw"), 1 => Just("other")].prop_map(bytes)
     }
 
+    /// Two valid keys and one that is not a key.
+    fn key() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            3 => (1..=2u8).prop_map(|seed| public_key_der(2048, seed)),
+            1 => Just(bytes("not a key")),
+        ]
+    }
+
+    /// Weighted towards joining and talking, so that rooms fill up; a LEAVE
+    /// outside a room ends the connection, so it comes less often.
     fn message() -> impl Strategy<Value = ClientMessage> {
         prop_oneof![
-            Just(ClientMessage::Hello {
+            1 => Just(ClientMessage::Hello {
                 greeting: Bytes::new()
             }),
-            Just(ClientMessage::Heartbeat {
+            1 => Just(ClientMessage::Heartbeat {
                 payload: Bytes::new()
             }),
-            name().prop_map(|name| ClientMessage::Nick { name }),
-            (room(), password())
+            2 => name().prop_map(|name| ClientMessage::Nick { name }),
+            4 => (room(), password())
                 .prop_map(|(room, password)| ClientMessage::Join { room, password }),
-            Just(ClientMessage::Leave),
-            Just(ClientMessage::ListUsers),
-            Just(ClientMessage::ListRooms),
-            name().prop_map(|target| ClientMessage::DirectMessage {
+            1 => Just(ClientMessage::Leave),
+            1 => Just(ClientMessage::ListUsers),
+            1 => Just(ClientMessage::ListRooms),
+            2 => name().prop_map(|target| ClientMessage::DirectMessage {
                 target,
                 text: bytes("hi")
             }),
-            room().prop_map(|room| ClientMessage::RoomMessage {
+            2 => room().prop_map(|room| ClientMessage::RoomMessage {
                 room,
                 text: bytes("hi")
             }),
+            2 => key().prop_map(|key| ClientMessage::RegisterKey { key }),
+            2 => name().prop_map(|target| ClientMessage::DmKeyRequest { target }),
         ]
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            2 => Just(Op::Connect),
+            2 => prop::option::of(1..=2u8).prop_map(Op::Connect),
             1 => (0..6usize).prop_map(Op::Disconnect),
             12 => (0..6usize, message()).prop_map(|(client, message)| Op::Send(client, message)),
-            2 => (0..40_000u64).prop_map(Op::Wait),
+            // Mostly short waits, so that sessions live long enough to fill
+            // rooms; sometimes past the idle timeout.
+            2 => prop_oneof![4 => 0..5_000u64, 1 => 0..40_000u64].prop_map(Op::Wait),
+            2 => Just(Op::FinishRotations),
         ]
     }
 
@@ -575,22 +677,37 @@ mod random_sessions {
             let config = Config { rate_limit_messages: 3, idle_timeout_secs: 30.0, ..Config::default() };
             let mut h = Harness::with(config);
             let mut conns: Vec<ConnId> = Vec::new();
+            // Connections that registered a key; a key is never taken back.
+            let mut secure: HashSet<ConnId> = HashSet::new();
             for op in ops {
                 let out = match op {
-                    Op::Connect => {
-                        conns.push(h.connect(conns.len() as u64 + 1));
-                        continue;
+                    Op::Connect(key_seed) => {
+                        let conn = h.connect(conns.len() as u64 + 1);
+                        conns.push(conn);
+                        let Some(seed) = key_seed else { continue };
+                        let key = public_key_der(2048, seed);
+                        let out = h.send(conn, ClientMessage::RegisterKey { key });
+                        prop_assert_eq!(sent(&out), [(conn, ok())]);
+                        out
                     }
                     Op::Disconnect(index) => {
-                        if let Some(conn) = conns.get(index) {
-                            h.hub.disconnect(*conn, CloseReason::ClientClosed);
-                        }
-                        h.hub.check_invariants().unwrap();
-                        continue;
+                        let Some(&conn) = conns.get(index) else { continue };
+                        let out = h.disconnect(conn);
+                        prop_assert!(sent(&out).is_empty(), "a departure sends nothing at once");
+                        out
                     }
                     Op::Wait(ms) => {
                         let out = h.advance(Duration::from_millis(ms));
                         prop_assert!(sent(&out).is_empty(), "timers send nothing");
+                        out
+                    }
+                    Op::FinishRotations => {
+                        let out = h.finish_rotations();
+                        for (to, frame) in sent(&out) {
+                            prop_assert_eq!(frame[6], 0x84, "a rotation sends only room keys");
+                            let room = &frame[8..8 + usize::from(frame[7])];
+                            prop_assert_eq!(h.hub.room_of(to), Some(room), "a room key to a non-member");
+                        }
                         out
                     }
                     Op::Send(index, message) => {
@@ -604,14 +721,23 @@ mod random_sessions {
                         let is_request = message.expects_response();
                         let is_room_message = matches!(message, ClientMessage::RoomMessage { .. });
                         let out = h.send(conn, message);
-                        let responses: Vec<u8> = sent(&out)
+                        let own: Vec<Vec<u8>> = sent(&out)
+                            .into_iter()
+                            .filter(|(to, _)| *to == conn)
+                            .map(|(_, frame)| frame)
+                            .collect();
+                        let responses: Vec<u8> = own
                             .iter()
-                            .filter(|(to, frame)| *to == conn && frame[6] == 0x9a)
-                            .map(|(_, frame)| frame[7])
+                            .filter(|frame| frame[6] == 0x9a)
+                            .map(|frame| frame[7])
                             .collect();
                         let expected = usize::from(was_connected && is_request);
                         prop_assert_eq!(responses.len(), expected, "one response per request: {:?}", out);
                         prop_assert!(responses.iter().all(|status| *status != 3));
+                        if let Some(reply) = own.iter().position(|frame| frame[6] == 0x9a) {
+                            let after = &own[reply + 1..];
+                            prop_assert!(after.iter().all(|frame| !is_secure_only(frame[6])), "the 9a comes last");
+                        }
                         let unsolicited = sent(&out).iter().any(|(to, frame)| *to != conn && frame[6] == 0x9a);
                         prop_assert!(!unsolicited, "a 9a to someone who asked nothing");
                         if is_room_message {
@@ -622,9 +748,14 @@ mod random_sessions {
                         out
                     }
                 };
+                secure.extend(conns.iter().copied().filter(|conn| h.hub.is_secure(*conn)));
                 for (to, frame) in sent(&out) {
                     prop_assert!(frame.len() > 7, "zero-length frame");
-                    prop_assert!(matches!(frame[6], 0x9a | 0x15 | 0x12), "unknown opcode");
+                    if is_secure_only(frame[6]) {
+                        prop_assert!(secure.contains(&to), "opcode {:02x} to legacy {}", frame[6], to);
+                    } else {
+                        prop_assert!(matches!(frame[6], 0x9a | 0x15 | 0x12), "unknown opcode");
+                    }
                     let closing = closed(&out).iter().any(|(conn, _)| *conn == to);
                     prop_assert!(h.hub.is_connected(to) || closing, "frame to a gone connection");
                 }

@@ -101,7 +101,7 @@ pub enum SecureMessage {
     NoSuchUser { name: Bytes },
 }
 
-/// One field of a payload, for [`encode_fields`].
+/// One field of a payload, for [`put_frame`].
 enum Field<'a> {
     U8(u8),
     U32(u32),
@@ -129,18 +129,17 @@ impl Field<'_> {
     }
 }
 
-/// A whole frame, header included, in one exactly sized buffer.
+/// Appends a whole frame, header included, to `dst`.
 ///
 /// # Panics
 /// If a short field is over 255 bytes or a long one over 65,535.
-fn encode_fields(opcode: u8, fields: &[Field<'_>]) -> Bytes {
+fn put_frame(dst: &mut BytesMut, opcode: u8, fields: &[Field<'_>]) {
     let payload_len: usize = fields.iter().map(Field::wire_len).sum();
-    let mut dst = BytesMut::with_capacity(HEADER_LEN + payload_len);
-    put_header(&mut dst, opcode, payload_len);
+    dst.reserve(HEADER_LEN + payload_len);
+    put_header(dst, opcode, payload_len);
     for field in fields {
-        field.put(&mut dst);
+        field.put(dst);
     }
-    dst.freeze()
 }
 
 fn flags(secure: bool) -> u8 {
@@ -173,38 +172,50 @@ impl SecureMessage {
     /// # Panics
     /// If a name is over 255 bytes, or a key or wrapped key over 65,535.
     pub fn encode(&self) -> Bytes {
+        let mut dst = BytesMut::new();
+        self.encode_into(&mut dst);
+        dst.freeze()
+    }
+
+    /// Appends the message's frame to `dst`, so that several frames for one
+    /// recipient can leave in one buffer.
+    ///
+    /// # Panics
+    /// As [`SecureMessage::encode`].
+    pub fn encode_into(&self, dst: &mut BytesMut) {
         use Field::{Long, Short, U32, U8};
         let opcode = self.opcode();
         match self {
             SecureMessage::PeerKey { name, key } => {
-                encode_fields(opcode, &[Short(name), Long(key)])
+                put_frame(dst, opcode, &[Short(name), Long(key)])
             }
             SecureMessage::RoomKey {
                 room,
                 epoch,
                 wrapped,
-            } => encode_fields(opcode, &[Short(room), U32(*epoch), Long(wrapped)]),
+            } => put_frame(dst, opcode, &[Short(room), U32(*epoch), Long(wrapped)]),
             SecureMessage::DmKey {
                 peer,
                 key_id,
                 wrapped,
-            } => encode_fields(opcode, &[Short(peer), U32(*key_id), Long(wrapped)]),
+            } => put_frame(dst, opcode, &[Short(peer), U32(*key_id), Long(wrapped)]),
             SecureMessage::DmKeyIssued {
                 target,
                 key,
                 key_id,
                 wrapped,
-            } => encode_fields(
+            } => put_frame(
+                dst,
                 opcode,
                 &[Short(target), Long(key), U32(*key_id), Long(wrapped)],
             ),
             SecureMessage::RoomJoined { room, secure }
             | SecureMessage::RoomCreated { room, secure } => {
-                encode_fields(opcode, &[Short(room), U8(flags(*secure))])
+                put_frame(dst, opcode, &[Short(room), U8(flags(*secure))])
             }
             SecureMessage::NickSet { name: field }
             | SecureMessage::RoomLeft { room: field }
-            | SecureMessage::NoSuchUser { name: field } => encode_fields(opcode, &[Short(field)]),
+            | SecureMessage::NoSuchUser { name: field } => put_frame(dst, opcode, &[Short(field)]),
         }
     }
 

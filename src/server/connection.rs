@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::state::{Fed, Link, Shared};
-use crate::hub::{CloseReason, ConnId, PasswordOutcome};
+use crate::hub::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
+use crate::keywrap::QueueFull;
 use crate::password::Busy;
 use crate::protocol::FrameCodec;
 
@@ -133,18 +134,36 @@ async fn read_loop(shared: &Shared, conn: ConnId, stream: &TcpStream, link: &Lin
                 return CloseReason::IoError;
             }
         }
+        // A request whose reply waits for a job off the event loop holds up
+        // the requests behind it, so that replies stay in order.
         let mut fed = shared.feed(conn, &mut codec, &mut buffer);
-        while let Fed::Password(job) = fed {
-            let outcome = match shared.passwords().submit(job.task) {
-                Ok(answer) => tokio::select! {
-                    outcome = answer => outcome.unwrap_or(PasswordOutcome::Failed),
-                    () = link.wake.notified() => return link.closing().unwrap_or(CloseReason::Shutdown),
-                },
-                Err(Busy(_)) => PasswordOutcome::Busy,
+        loop {
+            fed = match fed {
+                Fed::More => break,
+                Fed::Password(job) => {
+                    let outcome = match shared.passwords().submit(job.task) {
+                        Ok(answer) => tokio::select! {
+                            outcome = answer => outcome.unwrap_or(PasswordOutcome::Failed),
+                            () = link.wake.notified() => return link.closing().unwrap_or(CloseReason::Shutdown),
+                        },
+                        Err(Busy(_)) => PasswordOutcome::Busy,
+                    };
+                    shared.password_checked(conn, job.ticket, outcome)
+                }
+                Fed::Keys(job) => {
+                    let ticket = job.ticket;
+                    let outcome = match shared.key_wraps().request(job) {
+                        Ok(answer) => tokio::select! {
+                            outcome = answer => outcome.unwrap_or(KeyWrapOutcome::Failed),
+                            () = link.wake.notified() => return link.closing().unwrap_or(CloseReason::Shutdown),
+                        },
+                        Err(QueueFull) => KeyWrapOutcome::Busy,
+                    };
+                    shared.keys_wrapped(ticket, outcome)
+                }
             };
-            fed = shared.password_checked(conn, job.ticket, outcome);
             if matches!(fed, Fed::More) {
-                // Requests that arrived while the password was checked.
+                // Requests that arrived while the reply was owed.
                 fed = shared.feed(conn, &mut codec, &mut buffer);
             }
         }

@@ -18,10 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::keywrap::{KeyWrapPool, Rotated};
 use crate::password::PasswordPool;
 use state::Shared;
 
@@ -29,10 +31,12 @@ use state::Shared;
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    rotations: mpsc::UnboundedReceiver<Rotated>,
 }
 
 impl Server {
-    /// Binds the listening socket and starts the password hashing threads.
+    /// Binds the listening socket and starts the password hashing and key
+    /// wrapping threads.
     pub async fn bind(config: Config) -> io::Result<Server> {
         let params = config
             .argon2_params()
@@ -40,12 +44,16 @@ impl Server {
         let passwords =
             PasswordPool::start(params, config.password_hash_threads, config.password_queue)
                 .map_err(|err| context(err, "cannot start the password hashing threads"))?;
+        let (key_wraps, rotations) =
+            KeyWrapPool::start(config.key_wrap_threads, config.key_wrap_queue)
+                .map_err(|err| context(err, "cannot start the key wrapping threads"))?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|err| context(err, &format!("cannot listen on {}", config.listen)))?;
         Ok(Server {
             listener,
-            shared: Arc::new(Shared::new(config, passwords)),
+            shared: Arc::new(Shared::new(config, passwords, key_wraps)),
+            rotations,
         })
     }
 
@@ -57,10 +65,15 @@ impl Server {
     /// is queued for every client (for at most `flush_timeout_secs`), closes
     /// every connection and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
-        let Server { listener, shared } = self;
+        let Server {
+            listener,
+            shared,
+            rotations,
+        } = self;
         info!(addr = %listener.local_addr()?, "listening");
         let connections = TaskTracker::new();
         let timers = tokio::spawn(run_timers(Arc::clone(&shared)));
+        let rotations = tokio::spawn(run_rotations(Arc::clone(&shared), rotations));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -89,6 +102,7 @@ impl Server {
             error!("connections still open after the flush timeout; exiting anyway");
         }
         timers.abort();
+        rotations.abort();
         info!("stopped");
         Ok(())
     }
@@ -97,6 +111,13 @@ impl Server {
 /// Prefixes an I/O error with what was being attempted.
 fn context(err: io::Error, what: &str) -> io::Error {
     io::Error::new(err.kind(), format!("{what}: {err}"))
+}
+
+/// Hands finished room key rotations back to the hub, which sends the keys.
+async fn run_rotations(shared: Arc<Shared>, mut rotations: mpsc::UnboundedReceiver<Rotated>) {
+    while let Some(Rotated { ticket, outcome }) = rotations.recv().await {
+        shared.keys_wrapped(ticket, outcome);
+    }
 }
 
 /// Wakes the hub when its earliest timer is due.

@@ -18,7 +18,10 @@ use tokio_util::codec::Decoder;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::hub::{Action, CloseReason, ConnId, Hub, PasswordJob, PasswordOutcome};
+use crate::hub::{
+    Action, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, PasswordJob, PasswordOutcome,
+};
+use crate::keywrap::KeyWrapPool;
 use crate::password::PasswordPool;
 use crate::protocol::{ClientMessage, FrameCodec};
 
@@ -64,6 +67,7 @@ struct State {
 pub struct Shared {
     state: Mutex<State>,
     passwords: PasswordPool,
+    key_wraps: KeyWrapPool,
     config: Config,
 }
 
@@ -73,10 +77,12 @@ pub enum Fed {
     More,
     /// Run this password job, then report with [`Shared::password_checked`].
     Password(PasswordJob),
+    /// Run this DM key job, then report with [`Shared::keys_wrapped`].
+    Keys(KeyWrapJob),
 }
 
 impl Shared {
-    pub fn new(config: Config, passwords: PasswordPool) -> Shared {
+    pub fn new(config: Config, passwords: PasswordPool, key_wraps: KeyWrapPool) -> Shared {
         let state = State {
             hub: Hub::new(&config),
             peers: HashMap::new(),
@@ -87,6 +93,7 @@ impl Shared {
         Shared {
             state: Mutex::new(state),
             passwords,
+            key_wraps,
             config,
         }
     }
@@ -97,6 +104,10 @@ impl Shared {
 
     pub fn passwords(&self) -> &PasswordPool {
         &self.passwords
+    }
+
+    pub fn key_wraps(&self) -> &KeyWrapPool {
+        &self.key_wraps
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -129,44 +140,50 @@ impl Shared {
     }
 
     /// Decodes every whole frame in `buffer` and feeds it to the hub, until
-    /// the buffer holds no whole frame or a request needs a password job.
+    /// the buffer holds no whole frame or a request's reply waits for a job.
     pub fn feed(&self, conn: ConnId, codec: &mut FrameCodec, buffer: &mut BytesMut) -> Fed {
         let now = Instant::now();
         let mut state = self.lock();
-        let mut job = None;
-        while job.is_none() {
+        let mut fed = Fed::More;
+        while matches!(fed, Fed::More) {
             let frame = match codec.decode(buffer) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(err) => {
                     buffer.clear();
-                    job =
-                        self.run_hub(&mut state, |hub, out| hub.reject_malformed(conn, &err, out));
-                    break;
+                    return self
+                        .run_hub(&mut state, |hub, out| hub.reject_malformed(conn, &err, out));
                 }
             };
-            job = self.run_hub(&mut state, |hub, out| match ClientMessage::parse(&frame) {
+            fed = self.run_hub(&mut state, |hub, out| match ClientMessage::parse(&frame) {
                 Ok(message) => hub.handle(conn, message, now, out),
                 Err(err) => hub.reject_malformed(conn, &err, out),
             });
         }
-        job.map_or(Fed::More, Fed::Password)
+        fed
     }
 
     /// Reports a finished password job to the hub.
     pub fn password_checked(&self, conn: ConnId, ticket: u64, outcome: PasswordOutcome) -> Fed {
         let mut state = self.lock();
-        let job = self.run_hub(&mut state, |hub, out| {
+        self.run_hub(&mut state, |hub, out| {
             hub.password_checked(conn, ticket, outcome, out)
-        });
-        job.map_or(Fed::More, Fed::Password)
+        })
+    }
+
+    /// Reports a finished key wrap job (a DM key or a rotation) to the hub.
+    pub fn keys_wrapped(&self, ticket: u64, outcome: KeyWrapOutcome) -> Fed {
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.keys_wrapped(ticket, outcome, out)
+        })
     }
 
     /// The connection ended on its side. Idempotent.
     pub fn disconnect(&self, conn: ConnId, reason: CloseReason) {
         let mut state = self.lock();
         state.peers.remove(&conn);
-        state.hub.disconnect(conn, reason);
+        self.run_hub(&mut state, |hub, out| hub.disconnect(conn, reason, out));
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
@@ -178,60 +195,82 @@ impl Shared {
         self.run_hub(&mut state, |hub, out| hub.handle_timeout(now, out));
     }
 
-    /// Shutdown: every connection flushes what it has and closes.
+    /// Shutdown: every connection flushes what it has and closes. Key
+    /// rotations that the departures would start are dropped: everyone is
+    /// leaving, so they would have nobody to go to.
     pub fn close_all(&self) {
         let mut state = self.lock();
         state.accepting = false;
         let peers = std::mem::take(&mut state.peers);
+        let mut dropped = Vec::new();
         for (conn, peer) in peers {
-            state.hub.disconnect(conn, CloseReason::Shutdown);
+            state
+                .hub
+                .disconnect(conn, CloseReason::Shutdown, &mut dropped);
             peer.link.close(CloseReason::Shutdown);
         }
     }
 
-    /// Calls the hub and applies every action it returns. Returns the
-    /// password job, if the call produced one (only the calling connection's
-    /// requests produce them).
-    fn run_hub(
-        &self,
-        state: &mut State,
-        call: impl FnOnce(&mut Hub, &mut Vec<Action>),
-    ) -> Option<PasswordJob> {
+    /// Calls the hub and applies every action it returns: frames are queued,
+    /// rotations go to the key-wrapping pool. Returns the job that the
+    /// calling connection's reply waits for, if the call produced one (only
+    /// the calling connection's own requests produce them).
+    fn run_hub(&self, state: &mut State, call: impl FnOnce(&mut Hub, &mut Vec<Action>)) -> Fed {
         let mut actions = std::mem::take(&mut state.actions);
         call(&mut state.hub, &mut actions);
-        let mut job = None;
-        for action in actions.drain(..) {
-            match action {
-                Action::Send { to, frame } => self.deliver(state, to, frame),
-                Action::Close { conn, reason } => {
-                    if let Some(peer) = state.peers.remove(&conn) {
-                        peer.link.close(reason);
+        let mut fed = Fed::More;
+        let mut too_slow = Vec::new();
+        loop {
+            for action in actions.drain(..) {
+                match action {
+                    Action::Send { to, frame } => {
+                        if !self.deliver(state, to, frame) {
+                            too_slow.push(to);
+                        }
                     }
+                    Action::Close { conn, reason } => {
+                        if let Some(peer) = state.peers.remove(&conn) {
+                            peer.link.close(reason);
+                        }
+                    }
+                    Action::Password(job) => fed = Fed::Password(job),
+                    Action::WrapKeys(job) if job.requester.is_some() => fed = Fed::Keys(job),
+                    Action::WrapKeys(job) => self.key_wraps.rotate(job),
                 }
-                Action::Password(password_job) => job = Some(password_job),
+            }
+            if too_slow.is_empty() {
+                break;
+            }
+            // Told only now, so that this batch stays in order: a slow
+            // consumer's departure may start a rotation of its room's key.
+            for conn in too_slow.drain(..) {
+                state
+                    .hub
+                    .disconnect(conn, CloseReason::SlowConsumer, &mut actions);
             }
         }
         state.actions = actions;
-        job
+        fed
     }
 
     /// Queues a frame for a connection, cutting the connection off if its
-    /// queue would exceed `send_queue_bytes`. A single frame larger than the
-    /// limit still goes to an empty queue, so a big list reply is not fatal.
-    fn deliver(&self, state: &mut State, to: ConnId, frame: Bytes) {
+    /// queue would exceed `send_queue_bytes`; returns `false` when it did. A
+    /// single frame larger than the limit still goes to an empty queue, so a
+    /// big list reply is not fatal.
+    fn deliver(&self, state: &mut State, to: ConnId, frame: Bytes) -> bool {
         let Some(peer) = state.peers.get(&to) else {
-            return;
+            return true;
         };
         let queued = peer.link.queued.load(Ordering::Acquire);
         if queued > 0 && queued + frame.len() > self.config.send_queue_bytes {
             warn!(conn = %to, queued, limit = self.config.send_queue_bytes, "send queue overflow");
             let peer = state.peers.remove(&to).expect("just looked up");
             peer.link.close(CloseReason::SlowConsumer);
-            state.hub.disconnect(to, CloseReason::SlowConsumer);
-            return;
+            return false;
         }
         peer.link.queued.fetch_add(frame.len(), Ordering::AcqRel);
         // A send error means the connection task is already finishing.
         let _ = peer.outbox.send(frame);
+        true
     }
 }
