@@ -13,6 +13,7 @@
 //! - [`server`]: the thin tokio shell that connects sockets to the hub.
 //! - [`config`]: every limit, with its default.
 
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod hub;

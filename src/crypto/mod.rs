@@ -17,7 +17,7 @@ pub mod identity;
 pub mod keyring;
 
 #[cfg(test)]
-mod kat;
+pub(crate) mod kat;
 
 pub use envelope::{Header, Kind, MessageKeys};
 pub use identity::{Identity, PeerKey, WrapLabel};
