@@ -111,13 +111,6 @@ impl Session {
         self.take_output()
     }
 
-    /// Whether a `\quit` is waiting its turn: no more input is wanted.
-    pub fn quitting(&self) -> bool {
-        self.connection
-            .as_ref()
-            .is_some_and(|connection| connection.queue.contains(&Request::Quit))
-    }
-
     fn enqueue(&mut self, command: Command, now: Instant) {
         let Some(connection) = &mut self.connection else {
             match command {

@@ -88,13 +88,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut input_open = true;
     loop {
         let heartbeat = shell.session.next_heartbeat();
-        let mut from_input = false;
         let outputs = tokio::select! {
             line = lines.next(), if input_open => match line {
-                Some(line) => {
-                    from_input = true;
-                    shell.session.line(&line, Instant::now())
-                }
+                Some(line) => shell.session.line(&line, Instant::now()),
                 None => {
                     input_open = false;
                     shell.session.end_of_input(Instant::now())
@@ -107,9 +103,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         };
         if shell.apply(outputs).await {
             return Ok(());
-        }
-        if from_input && !shell.session.quitting() {
-            lines.resume();
         }
     }
 }

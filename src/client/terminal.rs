@@ -5,36 +5,30 @@
 //! as they come, so that scripts and tests can drive the client, and events
 //! go to stdout one per line.
 //!
-//! Reading blocks, so it runs on its own thread, and it reads the next line
-//! only when the shell says so ([`Lines::resume`]): a client that has been
-//! told to quit never leaves the terminal in the editor's raw mode.
+//! Reading blocks, so it runs on its own thread, which reads ahead so that
+//! nothing typed is lost. It stops after `\quit`: the client exits only
+//! after `\quit` or the end of input, so it never exits with the terminal
+//! left in the editor's raw mode.
 
 use std::io::{BufRead, IsTerminal};
-use std::sync::mpsc as std_mpsc;
 
 use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::sync::mpsc;
 
+use super::command::{self, Command};
 use super::event::Event;
 
 const PROMPT: &str = "> ";
 
 pub struct Lines {
     lines: mpsc::UnboundedReceiver<String>,
-    resume: std_mpsc::Sender<()>,
 }
 
 impl Lines {
     /// The next line, or `None` at the end of input.
     pub async fn next(&mut self) -> Option<String> {
         self.lines.recv().await
-    }
-
-    /// Lets the reader go on to the next line.
-    pub fn resume(&self) {
-        // The reader is gone only after the end of input.
-        let _ = self.resume.send(());
     }
 }
 
@@ -113,13 +107,13 @@ pub fn start(json: bool) -> (Lines, Printer) {
 
 fn spawn_reader(mut read_line: impl FnMut() -> Option<String> + Send + 'static) -> Lines {
     let (line_tx, lines) = mpsc::unbounded_channel();
-    let (resume, resumed) = std_mpsc::channel();
     std::thread::spawn(move || {
         while let Some(line) = read_line() {
-            if line_tx.send(line).is_err() || resumed.recv().is_err() {
+            let quit = command::parse(&line) == Ok(Some(Command::Quit));
+            if line_tx.send(line).is_err() || quit {
                 return;
             }
         }
     });
-    Lines { lines, resume }
+    Lines { lines }
 }
