@@ -101,6 +101,10 @@ pub const GREETING: &[u8] = "Xin chào. Bonghjornu.".as_bytes();
 pub struct Client {
     stream: TcpStream,
     buffer: BytesMut,
+    /// Set once the client registered a key: from then on it may receive
+    /// the secure extension's opcodes. Until then every frame must be one
+    /// the legacy client accepts.
+    pub secure: bool,
 }
 
 impl Client {
@@ -110,6 +114,7 @@ impl Client {
         Client {
             stream,
             buffer: BytesMut::new(),
+            secure: false,
         }
     }
 
@@ -123,13 +128,18 @@ impl Client {
     }
 
     /// The exact wire bytes of the next frame, checked against the rules
-    /// for every server frame; panics on close or timeout.
+    /// for every server frame (a legacy client's, unless `secure`); panics
+    /// on close or timeout.
     pub async fn recv_raw(&mut self) -> Vec<u8> {
         let frame = tokio::time::timeout(PATIENCE, self.next_frame())
             .await
             .expect("timed out waiting for a frame")
             .expect("connection closed while waiting for a frame");
-        check_legacy_frame(&frame);
+        if self.secure {
+            check_secure_frame(&frame);
+        } else {
+            check_legacy_frame(&frame);
+        }
         frame
     }
 
@@ -211,6 +221,17 @@ impl Client {
 
 /// Asserts what rule 2 demands of any frame the server sends.
 pub fn check_legacy_frame(frame: &[u8]) {
+    check_secure_frame(frame);
+    assert!(
+        matches!(frame[6], 0x9a | 0x15 | 0x12),
+        "opcode the legacy client does not know: {}",
+        hex(frame)
+    );
+}
+
+/// Asserts what holds for a frame to a secure client: rule 2, except that
+/// the secure extension's opcodes (PROTOCOL.md §12.6) are allowed too.
+pub fn check_secure_frame(frame: &[u8]) {
     let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
     assert_eq!(len + 7, frame.len(), "length field: {}", hex(frame));
     assert!(
@@ -220,8 +241,11 @@ pub fn check_legacy_frame(frame: &[u8]) {
     );
     assert_eq!(&frame[4..6], &[0x04, 0x17], "magic: {}", hex(frame));
     assert!(
-        matches!(frame[6], 0x9a | 0x15 | 0x12),
-        "opcode the legacy client does not know: {}",
+        matches!(
+            frame[6],
+            0x9a | 0x15 | 0x12 | 0x80 | 0x81 | 0x84 | 0x89 | 0x90..=0x94
+        ),
+        "opcode outside the protocol: {}",
         hex(frame)
     );
     if frame[6] == 0x9a {
