@@ -377,6 +377,8 @@ mod tests {
         let identity = kat::identity();
         let header = kat::header();
         let max = max_plaintext(ROOM_LEN, SENDER_LEN, identity.signature_len());
+        assert_eq!(max, 65_199, "the figure in PROTOCOL.md §12.7");
+        assert_eq!(max_plaintext(255, 255, 512), 64_431, "likewise");
         let text = seal(&header, &keys, &vec![b'x'; max], &identity).unwrap();
         assert!(text.len() <= u16::MAX as usize);
         assert!(
