@@ -335,6 +335,17 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
         .expect(&[("event", "message"), ("kind", "dm"), ("from", "bob")])
         .await;
     assert_eq!((got["text"].as_str(), secure(&got)), (Some("got it"), true));
+    // Renamed where alice cannot see it, bob still writes under that key.
+    bob.line("\\nick robert").await;
+    bob.expect(&[("event", "nick"), ("name", "robert")]).await;
+    bob.line("\\msg alice new name").await;
+    let got = alice
+        .expect(&[("event", "message"), ("kind", "dm"), ("from", "robert")])
+        .await;
+    assert_eq!(
+        (got["text"].as_str(), secure(&got)),
+        (Some("new name"), true)
+    );
     assert!(!requests(&bob_relay.to_server())
         .iter()
         .any(|request| matches!(request, ClientMessage::DmKeyRequest { .. })));
@@ -369,7 +380,7 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
     legacy
         .request(
             &ClientMessage::ListUsers,
-            &names(&["alice", "bob", "legacy"]),
+            &names(&["alice", "legacy", "robert"]),
         )
         .await;
     alice.quit().await;

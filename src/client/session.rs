@@ -409,6 +409,8 @@ impl Session {
         }
         let connection = self.connection.as_mut().expect("a frame arrived");
         let Some(pending) = connection.pending.take() else {
+            // Unasked for: the legacy client shows a failure and would abort
+            // on a success; this one shows the failure and ignores the rest.
             if status != 0 {
                 self.event(Event::Failed { text: show(data) });
             }

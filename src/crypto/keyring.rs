@@ -261,13 +261,15 @@ impl Keyring {
         if header.kind != kind || header.context != context || header.sender != sender {
             return Err(VerificationFailed);
         }
-        // 3. the key, and for an older room epoch, its grace period.
-        let sender_key = self.peers.get(sender).ok_or(VerificationFailed)?;
-        let state = match kind {
+        // 3. the key, and for an older room epoch, its grace period. A room
+        // message is signed by whoever the sender's name belongs to; a DM
+        // only by the other end of its key, under whatever name it has now.
+        let (state, signer) = match kind {
             Kind::Room => {
+                let signer = self.peers.get(sender).ok_or(VerificationFailed)?;
                 let keys = self.rooms.get_mut(context).ok_or(VerificationFailed)?;
                 keys.forget_expired(now);
-                if header.epoch == keys.epoch {
+                let state = if header.epoch == keys.epoch {
                     &mut keys.current
                 } else {
                     let old = keys
@@ -275,21 +277,19 @@ impl Keyring {
                         .iter_mut()
                         .find(|old| old.epoch == header.epoch);
                     &mut old.ok_or(VerificationFailed)?.state
-                }
+                };
+                (state, signer)
             }
             Kind::Direct => {
-                let dm = self.dms.get_mut(&header.epoch).ok_or(VerificationFailed)?;
-                // Only the other end of this DM key may write under it.
-                if !dm.peer.same_key(sender_key) {
-                    return Err(VerificationFailed);
-                }
-                &mut dm.state
+                let DmKey { peer, state } =
+                    self.dms.get_mut(&header.epoch).ok_or(VerificationFailed)?;
+                (state, &*peer)
             }
         };
         // 4. the MAC, before anything touches the ciphertext.
         let authenticated = envelope.check_mac(&state.keys)?;
         // 5. the signature.
-        authenticated.check_signature(sender_key)?;
+        authenticated.check_signature(signer)?;
         // 6. the counter.
         let last = state.seen.get(sender).copied().unwrap_or(0);
         if header.counter <= last {
@@ -298,6 +298,18 @@ impl Keyring {
         // 7. decrypt and unpad.
         let plaintext = authenticated.decrypt()?;
         state.seen.insert(sender.to_vec(), header.counter);
+        // A DM peer who renamed outside any shared secure room is announced
+        // to nobody (PROTOCOL.md §12.2); its signature just proved the new
+        // name, so replies find the key under it.
+        if kind == Kind::Direct
+            && !self
+                .peers
+                .get(sender)
+                .is_some_and(|key| key.same_key(signer))
+        {
+            let signer = signer.clone();
+            self.add_peer(sender, signer);
+        }
         Ok(plaintext)
     }
 }
@@ -599,6 +611,28 @@ mod tests {
         let forged =
             envelope::seal(&header, &MessageKeys::derive(&dm_key), b"hi", &mallory).unwrap();
         assert!(bob.open_dm(b"bob", b"mallory", &forged, now).is_err());
+    }
+
+    #[test]
+    fn a_dm_from_a_peer_renamed_out_of_sight_opens_and_teaches_the_name() {
+        let now = Instant::now();
+        let bob_key =
+            PeerKey::from_der(Identity::generate(2048).unwrap().public_key_der()).unwrap();
+        let mut alice = Keyring::default();
+        alice.add_peer(b"bob", bob_key);
+        alice.add_dm_key(3, b"bob", &other_key(3)).unwrap();
+        let mut bob = Keyring::default();
+        bob.add_peer(b"alice", kat::peer_key());
+        bob.add_dm_key(3, b"alice", &other_key(3)).unwrap();
+
+        // Alice is "alicia" now, and nothing told bob.
+        let text = alice
+            .seal_dm(b"bob", b"alicia", &kat::identity(), b"new name")
+            .unwrap();
+        let opened = bob.open_dm(b"bob", b"alicia", &text, now).unwrap();
+        assert_eq!(opened.as_slice(), b"new name");
+        assert!(bob.has_peer(b"alicia") && !bob.has_peer(b"alice"));
+        assert_eq!(bob.dm_key_id(b"alicia"), Some(3));
     }
 
     #[test]
