@@ -241,6 +241,13 @@ mod tests {
                 },
                 "argon2_memory_kib",
             ),
+            (
+                Config {
+                    key_wrap_threads: 0,
+                    ..Config::default()
+                },
+                "key_wrap_threads",
+            ),
         ] {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{err}");

@@ -46,8 +46,8 @@ use crate::protocol::{ClientMessage, SecureMessage, Status};
 pub use directory::{Directory, Room};
 pub use idle::IdleTimers;
 pub use rate::SlidingWindow;
-use secure::WrapPurpose;
-pub use secure::{KeyUse, KeyWrapJob, KeyWrapOutcome, PeerKey, Recipient, RoomKeys, KEY_BITS};
+pub use secure::{KeyUse, KeyWrapJob, KeyWrapOutcome, Recipient, RoomKeys};
+use secure::{PeerKey, WrapPurpose};
 
 /// Identifies one connection for its whole life; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -222,7 +222,7 @@ pub struct Hub {
     /// Key wrap jobs in flight, by ticket.
     wraps: HashMap<u64, WrapPurpose>,
     /// The last DM key id handed out.
-    next_key_id: u32,
+    last_key_id: u32,
 }
 
 impl Hub {
@@ -246,7 +246,7 @@ impl Hub {
             next_guest_number: 0,
             next_ticket: 0,
             wraps: HashMap::new(),
-            next_key_id: 0,
+            last_key_id: 0,
         }
     }
 

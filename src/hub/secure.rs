@@ -23,6 +23,7 @@ use tracing::{error, info};
 use super::{respond, send, text, Action, ConnId, Hub, Pending, Room};
 use crate::printable::Printable;
 use crate::protocol::legacy::{encode_response, OK_RESPONSE};
+use crate::protocol::secure::{DM_KEY_OAEP_LABEL, ROOM_KEY_OAEP_LABEL};
 use crate::protocol::{SecureMessage, Status};
 
 /// Modulus sizes a registered key may have, in bits. Below 2048 bits RSA is
@@ -53,10 +54,6 @@ impl PeerKey {
         })
     }
 
-    pub fn der(&self) -> &Bytes {
-        &self.der
-    }
-
     pub fn bits(&self) -> u32 {
         self.public.n().bit_width()
     }
@@ -77,11 +74,10 @@ pub enum KeyUse {
 }
 
 impl KeyUse {
-    /// The OAEP label of PROTOCOL.md §12.2 and §12.3.
     pub fn oaep_label(self) -> &'static [u8] {
         match self {
-            KeyUse::Room => b"parlor room key",
-            KeyUse::Dm => b"parlor dm key",
+            KeyUse::Room => ROOM_KEY_OAEP_LABEL,
+            KeyUse::Dm => DM_KEY_OAEP_LABEL,
         }
     }
 }
@@ -146,16 +142,6 @@ pub struct RoomKeys {
     /// The membership changed while the rotation was in flight: another
     /// rotation follows it.
     stale: bool,
-}
-
-impl RoomKeys {
-    pub fn epoch(&self) -> u32 {
-        self.epoch
-    }
-
-    pub fn is_rotating(&self) -> bool {
-        self.rotating
-    }
 }
 
 /// What an in-flight [`KeyWrapJob`] is for; looked up by its ticket.
@@ -347,13 +333,13 @@ impl Hub {
         };
         let recipients = vec![Recipient::of(conn, own_key), Recipient::of(peer, peer_key)];
         // Key ids count up from 1 and are never 0.
-        self.next_key_id = self.next_key_id.checked_add(1).unwrap_or(1);
+        self.last_key_id = self.last_key_id.checked_add(1).unwrap_or(1);
         let ticket = self.new_ticket();
         let purpose = WrapPurpose::Dm {
             requester: conn,
             target: peer,
             target_name: Bytes::copy_from_slice(target),
-            key_id: self.next_key_id,
+            key_id: self.last_key_id,
         };
         self.wraps.insert(ticket, purpose);
         self.users.get_mut(&conn).expect("caller checked").pending = Some(Pending::DmKey);
@@ -511,15 +497,12 @@ impl Hub {
                 matches!(purpose, WrapPurpose::Room { room: r, generation, .. }
                     if r == name && *generation == room.generation())
             });
-            if in_flight.count() != usize::from(keys.rotating) {
+            let count = in_flight.count();
+            if count != usize::from(keys.rotating) {
                 return Err(format!(
-                    "room {} has {} rotations in flight",
+                    "room {} (rotating: {}) has {count} rotations in flight",
                     Printable(name),
-                    if keys.rotating {
-                        "not 1"
-                    } else {
-                        "some, not 0"
-                    }
+                    keys.rotating
                 ));
             }
         }

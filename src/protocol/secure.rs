@@ -57,6 +57,13 @@ pub mod opcode {
     pub const NO_SUCH_USER: u8 = 0x94;
 }
 
+/// The OAEP label of every wrapped room key (PROTOCOL.md §12.2).
+pub const ROOM_KEY_OAEP_LABEL: &[u8] = b"parlor room key";
+
+/// The OAEP label of every wrapped DM key (PROTOCOL.md §12.3). Distinct from
+/// the room label, so that a wrapped key of one kind never opens as the other.
+pub const DM_KEY_OAEP_LABEL: &[u8] = b"parlor dm key";
+
 /// Bit 0 of the flags byte of ROOM_JOINED and ROOM_CREATED: the room is a
 /// secure room. The other bits are sent as zero and ignored on receipt.
 pub const ROOM_FLAG_SECURE: u8 = 0x01;
