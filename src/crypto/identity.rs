@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::{IssuedKey, VerificationFailed, ISSUED_KEY_LEN};
+use crate::protocol::secure;
 
 /// The key sizes the server accepts for registration (§12.5).
 pub const KEY_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
@@ -35,8 +36,8 @@ pub enum WrapLabel {
 impl WrapLabel {
     fn label(self) -> &'static [u8] {
         match self {
-            WrapLabel::Room => b"parlor room key",
-            WrapLabel::Direct => b"parlor dm key",
+            WrapLabel::Room => secure::ROOM_KEY_OAEP_LABEL,
+            WrapLabel::Direct => secure::DM_KEY_OAEP_LABEL,
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::codec::Decoder;
 use super::*;
 use crate::crypto::{kat, IssuedKey, Keyring};
 use crate::protocol::legacy::{encode_direct_message, encode_response, encode_room_message};
-use crate::protocol::FrameCodec;
+use crate::protocol::{secure, FrameCodec};
 
 const NO_KEY: &[u8] = b"User 'leg' has no key; messages to them are not encrypted.";
 
@@ -126,7 +126,11 @@ fn room_key_for_alice(room: &str, epoch: u32, key: &[u8; 32]) -> SecureMessage {
     SecureMessage::RoomKey {
         room: Bytes::copy_from_slice(room.as_bytes()),
         epoch,
-        wrapped: wrap(kat::identity().public_key_der(), key, b"parlor room key"),
+        wrapped: wrap(
+            kat::identity().public_key_der(),
+            key,
+            secure::ROOM_KEY_OAEP_LABEL,
+        ),
     }
 }
 
@@ -442,7 +446,11 @@ fn a_dm_to_a_secure_user_gets_a_key_first_and_goes_out_sealed() {
         target: "bob".into(),
         key: bob.key_der(),
         key_id: 42,
-        wrapped: wrap(kat::identity().public_key_der(), &key, b"parlor dm key"),
+        wrapped: wrap(
+            kat::identity().public_key_der(),
+            &key,
+            secure::DM_KEY_OAEP_LABEL,
+        ),
     };
     assert_eq!(
         events(&alice.secure(issued)),
