@@ -14,7 +14,9 @@
 //! - [`config`]: every limit, with its default.
 //! - [`metrics`]: counters of what the server refuses and relays.
 
+pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod hub;
 pub mod keywrap;
 pub mod metrics;

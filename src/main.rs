@@ -1,4 +1,5 @@
-//! The `parlor` command: `parlor serve` (the default) runs the chat server.
+//! The `parlor` command: `parlor serve` (the default) runs the chat server,
+//! `parlor client` the reference client.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (the default).
     Serve(ServeArgs),
+    /// Chat from the terminal, end-to-end encrypted where the server allows.
+    Client(parlor::client::Options),
 }
 
 #[derive(Args, Clone)]
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Client(options)) => return parlor::client::main(options),
         None => cli.serve,
     };
     let config = match load_config(&args) {

@@ -1,0 +1,215 @@
+//! What the user types, parsed the way the legacy client parses it: the same
+//! commands, the same splitting rules and the same local error texts, so that
+//! people who know that client find no surprises.
+
+/// One line of input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Connect(String),
+    Nick(Vec<u8>),
+    Join {
+        room: Vec<u8>,
+        password: Vec<u8>,
+    },
+    Leave,
+    ListUsers,
+    ListRooms,
+    Dm {
+        target: Vec<u8>,
+        text: Vec<u8>,
+    },
+    /// A line not starting with `\`: said in the current room.
+    Say(Vec<u8>),
+    Disconnect,
+    Quit,
+}
+
+/// A line refused before anything is sent, with the legacy client's text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("Invalid command.")]
+    Invalid,
+    #[error("Invalid list type. Please choose from \"rooms\" or \"users\".")]
+    ListType,
+    #[error("Nick is longer than 255 characters.")]
+    NickTooLong,
+    #[error("Room name is longer than 255 characters.")]
+    RoomTooLong,
+    #[error("Room password is longer than 255 characters.")]
+    PasswordTooLong,
+    #[error("Message is longer than 65535 characters.")]
+    MessageTooLong,
+}
+
+const MAX_NAME: usize = u8::MAX as usize;
+const MAX_TEXT: usize = u16::MAX as usize;
+
+/// Parses a line without its line ending. An empty line is `Ok(None)`: the
+/// legacy client sends nothing for it.
+pub fn parse(line: &str) -> Result<Option<Command>, InputError> {
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let Some(command) = line.strip_prefix('\\') else {
+        return text(line.as_bytes(), InputError::MessageTooLong)
+            .map(|text| Some(Command::Say(text)));
+    };
+    // `None` when the verb stands alone, as `\leave` must.
+    let (verb, rest) = match command.split_once(' ') {
+        Some((verb, rest)) => (verb, Some(rest)),
+        None => (command, None),
+    };
+    let args: Vec<&str> = rest
+        .map(|rest| rest.split(' ').collect())
+        .unwrap_or_default();
+    let parsed = match (verb, args.as_slice()) {
+        ("leave", []) => Command::Leave,
+        ("disconnect", []) => Command::Disconnect,
+        ("quit", []) => Command::Quit,
+        ("connect", [address]) if word(address) => Command::Connect(address.to_string()),
+        ("nick", [name]) if word(name) => Command::Nick(short(name, InputError::NickTooLong)?),
+        // `\join room`, `\join room ` and `\join room password`: one space at most.
+        ("join", [room] | [room, ""]) if word(room) => Command::Join {
+            room: short(room, InputError::RoomTooLong)?,
+            password: Vec::new(),
+        },
+        ("join", [room, password]) if word(room) && word(password) => Command::Join {
+            room: short(room, InputError::RoomTooLong)?,
+            password: short(password, InputError::PasswordTooLong)?,
+        },
+        ("list", ["users"]) => Command::ListUsers,
+        ("list", ["rooms"]) => Command::ListRooms,
+        ("list", [kind]) if word(kind) => return Err(InputError::ListType),
+        // Everything after the space that follows the target is the text,
+        // spaces and all.
+        ("msg", _) => {
+            let (target, text) = rest
+                .and_then(|rest| rest.split_once(' '))
+                .ok_or(InputError::Invalid)?;
+            if !word(target) || text.is_empty() {
+                return Err(InputError::Invalid);
+            }
+            Command::Dm {
+                target: short(target, InputError::NickTooLong)?,
+                text: self::text(text.as_bytes(), InputError::MessageTooLong)?,
+            }
+        }
+        _ => return Err(InputError::Invalid),
+    };
+    Ok(Some(parsed))
+}
+
+/// One non-empty word without whitespace, like the legacy client's `[^\s]+`.
+fn word(arg: &str) -> bool {
+    !arg.is_empty() && !arg.contains(char::is_whitespace)
+}
+
+fn short(arg: &str, too_long: InputError) -> Result<Vec<u8>, InputError> {
+    if arg.len() > MAX_NAME {
+        return Err(too_long);
+    }
+    Ok(arg.as_bytes().to_vec())
+}
+
+fn text(bytes: &[u8], too_long: InputError) -> Result<Vec<u8>, InputError> {
+    if bytes.len() > MAX_TEXT {
+        return Err(too_long);
+    }
+    Ok(bytes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Command {
+        parse(line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(
+            ok("\\connect 127.0.0.1:4170"),
+            Command::Connect("127.0.0.1:4170".into())
+        );
+        assert_eq!(ok("\\nick héllo"), Command::Nick("héllo".into()));
+        assert_eq!(
+            ok("\\join room2 secret"),
+            Command::Join {
+                room: b"room2".to_vec(),
+                password: b"secret".to_vec()
+            }
+        );
+        for line in ["\\join room1", "\\join room1 "] {
+            assert_eq!(
+                ok(line),
+                Command::Join {
+                    room: b"room1".to_vec(),
+                    password: Vec::new()
+                }
+            );
+        }
+        assert_eq!(ok("\\leave"), Command::Leave);
+        assert_eq!(ok("\\list users"), Command::ListUsers);
+        assert_eq!(ok("\\list rooms"), Command::ListRooms);
+        assert_eq!(
+            ok("\\msg bob  two  spaces "),
+            Command::Dm {
+                target: b"bob".to_vec(),
+                text: b" two  spaces ".to_vec()
+            }
+        );
+        assert_eq!(ok("  hello room"), Command::Say(b"  hello room".to_vec()));
+        assert_eq!(ok("\\disconnect"), Command::Disconnect);
+        assert_eq!(ok("\\quit"), Command::Quit);
+        assert_eq!(parse(""), Ok(None));
+    }
+
+    #[test]
+    fn refuses_what_the_legacy_client_refuses() {
+        for line in [
+            "\\",
+            "\\leave now",
+            "\\leave ",
+            "\\join",
+            "\\join a  b",
+            "\\join a b c",
+            "\\msg bob",
+            "\\msg bob ",
+            "\\nick",
+            "\\nick a b",
+            "\\list",
+            "\\connect",
+            "\\quit now",
+            "\\frobnicate",
+        ] {
+            assert_eq!(parse(line), Err(InputError::Invalid), "{line:?}");
+        }
+        assert_eq!(parse("\\list everything"), Err(InputError::ListType));
+        let long = "x".repeat(256);
+        assert_eq!(
+            parse(&format!("\\nick {long}")),
+            Err(InputError::NickTooLong)
+        );
+        assert_eq!(
+            parse(&format!("\\join {long}")),
+            Err(InputError::RoomTooLong)
+        );
+        assert_eq!(
+            parse(&format!("\\join r {long}")),
+            Err(InputError::PasswordTooLong)
+        );
+        assert_eq!(
+            parse(&format!("\\msg {long} hi")),
+            Err(InputError::NickTooLong)
+        );
+        assert!(parse(&format!("\\nick {}", "x".repeat(255))).is_ok());
+        let text = "y".repeat(65_536);
+        assert_eq!(parse(&text), Err(InputError::MessageTooLong));
+        assert_eq!(
+            parse(&format!("\\msg bob {text}")),
+            Err(InputError::MessageTooLong)
+        );
+        assert!(parse(&text[1..]).is_ok());
+    }
+}
