@@ -1,4 +1,5 @@
-//! The `parlor` command: `parlor serve` (the default) runs the chat server.
+//! The `parlor` command: `parlor serve` (the default) runs the chat server;
+//! `parlor bench` loads a running one and measures it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (the default).
     Serve(ServeArgs),
+    /// Load a running server on this machine and measure it.
+    Bench(parlor::bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Bench(args)) => return parlor::bench::main(args),
         None => cli.serve,
     };
     let config = match load_config(&args) {
