@@ -10,7 +10,7 @@
 //!   the event loop.
 //! - [`server`]: the thin tokio shell that connects sockets to the hub.
 //! - [`config`]: every limit, with its default.
-//! - [`bench`]: `parlor bench`, the load generator that measures a running
+//! - [`bench`](mod@bench): `parlor bench`, the load generator that measures a running
 //!   server.
 
 pub mod bench;

@@ -85,12 +85,6 @@ impl LatencyHistogram {
     }
 }
 
-impl Default for LatencyHistogram {
-    fn default() -> LatencyHistogram {
-        LatencyHistogram::new()
-    }
-}
-
 /// Latency percentiles in milliseconds (chatload's `latency_ms` object).
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencySummary {

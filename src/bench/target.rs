@@ -11,8 +11,8 @@ use super::process;
 
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct TargetArgs {
-    /// Server to load, as IP:PORT. Only loopback addresses (127.0.0.0/8,
-    /// [::1]) are accepted: the bench is a load generator, and load goes
+    /// Server to load, as IP:PORT. Only loopback addresses (127.0.0.0/8 and
+    /// ::1) are accepted: the bench is a load generator, and load goes
     /// nowhere but this machine.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4170", value_parser = loopback_address)]
     pub server: SocketAddr,
