@@ -13,7 +13,10 @@
 //! - [`server`]: the thin tokio shell that connects sockets to the hub.
 //! - [`config`]: every limit, with its default.
 //! - [`metrics`]: counters of what the server refuses and relays.
+//! - [`bench`](mod@bench): `parlor bench`, the load generator that measures a running
+//!   server.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod crypto;

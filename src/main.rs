@@ -1,5 +1,6 @@
 //! The `parlor` command: `parlor serve` (the default) runs the chat server,
-//! `parlor client` the reference client.
+//! `parlor client` the reference client, and `parlor bench` loads a running
+//! server and measures it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Serve(ServeArgs),
     /// Chat from the terminal, end-to-end encrypted where the server allows.
     Client(parlor::client::Options),
+    /// Load a running server on this machine and measure it.
+    Bench(parlor::bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Client(options)) => return parlor::client::main(options),
+        Some(Command::Bench(args)) => return parlor::bench::main(args),
         None => cli.serve,
     };
     let config = match load_config(&args) {

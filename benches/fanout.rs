@@ -1,0 +1,61 @@
+//! The hub's fan-out step: a room message from one member of a 100-member
+//! room becomes the sender's `9a 00` and one delivery for each of the 99
+//! others, all sharing one encoded frame.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use parlor::config::Config;
+use parlor::hub::{ConnId, Hub};
+use parlor::protocol::ClientMessage;
+
+const MEMBERS: u64 = 100;
+
+fn room_message_to_100_members(c: &mut Criterion) {
+    // One message per millisecond of fake time, the rate limit's window:
+    // its bookkeeping costs what it costs a client within its limit.
+    let config = Config {
+        rate_limit_messages: 1,
+        rate_limit_window_secs: 0.001,
+        ..Config::default()
+    };
+    let mut hub = Hub::new(&config);
+    let mut now = Instant::now();
+    let mut out = Vec::new();
+    let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    let join = ClientMessage::Join {
+        room: Bytes::from_static(b"lobby"),
+        password: Bytes::new(),
+    };
+    for id in 0..MEMBERS {
+        hub.connect(ConnId(id), peer, now, &mut out);
+        hub.handle(ConnId(id), join.clone(), now, &mut out);
+    }
+    let message = ClientMessage::RoomMessage {
+        room: Bytes::from_static(b"lobby"),
+        text: Bytes::from_static(&[b'x'; 64]),
+    };
+    let mut send = |out: &mut Vec<_>| {
+        now += Duration::from_millis(1);
+        out.clear();
+        hub.handle(ConnId(0), message.clone(), now, out);
+    };
+    send(&mut out);
+    assert_eq!(out.len() as u64, MEMBERS, "one reply and 99 deliveries");
+
+    let mut group = c.benchmark_group("hub");
+    group.throughput(Throughput::Elements(MEMBERS - 1));
+    group.bench_function("room message to 100 members", |b| {
+        b.iter(|| {
+            send(&mut out);
+            black_box(&out);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, room_message_to_100_members);
+criterion_main!(benches);

@@ -1,0 +1,176 @@
+//! `parlor bench`: a load generator for a running parlor (or any server of
+//! the legacy protocol) on this machine, measuring what operators and
+//! developers need to know: throughput, latency, correctness, and what the
+//! load costs the server in CPU and memory.
+//!
+//! It measures what the reference generator (chatload) measures, the same
+//! way, so that results compare side by side with its baseline: 64-byte
+//! messages stamped `L<sender>:<seq>:<send_ns>:`, a closed loop in which the
+//! server's `9a` reply is the acknowledgement, or a fixed total rate;
+//! latency from the stamp; CPU as percent of one core.
+//!
+//! Each workload is a small module that describes its connections and
+//! options; the shared machinery does the rest:
+//!
+//! - `fanout.rs`, `dm.rs`: message workloads, run by `traffic.rs`;
+//! - `idle.rs`: connections that only keep alive, then a probe;
+//! - `session.rs`: one connection and the legacy setup steps;
+//! - `body.rs`: the stamp in every message;
+//! - `sequence.rs`: lost, duplicated and reordered deliveries;
+//! - `latency.rs`: the clock and the HDR histogram;
+//! - `process.rs`: CPU, memory and file limits from the OS;
+//! - `target.rs`: the options every workload shares (loopback only).
+//!
+//! A new workload is one more module and one more [`Workload`] variant.
+//!
+//! The bench runs on a single-threaded runtime: the machine it is meant for
+//! has two cores, one for the server and one for the bench, and every
+//! result reports the bench's own CPU use so that a run in which the bench,
+//! not the server, was the limit is recognised.
+
+mod body;
+mod dm;
+mod fanout;
+mod idle;
+mod latency;
+mod process;
+mod sequence;
+mod session;
+mod target;
+mod traffic;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+pub use dm::DmArgs;
+pub use fanout::FanoutArgs;
+pub use idle::{IdleArgs, IdleReport};
+pub use latency::LatencySummary;
+pub use target::TargetArgs;
+pub use traffic::{LoadArgs, TrafficReport};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Print the result as one JSON line on stdout; the summary for people
+    /// then goes to stderr.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub workload: Workload,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Workload {
+    /// R rooms x M members, every member sending to its room.
+    Fanout(FanoutArgs),
+    /// P pairs of users sending each other direct messages.
+    Dm(DmArgs),
+    /// N connections kept alive with heartbeats: the server's memory per
+    /// connection, then a probe that must be answered.
+    Idle(IdleArgs),
+}
+
+/// The result of one run.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Traffic(TrafficReport),
+    Idle(IdleReport),
+}
+
+impl Report {
+    /// The problems the run found in the server's behaviour; empty when it
+    /// passed every check.
+    pub fn failures(&self) -> &[String] {
+        match self {
+            Report::Traffic(report) => &report.failures,
+            Report::Idle(report) => &report.failures,
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        match self {
+            Report::Traffic(report) => report.summary(),
+            Report::Idle(report) => report.summary(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("reports serialize")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The options make no sense; nothing was sent.
+    #[error("{0}")]
+    Usage(String),
+    /// The run could not be carried out (no server, setup refused, …).
+    #[error("{0:#}")]
+    Run(anyhow::Error),
+}
+
+/// Checks the options, then runs the workload.
+pub async fn run(workload: &Workload) -> Result<Report, BenchError> {
+    let report = match workload {
+        Workload::Fanout(args) => {
+            args.validate().map_err(BenchError::Usage)?;
+            Report::Traffic(fanout::run(args).await.map_err(BenchError::Run)?)
+        }
+        Workload::Dm(args) => {
+            args.validate().map_err(BenchError::Usage)?;
+            Report::Traffic(dm::run(args).await.map_err(BenchError::Run)?)
+        }
+        Workload::Idle(args) => {
+            args.validate().map_err(BenchError::Usage)?;
+            Report::Idle(idle::run(args).await.map_err(BenchError::Run)?)
+        }
+    };
+    Ok(report)
+}
+
+/// Exit code for options that make no sense, as for clap's own errors.
+const USAGE_ERROR: u8 = 2;
+/// Exit code for a run that completed but found the server at fault.
+const CHECKS_FAILED: u8 = 3;
+
+/// `parlor bench`: runs the workload on a single-threaded runtime, prints
+/// the report, and says through the exit code how it went.
+pub fn main(args: BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("parlor bench: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(run(&args.workload)) {
+        Ok(report) => report,
+        Err(err @ BenchError::Usage(_)) => {
+            eprintln!("parlor bench: {err}");
+            return ExitCode::from(USAGE_ERROR);
+        }
+        Err(err @ BenchError::Run(_)) => {
+            eprintln!("parlor bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json());
+        eprint!("{}", report.summary());
+    } else {
+        print!("{}", report.summary());
+    }
+    if report.failures().is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for failure in report.failures() {
+        eprintln!("parlor bench: FAILED: {failure}");
+    }
+    ExitCode::from(CHECKS_FAILED)
+}

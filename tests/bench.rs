@@ -1,0 +1,399 @@
+//! `parlor bench` checked against servers whose behaviour is known: the real
+//! server (every delivery arrives once, in order), and a relay in front of
+//! it that drops, duplicates and reorders chosen deliveries (the bench must
+//! count exactly those). Runs are short and bounded by message counts; no
+//! test asserts anything about speed.
+
+mod support;
+use support::*;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use parlor::bench::{run, IdleReport, Report, TrafficReport, Workload};
+use parlor::config::Config;
+use parlor::protocol::{opcode, ClientMessage, Frame, FrameCodec, ServerMessage};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Decoder;
+
+/// The bench's command line, parsed as `parlor bench` parses it.
+#[derive(Parser)]
+struct Bench {
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+fn workload(command_line: &str) -> Workload {
+    let words = std::iter::once("bench").chain(command_line.split_whitespace());
+    match Bench::try_parse_from(words) {
+        Ok(bench) => bench.workload,
+        Err(err) => panic!("{command_line}: {err}"),
+    }
+}
+
+/// A server whose rate limit does not get in the way: a million messages
+/// per millisecond.
+fn bench_config() -> Config {
+    Config {
+        rate_limit_messages: 1_000_000,
+        rate_limit_window_secs: 0.001,
+        ..test_config()
+    }
+}
+
+/// Runs a workload, failing the test instead of hanging if it never ends.
+async fn bench(command_line: &str) -> Report {
+    let workload = workload(command_line);
+    tokio::time::timeout(Duration::from_secs(60), run(&workload))
+        .await
+        .expect("the bench run ends")
+        .unwrap_or_else(|err| panic!("{command_line}: {err}"))
+}
+
+async fn traffic(command_line: &str) -> TrafficReport {
+    match bench(command_line).await {
+        Report::Traffic(report) => report,
+        Report::Idle(report) => panic!("not a traffic report: {report:?}"),
+    }
+}
+
+async fn idle(command_line: &str) -> IdleReport {
+    match bench(command_line).await {
+        Report::Idle(report) => report,
+        Report::Traffic(report) => panic!("not an idle report: {report:?}"),
+    }
+}
+
+fn assert_clean(report: &TrafficReport) {
+    assert_eq!(
+        (
+            report.lost,
+            report.duplicated,
+            report.reordered,
+            report.unexpected
+        ),
+        (0, 0, 0, 0),
+        "{report:#?}"
+    );
+    assert_eq!(report.delivered, report.expected_deliveries);
+    assert_eq!((report.refused, report.unanswered), (0, 0));
+    assert_eq!(report.disconnects, 0);
+    assert!(report.drained);
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+#[tokio::test]
+async fn fanout_closed_loop_against_parlor_counts_every_delivery_once() {
+    let server = TestServer::start(bench_config()).await;
+    let report = traffic(&format!(
+        "fanout --server {} --rooms 2 --members 4 --window 4 --messages 50 --duration 60",
+        server.addr
+    ))
+    .await;
+    assert_eq!(report.connections, 8);
+    assert_eq!(report.sent, 8 * 50);
+    assert_eq!(report.accepted, 8 * 50);
+    assert_eq!(report.expected_deliveries, 8 * 50 * 3);
+    assert_clean(&report);
+    assert_eq!(report.latency_ms.as_ref().unwrap().count, 8 * 50 * 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dm_at_a_fixed_rate_against_parlor_counts_every_delivery_once() {
+    let server = TestServer::start(bench_config()).await;
+    let report = traffic(&format!(
+        "dm --server {} --pairs 3 --rate 1200 --messages 20 --duration 60",
+        server.addr
+    ))
+    .await;
+    assert_eq!(report.mode, "rate");
+    assert_eq!(report.sent, 6 * 20);
+    assert_eq!(report.expected_deliveries, 6 * 20);
+    assert_clean(&report);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn messages_refused_by_the_rate_limit_are_not_expected_to_arrive() {
+    // parlor's default limit, 5 messages per 5 s: each sender's sixth and
+    // later messages are answered 9a 02 and delivered to nobody.
+    let server = TestServer::start(test_config()).await;
+    let report = traffic(&format!(
+        "fanout --server {} --rooms 1 --members 3 --window 1 --messages 8 --duration 60",
+        server.addr
+    ))
+    .await;
+    assert_eq!((report.sent, report.accepted, report.refused), (24, 15, 9));
+    assert_eq!(report.expected_deliveries, 15 * 2);
+    assert_eq!(report.delivered, 15 * 2);
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert!(
+        report.failures[0].starts_with("messages refused with 9a 01/02")
+            && report.failures[0].ends_with(": 9"),
+        "{:?}",
+        report.failures
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn faults_injected_by_a_relay_are_counted_exactly() {
+    let server = TestServer::start(bench_config()).await;
+    // Rooms: room0 = u00000..u00002, room1 = u00003..u00005. Ordinals
+    // count the deliveries from one sender to one receiver, from 0, which
+    // is also the message's sequence number.
+    let relay = FaultyRelay::start(
+        server.addr,
+        &[
+            (("u00000", "u00001", 3), Fault::Drop),
+            (("u00004", "u00003", 10), Fault::Drop),
+            (("u00001", "u00002", 5), Fault::Duplicate),
+            (("u00005", "u00004", 29), Fault::Duplicate),
+            (("u00002", "u00000", 7), Fault::Delay),
+        ],
+    )
+    .await;
+    let report = traffic(&format!(
+        "fanout --server {} --rooms 2 --members 3 --window 4 --messages 30 --duration 60 --drain 0.5",
+        relay.addr
+    ))
+    .await;
+    assert_eq!(report.sent, 6 * 30);
+    assert_eq!(report.expected_deliveries, 6 * 30 * 2);
+    assert_eq!(report.lost, 2);
+    assert_eq!(report.duplicated, 2);
+    assert_eq!(report.reordered, 1);
+    assert_eq!(report.unexpected, 0);
+    assert_eq!(report.delivered, 6 * 30 * 2 - 2);
+    assert!(!report.drained, "two deliveries never arrive");
+    assert_eq!(
+        report.failures,
+        [
+            "lost deliveries: 2",
+            "duplicated deliveries: 2",
+            "reordered deliveries: 1"
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_connections_outlive_the_idle_timeout_and_the_probe_is_answered() {
+    // Without heartbeats every connection would be cut after 1.5 s.
+    let server = TestServer::start(Config {
+        idle_timeout_secs: 1.5,
+        ..bench_config()
+    })
+    .await;
+    let report = idle(&format!(
+        "idle --server {} --server-pid {} --connections 20 --hold 2 --settle 0.2 --keepalive 0.25",
+        server.addr,
+        std::process::id()
+    ))
+    .await;
+    assert_eq!(report.registered, 20);
+    assert_eq!(report.disconnects, 0, "{report:#?}");
+    assert_eq!(report.alive_at_end, 20);
+    assert!(report.probe_answered, "{report:#?}");
+    assert!(report.server_rss_bytes_per_conn.is_some());
+    assert_eq!(report.server_alive_after, Some(true));
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_server_fails_the_idle_probe_and_the_command_exits_3() {
+    let server = TestServer::start(Config {
+        max_connections: 3,
+        ..bench_config()
+    })
+    .await;
+    let args = format!(
+        "bench idle --server {} --connections 3 --hold 0.2 --settle 0.1 --json",
+        server.addr
+    );
+    let output = tokio::task::spawn_blocking(move || parlor(&args))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["registered"], 3);
+    assert_eq!(report["probe_answered"], false);
+    assert!(
+        stderr(&output)
+            .contains("FAILED: the probe was not answered: HELLO refused (02): Server full"),
+        "{}",
+        stderr(&output)
+    );
+    server.stop().await;
+}
+
+#[test]
+fn only_loopback_servers_are_loaded() {
+    let output = parlor("bench fanout --server 192.168.1.10:4170");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("192.168.1.10:4170 is not a loopback address"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn nonsense_options_are_refused_before_connecting() {
+    for (args, complaint) in [
+        ("bench fanout --members 1", "--members: at least 2"),
+        ("bench dm --message-bytes 20", "--message-bytes: from 54"),
+        ("bench idle --settle 5 --hold 1", "--settle: at most --hold"),
+        ("bench fanout --duration 0", "--duration: a positive number"),
+    ] {
+        let output = parlor(args);
+        assert_eq!(output.status.code(), Some(2), "{args}");
+        assert!(
+            stderr(&output).contains(complaint),
+            "{args}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+fn parlor(args: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(args.split_whitespace())
+        .output()
+        .expect("run parlor")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// A relay that mistreats chosen deliveries
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Never forwarded.
+    Drop,
+    /// Forwarded twice.
+    Duplicate,
+    /// Held back until the sender's next delivery to the same receiver has
+    /// been forwarded: the two swap places.
+    Delay,
+}
+
+/// (sender, receiver, ordinal of the delivery from sender to receiver).
+type FaultKey = (Bytes, Bytes, u64);
+
+/// Sits between the bench and a server: forwards every byte, except that
+/// it applies the faults to the deliveries it names. The receiver of a
+/// connection is known from the NICK it sends.
+struct FaultyRelay {
+    addr: SocketAddr,
+}
+
+impl FaultyRelay {
+    async fn start(server: SocketAddr, faults: &[((&str, &str, u64), Fault)]) -> FaultyRelay {
+        let faults: HashMap<FaultKey, Fault> = faults
+            .iter()
+            .map(|&((sender, receiver, ordinal), fault)| {
+                let key = (
+                    Bytes::copy_from_slice(sender.as_bytes()),
+                    Bytes::copy_from_slice(receiver.as_bytes()),
+                    ordinal,
+                );
+                (key, fault)
+            })
+            .collect();
+        let faults = Arc::new(faults);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = TcpStream::connect(server).await.unwrap();
+                tokio::spawn(relay(client, upstream, Arc::clone(&faults)));
+            }
+        });
+        FaultyRelay { addr }
+    }
+}
+
+async fn relay(client: TcpStream, upstream: TcpStream, faults: Arc<HashMap<FaultKey, Fault>>) {
+    client.set_nodelay(true).unwrap();
+    upstream.set_nodelay(true).unwrap();
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = upstream.into_split();
+    let receiver = Arc::new(Mutex::new(Bytes::new()));
+
+    let requests = async {
+        let mut input = BytesMut::new();
+        while let Some(frame) = read_frame(&mut from_client, &mut input).await {
+            if frame.opcode == opcode::NICK {
+                if let Ok(ClientMessage::Nick { name }) = ClientMessage::parse(&frame) {
+                    *receiver.lock().unwrap() = name;
+                }
+            }
+            to_server.write_all(&frame.to_bytes()).await.unwrap();
+        }
+        let _ = to_server.shutdown().await;
+    };
+    let deliveries = async {
+        let mut input = BytesMut::new();
+        let mut ordinals: HashMap<Bytes, u64> = HashMap::new();
+        let mut delayed: HashMap<Bytes, Bytes> = HashMap::new();
+        while let Some(frame) = read_frame(&mut from_server, &mut input).await {
+            let bytes = frame.to_bytes();
+            let sender = match ServerMessage::parse(&frame) {
+                Ok(ServerMessage::RoomMessage { sender, .. })
+                | Ok(ServerMessage::DirectMessage { sender, .. }) => sender,
+                _ => {
+                    to_client.write_all(&bytes).await.unwrap();
+                    continue;
+                }
+            };
+            let ordinal = ordinals.entry(sender.clone()).or_insert(0);
+            let key = (sender.clone(), receiver.lock().unwrap().clone(), *ordinal);
+            *ordinal += 1;
+            match faults.get(&key) {
+                Some(Fault::Drop) => {}
+                Some(Fault::Duplicate) => {
+                    to_client.write_all(&bytes).await.unwrap();
+                    to_client.write_all(&bytes).await.unwrap();
+                }
+                Some(Fault::Delay) => {
+                    delayed.insert(sender, bytes);
+                }
+                None => {
+                    to_client.write_all(&bytes).await.unwrap();
+                    if let Some(held) = delayed.remove(&sender) {
+                        to_client.write_all(&held).await.unwrap();
+                    }
+                }
+            }
+        }
+        let _ = to_client.shutdown().await;
+    };
+    tokio::join!(requests, deliveries);
+}
+
+/// The next whole frame from `reader`; `None` at the end of the stream.
+async fn read_frame(reader: &mut (impl AsyncRead + Unpin), input: &mut BytesMut) -> Option<Frame> {
+    let mut codec = FrameCodec::new(1 << 20);
+    loop {
+        if let Some(frame) = codec.decode(input).expect("well-formed frames") {
+            return Some(frame);
+        }
+        match reader.read_buf(input).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
