@@ -659,7 +659,13 @@ async fn rule_05_join_flood_on_a_full_hash_queue_gets_one_reply_each_and_busy() 
 
     // Every joiner sends its JOIN at nearly the same time; each check takes
     // ~13 ms on the single hashing thread, and one more may wait.
-    let password = |index: usize| if index.is_multiple_of(2) { "pw" } else { "wrong" };
+    let password = |index: usize| {
+        if index.is_multiple_of(2) {
+            "pw"
+        } else {
+            "wrong"
+        }
+    };
     for (index, joiner) in joiners.iter_mut().enumerate() {
         joiner.send(&join("vault", password(index))).await;
     }

@@ -69,6 +69,37 @@ async fn secure_client(server: &TestServer, name: &'static str) -> (ClientProces
     (client, relay)
 }
 
+/// A server with a legacy client named `legacy` and two secure client
+/// processes, `alice` and `bob`, each behind its own relay.
+struct Cast {
+    server: TestServer,
+    legacy: Client,
+    alice: ClientProcess,
+    alice_relay: Relay,
+    bob: ClientProcess,
+    bob_relay: Relay,
+}
+
+impl Cast {
+    async fn start() -> Cast {
+        let server = TestServer::start(config()).await;
+        let (mut legacy, _) = server.greeted().await;
+        legacy.request(&nick("legacy"), &ok_bytes()).await;
+        let ((alice, alice_relay), (bob, bob_relay)) = tokio::join!(
+            secure_client(&server, "alice"),
+            secure_client(&server, "bob")
+        );
+        Cast {
+            server,
+            legacy,
+            alice,
+            alice_relay,
+            bob,
+            bob_relay,
+        }
+    }
+}
+
 fn epoch(event: &Value) -> u32 {
     event["epoch"].as_u64().expect("an epoch") as u32
 }
@@ -104,13 +135,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test]
 async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
-    let server = TestServer::start(config()).await;
-    let (mut legacy, _) = server.greeted().await;
-    legacy.request(&nick("legacy"), &ok_bytes()).await;
-    let ((mut alice, alice_relay), (mut bob, bob_relay)) = tokio::join!(
-        secure_client(&server, "alice"),
-        secure_client(&server, "bob")
-    );
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        mut bob,
+        bob_relay,
+    } = Cast::start().await;
 
     // A room created by a secure client is a secure room.
     alice.line("\\join vault").await;
@@ -253,13 +285,14 @@ async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
 
 #[tokio::test]
 async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
-    let server = TestServer::start(config()).await;
-    let (mut legacy, _) = server.greeted().await;
-    legacy.request(&nick("legacy"), &ok_bytes()).await;
-    let ((mut alice, alice_relay), (mut bob, bob_relay)) = tokio::join!(
-        secure_client(&server, "alice"),
-        secure_client(&server, "bob")
-    );
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        mut bob,
+        bob_relay,
+    } = Cast::start().await;
 
     // The first DM to a secure user asks for a key, then goes out sealed.
     alice.line("\\msg bob psst").await;
