@@ -5,9 +5,11 @@
 //! feeds them to the hub under a short lock, and writes what the hub queued
 //! for it in batched, vectored writes. `state.rs` holds the hub together with
 //! each connection's outbound queue, and applies the hub's actions.
+//! [`Clock`] is the time the hub is given: real time, except in replays.
 //!
 //! [`Hub`]: crate::hub::Hub
 
+mod clock;
 mod connection;
 mod state;
 
@@ -15,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -23,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::password::PasswordPool;
+pub use clock::Clock;
 use state::Shared;
 
 /// A bound, not yet running, server.
@@ -34,6 +37,11 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket and starts the password hashing threads.
     pub async fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_with_clock(config, Clock::real()).await
+    }
+
+    /// Like [`Server::bind`], with the hub's time taken from `clock`.
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> io::Result<Server> {
         let params = config
             .argon2_params()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
@@ -45,7 +53,7 @@ impl Server {
             .map_err(|err| context(err, &format!("cannot listen on {}", config.listen)))?;
         Ok(Server {
             listener,
-            shared: Arc::new(Shared::new(config, passwords)),
+            shared: Arc::new(Shared::new(config, passwords, clock)),
         })
     }
 
@@ -102,13 +110,14 @@ fn context(err: io::Error, what: &str) -> io::Error {
 /// Wakes the hub when its earliest timer is due.
 async fn run_timers(shared: Arc<Shared>) {
     let idle_timeout = shared.config().idle_timeout();
+    let clock = shared.clock();
     loop {
         // A connection made after this check is due no earlier than
         // `now + idle_timeout`, so sleeping until then misses nothing.
         let next = shared
             .next_timeout()
-            .unwrap_or_else(|| Instant::now() + idle_timeout);
-        tokio::time::sleep_until(next.into()).await;
-        shared.handle_timeout(Instant::now());
+            .unwrap_or_else(|| clock.now() + idle_timeout);
+        tokio::time::sleep_until(clock.real_instant(next).into()).await;
+        shared.handle_timeout(clock.now());
     }
 }

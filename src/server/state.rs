@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::codec::Decoder;
 use tracing::warn;
 
+use super::Clock;
 use crate::config::Config;
 use crate::hub::{Action, CloseReason, ConnId, Hub, PasswordJob, PasswordOutcome};
 use crate::password::PasswordPool;
@@ -65,6 +66,7 @@ pub struct Shared {
     state: Mutex<State>,
     passwords: PasswordPool,
     config: Config,
+    clock: Clock,
 }
 
 /// What [`Shared::feed`] left the connection to do.
@@ -76,7 +78,7 @@ pub enum Fed {
 }
 
 impl Shared {
-    pub fn new(config: Config, passwords: PasswordPool) -> Shared {
+    pub fn new(config: Config, passwords: PasswordPool, clock: Clock) -> Shared {
         let state = State {
             hub: Hub::new(&config),
             peers: HashMap::new(),
@@ -88,11 +90,16 @@ impl Shared {
             state: Mutex::new(state),
             passwords,
             config,
+            clock,
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     pub fn passwords(&self) -> &PasswordPool {
@@ -123,7 +130,7 @@ impl Shared {
         }
         state.peers.insert(conn, Peer { outbox, link });
         self.run_hub(&mut state, |hub, out| {
-            hub.connect(conn, peer, Instant::now(), out)
+            hub.connect(conn, peer, self.clock.now(), out)
         });
         conn
     }
@@ -131,7 +138,7 @@ impl Shared {
     /// Decodes every whole frame in `buffer` and feeds it to the hub, until
     /// the buffer holds no whole frame or a request needs a password job.
     pub fn feed(&self, conn: ConnId, codec: &mut FrameCodec, buffer: &mut BytesMut) -> Fed {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut state = self.lock();
         let mut job = None;
         while job.is_none() {
