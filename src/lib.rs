@@ -10,12 +10,15 @@
 //!   the event loop.
 //! - [`server`]: the thin tokio shell that connects sockets to the hub.
 //! - [`config`]: every limit, with its default.
+//! - [`replay`]: `parlor replay`, which plays a pcap capture's clients
+//!   against a server and checks the replies.
 
 pub mod config;
 pub mod hub;
 pub mod password;
 pub mod printable;
 pub mod protocol;
+pub mod replay;
 pub mod server;
 
 pub use config::Config;

@@ -1,4 +1,5 @@
-//! The `parlor` command: `parlor serve` (the default) runs the chat server.
+//! The `parlor` command: `parlor serve` (the default) runs the chat server;
+//! `parlor replay` plays a capture against it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (the default).
     Serve(ServeArgs),
+    /// Replay the clients of a pcap capture and print (or check) the replies.
+    Replay(parlor::replay::ReplayArgs),
 }
 
 #[derive(Args, Clone)]
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Replay(args)) => return parlor::replay::run(args),
         None => cli.serve,
     };
     let config = match load_config(&args) {
