@@ -15,6 +15,7 @@
 //! connected user who knows it is in that room.
 
 mod directory;
+pub mod harness;
 mod idle;
 mod rate;
 
@@ -24,7 +25,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Decoder;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -33,7 +35,7 @@ use crate::printable::Printable;
 use crate::protocol::legacy::{
     encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
 };
-use crate::protocol::{ClientMessage, Status};
+use crate::protocol::{ClientMessage, FrameCodec, Status};
 
 pub use directory::{Directory, Room};
 pub use idle::IdleTimers;
@@ -290,6 +292,45 @@ impl Hub {
             }
             ClientMessage::RoomMessage { room, text } => {
                 self.room_message(conn, &room, &text, now, out)
+            }
+        }
+    }
+
+    /// Bytes arrived from a connection: decodes every whole frame in
+    /// `buffer` and handles it, until the buffer holds no whole frame, the
+    /// connection is closed, or a request needs a password job. In that last
+    /// case the driver runs the job before calling again, so the
+    /// connection's next requests wait behind the answer it is owed.
+    ///
+    /// This is the path from bytes to actions that the server and the
+    /// fuzzer share.
+    pub fn receive(
+        &mut self,
+        conn: ConnId,
+        codec: &mut FrameCodec,
+        buffer: &mut BytesMut,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        while self.users.contains_key(&conn) {
+            let already = out.len();
+            match codec.decode(buffer) {
+                Ok(Some(frame)) => match ClientMessage::parse(&frame) {
+                    Ok(message) => self.handle(conn, message, now, out),
+                    Err(err) => self.reject_malformed(conn, &err, out),
+                },
+                Ok(None) => return,
+                Err(err) => {
+                    // Frame boundaries are lost; nothing after this is read.
+                    buffer.clear();
+                    return self.reject_malformed(conn, &err, out);
+                }
+            }
+            if out[already..]
+                .iter()
+                .any(|action| matches!(action, Action::Password(_)))
+            {
+                return;
             }
         }
     }

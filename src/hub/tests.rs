@@ -2,62 +2,31 @@
 //! instant.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::harness::Harness;
 use super::*;
-use crate::password::Hasher;
 
-/// A hub plus a fake clock and a synchronous stand-in for the hashing pool.
-struct Harness {
-    hub: Hub,
-    now: Instant,
-    hasher: Hasher,
-}
-
+/// Shorthands for the tests below.
 impl Harness {
-    fn new() -> Harness {
-        Harness::with(Config::default())
+    fn with_defaults() -> Harness {
+        Harness::new(&Config::default())
     }
 
-    fn with(config: Config) -> Harness {
-        Harness {
-            hub: Hub::new(&config),
-            now: Instant::now(),
-            hasher: Hasher::new(argon2::Params::new(64, 1, 1, None).unwrap()),
-        }
-    }
-
-    fn advance(&mut self, by: Duration) -> Vec<Action> {
-        self.now += by;
-        let mut out = Vec::new();
-        self.hub.handle_timeout(self.now, &mut out);
-        out
-    }
-
-    fn connect(&mut self, id: u64) -> ConnId {
+    /// Opens connection `id`, which must be accepted silently.
+    fn connected(&mut self, id: u64) -> ConnId {
         let conn = ConnId(id);
-        let mut out = Vec::new();
-        let peer = SocketAddr::from(([127, 0, 0, 1], 40_000 + id as u16));
-        self.hub.connect(conn, peer, self.now, &mut out);
+        let out = self.connect(conn);
         assert!(out.is_empty(), "connect sends nothing: {out:?}");
         conn
     }
 
-    /// Feeds a message and runs any password job to completion, as the
-    /// server does before reading the connection's next request.
+    /// Handles a message (running its password jobs) and checks the
+    /// hub's invariants afterwards.
     fn send(&mut self, conn: ConnId, message: ClientMessage) -> Vec<Action> {
-        let mut out = Vec::new();
-        self.hub.handle(conn, message, self.now, &mut out);
-        while let Some(index) = out.iter().position(|a| matches!(a, Action::Password(_))) {
-            let Action::Password(job) = out.remove(index) else {
-                unreachable!()
-            };
-            let outcome = self.hasher.run(job.task);
-            self.hub
-                .password_checked(job.conn, job.ticket, outcome, &mut out);
-        }
+        let out = self.handle(conn, message);
         self.hub.check_invariants().unwrap();
         out
     }
@@ -120,14 +89,14 @@ fn ok() -> Vec<u8> {
 
 #[test]
 fn guest_names_increase_and_skip_names_taken_as_nicks() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     assert_eq!(h.hub.name_of(a), Some(&b"rand0"[..]));
     assert_eq!(sent(&h.nick(a, "rand1")), [(a, ok())]);
-    let b = h.connect(2);
+    let b = h.connected(2);
     assert_eq!(h.hub.name_of(b), Some(&b"rand2"[..]), "rand1 is taken");
     h.hub.disconnect(b, CloseReason::ClientClosed);
-    let c = h.connect(3);
+    let c = h.connected(3);
     assert_eq!(
         h.hub.name_of(c),
         Some(&b"rand3"[..]),
@@ -137,8 +106,8 @@ fn guest_names_increase_and_skip_names_taken_as_nicks() {
 
 #[test]
 fn hello_replies_with_the_name_and_no_length_byte() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     let out = h.send(
         a,
         ClientMessage::Hello {
@@ -150,9 +119,9 @@ fn hello_replies_with_the_name_and_no_length_byte() {
 
 #[test]
 fn nick_rules() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
-    let b = h.connect(2);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
+    let b = h.connected(2);
     assert_eq!(sent(&h.nick(a, "alice")), [(a, ok())]);
     assert_eq!(
         sent(&h.nick(b, "alice")),
@@ -181,9 +150,9 @@ fn nick_rules() {
 
 #[test]
 fn join_creates_moves_and_deletes_rooms() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
-    let b = h.connect(2);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
+    let b = h.connected(2);
     assert_eq!(sent(&h.join(a, "lobby", "")), [(a, ok())]);
     assert_eq!(sent(&h.join(b, "lobby", "")), [(b, ok())]);
     assert_eq!(
@@ -211,9 +180,9 @@ fn join_creates_moves_and_deletes_rooms() {
 
 #[test]
 fn room_passwords_are_argon2id_and_checked() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
-    let b = h.connect(2);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
+    let b = h.connected(2);
     assert_eq!(sent(&h.join(a, "secret", "pw1")), [(a, ok())]);
     let hash = h
         .hub
@@ -236,8 +205,8 @@ fn room_passwords_are_argon2id_and_checked() {
 
 #[test]
 fn a_password_check_for_a_room_that_changed_meanwhile_is_judged_again() {
-    let mut h = Harness::new();
-    let (a, b) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (a, b) = (h.connected(1), h.connected(2));
     h.join(a, "r", "old");
     let mut out = Vec::new();
     let join = ClientMessage::Join {
@@ -251,23 +220,21 @@ fn a_password_check_for_a_room_that_changed_meanwhile_is_judged_again() {
     // While b's check runs, the room is deleted and recreated with another
     // password: the old verdict must not let b in.
     h.hub.disconnect(a, CloseReason::ClientClosed);
-    let c = h.connect(3);
+    let c = h.connected(3);
     h.join(c, "r", "new");
-    let outcome = h.hasher.run(job.task);
-    h.hub.password_checked(b, job.ticket, outcome, &mut out);
+    h.run_password_job(job, &mut out);
     let Some(Action::Password(again)) = out.pop() else {
         panic!("judged again: {out:?}")
     };
-    let outcome = h.hasher.run(again.task);
-    h.hub.password_checked(b, again.ticket, outcome, &mut out);
+    h.run_password_job(again, &mut out);
     assert_eq!(sent(&out), [(b, response(1, text::WRONG_PASSWORD))]);
     assert_eq!(h.hub.room_of(b), None);
 }
 
 #[test]
 fn requests_while_a_password_is_checked_are_refused_and_stale_answers_ignored() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     let mut out = Vec::new();
     let join = ClientMessage::Join {
         room: bytes("r"),
@@ -291,8 +258,8 @@ fn requests_while_a_password_is_checked_are_refused_and_stale_answers_ignored() 
 
 #[test]
 fn leave_in_a_room_stays_and_leave_outside_closes_after_the_reply() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     h.join(a, "r", "");
     let out = h.send(a, ClientMessage::Leave);
     assert_eq!(sent(&out), [(a, ok())]);
@@ -314,8 +281,8 @@ fn leave_in_a_room_stays_and_leave_outside_closes_after_the_reply() {
 
 #[test]
 fn lists_are_sorted_bytewise_without_a_count() {
-    let mut h = Harness::new();
-    let (a, b, c) = (h.connect(1), h.connect(2), h.connect(3));
+    let mut h = Harness::with_defaults();
+    let (a, b, c) = (h.connected(1), h.connected(2), h.connected(3));
     h.nick(a, "zelda");
     h.nick(b, "alice");
     h.nick(c, "bob");
@@ -344,8 +311,13 @@ fn lists_are_sorted_bytewise_without_a_count() {
 
 #[test]
 fn room_messages_ack_first_then_one_shared_frame_to_the_others() {
-    let mut h = Harness::new();
-    let (a, b, c, outsider) = (h.connect(1), h.connect(2), h.connect(3), h.connect(4));
+    let mut h = Harness::with_defaults();
+    let (a, b, c, outsider) = (
+        h.connected(1),
+        h.connected(2),
+        h.connected(3),
+        h.connected(4),
+    );
     h.nick(a, "alice");
     for conn in [a, b, c] {
         h.join(conn, "lobby", "");
@@ -378,8 +350,8 @@ fn room_messages_ack_first_then_one_shared_frame_to_the_others() {
 
 #[test]
 fn direct_messages_reach_the_target_in_or_out_of_rooms() {
-    let mut h = Harness::new();
-    let (a, b) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (a, b) = (h.connected(1), h.connected(2));
     h.nick(a, "alice");
     h.nick(b, "bob");
     h.join(a, "r", "");
@@ -402,8 +374,8 @@ fn direct_messages_reach_the_target_in_or_out_of_rooms() {
 
 #[test]
 fn rate_limit_counts_room_and_direct_messages_together_in_a_sliding_window() {
-    let mut h = Harness::new();
-    let (a, b) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (a, b) = (h.connected(1), h.connected(2));
     h.nick(b, "bob");
     let limited = response(2, "Slow down: at most 5 messages per 5 seconds.");
     // Failed ones count too: three shouts into the void, two DMs.
@@ -431,8 +403,8 @@ fn rate_limit_counts_room_and_direct_messages_together_in_a_sliding_window() {
 
 #[test]
 fn idle_connections_are_closed_at_the_timeout_and_heartbeats_count() {
-    let mut h = Harness::new();
-    let (quiet, chatty) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (quiet, chatty) = (h.connected(1), h.connected(2));
     assert_eq!(h.hub.poll_timeout(), Some(h.now + Duration::from_secs(30)));
     let heartbeat = || ClientMessage::Heartbeat {
         payload: Bytes::new(),
@@ -460,11 +432,11 @@ fn idle_connections_are_closed_at_the_timeout_and_heartbeats_count() {
 
 #[test]
 fn the_connection_limit_refuses_with_try_later() {
-    let mut h = Harness::with(Config {
+    let mut h = Harness::new(&Config {
         max_connections: 1,
         ..Config::default()
     });
-    h.connect(1);
+    h.connected(1);
     let mut out = Vec::new();
     h.hub.connect(
         ConnId(2),
@@ -479,8 +451,8 @@ fn the_connection_limit_refuses_with_try_later() {
 
 #[test]
 fn malformed_input_is_answered_then_closed() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     h.join(a, "r", "");
     let mut out = Vec::new();
     h.hub.reject_malformed(
@@ -573,12 +545,12 @@ mod random_sessions {
         #[test]
         fn promises_hold_in_any_session(ops in proptest::collection::vec(op(), 1..60)) {
             let config = Config { rate_limit_messages: 3, idle_timeout_secs: 30.0, ..Config::default() };
-            let mut h = Harness::with(config);
+            let mut h = Harness::new(&config);
             let mut conns: Vec<ConnId> = Vec::new();
             for op in ops {
                 let out = match op {
                     Op::Connect => {
-                        conns.push(h.connect(conns.len() as u64 + 1));
+                        conns.push(h.connected(conns.len() as u64 + 1));
                         continue;
                     }
                     Op::Disconnect(index) => {

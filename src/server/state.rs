@@ -14,14 +14,13 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, Notify};
-use tokio_util::codec::Decoder;
 use tracing::warn;
 
 use super::Clock;
 use crate::config::Config;
 use crate::hub::{Action, CloseReason, ConnId, Hub, PasswordJob, PasswordOutcome};
 use crate::password::PasswordPool;
-use crate::protocol::{ClientMessage, FrameCodec};
+use crate::protocol::FrameCodec;
 
 /// What a connection task and the rest of the server share about it.
 #[derive(Debug, Default)]
@@ -135,28 +134,13 @@ impl Shared {
         conn
     }
 
-    /// Decodes every whole frame in `buffer` and feeds it to the hub, until
-    /// the buffer holds no whole frame or a request needs a password job.
+    /// Feeds the bytes in `buffer` to the hub (see [`Hub::receive`]).
     pub fn feed(&self, conn: ConnId, codec: &mut FrameCodec, buffer: &mut BytesMut) -> Fed {
         let now = self.clock.now();
         let mut state = self.lock();
-        let mut job = None;
-        while job.is_none() {
-            let frame = match codec.decode(buffer) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    buffer.clear();
-                    job =
-                        self.run_hub(&mut state, |hub, out| hub.reject_malformed(conn, &err, out));
-                    break;
-                }
-            };
-            job = self.run_hub(&mut state, |hub, out| match ClientMessage::parse(&frame) {
-                Ok(message) => hub.handle(conn, message, now, out),
-                Err(err) => hub.reject_malformed(conn, &err, out),
-            });
-        }
+        let job = self.run_hub(&mut state, |hub, out| {
+            hub.receive(conn, codec, buffer, now, out)
+        });
         job.map_or(Fed::More, Fed::Password)
     }
 
