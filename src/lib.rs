@@ -12,8 +12,10 @@
 //! - [`config`]: every limit, with its default.
 //! - [`replay`]: `parlor replay`, which plays a pcap capture's clients
 //!   against a server and checks the replies.
+//! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/`.
 
 pub mod config;
+pub mod fuzzing;
 pub mod hub;
 pub mod password;
 pub mod printable;

@@ -9,8 +9,8 @@
 //! limit are tested exactly with a fake clock.
 //!
 //! Promises to the client: every request gets exactly one `9a` response and
-//! a success (`9a 00`) is only ever a response (checked by the random-session
-//! property test). State invariants, checked by [`Hub::check_invariants`]:
+//! a success (`9a 00`) is only ever a response (checked, with the invariants
+//! below, by the [`session`](crate::fuzzing::session) fuzz body). State invariants, checked by [`Hub::check_invariants`]:
 //! names are unique, rooms are never empty, and every room member is a
 //! connected user who knows it is in that room.
 
