@@ -322,13 +322,7 @@ pub fn session(data: &[u8]) {
     }
 }
 
-/// A client slot: the connection it has now, if any, and what the driver
-/// knows about it.
-#[derive(Default)]
-struct Slot {
-    conn: Option<Connection>,
-}
-
+/// A client's connection, and what the driver knows about it.
 struct Connection {
     id: ConnId,
     codec: FrameCodec,
@@ -350,7 +344,8 @@ struct Connection {
 
 struct Session {
     harness: Harness,
-    slots: [Slot; SESSION_CLIENTS as usize],
+    /// Each client's connection, if it has one now.
+    slots: [Option<Connection>; SESSION_CLIENTS as usize],
     next_conn: u64,
     max_payload: usize,
 }
@@ -400,10 +395,10 @@ impl Session {
 
     /// Bytes from the client in `slot`, connecting it first if needed.
     fn arrive(&mut self, slot: usize, bytes: &[u8]) {
-        if self.slots[slot].conn.is_none() && !self.open(slot) {
+        if self.slots[slot].is_none() && !self.open(slot) {
             return;
         }
-        let conn = self.slots[slot].conn.as_mut().expect("just opened");
+        let conn = self.slots[slot].as_mut().expect("just opened");
         conn.sent.extend_from_slice(bytes);
         conn.buffer.extend_from_slice(bytes);
         if conn.job.is_none() {
@@ -431,7 +426,7 @@ impl Session {
             }
             other => panic!("a connect did something but refuse: {other:?}"),
         }
-        self.slots[slot].conn = Some(Connection {
+        self.slots[slot] = Some(Connection {
             id,
             codec: FrameCodec::new(self.max_payload),
             buffer: BytesMut::new(),
@@ -449,7 +444,7 @@ impl Session {
 
     /// Lets the hub take what it can from the slot's buffer.
     fn receive(&mut self, slot: usize) {
-        let Some(conn) = self.slots[slot].conn.as_mut() else {
+        let Some(conn) = self.slots[slot].as_mut() else {
             return;
         };
         let mut out = Vec::new();
@@ -467,18 +462,13 @@ impl Session {
 
     /// Finishes the slot's pending password job, then lets the hub read on.
     fn finish_hash(&mut self, slot: usize) {
-        let Some(job) = self.slots[slot]
-            .conn
-            .as_mut()
-            .and_then(|conn| conn.job.take())
-        else {
+        let Some(job) = self.slots[slot].as_mut().and_then(|conn| conn.job.take()) else {
             return;
         };
         let mut out = Vec::new();
         self.harness.run_password_job(job, &mut out);
         self.apply(Some(slot), out);
         if self.slots[slot]
-            .conn
             .as_ref()
             .is_some_and(|conn| conn.job.is_none())
         {
@@ -490,13 +480,12 @@ impl Session {
     /// pending password job finishes first and what was buffered is handled.
     fn close(&mut self, slot: usize) {
         while self.slots[slot]
-            .conn
             .as_ref()
             .is_some_and(|conn| conn.job.is_some())
         {
             self.finish_hash(slot);
         }
-        let Some(conn) = self.slots[slot].conn.take() else {
+        let Some(conn) = self.slots[slot].take() else {
             return;
         };
         conn.check_counts("closed by the client");
@@ -508,7 +497,7 @@ impl Session {
     /// Checks what the hub asked for, and carries it out. `actor` is the
     /// slot whose event this is, if any.
     fn apply(&mut self, actor: Option<usize>, out: Vec<Action>) {
-        let actor_id = actor.and_then(|slot| self.slots[slot].conn.as_ref().map(|conn| conn.id));
+        let actor_id = actor.and_then(|slot| self.slots[slot].as_ref().map(|conn| conn.id));
         for action in out {
             match action {
                 Action::Send { to, frame } => {
@@ -519,7 +508,7 @@ impl Session {
                     match check_frame(&frame) {
                         Sent::Response(_) => {
                             assert_eq!(Some(to), actor_id, "a 9a to {to}, who asked nothing now");
-                            let conn = self.slots[slot].conn.as_mut().expect("slot found");
+                            let conn = self.slots[slot].as_mut().expect("slot found");
                             conn.answered += 1;
                             assert!(
                                 conn.answered <= conn.requests,
@@ -538,7 +527,7 @@ impl Session {
                     let slot = self
                         .slot_of(conn)
                         .expect("a close for an unknown connection");
-                    let gone = self.slots[slot].conn.take().expect("slot found");
+                    let gone = self.slots[slot].take().expect("slot found");
                     gone.check_counts("closed by the server");
                 }
                 Action::Password(job) => {
@@ -550,13 +539,13 @@ impl Session {
                         actor,
                         "a job for a connection that is not reading"
                     );
-                    let conn = self.slots[slot].conn.as_mut().expect("slot found");
+                    let conn = self.slots[slot].as_mut().expect("slot found");
                     assert!(conn.job.is_none(), "two password jobs at once");
                     conn.job = Some(job);
                 }
             }
         }
-        for conn in self.slots.iter().filter_map(|slot| slot.conn.as_ref()) {
+        for conn in self.slots.iter().filter_map(Option::as_ref) {
             conn.check_counts("open");
         }
     }
@@ -564,7 +553,7 @@ impl Session {
     fn slot_of(&self, id: ConnId) -> Option<usize> {
         self.slots
             .iter()
-            .position(|slot| slot.conn.as_ref().is_some_and(|conn| conn.id == id))
+            .position(|conn| conn.as_ref().is_some_and(|conn| conn.id == id))
     }
 }
 
