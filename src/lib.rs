@@ -15,17 +15,22 @@
 //! - [`metrics`]: counters of what the server refuses and relays.
 //! - [`bench`](mod@bench): `parlor bench`, the load generator that measures a running
 //!   server.
+//! - [`replay`]: `parlor replay`, which plays a pcap capture's clients
+//!   against a server and checks the replies.
+//! - [`fuzzing`]: the bodies of the fuzz targets in `fuzz/`.
 
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod fuzzing;
 pub mod hub;
 pub mod keywrap;
 pub mod metrics;
 pub mod password;
 pub mod printable;
 pub mod protocol;
+pub mod replay;
 pub mod server;
 
 pub use config::Config;

@@ -1,6 +1,6 @@
 //! The `parlor` command: `parlor serve` (the default) runs the chat server,
-//! `parlor client` the reference client, and `parlor bench` loads a running
-//! server and measures it.
+//! `parlor client` the reference client, `parlor bench` loads a running
+//! server and measures it, and `parlor replay` plays a capture against one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +37,8 @@ enum Command {
     Client(parlor::client::Options),
     /// Load a running server on this machine and measure it.
     Bench(parlor::bench::BenchArgs),
+    /// Replay the clients of a pcap capture and print (or check) the replies.
+    Replay(parlor::replay::ReplayArgs),
 }
 
 #[derive(Args, Clone)]
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => args,
         Some(Command::Client(options)) => return parlor::client::main(options),
         Some(Command::Bench(args)) => return parlor::bench::main(args),
+        Some(Command::Replay(args)) => return parlor::replay::run(args),
         None => cli.serve,
     };
     let config = match load_config(&args) {

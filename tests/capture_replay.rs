@@ -1,241 +1,245 @@
-//! Replays the client side of real legacy-client captures against parlor and
-//! checks every reply byte for byte.
+//! Replays every capture in `captures/` against parlor and checks each reply
+//! against the capture's expected transcript (`captures/NN_*.expected`),
+//! exactly as `parlor replay --check` does; then the command itself, on good
+//! and bad input.
 //!
-//! The captures (`captures/*.frames.txt`) were taken against a buggy student
-//! server, so its replies are the expectation only where the student server
-//! was right; each deliberate difference is listed with the reason.
+//! The captures span up to 43 s, and their timing matters (idle cutoffs,
+//! the rate limit), so they are replayed at ten times the captured speed
+//! against an in-process server whose clock runs ten times as fast, all at
+//! once: the whole replay takes about a tenth of the longest capture.
 
 mod support;
 
-use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use support::*;
+use parlor::replay::{play_in_process, read_expected, Capture, Pace};
+use support::test_config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
-#[derive(Debug, PartialEq)]
-enum Direction {
-    ToServer,
-    ToClient,
+const SPEED: f64 = 10.0;
+
+fn captures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("captures")
 }
 
-#[derive(Debug)]
-enum Event {
-    Connect,
-    Close,
-    Frame(Vec<u8>),
+fn capture_path(name: &str) -> PathBuf {
+    captures_dir().join(name)
 }
 
-#[derive(Debug)]
-struct Line {
-    port: u16,
-    direction: Direction,
-    event: Event,
-}
-
-fn opcode(name: &str) -> u8 {
-    match name {
-        "JOIN" => 0x03,
-        "LEAVE" => 0x06,
-        "LIST_ROOMS" => 0x09,
-        "LIST_USERS" => 0x0c,
-        "NICK" => 0x0f,
-        "DM" => 0x12,
-        "HEARTBEAT" => 0x13,
-        "ROOM_MSG" => 0x15,
-        "RESPONSE" => 0x9a,
-        "HELLO" => 0x9b,
-        other => panic!("unknown opcode name {other}"),
+/// Replays one capture and checks it, returning the number of replies
+/// checked, or what went wrong with the transcript for context.
+async fn replay_and_check(pcap: &Path) -> Result<usize, String> {
+    let expected = read_expected(&pcap.with_extension("expected"))
+        .map_err(|err| format!("its .expected file: {err}"))?;
+    let capture = Capture::read(pcap).map_err(|err| err.to_string())?;
+    let mut transcript = Vec::new();
+    let recording = play_in_process(&capture, test_config(), Pace::Speed(SPEED), &mut transcript)
+        .await
+        .map_err(|err| err.to_string())?;
+    let shown = String::from_utf8_lossy(&transcript);
+    let violations = recording.violations();
+    if !violations.is_empty() {
+        return Err(format!(
+            "protocol violations:\n{}\n{shown}",
+            violations.join("\n")
+        ));
     }
+    expected
+        .compare(&recording.received())
+        .map_err(|difference| format!("{difference}\n{shown}"))?;
+    Ok(expected.len())
 }
 
-/// Parses lines like
-/// `3.372 c36844->srv  ROOM_MSG  len=24  05 6c 6f ...  b'...'`.
-fn parse(text: &str) -> Vec<Line> {
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let mut words = line.split_whitespace().skip(1);
-            let route = words.next().unwrap();
-            let (direction, port) = match route.split_once("->").unwrap() {
-                ("srv", client) => (Direction::ToClient, client),
-                (client, "srv") => (Direction::ToServer, client),
-                _ => panic!("bad route in {line}"),
-            };
-            let port = port.trim_start_matches('c').parse().unwrap();
-            let event = match words.next().unwrap() {
-                "[SYN]" => Event::Connect,
-                "[FIN]" => Event::Close,
-                name => {
-                    let len: usize = words.next().unwrap()["len=".len()..].parse().unwrap();
-                    let payload: Vec<u8> = words
-                        .take(len)
-                        .map(|hex| u8::from_str_radix(hex, 16).unwrap())
-                        .collect();
-                    assert_eq!(payload.len(), len, "{line}");
-                    Event::Frame(frame_bytes(opcode(name), &payload))
-                }
-            };
-            Line {
-                port,
-                direction,
-                event,
-            }
-        })
-        .collect()
-}
-
-/// A reply where parlor deliberately differs from the captured server:
-/// the `nth` (0-based) frame the server sent to client `port` is instead
-/// `expected`.
-struct Deviation {
-    port: u16,
-    nth: usize,
-    expected: Vec<u8>,
-    why: &'static str,
-}
-
-async fn replay(capture: &str, deviations: &[Deviation]) {
-    let path = format!("{}/captures/{capture}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let server = TestServer::start(test_config()).await;
-    let mut clients: HashMap<u16, Client> = HashMap::new();
-    let mut received: HashMap<u16, usize> = HashMap::new();
-    let mut checked = 0;
-    for line in parse(&text) {
-        match (line.direction, line.event) {
-            (Direction::ToServer, Event::Connect) => {
-                clients.insert(line.port, server.client().await);
-            }
-            (Direction::ToServer, Event::Frame(frame)) => {
-                clients.get_mut(&line.port).unwrap().send_raw(&frame).await;
-            }
-            // Absent when the server already hung up on this client.
-            (Direction::ToServer, Event::Close) => {
-                if let Some(client) = clients.remove(&line.port) {
-                    client.close().await;
-                }
-            }
-            (Direction::ToClient, Event::Frame(captured)) => {
-                let nth = received.entry(line.port).or_default();
-                let deviation = deviations
-                    .iter()
-                    .find(|d| d.port == line.port && d.nth == *nth);
-                let (expected, why) =
-                    deviation.map_or((&captured, "as captured"), |d| (&d.expected, d.why));
-                *nth += 1;
-                let got = clients.get_mut(&line.port).unwrap().recv_raw().await;
-                assert!(
-                    got == *expected,
-                    "{capture}, reply {} to client {} ({why}):\n got: {}\nwant: {}",
-                    *nth - 1,
-                    line.port,
-                    show_frame(&got),
-                    show_frame(expected)
-                );
-                checked += 1;
-            }
-            // The server hung up first (LEAVE outside a room): so must parlor.
-            (Direction::ToClient, Event::Close) => {
-                if let Some(mut client) = clients.remove(&line.port) {
-                    client.expect_closed().await;
-                }
-            }
-            (Direction::ToClient, Event::Connect) => {}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_capture_gets_the_expected_replies_and_breaks_no_promise() {
+    let mut pcaps: Vec<PathBuf> = std::fs::read_dir(captures_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pcap"))
+        .collect();
+    pcaps.sort();
+    assert_eq!(pcaps.len(), 9, "captures/ holds nine captures: {pcaps:?}");
+    let mut replays = tokio::task::JoinSet::new();
+    for pcap in pcaps {
+        replays.spawn(async move {
+            let result = replay_and_check(&pcap).await;
+            (pcap, result)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = replays.join_next().await {
+        let (pcap, result) = joined.unwrap();
+        match result {
+            Ok(checked) => assert!(checked >= 2, "{pcap:?}: only {checked} replies"),
+            Err(failure) => failures.push(format!("{}: {failure}", pcap.display())),
         }
     }
-    assert!(checked >= 2, "{capture}: only {checked} replies checked");
-    server.stop().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A server that breaks every promise it can: it answers a heartbeat, sends
+/// a zero-length frame, and hangs up on a request without answering it.
+async fn misbehaving_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 7];
+        while stream.read_exact(&mut header).await.is_ok() {
+            let len = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            let reply: &[u8] = match header[6] {
+                0x9b => b"\x00\x00\x00\x06\x04\x17\x9a\x00rand0",
+                0x13 => b"\x00\x00\x00\x01\x04\x17\x9a\x00",
+                _ => {
+                    stream
+                        .write_all(b"\x00\x00\x00\x00\x04\x17\x12")
+                        .await
+                        .unwrap();
+                    // Hang up, but read on so that closing sends no reset.
+                    stream.shutdown().await.unwrap();
+                    let mut sink = Vec::new();
+                    let _ = stream.read_to_end(&mut sink).await;
+                    return;
+                }
+            };
+            stream.write_all(reply).await.unwrap();
+        }
+    });
+    addr
 }
 
 #[tokio::test]
-async fn capture_01_connect_heartbeat_idle() {
-    // Seven heartbeats, the last in the same instant as LIST_USERS: none is
-    // answered, and the list reply is the next frame.
-    replay("01_connect_heartbeat_idle.frames.txt", &[]).await;
-}
-
-#[tokio::test]
-async fn capture_02_room_two_clients() {
-    replay(
-        "02_room_two_clients.frames.txt",
-        &[Deviation {
-            port: 36858,
-            nth: 0,
-            expected: response_bytes(0, b"rand1"),
-            why: "guest numbers only increase: the student server handed out rand0 twice",
-        }],
+async fn broken_promises_are_reported() {
+    let capture = Capture::read(&capture_path("01_connect_heartbeat_idle.pcap")).unwrap();
+    let server = misbehaving_server().await;
+    let recording = parlor::replay::play(
+        &capture,
+        server,
+        Pace::AsFastAsPossible,
+        &mut std::io::sink(),
     )
-    .await;
+    .await
+    .unwrap();
+    let violations = recording.violations().join("\n");
+    for problem in [
+        "A: 9a 00 with no request pending: the legacy client aborts on it",
+        "A: a frame of length 0",
+        "A: inner lengths that do not add up",
+        "A: the connection ended with no reply to LIST_USERS",
+    ] {
+        assert!(violations.contains(problem), "{problem}\nin:\n{violations}");
+    }
+    let replies = &recording.clients[0].replies;
+    assert_eq!(replies.first().map(String::as_str), Some(r#"ok "rand0""#));
+    assert_eq!(replies.last().map(String::as_str), Some("closed"));
 }
 
-#[tokio::test]
-async fn capture_03_dm_nick_collision() {
-    replay(
-        "03_dm_nick_collision.frames.txt",
-        &[
-            Deviation {
-                port: 57802,
-                nth: 0,
-                expected: response_bytes(0, b"rand1"),
-                why: "guest numbers only increase",
-            },
-            Deviation {
-                port: 57792,
-                nth: 5,
-                expected: ok_bytes(),
-                why: "NICK to your own current name succeeds (seed notes)",
-            },
-        ],
-    )
-    .await;
+fn parlor_replay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("run parlor replay")
 }
 
-#[tokio::test]
-async fn capture_04_room_password() {
-    let sorted_rooms = response_bytes(0, b"\x04open\x06secret");
-    replay(
-        "04_room_password.frames.txt",
-        &[
-            Deviation {
-                port: 43556,
-                nth: 0,
-                expected: response_bytes(0, b"rand1"),
-                why: "guest numbers only increase",
-            },
-            Deviation {
-                port: 43548,
-                nth: 4,
-                expected: sorted_rooms.clone(),
-                why: "rooms are listed sorted bytewise",
-            },
-            Deviation {
-                port: 43556,
-                nth: 7,
-                expected: sorted_rooms,
-                why: "rooms are listed sorted bytewise",
-            },
-        ],
-    )
-    .await;
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[tokio::test]
-async fn capture_05_lists_leave_void_disconnect() {
-    replay(
-        "05_lists_leave_void_disconnect.frames.txt",
-        &[
-            Deviation {
-                port: 47248,
-                nth: 1,
-                expected: response_bytes(0, b"\x03bee\x05rand0\x05rand2"),
-                why: "users are listed sorted bytewise",
-            },
-            Deviation {
-                port: 47244,
-                nth: 5,
-                expected: response_bytes(0, b"\x02r1\x02r2"),
-                why: "rooms are listed sorted bytewise",
-            },
-        ],
-    )
-    .await;
+fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("parlor-replay-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn the_command_prints_the_transcript_and_checks_it() {
+    let pcap = capture_path("03_dm_nick_collision.pcap");
+    let expected = pcap.with_extension("expected");
+    let pcap = pcap.to_str().unwrap();
+    let output = parlor_replay(&[pcap, "--as-fast-as-possible"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("\nB dm \"alice\" \"hello bob, this is a DM\"\n"),
+        "{stdout}"
+    );
+
+    let output = parlor_replay(&[
+        pcap,
+        "--as-fast-as-possible",
+        "--check",
+        expected.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("all 11 replies match"),
+        "{}",
+        stderr(&output)
+    );
+
+    let text = std::fs::read_to_string(&expected).unwrap();
+    let wrong = text.replace("A error \"Nick not present\"", "A error \"Nobody here\"");
+    let wrong = temp_file("03.expected", wrong.as_bytes());
+    let output = parlor_replay(&[
+        pcap,
+        "--as-fast-as-possible",
+        "--check",
+        wrong.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&wrong).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let line = text
+        .lines()
+        .position(|line| line == "A error \"Nick not present\"")
+        .unwrap()
+        + 1;
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!(
+            "first at line {line}, client A:\n  expected: A error \"Nobody here\"\n  got:      A error \"Nick not present\""
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_exit_code_2() {
+    let header_only = {
+        let writer = pcap_file::pcap::PcapWriter::new(Vec::new()).unwrap();
+        writer.into_writer()
+    };
+    let empty = temp_file("empty.pcap", &header_only);
+    let text = temp_file("text.pcap", b"not a capture\n");
+    let pcap = capture_path("01_connect_heartbeat_idle.pcap");
+    let bad_expected = temp_file("bad.expected", b"A ok\nA maybe\n");
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec!["/nonexistent/x.pcap"], "cannot read it"),
+        (vec![text.to_str().unwrap()], "not a pcap file"),
+        (vec![empty.to_str().unwrap()], "no TCP connection"),
+        (
+            vec![
+                pcap.to_str().unwrap(),
+                "--check",
+                bad_expected.to_str().unwrap(),
+            ],
+            "line 2: unknown reply `maybe`",
+        ),
+    ];
+    for (args, problem) in cases {
+        let output = parlor_replay(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr(&output);
+        assert!(
+            message.starts_with("parlor replay: ") && message.contains(problem),
+            "{args:?}: {message}"
+        );
+    }
+    for path in [empty, text, bad_expected] {
+        std::fs::remove_file(path).unwrap();
+    }
 }

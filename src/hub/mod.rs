@@ -11,17 +11,19 @@
 //! Promises to the client: every request gets exactly one `9a` response, a
 //! success (`9a 00`) is only ever a response, and a legacy connection never
 //! gets a frame of the secure extension (checked by the random-session
-//! property test). State invariants, checked by [`Hub::check_invariants`]:
-//! names are unique, rooms are never empty, every room member is a connected
-//! user who knows it is in that room, every member of a secure room is
-//! secure, and every secure room has a rotation in flight exactly when it
-//! says so.
+//! property test, and the first two also by the
+//! [`session`](crate::fuzzing::session) fuzz body). State invariants,
+//! checked by [`Hub::check_invariants`]: names are unique, rooms are never
+//! empty, every room member is a connected user who knows it is in that
+//! room, every member of a secure room is secure, and every secure room has
+//! a rotation in flight exactly when it says so.
 //!
 //! The secure extension (registered keys, key rotation, DM keys) lives in
 //! `secure.rs`; this file calls into it where a legacy request has a secure
 //! side.
 
 mod directory;
+pub mod harness;
 mod idle;
 mod rate;
 mod secure;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tokio_util::codec::Decoder;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -42,7 +45,7 @@ use crate::printable::Printable;
 use crate::protocol::legacy::{
     encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
 };
-use crate::protocol::{ClientMessage, SecureMessage, Status};
+use crate::protocol::{ClientMessage, FrameCodec, SecureMessage, Status};
 
 pub use directory::{Directory, Room};
 pub use idle::IdleTimers;
@@ -104,6 +107,18 @@ pub enum Action {
     /// then report back with [`Hub::keys_wrapped`]. A job with a requester
     /// owes that connection its reply, as a password job does.
     WrapKeys(KeyWrapJob),
+}
+
+impl Action {
+    /// Whether this is work that the calling connection's reply waits for:
+    /// the driver reads no further request from it until the work is done.
+    pub fn owes_reply(&self) -> bool {
+        match self {
+            Action::Password(_) => true,
+            Action::WrapKeys(job) => job.requester.is_some(),
+            Action::Send { .. } | Action::Close { .. } => false,
+        }
+    }
 }
 
 /// Why a connection ended; shown in logs.
@@ -427,6 +442,42 @@ impl Hub {
             }
             ClientMessage::RegisterKey { key } => self.register_key(conn, &key, out),
             ClientMessage::DmKeyRequest { target } => self.dm_key_request(conn, &target, now, out),
+        }
+    }
+
+    /// Bytes arrived from a connection: decodes every whole frame in
+    /// `buffer` and handles it, until the buffer holds no whole frame, the
+    /// connection is closed, or a request needs a password job. In that last
+    /// case the driver runs the job before calling again, so the
+    /// connection's next requests wait behind the answer it is owed.
+    ///
+    /// This is the path from bytes to actions that the server and the
+    /// fuzzer share.
+    pub fn receive(
+        &mut self,
+        conn: ConnId,
+        codec: &mut FrameCodec,
+        buffer: &mut BytesMut,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        while self.users.contains_key(&conn) {
+            let already = out.len();
+            match codec.decode(buffer) {
+                Ok(Some(frame)) => match ClientMessage::parse(&frame) {
+                    Ok(message) => self.handle(conn, message, now, out),
+                    Err(err) => self.reject_malformed(conn, &err, out),
+                },
+                Ok(None) => return,
+                Err(err) => {
+                    // Frame boundaries are lost; nothing after this is read.
+                    buffer.clear();
+                    return self.reject_malformed(conn, &err, out);
+                }
+            }
+            if out[already..].iter().any(Action::owes_reply) {
+                return;
+            }
         }
     }
 
@@ -918,6 +969,11 @@ impl Hub {
     /// The user's current room.
     pub fn room_of(&self, conn: ConnId) -> Option<&[u8]> {
         self.users.get(&conn)?.room.as_deref()
+    }
+
+    /// Whether the connection registered a key (speaks the secure extension).
+    pub fn is_secure(&self, conn: ConnId) -> bool {
+        self.users.get(&conn).is_some_and(|user| user.key.is_some())
     }
 
     /// Whether the connection is known to the hub.

@@ -175,10 +175,6 @@ impl Hub {
         out.push(send(conn, OK_RESPONSE));
     }
 
-    pub(super) fn is_secure(&self, conn: ConnId) -> bool {
-        self.users.get(&conn).is_some_and(|user| user.key.is_some())
-    }
-
     /// `94` (to a secure connection) and `9a 01 Nick not present`.
     pub(super) fn no_such_user(&self, conn: ConnId, name: &[u8], out: &mut Vec<Action>) {
         if self.is_secure(conn) {

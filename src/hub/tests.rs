@@ -4,102 +4,37 @@
 mod secure;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::harness::{fake_wrap, Harness};
 use super::*;
-use crate::password::Hasher;
 use crate::protocol::HEADER_LEN;
 
-/// A hub plus a fake clock and synchronous stand-ins for the hashing and
-/// key-wrapping pools.
-struct Harness {
-    hub: Hub,
-    now: Instant,
-    hasher: Hasher,
-    /// Room key rotations started and not finished yet, oldest first; see
-    /// [`Harness::finish_rotations`].
-    rotations: Vec<KeyWrapJob>,
-}
-
+/// Shorthands for the tests below.
 impl Harness {
-    fn new() -> Harness {
-        Harness::with(Config::default())
+    fn with_defaults() -> Harness {
+        Harness::new(&Config::default())
     }
 
     fn with(config: Config) -> Harness {
-        Harness {
-            hub: Hub::new(&config),
-            now: Instant::now(),
-            hasher: Hasher::new(argon2::Params::new(64, 1, 1, None).unwrap()),
-            rotations: Vec::new(),
-        }
+        Harness::new(&config)
     }
 
-    fn advance(&mut self, by: Duration) -> Vec<Action> {
-        self.now += by;
-        let mut out = Vec::new();
-        self.hub.handle_timeout(self.now, &mut out);
-        self.settle(&mut out);
-        out
-    }
-
-    fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
-        let mut out = Vec::new();
-        self.hub
-            .disconnect(conn, CloseReason::ClientClosed, &mut out);
-        self.settle(&mut out);
-        out
-    }
-
-    fn connect(&mut self, id: u64) -> ConnId {
+    /// Opens connection `id`, which must be accepted silently.
+    fn connected(&mut self, id: u64) -> ConnId {
         let conn = ConnId(id);
-        let mut out = Vec::new();
-        let peer = SocketAddr::from(([127, 0, 0, 1], 40_000 + id as u16));
-        self.hub.connect(conn, peer, self.now, &mut out);
+        let out = self.connect(conn);
         assert!(out.is_empty(), "connect sends nothing: {out:?}");
         conn
     }
 
-    /// Feeds a message and runs any password or DM key job to completion,
-    /// as the server does before reading the connection's next request.
+    /// Handles a message (running the jobs its reply waits for) and checks
+    /// the hub's invariants afterwards.
     fn send(&mut self, conn: ConnId, message: ClientMessage) -> Vec<Action> {
-        let mut out = Vec::new();
-        self.hub.handle(conn, message, self.now, &mut out);
-        self.settle(&mut out);
-        out
-    }
-
-    /// Runs the jobs in `out` that a reply waits for, and moves rotations
-    /// to [`Harness::rotations`], so that `out` holds frames and closes.
-    fn settle(&mut self, out: &mut Vec<Action>) {
-        let is_job = |action: &Action| matches!(action, Action::Password(_) | Action::WrapKeys(_));
-        while let Some(index) = out.iter().position(is_job) {
-            match out.remove(index) {
-                Action::Password(job) => {
-                    let outcome = self.hasher.run(job.task);
-                    self.hub
-                        .password_checked(job.conn, job.ticket, outcome, out);
-                }
-                Action::WrapKeys(job) if job.requester.is_some() => {
-                    self.hub.keys_wrapped(job.ticket, fake_wrap(&job), out);
-                }
-                Action::WrapKeys(job) => self.rotations.push(job),
-                _ => unreachable!(),
-            }
-        }
+        let out = self.handle(conn, message);
         self.hub.check_invariants().unwrap();
-    }
-
-    /// Finishes the rotations started so far, in order; the ones they start
-    /// in turn wait for the next call.
-    fn finish_rotations(&mut self) -> Vec<Action> {
-        let mut out = Vec::new();
-        for job in std::mem::take(&mut self.rotations) {
-            self.hub.keys_wrapped(job.ticket, fake_wrap(&job), &mut out);
-        }
-        self.settle(&mut out);
         out
     }
 
@@ -122,20 +57,6 @@ impl Harness {
         };
         self.send(conn, message)
     }
-}
-
-/// Stands in for the key-wrapping pool: instead of a real RSA wrap, each
-/// recipient gets bytes that say who it is and which job made them.
-fn fake_wrap(job: &KeyWrapJob) -> KeyWrapOutcome {
-    let wrapped = job
-        .recipients
-        .iter()
-        .map(|recipient| {
-            let text = format!("key of job {} for {}", job.ticket, recipient.conn);
-            (recipient.conn, Bytes::from(text))
-        })
-        .collect();
-    KeyWrapOutcome::Wrapped(wrapped)
 }
 
 /// The DER SubjectPublicKeyInfo of an RSA public key whose modulus has
@@ -200,14 +121,14 @@ fn ok() -> Vec<u8> {
 
 #[test]
 fn guest_names_increase_and_skip_names_taken_as_nicks() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     assert_eq!(h.hub.name_of(a), Some(&b"rand0"[..]));
     assert_eq!(sent(&h.nick(a, "rand1")), [(a, ok())]);
-    let b = h.connect(2);
+    let b = h.connected(2);
     assert_eq!(h.hub.name_of(b), Some(&b"rand2"[..]), "rand1 is taken");
     h.disconnect(b);
-    let c = h.connect(3);
+    let c = h.connected(3);
     assert_eq!(
         h.hub.name_of(c),
         Some(&b"rand3"[..]),
@@ -217,8 +138,8 @@ fn guest_names_increase_and_skip_names_taken_as_nicks() {
 
 #[test]
 fn hello_replies_with_the_name_and_no_length_byte() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     let out = h.send(
         a,
         ClientMessage::Hello {
@@ -230,9 +151,9 @@ fn hello_replies_with_the_name_and_no_length_byte() {
 
 #[test]
 fn nick_rules() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
-    let b = h.connect(2);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
+    let b = h.connected(2);
     assert_eq!(sent(&h.nick(a, "alice")), [(a, ok())]);
     assert_eq!(
         sent(&h.nick(b, "alice")),
@@ -261,9 +182,9 @@ fn nick_rules() {
 
 #[test]
 fn join_creates_moves_and_deletes_rooms() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
-    let b = h.connect(2);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
+    let b = h.connected(2);
     assert_eq!(sent(&h.join(a, "lobby", "")), [(a, ok())]);
     assert_eq!(sent(&h.join(b, "lobby", "")), [(b, ok())]);
     assert_eq!(
@@ -291,9 +212,9 @@ fn join_creates_moves_and_deletes_rooms() {
 
 #[test]
 fn room_passwords_are_argon2id_and_checked() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
-    let b = h.connect(2);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
+    let b = h.connected(2);
     assert_eq!(sent(&h.join(a, "secret", "pw1")), [(a, ok())]);
     let hash = h
         .hub
@@ -316,8 +237,8 @@ fn room_passwords_are_argon2id_and_checked() {
 
 #[test]
 fn a_password_check_for_a_room_that_changed_meanwhile_is_judged_again() {
-    let mut h = Harness::new();
-    let (a, b) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (a, b) = (h.connected(1), h.connected(2));
     h.join(a, "r", "old");
     let mut out = Vec::new();
     let join = ClientMessage::Join {
@@ -331,7 +252,7 @@ fn a_password_check_for_a_room_that_changed_meanwhile_is_judged_again() {
     // While b's check runs, the room is deleted and recreated with another
     // password: the old verdict must not let b in.
     h.disconnect(a);
-    let c = h.connect(3);
+    let c = h.connected(3);
     h.join(c, "r", "new");
     let outcome = h.hasher.run(job.task);
     h.hub.password_checked(b, job.ticket, outcome, &mut out);
@@ -346,8 +267,8 @@ fn a_password_check_for_a_room_that_changed_meanwhile_is_judged_again() {
 
 #[test]
 fn requests_while_a_password_is_checked_are_refused_and_stale_answers_ignored() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     let mut out = Vec::new();
     let join = ClientMessage::Join {
         room: bytes("r"),
@@ -371,8 +292,8 @@ fn requests_while_a_password_is_checked_are_refused_and_stale_answers_ignored() 
 
 #[test]
 fn leave_in_a_room_stays_and_leave_outside_closes_after_the_reply() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     h.join(a, "r", "");
     let out = h.send(a, ClientMessage::Leave);
     assert_eq!(sent(&out), [(a, ok())]);
@@ -394,8 +315,8 @@ fn leave_in_a_room_stays_and_leave_outside_closes_after_the_reply() {
 
 #[test]
 fn lists_are_sorted_bytewise_without_a_count() {
-    let mut h = Harness::new();
-    let (a, b, c) = (h.connect(1), h.connect(2), h.connect(3));
+    let mut h = Harness::with_defaults();
+    let (a, b, c) = (h.connected(1), h.connected(2), h.connected(3));
     h.nick(a, "zelda");
     h.nick(b, "alice");
     h.nick(c, "bob");
@@ -424,8 +345,13 @@ fn lists_are_sorted_bytewise_without_a_count() {
 
 #[test]
 fn room_messages_ack_first_then_one_shared_frame_to_the_others() {
-    let mut h = Harness::new();
-    let (a, b, c, outsider) = (h.connect(1), h.connect(2), h.connect(3), h.connect(4));
+    let mut h = Harness::with_defaults();
+    let (a, b, c, outsider) = (
+        h.connected(1),
+        h.connected(2),
+        h.connected(3),
+        h.connected(4),
+    );
     h.nick(a, "alice");
     for conn in [a, b, c] {
         h.join(conn, "lobby", "");
@@ -458,8 +384,8 @@ fn room_messages_ack_first_then_one_shared_frame_to_the_others() {
 
 #[test]
 fn direct_messages_reach_the_target_in_or_out_of_rooms() {
-    let mut h = Harness::new();
-    let (a, b) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (a, b) = (h.connected(1), h.connected(2));
     h.nick(a, "alice");
     h.nick(b, "bob");
     h.join(a, "r", "");
@@ -482,8 +408,8 @@ fn direct_messages_reach_the_target_in_or_out_of_rooms() {
 
 #[test]
 fn rate_limit_counts_room_and_direct_messages_together_in_a_sliding_window() {
-    let mut h = Harness::new();
-    let (a, b) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (a, b) = (h.connected(1), h.connected(2));
     h.nick(b, "bob");
     let limited = response(2, "Slow down: at most 5 messages per 5 seconds.");
     // Failed ones count too: three shouts into the void, two DMs.
@@ -511,8 +437,8 @@ fn rate_limit_counts_room_and_direct_messages_together_in_a_sliding_window() {
 
 #[test]
 fn idle_connections_are_closed_at_the_timeout_and_heartbeats_count() {
-    let mut h = Harness::new();
-    let (quiet, chatty) = (h.connect(1), h.connect(2));
+    let mut h = Harness::with_defaults();
+    let (quiet, chatty) = (h.connected(1), h.connected(2));
     let heartbeat = || ClientMessage::Heartbeat {
         payload: Bytes::new(),
     };
@@ -546,7 +472,7 @@ fn connections_without_a_complete_frame_go_at_the_handshake_timeout() {
         handshake_timeout_secs: 10.0,
         ..Config::default()
     });
-    let (silent, greeted) = (h.connect(1), h.connect(2));
+    let (silent, greeted) = (h.connected(1), h.connected(2));
     assert_eq!(h.hub.poll_timeout(), Some(h.now + Duration::from_secs(10)));
     h.now += Duration::from_secs(9);
     h.send(
@@ -576,8 +502,8 @@ fn the_per_address_limit_refuses_with_try_later_and_frees_on_disconnect() {
         max_connections_per_ip: 2,
         ..Config::default()
     });
-    h.connect(1);
-    h.connect(2);
+    h.connected(1);
+    h.connected(2);
     let refused = |h: &mut Harness, id: u64, ip: [u8; 4]| {
         let mut out = Vec::new();
         let peer = SocketAddr::from((ip, 50_000));
@@ -614,7 +540,7 @@ fn nick_changes_are_rate_limited_taken_names_included() {
         nick_rate_window_secs: 60.0,
         ..Config::default()
     });
-    let (a, b) = (h.connect(1), h.connect(2));
+    let (a, b) = (h.connected(1), h.connected(2));
     h.nick(b, "taken");
     assert_eq!(sent(&h.nick(a, "one")), [(a, ok())]);
     assert_eq!(
@@ -636,7 +562,7 @@ fn password_joins_are_rate_limited_but_open_rooms_are_not() {
         password_join_rate_window_secs: 60.0,
         ..Config::default()
     });
-    let (owner, guesser) = (h.connect(1), h.connect(2));
+    let (owner, guesser) = (h.connected(1), h.connected(2));
     h.join(owner, "vault", "secret");
     let wrong = response(1, text::WRONG_PASSWORD);
     assert_eq!(
@@ -668,7 +594,7 @@ fn rooms_and_room_members_are_capped() {
         max_room_members: 2,
         ..Config::default()
     });
-    let (a, b, c) = (h.connect(1), h.connect(2), h.connect(3));
+    let (a, b, c) = (h.connected(1), h.connected(2), h.connected(3));
     h.join(a, "only", "");
     assert_eq!(
         sent(&h.join(b, "second", "")),
@@ -691,7 +617,7 @@ fn the_connection_limit_refuses_with_try_later() {
         max_connections: 1,
         ..Config::default()
     });
-    h.connect(1);
+    h.connected(1);
     let mut out = Vec::new();
     h.hub.connect(
         ConnId(2),
@@ -706,8 +632,8 @@ fn the_connection_limit_refuses_with_try_later() {
 
 #[test]
 fn malformed_input_is_answered_then_closed() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     h.join(a, "r", "");
     let mut out = Vec::new();
     h.hub.reject_malformed(
@@ -829,7 +755,7 @@ mod random_sessions {
             for op in ops {
                 let out = match op {
                     Op::Connect(key_seed) => {
-                        let conn = h.connect(conns.len() as u64 + 1);
+                        let conn = h.connected(conns.len() as u64 + 1);
                         conns.push(conn);
                         let Some(seed) = key_seed else { continue };
                         let key = public_key_der(2048, seed);

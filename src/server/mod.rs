@@ -5,9 +5,11 @@
 //! feeds them to the hub under a short lock, and writes what the hub queued
 //! for it in batched, vectored writes. `state.rs` holds the hub together with
 //! each connection's outbound queue, and applies the hub's actions.
+//! [`Clock`] is the time the hub is given: real time, except in replays.
 //!
 //! [`Hub`]: crate::hub::Hub
 
+mod clock;
 mod connection;
 mod metrics_endpoint;
 mod state;
@@ -16,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -26,6 +28,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::keywrap::{KeyWrapPool, Rotated};
 use crate::password::PasswordPool;
+pub use clock::Clock;
 use state::Shared;
 
 /// A bound, not yet running, server.
@@ -40,6 +43,11 @@ impl Server {
     /// Binds the listening socket and starts the password hashing and key
     /// wrapping threads.
     pub async fn bind(config: Config) -> io::Result<Server> {
+        Server::bind_with_clock(config, Clock::real()).await
+    }
+
+    /// Like [`Server::bind`], with the hub's time taken from `clock`.
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> io::Result<Server> {
         let params = config
             .argon2_params()
             .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err.to_string()))?;
@@ -62,7 +70,7 @@ impl Server {
         Ok(Server {
             listener,
             metrics_listener,
-            shared: Arc::new(Shared::new(config, passwords, key_wraps)),
+            shared: Arc::new(Shared::new(config, passwords, key_wraps, clock)),
             rotations,
         })
     }
@@ -152,14 +160,15 @@ async fn run_rotations(shared: Arc<Shared>, mut rotations: mpsc::UnboundedReceiv
 async fn run_timers(shared: Arc<Shared>) {
     let config = shared.config();
     let shortest = config.handshake_timeout().min(config.idle_timeout());
+    let clock = shared.clock();
     loop {
         // A connection made after this check is due no earlier than
         // `now + shortest`, so sleeping at most until then misses nothing.
-        let horizon = Instant::now() + shortest;
+        let horizon = clock.now() + shortest;
         let next = shared
             .next_timeout()
             .map_or(horizon, |next| next.min(horizon));
-        tokio::time::sleep_until(next.into()).await;
-        shared.handle_timeout(Instant::now());
+        tokio::time::sleep_until(clock.real_instant(next).into()).await;
+        shared.handle_timeout(clock.now());
     }
 }

@@ -13,16 +13,16 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio_util::codec::Decoder;
 use tracing::warn;
 
+use super::Clock;
 use crate::config::Config;
 use crate::hub::{
     Action, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, PasswordJob, PasswordOutcome,
 };
 use crate::keywrap::KeyWrapPool;
 use crate::password::PasswordPool;
-use crate::protocol::{ClientMessage, FrameCodec};
+use crate::protocol::FrameCodec;
 
 /// What the server and a connection's task share: the frames queued for the
 /// connection and whether the server has decided to end it.
@@ -169,6 +169,7 @@ pub struct Shared {
     passwords: PasswordPool,
     key_wraps: KeyWrapPool,
     config: Config,
+    clock: Clock,
 }
 
 /// What [`Shared::feed`] left the connection to do.
@@ -182,7 +183,12 @@ pub enum Fed {
 }
 
 impl Shared {
-    pub fn new(config: Config, passwords: PasswordPool, key_wraps: KeyWrapPool) -> Shared {
+    pub fn new(
+        config: Config,
+        passwords: PasswordPool,
+        key_wraps: KeyWrapPool,
+        clock: Clock,
+    ) -> Shared {
         let state = State {
             hub: Hub::new(&config),
             peers: HashMap::new(),
@@ -195,11 +201,16 @@ impl Shared {
             passwords,
             key_wraps,
             config,
+            clock,
         }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     pub fn passwords(&self) -> &PasswordPool {
@@ -229,36 +240,21 @@ impl Shared {
         }
         state.peers.insert(conn, link);
         self.run_hub(&mut state, |hub, out| {
-            hub.connect(conn, peer, Instant::now(), out)
+            hub.connect(conn, peer, self.clock.now(), out)
         });
         conn
     }
 
-    /// Decodes every whole frame in `buffer` and feeds it to the hub, until
-    /// the buffer holds no whole frame or a request's reply waits for a job.
+    /// Feeds the bytes in `buffer` to the hub (see [`Hub::receive`]).
     pub fn feed(&self, conn: ConnId, buffer: &mut BytesMut) -> Fed {
         // The codec keeps no state between calls, so it is made here rather
         // than stored in every connection.
         let mut codec = FrameCodec::new(self.config.max_frame_bytes);
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut state = self.lock();
-        let mut fed = Fed::More;
-        while matches!(fed, Fed::More) {
-            let frame = match codec.decode(buffer) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(err) => {
-                    buffer.clear();
-                    return self
-                        .run_hub(&mut state, |hub, out| hub.reject_malformed(conn, &err, out));
-                }
-            };
-            fed = self.run_hub(&mut state, |hub, out| match ClientMessage::parse(&frame) {
-                Ok(message) => hub.handle(conn, message, now, out),
-                Err(err) => hub.reject_malformed(conn, &err, out),
-            });
-        }
-        fed
+        self.run_hub(&mut state, |hub, out| {
+            hub.receive(conn, &mut codec, buffer, now, out)
+        })
     }
 
     /// The server's counters in the Prometheus text format.

@@ -17,7 +17,7 @@ impl Harness {
 
     /// A connection that registered [`key`]`(id)` and is called `name`.
     fn secure(&mut self, id: u64, name: &str) -> ConnId {
-        let conn = self.connect(id);
+        let conn = self.connected(id);
         assert_eq!(sent(&self.register(conn, key(id))), [(conn, ok())]);
         self.nick(conn, name);
         conn
@@ -119,8 +119,8 @@ fn no_such_user(name: &str) -> ServerMessage {
 
 #[test]
 fn a_key_is_registered_once_and_must_be_rsa_of_2048_to_4096_bits() {
-    let mut h = Harness::new();
-    let a = h.connect(1);
+    let mut h = Harness::with_defaults();
+    let a = h.connected(1);
     let p256 = [
         &[
             0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
@@ -161,15 +161,15 @@ fn a_key_is_registered_once_and_must_be_rsa_of_2048_to_4096_bits() {
         sent(&h.register(a, key(1))),
         [(a, response(1, text::KEY_ALREADY_REGISTERED))]
     );
-    let b = h.connect(2);
+    let b = h.connected(2);
     assert_eq!(sent(&h.register(b, public_key_der(2048, 2))), [(b, ok())]);
 }
 
 #[test]
 fn confirmations_go_only_to_secure_connections_and_come_before_the_9a() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let a = h.secure(1, "alice");
-    let legacy = h.connect(2);
+    let legacy = h.connected(2);
     assert_eq!(
         decoded(&h.nick(a, "alice")),
         [(a, nick_set("alice")), (a, done())],
@@ -237,9 +237,9 @@ fn confirmations_go_only_to_secure_connections_and_come_before_the_9a() {
 
 #[test]
 fn legacy_clients_are_refused_from_secure_rooms_before_any_password_work() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let a = h.secure(1, "alice");
-    let legacy = h.connect(2);
+    let legacy = h.connected(2);
     h.join(a, "vault", "pw");
     let refused = response(
         1,
@@ -262,7 +262,7 @@ fn legacy_clients_are_refused_from_secure_rooms_before_any_password_work() {
 
     // A legacy JOIN whose password check finds the room recreated as a
     // secure room meanwhile is refused too.
-    let b = h.connect(3);
+    let b = h.connected(3);
     h.join(b, "r", "pw");
     let join = ClientMessage::Join {
         room: bytes("r"),
@@ -286,7 +286,7 @@ fn legacy_clients_are_refused_from_secure_rooms_before_any_password_work() {
 
 #[test]
 fn a_joiner_and_the_members_exchange_keys_then_the_room_key_rotates() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let (a, b, c) = (
         h.secure(1, "alice"),
         h.secure(2, "bob"),
@@ -321,7 +321,7 @@ fn a_joiner_and_the_members_exchange_keys_then_the_room_key_rotates() {
 
 #[test]
 fn rotations_are_coalesced_and_epochs_only_go_up() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let (a, b, c) = (
         h.secure(1, "alice"),
         h.secure(2, "bob"),
@@ -363,7 +363,7 @@ fn rotations_are_coalesced_and_epochs_only_go_up() {
 
 #[test]
 fn wrapped_keys_go_only_to_recipients_still_in_the_room() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let (a, b, c, d) = (
         h.secure(1, "alice"),
         h.secure(2, "bob"),
@@ -406,7 +406,7 @@ fn wrapped_keys_go_only_to_recipients_still_in_the_room() {
 
 #[test]
 fn every_departure_rotates_the_key_for_those_who_stay() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let conns: Vec<ConnId> = (1..=5)
         .map(|id| h.secure(id, &format!("user{id}")))
         .collect();
@@ -442,7 +442,7 @@ fn every_departure_rotates_the_key_for_those_who_stay() {
 
 #[test]
 fn a_rename_sends_the_new_name_with_the_key_to_the_other_members_only() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let (a, b) = (h.secure(1, "alice"), h.secure(2, "bob"));
     h.join(a, "r", "");
     h.join(b, "r", "");
@@ -463,7 +463,7 @@ fn a_rename_sends_the_new_name_with_the_key_to_the_other_members_only() {
         "no new name, nothing to tell"
     );
     // In a plaintext room nobody is told.
-    let (legacy, s) = (h.connect(3), h.secure(4, "sam"));
+    let (legacy, s) = (h.connected(3), h.secure(4, "sam"));
     h.join(legacy, "open", "");
     h.join(s, "open", "");
     assert_eq!(
@@ -474,7 +474,7 @@ fn a_rename_sends_the_new_name_with_the_key_to_the_other_members_only() {
 
 #[test]
 fn a_dm_key_request_gives_both_ends_the_key_and_each_others_public_key() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let (a, b) = (h.secure(1, "alice"), h.secure(2, "bob"));
     let out = h.dm_key(a, "bob");
     let frames = decoded(&out);
@@ -524,7 +524,7 @@ fn dm_key_requests_that_cannot_be_served_get_one_clear_error() {
         ..Config::default()
     });
     let a = h.secure(1, "alice");
-    let legacy = h.connect(2);
+    let legacy = h.connected(2);
     h.nick(legacy, "lee");
     assert_eq!(
         decoded(&h.dm_key(a, "nobody")),
@@ -566,7 +566,7 @@ fn dm_key_requests_that_cannot_be_served_get_one_clear_error() {
 
 #[test]
 fn a_dm_key_reply_waits_for_its_job_and_copes_with_what_happened_meanwhile() {
-    let mut h = Harness::new();
+    let mut h = Harness::with_defaults();
     let (a, b) = (h.secure(1, "alice"), h.secure(2, "bob"));
     let request = || ClientMessage::DmKeyRequest {
         target: bytes("bob"),

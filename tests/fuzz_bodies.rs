@@ -1,0 +1,232 @@
+//! The fuzz targets' bodies on stable Rust: over the committed corpora
+//! (`fuzz/corpus/<target>/seed-*`, made from the captures, and `crash-*`,
+//! every crash input fuzzing found), and over a few thousand proptest inputs
+//! shaped like real traffic. A regression the fuzzers once found fails here,
+//! without nightly.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use parlor::fuzzing::{
+    decoder_seed, frame_decoder, session, session_seed, DecoderInput, Happening, SessionEvent,
+    SESSION_CLIENTS,
+};
+use parlor::protocol::ClientMessage;
+use parlor::replay::Capture;
+use proptest::prelude::*;
+
+fn corpus(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+fn corpus_inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut inputs: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(corpus(target))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        // Only what is committed: libFuzzer's own discoveries stay local.
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("seed-") || name.starts_with("crash-")
+        })
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    inputs.sort();
+    inputs
+}
+
+/// The seeds derived from each capture are committed as
+/// `fuzz/corpus/<target>/seed-<capture>`. After changing a capture or the
+/// input formats, rewrite them with `PARLOR_WRITE_SEEDS=1 cargo test seeds`.
+#[test]
+fn seeds_match_the_captures() {
+    let captures = Path::new(env!("CARGO_MANIFEST_DIR")).join("captures");
+    let mut pcaps: Vec<PathBuf> = std::fs::read_dir(&captures)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "pcap"))
+        .collect();
+    pcaps.sort();
+    assert!(!pcaps.is_empty());
+    let write = std::env::var_os("PARLOR_WRITE_SEEDS").is_some();
+    for pcap in pcaps {
+        let capture = Capture::read(&pcap).unwrap();
+        let name = pcap.file_stem().unwrap().to_string_lossy();
+        for (target, seed) in [
+            ("frame_decoder", decoder_seed(&capture)),
+            ("session", session_seed(&capture)),
+        ] {
+            let path = corpus(target).join(format!("seed-{name}"));
+            if write {
+                std::fs::write(&path, &seed).unwrap();
+            }
+            let committed = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                committed == seed,
+                "{} is not the seed of {name}; run PARLOR_WRITE_SEEDS=1 cargo test seeds",
+                path.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn frame_decoder_holds_on_its_corpus() {
+    let inputs = corpus_inputs("frame_decoder");
+    assert!(inputs.len() >= 9, "the seeds are missing");
+    for (path, bytes) in inputs {
+        eprintln!("{}", path.display());
+        frame_decoder(&bytes);
+    }
+}
+
+#[test]
+fn session_holds_on_its_corpus() {
+    let inputs = corpus_inputs("session");
+    assert!(inputs.len() >= 9, "the seeds are missing");
+    for (path, bytes) in inputs {
+        eprintln!("{}", path.display());
+        session(&bytes);
+    }
+}
+
+fn wire(message: &ClientMessage) -> Vec<u8> {
+    message.to_frame().to_bytes().to_vec()
+}
+
+/// A stream that looks like traffic: whole frames, with now and then a
+/// changed byte or a hostile header.
+fn stream() -> impl Strategy<Value = Vec<u8>> {
+    let piece = prop_oneof![
+        6 => client_message().prop_map(|message| wire(&message)),
+        1 => proptest::collection::vec(any::<u8>(), 0..40),
+        1 => (any::<u32>(), any::<[u8; 3]>()).prop_map(|(len, tail)| {
+            let mut header = len.to_be_bytes().to_vec();
+            header.extend_from_slice(&tail);
+            header
+        }),
+    ];
+    (
+        proptest::collection::vec(piece, 0..8),
+        any::<usize>(),
+        any::<u8>(),
+    )
+        .prop_map(|(pieces, at, value)| {
+            let mut bytes = pieces.concat();
+            if !bytes.is_empty() && value % 4 == 0 {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            bytes
+        })
+}
+
+fn decoder_input() -> impl Strategy<Value = DecoderInput> {
+    let limit = prop_oneof![3 => Just(0u8), 1 => any::<u8>()];
+    let chunks = proptest::collection::vec(any::<u8>(), 0..16);
+    (limit, chunks, stream()).prop_map(|(limit, chunks, stream)| DecoderInput {
+        limit,
+        chunks,
+        stream,
+    })
+}
+
+fn bytes(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn name() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just("alice"),
+        Just("bob"),
+        Just("rand0"),
+        Just("rand3"),
+        Just(""),
+        Just("a b"),
+        Just("h\u{e9}")
+    ]
+    .prop_map(bytes)
+}
+
+fn room() -> impl Strategy<Value = Bytes> {
+    prop_oneof![Just("lobby"), Just("r2"), Just(""), Just("x\ty")].prop_map(bytes)
+}
+
+fn password() -> impl Strategy<Value = Bytes> {
+    prop_oneof![Just(""), Just("pw"), Just("other")].prop_map(bytes)
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        Just(ClientMessage::Hello {
+            greeting: bytes("Xin ch\u{e0}o. Bonghjornu.")
+        }),
+        Just(ClientMessage::Heartbeat {
+            payload: bytes("\u{1f}staying alive, staying alive...")
+        }),
+        name().prop_map(|name| ClientMessage::Nick { name }),
+        (room(), password()).prop_map(|(room, password)| ClientMessage::Join { room, password }),
+        Just(ClientMessage::Leave),
+        Just(ClientMessage::ListUsers),
+        Just(ClientMessage::ListRooms),
+        name().prop_map(|target| ClientMessage::DirectMessage {
+            target,
+            text: bytes("hi")
+        }),
+        room().prop_map(|room| ClientMessage::RoomMessage {
+            room,
+            text: bytes("hi")
+        }),
+    ]
+}
+
+/// Mostly short pauses; sometimes long enough (22 s and more) for idle
+/// cutoffs and for the rate-limit window to slide.
+fn wait() -> impl Strategy<Value = u8> {
+    prop_oneof![8 => 0u8..40, 1 => 150u8..=255]
+}
+
+fn happening() -> impl Strategy<Value = Happening> {
+    prop_oneof![
+        12 => client_message().prop_map(|message| {
+            let frame = message.to_frame();
+            Happening::Frame { opcode: frame.opcode, payload: frame.payload.to_vec() }
+        }),
+        // A frame cut in two reads, or a few bytes of anything.
+        1 => (client_message(), any::<usize>()).prop_map(|(message, cut)| {
+            let wire = wire(&message);
+            Happening::Bytes(wire[..cut % wire.len()].to_vec())
+        }),
+        1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(Happening::Bytes),
+        2 => Just(Happening::Close),
+        3 => Just(Happening::FinishHash),
+    ]
+}
+
+fn session_events() -> impl Strategy<Value = Vec<SessionEvent>> {
+    let event = (0..SESSION_CLIENTS, wait(), happening())
+        .prop_map(|(client, wait, what)| SessionEvent { client, wait, what });
+    proptest::collection::vec(event, 1..60)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn frame_decoder_holds_on_generated_input(input in decoder_input()) {
+        let bytes = input.to_bytes();
+        prop_assert_eq!(DecoderInput::from_bytes(&bytes), input);
+        frame_decoder(&bytes);
+    }
+
+    #[test]
+    fn session_holds_on_generated_sessions(events in session_events()) {
+        let bytes = SessionEvent::encode(&events);
+        prop_assert_eq!(SessionEvent::decode(&bytes), events);
+        session(&bytes);
+    }
+}
