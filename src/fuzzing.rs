@@ -19,7 +19,8 @@ use crate::config::Config;
 use crate::hub::harness::{fake_wrap, Harness};
 use crate::hub::{Action, CloseReason, ConnId, PasswordJob};
 use crate::protocol::{
-    opcode, Frame, FrameCodec, FrameError, ServerMessage, HEADER_LEN, MAGIC, MAX_CLIENT_PAYLOAD,
+    opcode, ClientMessage, Frame, FrameCodec, FrameError, ServerMessage, HEADER_LEN, MAGIC,
+    MAX_CLIENT_PAYLOAD,
 };
 use crate::replay::capture::{Capture, End, Moment, SentKind};
 
@@ -507,26 +508,42 @@ impl Session {
                     let slot = self
                         .slot_of(to)
                         .unwrap_or_else(|| panic!("a frame for {to}, which is closed"));
-                    match check_frame(&frame) {
-                        Sent::Response(_) => {
-                            assert_eq!(Some(to), actor_id, "a 9a to {to}, who asked nothing now");
-                            let conn = self.slots[slot].as_mut().expect("slot found");
-                            conn.answered += 1;
-                            assert!(
-                                conn.answered <= conn.requests,
-                                "{to} got more answers than it made requests"
-                            );
+                    // One buffer may hold several frames (a secure JOIN's
+                    // reply); each must stand on its own.
+                    for frame in frames_in(&frame) {
+                        match check_frame(&frame) {
+                            Sent::Response(_) => {
+                                assert_eq!(
+                                    Some(to),
+                                    actor_id,
+                                    "a 9a to {to}, who asked nothing now"
+                                );
+                                let conn = self.slots[slot].as_mut().expect("slot found");
+                                conn.answered += 1;
+                                assert!(
+                                    conn.answered <= conn.requests,
+                                    "{to} got more answers than it made requests"
+                                );
+                            }
+                            Sent::RoomMessage(room) => {
+                                assert_ne!(
+                                    Some(to),
+                                    actor_id,
+                                    "a room message echoed to its sender"
+                                );
+                                let member = self.harness.hub.room_of(to);
+                                assert_eq!(
+                                    member,
+                                    Some(&room[..]),
+                                    "a room message to a non-member"
+                                );
+                            }
+                            Sent::DirectMessage => {}
+                            Sent::Secure => assert!(
+                                self.harness.hub.is_secure(to),
+                                "a secure-extension frame to legacy connection {to}"
+                            ),
                         }
-                        Sent::RoomMessage(room) => {
-                            assert_ne!(Some(to), actor_id, "a room message echoed to its sender");
-                            let member = self.harness.hub.room_of(to);
-                            assert_eq!(member, Some(&room[..]), "a room message to a non-member");
-                        }
-                        Sent::DirectMessage => {}
-                        Sent::Secure => assert!(
-                            self.harness.hub.is_secure(to),
-                            "a secure-extension frame to legacy connection {to}"
-                        ),
                     }
                 }
                 Action::Close { conn, .. } => {
@@ -618,6 +635,23 @@ enum Sent {
     Secure,
 }
 
+/// Cuts a buffer handed to a connection into its frames.
+fn frames_in(buffer: &Bytes) -> Vec<Bytes> {
+    let mut frames = Vec::new();
+    let mut rest = buffer.clone();
+    assert!(!rest.is_empty(), "an empty buffer sent");
+    while !rest.is_empty() {
+        assert!(rest.len() >= HEADER_LEN, "a frame shorter than its header");
+        let len = u32::from_be_bytes(rest[..4].try_into().expect("four bytes")) as usize;
+        assert!(
+            rest.len() >= HEADER_LEN + len,
+            "a length field that runs past the buffer"
+        );
+        frames.push(rest.split_to(HEADER_LEN + len));
+    }
+    frames
+}
+
 /// Checks a frame against everything the legacy client requires of it.
 fn check_frame(wire: &Bytes) -> Sent {
     let header: [u8; HEADER_LEN] = wire
@@ -658,6 +692,68 @@ pub fn decoder_seed(capture: &Capture) -> Vec<u8> {
         stream,
     }
     .to_bytes()
+}
+
+/// A `session` seed that reaches the secure extension, which random bytes
+/// almost never do (they would have to be a valid RSA key): two clients
+/// register `public_key` (DER SubjectPublicKeyInfo) and share a secure room,
+/// a legacy client is refused from it, a DM key is asked for, and members
+/// leave, which rotates the room key.
+pub fn secure_session_seed(public_key: &[u8]) -> Vec<u8> {
+    let text = |text: &str| Bytes::copy_from_slice(text.as_bytes());
+    let key = Bytes::copy_from_slice(public_key);
+    let join = || ClientMessage::Join {
+        room: text("vault"),
+        password: Bytes::new(),
+    };
+    let script = [
+        (0, ClientMessage::RegisterKey { key: key.clone() }),
+        (
+            0,
+            ClientMessage::Nick {
+                name: text("alice"),
+            },
+        ),
+        (0, join()),
+        (1, ClientMessage::RegisterKey { key }),
+        (1, ClientMessage::Nick { name: text("bob") }),
+        (1, join()),
+        (2, join()),
+        (
+            0,
+            ClientMessage::RoomMessage {
+                room: text("vault"),
+                text: text("sealed elsewhere"),
+            },
+        ),
+        (
+            0,
+            ClientMessage::DmKeyRequest {
+                target: text("bob"),
+            },
+        ),
+        (1, ClientMessage::Leave),
+    ];
+    let mut events: Vec<SessionEvent> = script
+        .into_iter()
+        .map(|(client, message)| {
+            let frame = message.to_frame();
+            SessionEvent {
+                client,
+                wait: 0,
+                what: Happening::Frame {
+                    opcode: frame.opcode,
+                    payload: frame.payload.to_vec(),
+                },
+            }
+        })
+        .collect();
+    events.push(SessionEvent {
+        client: 0,
+        wait: 0,
+        what: Happening::Close,
+    });
+    SessionEvent::encode(&events)
 }
 
 /// A `session` seed: a capture's clients, each in its own slot, sending

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use parlor::fuzzing::{
-    decoder_seed, frame_decoder, session, session_seed, DecoderInput, Happening, SessionEvent,
-    SESSION_CLIENTS,
+    decoder_seed, frame_decoder, secure_session_seed, session, session_seed, DecoderInput,
+    Happening, SessionEvent, SESSION_CLIENTS,
 };
 use parlor::protocol::ClientMessage;
 use parlor::replay::Capture;
@@ -52,14 +52,20 @@ fn seeds_match_the_captures() {
         .collect();
     pcaps.sort();
     assert!(!pcaps.is_empty());
-    let write = std::env::var_os("PARLOR_WRITE_SEEDS").is_some();
+    let mut seeds = vec![(
+        "session",
+        "secure".to_owned(),
+        secure_session_seed(&public_key()),
+    )];
     for pcap in pcaps {
         let capture = Capture::read(&pcap).unwrap();
-        let name = pcap.file_stem().unwrap().to_string_lossy();
-        for (target, seed) in [
-            ("frame_decoder", decoder_seed(&capture)),
-            ("session", session_seed(&capture)),
-        ] {
+        let name = pcap.file_stem().unwrap().to_string_lossy().into_owned();
+        seeds.push(("frame_decoder", name.clone(), decoder_seed(&capture)));
+        seeds.push(("session", name, session_seed(&capture)));
+    }
+    let write = std::env::var_os("PARLOR_WRITE_SEEDS").is_some();
+    {
+        for (target, name, seed) in seeds {
             let path = corpus(target).join(format!("seed-{name}"));
             if write {
                 std::fs::write(&path, &seed).unwrap();
@@ -72,6 +78,30 @@ fn seeds_match_the_captures() {
             );
         }
     }
+}
+
+/// The public half of the fixed test key the crypto known-answer tests use.
+fn public_key() -> Vec<u8> {
+    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
+    let private = include_bytes!("../src/crypto/testdata/kat-rsa-2048.der");
+    let private = rsa::PrivateKey::from_pkcs8_der(private).unwrap();
+    private
+        .to_public_key()
+        .to_public_key_der()
+        .unwrap()
+        .into_vec()
+}
+
+/// The secure seed is only worth its place if the hub accepts its key, so
+/// that fuzzing starts from inside the secure extension.
+#[test]
+fn the_secure_seed_registers_a_key_the_hub_accepts() {
+    let mut harness = parlor::hub::harness::Harness::new(&parlor::Config::default());
+    let conn = parlor::hub::ConnId(1);
+    harness.connect(conn);
+    let key = Bytes::from(public_key());
+    harness.handle(conn, ClientMessage::RegisterKey { key });
+    assert!(harness.hub.is_secure(conn));
 }
 
 #[test]
