@@ -501,6 +501,7 @@ impl Session {
     /// slot whose event this is, if any.
     fn apply(&mut self, actor: Option<usize>, out: Vec<Action>) {
         let actor_id = actor.and_then(|slot| self.slots[slot].as_ref().map(|conn| conn.id));
+        let mut wraps = Vec::new();
         for action in out {
             match action {
                 Action::Send { to, frame } => {
@@ -567,16 +568,21 @@ impl Session {
                     conn.job = Some(job);
                 }
                 // Key wraps (for connections that registered a valid key)
-                // finish at once, with stand-in wrapped keys.
-                Action::WrapKeys(job) => {
-                    let mut more = Vec::new();
-                    let outcome = fake_wrap(&job);
-                    self.harness
-                        .hub
-                        .keys_wrapped(job.ticket, outcome, &mut more);
-                    let requester = job.requester.and_then(|conn| self.slot_of(conn));
-                    self.apply(requester, more);
-                }
+                // finish once this batch is applied, with stand-in keys.
+                Action::WrapKeys(job) => wraps.push(job),
+            }
+        }
+        for job in wraps {
+            let mut more = Vec::new();
+            let outcome = fake_wrap(&job);
+            self.harness
+                .hub
+                .keys_wrapped(job.ticket, outcome, &mut more);
+            let requester = job.requester.and_then(|conn| self.slot_of(conn));
+            self.apply(requester, more);
+            // As the server does once an owed reply is out: read on.
+            if let Some(slot) = requester {
+                self.receive(slot);
             }
         }
         for conn in self.slots.iter().filter_map(Option::as_ref) {
