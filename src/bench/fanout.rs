@@ -42,7 +42,7 @@ impl FanoutArgs {
 
     /// Member m of room r is connection r·M + m, named after that number, in
     /// room `room<r>` (chatload's names).
-    fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         let members = self.members;
         let endpoints = (0..self.rooms)
             .flat_map(|room| (0..members).map(move |member| (room, member)))

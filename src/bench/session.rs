@@ -59,6 +59,10 @@ impl Setup {
         }
     }
 
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     /// Connects, registers as `nick` and joins `room`, as the legacy client
     /// does.
     pub async fn open(&self, nick: &str, room: Option<&str>) -> anyhow::Result<Session> {
