@@ -537,6 +537,14 @@ impl Messages for Sealed {
             sent_ns,
         })
     }
+
+    /// New room keys: a member that leaves a secure room rotates its key
+    /// (§12.2), so when the run ends and members close, the others get
+    /// keys. (Before that, a member leaves only when its connection fails,
+    /// which the run counts as a disconnect.)
+    fn expects(&self, notice: &SecureMessage) -> bool {
+        matches!(notice, SecureMessage::RoomKey { .. })
+    }
 }
 
 impl Sealed {

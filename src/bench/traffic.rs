@@ -57,7 +57,7 @@ use super::process::{self, CpuMeter, CpuShare};
 use super::sequence::{Arrival, SequenceTracker};
 use super::session::{Session, Setup};
 use super::target::{seconds, TargetArgs};
-use crate::protocol::{opcode, ClientMessage, Frame, ServerMessage, Status};
+use crate::protocol::{opcode, ClientMessage, Frame, SecureMessage, ServerMessage, Status};
 
 /// How much a connection reads per `read` call. Large, so that a receiver
 /// in a busy room takes hundreds of deliveries per system call.
@@ -216,6 +216,13 @@ pub trait Messages: Send + Sync + 'static {
     /// Which message a delivered `text` from the user named `sender` is;
     /// `None` for a text this run never sent.
     fn read(&self, conn: &mut Self::Conn, sender: &[u8], text: &[u8]) -> Option<Delivery>;
+
+    /// Whether a secure-extension frame (PROTOCOL.md §12.6) that is no
+    /// reply to anything is part of this workload's traffic. None is for a
+    /// legacy connection, which must never get one.
+    fn expects(&self, _notice: &SecureMessage) -> bool {
+        false
+    }
 }
 
 /// A delivery recognised as one of the run's messages.
@@ -1004,7 +1011,17 @@ impl<M: Messages> Driver<M> {
         if frame.opcode == opcode::RESPONSE {
             return self.handle_reply(frame);
         }
-        match self.check_delivery(frame) {
+        let message = ServerMessage::parse(frame);
+        if let Ok(ServerMessage::Secure(notice)) = &message {
+            if !self.shared.kind.expects(notice) {
+                self.tally.unexpected += 1;
+            }
+            return;
+        }
+        match message
+            .ok()
+            .and_then(|message| self.check_delivery(message))
+        {
             Some(delivery) => self.count_delivery(delivery, now_ns),
             None => self.tally.unexpected += 1,
         }
@@ -1032,8 +1049,8 @@ impl<M: Messages> Driver<M> {
     /// A delivery this connection should get: one of the run's messages,
     /// from a sender it hears from, attributed to that sender's nick, in the
     /// room (or as the direct message) that sender addressed.
-    fn check_delivery(&mut self, frame: &Frame) -> Option<Delivery> {
-        let (room, sender, text) = match ServerMessage::parse(frame).ok()? {
+    fn check_delivery(&mut self, message: ServerMessage) -> Option<Delivery> {
+        let (room, sender, text) = match message {
             ServerMessage::RoomMessage { room, sender, text } => (Some(room), sender, text),
             ServerMessage::DirectMessage { sender, text } => (None, sender, text),
             ServerMessage::Response { .. } | ServerMessage::Secure(_) => return None,
