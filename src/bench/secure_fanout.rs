@@ -44,9 +44,10 @@
 //!   sequence number within a cycle; which cycle follows from the order the
 //!   server must keep ([`seq_from_position`]): a correct server delivers
 //!   each sender's messages in order, so the position names the next
-//!   expected number, and a lost, duplicated or reordered delivery within a
-//!   cycle's distance is still told apart exactly. With `--messages` at most
-//!   `--pool`, no envelope repeats and the position is the sequence number.
+//!   expected number, and a gap of lost deliveries shorter than ¾ of a
+//!   cycle, or a duplicated or late one up to ¼ of a cycle behind, is still
+//!   told apart exactly. With `--messages` at most `--pool`, no envelope
+//!   repeats and the position is the sequence number.
 //! - **When it left.** The sender records the send time of each message
 //!   in shared memory, at the moment it writes it out, exactly where `fanout`
 //!   writes the time into the stamp; the receiver looks it up by sender
