@@ -89,6 +89,7 @@ use tokio::sync::{watch, Semaphore};
 use super::body::{self, Stamp};
 use super::fanout::FanoutArgs;
 use super::latency::{round1, round3};
+use super::process;
 use super::sequence::seq_from_position;
 use super::session::{Session, Setup, KEEPALIVE};
 use super::target::TargetArgs;
@@ -249,7 +250,7 @@ pub async fn run(args: &SecureFanoutArgs) -> anyhow::Result<SecureFanoutReport> 
     let (traffic, members) = traffic::run(args.target(), load, plan, sealed).await?;
 
     let envelopes_sealed = members.iter().map(|m| m.sealed).sum();
-    let seal_cpu_s = members.iter().map(|m| m.seal_time.as_secs_f64()).sum();
+    let seal_cpu_s = members.iter().map(|m| m.seal_cpu.as_secs_f64()).sum();
     let envelope_bytes = members.first().map_or(0, |m| m.envelope_bytes);
     let deliveries_untimed = members.iter().map(|m| m.untimed).sum();
     let target = args.target().clone();
@@ -385,9 +386,13 @@ struct Member {
     next: Vec<u64>,
     /// Envelopes to open after the run, in the order they arrived.
     kept: Vec<Kept>,
+    /// Envelopes in its pool.
     sealed: u64,
-    seal_time: Duration,
+    /// CPU time its sealing job took.
+    seal_cpu: Duration,
+    /// Size of each of its envelopes.
     envelope_bytes: usize,
+    /// Deliveries whose send time was no longer kept.
     untimed: u64,
 }
 
@@ -468,7 +473,7 @@ impl Messages for Sealed {
                 .await
                 .context("sealing")?
         };
-        let (keyring, pool, seal_time) = session.keep_alive_while(sealing).await?;
+        let (keyring, pool, seal_cpu) = session.keep_alive_while(sealing).await?;
         let envelope_bytes = pool.entries.first().map_or(0, |entry| entry.text().len());
         let sealed = pool.entries.len() as u64;
         if self.pools[index as usize].set(pool).is_err() {
@@ -483,7 +488,7 @@ impl Messages for Sealed {
             next: vec![0; self.members as usize],
             kept: Vec::new(),
             sealed,
-            seal_time,
+            seal_cpu,
             envelope_bytes,
             untimed: 0,
         };
@@ -705,9 +710,9 @@ struct SealJob {
 impl SealJob {
     /// Unwraps the room key and seals the pool under it. Returns the
     /// keyring (which now holds the key, to open envelopes with after the
-    /// run), the pool, and the time it took.
+    /// run), the pool, and the CPU time it took.
     fn seal(mut self) -> anyhow::Result<(Keyring, Pool, Duration)> {
-        let started = Instant::now();
+        let started = process::thread_cpu_time();
         let room = self.room.as_bytes();
         let key = self
             .identity
@@ -719,7 +724,8 @@ impl SealJob {
                     self.epoch
                 )
             })?;
-        self.keyring.add_room_key(room, self.epoch, &key, started);
+        self.keyring
+            .add_room_key(room, self.epoch, &key, Instant::now());
         let entries = (0..self.pool_len)
             .map(|position| {
                 let plaintext = stamp_text(self.index, position, self.message_bytes);
@@ -732,7 +738,8 @@ impl SealJob {
                 Ok(PoolEntry::new(&self.room, envelope))
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok((self.keyring, Pool { entries }, started.elapsed()))
+        let cpu = process::thread_cpu_time().saturating_sub(started);
+        Ok((self.keyring, Pool { entries }, cpu))
     }
 }
 
