@@ -1,8 +1,9 @@
 //! `parlor bench` checked against servers whose behaviour is known: the real
 //! server (every delivery arrives once, in order), and a relay in front of
 //! it that drops, duplicates and reorders chosen deliveries (the bench must
-//! count exactly those). Runs are short and bounded by message counts; no
-//! test asserts anything about speed.
+//! count exactly those, sealed envelopes sent in cycles included). Runs are
+//! short and bounded by message counts; no test asserts anything about
+//! speed.
 
 mod support;
 use support::*;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
-use parlor::bench::{run, IdleReport, Report, TrafficReport, Workload};
+use parlor::bench::{run, IdleReport, Report, SecureFanoutReport, TrafficReport, Workload};
 use parlor::config::Config;
 use parlor::protocol::{opcode, ClientMessage, Frame, FrameCodec, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -59,14 +60,21 @@ async fn bench(command_line: &str) -> Report {
 async fn traffic(command_line: &str) -> TrafficReport {
     match bench(command_line).await {
         Report::Traffic(report) => report,
-        Report::Idle(report) => panic!("not a traffic report: {report:?}"),
+        other => panic!("not a traffic report: {other:?}"),
+    }
+}
+
+async fn secure_fanout(command_line: &str) -> SecureFanoutReport {
+    match bench(command_line).await {
+        Report::SecureFanout(report) => report,
+        other => panic!("not a secure-fanout report: {other:?}"),
     }
 }
 
 async fn idle(command_line: &str) -> IdleReport {
     match bench(command_line).await {
         Report::Idle(report) => report,
-        Report::Traffic(report) => panic!("not an idle report: {report:?}"),
+        other => panic!("not an idle report: {other:?}"),
     }
 }
 
@@ -186,6 +194,97 @@ async fn faults_injected_by_a_relay_are_counted_exactly() {
 }
 
 #[tokio::test]
+async fn secure_fanout_against_parlor_delivers_every_envelope_once_and_each_opens() {
+    let server = TestServer::start(bench_config()).await;
+    // 40 messages from a pool of 8: every envelope goes out five times.
+    let report = secure_fanout(&format!(
+        "secure-fanout --server {} --rooms 2 --members 3 --pool 8 --window 4 --messages 40 --duration 60",
+        server.addr
+    ))
+    .await;
+    let traffic = &report.traffic;
+    assert_eq!(traffic.workload, "secure-fanout");
+    assert_eq!(traffic.sent, 6 * 40);
+    assert_eq!(traffic.expected_deliveries, 6 * 40 * 2);
+    assert_clean(traffic);
+    assert_eq!(traffic.latency_ms.as_ref().unwrap().count, 6 * 40 * 2);
+    assert_eq!(report.deliveries_untimed, 0);
+    assert_eq!(report.envelopes_sealed, 6 * 8);
+    // Each envelope is opened once, by one of its two receivers.
+    assert_eq!(
+        (report.envelopes_verified, report.envelopes_rejected),
+        (6 * 8, 0)
+    );
+    assert!(report.envelope_bytes > 256, "{report:#?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn secure_fanout_counts_faults_exactly_across_pool_cycles() {
+    let server = TestServer::start(bench_config()).await;
+    // A pool of 8, so ordinal n is pool entry n % 8: the faults fall in the
+    // first cycle and across the turn from the first to the second.
+    let relay = FaultyRelay::start(
+        server.addr,
+        &[
+            (("u00000", "u00001", 3), Fault::Drop),
+            (("u00004", "u00003", 20), Fault::Drop),
+            (("u00001", "u00002", 8), Fault::Duplicate),
+            (("u00002", "u00000", 7), Fault::Delay),
+        ],
+    )
+    .await;
+    let report = secure_fanout(&format!(
+        "secure-fanout --server {} --rooms 2 --members 3 --pool 8 --window 4 --messages 30 --duration 60 --drain 0.5",
+        relay.addr
+    ))
+    .await;
+    let traffic = &report.traffic;
+    assert_eq!(traffic.expected_deliveries, 6 * 30 * 2);
+    assert_eq!(
+        (
+            traffic.lost,
+            traffic.duplicated,
+            traffic.reordered,
+            traffic.unexpected
+        ),
+        (2, 1, 1, 0),
+        "{report:#?}"
+    );
+    assert_eq!(
+        traffic.failures,
+        [
+            "lost deliveries: 2",
+            "duplicated deliveries: 1",
+            "reordered deliveries: 1"
+        ]
+    );
+    // None of the faults hit a delivery kept for opening.
+    assert_eq!(
+        (report.envelopes_verified, report.envelopes_rejected),
+        (6 * 8, 0)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn secure_fanout_refuses_a_room_a_legacy_client_created() {
+    let server = TestServer::start(bench_config()).await;
+    let (mut legacy, _) = server.greeted().await;
+    legacy.request(&join("room0", ""), &ok_bytes()).await;
+    let workload = workload(&format!(
+        "secure-fanout --server {} --rooms 1 --members 2 --messages 1",
+        server.addr
+    ));
+    let err = run(&workload).await.unwrap_err().to_string();
+    assert!(
+        err.contains("room0 is a plaintext room (a legacy client created it)"),
+        "{err}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn idle_connections_outlive_the_idle_timeout_and_the_probe_is_answered() {
     // Without heartbeats every connection would be cut after 1.5 s.
     let server = TestServer::start(Config {
@@ -254,6 +353,19 @@ fn nonsense_options_are_refused_before_connecting() {
         ("bench dm --message-bytes 20", "--message-bytes: from 54"),
         ("bench idle --settle 5 --hold 1", "--settle: at most --hold"),
         ("bench fanout --duration 0", "--duration: a positive number"),
+        (
+            "bench secure-fanout --rsa-bits 1024",
+            "--rsa-bits: from 2048 to 4096",
+        ),
+        ("bench secure-fanout --pool 4", "--pool: from 8"),
+        (
+            "bench secure-fanout --rooms 200 --members 100",
+            "--rooms × --members: at most 10000",
+        ),
+        (
+            "bench secure-fanout --message-bytes 65300",
+            "--message-bytes: at most 65199",
+        ),
     ] {
         let output = parlor(args);
         assert_eq!(output.status.code(), Some(2), "{args}");

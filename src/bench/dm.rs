@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::target::TargetArgs;
-use super::traffic::{self, Endpoint, LoadArgs, Plan, Target, TrafficReport};
+use super::traffic::{self, Endpoint, LoadArgs, Plan, Stamped, Target, TrafficReport};
 
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct DmArgs {
@@ -55,5 +55,9 @@ impl DmArgs {
 }
 
 pub async fn run(args: &DmArgs) -> anyhow::Result<TrafficReport> {
-    traffic::run(&args.target, &args.load, args.plan()).await
+    let messages = Stamped {
+        message_bytes: args.load.message_bytes,
+    };
+    let (report, _) = traffic::run(&args.target, &args.load, args.plan(), messages).await?;
+    Ok(report)
 }

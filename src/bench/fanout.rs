@@ -6,7 +6,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::target::TargetArgs;
-use super::traffic::{self, Endpoint, LoadArgs, Plan, Target, TrafficReport};
+use super::traffic::{self, Endpoint, LoadArgs, Plan, Stamped, Target, TrafficReport};
 
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct FanoutArgs {
@@ -42,7 +42,7 @@ impl FanoutArgs {
 
     /// Member m of room r is connection r·M + m, named after that number, in
     /// room `room<r>` (chatload's names).
-    fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         let members = self.members;
         let endpoints = (0..self.rooms)
             .flat_map(|room| (0..members).map(move |member| (room, member)))
@@ -68,5 +68,9 @@ impl FanoutArgs {
 }
 
 pub async fn run(args: &FanoutArgs) -> anyhow::Result<TrafficReport> {
-    traffic::run(&args.target, &args.load, args.plan()).await
+    let messages = Stamped {
+        message_bytes: args.load.message_bytes,
+    };
+    let (report, _) = traffic::run(&args.target, &args.load, args.plan(), messages).await?;
+    Ok(report)
 }

@@ -12,7 +12,8 @@
 //! Each workload is a small module that describes its connections and
 //! options; the shared machinery does the rest:
 //!
-//! - `fanout.rs`, `dm.rs`: message workloads, run by `traffic.rs`;
+//! - `fanout.rs`, `dm.rs`, `secure_fanout.rs`: message workloads, run by
+//!   `traffic.rs`;
 //! - `idle.rs`: connections that only keep alive, then a probe;
 //! - `session.rs`: one connection and the legacy setup steps;
 //! - `body.rs`: the stamp in every message;
@@ -34,6 +35,7 @@ mod fanout;
 mod idle;
 mod latency;
 mod process;
+mod secure_fanout;
 mod sequence;
 mod session;
 mod target;
@@ -48,6 +50,7 @@ pub use dm::DmArgs;
 pub use fanout::FanoutArgs;
 pub use idle::{IdleArgs, IdleReport};
 pub use latency::LatencySummary;
+pub use secure_fanout::{SecureFanoutArgs, SecureFanoutReport};
 pub use target::TargetArgs;
 pub use traffic::{LoadArgs, TrafficReport};
 
@@ -65,6 +68,10 @@ pub struct BenchArgs {
 pub enum Workload {
     /// R rooms x M members, every member sending to its room.
     Fanout(FanoutArgs),
+    /// The same as fanout through the secure extension: every member
+    /// registers an RSA key, and every message is an envelope sealed
+    /// before the run.
+    SecureFanout(SecureFanoutArgs),
     /// P pairs of users sending each other direct messages.
     Dm(DmArgs),
     /// N connections kept alive with heartbeats: the server's memory per
@@ -77,6 +84,7 @@ pub enum Workload {
 #[serde(untagged)]
 pub enum Report {
     Traffic(TrafficReport),
+    SecureFanout(SecureFanoutReport),
     Idle(IdleReport),
 }
 
@@ -86,6 +94,7 @@ impl Report {
     pub fn failures(&self) -> &[String] {
         match self {
             Report::Traffic(report) => &report.failures,
+            Report::SecureFanout(report) => &report.traffic.failures,
             Report::Idle(report) => &report.failures,
         }
     }
@@ -93,6 +102,7 @@ impl Report {
     pub fn summary(&self) -> String {
         match self {
             Report::Traffic(report) => report.summary(),
+            Report::SecureFanout(report) => report.summary(),
             Report::Idle(report) => report.summary(),
         }
     }
@@ -118,6 +128,10 @@ pub async fn run(workload: &Workload) -> Result<Report, BenchError> {
         Workload::Fanout(args) => {
             args.validate().map_err(BenchError::Usage)?;
             Report::Traffic(fanout::run(args).await.map_err(BenchError::Run)?)
+        }
+        Workload::SecureFanout(args) => {
+            args.validate().map_err(BenchError::Usage)?;
+            Report::SecureFanout(secure_fanout::run(args).await.map_err(BenchError::Run)?)
         }
         Workload::Dm(args) => {
             args.validate().map_err(BenchError::Usage)?;

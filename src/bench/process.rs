@@ -11,11 +11,21 @@ use std::time::{Duration, Instant};
 
 /// CPU time (user + system) this process has used so far.
 pub fn own_cpu_time() -> Duration {
+    cpu_time_of(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) the calling thread has used so far: what one
+/// job on a worker thread cost, whatever else the machine was doing.
+pub fn thread_cpu_time() -> Duration {
+    cpu_time_of(libc::RUSAGE_THREAD)
+}
+
+fn cpu_time_of(who: libc::c_int) -> Duration {
     // SAFETY: getrusage only writes into the struct we hand it, and a
     // zeroed `rusage` is a valid value of that plain C struct.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        libc::getrusage(who, &mut usage);
         usage
     };
     let time = |t: libc::timeval| {
@@ -157,6 +167,7 @@ mod tests {
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(cpu_time(pid).is_ok());
         assert!(allowed_cpus(pid).is_some());
+        assert!(thread_cpu_time() <= own_cpu_time());
         assert!(!is_alive(u32::MAX));
     }
 }

@@ -16,6 +16,9 @@
 //! When a gap (a loss) falls more than 128 numbers behind the newest, the
 //! window moves past it; a delivery that then arrives for the gap is too
 //! late to tell from a duplicate and is counted as one.
+//!
+//! Messages that cannot carry their own sequence number, only their
+//! position in a repeating cycle, get it back from [`seq_from_position`].
 
 /// How far above the oldest gap the tracker remembers individual numbers.
 const WINDOW: u64 = u128::BITS as u64;
@@ -79,6 +82,34 @@ impl SequenceTracker {
     }
 }
 
+/// The sequence number of a message that carries only its position in a
+/// cycle of `cycle` messages (`position = seq % cycle`), for a receiver that
+/// expects `next` from that sender: one more than the highest sequence
+/// number seen so far.
+///
+/// Messages whose content is fixed in advance, such as envelopes signed
+/// before the run and sent again and again, cannot carry their own
+/// sequence number. But a correct server delivers each sender's messages in
+/// order, so a position names `next` itself; and a faulty one is still
+/// caught as long as it strays less than a cycle. The answer is the
+/// candidate nearest `next`, leaning forward: up to three quarters of a
+/// cycle ahead (the messages in between were lost), or up to a quarter
+/// behind (a duplicate, or a late, reordered message). Beyond that the
+/// server is counted at fault all the same, only under another name.
+///
+/// When no sender sends more than `cycle` messages, every message is
+/// distinct and its position is its sequence number: callers need not ask.
+pub fn seq_from_position(position: u64, cycle: u64, next: u64) -> u64 {
+    debug_assert!(position < cycle, "position {position} of a {cycle} cycle");
+    let ahead = (position + cycle - next % cycle) % cycle;
+    let behind = cycle - ahead;
+    if ahead > 0 && behind <= cycle / 4 && behind <= next {
+        next - behind
+    } else {
+        next + ahead
+    }
+}
+
 fn shift_down(bits: u128, by: u64) -> u128 {
     u32::try_from(by)
         .ok()
@@ -129,6 +160,27 @@ mod tests {
         let got = arrivals(seqs);
         assert!(got[..300].iter().all(|a| *a == InOrder));
         assert_eq!(&got[300..], [Duplicate, InOrder, Reordered]);
+    }
+
+    #[test]
+    fn positions_in_a_cycle_become_sequence_numbers() {
+        let seq = |position, next| seq_from_position(position, 64, next);
+        // In order, across the end of the cycle and on.
+        assert_eq!(seq(0, 0), 0);
+        assert_eq!(seq(63, 63), 63);
+        assert_eq!(seq(0, 64), 64);
+        assert_eq!(seq(5, 645), 645);
+        // Lost messages: up to three quarters of a cycle ahead.
+        assert_eq!(seq(10, 5), 10);
+        assert_eq!(seq(52, 5), 52);
+        assert_eq!(seq(3, 130), 131);
+        // Duplicates and late messages: up to a quarter behind.
+        assert_eq!(seq(5, 6), 5);
+        assert_eq!(seq(63, 64), 63);
+        assert_eq!(seq(50, 66), 50);
+        // Nothing lies before the first message.
+        assert_eq!(seq(63, 0), 63);
+        assert_eq!(seq(60, 2), 60);
     }
 
     #[test]

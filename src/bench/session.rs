@@ -6,7 +6,12 @@
 //! themselves through [`Session::stream`], [`Session::try_read`] and
 //! [`Session::next_frame`], so that reading and writing share one task
 //! without a lock.
+//!
+//! A connection that waits (for the others to be set up, for keys, for the
+//! start) sends the real client's heartbeat every [`KEEPALIVE`], so that a
+//! long setup never runs into the server's idle timeout.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +37,10 @@ pub const GREETING: &[u8] = "Xin chào. Bonghjornu.".as_bytes();
 /// The real client's heartbeat payload: a length byte and 31 characters.
 pub const HEARTBEAT: &[u8] = b"\x1fstaying alive, staying alive...";
 
+/// How often a waiting connection sends a heartbeat: well inside parlor's
+/// default idle timeout of 30 s, and about as often as the real client.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
 /// How connections are set up: where to, how many at once, and how long
 /// each may take. Cheap to clone into every connection task.
 #[derive(Clone)]
@@ -50,18 +59,33 @@ impl Setup {
         }
     }
 
-    /// Connects, registers as `nick` and joins `room`, waiting for a
-    /// permit first so that the server is not flooded with handshakes.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Connects, registers as `nick` and joins `room`, as the legacy client
+    /// does.
     pub async fn open(&self, nick: &str, room: Option<&str>) -> anyhow::Result<Session> {
-        let _permit = self.permits.acquire().await?;
-        let steps = async {
+        self.within_limits(async {
             let mut session = Session::connect(self.server).await?;
             session.register(nick).await?;
             if let Some(room) = room {
                 session.join(room).await?;
             }
-            anyhow::Ok(session)
-        };
+            Ok(session)
+        })
+        .await
+    }
+
+    /// Runs the setup `steps` of one connection once a permit is free, so
+    /// that the server is not flooded with handshakes, and within the setup
+    /// timeout. The steps start only when polled, so connecting waits for
+    /// the permit too.
+    pub async fn within_limits<T>(
+        &self,
+        steps: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let _permit = self.permits.acquire().await?;
         tokio::time::timeout(self.timeout, steps)
             .await
             .map_err(|_| anyhow!("setup took longer than {:?}", self.timeout))?
@@ -115,29 +139,73 @@ impl Session {
         self.expect_ok(&join, "JOIN").await
     }
 
-    /// Sends a request and waits for its reply; anything but `9a 00` is an
-    /// error that quotes the server's text.
+    /// Sends a request and waits for its reply, which must be a bare
+    /// `9a 00`; anything else is an error that quotes the server's text.
     pub async fn expect_ok(&mut self, request: &ClientMessage, name: &str) -> anyhow::Result<()> {
-        self.send(&request.to_frame().to_bytes()).await?;
-        let frame = self
-            .read_frame()
-            .await?
-            .ok_or_else(|| anyhow!("server closed the connection before answering {name}"))?;
-        if frame.opcode != opcode::RESPONSE {
+        match self.request(request, name).await?.first() {
             // Deliveries cannot arrive before the bench sends traffic; one
             // that does means another client is using the server.
-            bail!(
+            Some(frame) => bail!(
                 "unexpected frame 0x{:02x} while waiting for the {name} reply",
                 frame.opcode
-            );
+            ),
+            None => Ok(()),
         }
-        match frame.payload.split_first() {
-            Some((&status, _)) if status == Status::Ok as u8 => Ok(()),
+    }
+
+    /// Sends a request and reads its reply up to the `9a`, which must be
+    /// `9a 00`. Returns the frames that came before it: a secure
+    /// connection's confirmations and keys (PROTOCOL.md §12.1), which the
+    /// caller checks.
+    pub async fn request(
+        &mut self,
+        request: &ClientMessage,
+        name: &str,
+    ) -> anyhow::Result<Vec<Frame>> {
+        self.send(&request.to_frame().to_bytes()).await?;
+        let mut before = Vec::new();
+        let reply = loop {
+            let frame = self
+                .read_frame()
+                .await?
+                .ok_or_else(|| anyhow!("server closed the connection before answering {name}"))?;
+            if frame.opcode == opcode::RESPONSE {
+                break frame;
+            }
+            before.push(frame);
+        };
+        match reply.payload.split_first() {
+            Some((&status, _)) if status == Status::Ok as u8 => Ok(before),
             Some((status, text)) => bail!(
                 "{name} refused ({status:02x}): {}",
                 String::from_utf8_lossy(text)
             ),
             None => bail!("empty reply to {name}"),
+        }
+    }
+
+    /// Sends the real client's heartbeat, which the server does not answer.
+    pub async fn heartbeat(&mut self) -> io::Result<()> {
+        let heartbeat = ClientMessage::Heartbeat {
+            payload: Bytes::from_static(HEARTBEAT),
+        };
+        self.send(&heartbeat.to_frame().to_bytes()).await
+    }
+
+    /// Waits for `until`, sending a heartbeat every [`KEEPALIVE`] meanwhile.
+    /// Nothing is read: what the server sends waits in the socket. A
+    /// heartbeat that cannot be written means the connection is gone, which
+    /// the next read finds out; the wait goes on without heartbeats.
+    pub async fn keep_alive_while<T>(&mut self, until: impl Future<Output = T>) -> T {
+        tokio::pin!(until);
+        let mut alive = true;
+        loop {
+            tokio::select! {
+                value = &mut until => return value,
+                () = tokio::time::sleep(KEEPALIVE), if alive => {
+                    alive = self.heartbeat().await.is_ok();
+                }
+            }
         }
     }
 

@@ -1,14 +1,17 @@
-//! The engine behind the message workloads (`fanout`, `dm`): a workload
-//! describes its connections as a [`Plan`], and this module sets them up,
+//! The engine behind the message workloads (`fanout`, `dm`,
+//! `secure-fanout`): a workload describes its connections as a [`Plan`] and
+//! what its messages are as [`Messages`], and this module sets them up,
 //! sends, receives, checks and measures.
 //!
 //! A run goes through four phases, each reported by the coordinator to
 //! every connection task through one `watch` channel:
 //!
 //! 1. **Setup.** Every connection connects, says HELLO, takes its nick and
-//!    joins its room, `--connect-concurrency` at a time. Traffic starts only
+//!    joins its room, `--connect-concurrency` at a time (and does whatever
+//!    else its [`Messages`] needs before it can send). Traffic starts only
 //!    when all of them are ready, so that no message goes to a half-filled
-//!    room; a connection that cannot be set up fails the run.
+//!    room; a connection that cannot be set up fails the run. Ready
+//!    connections send heartbeats while they wait for the others.
 //! 2. **Send.** All senders start at the same instant. In a closed loop each
 //!    keeps `--window` messages unanswered: the server's `9a` reply to a
 //!    message frees its slot, and all free slots go out in one write. At a
@@ -25,14 +28,15 @@
 //! without a lock, and keeps its counts to itself until the end. The only
 //! shared writes on the hot path are one atomic add and one histogram lock
 //! per read batch. Messages are written straight into a reused output
-//! buffer (frame header and target from a template, then the stamp), so
-//! sending allocates nothing.
+//! buffer (for [`Stamped`] messages: frame header and target from a
+//! template, then the stamp), so sending allocates nothing.
 //!
 //! The throughput and latency figures cover what happens after `--warmup`:
 //! deliveries/s counts deliveries received after it, latency covers
 //! messages sent after it. Correctness (lost, duplicated, reordered,
 //! unexpected) covers every message of the run.
 
+use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -53,7 +57,7 @@ use super::process::{self, CpuMeter, CpuShare};
 use super::sequence::{Arrival, SequenceTracker};
 use super::session::{Session, Setup};
 use super::target::{seconds, TargetArgs};
-use crate::protocol::{opcode, ClientMessage, Frame, ServerMessage, Status};
+use crate::protocol::{opcode, ClientMessage, Frame, SecureMessage, ServerMessage, Status};
 
 /// How much a connection reads per `read` call. Large, so that a receiver
 /// in a busy room takes hundreds of deliveries per system call.
@@ -185,7 +189,89 @@ impl Target {
     }
 }
 
-/// The result of a `fanout` or `dm` run (one JSON line).
+/// What a workload's messages are. The engine paces, counts and times
+/// them; this says how a connection gets ready to send them, what goes on
+/// the wire, and which message a delivered text is.
+///
+/// [`Stamped`] is the plain bench message of `fanout` and `dm`. A workload
+/// whose messages are something else brings its own.
+pub trait Messages: Send + Sync + 'static {
+    /// What one connection keeps for its messages. The engine hands it
+    /// back to the workload when the run is over.
+    type Conn: Send + 'static;
+
+    /// Connects connection `index`, described by `endpoint`, and makes it
+    /// ready to send.
+    fn open(
+        &self,
+        index: u32,
+        endpoint: &Endpoint,
+        setup: &Setup,
+    ) -> impl Future<Output = anyhow::Result<(Session, Self::Conn)>> + Send;
+
+    /// Appends the whole frame of the message `stamp` describes to `out`.
+    /// Called at the moment of sending: `stamp.sent_ns` is now.
+    fn write(&self, conn: &mut Self::Conn, stamp: Stamp, out: &mut Vec<u8>);
+
+    /// Which message a delivered `text` from the user named `sender` is;
+    /// `None` for a text this run never sent.
+    fn read(&self, conn: &mut Self::Conn, sender: &[u8], text: &[u8]) -> Option<Delivery>;
+
+    /// Whether a secure-extension frame (PROTOCOL.md §12.6) that is no
+    /// reply to anything is part of this workload's traffic. None is for a
+    /// legacy connection, which must never get one.
+    fn expects(&self, _notice: &SecureMessage) -> bool {
+        false
+    }
+}
+
+/// A delivery recognised as one of the run's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Plan index of the sender.
+    pub sender: u32,
+    pub seq: u64,
+    /// When it was sent, on the bench's clock; `None` when that is no
+    /// longer known, and so its latency is not measured.
+    pub sent_ns: Option<u64>,
+}
+
+/// The plain bench message: a stamp that carries its sender, sequence
+/// number and send time in its text (see `body.rs`).
+pub struct Stamped {
+    pub message_bytes: usize,
+}
+
+impl Messages for Stamped {
+    /// The frame bytes before the text, the same for every message.
+    type Conn = Vec<u8>;
+
+    async fn open(
+        &self,
+        _index: u32,
+        endpoint: &Endpoint,
+        setup: &Setup,
+    ) -> anyhow::Result<(Session, Vec<u8>)> {
+        let session = setup.open(&endpoint.nick, endpoint.room.as_deref()).await?;
+        Ok((session, endpoint.sends_to.frame_prefix(self.message_bytes)))
+    }
+
+    fn write(&self, prefix: &mut Vec<u8>, stamp: Stamp, out: &mut Vec<u8>) {
+        out.extend_from_slice(prefix);
+        body::write(out, stamp, self.message_bytes);
+    }
+
+    fn read(&self, _: &mut Vec<u8>, _sender: &[u8], text: &[u8]) -> Option<Delivery> {
+        let stamp = body::parse(text)?;
+        Some(Delivery {
+            sender: stamp.sender,
+            seq: stamp.seq,
+            sent_ns: Some(stamp.sent_ns),
+        })
+    }
+}
+
+/// The result of a message workload's run (one JSON line).
 #[derive(Debug, Serialize)]
 pub struct TrafficReport {
     pub tool: &'static str,
@@ -244,12 +330,14 @@ pub struct TrafficReport {
     summary_title: String,
 }
 
-/// Runs a plan against the server.
-pub async fn run(
+/// Runs a plan against the server. Returns the report, and what each
+/// connection kept for its messages (in plan order).
+pub async fn run<M: Messages>(
     target: &TargetArgs,
     load: &LoadArgs,
     plan: Plan,
-) -> anyhow::Result<TrafficReport> {
+    messages: M,
+) -> anyhow::Result<(TrafficReport, Vec<M::Conn>)> {
     let connections = plan.endpoints.len();
     if let Err(err) = process::ensure_open_files(connections as u64 + 64) {
         bail!("cannot open {connections} connections: {err}");
@@ -262,10 +350,10 @@ pub async fn run(
         window: load.window,
         rate: load.rate,
         messages: load.messages,
-        message_bytes: load.message_bytes,
         latencies: LatencyHistogram::new(),
         progress: Progress::default(),
         plan,
+        kind: messages,
     });
     let (phase, phase_rx) = watch::channel(Phase::Setup);
     let setup_started = Instant::now();
@@ -276,8 +364,11 @@ pub async fn run(
     let rss_after = rss();
     let _ = phase.send(Phase::Stop);
     let mut tally = Tally::default();
+    let mut conns = Vec::with_capacity(connections);
     for task in tasks {
-        tally.add(&task.await?);
+        let (connection_tally, conn) = task.await?;
+        tally.add(&connection_tally);
+        conns.extend(conn);
     }
     let readings = Readings {
         setup_s,
@@ -288,17 +379,18 @@ pub async fn run(
         rss_loaded,
         rss_after,
     };
-    Ok(TrafficReport::new(&shared, target, load, &tally, &readings))
+    let report = TrafficReport::new(&shared, target, load, &tally, &readings);
+    Ok((report, conns))
 }
 
 /// Starts one task per endpoint and waits until every one is set up; if
 /// any cannot be, stops them all and fails the run.
-async fn set_up(
-    shared: &Arc<Shared>,
+async fn set_up<M: Messages>(
+    shared: &Arc<Shared<M>>,
     target: &TargetArgs,
     phase: &watch::Sender<Phase>,
     phase_rx: watch::Receiver<Phase>,
-) -> anyhow::Result<Vec<JoinHandle<Tally>>> {
+) -> anyhow::Result<Vec<JoinHandle<(Tally, Option<M::Conn>)>>> {
     let connections = shared.plan.endpoints.len();
     let setup = Setup::new(target);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -336,8 +428,8 @@ async fn set_up(
 /// Starts the senders, waits until they are done and the deliveries are
 /// in (or `--drain` runs out). Returns the schedule, the CPU use from the
 /// end of the warmup on, and whether everything arrived.
-async fn send_and_drain(
-    shared: &Shared,
+async fn send_and_drain<M: Messages>(
+    shared: &Shared<M>,
     load: &LoadArgs,
     pid: Option<u32>,
     phase: &watch::Sender<Phase>,
@@ -380,8 +472,8 @@ struct Readings {
 }
 
 impl TrafficReport {
-    fn new(
-        shared: &Shared,
+    fn new<M: Messages>(
+        shared: &Shared<M>,
         target: &TargetArgs,
         load: &LoadArgs,
         tally: &Tally,
@@ -548,13 +640,15 @@ struct Schedule {
 
 /// What every connection task reads, plus the few counters the coordinator
 /// needs while the run goes on.
-struct Shared {
+struct Shared<M> {
     plan: Plan,
+    /// What the messages are.
+    kind: M,
     clock: Clock,
     window: u64,
     rate: Option<f64>,
+    /// Messages per sender at most.
     messages: u64,
-    message_bytes: usize,
     latencies: LatencyHistogram,
     progress: Progress,
 }
@@ -614,38 +708,46 @@ impl Tally {
 }
 
 /// One connection task: set up, wait for the start, then drive traffic.
-async fn run_connection(
+/// Returns its counts, and what it kept for its messages if it was set up.
+async fn run_connection<M: Messages>(
     index: u32,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<M>>,
     setup: Setup,
     ready: mpsc::UnboundedSender<Result<(), String>>,
     mut phase: watch::Receiver<Phase>,
-) -> Tally {
+) -> (Tally, Option<M::Conn>) {
     let endpoint = &shared.plan.endpoints[index as usize];
-    let session = match setup.open(&endpoint.nick, endpoint.room.as_deref()).await {
-        Ok(session) => {
+    let (mut session, conn) = match shared.kind.open(index, endpoint, &setup).await {
+        Ok(opened) => {
             let _ = ready.send(Ok(()));
-            session
+            opened
         }
         Err(err) => {
             let _ = ready.send(Err(format!("{}: {err:#}", endpoint.nick)));
-            return Tally::default();
+            return (Tally::default(), None);
         }
     };
     drop(ready);
-    let schedule = loop {
+    let Some(schedule) = session.keep_alive_while(start_signal(&mut phase)).await else {
+        return (Tally::default(), Some(conn));
+    };
+    let (tally, conn) = Driver::new(index, shared, session, conn, schedule)
+        .run(phase)
+        .await;
+    (tally, Some(conn))
+}
+
+/// The schedule, once the coordinator says to send; `None` if it says to
+/// stop instead.
+async fn start_signal(phase: &mut watch::Receiver<Phase>) -> Option<Schedule> {
+    loop {
         match *phase.borrow_and_update() {
-            Phase::Send(schedule) => break schedule,
-            Phase::Stop => return Tally::default(),
+            Phase::Send(schedule) => return Some(schedule),
+            Phase::Stop => return None,
             Phase::Setup => {}
         }
-        if phase.changed().await.is_err() {
-            return Tally::default();
-        }
-    };
-    Driver::new(index, shared, session, schedule)
-        .run(phase)
-        .await
+        phase.changed().await.ok()?;
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -668,13 +770,13 @@ enum Ended {
 
 /// A connection during the run: sends its messages and checks what it
 /// receives.
-struct Driver {
+struct Driver<M: Messages> {
     index: u32,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<M>>,
     schedule: Schedule,
     session: Session,
-    /// Frame bytes before the message text, the same for every message.
-    prefix: Vec<u8>,
+    /// What the connection keeps for its messages.
+    conn: M::Conn,
     /// Frames waiting to be written; `out[written..]` is still unwritten.
     out: Vec<u8>,
     written: usize,
@@ -688,16 +790,21 @@ struct Driver {
     tally: Tally,
 }
 
-impl Driver {
-    fn new(index: u32, shared: Arc<Shared>, session: Session, schedule: Schedule) -> Driver {
+impl<M: Messages> Driver<M> {
+    fn new(
+        index: u32,
+        shared: Arc<Shared<M>>,
+        session: Session,
+        conn: M::Conn,
+        schedule: Schedule,
+    ) -> Driver<M> {
         let endpoint = &shared.plan.endpoints[index as usize];
-        let prefix = endpoint.sends_to.frame_prefix(shared.message_bytes);
         let trackers = vec![SequenceTracker::default(); endpoint.hears_from.len()];
         Driver {
             index,
             schedule,
             session,
-            prefix,
+            conn,
             out: Vec::new(),
             written: 0,
             sending: Sending::NotYet,
@@ -710,7 +817,7 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, mut phase: watch::Receiver<Phase>) -> Tally {
+    async fn run(mut self, mut phase: watch::Receiver<Phase>) -> (Tally, M::Conn) {
         let stop_sending = sleep_until(self.schedule.stop_sending.into());
         let next_due = sleep_until(self.schedule.start.into());
         tokio::pin!(stop_sending, next_due);
@@ -760,7 +867,7 @@ impl Driver {
                 let _ = tokio::time::timeout(TEARDOWN_TIMEOUT, self.finish()).await;
             }
         }
-        self.tally
+        (self.tally, self.conn)
     }
 
     /// Sends what is due now: every free window slot in a closed loop,
@@ -818,13 +925,12 @@ impl Driver {
         let shared = &*self.shared;
         let now_ns = shared.clock.now_ns();
         for _ in 0..count {
-            self.out.extend_from_slice(&self.prefix);
             let stamp = Stamp {
                 sender: self.index,
                 seq: self.next_seq,
                 sent_ns: now_ns,
             };
-            body::write(&mut self.out, stamp, shared.message_bytes);
+            shared.kind.write(&mut self.conn, stamp, &mut self.out);
             self.next_seq += 1;
         }
         self.unanswered += count;
@@ -905,8 +1011,18 @@ impl Driver {
         if frame.opcode == opcode::RESPONSE {
             return self.handle_reply(frame);
         }
-        match self.check_delivery(frame) {
-            Some(stamp) => self.count_delivery(stamp, now_ns),
+        let message = ServerMessage::parse(frame);
+        if let Ok(ServerMessage::Secure(notice)) = &message {
+            if !self.shared.kind.expects(notice) {
+                self.tally.unexpected += 1;
+            }
+            return;
+        }
+        match message
+            .ok()
+            .and_then(|message| self.check_delivery(message))
+        {
+            Some(delivery) => self.count_delivery(delivery, now_ns),
             None => self.tally.unexpected += 1,
         }
     }
@@ -930,22 +1046,22 @@ impl Driver {
         }
     }
 
-    /// The stamp of a delivery this connection should get: from a sender it
-    /// hears from, attributed to that sender's nick, in the room (or as the
-    /// direct message) that sender addressed.
-    fn check_delivery(&self, frame: &Frame) -> Option<Stamp> {
-        let (room, sender, text) = match ServerMessage::parse(frame).ok()? {
+    /// A delivery this connection should get: one of the run's messages,
+    /// from a sender it hears from, attributed to that sender's nick, in the
+    /// room (or as the direct message) that sender addressed.
+    fn check_delivery(&mut self, message: ServerMessage) -> Option<Delivery> {
+        let (room, sender, text) = match message {
             ServerMessage::RoomMessage { room, sender, text } => (Some(room), sender, text),
             ServerMessage::DirectMessage { sender, text } => (None, sender, text),
             ServerMessage::Response { .. } | ServerMessage::Secure(_) => return None,
         };
-        let stamp = body::parse(&text)?;
+        let delivery = self.shared.kind.read(&mut self.conn, &sender, &text)?;
         let endpoints = &self.shared.plan.endpoints;
         let me = &endpoints[self.index as usize];
-        if stamp.sender == self.index || !me.hears_from.contains(&stamp.sender) {
+        if delivery.sender == self.index || !me.hears_from.contains(&delivery.sender) {
             return None;
         }
-        let from = endpoints.get(stamp.sender as usize)?;
+        let from = endpoints.get(delivery.sender as usize)?;
         if from.nick.as_bytes() != sender {
             return None;
         }
@@ -954,15 +1070,15 @@ impl Driver {
             (Target::User(to), None) => *to == me.nick,
             _ => false,
         };
-        addressed.then_some(stamp)
+        addressed.then_some(delivery)
     }
 
-    fn count_delivery(&mut self, stamp: Stamp, now_ns: u64) {
+    fn count_delivery(&mut self, delivery: Delivery, now_ns: u64) {
         let first_sender = self.shared.plan.endpoints[self.index as usize]
             .hears_from
             .start;
-        let tracker = &mut self.trackers[(stamp.sender - first_sender) as usize];
-        let arrival = tracker.record(stamp.seq);
+        let tracker = &mut self.trackers[(delivery.sender - first_sender) as usize];
+        let arrival = tracker.record(delivery.seq);
         if arrival == Arrival::Duplicate {
             self.tally.duplicated += 1;
             return;
@@ -972,8 +1088,8 @@ impl Driver {
         }
         self.tally.delivered += 1;
         let measure_from_ns = self.schedule.measure_from_ns;
-        if stamp.sent_ns >= measure_from_ns {
-            self.latencies.push(now_ns.saturating_sub(stamp.sent_ns));
+        if let Some(sent_ns) = delivery.sent_ns.filter(|&ns| ns >= measure_from_ns) {
+            self.latencies.push(now_ns.saturating_sub(sent_ns));
         }
         if now_ns >= measure_from_ns {
             self.tally.delivered_measured += 1;
