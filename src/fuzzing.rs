@@ -10,6 +10,7 @@
 //! property tests. Each body panics, with the broken invariant in the
 //! message, on anything wrong.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -18,6 +19,7 @@ use tokio_util::codec::Decoder;
 use crate::config::Config;
 use crate::hub::harness::{fake_wrap, Harness};
 use crate::hub::{Action, CloseReason, ConnId, PasswordJob};
+use crate::protocol::secure::opcode as secure_opcode;
 use crate::protocol::{
     opcode, ClientMessage, Frame, FrameCodec, FrameError, ServerMessage, HEADER_LEN, MAGIC,
     MAX_CLIENT_PAYLOAD,
@@ -341,6 +343,13 @@ struct Connection {
     oracle_dead: bool,
     requests: usize,
     answered: usize,
+    /// The opcodes of the requests not answered yet, oldest first (`None`
+    /// for bytes that are not a frame), so that each `9a` is matched to
+    /// the request it answers.
+    unanswered: VecDeque<Option<u8>>,
+    /// A REGISTER_KEY was answered `9a 00`: from then on the connection is
+    /// secure and may get frames of the secure extension.
+    secure: bool,
 }
 
 struct Session {
@@ -437,6 +446,8 @@ impl Session {
             oracle: FrameCodec::new(self.max_payload),
             oracle_buffer: BytesMut::new(),
             oracle_dead: false,
+            unanswered: VecDeque::new(),
+            secure: false,
             requests: 0,
             answered: 0,
         });
@@ -513,7 +524,7 @@ impl Session {
                     // reply); each must stand on its own.
                     for frame in frames_in(&frame) {
                         match check_frame(&frame) {
-                            Sent::Response(_) => {
+                            Sent::Response(status) => {
                                 assert_eq!(
                                     Some(to),
                                     actor_id,
@@ -521,6 +532,10 @@ impl Session {
                                 );
                                 let conn = self.slots[slot].as_mut().expect("slot found");
                                 conn.answered += 1;
+                                let request = conn.unanswered.pop_front().flatten();
+                                if request == Some(secure_opcode::REGISTER_KEY) && status == 0 {
+                                    conn.secure = true;
+                                }
                                 assert!(
                                     conn.answered <= conn.requests,
                                     "{to} got more answers than it made requests"
@@ -541,7 +556,7 @@ impl Session {
                             }
                             Sent::DirectMessage => {}
                             Sent::Secure => assert!(
-                                self.harness.hub.is_secure(to),
+                                self.slots[slot].as_ref().expect("slot found").secure,
                                 "a secure-extension frame to legacy connection {to}"
                             ),
                         }
@@ -608,10 +623,15 @@ impl Connection {
         self.taken = taken;
         while !self.oracle_dead {
             match self.oracle.decode(&mut self.oracle_buffer) {
-                Ok(Some(frame)) => self.requests += usize::from(frame.opcode != opcode::HEARTBEAT),
+                Ok(Some(frame)) if frame.opcode == opcode::HEARTBEAT => {}
+                Ok(Some(frame)) => {
+                    self.requests += 1;
+                    self.unanswered.push_back(Some(frame.opcode));
+                }
                 Ok(None) => break,
                 Err(_) => {
                     self.requests += 1;
+                    self.unanswered.push_back(None);
                     self.oracle_dead = true;
                 }
             }
