@@ -11,7 +11,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hub::transfer::MAX_WINDOW;
 use crate::protocol::MAX_CLIENT_PAYLOAD;
+
+/// The largest chunk size a server may be configured to accept: a chunk is
+/// held in memory a window at a time, so it must stay modest.
+const MAX_CHUNK_BYTES: u32 = 16 << 20;
 
 /// The server's settings. Field names are the TOML keys.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -74,6 +79,25 @@ pub struct Config {
     /// Seconds a closing connection (or the whole server, at shutdown) may
     /// spend flushing what is queued for it.
     pub flush_timeout_secs: f64,
+    /// Largest file that may be offered, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest chunk of a file, in plaintext bytes (a sealed chunk carries up
+    /// to 64 more). The server holds at most a window of chunks per transfer.
+    pub max_chunk_bytes: u32,
+    /// Most chunks a file's sender may have in flight (1 to 64); a sender
+    /// asking for more gets this many.
+    pub max_transfer_window: u8,
+    /// File transfers one user may be sending at once.
+    pub max_transfers_per_user: usize,
+    /// File transfers in progress on the server at once.
+    pub max_transfers: usize,
+    /// Seconds recipients have to accept or decline a file; also how long a
+    /// recipient that disconnected mid-transfer may take to resume, and how
+    /// long a sender may owe a chunk.
+    pub file_decision_timeout_secs: f64,
+    /// Seconds a recipient may go without acknowledging a chunk it was sent
+    /// before it is taken out of the transfer.
+    pub file_ack_timeout_secs: f64,
     /// Tokio worker threads; 0 means one per available core.
     pub worker_threads: usize,
     /// Address of the Prometheus metrics endpoint; off when absent.
@@ -106,6 +130,13 @@ impl Default for Config {
             key_wrap_threads: 2,
             key_wrap_queue: 64,
             flush_timeout_secs: 3.0,
+            max_file_bytes: 4 << 30,
+            max_chunk_bytes: 256 << 10,
+            max_transfer_window: 16,
+            max_transfers_per_user: 4,
+            max_transfers: 64,
+            file_decision_timeout_secs: 30.0,
+            file_ack_timeout_secs: 10.0,
             worker_threads: 0,
             metrics_listen: None,
         }
@@ -162,6 +193,11 @@ impl Config {
             ),
             ("rate_limit_window_secs", self.rate_limit_window_secs),
             ("flush_timeout_secs", self.flush_timeout_secs),
+            (
+                "file_decision_timeout_secs",
+                self.file_decision_timeout_secs,
+            ),
+            ("file_ack_timeout_secs", self.file_ack_timeout_secs),
         ];
         for (key, secs) in positive_secs {
             if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
@@ -186,11 +222,26 @@ impl Config {
             ("rate_limit_messages", self.rate_limit_messages),
             ("password_hash_threads", self.password_hash_threads),
             ("key_wrap_threads", self.key_wrap_threads),
+            ("max_chunk_bytes", self.max_chunk_bytes as usize),
+            ("max_transfers_per_user", self.max_transfers_per_user),
+            ("max_transfers", self.max_transfers),
         ];
         for (key, value) in at_least_one {
             if value == 0 {
                 return invalid(key, "must be at least 1");
             }
+        }
+        if !(1..=MAX_WINDOW).contains(&self.max_transfer_window) {
+            return invalid(
+                "max_transfer_window",
+                &format!("must be 1 to {MAX_WINDOW} chunks"),
+            );
+        }
+        if self.max_chunk_bytes > MAX_CHUNK_BYTES {
+            return invalid(
+                "max_chunk_bytes",
+                &format!("at most {MAX_CHUNK_BYTES} (16 MiB)"),
+            );
         }
         if let Err(err) = self.argon2_params() {
             use argon2::Error;
@@ -242,6 +293,14 @@ impl Config {
 
     pub fn flush_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.flush_timeout_secs)
+    }
+
+    pub fn file_decision_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.file_decision_timeout_secs)
+    }
+
+    pub fn file_ack_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.file_ack_timeout_secs)
     }
 }
 

@@ -502,9 +502,10 @@ impl Session {
         };
         conn.check_counts("closed by the client");
         let mut out = Vec::new();
+        let now = self.harness.now;
         self.harness
             .hub
-            .disconnect(conn.id, CloseReason::ClientClosed, &mut out);
+            .disconnect(conn.id, CloseReason::ClientClosed, now, &mut out);
         self.apply(None, out);
     }
 
@@ -699,7 +700,7 @@ fn check_frame(wire: &Bytes) -> Sent {
         }
         Ok(ServerMessage::RoomMessage { room, .. }) => Sent::RoomMessage(room),
         Ok(ServerMessage::DirectMessage { .. }) => Sent::DirectMessage,
-        Ok(ServerMessage::Secure(_)) => Sent::Secure,
+        Ok(ServerMessage::Secure(_) | ServerMessage::File(_)) => Sent::Secure,
         Err(err) => panic!("a frame no client can read: {err}"),
     }
 }

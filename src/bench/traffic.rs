@@ -1053,7 +1053,9 @@ impl<M: Messages> Driver<M> {
         let (room, sender, text) = match message {
             ServerMessage::RoomMessage { room, sender, text } => (Some(room), sender, text),
             ServerMessage::DirectMessage { sender, text } => (None, sender, text),
-            ServerMessage::Response { .. } | ServerMessage::Secure(_) => return None,
+            ServerMessage::Response { .. } | ServerMessage::Secure(_) | ServerMessage::File(_) => {
+                return None
+            }
         };
         let delivery = self.shared.kind.read(&mut self.conn, &sender, &text)?;
         let endpoints = &self.shared.plan.endpoints;

@@ -220,6 +220,7 @@ impl Session {
                 self.direct_message(&sender, &text, now)
             }
             Ok(ServerMessage::Secure(message)) => self.secure_message(message, now),
+            Ok(ServerMessage::File(_)) => {}
             Err(err) => {
                 // The legacy client drops a server that breaks the framing
                 // rules; so does this one.

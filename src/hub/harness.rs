@@ -59,7 +59,7 @@ impl Harness {
     pub fn disconnect(&mut self, conn: ConnId) -> Vec<Action> {
         let mut out = Vec::new();
         self.hub
-            .disconnect(conn, CloseReason::ClientClosed, &mut out);
+            .disconnect(conn, CloseReason::ClientClosed, self.now, &mut out);
         self.settle(&mut out);
         out
     }

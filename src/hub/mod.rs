@@ -23,10 +23,12 @@
 //! side.
 
 mod directory;
+mod files;
 pub mod harness;
 mod idle;
 mod rate;
 mod secure;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -52,6 +54,7 @@ pub use idle::IdleTimers;
 pub use rate::{Rate, SlidingWindow};
 pub use secure::{KeyUse, KeyWrapJob, KeyWrapOutcome, Recipient, RoomKeys};
 use secure::{PeerKey, WrapPurpose};
+use transfer::{TransferLimits, Transfers};
 
 /// Identifies one connection for its whole life; never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +90,7 @@ pub mod text {
     pub const DM_KEY_WITH_YOURSELF: &str = "You cannot open an encrypted DM with yourself.";
     pub const KEYS_BUSY: &str = "Server busy issuing keys, try again later.";
     pub const KEY_WRAP_FAILED: &str = "Internal error while issuing keys.";
+    pub const FILE_TO_YOURSELF: &str = "You cannot send a file to yourself.";
 }
 
 /// What the hub asks its driver to do.
@@ -278,6 +282,8 @@ pub struct Hub {
     wraps: HashMap<u64, WrapPurpose>,
     /// The last DM key id handed out.
     last_key_id: u32,
+    /// File transfers in progress.
+    transfers: Transfers,
 }
 
 impl Hub {
@@ -334,6 +340,15 @@ impl Hub {
             metrics: Metrics::default(),
             wraps: HashMap::new(),
             last_key_id: 0,
+            transfers: Transfers::new(TransferLimits {
+                max_file_bytes: config.max_file_bytes,
+                max_chunk_bytes: config.max_chunk_bytes,
+                max_window: config.max_transfer_window,
+                max_per_user: config.max_transfers_per_user,
+                max_total: config.max_transfers,
+                decision_timeout: config.file_decision_timeout(),
+                ack_timeout: config.file_ack_timeout(),
+            }),
         }
     }
 
@@ -431,7 +446,7 @@ impl Hub {
             ClientMessage::Heartbeat { .. } => {}
             ClientMessage::Nick { name } => self.nick(conn, &name, now, out),
             ClientMessage::Join { room, password } => self.join(conn, &room, &password, now, out),
-            ClientMessage::Leave => self.leave(conn, out),
+            ClientMessage::Leave => self.leave(conn, now, out),
             ClientMessage::ListUsers => self.list_users(conn, out),
             ClientMessage::ListRooms => self.list_rooms(conn, out),
             ClientMessage::DirectMessage { target, text } => {
@@ -442,6 +457,7 @@ impl Hub {
             }
             ClientMessage::RegisterKey { key } => self.register_key(conn, &key, out),
             ClientMessage::DmKeyRequest { target } => self.dm_key_request(conn, &target, now, out),
+            ClientMessage::File(request) => self.file_request(conn, request, now, out),
         }
     }
 
@@ -461,18 +477,24 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        // A file's sender hears its transfer start before it sends chunks,
+        // so checking once per read is enough; chat never pays for it.
+        if !self.transfers.is_empty() {
+            let normal = codec.max_payload();
+            codec.allow_chunks(self.transfers.chunk_payload_limit(conn).unwrap_or(normal));
+        }
         while self.users.contains_key(&conn) {
             let already = out.len();
             match codec.decode(buffer) {
                 Ok(Some(frame)) => match ClientMessage::parse(&frame) {
                     Ok(message) => self.handle(conn, message, now, out),
-                    Err(err) => self.reject_malformed(conn, &err, out),
+                    Err(err) => self.reject_malformed(conn, &err, now, out),
                 },
                 Ok(None) => return,
                 Err(err) => {
                     // Frame boundaries are lost; nothing after this is read.
                     buffer.clear();
-                    return self.reject_malformed(conn, &err, out);
+                    return self.reject_malformed(conn, &err, now, out);
                 }
             }
             if out[already..].iter().any(Action::owes_reply) {
@@ -487,6 +509,7 @@ impl Hub {
         &mut self,
         conn: ConnId,
         reason: &dyn fmt::Display,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         if let Some(user) = self.users.get(&conn) {
@@ -495,23 +518,34 @@ impl Hub {
         self.metrics.reject(Rejection::Malformed);
         let reply = format!("Malformed frame: {reason}.");
         respond(out, conn, Status::Error, reply);
-        self.close(conn, CloseReason::Malformed, out);
+        self.close(conn, CloseReason::Malformed, now, out);
     }
 
     /// The connection is gone (closed by the client, a socket error, its
-    /// send queue overflowed, or shutdown). Idempotent. The only actions are
-    /// key rotations for the secure room it was in.
-    pub fn disconnect(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) {
-        self.forget(conn, reason, out);
+    /// send queue overflowed, or shutdown). Idempotent. The actions are key
+    /// rotations for the secure room it was in, and news of the file
+    /// transfers it took part in.
+    pub fn disconnect(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.forget(conn, reason, now, out);
     }
 
     /// The earliest time at which [`Hub::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.idle.next()
+        match (self.idle.next(), self.transfers.next_deadline()) {
+            (Some(idle), Some(transfer)) => Some(idle.min(transfer)),
+            (idle, transfer) => idle.or(transfer),
+        }
     }
 
     /// Closes connections that have been silent for the idle timeout, or
-    /// that have not completed a first frame within the handshake timeout.
+    /// that have not completed a first frame within the handshake timeout,
+    /// and runs the file transfers' timers.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
         while let Some(conn) = self.idle.pop_due(now) {
             let Some(user) = self.users.get(&conn) else {
@@ -531,11 +565,12 @@ impl Hub {
             let deadline = user.last_heard + timeout;
             if deadline <= now {
                 self.metrics.reject(rejection);
-                self.close(conn, reason, out);
+                self.close(conn, reason, now, out);
             } else {
                 self.idle.schedule(conn, deadline);
             }
         }
+        self.transfers.handle_timeout(now, out);
     }
 
     /// A [`PasswordJob`] finished.
@@ -771,6 +806,12 @@ impl Hub {
     fn admit(&mut self, conn: ConnId, room: Bytes, created: bool, out: &mut Vec<Action>) {
         // The legacy client sends no LEAVE before a JOIN.
         let left = self.leave_room(conn);
+        if let Some(left) = &left {
+            // A password join is admitted after its hash, which took no
+            // more than the time since the JOIN arrived.
+            let now = self.users[&conn].last_heard;
+            self.transfers.left_room(conn, left, now, out);
+        }
         self.directory.add_member(&room, conn);
         self.users.get_mut(&conn).expect("caller checked").room = Some(room.clone());
         let mut reply = BytesMut::new();
@@ -799,11 +840,12 @@ impl Hub {
         Some(room)
     }
 
-    fn leave(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+    fn leave(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
         let Some(room) = self.leave_room(conn) else {
             out.push(send(conn, OK_RESPONSE));
-            return self.close(conn, CloseReason::LeftServer, out);
+            return self.close(conn, CloseReason::LeftServer, now, out);
         };
+        self.transfers.left_room(conn, &room, now, out);
         if self.is_secure(conn) {
             let confirmation = SecureMessage::RoomLeft { room: room.clone() };
             out.push(send(conn, confirmation.encode()));
@@ -915,19 +957,26 @@ impl Hub {
     }
 
     /// Forgets the user and asks the driver to flush and close.
-    fn close(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) {
-        if self.forget(conn, reason, out) {
+    fn close(&mut self, conn: ConnId, reason: CloseReason, now: Instant, out: &mut Vec<Action>) {
+        if self.forget(conn, reason, now, out) {
             out.push(Action::Close { conn, reason });
         }
     }
 
     /// Removes every trace of the user, its key included, and rotates the
     /// key of the secure room it was in. Returns whether it was known.
-    fn forget(&mut self, conn: ConnId, reason: CloseReason, out: &mut Vec<Action>) -> bool {
+    fn forget(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let left = self.leave_room(conn);
         let Some(user) = self.users.remove(&conn) else {
             return false;
         };
+        self.transfers.disconnected(conn, now, out);
         if let Some(left) = left {
             self.membership_changed(&left, out);
         }
@@ -1022,7 +1071,20 @@ impl Hub {
                 }
             }
         }
-        self.check_secure_invariants()
+        self.check_secure_invariants()?;
+        self.transfers
+            .check_invariants(|conn| self.users.contains_key(&conn))
+    }
+
+    /// How many bytes of file chunks the connection's send queue may hold
+    /// beyond `send_queue_bytes`; see [`Transfers::queue_allowance`].
+    pub fn queue_allowance(&self, conn: ConnId) -> usize {
+        self.transfers.queue_allowance(conn)
+    }
+
+    /// Number of file transfers in progress.
+    pub fn transfer_count(&self) -> usize {
+        self.transfers.len()
     }
 }
 

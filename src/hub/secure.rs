@@ -54,6 +54,11 @@ impl PeerKey {
         })
     }
 
+    /// The key exactly as its owner registered it.
+    pub fn der(&self) -> Bytes {
+        self.der.clone()
+    }
+
     pub fn bits(&self) -> u32 {
         self.public.n().bit_width()
     }

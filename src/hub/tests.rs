@@ -528,7 +528,7 @@ fn the_per_address_limit_refuses_with_try_later_and_frees_on_disconnect() {
     );
     assert_eq!(closed(&out), [(ConnId(5), CloseReason::TooManyFromAddress)]);
     h.hub
-        .disconnect(ConnId(1), CloseReason::ClientClosed, &mut Vec::new());
+        .disconnect(ConnId(1), CloseReason::ClientClosed, h.now, &mut Vec::new());
     assert!(!refused(&mut h, 6, [127, 0, 0, 1]), "a slot was freed");
     assert_eq!(h.hub.metrics().rejections(Rejection::PerIpLimit), 2);
 }
@@ -639,6 +639,7 @@ fn malformed_input_is_answered_then_closed() {
     h.hub.reject_malformed(
         a,
         &crate::protocol::ParseError::UnknownOpcode(0x77),
+        h.now,
         &mut out,
     );
     assert_eq!(

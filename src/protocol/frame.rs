@@ -26,6 +26,9 @@ pub const HEADER_LEN: usize = 7;
 /// or target and carrying a 65,535-byte message (`1 + 255 + 2 + 65535`).
 pub const MAX_CLIENT_PAYLOAD: usize = 1 + 255 + 2 + u16::MAX as usize;
 
+/// FILE_CHUNK, the one opcode whose frames may exceed the normal limit.
+const CHUNK_OPCODE: u8 = super::transfer::opcode::FILE_CHUNK;
+
 /// One frame: an opcode and its raw payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -88,14 +91,35 @@ pub enum FrameError {
 }
 
 /// Cuts a byte stream into [`Frame`]s, refusing payloads over `max_payload`.
+///
+/// File chunks (opcode `86`) are the one exception: once a connection is
+/// sending a file, [`FrameCodec::allow_chunks`] lets chunk frames be as large
+/// as the transfer's chunks. Every other opcode keeps the normal limit, and
+/// a connection that sends no file never gets a larger buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct FrameCodec {
     max_payload: usize,
+    /// The limit for chunk frames; never below `max_payload`.
+    max_chunk_payload: usize,
 }
 
 impl FrameCodec {
     pub fn new(max_payload: usize) -> FrameCodec {
-        FrameCodec { max_payload }
+        FrameCodec {
+            max_payload,
+            max_chunk_payload: max_payload,
+        }
+    }
+
+    /// The payload limit for every frame but a chunk.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Admits chunk frames (opcode `86`) of up to `max_payload` bytes, or
+    /// puts them back under the normal limit when that is smaller.
+    pub fn allow_chunks(&mut self, max_payload: usize) {
+        self.max_chunk_payload = max_payload.max(self.max_payload);
     }
 
     /// Checks what of the header is buffered so far, so that a bad length or
@@ -105,15 +129,26 @@ impl FrameCodec {
             return Ok(None);
         };
         let len = u32::from_be_bytes(*len_bytes) as usize;
-        if len > self.max_payload {
-            return Err(FrameError::TooLong {
+        let too_long = |max| {
+            Err(FrameError::TooLong {
                 len: len as u64,
-                max: self.max_payload,
-            });
+                max,
+            })
+        };
+        if len > self.max_chunk_payload {
+            return too_long(self.max_payload);
         }
         if let Some(magic) = src.get(4..6) {
             if magic != MAGIC {
                 return Err(FrameError::BadMagic([magic[0], magic[1]]));
+            }
+        }
+        if len > self.max_payload {
+            // Only a chunk may be this long; wait for the opcode to know.
+            match src.get(HEADER_LEN - 1) {
+                None => return Ok(None),
+                Some(&CHUNK_OPCODE) => {}
+                Some(_) => return too_long(self.max_payload),
             }
         }
         Ok(Some(len))
@@ -225,6 +260,23 @@ mod tests {
             Some(Frame::new(0x0f, &b"\x01a"[..]))
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn admits_large_chunks_only_when_allowed_and_only_for_chunks() {
+        let big = 200_000u32.to_be_bytes();
+        let chunk_header = [big.as_slice(), &MAGIC, &[0x86]].concat();
+        let other_header = [big.as_slice(), &MAGIC, &[0x15]].concat();
+        let mut codec = FrameCodec::default();
+        assert!(codec.check_header(&chunk_header).is_err());
+        codec.allow_chunks(300_000);
+        assert_eq!(codec.check_header(&chunk_header[..6]).unwrap(), None);
+        assert_eq!(codec.check_header(&chunk_header).unwrap(), Some(200_000));
+        assert!(codec.check_header(&other_header).is_err());
+        let huge = [400_000u32.to_be_bytes().as_slice(), &MAGIC, &[0x86]].concat();
+        assert!(codec.check_header(&huge[..4]).is_err());
+        codec.allow_chunks(0);
+        assert!(codec.check_header(&chunk_header).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use nom::{IResult, Parser};
 
 use super::frame::{put_header, Frame, HEADER_LEN};
 use super::secure::{self, SecureMessage};
+use super::transfer::{self, FileNotice, FileRequest};
 
 /// Opcodes of the legacy protocol, as the real client's `MessageType` enum
 /// names them.
@@ -74,6 +75,8 @@ pub enum ClientMessage {
     DmKeyRequest {
         target: Bytes,
     },
+    /// Secure extension (`83`–`8f`): file transfer.
+    File(FileRequest),
 }
 
 /// Why a whole frame does not hold a valid client message.
@@ -172,15 +175,23 @@ impl ClientMessage {
             secure::opcode::DM_KEY_REQUEST => ClientMessage::DmKeyRequest {
                 target: secure::parse_dm_key_request(payload)?,
             },
+            other if transfer::is_file_request(other) => {
+                ClientMessage::File(FileRequest::parse(frame)?)
+            }
             other => return Err(ParseError::UnknownOpcode(other)),
         };
         Ok(message)
     }
 
     /// Whether the server owes exactly one `9a` response to this message.
-    /// Everything but a heartbeat is a request.
+    /// Everything but a heartbeat, a file chunk and a chunk's ack is a
+    /// request.
     pub fn expects_response(&self) -> bool {
-        !matches!(self, ClientMessage::Heartbeat { .. })
+        match self {
+            ClientMessage::Heartbeat { .. } => false,
+            ClientMessage::File(request) => request.expects_response(),
+            _ => true,
+        }
     }
 
     /// The frame a client sends for this message.
@@ -229,6 +240,9 @@ impl ClientMessage {
                 put_short(&mut payload, target);
                 secure::opcode::DM_KEY_REQUEST
             }
+            ClientMessage::File(request) => {
+                return Frame::new(request.opcode(), request.encode().slice(HEADER_LEN..))
+            }
         };
         Frame::new(opcode, payload.freeze())
     }
@@ -262,6 +276,8 @@ pub enum ServerMessage {
     DirectMessage { sender: Bytes, text: Bytes },
     /// A frame of the secure extension; sent to secure connections only.
     Secure(SecureMessage),
+    /// A file transfer frame; sent to secure connections only.
+    File(FileNotice),
 }
 
 /// `9a 00` with no data: the reply to every successful request that returns
@@ -281,6 +297,7 @@ impl ServerMessage {
             }
             ServerMessage::DirectMessage { sender, text } => encode_direct_message(sender, text),
             ServerMessage::Secure(message) => message.encode(),
+            ServerMessage::File(notice) => notice.encode(),
         }
     }
 
@@ -318,6 +335,9 @@ impl ServerMessage {
                     sender: sub(sender),
                     text: sub(text),
                 })
+            }
+            other if transfer::is_file_notice(other) => {
+                FileNotice::parse(frame).map(ServerMessage::File)
             }
             other if secure::is_secure_only(other) => {
                 SecureMessage::parse(frame).map(ServerMessage::Secure)

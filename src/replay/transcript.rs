@@ -32,7 +32,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::protocol::{opcode, ClientMessage, Frame, ServerMessage};
+use crate::protocol::{opcode, ClientMessage, FileRequest, Frame, ServerMessage};
 
 /// What a client had asked when a `9a` arrived, which decides how its data
 /// is shown.
@@ -163,7 +163,28 @@ pub fn describe_sent(bytes: &[u8], frame: Option<&Frame>) -> String {
         }
         Ok(ClientMessage::RegisterKey { key }) => format!("REGISTER_KEY {}", short(&key)),
         Ok(ClientMessage::DmKeyRequest { target }) => format!("DM_KEY_REQUEST {}", short(&target)),
+        Ok(ClientMessage::File(request)) => describe_file_request(&request),
         Err(err) => format!("frame {:02x} ({err})", frame.opcode),
+    }
+}
+
+/// A file request in one line; a chunk shows its size, not its bytes.
+fn describe_file_request(request: &FileRequest) -> String {
+    match request {
+        FileRequest::Offer { target, meta, .. } => format!(
+            "FILE_OFFER {} {} ({} bytes)",
+            quote(target),
+            quote(&meta.name),
+            meta.size
+        ),
+        FileRequest::Decision { id, accept } => format!("FILE_DECISION {id} {accept}"),
+        FileRequest::Chunk { id, index, data } => {
+            format!("FILE_CHUNK {id} {index} ({} bytes)", data.len())
+        }
+        FileRequest::Ack { id, index } => format!("FILE_ACK {id} {index}"),
+        FileRequest::Done { id } => format!("FILE_DONE {id}"),
+        FileRequest::Resume { id, .. } => format!("FILE_RESUME {id}"),
+        FileRequest::Cancel { id } => format!("FILE_CANCEL {id}"),
     }
 }
 

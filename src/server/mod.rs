@@ -159,7 +159,15 @@ async fn run_rotations(shared: Arc<Shared>, mut rotations: mpsc::UnboundedReceiv
 /// Wakes the hub when its earliest timer is due.
 async fn run_timers(shared: Arc<Shared>) {
     let config = shared.config();
-    let shortest = config.handshake_timeout().min(config.idle_timeout());
+    let shortest = [
+        config.handshake_timeout(),
+        config.idle_timeout(),
+        config.file_decision_timeout(),
+        config.file_ack_timeout(),
+    ]
+    .into_iter()
+    .min()
+    .expect("not empty");
     let clock = shared.clock();
     loop {
         // A connection made after this check is due no earlier than

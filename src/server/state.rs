@@ -50,8 +50,10 @@ struct Outbox {
 }
 
 /// The queue would grow past `send_queue_bytes`; it holds `queued` bytes.
+/// The frame that did not fit comes back.
 struct Overflow {
     queued: usize,
+    frame: Bytes,
 }
 
 impl Link {
@@ -69,6 +71,7 @@ impl Link {
         if outbox.bytes > 0 && outbox.bytes + frame.len() > limit {
             return Err(Overflow {
                 queued: outbox.bytes,
+                frame,
             });
         }
         if outbox.frames.capacity() == 0 {
@@ -288,7 +291,10 @@ impl Shared {
     pub fn disconnect(&self, conn: ConnId, reason: CloseReason) {
         let mut state = self.lock();
         state.peers.remove(&conn);
-        self.run_hub(&mut state, |hub, out| hub.disconnect(conn, reason, out));
+        let now = self.clock.now();
+        self.run_hub(&mut state, |hub, out| {
+            hub.disconnect(conn, reason, now, out)
+        });
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
@@ -307,11 +313,12 @@ impl Shared {
         let mut state = self.lock();
         state.accepting = false;
         let peers = std::mem::take(&mut state.peers);
+        let now = self.clock.now();
         let mut dropped = Vec::new();
         for (conn, link) in peers {
             state
                 .hub
-                .disconnect(conn, CloseReason::Shutdown, &mut dropped);
+                .disconnect(conn, CloseReason::Shutdown, now, &mut dropped);
             link.close(CloseReason::Shutdown);
         }
     }
@@ -348,10 +355,11 @@ impl Shared {
             }
             // Told only now, so that this batch stays in order: a slow
             // consumer's departure may start a rotation of its room's key.
+            let now = self.clock.now();
             for conn in too_slow.drain(..) {
                 state
                     .hub
-                    .disconnect(conn, CloseReason::SlowConsumer, &mut actions);
+                    .disconnect(conn, CloseReason::SlowConsumer, now, &mut actions);
             }
         }
         state.actions = actions;
@@ -359,17 +367,29 @@ impl Shared {
     }
 
     /// Queues a frame for a connection, cutting the connection off if its
-    /// queue would exceed `send_queue_bytes`; returns `false` when it did.
+    /// queue would exceed `send_queue_bytes` (plus, for a file's recipient,
+    /// a window of chunks); returns `false` when it did.
     fn deliver(&self, state: &mut State, to: ConnId, frame: Bytes) -> bool {
         let Some(link) = state.peers.get(&to) else {
             return true;
         };
-        if let Err(Overflow { queued }) = link.push(frame, self.config.send_queue_bytes) {
-            warn!(conn = %to, queued, limit = self.config.send_queue_bytes, "send queue overflow");
-            let link = state.peers.remove(&to).expect("just looked up");
-            link.close(CloseReason::SlowConsumer);
-            return false;
-        }
-        true
+        let limit = self.config.send_queue_bytes;
+        let Err(Overflow { queued, frame }) = link.push(frame, limit) else {
+            return true;
+        };
+        // Only on overflow, so chat pays nothing: a file's recipient may
+        // also hold a window of chunks.
+        let allowance = state.hub.queue_allowance(to);
+        let queued = match allowance {
+            0 => queued,
+            _ => match link.push(frame, limit + allowance) {
+                Ok(()) => return true,
+                Err(Overflow { queued, .. }) => queued,
+            },
+        };
+        warn!(conn = %to, queued, limit = limit + allowance, "send queue overflow");
+        let link = state.peers.remove(&to).expect("just looked up");
+        link.close(CloseReason::SlowConsumer);
+        false
     }
 }
