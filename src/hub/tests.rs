@@ -1,6 +1,7 @@
 //! The hub driven directly, with a fake clock: every timer is exact and
 //! instant. The secure extension's tests are in `tests/secure.rs`.
 
+mod files;
 mod secure;
 
 use std::net::SocketAddr;
@@ -661,6 +662,7 @@ mod random_sessions {
 
     use super::*;
     use crate::protocol::secure::is_secure_only;
+    use crate::protocol::transfer::{FileMeta, FileRequest};
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -728,7 +730,51 @@ mod random_sessions {
             }),
             2 => key().prop_map(|key| ClientMessage::RegisterKey { key }),
             2 => name().prop_map(|target| ClientMessage::DmKeyRequest { target }),
+            4 => file_request().prop_map(ClientMessage::File),
         ]
+    }
+
+    /// File requests about the first few transfer ids, so that decisions,
+    /// chunks and acks often meet a transfer that exists.
+    fn file_request() -> impl Strategy<Value = FileRequest> {
+        let id = 1..=2u32;
+        let index = 0..3u32;
+        prop_oneof![
+            2 => (prop_oneof![3 => Just(Bytes::new()), 1 => name()], 0..3_500u64, 1..=8u8).prop_map(
+                |(target, size, window)| FileRequest::Offer {
+                    target,
+                    meta: FileMeta {
+                        name: bytes("f.txt"),
+                        size,
+                        chunk_size: 1_000,
+                        chunk_count: size.div_ceil(1_000) as u32,
+                        flags: 1,
+                        key_id: 1,
+                        nonce: [0; 16],
+                        digest: [0; 32],
+                        signature: bytes("sig"),
+                    },
+                    window,
+                }
+            ),
+            6 => (id.clone(), prop::bool::weighted(0.8)).prop_map(|(id, accept)| FileRequest::Decision { id, accept }),
+            3 => (id.clone(), index.clone(), 0..1_100usize)
+                .prop_map(|(id, index, len)| FileRequest::Chunk { id, index, data: Bytes::from(vec![7; len]) }),
+            3 => (id.clone(), index).prop_map(|(id, index)| FileRequest::Ack { id, index }),
+            1 => id.clone().prop_map(|id| FileRequest::Done { id }),
+            1 => id.clone().prop_map(|id| FileRequest::Resume { id, token: [0; 16] }),
+            1 => id.prop_map(|id| FileRequest::Cancel { id }),
+        ]
+    }
+
+    /// File frames that are news of a transfer rather than a reply: they
+    /// may go to anyone in it at any time, and follow a `9a`.
+    fn is_file_news(opcode: u8) -> bool {
+        use crate::protocol::transfer::opcode::*;
+        matches!(
+            opcode,
+            FILE_START | FILE_CHUNK | FILE_DONE | FILE_WINDOW | FILE_FINISHED | FILE_ENDED
+        )
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -743,16 +789,72 @@ mod random_sessions {
         ]
     }
 
+    /// Ops for a session that is mostly file transfer: the clients are
+    /// those of [`file_prelude`], and most of what they send is about files.
+    fn file_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => Just(Op::Connect(Some(1))),
+            1 => (0..6usize).prop_map(Op::Disconnect),
+            12 => (0..5usize, file_request()).prop_map(|(client, request)| Op::Send(client, ClientMessage::File(request))),
+            1 => (0..6usize).prop_map(|client| Op::Send(client, ClientMessage::Leave)),
+            2 => prop_oneof![4 => 0..5_000u64, 1 => 0..40_000u64].prop_map(Op::Wait),
+        ]
+    }
+
+    /// Three secure clients and one legacy client in one room.
+    fn file_prelude(h: &mut Harness) -> Vec<ConnId> {
+        (1..=4)
+            .map(|id| {
+                let conn = h.connected(id);
+                if id < 4 {
+                    let key = public_key_der(2048, 1);
+                    assert_eq!(
+                        sent(&h.send(conn, ClientMessage::RegisterKey { key })),
+                        [(conn, ok())]
+                    );
+                }
+                h.join(conn, "lobby", "");
+                conn
+            })
+            .collect()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1000))]
 
         #[test]
         fn promises_hold_in_any_session(ops in proptest::collection::vec(op(), 1..60)) {
-            let config = Config { rate_limit_messages: 3, idle_timeout_secs: 30.0, ..Config::default() };
+            check_session(ops, false)?;
+        }
+
+        #[test]
+        fn promises_hold_in_any_file_transfer(ops in proptest::collection::vec(file_op(), 1..80)) {
+            check_session(ops, true)?;
+        }
+    }
+
+    /// Runs the ops and checks the promises of the module documentation
+    /// after each, starting from [`file_prelude`] when `files` is set.
+    fn check_session(ops: Vec<Op>, files: bool) -> Result<(), TestCaseError> {
+        {
+            let config = Config {
+                rate_limit_messages: 3,
+                idle_timeout_secs: 30.0,
+                ..Config::default()
+            };
             let mut h = Harness::with(config);
-            let mut conns: Vec<ConnId> = Vec::new();
+            let mut conns: Vec<ConnId> = if files {
+                file_prelude(&mut h)
+            } else {
+                Vec::new()
+            };
+            h.finish_rotations();
             // Connections that registered a key; a key is never taken back.
-            let mut secure: HashSet<ConnId> = HashSet::new();
+            let mut secure: HashSet<ConnId> = conns
+                .iter()
+                .copied()
+                .filter(|conn| h.hub.is_secure(*conn))
+                .collect();
             for op in ops {
                 let out = match op {
                     Op::Connect(key_seed) => {
@@ -765,14 +867,18 @@ mod random_sessions {
                         out
                     }
                     Op::Disconnect(index) => {
-                        let Some(&conn) = conns.get(index) else { continue };
+                        let Some(&conn) = conns.get(index) else {
+                            continue;
+                        };
                         let out = h.disconnect(conn);
-                        prop_assert!(sent(&out).is_empty(), "a departure sends nothing at once");
+                        let news_only = sent(&out).iter().all(|(_, frame)| is_file_news(frame[6]));
+                        prop_assert!(news_only, "a departure sends only news of file transfers");
                         out
                     }
                     Op::Wait(ms) => {
                         let out = h.advance(Duration::from_millis(ms));
-                        prop_assert!(sent(&out).is_empty(), "timers send nothing");
+                        let news_only = sent(&out).iter().all(|(_, frame)| is_file_news(frame[6]));
+                        prop_assert!(news_only, "timers send only news of file transfers");
                         out
                     }
                     Op::FinishRotations => {
@@ -780,12 +886,18 @@ mod random_sessions {
                         for (to, frame) in sent(&out) {
                             prop_assert_eq!(frame[6], 0x84, "a rotation sends only room keys");
                             let room = &frame[8..8 + usize::from(frame[7])];
-                            prop_assert_eq!(h.hub.room_of(to), Some(room), "a room key to a non-member");
+                            prop_assert_eq!(
+                                h.hub.room_of(to),
+                                Some(room),
+                                "a room key to a non-member"
+                            );
                         }
                         out
                     }
                     Op::Send(index, message) => {
-                        let Some(&conn) = conns.get(index) else { continue };
+                        let Some(&conn) = conns.get(index) else {
+                            continue;
+                        };
                         let was_connected = h.hub.is_connected(conn);
                         let room_before = h.hub.room_of(conn).map(Bytes::copy_from_slice);
                         let members_before: Vec<ConnId> = room_before
@@ -806,13 +918,23 @@ mod random_sessions {
                             .map(|frame| frame[7])
                             .collect();
                         let expected = usize::from(was_connected && is_request);
-                        prop_assert_eq!(responses.len(), expected, "one response per request: {:?}", out);
+                        prop_assert_eq!(
+                            responses.len(),
+                            expected,
+                            "one response per request: {:?}",
+                            out
+                        );
                         prop_assert!(responses.iter().all(|status| *status != 3));
                         if let Some(reply) = own.iter().position(|frame| frame[6] == 0x9a) {
                             let after = &own[reply + 1..];
-                            prop_assert!(after.iter().all(|frame| !is_secure_only(frame[6])), "the 9a comes last");
+                            let part_of_reply = |frame: &Vec<u8>| {
+                                is_secure_only(frame[6]) && !is_file_news(frame[6])
+                            };
+                            prop_assert!(!after.iter().any(part_of_reply), "the 9a comes last");
                         }
-                        let unsolicited = sent(&out).iter().any(|(to, frame)| *to != conn && frame[6] == 0x9a);
+                        let unsolicited = sent(&out)
+                            .iter()
+                            .any(|(to, frame)| *to != conn && frame[6] == 0x9a);
                         prop_assert!(!unsolicited, "a 9a to someone who asked nothing");
                         if is_room_message {
                             for (to, _) in sent(&out).iter().filter(|(to, _)| *to != conn) {
@@ -826,15 +948,24 @@ mod random_sessions {
                 for (to, frame) in sent(&out) {
                     prop_assert!(frame.len() > 7, "zero-length frame");
                     if is_secure_only(frame[6]) {
-                        prop_assert!(secure.contains(&to), "opcode {:02x} to legacy {}", frame[6], to);
+                        prop_assert!(
+                            secure.contains(&to),
+                            "opcode {:02x} to legacy {}",
+                            frame[6],
+                            to
+                        );
                     } else {
                         prop_assert!(matches!(frame[6], 0x9a | 0x15 | 0x12), "unknown opcode");
                     }
                     let closing = closed(&out).iter().any(|(conn, _)| *conn == to);
-                    prop_assert!(h.hub.is_connected(to) || closing, "frame to a gone connection");
+                    prop_assert!(
+                        h.hub.is_connected(to) || closing,
+                        "frame to a gone connection"
+                    );
                 }
                 h.hub.check_invariants().unwrap();
             }
         }
+        Ok(())
     }
 }

@@ -808,11 +808,12 @@ impl Transfers {
                 continue;
             }
             if let Phase::Deciding { .. } = transfer.phase {
-                while let Some(at) = self.transfers[&id]
-                    .recipients
-                    .iter()
-                    .position(|recipient| matches!(recipient.stage, Stage::Undecided))
-                {
+                while let Some(at) = self.transfers.get(&id).and_then(|transfer| {
+                    transfer
+                        .recipients
+                        .iter()
+                        .position(|recipient| matches!(recipient.stage, Stage::Undecided))
+                }) {
                     let text = "No answer within the decision timeout.";
                     self.drop_recipient(id, at, EndReason::DecisionTimeout, text, now, out);
                 }
@@ -1038,3 +1039,6 @@ impl Transfers {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
