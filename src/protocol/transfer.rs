@@ -839,6 +839,59 @@ mod tests {
     }
 
     #[test]
+    fn matches_the_documented_notices() {
+        let names = || vec![Bytes::from_static(b"bob"), Bytes::from_static(b"carol")];
+        let start = FileNotice::Start {
+            id: 1,
+            window: 8,
+            recipients: names(),
+        };
+        assert_eq!(
+            &start.encode()[..],
+            b"\0\0\0\x11\x04\x17\x85\0\0\0\x01\x08\0\x02\x03bob\x05carol"
+        );
+        let finished = FileNotice::Finished {
+            id: 1,
+            delivered: names(),
+        };
+        assert_eq!(
+            &finished.encode()[..],
+            b"\0\0\0\x10\x04\x17\x8e\0\0\0\x01\0\x02\x03bob\x05carol"
+        );
+        let ended = FileNotice::Ended {
+            id: 1,
+            who: Bytes::from_static(b"carol"),
+            reason: EndReason::TooSlow,
+            text: Bytes::from_static(b"No acknowledgement within the chunk timeout."),
+        };
+        assert_eq!(
+            &ended.encode()[..20],
+            b"\0\0\0\x39\x04\x17\x8f\0\0\0\x01\x05carol\x05\0\x2c"
+        );
+        let offer = FileRequest::Offer {
+            target: Bytes::new(),
+            meta: FileMeta {
+                name: Bytes::from_static(b"a.txt"),
+                size: 5,
+                chunk_size: 262_144,
+                chunk_count: 1,
+                flags: FILE_FLAG_ENCRYPTED,
+                key_id: 2,
+                nonce: [0; NONCE_LEN],
+                digest: [0; DIGEST_LEN],
+                signature: Bytes::from(vec![0; 256]),
+            },
+            window: 8,
+        };
+        let wire = offer.encode();
+        assert_eq!(
+            &wire[..35],
+            b"\0\0\x01\x4f\x04\x17\x83\0\x05a.txt\0\0\0\0\0\0\0\x05\0\x04\0\0\0\0\0\x01\x01\0\0\0\x02"
+        );
+        assert_eq!(wire[wire.len() - 1], 8);
+    }
+
+    #[test]
     fn refuses_bad_decisions_and_short_frames() {
         let decision = Frame::new(opcode::FILE_DECISION, &[0, 0, 0, 1, 2][..]);
         assert!(FileRequest::parse(&decision).is_err());
