@@ -615,16 +615,20 @@ impl Session {
 
 impl Connection {
     /// Counts the requests in the bytes the hub took since the last call,
-    /// with a codec of its own: every frame but a heartbeat is one, and so
-    /// are bytes that are not frames (parlor answers them before closing).
+    /// with a codec of its own: every frame but a heartbeat, a file chunk
+    /// and an ack is one, and so are bytes that are not frames (parlor
+    /// answers them before closing).
     fn count_requests(&mut self) {
+        // The hub admits large chunk frames from a file's sender alone; the
+        // oracle follows the limit the hub set.
+        self.oracle.allow_chunks(self.codec.max_chunk_payload());
         let taken = self.sent.len() - self.buffer.len();
         self.oracle_buffer
             .extend_from_slice(&self.sent[self.taken..taken]);
         self.taken = taken;
         while !self.oracle_dead {
             match self.oracle.decode(&mut self.oracle_buffer) {
-                Ok(Some(frame)) if frame.opcode == opcode::HEARTBEAT => {}
+                Ok(Some(frame)) if streams_unanswered(&frame) => {}
                 Ok(Some(frame)) => {
                     self.requests += 1;
                     self.unanswered.push_back(Some(frame.opcode));
@@ -650,6 +654,18 @@ impl Connection {
             self.requests,
             self.answered
         );
+    }
+}
+
+/// Frames that are not requests: heartbeats, and well-formed file chunks
+/// and acks, which stream without a reply (PROTOCOL.md §14.1).
+fn streams_unanswered(frame: &Frame) -> bool {
+    use crate::protocol::transfer::opcode::{FILE_ACK, FILE_CHUNK};
+    match frame.opcode {
+        opcode::HEARTBEAT => true,
+        FILE_CHUNK => frame.payload.len() >= 8,
+        FILE_ACK => frame.payload.len() == 8,
+        _ => false,
     }
 }
 
@@ -761,6 +777,82 @@ pub fn secure_session_seed(public_key: &[u8]) -> Vec<u8> {
         ),
         (1, ClientMessage::Leave),
     ];
+    scripted_seed(script)
+}
+
+/// A `session` seed in which a file moves: three clients register
+/// `public_key` and share a secure room; alice offers a three-chunk file
+/// with a window of two, bob accepts, carol declines, and the chunks,
+/// acknowledgements and FILE_DONE follow, until bob has the whole file.
+pub fn file_session_seed(public_key: &[u8]) -> Vec<u8> {
+    use crate::protocol::transfer::{FileMeta, FileRequest, FILE_FLAG_ENCRYPTED};
+    let text = |text: &str| Bytes::copy_from_slice(text.as_bytes());
+    let file = |request| ClientMessage::File(request);
+    let chunk = |index| {
+        file(FileRequest::Chunk {
+            id: 1,
+            index,
+            data: Bytes::from(vec![index as u8; 100]),
+        })
+    };
+    let ack = |index| file(FileRequest::Ack { id: 1, index });
+    let mut script = Vec::new();
+    for (client, name) in [(0, "alice"), (1, "bob"), (2, "carol")] {
+        let key = Bytes::copy_from_slice(public_key);
+        script.push((client, ClientMessage::RegisterKey { key }));
+        script.push((client, ClientMessage::Nick { name: text(name) }));
+        let join = ClientMessage::Join {
+            room: text("vault"),
+            password: Bytes::new(),
+        };
+        script.push((client, join));
+    }
+    let meta = FileMeta {
+        name: text("notes.txt"),
+        size: 250,
+        chunk_size: 100,
+        chunk_count: 3,
+        flags: FILE_FLAG_ENCRYPTED,
+        key_id: 3,
+        nonce: [1; 16],
+        digest: [2; 32],
+        signature: Bytes::from(vec![3; 256]),
+    };
+    let offer = FileRequest::Offer {
+        target: Bytes::new(),
+        meta,
+        window: 2,
+    };
+    script.extend([
+        (0, file(offer)),
+        (
+            1,
+            file(FileRequest::Decision {
+                id: 1,
+                accept: true,
+            }),
+        ),
+        (
+            2,
+            file(FileRequest::Decision {
+                id: 1,
+                accept: false,
+            }),
+        ),
+        (0, chunk(0)),
+        (0, chunk(1)),
+        (1, ack(0)),
+        (0, chunk(2)),
+        (1, ack(1)),
+        (0, file(FileRequest::Done { id: 1 })),
+        (1, ack(2)),
+    ]);
+    scripted_seed(script)
+}
+
+/// The events of a script of (client, message), ending with client 0
+/// closing its connection.
+fn scripted_seed(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<u8> {
     let mut events: Vec<SessionEvent> = script
         .into_iter()
         .map(|(client, message)| {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use parlor::fuzzing::{
-    decoder_seed, frame_decoder, secure_session_seed, session, session_seed, DecoderInput,
-    Happening, SessionEvent, SESSION_CLIENTS,
+    decoder_seed, file_session_seed, frame_decoder, secure_session_seed, session, session_seed,
+    DecoderInput, Happening, SessionEvent, SESSION_CLIENTS,
 };
 use parlor::protocol::ClientMessage;
 use parlor::replay::Capture;
@@ -52,11 +52,18 @@ fn seeds_match_the_captures() {
         .collect();
     pcaps.sort();
     assert!(!pcaps.is_empty());
-    let mut seeds = vec![(
-        "session",
-        "secure".to_owned(),
-        secure_session_seed(&public_key()),
-    )];
+    let mut seeds = vec![
+        (
+            "session",
+            "secure".to_owned(),
+            secure_session_seed(&public_key()),
+        ),
+        (
+            "session",
+            "file".to_owned(),
+            file_session_seed(&public_key()),
+        ),
+    ];
     for pcap in pcaps {
         let capture = Capture::read(&pcap).unwrap();
         let name = pcap.file_stem().unwrap().to_string_lossy().into_owned();

@@ -116,6 +116,11 @@ impl FrameCodec {
         self.max_payload
     }
 
+    /// The payload limit for chunk frames (opcode `86`).
+    pub fn max_chunk_payload(&self) -> usize {
+        self.max_chunk_payload
+    }
+
     /// Admits chunk frames (opcode `86`) of up to `max_payload` bytes, or
     /// puts them back under the normal limit when that is smaller.
     pub fn allow_chunks(&mut self, max_payload: usize) {
