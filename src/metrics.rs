@@ -103,6 +103,8 @@ pub struct Metrics {
     deliveries: Counter,
     connections: Gauge,
     rooms: Gauge,
+    file_transfers: Gauge,
+    file_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,8 @@ impl Default for Metrics {
             deliveries: Counter::default(),
             connections: Gauge::default(),
             rooms: Gauge::default(),
+            file_transfers: Gauge::default(),
+            file_bytes: Counter::default(),
         }
     }
 }
@@ -138,6 +142,11 @@ impl Metrics {
         self.deliveries.inc_by(recipients as u64);
     }
 
+    /// A file chunk of `bytes` bytes was handed to `recipients` connections.
+    pub fn relayed_file_bytes(&self, bytes: usize, recipients: usize) {
+        self.file_bytes.inc_by((bytes * recipients) as u64);
+    }
+
     /// How many times `kind` was counted; for tests.
     pub fn rejections(&self, kind: Rejection) -> u64 {
         self.rejections
@@ -147,9 +156,10 @@ impl Metrics {
 
     /// Sets the gauges that are read from the hub at scrape time rather than
     /// kept up to date on every connect and join.
-    pub fn set_population(&self, connections: usize, rooms: usize) {
+    pub fn set_population(&self, connections: usize, rooms: usize, file_transfers: usize) {
         self.connections.set(connections as i64);
         self.rooms.set(rooms as i64);
+        self.file_transfers.set(file_transfers as i64);
     }
 
     /// Renders every metric in the Prometheus text exposition format.
@@ -176,6 +186,16 @@ impl Metrics {
             self.connections.clone(),
         );
         registry.register("rooms", "Rooms that exist now", self.rooms.clone());
+        registry.register(
+            "file_transfers",
+            "File transfers in progress now",
+            self.file_transfers.clone(),
+        );
+        registry.register(
+            "file_bytes_relayed",
+            "Bytes of file chunks handed to recipients",
+            self.file_bytes.clone(),
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String cannot fail");
@@ -193,7 +213,8 @@ mod tests {
         metrics.reject(Rejection::SlowConsumer);
         metrics.reject(Rejection::SlowConsumer);
         metrics.relayed(Relayed::Room, 9);
-        metrics.set_population(10, 2);
+        metrics.set_population(10, 2, 1);
+        metrics.relayed_file_bytes(1000, 3);
         let text = metrics.render();
         for line in [
             "parlor_rejections_total{kind=\"slow_consumer\"} 2",
@@ -201,6 +222,8 @@ mod tests {
             "parlor_deliveries_total 9",
             "parlor_connections 10",
             "parlor_rooms 2",
+            "parlor_file_transfers 1",
+            "parlor_file_bytes_relayed_total 3000",
         ] {
             assert!(
                 text.lines().any(|got| got == line),

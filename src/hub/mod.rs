@@ -314,6 +314,7 @@ impl Hub {
                 "Slow down: at most {limit} {what} per {secs} seconds."
             ))
         };
+        let metrics = Metrics::default();
         Hub {
             limits,
             rate_limit_text: slow_down(
@@ -337,18 +338,21 @@ impl Hub {
             idle: IdleTimers::default(),
             next_guest_number: 0,
             next_ticket: 0,
-            metrics: Metrics::default(),
+            metrics: metrics.clone(),
             wraps: HashMap::new(),
             last_key_id: 0,
-            transfers: Transfers::new(TransferLimits {
-                max_file_bytes: config.max_file_bytes,
-                max_chunk_bytes: config.max_chunk_bytes,
-                max_window: config.max_transfer_window,
-                max_per_user: config.max_transfers_per_user,
-                max_total: config.max_transfers,
-                decision_timeout: config.file_decision_timeout(),
-                ack_timeout: config.file_ack_timeout(),
-            }),
+            transfers: Transfers::new(
+                TransferLimits {
+                    max_file_bytes: config.max_file_bytes,
+                    max_chunk_bytes: config.max_chunk_bytes,
+                    max_window: config.max_transfer_window,
+                    max_per_user: config.max_transfers_per_user,
+                    max_total: config.max_transfers,
+                    decision_timeout: config.file_decision_timeout(),
+                    ack_timeout: config.file_ack_timeout(),
+                },
+                metrics.clone(),
+            ),
         }
     }
 

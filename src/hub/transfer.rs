@@ -39,6 +39,7 @@ use subtle::ConstantTimeEq;
 use tracing::{debug, info};
 
 use super::{send, Action, ConnId};
+use crate::metrics::Metrics;
 use crate::printable::Printable;
 use crate::protocol::legacy::OK_RESPONSE;
 use crate::protocol::transfer::{EndReason, FileMeta, FileNotice, CHUNK_HEADER_LEN, TOKEN_LEN};
@@ -98,6 +99,7 @@ fn refuse<T>(status: Status, text: impl Into<String>) -> Result<T, Refusal> {
 #[derive(Debug)]
 pub struct Transfers {
     limits: TransferLimits,
+    metrics: Metrics,
     transfers: HashMap<u32, Transfer>,
     /// The last transfer id handed out; ids count up from 1.
     last_id: u32,
@@ -276,9 +278,10 @@ fn reply_error(out: &mut Vec<Action>, conn: ConnId, text: &str) {
 }
 
 impl Transfers {
-    pub fn new(limits: TransferLimits) -> Transfers {
+    pub fn new(limits: TransferLimits, metrics: Metrics) -> Transfers {
         Transfers {
             limits,
+            metrics,
             transfers: HashMap::new(),
             last_id: 0,
         }
@@ -588,6 +591,8 @@ impl Transfers {
                 progress.waiting_since.get_or_insert(now);
             }
         }
+        let recipients = transfer.receiving().count();
+        self.metrics.relayed_file_bytes(data.len(), recipients);
         transfer.retained.push_back(frame);
         transfer.next_index += 1;
     }

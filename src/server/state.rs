@@ -265,7 +265,11 @@ impl Shared {
         let metrics = {
             let state = self.lock();
             let metrics = state.hub.metrics().clone();
-            metrics.set_population(state.hub.user_count(), state.hub.room_count());
+            metrics.set_population(
+                state.hub.user_count(),
+                state.hub.room_count(),
+                state.hub.transfer_count(),
+            );
             metrics
         };
         metrics.render()

@@ -126,7 +126,7 @@ struct Bench {
 impl Bench {
     fn new() -> Bench {
         Bench {
-            transfers: Transfers::new(limits()),
+            transfers: Transfers::new(limits(), Metrics::default()),
             now: Instant::now(),
             id: 0,
         }
@@ -897,7 +897,7 @@ fn offers_are_checked_against_the_limits() {
         ),
     ];
     for (case, spoil, status, text) in cases {
-        let mut transfers = Transfers::new(limits());
+        let mut transfers = Transfers::new(limits(), Metrics::default());
         let mut offer = Offer {
             sender: SENDER,
             sender_name: name(SENDER),
