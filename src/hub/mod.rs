@@ -482,8 +482,9 @@ impl Hub {
         out: &mut Vec<Action>,
     ) {
         // A file's sender hears its transfer start before it sends chunks,
-        // so checking once per read is enough; chat never pays for it.
-        if !self.transfers.is_empty() {
+        // so checking once per read is enough; chat never pays for it. A
+        // raised limit is lowered again once the transfer is over.
+        if !self.transfers.is_empty() || codec.max_chunk_payload() > codec.max_payload() {
             let normal = codec.max_payload();
             codec.allow_chunks(self.transfers.chunk_payload_limit(conn).unwrap_or(normal));
         }
