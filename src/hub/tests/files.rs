@@ -301,4 +301,15 @@ fn only_a_sender_whose_transfer_started_may_send_large_chunk_frames() {
         [(bob, CloseReason::Malformed)],
         "too long from anyone else"
     );
+    h.file(alice, FileRequest::Cancel { id: 1 });
+    let mut codec = FrameCodec::default();
+    codec.allow_chunks(200_000);
+    let mut out = Vec::new();
+    h.hub
+        .receive(alice, &mut codec, &mut BytesMut::new(), h.now, &mut out);
+    assert_eq!(
+        codec.max_chunk_payload(),
+        MAX_CLIENT_PAYLOAD,
+        "lowered once the transfer is over"
+    );
 }
