@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::hub::harness::{fake_wrap, Harness};
 use crate::hub::{Action, CloseReason, ConnId, PasswordJob};
 use crate::protocol::secure::opcode as secure_opcode;
+use crate::protocol::transfer::is_transfer_news;
 use crate::protocol::{
     opcode, ClientMessage, Frame, FrameCodec, FrameError, ServerMessage, HEADER_LEN, MAGIC,
     MAX_CLIENT_PAYLOAD,
@@ -374,18 +375,19 @@ impl Session {
     fn step(&mut self, event: SessionEvent) {
         let waited = u64::from(event.wait);
         let timers = self.harness.advance(Duration::from_millis(waited * waited));
-        let only_idle_cutoffs = timers.iter().all(|action| {
-            matches!(
-                action,
-                Action::Close {
-                    reason: CloseReason::IdleTimeout | CloseReason::HandshakeTimeout,
-                    ..
-                }
-            )
+        let only_cutoffs_and_news = timers.iter().all(|action| match action {
+            Action::Close { reason, .. } => matches!(
+                reason,
+                CloseReason::IdleTimeout | CloseReason::HandshakeTimeout
+            ),
+            Action::Send { frame, .. } => frames_in(frame)
+                .iter()
+                .all(|frame| is_transfer_news(frame[HEADER_LEN - 1])),
+            _ => false,
         });
         assert!(
-            only_idle_cutoffs,
-            "timers did more than cut idle or silent connections: {timers:?}"
+            only_cutoffs_and_news,
+            "timers did more than cut idle or silent connections and end file transfers: {timers:?}"
         );
         self.apply(None, timers);
         let slot = usize::from(event.client % SESSION_CLIENTS);

@@ -662,7 +662,7 @@ mod random_sessions {
 
     use super::*;
     use crate::protocol::secure::is_secure_only;
-    use crate::protocol::transfer::{FileMeta, FileRequest};
+    use crate::protocol::transfer::{is_transfer_news, FileMeta, FileRequest};
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -767,16 +767,6 @@ mod random_sessions {
         ]
     }
 
-    /// File frames that are news of a transfer rather than a reply: they
-    /// may go to anyone in it at any time, and follow a `9a`.
-    fn is_file_news(opcode: u8) -> bool {
-        use crate::protocol::transfer::opcode::*;
-        matches!(
-            opcode,
-            FILE_START | FILE_CHUNK | FILE_DONE | FILE_WINDOW | FILE_FINISHED | FILE_ENDED
-        )
-    }
-
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             2 => prop::option::of(1..=2u8).prop_map(Op::Connect),
@@ -871,13 +861,17 @@ mod random_sessions {
                             continue;
                         };
                         let out = h.disconnect(conn);
-                        let news_only = sent(&out).iter().all(|(_, frame)| is_file_news(frame[6]));
+                        let news_only = sent(&out)
+                            .iter()
+                            .all(|(_, frame)| is_transfer_news(frame[6]));
                         prop_assert!(news_only, "a departure sends only news of file transfers");
                         out
                     }
                     Op::Wait(ms) => {
                         let out = h.advance(Duration::from_millis(ms));
-                        let news_only = sent(&out).iter().all(|(_, frame)| is_file_news(frame[6]));
+                        let news_only = sent(&out)
+                            .iter()
+                            .all(|(_, frame)| is_transfer_news(frame[6]));
                         prop_assert!(news_only, "timers send only news of file transfers");
                         out
                     }
@@ -928,7 +922,7 @@ mod random_sessions {
                         if let Some(reply) = own.iter().position(|frame| frame[6] == 0x9a) {
                             let after = &own[reply + 1..];
                             let part_of_reply = |frame: &Vec<u8>| {
-                                is_secure_only(frame[6]) && !is_file_news(frame[6])
+                                is_secure_only(frame[6]) && !is_transfer_news(frame[6])
                             };
                             prop_assert!(!after.iter().any(part_of_reply), "the 9a comes last");
                         }

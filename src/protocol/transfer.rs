@@ -251,6 +251,17 @@ pub fn is_file_request(opcode: u8) -> bool {
     )
 }
 
+/// Whether a server→client opcode is news of a transfer rather than part of
+/// a reply: such frames may reach anyone taking part at any time (when
+/// someone else acts, or a timer fires), and may follow a `9a`.
+pub fn is_transfer_news(opcode: u8) -> bool {
+    use opcode::*;
+    matches!(
+        opcode,
+        FILE_START | FILE_CHUNK | FILE_DONE | FILE_WINDOW | FILE_FINISHED | FILE_ENDED
+    )
+}
+
 /// Whether a server→client opcode is a file notice.
 pub fn is_file_notice(opcode: u8) -> bool {
     use opcode::*;
