@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::harness::{fake_wrap, Harness};
 use super::*;
-use crate::protocol::HEADER_LEN;
+use crate::protocol::{Frame, ServerMessage, HEADER_LEN};
 
 /// Shorthands for the tests below.
 impl Harness {
@@ -98,6 +98,17 @@ fn sent(actions: &[Action]) -> Vec<(ConnId, Vec<u8>)> {
         }
     }
     frames
+}
+
+/// The frames sent, decoded, as (recipient, message), in order.
+fn decoded(actions: &[Action]) -> Vec<(ConnId, ServerMessage)> {
+    sent(actions)
+        .into_iter()
+        .map(|(to, frame)| {
+            let frame = Frame::new(frame[HEADER_LEN - 1], frame[HEADER_LEN..].to_vec());
+            (to, ServerMessage::parse(&frame).unwrap())
+        })
+        .collect()
 }
 
 fn closed(actions: &[Action]) -> Vec<(ConnId, CloseReason)> {

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::protocol::transfer::{EndReason, FileMeta, FileNotice, FileRequest};
-use crate::protocol::{Frame, FrameCodec, ServerMessage, MAX_CLIENT_PAYLOAD};
+use crate::protocol::{FrameCodec, MAX_CLIENT_PAYLOAD};
 
 impl Harness {
     /// Connection `id`, secure (when `secure`), named `name`, in `room`.
@@ -46,16 +46,6 @@ impl Harness {
         };
         self.file(conn, request)
     }
-}
-
-fn decoded(actions: &[Action]) -> Vec<(ConnId, ServerMessage)> {
-    sent(actions)
-        .into_iter()
-        .map(|(to, frame)| {
-            let frame = Frame::new(frame[HEADER_LEN - 1], frame[HEADER_LEN..].to_vec());
-            (to, ServerMessage::parse(&frame).unwrap())
-        })
-        .collect()
 }
 
 fn error(text: &str) -> ServerMessage {

@@ -3,7 +3,7 @@
 //! wraps are tested in `keywrap.rs` and over TCP in `tests/secure_server.rs`.
 
 use super::*;
-use crate::protocol::{Frame, SecureMessage, ServerMessage};
+use crate::protocol::SecureMessage;
 
 /// The 2048-bit key of the connection with id `id`.
 fn key(id: u64) -> Bytes {
@@ -47,17 +47,6 @@ impl Harness {
                 .then(|| job.recipients.iter().map(|r| r.conn).collect())
         })
     }
-}
-
-/// The frames sent, decoded, as (recipient, message), in order.
-fn decoded(actions: &[Action]) -> Vec<(ConnId, ServerMessage)> {
-    sent(actions)
-        .into_iter()
-        .map(|(to, frame)| {
-            let frame = Frame::new(frame[HEADER_LEN - 1], frame[HEADER_LEN..].to_vec());
-            (to, ServerMessage::parse(&frame).unwrap())
-        })
-        .collect()
 }
 
 /// The ROOM_KEY frames sent, as (recipient, room, epoch).

@@ -81,6 +81,12 @@ fn file(notice: FileNotice) -> ServerMessage {
     ServerMessage::File(notice)
 }
 
+/// `8e` for transfer 1, to the sender, naming `delivered`.
+fn finished(delivered: &[ConnId]) -> (ConnId, ServerMessage) {
+    let delivered = delivered.iter().map(|&conn| name(conn)).collect();
+    (SENDER, file(FileNotice::Finished { id: 1, delivered }))
+}
+
 /// The `8f` notices sent, as (to, who, reason).
 fn endings(out: &[Action]) -> Vec<(ConnId, Bytes, EndReason)> {
     decoded(out)
@@ -405,13 +411,7 @@ fn chunks_flow_through_a_window_and_the_transfer_finishes() {
         decoded(&out),
         [
             (SENDER, file(FileNotice::Window { id: 1, acked: 3 })),
-            (
-                SENDER,
-                file(FileNotice::Finished {
-                    id: 1,
-                    delivered: vec![name(BOB), name(CAROL)]
-                })
-            ),
+            finished(&[BOB, CAROL]),
         ]
     );
     assert!(!bench.active());
@@ -568,13 +568,7 @@ fn a_recipient_that_does_not_ack_in_time_is_removed_and_the_others_go_on() {
     bench.chunk(3);
     bench.ack(BOB, 3);
     let out = bench.done();
-    assert!(decoded(&out).contains(&(
-        SENDER,
-        file(FileNotice::Finished {
-            id: 1,
-            delivered: vec![name(BOB)]
-        })
-    )));
+    assert!(decoded(&out).contains(&finished(&[BOB])));
 }
 
 #[test]
@@ -699,13 +693,7 @@ fn a_reconnected_recipient_resumes_with_the_chunks_it_lacks() {
     bench.chunk(3);
     bench.ack(new_bob, 3);
     let out = bench.done();
-    assert!(decoded(&out).contains(&(
-        SENDER,
-        file(FileNotice::Finished {
-            id: 1,
-            delivered: vec![name(BOB)]
-        })
-    )));
+    assert!(decoded(&out).contains(&finished(&[BOB])));
 }
 
 #[test]
@@ -798,13 +786,7 @@ fn an_empty_file_finishes_when_the_sender_says_done() {
         [
             (SENDER, ok()),
             (BOB, file(FileNotice::Done { id: 1 })),
-            (
-                SENDER,
-                file(FileNotice::Finished {
-                    id: 1,
-                    delivered: vec![name(BOB)]
-                })
-            ),
+            finished(&[BOB]),
         ]
     );
 }
