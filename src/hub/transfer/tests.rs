@@ -880,16 +880,7 @@ fn offers_are_checked_against_the_limits() {
     ];
     for (case, spoil, status, text) in cases {
         let mut transfers = Transfers::new(limits(), Metrics::default());
-        let mut offer = Offer {
-            sender: SENDER,
-            sender_name: name(SENDER),
-            sender_key: Bytes::new(),
-            room: None,
-            recipients: vec![(BOB, name(BOB))],
-            skipped: Vec::new(),
-            meta: meta(2500),
-            window: 4,
-        };
+        let mut offer = offer_to_bob(SENDER);
         spoil(&mut offer);
         let refusal = transfers
             .offer(offer, Instant::now(), &mut Vec::new())
@@ -902,58 +893,39 @@ fn offers_are_checked_against_the_limits() {
     }
 }
 
-#[test]
-fn transfers_per_user_and_in_total_are_capped() {
-    let mut bench = Bench::new();
-    bench.offer_to(&[BOB], 2500, 4);
-    bench.offer_to(&[BOB], 2500, 4);
-    let third = Offer {
-        sender: SENDER,
-        sender_name: name(SENDER),
+/// A 2,500-byte file from `sender` to bob alone.
+fn offer_to_bob(sender: ConnId) -> Offer {
+    Offer {
+        sender,
+        sender_name: name(sender),
         sender_key: Bytes::new(),
         room: None,
         recipients: vec![(BOB, name(BOB))],
         skipped: Vec::new(),
         meta: meta(2500),
         window: 4,
+    }
+}
+
+#[test]
+fn transfers_per_user_and_in_total_are_capped() {
+    let mut bench = Bench::new();
+    let mut offer = |sender| {
+        bench
+            .transfers
+            .offer(offer_to_bob(sender), bench.now, &mut Vec::new())
     };
-    let refusal = bench
-        .transfers
-        .offer(third, bench.now, &mut Vec::new())
-        .unwrap_err();
+    offer(SENDER).unwrap();
+    offer(SENDER).unwrap();
+    let refusal = offer(SENDER).unwrap_err();
     assert_eq!(refusal.status, Status::TryLater);
     assert_eq!(
         refusal.text,
         "You already have 2 file transfers in progress; try again when one ends."
     );
-    let from_carol = Offer {
-        sender: CAROL,
-        sender_name: name(CAROL),
-        sender_key: Bytes::new(),
-        room: None,
-        recipients: vec![(BOB, name(BOB))],
-        skipped: Vec::new(),
-        meta: meta(2500),
-        window: 4,
-    };
-    bench
-        .transfers
-        .offer(from_carol, bench.now, &mut Vec::new())
-        .unwrap();
-    let from_dave = Offer {
-        sender: DAVE,
-        sender_name: name(DAVE),
-        sender_key: Bytes::new(),
-        room: None,
-        recipients: vec![(BOB, name(BOB))],
-        skipped: Vec::new(),
-        meta: meta(2500),
-        window: 4,
-    };
-    let refusal = bench
-        .transfers
-        .offer(from_dave, bench.now, &mut Vec::new())
-        .unwrap_err();
+    offer(CAROL).unwrap();
+    let refusal = offer(DAVE).unwrap_err();
+    assert_eq!(refusal.status, Status::TryLater);
     assert_eq!(
         refusal.text,
         "The server has too many file transfers in progress, try again later."
