@@ -199,10 +199,16 @@ impl Shell {
     }
 
     fn show(&mut self, event: &Event) {
-        let printer = &mut self.printer;
-        match &self.progress.bars {
-            Some(bars) => bars.suspend(|| printer.show(event)),
-            None => printer.show(event),
+        // While bars are drawn, lines go above them through indicatif, which
+        // redraws the bars below; the line editor's printer knows nothing
+        // of them and would leave stale copies behind.
+        match self.progress.drawing() {
+            Some(bars) => {
+                if let Some(text) = event.to_text() {
+                    let _ = bars.println(text);
+                }
+            }
+            None => self.printer.show(event),
         }
     }
 
@@ -288,6 +294,11 @@ impl ProgressView {
         }
     }
 
+    /// The bars, while any is drawn.
+    fn drawing(&self) -> Option<&indicatif::MultiProgress> {
+        self.bars.as_ref().filter(|_| !self.live.is_empty())
+    }
+
     /// Draws `progress`; returns an event to print instead, now and then.
     fn update(&mut self, progress: &Progress) -> Option<Event> {
         let key = (progress.direction, progress.id);
@@ -298,7 +309,17 @@ impl ProgressView {
             }
             return None;
         }
+        if progress.bytes == 0 && !self.live.contains_key(&key) {
+            // Nothing to show yet; what the line editor is still printing
+            // (the accept, the start) is out of the way when bytes move.
+            return None;
+        }
         let bars = &self.bars;
+        if let (Some(bars), true) = (bars, self.live.is_empty()) {
+            // The cursor may be after the prompt: start the bars on a line
+            // of their own, or the first one wraps and is drawn twice.
+            let _ = bars.println("\r");
+        }
         let live = self.live.entry(key).or_insert_with(|| Live {
             bar: bars.as_ref().map(|bars| bars.add(new_bar(progress))),
             started: now,
@@ -345,7 +366,12 @@ fn new_bar(progress: &Progress) -> indicatif::ProgressBar {
     )
     .expect("a valid template")
     .progress_chars("=> ");
-    let bar = indicatif::ProgressBar::new(progress.total).with_style(style);
+    // Hidden until added to the bars, so that it is never drawn alone.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(progress.total),
+        indicatif::ProgressDrawTarget::hidden(),
+    )
+    .with_style(style);
     bar.set_prefix(format!("{arrow} {}", progress.id));
     bar.set_message(progress.name.clone());
     bar
