@@ -20,8 +20,26 @@ pub enum Command {
     },
     /// A line not starting with `\`: said in the current room.
     Say(Vec<u8>),
+    /// `\file ...`: file transfer.
+    File(FileCommand),
     Disconnect,
     Quit,
+}
+
+/// `\file send PATH [USER]`, `\file accept ID`, `\file decline ID`,
+/// `\file cancel ID`, `\file list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileCommand {
+    /// Offers the file at `path` to `target`, or to the room without one.
+    Send {
+        path: String,
+        target: Option<Vec<u8>>,
+    },
+    Accept(u32),
+    Decline(u32),
+    /// Withdraws a file we send, or gives up one we receive.
+    Cancel(u32),
+    List,
 }
 
 /// A line refused before anything is sent, with the legacy client's text.
@@ -77,6 +95,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, InputError> {
             room: short(room, InputError::RoomTooLong)?,
             password: short(password, InputError::PasswordTooLong)?,
         },
+        ("file", args) => Command::File(file(args)?),
         ("list", ["users"]) => Command::ListUsers,
         ("list", ["rooms"]) => Command::ListRooms,
         ("list", [kind]) if word(kind) => return Err(InputError::ListType),
@@ -97,6 +116,25 @@ pub fn parse(line: &str) -> Result<Option<Command>, InputError> {
         _ => return Err(InputError::Invalid),
     };
     Ok(Some(parsed))
+}
+
+fn file(args: &[&str]) -> Result<FileCommand, InputError> {
+    let id = |arg: &str| arg.parse::<u32>().map_err(|_| InputError::Invalid);
+    Ok(match args {
+        ["send", path] if word(path) => FileCommand::Send {
+            path: path.to_string(),
+            target: None,
+        },
+        ["send", path, user] if word(path) && word(user) => FileCommand::Send {
+            path: path.to_string(),
+            target: Some(short(user, InputError::NickTooLong)?),
+        },
+        ["accept", arg] => FileCommand::Accept(id(arg)?),
+        ["decline", arg] => FileCommand::Decline(id(arg)?),
+        ["cancel", arg] => FileCommand::Cancel(id(arg)?),
+        ["list"] => FileCommand::List,
+        _ => return Err(InputError::Invalid),
+    })
 }
 
 /// One non-empty word without whitespace, like the legacy client's `[^\s]+`.
@@ -160,6 +198,27 @@ mod tests {
             }
         );
         assert_eq!(ok("  hello room"), Command::Say(b"  hello room".to_vec()));
+        assert_eq!(
+            ok("\\file send ./notes.txt"),
+            Command::File(FileCommand::Send {
+                path: "./notes.txt".into(),
+                target: None
+            })
+        );
+        assert_eq!(
+            ok("\\file send /tmp/a.bin bob"),
+            Command::File(FileCommand::Send {
+                path: "/tmp/a.bin".into(),
+                target: Some(b"bob".to_vec())
+            })
+        );
+        assert_eq!(ok("\\file accept 7"), Command::File(FileCommand::Accept(7)));
+        assert_eq!(
+            ok("\\file decline 7"),
+            Command::File(FileCommand::Decline(7))
+        );
+        assert_eq!(ok("\\file cancel 7"), Command::File(FileCommand::Cancel(7)));
+        assert_eq!(ok("\\file list"), Command::File(FileCommand::List));
         assert_eq!(ok("\\disconnect"), Command::Disconnect);
         assert_eq!(ok("\\quit"), Command::Quit);
         assert_eq!(parse(""), Ok(None));
@@ -182,6 +241,15 @@ mod tests {
             "\\connect",
             "\\quit now",
             "\\frobnicate",
+            "\\file",
+            "\\file send",
+            "\\file send a b c",
+            "\\file send  a",
+            "\\file accept",
+            "\\file accept x",
+            "\\file accept -1",
+            "\\file list all",
+            "\\file open 1",
         ] {
             assert_eq!(parse(line), Err(InputError::Invalid), "{line:?}");
         }

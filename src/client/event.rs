@@ -15,6 +15,30 @@ pub enum Kind {
     Dm,
 }
 
+/// Which way a file goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Send,
+    Receive,
+}
+
+/// One line of `\file list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileStatus {
+    pub id: u32,
+    pub direction: Direction,
+    pub name: String,
+    /// The sender of a file we receive; the room or user of a file we send.
+    pub peer: String,
+    /// `offered`, `answering`, `waiting` (for answers), `sending`, `receiving`,
+    /// `paused` (disconnected, to resume), `resuming`, `finishing`.
+    pub state: &'static str,
+    /// Bytes received, or acknowledged by every recipient.
+    pub bytes: u64,
+    pub total: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
@@ -109,6 +133,117 @@ pub enum Event {
     Disconnected {
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// The server took our offer (`8a`); `skipped` members cannot receive
+    /// files and were not asked.
+    FileOffer {
+        id: u32,
+        name: String,
+        size: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        encrypted: bool,
+        skipped: Vec<String>,
+    },
+    /// Someone offers us a file; its signature checked out.
+    FileOffered {
+        id: u32,
+        from: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        name: String,
+        size: u64,
+        encrypted: bool,
+    },
+    /// The server took our accept: the file goes to `part` until verified.
+    FileAccepted {
+        id: u32,
+        name: String,
+        part: String,
+    },
+    FileDeclined {
+        id: u32,
+        name: String,
+    },
+    /// Everyone answered: our file goes out to `recipients`.
+    FileStarted {
+        id: u32,
+        name: String,
+        recipients: Vec<String>,
+    },
+    /// How far a file has got; sparingly, when there is no progress bar.
+    FileProgress {
+        id: u32,
+        direction: Direction,
+        name: String,
+        bytes: u64,
+        total: u64,
+        bytes_per_sec: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eta_secs: Option<u64>,
+    },
+    /// Our file is delivered: `delivered` acknowledged every chunk.
+    FileSent {
+        id: u32,
+        name: String,
+        delivered: Vec<String>,
+        sha256: String,
+    },
+    /// A file arrived whole, its digest and signature verified, and was
+    /// saved at `path`.
+    FileReceived {
+        id: u32,
+        from: String,
+        name: String,
+        path: String,
+        size: u64,
+        sha256: String,
+    },
+    /// A transfer ended for everyone (`who` absent) or for the recipient
+    /// `who`; `reason` is the server's (`sender_left`, `too_slow`, ...) or
+    /// ours (`cancelled` for a file we gave up).
+    FileEnded {
+        id: u32,
+        direction: Direction,
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        who: Option<String>,
+        reason: String,
+        text: String,
+    },
+    /// A file failed verification (a chunk's MAC, the offer's signature, a
+    /// decryption or the final digest): nothing of it was kept, and the
+    /// transfer was refused or given up.
+    FileFailed {
+        id: u32,
+        name: String,
+        from: String,
+        problem: String,
+    },
+    /// The connection dropped while receiving: the partial file is kept and
+    /// resumed after the next `\connect`.
+    FilePaused {
+        id: u32,
+        name: String,
+    },
+    /// The server resends what we lack; `chunks` we already had.
+    FileResumed {
+        id: u32,
+        name: String,
+        chunks: u32,
+    },
+    /// The server could not resume the file: the partial file was deleted.
+    FileResumeFailed {
+        id: u32,
+        name: String,
+        from: String,
+        text: String,
+    },
+    /// The reply to `\file list`.
+    FileList {
+        transfers: Vec<FileStatus>,
     },
 }
 
@@ -207,6 +342,140 @@ impl Event {
             Event::Disconnected {
                 reason: Some(reason),
             } => format!("Disconnected from the chat server (Reason: {reason})"),
+            Event::FileOffer {
+                id,
+                name,
+                size,
+                room,
+                to,
+                skipped,
+                ..
+            } => {
+                let place = match (room, to) {
+                    (Some(room), _) => format!("room '{room}'"),
+                    (None, to) => format!("'{}'", to.as_deref().unwrap_or_default()),
+                };
+                let mut line = format!(
+                    "Offered '{name}' ({size} bytes) to {place} as file {id}; waiting for answers."
+                );
+                if !skipped.is_empty() {
+                    line.push_str(&format!(
+                        " Not offered to {} (their clients cannot receive files).",
+                        skipped.join(", ")
+                    ));
+                }
+                line
+            }
+            Event::FileOffered {
+                id,
+                from,
+                room,
+                name,
+                size,
+                encrypted,
+            } => {
+                let place = room
+                    .as_ref()
+                    .map_or(String::new(), |room| format!(" in room '{room}'"));
+                let mark = if *encrypted { "" } else { ", not encrypted" };
+                format!(
+                    "{from} offers file {id}{place}: '{name}' ({size} bytes{mark}). Type \\file accept {id} or \\file decline {id}."
+                )
+            }
+            Event::FileAccepted { id, name, part } => {
+                format!("Accepted file {id} '{name}'; receiving into {part}.")
+            }
+            Event::FileDeclined { id, name } => format!("Declined file {id} '{name}'."),
+            Event::FileStarted {
+                id,
+                name,
+                recipients,
+            } => format!("Sending file {id} '{name}' to {}.", recipients.join(", ")),
+            Event::FileProgress {
+                id,
+                direction,
+                name,
+                bytes,
+                total,
+                bytes_per_sec,
+                eta_secs,
+            } => {
+                let verb = match direction {
+                    Direction::Send => "Sending",
+                    Direction::Receive => "Receiving",
+                };
+                let eta = eta_secs.map_or(String::new(), |eta| format!(", {eta} s left"));
+                format!("{verb} file {id} '{name}': {bytes}/{total} bytes, {bytes_per_sec} B/s{eta}")
+            }
+            Event::FileSent {
+                id,
+                name,
+                delivered,
+                sha256,
+            } => format!(
+                "Sent file {id} '{name}' to {} (SHA-256 {sha256}).",
+                delivered.join(", ")
+            ),
+            Event::FileReceived {
+                id,
+                from,
+                name,
+                path,
+                sha256,
+                ..
+            } => format!(
+                "Received file {id} '{name}' from {from}, verified: saved as {path} (SHA-256 {sha256})."
+            ),
+            Event::FileEnded {
+                id,
+                name,
+                who: Some(who),
+                text,
+                ..
+            } => format!("File {id} '{name}': {who} is out. ({text})"),
+            Event::FileEnded {
+                id, name, text, ..
+            } => format!("File {id} '{name}' ended. ({text})"),
+            Event::FileFailed {
+                id,
+                name,
+                from,
+                problem,
+            } => format!(
+                "!! FILE {id} '{name}' FROM {from} FAILED VERIFICATION: {problem}. Nothing of it was kept."
+            ),
+            Event::FilePaused { id, name } => format!(
+                "File {id} '{name}' paused: the partial file is kept and resumes after \\connect."
+            ),
+            Event::FileResumed { id, name, chunks } => {
+                format!("Resuming file {id} '{name}' after chunk {chunks}.")
+            }
+            Event::FileResumeFailed {
+                id,
+                name,
+                from,
+                text,
+            } => format!(
+                "File {id} '{name}' cannot be resumed ({text}); the partial file was deleted. Ask {from} to send it again."
+            ),
+            Event::FileList { transfers } if transfers.is_empty() => {
+                "No file transfers.".to_string()
+            }
+            Event::FileList { transfers } => {
+                let mut text = String::from("File transfers:");
+                for file in transfers {
+                    let arrow = match file.direction {
+                        Direction::Send => "to",
+                        Direction::Receive => "from",
+                    };
+                    let percent = (file.bytes * 100).checked_div(file.total).unwrap_or(100);
+                    text.push_str(&format!(
+                        "\n  {} '{}' {arrow} {}: {}, {}/{} bytes ({percent}%)",
+                        file.id, file.name, file.peer, file.state, file.bytes, file.total
+                    ));
+                }
+                text
+            }
         };
         Some(text)
     }

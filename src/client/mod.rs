@@ -10,20 +10,28 @@
 //! - [`session`]: the sans-IO client; lines, frames and time in, frames and
 //!   events out.
 //! - [`event`]: what the user sees, as text or JSON lines.
+//! - [`transfer`]: what is kept of each file sent or received, and the file
+//!   operations the session asks of the shell.
 //! - `terminal.rs` and `shell.rs`: stdin, stdout and the socket, with tokio.
 
 pub mod command;
+mod disk;
 pub mod event;
 pub mod request;
 pub mod session;
 mod shell;
 mod terminal;
+pub mod transfer;
 
 use std::process::ExitCode;
 
 pub use event::Event;
 pub use session::{Output, Session};
+pub use transfer::{FileOp, FileSettings, Progress};
 
+use std::path::PathBuf;
+
+use crate::crypto::file::DEFAULT_CHUNK_SIZE;
 use crate::crypto::identity::{DEFAULT_KEY_BITS, KEY_BITS};
 
 /// `parlor client [ADDR]`.
@@ -46,7 +54,23 @@ pub struct Options {
     /// Print events as JSON, one object per line, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Where files received are saved.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub download_dir: PathBuf,
+    /// Plaintext bytes per chunk of the files sent (the server may allow
+    /// less: `max_chunk_bytes`).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        default_value_t = DEFAULT_CHUNK_SIZE,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNK_SIZE),
+    )]
+    pub chunk_size: u32,
 }
+
+/// The largest `--chunk-size`: a sealed chunk must fit the 16 MiB frame
+/// the client itself would accept.
+const MAX_CHUNK_SIZE: i64 = 8 << 20;
 
 fn parse_bits(value: &str) -> Result<usize, String> {
     let bits: usize = value

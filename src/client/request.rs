@@ -5,6 +5,13 @@
 //! frame of its reply (PROTOCOL.md §2 and §12.1), so "the next `9a` answers
 //! the request in flight" is all the bookkeeping a client needs, and the
 //! frames that belong to the reply (`89`, `90`–`94`) are read before it.
+//!
+//! File requests keep the discipline too: an offer, a decision, FILE_DONE,
+//! a resume or a cancel waits its turn like any request. Chunks and acks
+//! are never answered with a `9a` (PROTOCOL.md §14), so they stream outside
+//! the queue.
+
+use super::transfer::PreparedFile;
 
 /// A request waiting its turn. It becomes frames only when it is sent, so
 /// that a room message is sealed under the key current at that moment.
@@ -27,6 +34,25 @@ pub enum Request {
         plaintext: bool,
     },
     Say(Vec<u8>),
+    /// A file hashed and ready to offer; signed when it is sent, under the
+    /// key current at that moment.
+    FileOffer(Box<PreparedFile>),
+    FileDecision {
+        id: u32,
+        accept: bool,
+    },
+    FileDone {
+        id: u32,
+    },
+    /// Asks for the rest of a file after a reconnect.
+    FileResume {
+        id: u32,
+    },
+    /// Sent after the transfer was already given up locally: its answer is
+    /// not shown.
+    FileCancel {
+        id: u32,
+    },
     /// Waits its turn like a request, as in the legacy client, but sends
     /// nothing: it closes the connection.
     Disconnect,
@@ -63,5 +89,23 @@ pub enum Pending {
         room: Vec<u8>,
         text: Vec<u8>,
         secure: bool,
+    },
+    /// The offer being made is kept by the session's file state; its id
+    /// comes with the `8a` before the `9a 00`.
+    FileOffer,
+    /// A DM_KEY_REQUEST sent on behalf of a file to one user.
+    FileDmKey(Box<PreparedFile>),
+    FileDecision {
+        id: u32,
+        accept: bool,
+    },
+    FileDone {
+        id: u32,
+    },
+    FileResume {
+        id: u32,
+    },
+    FileCancel {
+        id: u32,
     },
 }

@@ -9,6 +9,10 @@
 //! public key right after HELLO, seals what it says in secure rooms and to
 //! users with keys, and opens what it receives. Without one (`--legacy`) it
 //! speaks the plain protocol, exactly like the legacy client.
+//!
+//! File transfer (`files.rs`) follows the same rule for disk: the session
+//! asks for file reads and writes with [`Output::File`] and the shell
+//! reports back; see [`super::transfer`] for why.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use bytes::Bytes;
 use super::command::{self, Command};
 use super::event::{show, Event, Kind};
 use super::request::{Pending, Request};
+use super::transfer::{FileOp, Files, Progress};
 use crate::crypto::keyring::SealError;
 use crate::crypto::{Identity, Keyring, PeerKey, WrapLabel};
 use crate::protocol::{ClientMessage, Frame, SecureMessage, ServerMessage};
@@ -46,12 +51,19 @@ pub enum Output {
     Close,
     /// Exit the program.
     Quit,
+    /// Do this with a file on disk; see [`FileOp`] for how to report back.
+    File(FileOp),
+    /// Show how far a file transfer has got.
+    Progress(Progress),
 }
 
 pub struct Session {
     /// `None` in `--legacy` mode.
     identity: Option<Identity>,
     connection: Option<Connection>,
+    /// Files being sent and received; they outlive a connection, so that
+    /// a file being received resumes on the next one.
+    files: Files,
     out: Vec<Output>,
 }
 
@@ -80,6 +92,7 @@ impl Session {
         Session {
             identity,
             connection: None,
+            files: Files::default(),
             out: Vec::new(),
         }
     }
@@ -112,10 +125,16 @@ impl Session {
     }
 
     fn enqueue(&mut self, command: Command, now: Instant) {
+        if let Command::File(command) = command {
+            return self.file_command(command, now);
+        }
         let Some(connection) = &mut self.connection else {
             match command {
                 Command::Connect(address) => self.connect(address),
-                Command::Quit => self.out.push(Output::Quit),
+                Command::Quit => {
+                    self.abandon_files();
+                    self.out.push(Output::Quit);
+                }
                 _ => self.error("Not connected to a chat server."),
             }
             return;
@@ -133,6 +152,7 @@ impl Session {
                 plaintext: false,
             },
             Command::Say(text) => Request::Say(text),
+            Command::File(_) => unreachable!("handled above"),
             Command::Disconnect => Request::Disconnect,
             Command::Quit => Request::Quit,
         };
@@ -181,7 +201,9 @@ impl Session {
             self.event(Event::Disconnected {
                 reason: Some(reason.to_string()),
             });
-            if connection.queue.contains(&Request::Quit) {
+            let quitting = connection.queue.contains(&Request::Quit);
+            self.files_connection_lost(quitting);
+            if quitting {
                 self.out.push(Output::Quit);
             }
         }
@@ -220,7 +242,7 @@ impl Session {
                 self.direct_message(&sender, &text, now)
             }
             Ok(ServerMessage::Secure(message)) => self.secure_message(message, now),
-            Ok(ServerMessage::File(_)) => {}
+            Ok(ServerMessage::File(notice)) => self.file_notice(notice, now),
             Err(err) => {
                 // The legacy client drops a server that breaks the framing
                 // rules; so does this one.
@@ -229,6 +251,7 @@ impl Session {
                 self.event(Event::Disconnected {
                     reason: Some(format!("Server sent an invalid message. ({err})")),
                 });
+                self.files_connection_lost(false);
             }
         }
         self.take_output()
@@ -304,6 +327,11 @@ impl Session {
                 plaintext,
             } => return self.start_dm(target, text, plaintext, now),
             Request::Say(text) => return self.start_say(text, now),
+            Request::FileOffer(file) => return self.start_file_offer(*file, now),
+            Request::FileDecision { .. }
+            | Request::FileDone { .. }
+            | Request::FileResume { .. }
+            | Request::FileCancel { .. } => return self.start_file_request(request, now),
             Request::Disconnect => return self.disconnect(false),
             Request::Quit => return self.disconnect(true),
         };
@@ -397,6 +425,7 @@ impl Session {
         self.connection = None;
         self.out.push(Output::Close);
         self.event(Event::Disconnected { reason: None });
+        self.files_connection_lost(quit);
         if quit {
             self.out.push(Output::Quit);
         }
@@ -438,7 +467,9 @@ impl Session {
                     .identity
                     .as_ref()
                     .map_or(0, |id| id.signature_len() * 8);
-                Event::KeyRegistered { bits }
+                self.event(Event::KeyRegistered { bits });
+                // Files cut off with the last connection go on.
+                return self.resume_files();
             }
             Pending::Nick(name) => {
                 connection.name = name;
@@ -508,6 +539,12 @@ impl Session {
                 text: show(&text),
                 secure,
             },
+            file @ (Pending::FileOffer
+            | Pending::FileDmKey(_)
+            | Pending::FileDecision { .. }
+            | Pending::FileDone { .. }
+            | Pending::FileResume { .. }
+            | Pending::FileCancel { .. }) => return self.file_succeeded(file),
         };
         self.event(event);
     }
@@ -537,6 +574,12 @@ impl Session {
                         .to_string(),
                 });
             }
+            file @ (Pending::FileOffer
+            | Pending::FileDmKey(_)
+            | Pending::FileDecision { .. }
+            | Pending::FileDone { .. }
+            | Pending::FileResume { .. }
+            | Pending::FileCancel { .. }) => self.file_failed(file, data),
             _ => self.event(Event::Failed { text: show(data) }),
         }
     }
@@ -766,6 +809,8 @@ fn names(mut data: &[u8]) -> Vec<String> {
     }
     names
 }
+
+mod files;
 
 #[cfg(test)]
 mod tests;

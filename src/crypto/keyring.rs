@@ -46,6 +46,9 @@ pub enum SealError {
 /// One issued key with its counters.
 #[derive(Debug)]
 struct KeyState {
+    /// The issued key itself: files derive their own keys from it
+    /// ([`super::file::FileKeys`]).
+    issued: IssuedKey,
     keys: MessageKeys,
     /// The counter of our last message under this key.
     sent: u64,
@@ -56,6 +59,7 @@ struct KeyState {
 impl KeyState {
     fn new(issued: &IssuedKey) -> KeyState {
         KeyState {
+            issued: issued.clone(),
             keys: MessageKeys::derive(issued),
             sent: 0,
             seen: HashMap::new(),
@@ -111,6 +115,11 @@ impl Keyring {
         self.peers.contains_key(name)
     }
 
+    /// The public key of the user now called `name`, if it was announced.
+    pub fn peer(&self, name: &[u8]) -> Option<&PeerKey> {
+        self.peers.get(name)
+    }
+
     /// Installs a room key. A newer epoch becomes current and the one it
     /// replaces starts its grace period; an epoch not above the current one
     /// changes nothing and returns false.
@@ -151,6 +160,19 @@ impl Keyring {
         self.rooms.get(room).map(|keys| keys.epoch)
     }
 
+    /// The issued key of a room epoch, current or superseded, while we
+    /// hold it: a file offered under it derives its chunk keys from it.
+    pub fn room_key(&self, room: &[u8], epoch: u32) -> Option<&IssuedKey> {
+        let keys = self.rooms.get(room)?;
+        if keys.epoch == epoch {
+            return Some(&keys.current.issued);
+        }
+        keys.superseded
+            .iter()
+            .find(|old| old.epoch == epoch)
+            .map(|old| &old.state.issued)
+    }
+
     /// Drops every key of a room we left.
     pub fn forget_room(&mut self, room: &[u8]) {
         self.rooms.remove(room);
@@ -178,6 +200,12 @@ impl Keyring {
             .filter(|(_, dm)| dm.peer.same_key(peer))
             .map(|(&id, _)| id)
             .max()
+    }
+
+    /// The issued DM key with this id and the public key of the peer it is
+    /// shared with.
+    pub fn dm_key(&self, key_id: u32) -> Option<(&PeerKey, &IssuedKey)> {
+        self.dms.get(&key_id).map(|dm| (&dm.peer, &dm.state.issued))
     }
 
     /// Seals a message to `room` under its current epoch.
@@ -633,6 +661,29 @@ mod tests {
         assert_eq!(opened.as_slice(), b"new name");
         assert!(bob.has_peer(b"alicia") && !bob.has_peer(b"alice"));
         assert_eq!(bob.dm_key_id(b"alicia"), Some(3));
+    }
+
+    #[test]
+    fn issued_keys_are_there_for_files_while_held() {
+        let now = Instant::now();
+        let mut bob = bob_in_vault(now);
+        assert_eq!(
+            bob.room_key(kat::ROOM, kat::EPOCH),
+            Some(&kat::issued_key())
+        );
+        bob.add_room_key(kat::ROOM, kat::EPOCH + 1, &other_key(4), now);
+        assert_eq!(bob.room_key(kat::ROOM, kat::EPOCH + 1), Some(&other_key(4)));
+        assert_eq!(
+            bob.room_key(kat::ROOM, kat::EPOCH),
+            Some(&kat::issued_key())
+        );
+        assert_eq!(bob.room_key(kat::ROOM, kat::EPOCH + 2), None);
+        assert_eq!(bob.room_key(b"other", kat::EPOCH), None);
+        assert!(bob.dm_key(1).is_none());
+        bob.add_dm_key(1, kat::SENDER, &other_key(1)).unwrap();
+        let (peer, key) = bob.dm_key(1).unwrap();
+        assert!(peer.same_key(bob.peer(kat::SENDER).unwrap()));
+        assert_eq!(key, &other_key(1));
     }
 
     #[test]

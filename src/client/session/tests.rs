@@ -573,3 +573,5 @@ fn leaving_a_room_forgets_its_keys() {
         }]
     );
 }
+
+mod files;
