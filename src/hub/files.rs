@@ -71,6 +71,12 @@ impl Hub {
             let Some(room) = user.room.clone() else {
                 return respond(out, conn, Status::Error, text::VOID);
             };
+            let secure_room = self.directory.room(&room).is_some_and(Room::is_secure);
+            if secure_room && !meta.encrypted() {
+                // Everyone there expects sealed content; a buggy client must
+                // not leak a file in the clear.
+                return respond(out, conn, Status::Error, text::FILE_NOT_SEALED);
+            }
             let members = self.directory.room(&room).map_or(&[][..], Room::members);
             let (mut recipients, mut skipped) = (Vec::new(), Vec::new());
             for &member in members.iter().filter(|member| **member != conn) {

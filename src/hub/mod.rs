@@ -91,6 +91,8 @@ pub mod text {
     pub const KEYS_BUSY: &str = "Server busy issuing keys, try again later.";
     pub const KEY_WRAP_FAILED: &str = "Internal error while issuing keys.";
     pub const FILE_TO_YOURSELF: &str = "You cannot send a file to yourself.";
+    pub const FILE_NOT_SEALED: &str =
+        "Files in an end-to-end encrypted room must be sealed with the room key.";
 }
 
 /// What the hub asks its driver to do.
@@ -484,9 +486,10 @@ impl Hub {
         // A file's sender hears its transfer start before it sends chunks,
         // so checking once per read is enough; chat never pays for it. A
         // raised limit is lowered again once the transfer is over.
-        if !self.transfers.is_empty() || codec.max_chunk_payload() > codec.max_payload() {
+        if self.transfers.admits_chunks() || codec.max_chunk_payload() > codec.max_payload() {
             let normal = codec.max_payload();
-            codec.allow_chunks(self.transfers.chunk_payload_limit(conn).unwrap_or(normal));
+            let limit = self.transfers.chunk_payload_limit(conn, now);
+            codec.allow_chunks(limit.unwrap_or(normal));
         }
         while self.users.contains_key(&conn) {
             let already = out.len();

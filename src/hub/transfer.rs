@@ -100,6 +100,9 @@ fn refuse<T>(status: Status, text: impl Into<String>) -> Result<T, Refusal> {
 pub struct Transfers {
     limits: TransferLimits,
     metrics: Metrics,
+    /// Senders whose transfer ended lately: their chunk limit, and until
+    /// when it lasts (see [`Transfers::linger`]).
+    ended_senders: HashMap<ConnId, (usize, Instant)>,
     transfers: HashMap<u32, Transfer>,
     /// The last transfer id handed out; ids count up from 1.
     last_id: u32,
@@ -282,6 +285,7 @@ impl Transfers {
         Transfers {
             limits,
             metrics,
+            ended_senders: HashMap::new(),
             transfers: HashMap::new(),
             last_id: 0,
         }
@@ -508,6 +512,7 @@ impl Transfers {
                 EndReason::NobodyAccepted,
                 "Nobody accepted the file.",
                 true,
+                now,
                 out,
             );
         }
@@ -528,7 +533,7 @@ impl Transfers {
             }
             .encode(),
         ));
-        self.settle(id, out);
+        self.settle(id, now, out);
     }
 
     /// A chunk from the sender: checked, encoded once and relayed to every
@@ -575,7 +580,7 @@ impl Transfers {
         };
         if let Some(violation) = violation {
             let text = format!("The sender broke the protocol: {violation}.");
-            return self.end(id, EndReason::ProtocolViolation, &text, true, out);
+            return self.end(id, EndReason::ProtocolViolation, &text, true, now, out);
         }
         transfer.sender_heard = now;
         let frame = FileNotice::Chunk {
@@ -619,7 +624,7 @@ impl Transfers {
                 progress.waiting_since = progress.owes().then_some(now);
             }
         }
-        self.settle(id, out);
+        self.settle(id, now, out);
     }
 
     /// FILE_DONE from the sender, after its last chunk: relayed to every
@@ -643,7 +648,7 @@ impl Transfers {
         out.push(send(conn, OK_RESPONSE));
         let frame = FileNotice::Done { id }.encode();
         out.extend(transfer.receiving().map(|(to, _)| send(to, frame.clone())));
-        self.settle(id, out);
+        self.settle(id, now, out);
     }
 
     /// FILE_RESUME from a reconnected recipient: `9a 00`, then the chunks
@@ -666,13 +671,17 @@ impl Transfers {
             return reply_error(out, conn, &unknown);
         };
         let found = transfer.recipients.iter().position(|recipient| {
-            matches!(recipient.stage, Stage::Detached { .. })
-                && bool::from(recipient.token.ct_eq(token))
+            !matches!(recipient.stage, Stage::Undecided) && bool::from(recipient.token.ct_eq(token))
         });
         let Some(at) = found else {
             return reply_error(out, conn, &unknown);
         };
-        let Stage::Detached { progress, .. } = transfer.recipients[at].stage else {
+        // The token proves who this is. If its old connection still looks
+        // alive (the server has not noticed it drop yet), the new one takes
+        // over: nothing more goes to the old one.
+        let (Stage::Detached { progress, .. } | Stage::Receiving(progress)) =
+            transfer.recipients[at].stage
+        else {
             unreachable!("matched above");
         };
         if progress.acked < transfer.base {
@@ -681,7 +690,7 @@ impl Transfers {
                 "File {id} cannot be resumed: chunks you lack were already dropped. Ask the sender to send it again."
             );
             reply_error(out, conn, &text);
-            return self.settle(id, out);
+            return self.settle(id, now, out);
         }
         out.push(send(conn, OK_RESPONSE));
         let mut resumed = progress;
@@ -703,7 +712,7 @@ impl Transfers {
         recipient.conn = Some(conn);
         recipient.stage = Stage::Receiving(resumed);
         info!(id, recipient = %Printable(&recipient.name), %conn, from = resumed.acked, "file transfer resumed");
-        self.settle(id, out);
+        self.settle(id, now, out);
     }
 
     /// FILE_CANCEL: the sender withdraws the file (everyone is told), or a
@@ -719,6 +728,7 @@ impl Transfers {
                 EndReason::Cancelled,
                 "The sender cancelled the file.",
                 false,
+                now,
                 out,
             );
         }
@@ -752,6 +762,7 @@ impl Transfers {
                     EndReason::SenderLeft,
                     "The sender left the room.",
                     true,
+                    now,
                     out,
                 );
             } else if let Some(at) = transfer.position_of(conn) {
@@ -764,6 +775,7 @@ impl Transfers {
     /// out if it had not decided, and detached (resumable) if it had
     /// accepted.
     pub fn disconnected(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        self.ended_senders.remove(&conn);
         for id in self.ids() {
             let transfer = self.transfers.get_mut(&id).expect("listed");
             if transfer.sender == conn {
@@ -772,6 +784,7 @@ impl Transfers {
                     EndReason::SenderLeft,
                     "The sender disconnected.",
                     false,
+                    now,
                     out,
                 );
                 continue;
@@ -788,7 +801,7 @@ impl Transfers {
                         since: now,
                     };
                     info!(id, recipient = %Printable(&recipient.name), "file recipient detached");
-                    self.settle(id, out);
+                    self.settle(id, now, out);
                 }
                 _ => {
                     let text = "Disconnected before answering.";
@@ -803,6 +816,7 @@ impl Transfers {
     /// did not resume within the decision timeout, and a sender that owed
     /// a chunk for the decision timeout.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.ended_senders.retain(|_, (_, until)| *until > now);
         let limits = self.limits.clone();
         for id in self.ids() {
             let transfer = &self.transfers[&id];
@@ -831,6 +845,7 @@ impl Transfers {
                     EndReason::SenderStalled,
                     "The sender stopped sending.",
                     true,
+                    now,
                     out,
                 );
                 continue;
@@ -870,13 +885,37 @@ impl Transfers {
     }
 
     /// The payload limit for chunk frames from this connection, if it is
-    /// sending a file: the codec admits chunks that large from it alone.
-    pub fn chunk_payload_limit(&self, conn: ConnId) -> Option<usize> {
+    /// sending a file, or its transfer ended within the ack timeout: the
+    /// codec admits chunks that large from it alone.
+    pub fn chunk_payload_limit(&self, conn: ConnId, now: Instant) -> Option<usize> {
+        let lingering = self
+            .ended_senders
+            .get(&conn)
+            .filter(|(_, until)| *until > now)
+            .map(|(limit, _)| *limit);
         self.transfers
             .values()
             .filter(|transfer| transfer.sender == conn && transfer.phase == Phase::Sending)
             .map(|transfer| CHUNK_HEADER_LEN + transfer.max_chunk_data)
+            .chain(lingering)
             .max()
+    }
+
+    /// Whether some connection may still send large chunk frames.
+    pub fn admits_chunks(&self) -> bool {
+        !self.transfers.is_empty() || !self.ended_senders.is_empty()
+    }
+
+    /// Keeps a sending transfer's chunk limit for its sender for the ack
+    /// timeout after it ends: chunks it sent before hearing the end are on
+    /// the wire, and must be dropped quietly rather than refused as too long
+    /// (which would close the connection).
+    fn linger(&mut self, transfer: &Transfer, now: Instant) {
+        if transfer.phase == Phase::Sending {
+            let limit = CHUNK_HEADER_LEN + transfer.max_chunk_data;
+            self.ended_senders
+                .insert(transfer.sender, (limit, now + self.limits.ack_timeout));
+        }
     }
 
     /// How many bytes of chunks the connection's send queue may hold beyond
@@ -917,7 +956,7 @@ impl Transfers {
         out.push(send(transfer.sender, frame));
         match transfer.phase {
             Phase::Deciding { .. } => self.maybe_start(id, now, out),
-            Phase::Sending => self.settle(id, out),
+            Phase::Sending => self.settle(id, now, out),
         }
     }
 
@@ -929,12 +968,14 @@ impl Transfers {
         reason: EndReason,
         text: &str,
         tell_sender: bool,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         let Some(transfer) = self.transfers.remove(&id) else {
             return;
         };
         info!(id, ?reason, "file transfer ended");
+        self.linger(&transfer, now);
         let frame = ended(id, b"", reason, text);
         if tell_sender {
             out.push(send(transfer.sender, frame.clone()));
@@ -951,7 +992,7 @@ impl Transfers {
     /// After acks or departures: slides the window and tells the sender
     /// (`8d`), finishes the transfer when every receiving recipient has the
     /// whole file and the sender is done, and ends it when nobody is left.
-    fn settle(&mut self, id: u32, out: &mut Vec<Action>) {
+    fn settle(&mut self, id: u32, now: Instant, out: &mut Vec<Action>) {
         let Some(transfer) = self.transfers.get_mut(&id) else {
             return;
         };
@@ -964,6 +1005,7 @@ impl Transfers {
                 EndReason::NoRecipientsLeft,
                 "Every recipient dropped out.",
                 true,
+                now,
                 out,
             );
         }
@@ -990,6 +1032,7 @@ impl Transfers {
         }
         if transfer.done && acked_by_all == transfer.chunk_count {
             let transfer = self.transfers.remove(&id).expect("looked up above");
+            self.linger(&transfer, now);
             let delivered: Vec<Bytes> = transfer
                 .recipients
                 .iter()

@@ -292,6 +292,11 @@ fn only_a_sender_whose_transfer_started_may_send_large_chunk_frames() {
         "too long from anyone else"
     );
     h.file(alice, FileRequest::Cancel { id: 1 });
+    // Chunks still on the wire when it ended are dropped quietly...
+    let late = feed(&mut h, alice);
+    assert!(late.is_empty(), "{late:?}");
+    // ...and once they can no longer be in flight, the limit is lowered.
+    h.advance(Duration::from_secs(10));
     let mut codec = FrameCodec::default();
     codec.allow_chunks(200_000);
     let mut out = Vec::new();
@@ -300,6 +305,32 @@ fn only_a_sender_whose_transfer_started_may_send_large_chunk_frames() {
     assert_eq!(
         codec.max_chunk_payload(),
         MAX_CLIENT_PAYLOAD,
-        "lowered once the transfer is over"
+        "lowered once the transfer is over and the ack timeout passed"
+    );
+}
+
+#[test]
+fn files_in_a_secure_room_must_be_sealed() {
+    let mut h = Harness::with_defaults();
+    let (alice, _bob, _carol) = transfer_in_progress(&mut h);
+    let unsealed = FileMeta {
+        name: bytes("clear.txt"),
+        size: 1,
+        chunk_size: 1,
+        chunk_count: 1,
+        flags: 0,
+        key_id: 0,
+        nonce: [0; 16],
+        digest: [0; 32],
+        signature: bytes("signature"),
+    };
+    let offer = FileRequest::Offer {
+        target: Bytes::new(),
+        meta: unsealed,
+        window: 1,
+    };
+    assert_eq!(
+        decoded(&h.file(alice, offer)),
+        [(alice, error(text::FILE_NOT_SEALED))]
     );
 }

@@ -937,19 +937,66 @@ fn only_a_sending_connection_may_send_large_chunk_frames_and_recipients_get_an_a
     let mut bench = Bench::new();
     bench.offer_to(&[BOB], 2500, 4);
     assert_eq!(
-        bench.transfers.chunk_payload_limit(SENDER),
+        bench.transfers.chunk_payload_limit(SENDER, bench.now),
         None,
         "not started"
     );
     bench.decide(BOB, true);
     let limit = CHUNK_HEADER_LEN + CHUNK as usize + CHUNK_SEAL_OVERHEAD;
-    assert_eq!(bench.transfers.chunk_payload_limit(SENDER), Some(limit));
-    assert_eq!(bench.transfers.chunk_payload_limit(BOB), None);
+    assert_eq!(
+        bench.transfers.chunk_payload_limit(SENDER, bench.now),
+        Some(limit)
+    );
+    assert_eq!(bench.transfers.chunk_payload_limit(BOB, bench.now), None);
     assert_eq!(
         bench.transfers.queue_allowance(BOB),
         4 * (HEADER_LEN + limit)
     );
     assert_eq!(bench.transfers.queue_allowance(SENDER), 0);
+}
+
+#[test]
+fn a_sender_keeps_its_chunk_limit_for_the_ack_timeout_after_its_transfer_ends() {
+    let mut bench = Bench::started(&[BOB], 4000, 4);
+    bench.chunk(0);
+    bench.run(|t, now, out| t.cancel(BOB, 1, now, out));
+    assert!(!bench.active());
+    let limit = CHUNK_HEADER_LEN + CHUNK as usize + CHUNK_SEAL_OVERHEAD;
+    assert_eq!(
+        bench.transfers.chunk_payload_limit(SENDER, bench.now),
+        Some(limit),
+        "chunks still on the wire are dropped, not refused as too long"
+    );
+    assert!(bench.chunk(1).is_empty(), "a late chunk is dropped quietly");
+    bench.advance(10);
+    assert_eq!(bench.transfers.chunk_payload_limit(SENDER, bench.now), None);
+    assert!(!bench.transfers.admits_chunks());
+}
+
+#[test]
+fn a_resume_from_a_new_connection_takes_over_before_the_old_one_is_noticed_gone() {
+    let mut bench = Bench::new();
+    bench.offer_to(&[BOB], 4000, 4);
+    let out = bench.decide(BOB, true);
+    let (_, ServerMessage::File(FileNotice::Accepted { token, .. })) = decoded(&out)[0] else {
+        panic!("expected a token");
+    };
+    bench.chunk(0);
+    bench.chunk(1);
+    bench.ack(BOB, 0);
+    let new_bob = ConnId(12);
+    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, now, out));
+    assert_eq!(decoded(&out)[0], (new_bob, ok()));
+    assert_eq!(chunks(&out), [(new_bob, 1)]);
+    assert_eq!(
+        chunks(&bench.chunk(2)),
+        [(new_bob, 2)],
+        "nothing more to the old one"
+    );
+    assert!(bench.ack(BOB, 1).is_empty(), "the old connection is out");
+    assert!(bench
+        .run(|t, now, out| t.disconnected(BOB, now, out))
+        .is_empty());
 }
 
 #[test]
