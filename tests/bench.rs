@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
-use parlor::bench::{run, IdleReport, Report, SecureFanoutReport, TrafficReport, Workload};
+use parlor::bench::{
+    run, IdleReport, Report, SecureFanoutReport, TrafficReport, TransferReport, Workload,
+};
 use parlor::config::Config;
 use parlor::protocol::{opcode, ClientMessage, Frame, FrameCodec, ServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -75,6 +77,13 @@ async fn idle(command_line: &str) -> IdleReport {
     match bench(command_line).await {
         Report::Idle(report) => report,
         other => panic!("not an idle report: {other:?}"),
+    }
+}
+
+async fn transfer(command_line: &str) -> TransferReport {
+    match bench(command_line).await {
+        Report::Transfer(report) => report,
+        other => panic!("not a transfer report: {other:?}"),
     }
 }
 
@@ -284,6 +293,128 @@ async fn secure_fanout_refuses_a_room_a_legacy_client_created() {
     server.stop().await;
 }
 
+/// Every chunk of every file reaches every recipient once, in order and
+/// intact, and the counts add up.
+fn assert_transfer_clean(report: &TransferReport) {
+    assert_eq!(
+        (
+            report.lost,
+            report.duplicated,
+            report.reordered,
+            report.corrupt,
+            report.unexpected,
+            report.refused,
+            report.disconnects
+        ),
+        (0, 0, 0, 0, 0, 0, 0),
+        "{report:#?}"
+    );
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}
+
+#[tokio::test]
+async fn transfer_to_three_recipients_delivers_every_chunk_once() {
+    let server = TestServer::start(bench_config()).await;
+    // 15 chunks of 64 KiB and a last one of 16,960 bytes, twice, to three
+    // recipients, with a window of 4 chunks.
+    let report = transfer(&format!(
+        "transfer --server {} --server-pid {} --recipients 3 --size 1000000 --chunk-bytes 64KiB --window 4 --files 2 --duration 60",
+        server.addr,
+        std::process::id()
+    ))
+    .await;
+    assert_eq!(report.connections, 4);
+    assert_eq!(report.chunks_per_file, 16);
+    assert_eq!(report.window_granted, Some(4));
+    assert_eq!(
+        (
+            report.files_offered,
+            report.files_finished,
+            report.files_cancelled
+        ),
+        (2, 2, 0)
+    );
+    assert_eq!(report.chunks_sent, 2 * 16);
+    assert_eq!(report.bytes_sent, 2 * 1_000_000);
+    assert_eq!(report.expected_deliveries, 2 * 16 * 3);
+    assert_eq!(report.delivered, 2 * 16 * 3);
+    assert_eq!(report.bytes_delivered, 2 * 3 * 1_000_000);
+    assert_eq!(report.files_complete, 2 * 3);
+    assert_eq!(report.file_s.as_ref().map(|_| ()), Some(()));
+    assert!(report.server_rss_kb_peak.is_some());
+    assert_transfer_clean(&report);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn transfer_checks_every_byte_and_a_last_chunk_shorter_than_its_marks() {
+    // The server grants at most its own window; the last chunk is 5 bytes.
+    let server = TestServer::start(Config {
+        max_transfer_window: 2,
+        ..bench_config()
+    })
+    .await;
+    let report = transfer(&format!(
+        "transfer --server {} --recipients 1 --size 30005 --chunk-bytes 1000 --window 8 --verify-all --duration 60",
+        server.addr
+    ))
+    .await;
+    assert_eq!(report.window_granted, Some(2));
+    assert_eq!(report.verified, "all");
+    assert_eq!((report.files_finished, report.chunks_per_file), (1, 31));
+    assert_eq!(report.delivered, 31);
+    assert_eq!(report.bytes_delivered, 30_005);
+    assert_transfer_clean(&report);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn transfer_cut_off_by_its_duration_is_cancelled_and_what_was_sent_arrives() {
+    let server = TestServer::start(bench_config()).await;
+    // 102,400 chunks one at a time: far more than 0.3 s allows.
+    let report = transfer(&format!(
+        "transfer --server {} --recipients 2 --size 100MiB --chunk-bytes 1KiB --window 1 --duration 0.3",
+        server.addr
+    ))
+    .await;
+    assert_eq!(
+        (
+            report.files_offered,
+            report.files_finished,
+            report.files_cancelled
+        ),
+        (1, 0, 1)
+    );
+    assert!(report.chunks_sent > 0 && report.chunks_sent < 102_400);
+    assert_eq!(report.expected_deliveries, 2 * report.chunks_sent);
+    assert_eq!(report.delivered, report.expected_deliveries);
+    assert_transfer_clean(&report);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn transfer_offers_refused_by_the_server_fail_the_run() {
+    let server = TestServer::start(Config {
+        max_file_bytes: 1000,
+        ..bench_config()
+    })
+    .await;
+    let report = transfer(&format!(
+        "transfer --server {} --size 1001 --chunk-bytes 100",
+        server.addr
+    ))
+    .await;
+    assert_eq!((report.files_offered, report.delivered), (1, 0));
+    assert_eq!(
+        report.failures,
+        [
+            "the server refused the offer: 01 Files may be at most 1000 bytes.",
+            "requests refused with 9a 01/02 (raise the server's rate limit for benchmarking): 1"
+        ]
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn idle_connections_outlive_the_idle_timeout_and_the_probe_is_answered() {
     // Without heartbeats every connection would be cut after 1.5 s.
@@ -366,6 +497,13 @@ fn nonsense_options_are_refused_before_connecting() {
             "bench secure-fanout --message-bytes 65300",
             "--message-bytes: at most 65199",
         ),
+        (
+            "bench transfer --recipients 0",
+            "--recipients: from 1 to 999",
+        ),
+        ("bench transfer --chunk-bytes 0", "--chunk-bytes: from 1"),
+        ("bench transfer --size 1G", "unknown unit `G`"),
+        ("bench transfer --window 0", "--window: from 1 to 64"),
     ] {
         let output = parlor(args);
         assert_eq!(output.status.code(), Some(2), "{args}");

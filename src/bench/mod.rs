@@ -15,6 +15,9 @@
 //! - `fanout.rs`, `dm.rs`, `secure_fanout.rs`: message workloads, run by
 //!   `traffic.rs`;
 //! - `idle.rs`: connections that only keep alive, then a probe;
+//! - `transfer.rs`: chunked file transfer from one sender to N recipients,
+//!   with the file's pattern in `file_pattern.rs` and the chunk-aware
+//!   reader in `frame_stream.rs`;
 //! - `session.rs`: one connection and the legacy setup steps;
 //! - `body.rs`: the stamp in every message;
 //! - `sequence.rs`: lost, duplicated and reordered deliveries;
@@ -32,6 +35,8 @@
 mod body;
 mod dm;
 mod fanout;
+mod file_pattern;
+mod frame_stream;
 mod idle;
 mod latency;
 mod process;
@@ -40,6 +45,7 @@ mod sequence;
 mod session;
 mod target;
 mod traffic;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -53,6 +59,7 @@ pub use latency::LatencySummary;
 pub use secure_fanout::{SecureFanoutArgs, SecureFanoutReport};
 pub use target::TargetArgs;
 pub use traffic::{LoadArgs, TrafficReport};
+pub use transfer::{parse_size, FileTimes, TransferArgs, TransferReport};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -77,6 +84,10 @@ pub enum Workload {
     /// N connections kept alive with heartbeats: the server's memory per
     /// connection, then a probe that must be answered.
     Idle(IdleArgs),
+    /// One sender streams files through the chunked file transfer to N
+    /// recipients in a plaintext room: relay throughput, CPU, and the
+    /// server's memory while it holds a window of chunks.
+    Transfer(TransferArgs),
 }
 
 /// The result of one run.
@@ -86,6 +97,7 @@ pub enum Report {
     Traffic(TrafficReport),
     SecureFanout(SecureFanoutReport),
     Idle(IdleReport),
+    Transfer(TransferReport),
 }
 
 impl Report {
@@ -96,6 +108,7 @@ impl Report {
             Report::Traffic(report) => &report.failures,
             Report::SecureFanout(report) => &report.traffic.failures,
             Report::Idle(report) => &report.failures,
+            Report::Transfer(report) => &report.failures,
         }
     }
 
@@ -104,6 +117,7 @@ impl Report {
             Report::Traffic(report) => report.summary(),
             Report::SecureFanout(report) => report.summary(),
             Report::Idle(report) => report.summary(),
+            Report::Transfer(report) => report.summary(),
         }
     }
 
@@ -140,6 +154,10 @@ pub async fn run(workload: &Workload) -> Result<Report, BenchError> {
         Workload::Idle(args) => {
             args.validate().map_err(BenchError::Usage)?;
             Report::Idle(idle::run(args).await.map_err(BenchError::Run)?)
+        }
+        Workload::Transfer(args) => {
+            args.validate().map_err(BenchError::Usage)?;
+            Report::Transfer(transfer::run(args).await.map_err(BenchError::Run)?)
         }
     };
     Ok(report)

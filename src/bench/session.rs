@@ -251,6 +251,12 @@ impl Session {
         self.codec.decode(&mut self.input)
     }
 
+    /// The socket and the bytes already read from it but not yet taken as
+    /// frames, for a workload that reads the stream its own way.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.input)
+    }
+
     /// Closes our side of the connection (FIN); reading goes on.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
