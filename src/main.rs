@@ -92,6 +92,7 @@ fn main() -> ExitCode {
     };
     init_logging(args.log_format);
     raise_fd_limit(config.max_connections);
+    keep_freed_chunk_memory();
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -146,6 +147,31 @@ fn raise_fd_limit(max_connections: usize) {
         Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
     }
 }
+
+/// File chunks are relayed through buffers of up to a few hundred KiB that
+/// live for a few microseconds. By default glibc hands freed memory of that
+/// size back to the kernel at once (munmap, or madvise when a thread's heap
+/// shrinks), so every chunk faulted its pages in again: about a fifth of
+/// the server's CPU at 1 → 10 recipients (BENCHMARKS.md, "File transfer").
+/// Fixed thresholds keep such blocks in the heap for reuse. Peak memory is
+/// unchanged; what is freed after a burst may stay with the process.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_chunk_memory() {
+    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+    const TRIM_THRESHOLD: libc::c_int = 64 << 20;
+    // SAFETY: mallopt only sets allocator parameters, before any thread but
+    // this one exists; it returns 0 on failure, which leaves the defaults.
+    let applied = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    };
+    if !applied {
+        tracing::warn!("cannot set the allocator's thresholds; file relay will be slower");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_chunk_memory() {}
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

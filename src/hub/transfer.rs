@@ -42,7 +42,10 @@ use super::{send, Action, ConnId};
 use crate::metrics::Metrics;
 use crate::printable::Printable;
 use crate::protocol::legacy::OK_RESPONSE;
-use crate::protocol::transfer::{EndReason, FileMeta, FileNotice, CHUNK_HEADER_LEN, TOKEN_LEN};
+use crate::protocol::transfer::opcode::FILE_CHUNK;
+use crate::protocol::transfer::{
+    encode_chunk, EndReason, FileMeta, FileNotice, CHUNK_HEADER_LEN, TOKEN_LEN,
+};
 use crate::protocol::{Status, HEADER_LEN};
 
 /// The most a sealed chunk's data exceeds its plaintext: a 16-byte IV, up to
@@ -583,12 +586,8 @@ impl Transfers {
             return self.end(id, EndReason::ProtocolViolation, &text, true, now, out);
         }
         transfer.sender_heard = now;
-        let frame = FileNotice::Chunk {
-            id,
-            index,
-            data: Bytes::copy_from_slice(data),
-        }
-        .encode();
+        // Encoded straight from the sender's data: one copy, shared by all.
+        let frame = encode_chunk(FILE_CHUNK, id, index, data);
         for recipient in &mut transfer.recipients {
             if let (Stage::Receiving(progress), Some(to)) = (&mut recipient.stage, recipient.conn) {
                 out.push(send(to, frame.clone()));
