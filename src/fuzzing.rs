@@ -21,21 +21,25 @@ use crate::hub::harness::{fake_wrap, Harness};
 use crate::hub::{Action, CloseReason, ConnId, PasswordJob};
 use crate::protocol::secure::opcode as secure_opcode;
 use crate::protocol::transfer::is_transfer_news;
+use crate::protocol::transfer::opcode::FILE_CHUNK;
 use crate::protocol::{
     opcode, ClientMessage, Frame, FrameCodec, FrameError, ServerMessage, HEADER_LEN, MAGIC,
     MAX_CLIENT_PAYLOAD,
 };
 use crate::replay::capture::{Capture, End, Moment, SentKind};
 
-/// The `frame_decoder` input: a byte stream, the codec's limit, and how the
-/// stream is cut into reads.
+/// The `frame_decoder` input: a byte stream, the codec's limit, whether it
+/// admits larger file chunks, and how the stream is cut into reads.
 ///
-/// As bytes: `limit`, then the number of chunk sizes (mod 16), the sizes,
-/// and the stream.
+/// As bytes: `limit`, then a byte holding the number of read sizes (low
+/// four bits) and the chunk flag (bit 4), the sizes, and the stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecoderInput {
     /// The codec's payload limit; 0 means the protocol's own maximum.
     pub limit: u8,
+    /// Whether the codec admits file chunks (opcode `86`) of up to twice
+    /// the limit, as for a connection that is sending a file.
+    pub large_chunks: bool,
     /// Read sizes, used in turn: a byte `n` reads `n + 1` bytes. None means
     /// the whole stream in one read.
     pub chunks: Vec<u8>,
@@ -46,10 +50,12 @@ impl DecoderInput {
     pub fn from_bytes(data: &[u8]) -> DecoderInput {
         let limit = data.first().copied().unwrap_or(0);
         let count = data.get(1).map_or(0, |count| usize::from(count % 16));
+        let large_chunks = data.get(1).is_some_and(|flags| flags & 0x10 != 0);
         let rest = data.get(2..).unwrap_or_default();
         let (chunks, stream) = rest.split_at(count.min(rest.len()));
         DecoderInput {
             limit,
+            large_chunks,
             chunks: chunks.to_vec(),
             stream: stream.to_vec(),
         }
@@ -57,7 +63,8 @@ impl DecoderInput {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         assert!(self.chunks.len() < 16, "at most 15 chunk sizes");
-        let mut bytes = vec![self.limit, self.chunks.len() as u8];
+        let flags = self.chunks.len() as u8 | if self.large_chunks { 0x10 } else { 0 };
+        let mut bytes = vec![self.limit, flags];
         bytes.extend_from_slice(&self.chunks);
         bytes.extend_from_slice(&self.stream);
         bytes
@@ -68,6 +75,23 @@ impl DecoderInput {
             0 => MAX_CLIENT_PAYLOAD,
             limit => usize::from(limit),
         }
+    }
+
+    /// The codec as this input configures it.
+    fn codec(&self) -> FrameCodec {
+        let mut codec = FrameCodec::new(self.max_payload());
+        if self.large_chunks {
+            codec.allow_chunks(2 * self.max_payload());
+        }
+        codec
+    }
+}
+
+/// The limit for a frame whose opcode is `opcode` (`None`: not yet read).
+fn limit_for(codec: &FrameCodec, opcode: Option<u8>) -> usize {
+    match opcode {
+        Some(FILE_CHUNK) | None => codec.max_chunk_payload(),
+        Some(_) => codec.max_payload(),
     }
 }
 
@@ -90,10 +114,10 @@ enum StreamEnd {
 /// exactly the bytes it came from; and every error is true of the bytes.
 pub fn frame_decoder(data: &[u8]) {
     let input = DecoderInput::from_bytes(data);
-    let max = input.max_payload();
+    let codec = input.codec();
     let stream = &input.stream;
-    let (whole, whole_end) = decode_in_reads(stream, &[], max);
-    let (split, split_end) = decode_in_reads(stream, &input.chunks, max);
+    let (whole, whole_end) = decode_in_reads(stream, &[], codec);
+    let (split, split_end) = decode_in_reads(stream, &input.chunks, codec);
     assert_eq!(whole, split, "the reads changed the frames");
     assert_eq!(
         whole_end, split_end,
@@ -102,6 +126,7 @@ pub fn frame_decoder(data: &[u8]) {
 
     let mut consumed = 0;
     for frame in &whole {
+        let max = limit_for(&codec, Some(frame.opcode));
         assert!(frame.payload.len() <= max, "a frame over the limit");
         let bytes = frame.to_bytes();
         assert_eq!(
@@ -115,6 +140,7 @@ pub fn frame_decoder(data: &[u8]) {
     let declared = rest
         .first_chunk::<4>()
         .map(|len| u64::from(u32::from_be_bytes(*len)));
+    let max = limit_for(&codec, rest.get(HEADER_LEN - 1).copied());
     match whole_end {
         StreamEnd::Clean => assert!(rest.is_empty(), "bytes left after a clean end"),
         StreamEnd::Unfinished => {
@@ -135,6 +161,12 @@ pub fn frame_decoder(data: &[u8]) {
                 "the refused length is not the declared one"
             );
             assert!(len > max as u64, "a length within the limit was refused");
+            if len <= codec.max_chunk_payload() as u64 {
+                assert!(
+                    rest.len() >= HEADER_LEN,
+                    "refused before its opcode was read"
+                );
+            }
         }
         StreamEnd::BadMagic(magic) => {
             assert_eq!(
@@ -150,14 +182,15 @@ pub fn frame_decoder(data: &[u8]) {
 /// Decodes `stream` read by read, as a connection does, checking after
 /// every call that the buffer never grows past one maximal frame and one
 /// read (twice over, for the allocator's doubling).
-fn decode_in_reads(stream: &[u8], chunks: &[u8], max: usize) -> (Vec<Frame>, StreamEnd) {
+fn decode_in_reads(stream: &[u8], chunks: &[u8], codec: FrameCodec) -> (Vec<Frame>, StreamEnd) {
     let read_sizes: Vec<usize> = match chunks {
         [] => vec![stream.len().max(1)],
         sizes => sizes.iter().map(|size| usize::from(*size) + 1).collect(),
     };
     let largest_read = read_sizes.iter().copied().max().unwrap_or(1);
+    let max = codec.max_chunk_payload();
     let bound = 2 * (HEADER_LEN + max + largest_read);
-    let mut codec = FrameCodec::new(max);
+    let mut codec = codec;
     let mut buffer = BytesMut::new();
     let mut frames = Vec::new();
     let mut rest = stream;
@@ -733,6 +766,7 @@ pub fn decoder_seed(capture: &Capture) -> Vec<u8> {
         .collect();
     DecoderInput {
         limit: 0,
+        large_chunks: false,
         chunks: vec![0, 6, 12, 200],
         stream,
     }

@@ -146,6 +146,11 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
             header.extend_from_slice(&tail);
             header
         }),
+        // A file chunk's header, its length around the limits.
+        1 => (0..300_000u32, 0..3usize).prop_map(|(len, cut)| {
+            let header = [&len.to_be_bytes()[..], &[0x04, 0x17, 0x86]].concat();
+            header[..header.len() - cut].to_vec()
+        }),
     ];
     (
         proptest::collection::vec(piece, 0..8),
@@ -165,10 +170,13 @@ fn stream() -> impl Strategy<Value = Vec<u8>> {
 fn decoder_input() -> impl Strategy<Value = DecoderInput> {
     let limit = prop_oneof![3 => Just(0u8), 1 => any::<u8>()];
     let chunks = proptest::collection::vec(any::<u8>(), 0..16);
-    (limit, chunks, stream()).prop_map(|(limit, chunks, stream)| DecoderInput {
-        limit,
-        chunks,
-        stream,
+    (limit, any::<bool>(), chunks, stream()).prop_map(|(limit, large_chunks, chunks, stream)| {
+        DecoderInput {
+            limit,
+            large_chunks,
+            chunks,
+            stream,
+        }
     })
 }
 
