@@ -170,6 +170,16 @@ const CHECKS_FAILED: u8 = 3;
 
 /// `parlor bench`: runs the workload on a single-threaded runtime, prints
 /// the report, and says through the exit code how it went.
+/// Adds what went wrong in a run to `failures`: a line for each count that
+/// is not zero, and one if the server process is gone.
+fn note_failures(failures: &mut Vec<String>, counts: &[(&str, u64)], server_alive: Option<bool>) {
+    let counted = counts.iter().filter(|(_, n)| *n > 0);
+    failures.extend(counted.map(|(what, n)| format!("{what}: {n}")));
+    if server_alive == Some(false) {
+        failures.push("the server process is gone".into());
+    }
+}
+
 pub fn main(args: BenchArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

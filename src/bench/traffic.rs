@@ -549,28 +549,23 @@ impl TrafficReport {
 
     fn find_failures(&self) -> Vec<String> {
         let mut failures = Vec::new();
-        let mut count = |what: &str, n: u64| {
-            if n > 0 {
-                failures.push(format!("{what}: {n}"));
-            }
-        };
-        count("lost deliveries", self.lost);
-        count("duplicated deliveries", self.duplicated);
-        count("reordered deliveries", self.reordered);
-        count("unexpected frames", self.unexpected);
-        count(
-            "deliveries beyond those expected",
-            self.delivered.saturating_sub(self.expected_deliveries),
-        );
-        count(
-            "messages refused with 9a 01/02 (raise the server's rate limit for benchmarking)",
-            self.refused,
-        );
-        count("messages never answered", self.unanswered);
-        count("connections closed by the server", self.disconnects);
-        if self.server_alive_after == Some(false) {
-            failures.push("the server process is gone".into());
-        }
+        let counts = [
+            ("lost deliveries", self.lost),
+            ("duplicated deliveries", self.duplicated),
+            ("reordered deliveries", self.reordered),
+            ("unexpected frames", self.unexpected),
+            (
+                "deliveries beyond those expected",
+                self.delivered.saturating_sub(self.expected_deliveries),
+            ),
+            (
+                "messages refused with 9a 01/02 (raise the server's rate limit for benchmarking)",
+                self.refused,
+            ),
+            ("messages never answered", self.unanswered),
+            ("connections closed by the server", self.disconnects),
+        ];
+        super::note_failures(&mut failures, &counts, self.server_alive_after);
         failures
     }
 

@@ -421,35 +421,28 @@ impl TransferReport {
     fn find_failures(&self, sender: &SenderTally, recipients: &RecipientTally) -> Vec<String> {
         let mut failures = sender.failures.clone();
         failures.extend(recipients.failures.iter().cloned());
-        let mut count = |what: &str, n: u64| {
-            if n > 0 {
-                failures.push(format!("{what}: {n}"));
-            }
-        };
-        count("lost chunks", self.lost);
-        count("duplicated chunks", self.duplicated);
-        count("reordered chunks", self.reordered);
-        count("corrupt chunks", self.corrupt);
-        count("unexpected frames", self.unexpected);
-        count(
-            "chunks beyond those expected",
-            self.delivered.saturating_sub(self.expected_deliveries),
-        );
-        count(
-            "requests refused with 9a 01/02 (raise the server's rate limit for benchmarking)",
-            self.refused,
-        );
-        count("connections closed by the server", self.disconnects);
         let whole = u64::from(self.files_finished) * u64::from(self.recipients);
-        if self.files_complete < whole {
-            failures.push(format!(
-                "files finished at the sender but not whole at a recipient: {}",
-                whole - self.files_complete
-            ));
-        }
-        if self.server_alive_after == Some(false) {
-            failures.push("the server process is gone".into());
-        }
+        let counts = [
+            ("lost chunks", self.lost),
+            ("duplicated chunks", self.duplicated),
+            ("reordered chunks", self.reordered),
+            ("corrupt chunks", self.corrupt),
+            ("unexpected frames", self.unexpected),
+            (
+                "chunks beyond those expected",
+                self.delivered.saturating_sub(self.expected_deliveries),
+            ),
+            (
+                "requests refused with 9a 01/02 (raise the server's rate limit for benchmarking)",
+                self.refused,
+            ),
+            ("connections closed by the server", self.disconnects),
+            (
+                "files finished at the sender but not whole at a recipient",
+                whole.saturating_sub(self.files_complete),
+            ),
+        ];
+        super::note_failures(&mut failures, &counts, self.server_alive_after);
         failures
     }
 }

@@ -294,10 +294,6 @@ impl Transfers {
         }
     }
 
-    pub fn limits(&self) -> &TransferLimits {
-        &self.limits
-    }
-
     /// Number of transfers in progress.
     pub fn len(&self) -> usize {
         self.transfers.len()
@@ -588,14 +584,15 @@ impl Transfers {
         transfer.sender_heard = now;
         // Encoded straight from the sender's data: one copy, shared by all.
         let frame = encode_chunk(FILE_CHUNK, id, index, data);
+        let mut recipients = 0;
         for recipient in &mut transfer.recipients {
             if let (Stage::Receiving(progress), Some(to)) = (&mut recipient.stage, recipient.conn) {
                 out.push(send(to, frame.clone()));
                 progress.sent = index + 1;
                 progress.waiting_since.get_or_insert(now);
+                recipients += 1;
             }
         }
-        let recipients = transfer.receiving().count();
         self.metrics.relayed_file_bytes(data.len(), recipients);
         transfer.retained.push_back(frame);
         transfer.next_index += 1;
