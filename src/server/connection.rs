@@ -2,13 +2,15 @@
 //!
 //! An idle chat connection is the common case, so the task is built to cost
 //! little while it waits: it is a single loop that polls the socket's read
-//! and write readiness and its [`Link`] directly, instead of running a read
+//! and write readiness and its [`Outbox`] directly, instead of running a read
 //! future and a write future side by side. It takes a read buffer only once
 //! the socket is readable and drops it again when it holds no partial frame;
 //! frames queued for the client are taken all at once and written with one
 //! vectored write, so a burst leaves in one syscall (and, with
 //! `TCP_NODELAY`, at once). Rare work (a password check, a DM key, the final flush)
 //! lives on the heap only while it happens.
+//!
+//! [`Outbox`]: super::outbox::Outbox
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -24,7 +26,8 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::state::{Fed, Link, LinkEvent, Shared};
+use super::outbox::OutboxEvent;
+use super::state::{Fed, Shared};
 use crate::hub::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
 use crate::keywrap::QueueFull;
 use crate::password::Busy;
@@ -53,12 +56,10 @@ pub fn serve(
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%peer, %err, "cannot set TCP_NODELAY");
     }
-    let link = Arc::new(Link::default());
-    let conn = shared.register(peer, Arc::clone(&link));
+    let conn = shared.register(peer);
     let mut connection = Connection {
         shared,
         stream,
-        link,
         conn,
         buffer: BytesMut::new(),
         write_blocked: false,
@@ -75,11 +76,11 @@ pub fn serve(
 
 /// Everything an idle connection's task holds. Kept small on purpose: the
 /// task's allocation is rounded up to a multiple of 128 bytes, and this is
-/// most of it. Frames waiting to be written stay in the [`Link`].
+/// most of it. Frames waiting to be written stay in the connection's
+/// [`Outbox`](super::outbox::Outbox), in the shared state.
 struct Connection {
     shared: Arc<Shared>,
     stream: TcpStream,
-    link: Arc<Link>,
     conn: ConnId,
     /// Bytes read and not yet decoded; empty (no allocation) when idle.
     buffer: BytesMut,
@@ -180,9 +181,11 @@ impl Connection {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        match self.link.poll_wake(cx) {
-            Poll::Ready(LinkEvent::Closing(reason)) => return Poll::Ready(Event::Closing(reason)),
-            Poll::Ready(LinkEvent::Output) if !self.write_blocked => match self.flush {
+        match self.shared.poll_wake(self.conn, cx) {
+            Poll::Ready(OutboxEvent::Closing(reason)) => {
+                return Poll::Ready(Event::Closing(reason))
+            }
+            Poll::Ready(OutboxEvent::Output) if !self.write_blocked => match self.flush {
                 Flush::Due => {
                     self.flush = Flush::Idle;
                     return Poll::Ready(Event::Writable);
@@ -312,7 +315,7 @@ impl Connection {
     fn write(&mut self) -> io::Result<()> {
         let mut batch: [Bytes; MAX_BATCH] = std::array::from_fn(|_| Bytes::new());
         loop {
-            let (count, offset) = self.link.take_batch(&mut batch);
+            let (count, offset) = self.shared.take_batch(self.conn, &mut batch);
             if count == 0 {
                 return Ok(());
             }
@@ -335,8 +338,8 @@ impl Connection {
                 done += 1;
                 offset = 0;
             }
-            self.link
-                .put_back(&mut batch[done..count], offset + left, written);
+            self.shared
+                .put_back(self.conn, &mut batch[done..count], offset + left, written);
             if done < count {
                 self.write_blocked = true;
                 return Ok(());
@@ -353,6 +356,12 @@ impl Connection {
             self.write()?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.forget(self.conn);
     }
 }
 

@@ -12,6 +12,7 @@
 mod clock;
 mod connection;
 mod metrics_endpoint;
+mod outbox;
 mod state;
 
 use std::future::Future;

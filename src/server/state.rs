@@ -1,20 +1,21 @@
 //! The hub plus each connection's outbound queue, behind one lock.
 //!
 //! A connection task takes the lock, feeds the hub, and applies the actions
-//! it returns right there: frames go into recipients' [`Link`]s (a push onto
-//! a queue, no await, no allocation per delivery beyond queue growth), and
-//! the bytes queued per connection are counted so a slow reader is cut off
-//! at `send_queue_bytes` instead of growing without bound.
+//! it returns right there: frames go into recipients' [`Outbox`]es (a push
+//! onto a queue, no await, no allocation per delivery beyond queue growth),
+//! and the bytes queued per connection are counted so a slow reader is cut
+//! off at `send_queue_bytes` instead of growing without bound.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 use tracing::warn;
 
+use super::outbox::{Outbox, OutboxEvent, Overflow};
 use super::Clock;
 use crate::config::Config;
 use crate::hub::{
@@ -24,141 +25,12 @@ use crate::keywrap::KeyWrapPool;
 use crate::password::PasswordPool;
 use crate::protocol::FrameCodec;
 
-/// What the server and a connection's task share: the frames queued for the
-/// connection and whether the server has decided to end it.
-///
-/// It is one small allocation with no channel behind it, because an idle
-/// connection should cost as little memory as possible: an empty queue
-/// holds no buffer, and the task is woken through a stored [`Waker`] rather
-/// than a waiter node it would have to keep in its own state.
-#[derive(Debug, Default)]
-pub struct Link {
-    outbox: Mutex<Outbox>,
-}
-
-#[derive(Debug, Default)]
-struct Outbox {
-    frames: VecDeque<Bytes>,
-    /// Bytes of `frames[0]` already written.
-    offset: usize,
-    /// Bytes queued and not yet written to the socket.
-    bytes: usize,
-    /// Set once, when the server decides to end the connection.
-    closing: Option<CloseReason>,
-    /// The connection task, while it waits for something to do.
-    waker: Option<Waker>,
-}
-
-/// The queue would grow past `send_queue_bytes`; it holds `queued` bytes.
-/// The frame that did not fit comes back.
-struct Overflow {
-    queued: usize,
-    frame: Bytes,
-}
-
-impl Link {
-    fn outbox(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues a frame unless that takes the queue over `limit` bytes. A
-    /// frame larger than the limit still goes to an empty queue, so a big
-    /// list reply is not fatal.
-    fn push(&self, frame: Bytes, limit: usize) -> Result<(), Overflow> {
-        let mut outbox = self.outbox();
-        if outbox.bytes > 0 && outbox.bytes + frame.len() > limit {
-            return Err(Overflow {
-                queued: outbox.bytes,
-                frame,
-            });
-        }
-        if outbox.frames.capacity() == 0 {
-            // Most connections are sent one frame at a time: start with room
-            // for one instead of the usual four.
-            outbox.frames.reserve_exact(1);
-        }
-        outbox.bytes += frame.len();
-        outbox.frames.push_back(frame);
-        let waker = outbox.waker.take();
-        drop(outbox);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        Ok(())
-    }
-
-    fn close(&self, reason: CloseReason) {
-        let mut outbox = self.outbox();
-        if outbox.closing.is_some() {
-            return;
-        }
-        outbox.closing = Some(reason);
-        let waker = outbox.waker.take();
-        drop(outbox);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Moves up to `batch.len()` frames from the front of the queue into
-    /// `batch`, for writing without holding the lock. Returns how many, and
-    /// how many bytes of the first were already written.
-    pub fn take_batch(&self, batch: &mut [Bytes]) -> (usize, usize) {
-        let mut outbox = self.outbox();
-        let count = outbox.frames.len().min(batch.len());
-        for (slot, frame) in batch.iter_mut().zip(outbox.frames.drain(..count)) {
-            *slot = frame;
-        }
-        if outbox.frames.is_empty() && outbox.frames.capacity() > batch.len() {
-            // A burst grew the queue; give the memory back.
-            outbox.frames = VecDeque::new();
-        }
-        (count, outbox.offset)
-    }
-
-    /// After a write of `written` bytes: returns the frames of a batch that
-    /// were not completely written to the front of the queue, the first with
-    /// `offset` bytes written.
-    pub fn put_back(&self, unwritten: &mut [Bytes], offset: usize, written: usize) {
-        let mut outbox = self.outbox();
-        outbox.bytes -= written;
-        outbox.offset = offset;
-        for frame in unwritten.iter_mut().rev() {
-            outbox.frames.push_front(std::mem::take(frame));
-        }
-    }
-
-    /// Ready when the server closes the connection or has frames queued.
-    /// Unless closing, it also remembers the task's waker, so that a frame
-    /// or a close arriving later wakes the task whatever else it waits for.
-    pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<LinkEvent> {
-        let mut outbox = self.outbox();
-        if let Some(reason) = outbox.closing {
-            return Poll::Ready(LinkEvent::Closing(reason));
-        }
-        match &mut outbox.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        if outbox.frames.is_empty() {
-            Poll::Pending
-        } else {
-            Poll::Ready(LinkEvent::Output)
-        }
-    }
-}
-
-/// Why [`Link::poll_wake`] woke the task.
-pub enum LinkEvent {
-    Closing(CloseReason),
-    Output,
-}
-
 struct State {
     hub: Hub,
-    peers: HashMap<ConnId, Arc<Link>>,
+    /// Every connection's queue, from its registration until its task ends.
+    /// Keyed by a fast hash: one lookup per delivery, and connection ids are
+    /// counted by the server, never chosen by a client.
+    outboxes: FxHashMap<ConnId, Outbox>,
     next_conn: u64,
     /// Cleared at shutdown, so a connection accepted just before is closed
     /// instead of being registered after everyone else was told to go.
@@ -194,7 +66,7 @@ impl Shared {
     ) -> Shared {
         let state = State {
             hub: Hub::new(&config),
-            peers: HashMap::new(),
+            outboxes: FxHashMap::default(),
             next_conn: 0,
             accepting: true,
             actions: Vec::new(),
@@ -233,15 +105,19 @@ impl Shared {
     }
 
     /// Registers a new connection with the hub.
-    pub fn register(&self, peer: SocketAddr, link: Arc<Link>) -> ConnId {
+    /// Registers a new connection with the hub. Its task must call
+    /// [`Shared::forget`] when it ends.
+    pub fn register(&self, peer: SocketAddr) -> ConnId {
         let mut state = self.lock();
         state.next_conn += 1;
         let conn = ConnId(state.next_conn);
+        let mut outbox = Outbox::default();
         if !state.accepting {
-            link.close(CloseReason::Shutdown);
+            outbox.close(CloseReason::Shutdown);
+            state.outboxes.insert(conn, outbox);
             return conn;
         }
-        state.peers.insert(conn, link);
+        state.outboxes.insert(conn, outbox);
         self.run_hub(&mut state, |hub, out| {
             hub.connect(conn, peer, self.clock.now(), out)
         });
@@ -291,14 +167,49 @@ impl Shared {
         })
     }
 
-    /// The connection ended on its side. Idempotent.
+    /// Ready when the server closes the connection or has frames queued
+    /// for it (see [`Outbox::poll_wake`]).
+    pub fn poll_wake(&self, conn: ConnId, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
+        match self.lock().outboxes.get_mut(&conn) {
+            Some(outbox) => outbox.poll_wake(cx),
+            None => Poll::Ready(OutboxEvent::Closing(CloseReason::Shutdown)),
+        }
+    }
+
+    /// Takes frames queued for the connection to write (see
+    /// [`Outbox::take_batch`]).
+    pub fn take_batch(&self, conn: ConnId, batch: &mut [Bytes]) -> (usize, usize) {
+        self.lock()
+            .outboxes
+            .get_mut(&conn)
+            .map_or((0, 0), |outbox| outbox.take_batch(batch))
+    }
+
+    /// Returns what a write left over (see [`Outbox::put_back`]).
+    pub fn put_back(&self, conn: ConnId, unwritten: &mut [Bytes], offset: usize, written: usize) {
+        if let Some(outbox) = self.lock().outboxes.get_mut(&conn) {
+            outbox.put_back(unwritten, offset, written);
+        }
+    }
+
+    /// The connection ended on its side: the hub forgets the user, and
+    /// nothing more is queued for it. What is queued stays, to be flushed.
+    /// Idempotent.
     pub fn disconnect(&self, conn: ConnId, reason: CloseReason) {
         let mut state = self.lock();
-        state.peers.remove(&conn);
+        if let Some(outbox) = state.outboxes.get_mut(&conn) {
+            // The task calling this is awake: nothing to wake.
+            let _ = outbox.close(reason);
+        }
         let now = self.clock.now();
         self.run_hub(&mut state, |hub, out| {
             hub.disconnect(conn, reason, now, out)
         });
+    }
+
+    /// The connection's task has ended: drops its queue.
+    pub fn forget(&self, conn: ConnId) {
+        self.lock().outboxes.remove(&conn);
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
@@ -316,14 +227,12 @@ impl Shared {
     pub fn close_all(&self) {
         let mut state = self.lock();
         state.accepting = false;
-        let peers = std::mem::take(&mut state.peers);
         let now = self.clock.now();
         let mut dropped = Vec::new();
-        for (conn, link) in peers {
-            state
-                .hub
-                .disconnect(conn, CloseReason::Shutdown, now, &mut dropped);
-            link.close(CloseReason::Shutdown);
+        let State { hub, outboxes, .. } = &mut *state;
+        for (conn, outbox) in outboxes.iter_mut() {
+            hub.disconnect(*conn, CloseReason::Shutdown, now, &mut dropped);
+            wake(outbox.close(CloseReason::Shutdown));
         }
     }
 
@@ -345,9 +254,8 @@ impl Shared {
                         }
                     }
                     Action::Close { conn, reason } => {
-                        if let Some(link) = state.peers.remove(&conn) {
-                            link.close(reason);
-                        }
+                        let outbox = state.outboxes.get_mut(&conn);
+                        wake(outbox.and_then(|outbox| outbox.close(reason)));
                     }
                     Action::Password(job) => fed = Fed::Password(job),
                     Action::WrapKeys(job) if job.requester.is_some() => fed = Fed::Keys(job),
@@ -374,26 +282,36 @@ impl Shared {
     /// queue would exceed `send_queue_bytes` (plus, for a file's recipient,
     /// a window of chunks); returns `false` when it did.
     fn deliver(&self, state: &mut State, to: ConnId, frame: Bytes) -> bool {
-        let Some(link) = state.peers.get(&to) else {
+        let State { hub, outboxes, .. } = state;
+        let Some(outbox) = outboxes.get_mut(&to) else {
             return true;
         };
         let limit = self.config.send_queue_bytes;
-        let Err(Overflow { queued, frame }) = link.push(frame, limit) else {
-            return true;
+        let overflow = match outbox.push(frame, limit) {
+            Ok(waker) => {
+                wake(waker);
+                return true;
+            }
+            Err(overflow) => overflow,
         };
-        // Only on overflow, so chat pays nothing: a file's recipient may
-        // also hold a window of chunks.
-        let allowance = state.hub.queue_allowance(to);
-        let queued = match allowance {
-            0 => queued,
-            _ => match link.push(frame, limit + allowance) {
-                Ok(()) => return true,
-                Err(Overflow { queued, .. }) => queued,
-            },
+        // Looked up only on overflow, so chat pays nothing for it.
+        let limit = limit + hub.queue_allowance(to);
+        let queued = match outbox.push(overflow.frame, limit) {
+            Ok(waker) => {
+                wake(waker);
+                return true;
+            }
+            Err(Overflow { queued, .. }) => queued,
         };
-        warn!(conn = %to, queued, limit = limit + allowance, "send queue overflow");
-        let link = state.peers.remove(&to).expect("just looked up");
-        link.close(CloseReason::SlowConsumer);
+        warn!(conn = %to, queued, limit, "send queue overflow");
+        wake(outbox.close(CloseReason::SlowConsumer));
         false
+    }
+}
+
+/// Wakes a connection's task, if it was waiting.
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }

@@ -1,0 +1,132 @@
+//! A connection's outbound queue: the frames the hub has sent it that its
+//! task has not yet written, and whether the server has decided to end it.
+//!
+//! Every outbox lives in the shared state, next to the hub, behind the one
+//! lock a hub call already holds. Queueing a room message for a hundred
+//! members is then a hundred pushes onto plain queues, with no lock or
+//! atomic operation per member; the connection's task takes the lock only
+//! to take a batch of frames out, and writes them without it.
+//!
+//! An idle connection's outbox holds no buffer: its queue allocates on the
+//! first frame and gives the memory back after a burst.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+
+use crate::hub::CloseReason;
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes of `frames[0]` already written.
+    offset: usize,
+    /// Bytes queued and not yet written to the socket.
+    bytes: usize,
+    /// Set once, when the server decides to end the connection.
+    closing: Option<CloseReason>,
+    /// The connection task, while it waits for something to do.
+    waker: Option<Waker>,
+}
+
+/// The queue would grow past its limit; it holds `queued` bytes. The frame
+/// that did not fit comes back.
+pub struct Overflow {
+    pub queued: usize,
+    pub frame: Bytes,
+}
+
+/// Why [`Outbox::poll_wake`] woke the task.
+pub enum OutboxEvent {
+    Closing(CloseReason),
+    Output,
+}
+
+impl Outbox {
+    /// Queues a frame unless that takes the queue over `limit` bytes, and
+    /// returns the task to wake, if it waits. A frame larger than the limit
+    /// still goes to an empty queue, so a big list reply is not fatal.
+    /// Frames for a closing connection are dropped: it is no longer a user.
+    pub fn push(&mut self, frame: Bytes, limit: usize) -> Result<Option<Waker>, Overflow> {
+        if self.closing.is_some() {
+            return Ok(None);
+        }
+        if self.bytes > 0 && self.bytes + frame.len() > limit {
+            return Err(Overflow {
+                queued: self.bytes,
+                frame,
+            });
+        }
+        if self.frames.capacity() == 0 {
+            // Most connections are sent one frame at a time: start with room
+            // for one instead of the usual four.
+            self.frames.reserve_exact(1);
+        }
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+        Ok(self.waker.take())
+    }
+
+    /// Marks the connection as ending, for `reason`, unless it already is,
+    /// and returns the task to wake. Frames already queued stay, to be
+    /// flushed, unless the client is too slow to take them.
+    pub fn close(&mut self, reason: CloseReason) -> Option<Waker> {
+        if self.closing.is_some() {
+            return None;
+        }
+        self.closing = Some(reason);
+        if reason == CloseReason::SlowConsumer {
+            *self = Outbox {
+                closing: self.closing,
+                waker: self.waker.take(),
+                ..Outbox::default()
+            };
+        }
+        self.waker.take()
+    }
+
+    /// Moves up to `batch.len()` frames from the front of the queue into
+    /// `batch`, for writing without holding the lock. Returns how many, and
+    /// how many bytes of the first were already written.
+    pub fn take_batch(&mut self, batch: &mut [Bytes]) -> (usize, usize) {
+        let count = self.frames.len().min(batch.len());
+        for (slot, frame) in batch.iter_mut().zip(self.frames.drain(..count)) {
+            *slot = frame;
+        }
+        if self.frames.is_empty() && self.frames.capacity() > batch.len() {
+            // A burst grew the queue; give the memory back.
+            self.frames = VecDeque::new();
+        }
+        (count, self.offset)
+    }
+
+    /// After a write of `written` bytes: returns the frames of a batch that
+    /// were not completely written to the front of the queue, the first with
+    /// `offset` bytes written.
+    pub fn put_back(&mut self, unwritten: &mut [Bytes], offset: usize, written: usize) {
+        self.bytes -= written;
+        self.offset = offset;
+        for frame in unwritten.iter_mut().rev() {
+            self.frames.push_front(std::mem::take(frame));
+        }
+    }
+
+    /// Ready when the server closes the connection or has frames queued.
+    /// Unless closing, it also remembers the task's waker, so that a frame
+    /// or a close arriving later wakes the task whatever else it waits for.
+    pub fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
+        if let Some(reason) = self.closing {
+            return Poll::Ready(OutboxEvent::Closing(reason));
+        }
+        match &mut self.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        if self.frames.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(OutboxEvent::Output)
+        }
+    }
+}
