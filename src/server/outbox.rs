@@ -32,6 +32,7 @@ pub struct Outbox {
 
 /// The queue would grow past its limit; it holds `queued` bytes. The frame
 /// that did not fit comes back.
+#[derive(Debug)]
 pub struct Overflow {
     pub queued: usize,
     pub frame: Bytes,
@@ -128,5 +129,88 @@ impl Outbox {
         } else {
             Poll::Ready(OutboxEvent::Output)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Bytes {
+        Bytes::from(vec![7; len])
+    }
+
+    #[test]
+    fn a_queue_over_its_limit_refuses_the_frame_unless_it_is_empty() {
+        let mut outbox = Outbox::default();
+        assert!(
+            outbox.push(frame(300), 100).is_ok(),
+            "an empty queue takes any frame"
+        );
+        let Err(Overflow {
+            queued,
+            frame: refused,
+        }) = outbox.push(frame(1), 100)
+        else {
+            panic!("a full queue took a frame");
+        };
+        assert_eq!((queued, refused.len()), (300, 1));
+        assert!(
+            outbox.push(frame(1), 400).is_ok(),
+            "a higher limit admits it"
+        );
+    }
+
+    #[test]
+    fn a_closing_connection_keeps_what_was_queued_and_takes_nothing_more() {
+        let mut outbox = Outbox::default();
+        outbox.push(frame(10), 100).unwrap();
+        assert!(outbox.close(CloseReason::Shutdown).is_none());
+        outbox.push(frame(20), 100).unwrap();
+        let mut batch: [Bytes; 4] = Default::default();
+        assert_eq!(outbox.take_batch(&mut batch), (1, 0));
+        assert_eq!(batch[0].len(), 10);
+    }
+
+    #[test]
+    fn a_slow_consumer_loses_its_queue_at_once() {
+        let mut outbox = Outbox::default();
+        outbox.push(frame(10), 100).unwrap();
+        outbox.close(CloseReason::SlowConsumer);
+        let mut batch: [Bytes; 4] = Default::default();
+        assert_eq!(outbox.take_batch(&mut batch).0, 0);
+        assert!(matches!(
+            outbox.poll_wake(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(OutboxEvent::Closing(CloseReason::SlowConsumer))
+        ));
+    }
+
+    #[test]
+    fn a_partial_write_puts_the_rest_back_with_its_offset() {
+        let mut outbox = Outbox::default();
+        for len in [10, 20, 30] {
+            outbox.push(frame(len), 1000).unwrap();
+        }
+        let mut batch: [Bytes; 2] = Default::default();
+        assert_eq!(outbox.take_batch(&mut batch), (2, 0));
+        // 15 bytes written: the first frame and 5 bytes of the second.
+        outbox.put_back(&mut batch[1..2], 5, 15);
+        assert_eq!(outbox.bytes, 45);
+        assert_eq!(outbox.take_batch(&mut batch), (2, 5));
+        assert_eq!((batch[0].len(), batch[1].len()), (20, 30));
+    }
+
+    #[test]
+    fn a_waiting_task_is_handed_back_to_be_woken_by_the_next_frame() {
+        let mut outbox = Outbox::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(outbox.poll_wake(&mut cx).is_pending());
+        let waker = outbox.push(frame(1), 100).unwrap();
+        assert!(waker.is_some(), "the first frame wakes the task");
+        assert!(outbox.push(frame(1), 100).unwrap().is_none(), "once");
+        assert!(matches!(
+            outbox.poll_wake(&mut cx),
+            Poll::Ready(OutboxEvent::Output)
+        ));
     }
 }
