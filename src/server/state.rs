@@ -104,20 +104,18 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a new connection with the hub.
     /// Registers a new connection with the hub. Its task must call
     /// [`Shared::forget`] when it ends.
     pub fn register(&self, peer: SocketAddr) -> ConnId {
         let mut state = self.lock();
         state.next_conn += 1;
         let conn = ConnId(state.next_conn);
-        let mut outbox = Outbox::default();
-        if !state.accepting {
-            outbox.close(CloseReason::Shutdown);
-            state.outboxes.insert(conn, outbox);
+        let accepting = state.accepting;
+        let outbox = state.outboxes.entry(conn).or_default();
+        if !accepting {
+            let _ = outbox.close(CloseReason::Shutdown);
             return conn;
         }
-        state.outboxes.insert(conn, outbox);
         self.run_hub(&mut state, |hub, out| {
             hub.connect(conn, peer, self.clock.now(), out)
         });
