@@ -98,7 +98,8 @@ pub struct Config {
     /// Seconds a recipient may go without acknowledging a chunk it was sent
     /// before it is taken out of the transfer.
     pub file_ack_timeout_secs: f64,
-    /// Tokio worker threads; 0 means one per available core.
+    /// Tokio worker threads; 0 means one per available core. With one, the
+    /// server runs the current-thread scheduler.
     pub worker_threads: usize,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics_listen: Option<SocketAddr>,
