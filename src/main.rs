@@ -179,8 +179,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         workers => workers,
     };
     // With one worker, tokio's current-thread scheduler does the same work
-    // with less synchronisation: 4–7 % more deliveries per CPU-second here
-    // (BENCHMARKS.md, "Third sitting").
+    // without the machinery for several: 6 % more deliveries per CPU-second
+    // in room fan-out, up to 7 % in DMs (BENCHMARKS.md, "Fourth sitting").
     let mut runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
