@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_util::io::poll_read_buf;
 use tracing::{debug, warn};
 
 use super::outbox::OutboxEvent;
@@ -122,7 +123,8 @@ enum Flush {
 
 /// What the connection's task should do next.
 enum Event {
-    Readable,
+    /// The socket was read: how many bytes, or why not.
+    Read(io::Result<usize>),
     Writable,
     PasswordChecked(u64, PasswordOutcome),
     KeysWrapped(u64, KeyWrapOutcome),
@@ -158,7 +160,7 @@ impl Connection {
         loop {
             let outcome = match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Closing(reason) => return reason,
-                Event::Readable => self.read(),
+                Event::Read(result) => self.read(result),
                 Event::Writable => self.write().map_err(|err| {
                     warn_unless_reset(&err);
                     CloseReason::IoError
@@ -232,13 +234,23 @@ impl Connection {
             }
             return event;
         }
-        self.stream.poll_read_ready(cx).map(|_| Event::Readable)
+        if self.stream.poll_read_ready(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Read through `AsyncRead` rather than `try_read`: a read that does
+        // not fill the buffer tells tokio the socket is drained, which saves
+        // the read that would only find it empty.
+        self.buffer.reserve(READ_CHUNK);
+        let read = poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buffer);
+        if read.is_pending() && self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        }
+        read.map(Event::Read)
     }
 
-    /// Reads what the socket has and feeds every whole frame to the hub.
-    fn read(&mut self) -> Result<(), CloseReason> {
-        self.buffer.reserve(READ_CHUNK);
-        match self.stream.try_read_buf(&mut self.buffer) {
+    /// Takes what the socket gave and feeds every whole frame to the hub.
+    fn read(&mut self, result: io::Result<usize>) -> Result<(), CloseReason> {
+        match result {
             Ok(0) => {
                 if !self.buffer.is_empty() {
                     debug!(conn = %self.conn, pending = self.buffer.len(),
@@ -247,7 +259,6 @@ impl Connection {
                 return Err(CloseReason::ClientClosed);
             }
             Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => {
                 debug!(conn = %self.conn, %err, "read failed");
                 return Err(CloseReason::IoError);
