@@ -17,6 +17,8 @@ use crate::protocol::MAX_CLIENT_PAYLOAD;
 /// The largest chunk size a server may be configured to accept: a chunk is
 /// held in memory a window at a time, so it must stay modest.
 const MAX_CHUNK_BYTES: u32 = 16 << 20;
+/// The longest pause a busy worker may be told to take before it waits.
+const MAX_BUSY_PAUSE_MICROS: u64 = 1_000;
 
 /// The server's settings. Field names are the TOML keys.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -101,6 +103,12 @@ pub struct Config {
     /// Tokio worker threads; 0 means one per available core. With one, the
     /// server runs the current-thread scheduler.
     pub worker_threads: usize,
+    /// Microseconds a worker that runs out of work after a busy round waits
+    /// before sleeping in `epoll`, so that its next round reads and writes
+    /// more at once; 0 turns the pause off. At most 1,000.
+    pub busy_pause_micros: u64,
+    /// Socket reads that make a round busy enough to pause after.
+    pub busy_pause_min_reads: u32,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -139,6 +147,8 @@ impl Default for Config {
             file_decision_timeout_secs: 30.0,
             file_ack_timeout_secs: 10.0,
             worker_threads: 0,
+            busy_pause_micros: 50,
+            busy_pause_min_reads: 8,
             metrics_listen: None,
         }
     }
@@ -226,6 +236,7 @@ impl Config {
             ("max_chunk_bytes", self.max_chunk_bytes as usize),
             ("max_transfers_per_user", self.max_transfers_per_user),
             ("max_transfers", self.max_transfers),
+            ("busy_pause_min_reads", self.busy_pause_min_reads as usize),
         ];
         for (key, value) in at_least_one {
             if value == 0 {
@@ -236,6 +247,12 @@ impl Config {
             return invalid(
                 "max_transfer_window",
                 &format!("must be 1 to {MAX_WINDOW} chunks"),
+            );
+        }
+        if self.busy_pause_micros > MAX_BUSY_PAUSE_MICROS {
+            return invalid(
+                "busy_pause_micros",
+                &format!("at most {MAX_BUSY_PAUSE_MICROS}: a longer pause only adds latency"),
             );
         }
         if self.max_chunk_bytes > MAX_CHUNK_BYTES {
@@ -362,6 +379,20 @@ mod tests {
                     ..Config::default()
                 },
                 "key_wrap_threads",
+            ),
+            (
+                Config {
+                    busy_pause_micros: 5_000,
+                    ..Config::default()
+                },
+                "busy_pause_micros",
+            ),
+            (
+                Config {
+                    busy_pause_min_reads: 0,
+                    ..Config::default()
+                },
+                "busy_pause_min_reads",
             ),
         ] {
             let err = config.validate().unwrap_err().to_string();

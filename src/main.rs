@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use parlor::config::Config;
-use parlor::server::Server;
+use parlor::server::{BusyPause, Server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -188,6 +188,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         runtime.worker_threads(workers);
         runtime
     };
+    if let Some(pause) = BusyPause::from_config(&config) {
+        runtime.on_thread_park(move || pause.before_park());
+    }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;

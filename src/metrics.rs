@@ -105,6 +105,7 @@ pub struct Metrics {
     rooms: Gauge,
     file_transfers: Gauge,
     file_bytes: Counter,
+    busy_pauses: Counter,
 }
 
 impl Default for Metrics {
@@ -122,6 +123,7 @@ impl Default for Metrics {
             rooms: Gauge::default(),
             file_transfers: Gauge::default(),
             file_bytes: Counter::default(),
+            busy_pauses: Counter::default(),
         }
     }
 }
@@ -162,6 +164,13 @@ impl Metrics {
         self.file_transfers.set(file_transfers as i64);
     }
 
+    /// Brings the count of busy pauses up to `total`: the workers count
+    /// them outside the hub, and the count is read at scrape time.
+    pub fn set_busy_pauses(&self, total: u64) {
+        self.busy_pauses
+            .inc_by(total.saturating_sub(self.busy_pauses.get()));
+    }
+
     /// Renders every metric in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut registry = Registry::with_prefix("parlor");
@@ -196,6 +205,11 @@ impl Metrics {
             "Bytes of file chunks handed to recipients",
             self.file_bytes.clone(),
         );
+        registry.register(
+            "busy_pauses",
+            "Pauses workers took before waiting, after a busy round",
+            self.busy_pauses.clone(),
+        );
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String cannot fail");
@@ -215,6 +229,8 @@ mod tests {
         metrics.relayed(Relayed::Room, 9);
         metrics.set_population(10, 2, 1);
         metrics.relayed_file_bytes(1000, 3);
+        metrics.set_busy_pauses(4);
+        metrics.set_busy_pauses(7);
         let text = metrics.render();
         for line in [
             "parlor_rejections_total{kind=\"slow_consumer\"} 2",
@@ -224,6 +240,7 @@ mod tests {
             "parlor_rooms 2",
             "parlor_file_transfers 1",
             "parlor_file_bytes_relayed_total 3000",
+            "parlor_busy_pauses_total 7",
         ] {
             assert!(
                 text.lines().any(|got| got == line),

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, warn};
 
+use super::busy_pause;
 use super::outbox::OutboxEvent;
 use super::state::{Fed, Shared};
 use crate::hub::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
@@ -258,7 +259,7 @@ impl Connection {
                 }
                 return Err(CloseReason::ClientClosed);
             }
-            Ok(_) => {}
+            Ok(_) => busy_pause::count_read(),
             Err(err) => {
                 debug!(conn = %self.conn, %err, "read failed");
                 return Err(CloseReason::IoError);

@@ -9,6 +9,7 @@
 //!
 //! [`Hub`]: crate::hub::Hub
 
+mod busy_pause;
 mod clock;
 mod connection;
 mod metrics_endpoint;
@@ -29,6 +30,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::keywrap::{KeyWrapPool, Rotated};
 use crate::password::PasswordPool;
+pub use busy_pause::BusyPause;
 pub use clock::Clock;
 use state::Shared;
 

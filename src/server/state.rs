@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
 use tracing::warn;
 
+use super::busy_pause;
 use super::outbox::{Outbox, OutboxEvent, Overflow};
 use super::Clock;
 use crate::config::Config;
@@ -144,6 +145,7 @@ impl Shared {
                 state.hub.room_count(),
                 state.hub.transfer_count(),
             );
+            metrics.set_busy_pauses(busy_pause::pauses());
             metrics
         };
         metrics.render()

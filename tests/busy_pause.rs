@@ -1,0 +1,104 @@
+//! The pause a busy worker takes before it waits for the next event
+//! (`busy_pause_micros`), seen from outside the real `parlor` binary: bursts
+//! make the workers pause and still get every message through, in order;
+//! one request at a time never makes them pause.
+
+mod support;
+use support::process::ServerProcess;
+use support::*;
+
+use parlor::config::Config;
+
+const SENDERS: usize = 4;
+const BURST: usize = 300;
+
+fn config(worker_threads: usize, busy_pause_min_reads: u32) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rate_limit_messages: 10_000,
+        worker_threads,
+        busy_pause_micros: 50,
+        busy_pause_min_reads,
+        ..Config::default()
+    }
+}
+
+async fn joined(server: &ServerProcess, name: &str) -> Client {
+    let mut client = Client::connect(server.addr).await;
+    client.hello().await;
+    client.request(&nick(name), &ok_bytes()).await;
+    client.request(&join("busy", ""), &ok_bytes()).await;
+    client
+}
+
+fn text(sender: usize, n: usize) -> String {
+    format!("message {n} from sender {sender}")
+}
+
+#[tokio::test]
+async fn bursts_make_workers_pause_and_every_message_arrives_in_order() {
+    // One worker runs the current-thread scheduler, two the multi-thread one.
+    for worker_threads in [1, 2] {
+        let server = ServerProcess::start(&config(worker_threads, 2), true);
+        let mut listeners = [joined(&server, "ears").await, joined(&server, "eyes").await];
+        let mut senders = Vec::new();
+        for sender in 0..SENDERS {
+            senders.push(joined(&server, &format!("talker{sender}")).await);
+        }
+        // Each burst is one write of about 12 KB: the server needs several
+        // reads of its 4 KiB buffer for it, all in one round.
+        for (sender, client) in senders.iter_mut().enumerate() {
+            let burst: Vec<u8> = (0..BURST)
+                .flat_map(|n| wire(&room_msg("busy", text(sender, n))))
+                .collect();
+            client.send_raw(&burst).await;
+        }
+        for (sender, client) in senders.iter_mut().enumerate() {
+            expect_bursts(client, Some(sender)).await;
+        }
+        for listener in &mut listeners {
+            expect_bursts(listener, None).await;
+        }
+        let pauses = server.metric("parlor_busy_pauses_total").await;
+        assert!(pauses > 0, "no pause with {worker_threads} worker(s)");
+    }
+}
+
+/// Every sender's burst, each sender's messages in the order sent though
+/// interleaved freely; a sender gets an acknowledgement for each of its own.
+async fn expect_bursts(client: &mut Client, own: Option<usize>) {
+    let mut next = [0; SENDERS];
+    for _ in 0..SENDERS * BURST {
+        let frame = client.recv_raw().await;
+        let sender = (0..SENDERS)
+            .find(|&sender| {
+                next[sender] < BURST
+                    && if Some(sender) == own {
+                        frame == ok_bytes()
+                    } else {
+                        frame
+                            == relay(
+                                "busy",
+                                format!("talker{sender}"),
+                                text(sender, next[sender]),
+                            )
+                    }
+            })
+            .unwrap_or_else(|| panic!("out of order or unknown: {}", show_frame(&frame)));
+        next[sender] += 1;
+    }
+}
+
+#[tokio::test]
+async fn one_request_at_a_time_never_makes_a_worker_pause() {
+    let server = ServerProcess::start(&config(1, Config::default().busy_pause_min_reads), true);
+    let mut listener = joined(&server, "ears").await;
+    let mut talker = joined(&server, "talker").await;
+    for n in 0..200 {
+        talker
+            .request(&room_msg("busy", text(0, n)), &ok_bytes())
+            .await;
+        listener.expect(&relay("busy", "talker", text(0, n))).await;
+    }
+    assert_eq!(server.metric("parlor_busy_pauses_total").await, 0);
+}
