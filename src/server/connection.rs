@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -37,8 +37,10 @@ use crate::password::Busy;
 /// Bytes read per `read` call; frames larger than this grow the buffer to
 /// their exact size (bounded by the frame limit).
 const READ_CHUNK: usize = 4096;
-/// Frames gathered into one vectored write.
-const MAX_BATCH: usize = 64;
+/// Frames gathered into one vectored write: as many as Linux takes in one
+/// call (`IOV_MAX`). In a busy room a member's queue holds well over a
+/// hundred frames per turn, and every write saved is kernel time saved.
+const MAX_BATCH: usize = 1024;
 /// How long a closing connection waits for the client to close its side, so
 /// that unread input does not turn our FIN into a reset that could destroy
 /// the final reply before the client reads it.
@@ -325,18 +327,16 @@ impl Connection {
     /// Writes as much of what is queued as the socket takes now, in
     /// batches of up to [`MAX_BATCH`] frames per vectored write.
     fn write(&mut self) -> io::Result<()> {
-        let mut batch: [Bytes; MAX_BATCH] = std::array::from_fn(|_| Bytes::new());
+        let mut batch = Vec::new();
         loop {
-            let (count, offset) = self.shared.take_batch(self.conn, &mut batch);
-            if count == 0 {
+            let offset = self.shared.take_batch(self.conn, &mut batch, MAX_BATCH);
+            if batch.is_empty() {
                 return Ok(());
             }
-            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
-            for (slice, frame) in slices.iter_mut().zip(&batch[..count]) {
-                *slice = IoSlice::new(frame);
-            }
+            let mut slices: Vec<IoSlice<'_>> =
+                batch.iter().map(|frame| IoSlice::new(frame)).collect();
             slices[0] = IoSlice::new(&batch[0][offset..]);
-            let written = match self.stream.try_write_vectored(&slices[..count]) {
+            let written = match self.stream.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => written,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
@@ -344,15 +344,16 @@ impl Connection {
             };
             // Frames written completely are dropped; the rest go back.
             let (mut done, mut offset, mut left) = (0, offset, written);
-            while done < count && left >= batch[done].len() - offset {
+            while done < batch.len() && left >= batch[done].len() - offset {
                 left -= batch[done].len() - offset;
-                batch[done] = Bytes::new();
                 done += 1;
                 offset = 0;
             }
+            let all_written = done == batch.len();
+            batch.drain(..done);
             self.shared
-                .put_back(self.conn, &mut batch[done..count], offset + left, written);
-            if done < count {
+                .put_back(self.conn, &mut batch, offset + left, written);
+            if !all_written {
                 self.write_blocked = true;
                 return Ok(());
             }

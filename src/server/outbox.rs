@@ -87,29 +87,27 @@ impl Outbox {
         self.waker.take()
     }
 
-    /// Moves up to `batch.len()` frames from the front of the queue into
-    /// `batch`, for writing without holding the lock. Returns how many, and
-    /// how many bytes of the first were already written.
-    pub fn take_batch(&mut self, batch: &mut [Bytes]) -> (usize, usize) {
-        let count = self.frames.len().min(batch.len());
-        for (slot, frame) in batch.iter_mut().zip(self.frames.drain(..count)) {
-            *slot = frame;
-        }
-        if self.frames.is_empty() && self.frames.capacity() > batch.len() {
+    /// Moves up to `max` frames from the front of the queue to the end of
+    /// `batch`, for writing without holding the lock. Returns how many bytes
+    /// of the first were already written.
+    pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) -> usize {
+        let count = self.frames.len().min(max);
+        batch.extend(self.frames.drain(..count));
+        if self.frames.is_empty() && self.frames.capacity() > max {
             // A burst grew the queue; give the memory back.
             self.frames = VecDeque::new();
         }
-        (count, self.offset)
+        self.offset
     }
 
-    /// After a write of `written` bytes: returns the frames of a batch that
-    /// were not completely written to the front of the queue, the first with
-    /// `offset` bytes written.
-    pub fn put_back(&mut self, unwritten: &mut [Bytes], offset: usize, written: usize) {
+    /// After a write of `written` bytes: moves the frames of a batch that
+    /// were not completely written back to the front of the queue, the
+    /// first with `offset` bytes written.
+    pub fn put_back(&mut self, unwritten: &mut Vec<Bytes>, offset: usize, written: usize) {
         self.bytes -= written;
         self.offset = offset;
-        for frame in unwritten.iter_mut().rev() {
-            self.frames.push_front(std::mem::take(frame));
+        for frame in unwritten.drain(..).rev() {
+            self.frames.push_front(frame);
         }
     }
 
@@ -167,9 +165,9 @@ mod tests {
         outbox.push(frame(10), 100).unwrap();
         assert!(outbox.close(CloseReason::Shutdown).is_none());
         outbox.push(frame(20), 100).unwrap();
-        let mut batch: [Bytes; 4] = Default::default();
-        assert_eq!(outbox.take_batch(&mut batch), (1, 0));
-        assert_eq!(batch[0].len(), 10);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.take_batch(&mut batch, 4), 0);
+        assert_eq!(batch, [frame(10)]);
     }
 
     #[test]
@@ -177,8 +175,9 @@ mod tests {
         let mut outbox = Outbox::default();
         outbox.push(frame(10), 100).unwrap();
         outbox.close(CloseReason::SlowConsumer);
-        let mut batch: [Bytes; 4] = Default::default();
-        assert_eq!(outbox.take_batch(&mut batch).0, 0);
+        let mut batch = Vec::new();
+        outbox.take_batch(&mut batch, 4);
+        assert!(batch.is_empty());
         assert!(matches!(
             outbox.poll_wake(&mut Context::from_waker(Waker::noop())),
             Poll::Ready(OutboxEvent::Closing(CloseReason::SlowConsumer))
@@ -191,13 +190,16 @@ mod tests {
         for len in [10, 20, 30] {
             outbox.push(frame(len), 1000).unwrap();
         }
-        let mut batch: [Bytes; 2] = Default::default();
-        assert_eq!(outbox.take_batch(&mut batch), (2, 0));
+        let mut batch = Vec::new();
+        assert_eq!(outbox.take_batch(&mut batch, 2), 0);
+        assert_eq!(batch, [frame(10), frame(20)]);
         // 15 bytes written: the first frame and 5 bytes of the second.
-        outbox.put_back(&mut batch[1..2], 5, 15);
+        batch.remove(0);
+        outbox.put_back(&mut batch, 5, 15);
+        assert!(batch.is_empty());
         assert_eq!(outbox.bytes, 45);
-        assert_eq!(outbox.take_batch(&mut batch), (2, 5));
-        assert_eq!((batch[0].len(), batch[1].len()), (20, 30));
+        assert_eq!(outbox.take_batch(&mut batch, 2), 5);
+        assert_eq!(batch, [frame(20), frame(30)]);
     }
 
     #[test]

@@ -178,15 +178,21 @@ impl Shared {
 
     /// Takes frames queued for the connection to write (see
     /// [`Outbox::take_batch`]).
-    pub fn take_batch(&self, conn: ConnId, batch: &mut [Bytes]) -> (usize, usize) {
+    pub fn take_batch(&self, conn: ConnId, batch: &mut Vec<Bytes>, max: usize) -> usize {
         self.lock()
             .outboxes
             .get_mut(&conn)
-            .map_or((0, 0), |outbox| outbox.take_batch(batch))
+            .map_or(0, |outbox| outbox.take_batch(batch, max))
     }
 
     /// Returns what a write left over (see [`Outbox::put_back`]).
-    pub fn put_back(&self, conn: ConnId, unwritten: &mut [Bytes], offset: usize, written: usize) {
+    pub fn put_back(
+        &self,
+        conn: ConnId,
+        unwritten: &mut Vec<Bytes>,
+        offset: usize,
+        written: usize,
+    ) {
         if let Some(outbox) = self.lock().outboxes.get_mut(&conn) {
             outbox.put_back(unwritten, offset, written);
         }

@@ -1,7 +1,7 @@
-//! The pause a busy worker takes before it waits for the next event
-//! (`busy_pause_micros`), seen from outside the real `parlor` binary: bursts
-//! make the workers pause and still get every message through, in order;
-//! one request at a time never makes them pause.
+//! Bursts against the real `parlor` binary. They make busy workers pause
+//! before waiting (`busy_pause_micros`), while one request at a time never
+//! does; and a client's queue can hold more frames than one vectored write
+//! takes. Every message arrives, in order.
 
 mod support;
 use support::process::ServerProcess;
@@ -101,4 +101,24 @@ async fn one_request_at_a_time_never_makes_a_worker_pause() {
         listener.expect(&relay("busy", "talker", text(0, n))).await;
     }
     assert_eq!(server.metric("parlor_busy_pauses_total").await, 0);
+}
+
+#[tokio::test]
+async fn a_queue_longer_than_one_vectored_write_arrives_whole_and_in_order() {
+    // More frames than one write takes (1,024), sent in one burst; with one
+    // worker the burst is read before the listener's task runs.
+    const LONG: usize = 3_000;
+    let server = ServerProcess::start(&config(1, Config::default().busy_pause_min_reads), false);
+    let mut listener = joined(&server, "ears").await;
+    let mut talker = joined(&server, "talker").await;
+    let burst: Vec<u8> = (0..LONG)
+        .flat_map(|n| wire(&room_msg("busy", text(0, n))))
+        .collect();
+    talker.send_raw(&burst).await;
+    for n in 0..LONG {
+        listener.expect(&relay("busy", "talker", text(0, n))).await;
+    }
+    for _ in 0..LONG {
+        talker.expect(&ok_bytes()).await;
+    }
 }
