@@ -544,6 +544,43 @@ impl Session {
         self.apply(None, out);
     }
 
+    /// Checks one frame the hub sent `to`, as the actor's reply or as news.
+    fn check_frame_to(&mut self, actor_id: Option<ConnId>, to: ConnId, frame: &Bytes) {
+        // A closed connection has left its slot already.
+        let slot = self
+            .slot_of(to)
+            .unwrap_or_else(|| panic!("a frame for {to}, which is closed"));
+        // One buffer may hold several frames (a secure JOIN's
+        // reply); each must stand on its own.
+        for frame in frames_in(frame) {
+            match check_frame(&frame) {
+                Sent::Response(status) => {
+                    assert_eq!(Some(to), actor_id, "a 9a to {to}, who asked nothing now");
+                    let conn = self.slots[slot].as_mut().expect("slot found");
+                    conn.answered += 1;
+                    let request = conn.unanswered.pop_front().flatten();
+                    if request == Some(secure_opcode::REGISTER_KEY) && status == 0 {
+                        conn.secure = true;
+                    }
+                    assert!(
+                        conn.answered <= conn.requests,
+                        "{to} got more answers than it made requests"
+                    );
+                }
+                Sent::RoomMessage(room) => {
+                    assert_ne!(Some(to), actor_id, "a room message echoed to its sender");
+                    let member = self.harness.hub.room_of(to);
+                    assert_eq!(member, Some(&room[..]), "a room message to a non-member");
+                }
+                Sent::DirectMessage => {}
+                Sent::Secure => assert!(
+                    self.slots[slot].as_ref().expect("slot found").secure,
+                    "a secure-extension frame to legacy connection {to}"
+                ),
+            }
+        }
+    }
+
     /// Checks what the hub asked for, and carries it out. `actor` is the
     /// slot whose event this is, if any.
     fn apply(&mut self, actor: Option<usize>, out: Vec<Action>) {
@@ -551,51 +588,9 @@ impl Session {
         let mut wraps = Vec::new();
         for action in out {
             match action {
-                Action::Send { to, frame } => {
-                    // A closed connection has left its slot already.
-                    let slot = self
-                        .slot_of(to)
-                        .unwrap_or_else(|| panic!("a frame for {to}, which is closed"));
-                    // One buffer may hold several frames (a secure JOIN's
-                    // reply); each must stand on its own.
-                    for frame in frames_in(&frame) {
-                        match check_frame(&frame) {
-                            Sent::Response(status) => {
-                                assert_eq!(
-                                    Some(to),
-                                    actor_id,
-                                    "a 9a to {to}, who asked nothing now"
-                                );
-                                let conn = self.slots[slot].as_mut().expect("slot found");
-                                conn.answered += 1;
-                                let request = conn.unanswered.pop_front().flatten();
-                                if request == Some(secure_opcode::REGISTER_KEY) && status == 0 {
-                                    conn.secure = true;
-                                }
-                                assert!(
-                                    conn.answered <= conn.requests,
-                                    "{to} got more answers than it made requests"
-                                );
-                            }
-                            Sent::RoomMessage(room) => {
-                                assert_ne!(
-                                    Some(to),
-                                    actor_id,
-                                    "a room message echoed to its sender"
-                                );
-                                let member = self.harness.hub.room_of(to);
-                                assert_eq!(
-                                    member,
-                                    Some(&room[..]),
-                                    "a room message to a non-member"
-                                );
-                            }
-                            Sent::DirectMessage => {}
-                            Sent::Secure => assert!(
-                                self.slots[slot].as_ref().expect("slot found").secure,
-                                "a secure-extension frame to legacy connection {to}"
-                            ),
-                        }
+                Action::Send { .. } | Action::Broadcast { .. } => {
+                    for (to, frame) in action.frames() {
+                        self.check_frame_to(actor_id, to, frame);
                     }
                 }
                 Action::Close { conn, .. } => {

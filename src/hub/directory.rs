@@ -18,7 +18,7 @@ use super::ConnId;
 /// secure room the state of its key.
 #[derive(Debug)]
 pub struct Room {
-    members: Vec<ConnId>,
+    members: Arc<Vec<ConnId>>,
     /// The argon2id PHC string of the room's password; `None` for a room
     /// created with an empty password.
     password: Option<Arc<str>>,
@@ -34,6 +34,11 @@ pub struct Room {
 impl Room {
     pub fn members(&self) -> &[ConnId] {
         &self.members
+    }
+
+    /// The member list as it is now, shared: a room message's recipients.
+    pub fn members_now(&self) -> Arc<Vec<ConnId>> {
+        Arc::clone(&self.members)
     }
 
     pub fn password_hash(&self) -> Option<&Arc<str>> {
@@ -107,7 +112,7 @@ impl Directory {
     pub fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>, secure: bool) {
         self.next_generation += 1;
         let room = Room {
-            members: Vec::new(),
+            members: Arc::default(),
             password,
             generation: self.next_generation,
             keys: secure.then(RoomKeys::default),
@@ -117,7 +122,7 @@ impl Directory {
 
     pub fn add_member(&mut self, room: &[u8], conn: ConnId) {
         if let Some(room) = self.rooms.get_mut(room) {
-            room.members.push(conn);
+            Arc::make_mut(&mut room.members).push(conn);
         }
     }
 
@@ -127,7 +132,7 @@ impl Directory {
         let Some(entry) = self.rooms.get_mut(room) else {
             return false;
         };
-        entry.members.retain(|member| *member != conn);
+        Arc::make_mut(&mut entry.members).retain(|member| *member != conn);
         if entry.members.is_empty() {
             self.rooms.remove(room);
             return true;

@@ -102,6 +102,13 @@ pub enum Action {
     /// JOIN's reply is several frames in one buffer. One room message is
     /// encoded once and the same `Bytes` is handed to every member.
     Send { to: ConnId, frame: Bytes },
+    /// Queue one frame for every connection in `to` except `except`: a room
+    /// message, encoded once, for the members of the moment.
+    Broadcast {
+        to: Arc<Vec<ConnId>>,
+        except: ConnId,
+        frame: Bytes,
+    },
     /// Flush what is queued for the connection, then close it. The hub has
     /// already forgotten the user.
     Close { conn: ConnId, reason: CloseReason },
@@ -116,13 +123,26 @@ pub enum Action {
 }
 
 impl Action {
+    /// The frames this action queues, as (recipient, frame), in order.
+    pub fn frames(&self) -> impl Iterator<Item = (ConnId, &Bytes)> {
+        let (one, many) = match self {
+            Action::Send { to, frame } => (Some((*to, frame)), None),
+            Action::Broadcast { to, except, frame } => {
+                let others = to.iter().filter(move |member| *member != except);
+                (None, Some(others.map(move |member| (*member, frame))))
+            }
+            _ => (None, None),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
     /// Whether this is work that the calling connection's reply waits for:
     /// the driver reads no further request from it until the work is done.
     pub fn owes_reply(&self) -> bool {
         match self {
             Action::Password(_) => true,
             Action::WrapKeys(job) => job.requester.is_some(),
-            Action::Send { .. } | Action::Close { .. } => false,
+            Action::Send { .. } | Action::Broadcast { .. } | Action::Close { .. } => false,
         }
     }
 }
@@ -935,15 +955,16 @@ impl Hub {
         }
         out.push(send(conn, OK_RESPONSE));
         let frame = encode_room_message(current, &user.name, text);
-        let members = self.directory.room(current).map_or(&[][..], Room::members);
-        out.extend(
-            members
-                .iter()
-                .filter(|member| **member != conn)
-                .map(|member| send(*member, frame.clone())),
-        );
+        let Some(room) = self.directory.room(current) else {
+            return;
+        };
         self.metrics
-            .relayed(Relayed::Room, members.len().saturating_sub(1));
+            .relayed(Relayed::Room, room.members().len().saturating_sub(1));
+        out.push(Action::Broadcast {
+            to: room.members_now(),
+            except: conn,
+            frame,
+        });
     }
 
     fn direct_message(

@@ -259,6 +259,13 @@ impl Shared {
                             too_slow.push(to);
                         }
                     }
+                    Action::Broadcast { to, except, frame } => {
+                        for &member in to.iter().filter(|member| **member != except) {
+                            if !self.deliver(state, member, frame.clone()) {
+                                too_slow.push(member);
+                            }
+                        }
+                    }
                     Action::Close { conn, reason } => {
                         let outbox = state.outboxes.get_mut(&conn);
                         wake(outbox.and_then(|outbox| outbox.close(reason)));
