@@ -122,3 +122,36 @@ async fn a_queue_longer_than_one_vectored_write_arrives_whole_and_in_order() {
         talker.expect(&ok_bytes()).await;
     }
 }
+
+#[tokio::test]
+async fn each_recipient_keeps_its_order_around_direct_messages_and_rejoins() {
+    // One write that the server reads and hands the hub at once: room
+    // messages it may queue as one shared run, broken by a DM to one member
+    // and by the sender leaving and rejoining the room.
+    let server = ServerProcess::start(&config(1, Config::default().busy_pause_min_reads), false);
+    let mut ears = joined(&server, "ears").await;
+    let mut eyes = joined(&server, "eyes").await;
+    let mut talker = joined(&server, "talker").await;
+    let say = |n| wire(&room_msg("busy", text(0, n)));
+    let mut burst = Vec::new();
+    (0..5).for_each(|n| burst.extend(say(n)));
+    burst.extend(wire(&dm("ears", "psst")));
+    (5..10).for_each(|n| burst.extend(say(n)));
+    burst.extend(wire(&leave()));
+    burst.extend(wire(&join("busy", "")));
+    (10..15).for_each(|n| burst.extend(say(n)));
+    talker.send_raw(&burst).await;
+    for n in 0..15 {
+        if n == 5 {
+            ears.expect(&dm_relay("talker", "psst")).await;
+        }
+        ears.expect(&relay("busy", "talker", text(0, n))).await;
+        eyes.expect(&relay("busy", "talker", text(0, n))).await;
+    }
+    // 15 room messages, the DM, LEAVE and JOIN: every one answered.
+    for _ in 0..18 {
+        talker.expect(&ok_bytes()).await;
+    }
+    eyes.expect_silence(std::time::Duration::from_millis(100))
+        .await;
+}

@@ -28,7 +28,7 @@ use tokio_util::io::poll_read_buf;
 use tracing::{debug, warn};
 
 use super::busy_pause;
-use super::outbox::OutboxEvent;
+use super::outbox::{OutboxEvent, Queued};
 use super::state::{Fed, Shared};
 use crate::hub::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
 use crate::keywrap::QueueFull;
@@ -333,9 +333,7 @@ impl Connection {
             if batch.is_empty() {
                 return Ok(());
             }
-            let mut slices: Vec<IoSlice<'_>> =
-                batch.iter().map(|frame| IoSlice::new(frame)).collect();
-            slices[0] = IoSlice::new(&batch[0][offset..]);
+            let slices = io_slices(&batch, offset);
             let written = match self.stream.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => written,
@@ -376,6 +374,26 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.forget(self.conn);
     }
+}
+
+/// One slice per frame of `batch`, less the `offset` bytes already
+/// written, and at most [`MAX_BATCH`]: what one vectored write can take.
+fn io_slices(batch: &[Queued], offset: usize) -> Vec<IoSlice<'_>> {
+    let frames: usize = batch.iter().map(|entry| entry.frames().len()).sum();
+    let mut slices = Vec::with_capacity(frames.min(MAX_BATCH));
+    let mut skip = offset;
+    for frame in batch.iter().flat_map(Queued::frames) {
+        if slices.len() == MAX_BATCH {
+            break;
+        }
+        if skip >= frame.len() {
+            skip -= frame.len();
+            continue;
+        }
+        slices.push(IoSlice::new(&frame[skip..]));
+        skip = 0;
+    }
+    slices
 }
 
 fn warn_unless_reset(err: &io::Error) {

@@ -3,23 +3,64 @@
 //!
 //! Every outbox lives in the shared state, next to the hub, behind the one
 //! lock a hub call already holds. Queueing a room message for a hundred
-//! members is then a hundred pushes onto plain queues, with no lock or
-//! atomic operation per member; the connection's task takes the lock only
-//! to take a batch of frames out, and writes them without it.
+//! members is then a hundred pushes onto plain queues, with no lock per
+//! member, and room messages in a row share one entry ([`Queued::Run`]);
+//! the connection's task takes the lock only to take a batch of frames
+//! out, and writes them without it.
 //!
 //! An idle connection's outbox holds no buffer: its queue allocates on the
 //! first frame and gives the memory back after a burst.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 
 use crate::hub::CloseReason;
 
+/// An entry in an outbox: one frame, or several room messages in a row that
+/// every member of the room gets, shared by all their outboxes. Sharing the
+/// run takes one reference count per member for the whole run instead of
+/// one per frame, which is most of what queueing a room message costs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Queued {
+    Frame(Bytes),
+    Run { frames: Arc<[Bytes]>, len: usize },
+}
+
+impl Queued {
+    /// A run of frames for several recipients; one frame stays a frame.
+    pub fn run(mut frames: Vec<Bytes>) -> Queued {
+        if frames.len() == 1 {
+            return Queued::Frame(frames.remove(0));
+        }
+        let len = frames.iter().map(Bytes::len).sum();
+        Queued::Run {
+            frames: frames.into(),
+            len,
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        match self {
+            Queued::Frame(frame) => frame.len(),
+            Queued::Run { len, .. } => *len,
+        }
+    }
+
+    pub fn frames(&self) -> &[Bytes] {
+        match self {
+            Queued::Frame(frame) => std::slice::from_ref(frame),
+            Queued::Run { frames, .. } => frames,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Queued>,
     /// Bytes of `frames[0]` already written.
     offset: usize,
     /// Bytes queued and not yet written to the socket.
@@ -35,7 +76,7 @@ pub struct Outbox {
 #[derive(Debug)]
 pub struct Overflow {
     pub queued: usize,
-    pub frame: Bytes,
+    pub frame: Queued,
 }
 
 /// Why [`Outbox::poll_wake`] woke the task.
@@ -49,7 +90,7 @@ impl Outbox {
     /// returns the task to wake, if it waits. A frame larger than the limit
     /// still goes to an empty queue, so a big list reply is not fatal.
     /// Frames for a closing connection are dropped: it is no longer a user.
-    pub fn push(&mut self, frame: Bytes, limit: usize) -> Result<Option<Waker>, Overflow> {
+    pub fn push(&mut self, frame: Queued, limit: usize) -> Result<Option<Waker>, Overflow> {
         if self.closing.is_some() {
             return Ok(None);
         }
@@ -87,11 +128,19 @@ impl Outbox {
         self.waker.take()
     }
 
-    /// Moves up to `max` frames from the front of the queue to the end of
-    /// `batch`, for writing without holding the lock. Returns how many bytes
-    /// of the first were already written.
-    pub fn take_batch(&mut self, batch: &mut Vec<Bytes>, max: usize) -> usize {
-        let count = self.frames.len().min(max);
+    /// Moves entries holding up to `max` frames (at least one entry) from
+    /// the front of the queue to the end of `batch`, for writing without
+    /// holding the lock. Returns how many bytes of the first were already
+    /// written.
+    pub fn take_batch(&mut self, batch: &mut Vec<Queued>, max: usize) -> usize {
+        let (mut count, mut frames) = (0, 0);
+        for entry in &self.frames {
+            frames += entry.frames().len();
+            if count > 0 && frames > max {
+                break;
+            }
+            count += 1;
+        }
         batch.extend(self.frames.drain(..count));
         if self.frames.is_empty() && self.frames.capacity() > max {
             // A burst grew the queue; give the memory back.
@@ -100,10 +149,10 @@ impl Outbox {
         self.offset
     }
 
-    /// After a write of `written` bytes: moves the frames of a batch that
+    /// After a write of `written` bytes: moves the entries of a batch that
     /// were not completely written back to the front of the queue, the
     /// first with `offset` bytes written.
-    pub fn put_back(&mut self, unwritten: &mut Vec<Bytes>, offset: usize, written: usize) {
+    pub fn put_back(&mut self, unwritten: &mut Vec<Queued>, offset: usize, written: usize) {
         self.bytes -= written;
         self.offset = offset;
         for frame in unwritten.drain(..).rev() {
@@ -134,8 +183,28 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn frame(len: usize) -> Bytes {
-        Bytes::from(vec![7; len])
+    fn frame(len: usize) -> Queued {
+        Queued::Frame(Bytes::from(vec![7; len]))
+    }
+
+    fn run(lens: &[usize]) -> Queued {
+        Queued::run(lens.iter().map(|len| Bytes::from(vec![7; *len])).collect())
+    }
+
+    #[test]
+    fn a_batch_counts_the_frames_of_runs_and_takes_at_least_one_entry() {
+        let mut outbox = Outbox::default();
+        for entry in [run(&[1, 2, 3]), frame(4), run(&[5, 6])] {
+            outbox.push(entry, 1000).unwrap();
+        }
+        assert_eq!(outbox.bytes, 21);
+        let mut batch = Vec::new();
+        outbox.take_batch(&mut batch, 2);
+        assert_eq!(batch, [run(&[1, 2, 3])], "one entry even over the limit");
+        batch.clear();
+        outbox.take_batch(&mut batch, 3);
+        assert_eq!(batch, [frame(4), run(&[5, 6])]);
+        assert_eq!(run(&[9]), Queued::Frame(Bytes::from(vec![7; 9])));
     }
 
     #[test]

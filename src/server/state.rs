@@ -7,7 +7,7 @@
 //! off at `send_queue_bytes` instead of growing without bound.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 use tracing::warn;
 
 use super::busy_pause;
-use super::outbox::{Outbox, OutboxEvent, Overflow};
+use super::outbox::{Outbox, OutboxEvent, Overflow, Queued};
 use super::Clock;
 use crate::config::Config;
 use crate::hub::{
@@ -178,7 +178,7 @@ impl Shared {
 
     /// Takes frames queued for the connection to write (see
     /// [`Outbox::take_batch`]).
-    pub fn take_batch(&self, conn: ConnId, batch: &mut Vec<Bytes>, max: usize) -> usize {
+    pub fn take_batch(&self, conn: ConnId, batch: &mut Vec<Queued>, max: usize) -> usize {
         self.lock()
             .outboxes
             .get_mut(&conn)
@@ -189,7 +189,7 @@ impl Shared {
     pub fn put_back(
         &self,
         conn: ConnId,
-        unwritten: &mut Vec<Bytes>,
+        unwritten: &mut Vec<Queued>,
         offset: usize,
         written: usize,
     ) {
@@ -251,21 +251,43 @@ impl Shared {
         call(&mut state.hub, &mut actions);
         let mut fed = Fed::More;
         let mut too_slow = Vec::new();
+        let mut run: Option<BroadcastRun> = None;
         loop {
             for action in actions.drain(..) {
+                let action = match action {
+                    Action::Broadcast { to, except, frame } => {
+                        match &mut run {
+                            Some(run) if run.continues(&to, except) => run.frames.push(frame),
+                            _ => {
+                                self.deliver_run(state, run.take(), &mut too_slow);
+                                let frames = vec![frame];
+                                run = Some(BroadcastRun { to, except, frames });
+                            }
+                        }
+                        continue;
+                    }
+                    // The sender's own replies pass its messages' run: it
+                    // is not one of the run's recipients.
+                    Action::Send { to, frame }
+                        if run.as_ref().is_some_and(|run| run.except == to) =>
+                    {
+                        if !self.deliver(state, to, Queued::Frame(frame)) {
+                            too_slow.push(to);
+                        }
+                        continue;
+                    }
+                    action => {
+                        self.deliver_run(state, run.take(), &mut too_slow);
+                        action
+                    }
+                };
                 match action {
                     Action::Send { to, frame } => {
-                        if !self.deliver(state, to, frame) {
+                        if !self.deliver(state, to, Queued::Frame(frame)) {
                             too_slow.push(to);
                         }
                     }
-                    Action::Broadcast { to, except, frame } => {
-                        for &member in to.iter().filter(|member| **member != except) {
-                            if !self.deliver(state, member, frame.clone()) {
-                                too_slow.push(member);
-                            }
-                        }
-                    }
+                    Action::Broadcast { .. } => unreachable!("gathered into runs above"),
                     Action::Close { conn, reason } => {
                         let outbox = state.outboxes.get_mut(&conn);
                         wake(outbox.and_then(|outbox| outbox.close(reason)));
@@ -275,6 +297,7 @@ impl Shared {
                     Action::WrapKeys(job) => self.key_wraps.rotate(job),
                 }
             }
+            self.deliver_run(state, run.take(), &mut too_slow);
             if too_slow.is_empty() {
                 break;
             }
@@ -291,10 +314,28 @@ impl Shared {
         fed
     }
 
+    /// Queues a run of room messages for each of its recipients.
+    fn deliver_run(
+        &self,
+        state: &mut State,
+        run: Option<BroadcastRun>,
+        too_slow: &mut Vec<ConnId>,
+    ) {
+        let Some(BroadcastRun { to, except, frames }) = run else {
+            return;
+        };
+        let run = Queued::run(frames);
+        for &member in to.iter().filter(|member| **member != except) {
+            if !self.deliver(state, member, run.clone()) {
+                too_slow.push(member);
+            }
+        }
+    }
+
     /// Queues a frame for a connection, cutting the connection off if its
     /// queue would exceed `send_queue_bytes` (plus, for a file's recipient,
     /// a window of chunks); returns `false` when it did.
-    fn deliver(&self, state: &mut State, to: ConnId, frame: Bytes) -> bool {
+    fn deliver(&self, state: &mut State, to: ConnId, frame: Queued) -> bool {
         let State { hub, outboxes, .. } = state;
         let Some(outbox) = outboxes.get_mut(&to) else {
             return true;
@@ -319,6 +360,22 @@ impl Shared {
         warn!(conn = %to, queued, limit, "send queue overflow");
         wake(outbox.close(CloseReason::SlowConsumer));
         false
+    }
+}
+
+/// Room messages in a row from one sender to one room's members, gathered
+/// while a hub call's actions are applied, to be queued as one shared run.
+struct BroadcastRun {
+    to: Arc<Vec<ConnId>>,
+    except: ConnId,
+    frames: Vec<Bytes>,
+}
+
+impl BroadcastRun {
+    /// Whether a broadcast to `to` except `except` goes to exactly the same
+    /// recipients (the member list unchanged since), so it may join the run.
+    fn continues(&self, to: &Arc<Vec<ConnId>>, except: ConnId) -> bool {
+        Arc::ptr_eq(&self.to, to) && self.except == except
     }
 }
 
