@@ -254,41 +254,32 @@ impl Shared {
         let mut run: Option<BroadcastRun> = None;
         loop {
             for action in actions.drain(..) {
-                let action = match action {
-                    Action::Broadcast { to, except, frame } => {
-                        match &mut run {
-                            Some(run) if run.continues(&to, except) => run.frames.push(frame),
-                            _ => {
-                                self.deliver_run(state, run.take(), &mut too_slow);
-                                let frames = vec![frame];
-                                run = Some(BroadcastRun { to, except, frames });
-                            }
-                        }
-                        continue;
-                    }
-                    // The sender's own replies pass its messages' run: it
-                    // is not one of the run's recipients.
-                    Action::Send { to, frame }
-                        if run.as_ref().is_some_and(|run| run.except == to) =>
-                    {
-                        if !self.deliver(state, to, Queued::Frame(frame)) {
-                            too_slow.push(to);
-                        }
-                        continue;
-                    }
-                    action => {
-                        self.deliver_run(state, run.take(), &mut too_slow);
-                        action
-                    }
-                };
                 match action {
+                    Action::Broadcast { to, except, frame } => match &mut run {
+                        Some(run) if run.continues(&to, except) => run.frames.push(frame),
+                        _ => {
+                            let next = BroadcastRun {
+                                to,
+                                except,
+                                frames: vec![frame],
+                            };
+                            self.deliver_run(state, run.replace(next), &mut too_slow);
+                        }
+                    },
                     Action::Send { to, frame } => {
+                        // The sender's own replies may pass its messages'
+                        // run, which is not for it; any other frame waits
+                        // until the run is queued, so every order holds.
+                        if run.as_ref().is_some_and(|run| run.except != to) {
+                            self.deliver_run(state, run.take(), &mut too_slow);
+                        }
                         if !self.deliver(state, to, Queued::Frame(frame)) {
                             too_slow.push(to);
                         }
                     }
-                    Action::Broadcast { .. } => unreachable!("gathered into runs above"),
                     Action::Close { conn, reason } => {
+                        // What was sent before the close is queued before it.
+                        self.deliver_run(state, run.take(), &mut too_slow);
                         let outbox = state.outboxes.get_mut(&conn);
                         wake(outbox.and_then(|outbox| outbox.close(reason)));
                     }
