@@ -427,3 +427,37 @@ async fn close_gracefully(stream: &TcpStream) {
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn frames(lens: &[usize]) -> Vec<Bytes> {
+        lens.iter().map(|len| Bytes::from(vec![1; *len])).collect()
+    }
+
+    #[test]
+    fn slices_skip_what_was_written_even_inside_a_run_and_stop_at_the_limit() {
+        let batch = [
+            Queued::run(frames(&[10, 10, 10])),
+            Queued::Frame(Bytes::from(vec![2; 5])),
+        ];
+        let lens = |offset| -> Vec<usize> {
+            io_slices(&batch, offset)
+                .iter()
+                .map(|slice| slice.len())
+                .collect()
+        };
+        assert_eq!(lens(0), [10, 10, 10, 5]);
+        assert_eq!(
+            lens(15),
+            [5, 10, 5],
+            "the first frame and half the second were written"
+        );
+        assert_eq!(lens(30), [5]);
+        let long = [Queued::run(frames(&[1; MAX_BATCH + 10]))];
+        assert_eq!(io_slices(&long, 0).len(), MAX_BATCH);
+    }
+}
