@@ -19,6 +19,10 @@ use bytes::Bytes;
 
 use crate::hub::CloseReason;
 
+/// Entries an emptied queue may keep room for; a burst that grew it past
+/// this gives the memory back, so a connection that goes quiet is small.
+const KEPT_CAPACITY: usize = 64;
+
 /// An entry in an outbox: one frame, or several room messages in a row that
 /// every member of the room gets, shared by all their outboxes. Sharing the
 /// run takes one reference count per member for the whole run instead of
@@ -33,7 +37,7 @@ impl Queued {
     /// A run of frames for several recipients; one frame stays a frame.
     pub fn run(mut frames: Vec<Bytes>) -> Queued {
         if frames.len() == 1 {
-            return Queued::Frame(frames.remove(0));
+            return Queued::Frame(frames.pop().expect("one frame"));
         }
         let len = frames.iter().map(Bytes::len).sum();
         Queued::Run {
@@ -142,7 +146,7 @@ impl Outbox {
             count += 1;
         }
         batch.extend(self.frames.drain(..count));
-        if self.frames.is_empty() && self.frames.capacity() > max {
+        if self.frames.is_empty() && self.frames.capacity() > KEPT_CAPACITY {
             // A burst grew the queue; give the memory back.
             self.frames = VecDeque::new();
         }
@@ -189,6 +193,25 @@ mod tests {
 
     fn run(lens: &[usize]) -> Queued {
         Queued::run(lens.iter().map(|len| Bytes::from(vec![7; *len])).collect())
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_what_a_burst_grew_it_to() {
+        let mut outbox = Outbox::default();
+        let mut batch = Vec::new();
+        for _ in 0..KEPT_CAPACITY {
+            outbox.push(frame(1), 1 << 20).unwrap();
+        }
+        outbox.take_batch(&mut batch, 1024);
+        assert!(
+            outbox.frames.capacity() >= KEPT_CAPACITY,
+            "a small queue keeps its room"
+        );
+        for _ in 0..300 {
+            outbox.push(frame(1), 1 << 20).unwrap();
+        }
+        outbox.take_batch(&mut batch, 1024);
+        assert_eq!(outbox.frames.capacity(), 0, "a burst's room is given back");
     }
 
     #[test]
