@@ -6,7 +6,7 @@
 //! - [`envelope`]: the sealed envelope of §12.7, bytes in and bytes out.
 //! - [`keyring`]: the issued room and DM keys a client holds, which epoch is
 //!   current, and the counters that make replays fail.
-//! - [`file`]: sealed file chunks and the signed file offer of file
+//! - [`file`](mod@file): sealed file chunks and the signed file offer of file
 //!   transfer.
 //!
 //! Every way a received message can fail to open is the same
