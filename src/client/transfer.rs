@@ -315,12 +315,12 @@ impl Incoming {
 
 /// The longest name we save a file under, in bytes: room for `.part` or a
 /// ` (n)` within the usual 255-byte limit of a file name.
-const MAX_SAVED_NAME: usize = 200;
+pub const MAX_SAVED_NAME: usize = 200;
 
 /// A file name from the wire made safe to create in the download
 /// directory: no directories (only what follows the last `/` or `\`), no
 /// control characters, never `.` or `..` or empty, at most
-/// 200 bytes (`MAX_SAVED_NAME`). The server refuses such names already; this
+/// [`MAX_SAVED_NAME`] bytes. The server refuses such names already; this
 /// does not rely on it.
 pub fn safe_name(raw: &[u8]) -> String {
     let shown = show(raw);
