@@ -2,6 +2,7 @@
 //! `parlor client` the reference client, `parlor bench` loads a running
 //! server and measures it, and `parlor replay` plays a capture against one.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,8 +124,13 @@ fn load_config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error>> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes are for people at a terminal; in a file or the journal
+    // they are noise. NO_COLOR (https://no-color.org) turns them off there too.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -34,13 +34,19 @@ fn free_port() -> u16 {
 }
 
 /// Starts the server and waits until it logs that it is listening.
+fn start(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut command = parlor();
+    command.args(args);
+    start_command(command)
+}
+
+/// [`start`] for a command set up by the caller.
 #[allow(
     clippy::zombie_processes,
     reason = "the caller waits for the returned child"
 )]
-fn start(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut child = parlor()
-        .args(args)
+fn start_command(mut command: Command) -> (Child, BufReader<std::process::ChildStderr>) {
+    let mut child = command
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -222,6 +228,36 @@ fn config_file_settings_apply_and_logs_can_be_json() {
     );
     assert!(rest.contains("connection limit reached"), "{rest}");
     assert!(rest.contains("\"peer\":\"127.0.0.1:"), "{rest}");
+}
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    let port = free_port();
+    let mut command = parlor();
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("NO_COLOR");
+    let (mut child, mut logs) = start_command(command);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    hello(&mut client);
+    drop(client);
+
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        wait_with_timeout(&mut child, Duration::from_secs(5)).code(),
+        Some(0)
+    );
+    let mut rest = String::new();
+    logs.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("connected"), "{rest}");
+    assert!(rest.contains("peer=127.0.0.1:"), "{rest}");
+    assert!(!rest.contains('\x1b'), "escape codes in {rest:?}");
 }
 
 #[test]
