@@ -65,6 +65,22 @@ fn start_command(mut command: Command) -> (Child, BufReader<std::process::ChildS
     }
 }
 
+/// Stops the server with Ctrl-C (SIGINT), checks that it exits 0, and
+/// returns what it logged after [`start`] returned.
+fn interrupt(child: &mut Child, logs: &mut BufReader<std::process::ChildStderr>) -> String {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        wait_with_timeout(child, Duration::from_secs(5)).code(),
+        Some(0)
+    );
+    let mut rest = String::new();
+    logs.read_to_string(&mut rest).unwrap();
+    rest
+}
+
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
@@ -204,16 +220,7 @@ fn config_file_settings_apply_and_logs_can_be_json() {
     .concat();
     assert_eq!(refused, expected);
 
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(
-        wait_with_timeout(&mut child, Duration::from_secs(5)).code(),
-        Some(0)
-    );
-    let mut rest = String::new();
-    logs.read_to_string(&mut rest).unwrap();
+    let rest = interrupt(&mut child, &mut logs);
     let lines: Vec<&str> = rest.lines().collect();
     assert!(!lines.is_empty());
     for line in &lines {
@@ -245,16 +252,7 @@ fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
     hello(&mut client);
     drop(client);
 
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(
-        wait_with_timeout(&mut child, Duration::from_secs(5)).code(),
-        Some(0)
-    );
-    let mut rest = String::new();
-    logs.read_to_string(&mut rest).unwrap();
+    let rest = interrupt(&mut child, &mut logs);
     assert!(rest.contains("connected"), "{rest}");
     assert!(rest.contains("peer=127.0.0.1:"), "{rest}");
     assert!(!rest.contains('\x1b'), "escape codes in {rest:?}");
