@@ -99,8 +99,9 @@ pub mod text {
 #[derive(Debug)]
 pub enum Action {
     /// Queue encoded frames for a connection: usually one frame; a secure
-    /// JOIN's reply is several frames in one buffer. One room message is
-    /// encoded once and the same `Bytes` is handed to every member.
+    /// JOIN's reply is several frames in one buffer. A notice for several
+    /// connections (a peer's key, a file chunk) is encoded once, and the
+    /// same `Bytes` goes in each of their `Send`s.
     Send { to: ConnId, frame: Bytes },
     /// Queue one frame for every connection in `to` except `except`: a room
     /// message, encoded once, for the members of the moment.
