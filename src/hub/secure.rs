@@ -244,13 +244,11 @@ impl Hub {
             key: key.der.clone(),
         }
         .encode();
-        out.extend(
-            entry
-                .members()
-                .iter()
-                .filter(|member| **member != conn)
-                .map(|member| send(*member, notice.clone())),
-        );
+        out.push(Action::Broadcast {
+            to: entry.members_now(),
+            except: conn,
+            frame: notice,
+        });
     }
 
     /// The membership of `room` changed: rotate its key, or, if a rotation
