@@ -5,9 +5,8 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use parlor::protocol::legacy::encode_room_message;
-use parlor::protocol::{ClientMessage, FrameCodec};
-use tokio_util::codec::Decoder;
+use parlor_proto::legacy::encode_room_message;
+use parlor_proto::{ClientMessage, FrameCodec};
 
 /// A 64-byte text, the size the load benchmarks use.
 const TEXT: &[u8; 64] = b"L12:3456:7890123456:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";

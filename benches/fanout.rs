@@ -9,21 +9,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use parlor::config::Config;
-use parlor::hub::{Action, ConnId, Hub};
-use parlor::protocol::ClientMessage;
+use parlor_core::{Action, ConnId, Hub, Limits, Rate};
+use parlor_proto::ClientMessage;
 
 const MEMBERS: u64 = 100;
 
 fn room_message_to_100_members(c: &mut Criterion) {
     // One message per millisecond of fake time, the rate limit's window:
     // its bookkeeping costs what it costs a client within its limit.
-    let config = Config {
-        rate_limit_messages: 1,
-        rate_limit_window_secs: 0.001,
-        ..Config::default()
+    let limits = Limits {
+        message_rate: Rate {
+            limit: 1,
+            window: Duration::from_millis(1),
+        },
+        ..Limits::default()
     };
-    let mut hub = Hub::new(&config);
+    let mut hub = Hub::new(&limits, [0; 32]);
     let mut now = Instant::now();
     let mut out = Vec::new();
     let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use parlor::config::Config;
-use parlor::server::{BusyPause, Server};
+use parlor_server::config::Config;
+use parlor_server::{BusyPause, Server};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -35,11 +35,14 @@ enum Command {
     /// Run the chat server (the default).
     Serve(ServeArgs),
     /// Chat from the terminal, end-to-end encrypted where the server allows.
-    Client(parlor::client::Options),
+    #[cfg(feature = "client")]
+    Client(parlor_client::Options),
     /// Load a running server on this machine and measure it.
-    Bench(parlor::bench::BenchArgs),
+    #[cfg(feature = "bench")]
+    Bench(parlor_bench::BenchArgs),
     /// Replay the clients of a pcap capture and print (or check) the replies.
-    Replay(parlor::replay::ReplayArgs),
+    #[cfg(feature = "replay")]
+    Replay(parlor_replay::ReplayArgs),
 }
 
 #[derive(Args, Clone)]
@@ -79,9 +82,12 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
-        Some(Command::Client(options)) => return parlor::client::main(options),
-        Some(Command::Bench(args)) => return parlor::bench::main(args),
-        Some(Command::Replay(args)) => return parlor::replay::run(args),
+        #[cfg(feature = "client")]
+        Some(Command::Client(options)) => return parlor_client::main(options),
+        #[cfg(feature = "bench")]
+        Some(Command::Bench(args)) => return parlor_bench::main(args),
+        #[cfg(feature = "replay")]
+        Some(Command::Replay(args)) => return parlor_replay::run(args),
         None => cli.serve,
     };
     let config = match load_config(&args) {

@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use clap::Parser;
-use parlor::bench::{
+use parlor_bench::{
     run, IdleReport, Report, SecureFanoutReport, TrafficReport, TransferReport, Workload,
 };
-use parlor::config::Config;
-use parlor::protocol::{opcode, ClientMessage, Frame, FrameCodec, ServerMessage};
+use parlor_proto::{opcode, ClientMessage, Frame, FrameCodec, ServerMessage};
+use parlor_server::config::Config;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::Decoder;
 
 /// The bench's command line, parsed as `parlor bench` parses it.
 #[derive(Parser)]

@@ -7,7 +7,7 @@ mod support;
 use support::process::ServerProcess;
 use support::*;
 
-use parlor::config::Config;
+use parlor_server::config::Config;
 
 const SENDERS: usize = 4;
 const BURST: usize = 300;

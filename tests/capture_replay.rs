@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use parlor::replay::{play_in_process, read_expected, Capture, Pace};
+use parlor_replay::{play_in_process, read_expected, Capture, Pace};
 use support::test_config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -120,10 +120,9 @@ async fn broken_promises_are_reported() {
     // heartbeats, and a late answer to the heartbeat sent just before
     // LIST_USERS would be taken for LIST_USERS' reply. At this speed the
     // 6 s between them are 60 ms, ample on loopback.
-    let recording =
-        parlor::replay::play(&capture, server, Pace::Speed(100.0), &mut std::io::sink())
-            .await
-            .unwrap();
+    let recording = parlor_replay::play(&capture, server, Pace::Speed(100.0), &mut std::io::sink())
+        .await
+        .unwrap();
     let violations = recording.violations().join("\n");
     for problem in [
         "A: 9a 00 with no request pending: the legacy client aborts on it",

@@ -3,11 +3,10 @@
 //! (`tests/fuzz_bodies.rs`).
 
 use bytes::{Bytes, BytesMut};
-use parlor::protocol::{
+use parlor_proto::{
     ClientMessage, Frame, FrameCodec, SecureMessage, ServerMessage, MAX_CLIENT_PAYLOAD,
 };
 use proptest::prelude::*;
-use tokio_util::codec::Decoder;
 
 fn short() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..=255).prop_map(Bytes::from)

@@ -24,9 +24,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use parlor::config::Config;
-use parlor::protocol::transfer::{EndReason, FileNotice, FileRequest};
-use parlor::protocol::ClientMessage;
+use parlor_proto::transfer::{EndReason, FileNotice, FileRequest};
+use parlor_proto::ClientMessage;
+use parlor_server::config::Config;
 use process::ClientProcess;
 use raw::{Raw, RawFile};
 use serde_json::Value;

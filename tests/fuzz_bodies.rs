@@ -5,14 +5,18 @@
 //! without nightly.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
-use parlor::fuzzing::{
-    decoder_seed, file_session_seed, frame_decoder, secure_session_seed, session, session_seed,
-    DecoderInput, Happening, SessionEvent, SESSION_CLIENTS,
+use parlor_core::fuzzing::{
+    file_session_seed, secure_session_seed, session, Happening, SessionEvent, SESSION_CLIENTS,
 };
-use parlor::protocol::ClientMessage;
-use parlor::replay::Capture;
+use parlor_proto::fuzzing::{frame_decoder, DecoderInput};
+use parlor_proto::legacy::{HEARTBEAT_PAYLOAD, LEGACY_GREETING};
+use parlor_proto::ClientMessage;
+use parlor_proto::{opcode, HEADER_LEN};
+use parlor_replay::capture::{End, Moment, SentKind};
+use parlor_replay::Capture;
 use proptest::prelude::*;
 
 fn corpus(target: &str) -> PathBuf {
@@ -87,10 +91,72 @@ fn seeds_match_the_captures() {
     }
 }
 
+/// A `frame_decoder` seed: every client stream of a capture, one after the
+/// other, read in a few awkward sizes.
+pub fn decoder_seed(capture: &Capture) -> Vec<u8> {
+    let stream = capture
+        .clients
+        .iter()
+        .flat_map(|client| client.sent.iter().flat_map(|sent| sent.bytes.to_vec()))
+        .collect();
+    DecoderInput {
+        limit: 0,
+        large_chunks: false,
+        chunks: vec![0, 6, 12, 200],
+        stream,
+    }
+    .to_bytes()
+}
+
+/// A `session` seed: a capture's clients, each in its own slot, sending
+/// what they sent, with the captured pauses (rounded to the wait steps).
+pub fn session_seed(capture: &Capture) -> Vec<u8> {
+    let mut timed: Vec<(Moment, SessionEvent)> = Vec::new();
+    for (index, client) in capture.clients.iter().enumerate() {
+        let event = |what| SessionEvent {
+            client: index as u8 % SESSION_CLIENTS,
+            wait: 0,
+            what,
+        };
+        for sent in &client.sent {
+            let what = match sent.kind {
+                SentKind::Frame(opcode) => Happening::Frame {
+                    opcode,
+                    payload: sent.bytes[HEADER_LEN..].to_vec(),
+                },
+                SentKind::Garbage | SentKind::Unfinished => {
+                    Happening::Bytes(sent.bytes.iter().copied().take(255).collect())
+                }
+            };
+            let joined = sent.kind == SentKind::Frame(opcode::JOIN);
+            timed.push((sent.when, event(what)));
+            if joined {
+                // The hash of a room password takes milliseconds.
+                timed.push((sent.when, event(Happening::FinishHash)));
+            }
+        }
+        if let End::ClientClosed(when) | End::ServerClosed(when) = client.end {
+            timed.push((when, event(Happening::Close)));
+        }
+    }
+    timed.sort_by_key(|(when, _)| when.packet);
+    let mut previous = Duration::ZERO;
+    let events: Vec<SessionEvent> = timed
+        .into_iter()
+        .map(|(when, mut event)| {
+            let millis = when.at.saturating_sub(previous).as_secs_f64() * 1000.0;
+            previous = when.at.max(previous);
+            event.wait = millis.sqrt().round().min(255.0) as u8;
+            event
+        })
+        .collect();
+    SessionEvent::encode(&events)
+}
+
 /// The public half of the fixed test key the crypto known-answer tests use.
 fn public_key() -> Vec<u8> {
     use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-    let private = include_bytes!("../src/crypto/testdata/kat-rsa-2048.der");
+    let private = include_bytes!("../crates/parlor-crypto/src/testdata/kat-rsa-2048.der");
     let private = rsa::PrivateKey::from_pkcs8_der(private).unwrap();
     private
         .to_public_key()
@@ -103,8 +169,8 @@ fn public_key() -> Vec<u8> {
 /// that fuzzing starts from inside the secure extension.
 #[test]
 fn the_secure_seed_registers_a_key_the_hub_accepts() {
-    let mut harness = parlor::hub::harness::Harness::new(&parlor::Config::default());
-    let conn = parlor::hub::ConnId(1);
+    let mut harness = parlor_core::harness::Harness::new(&parlor_core::Limits::default());
+    let conn = parlor_core::ConnId(1);
     harness.connect(conn);
     let key = Bytes::from(public_key());
     harness.handle(conn, ClientMessage::RegisterKey { key });
@@ -208,10 +274,10 @@ fn password() -> impl Strategy<Value = Bytes> {
 fn client_message() -> impl Strategy<Value = ClientMessage> {
     prop_oneof![
         Just(ClientMessage::Hello {
-            greeting: bytes("Xin ch\u{e0}o. Bonghjornu.")
+            greeting: Bytes::from_static(LEGACY_GREETING)
         }),
         Just(ClientMessage::Heartbeat {
-            payload: bytes("\u{1f}staying alive, staying alive...")
+            payload: Bytes::from_static(HEARTBEAT_PAYLOAD)
         }),
         name().prop_map(|name| ClientMessage::Nick { name }),
         (room(), password()).prop_map(|(room, password)| ClientMessage::Join { room, password }),

@@ -14,9 +14,9 @@ use support::*;
 
 use std::time::Duration;
 
-use parlor::config::Config;
-use parlor::hub::text;
-use parlor::protocol::MAX_CLIENT_PAYLOAD;
+use parlor_core::text;
+use parlor_proto::MAX_CLIENT_PAYLOAD;
+use parlor_server::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -14,9 +14,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use parlor::config::Config;
-use parlor::hub::text;
-use parlor::protocol::ClientMessage;
+use parlor_core::text;
+use parlor_proto::ClientMessage;
+use parlor_server::config::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -17,10 +17,10 @@ mod process;
 mod relay;
 
 use bytes::Bytes;
-use parlor::config::Config;
-use parlor::crypto::envelope::{Envelope, Kind};
-use parlor::protocol::legacy::{encode_direct_message, encode_room_message};
-use parlor::protocol::{ClientMessage, Frame, SecureMessage, ServerMessage};
+use parlor_crypto::envelope::{Envelope, Kind};
+use parlor_proto::legacy::{encode_direct_message, encode_room_message};
+use parlor_proto::{ClientMessage, Frame, SecureMessage, ServerMessage};
+use parlor_server::config::Config;
 use process::ClientProcess;
 use relay::{Relay, Tamper};
 use serde_json::Value;

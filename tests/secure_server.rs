@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parlor::hub::{text, KeyUse};
-use parlor::protocol::legacy::{encode_direct_message, encode_room_message};
-use parlor::protocol::{ClientMessage, SecureMessage, ServerMessage};
+use parlor_core::{text, KeyUse};
+use parlor_proto::legacy::{encode_direct_message, encode_room_message};
+use parlor_proto::{ClientMessage, SecureMessage, ServerMessage};
 use rsa::pkcs8::EncodePublicKey;
 use rsa::{Oaep, PrivateKey};
 use sha2::Sha256;
@@ -467,14 +467,13 @@ mod rotation_measurement {
     use std::time::Instant;
 
     use bytes::BytesMut;
-    use parlor::config::Config;
-    use parlor::protocol::FrameCodec;
+    use parlor_proto::FrameCodec;
+    use parlor_server::config::Config;
     use rand::Rng;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::tcp::OwnedWriteHalf;
     use tokio::net::TcpStream;
     use tokio::sync::oneshot;
-    use tokio_util::codec::Decoder;
 
     use super::*;
 

@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| parlor::fuzzing::frame_decoder(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| parlor_proto::fuzzing::frame_decoder(data));

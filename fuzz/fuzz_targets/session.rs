@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| parlor::fuzzing::session(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| parlor_core::fuzzing::session(data));

@@ -8,21 +8,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use parlor::crypto::envelope::Kind;
-use parlor::crypto::file::{chunk_count, chunk_span, sign_offer, FileKeys, OfferContext};
-use parlor::crypto::{Identity, IssuedKey, WrapLabel};
-use parlor::protocol::transfer::{FileMeta, FileNotice, FileRequest, FILE_FLAG_ENCRYPTED};
-use parlor::protocol::{ClientMessage, FrameCodec, SecureMessage, ServerMessage};
+use parlor_crypto::envelope::Kind;
+use parlor_crypto::file::{chunk_count, chunk_span, sign_offer, FileKeys, OfferContext};
+use parlor_crypto::{Identity, IssuedKey, WrapLabel};
+use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest, FILE_FLAG_ENCRYPTED};
+use parlor_proto::{ClientMessage, FrameCodec, SecureMessage, ServerMessage};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::Decoder;
 
 /// How long to wait for a frame that should come: generous, it only
 /// guards against a hang.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-pub struct Raw {
+pub(crate) struct Raw {
     pub name: Vec<u8>,
     identity: Identity,
     stream: TcpStream,
@@ -34,7 +33,7 @@ pub struct Raw {
 }
 
 /// A file as a raw sender offers it.
-pub struct RawFile {
+pub(crate) struct RawFile {
     pub meta: FileMeta,
     pub keys: Option<FileKeys>,
     pub data: Vec<u8>,
@@ -42,7 +41,7 @@ pub struct RawFile {
 
 impl RawFile {
     /// Chunk `index` as it goes on the wire, sealed if the file is.
-    pub fn chunk(&self, index: u32) -> Bytes {
+    pub(crate) fn chunk(&self, index: u32) -> Bytes {
         let (offset, len) = chunk_span(self.meta.size, self.meta.chunk_size, index);
         let plain = &self.data[offset as usize..offset as usize + len];
         match &self.keys {
@@ -55,7 +54,7 @@ impl RawFile {
 impl Raw {
     /// Connects, says HELLO, registers a fresh 2048-bit key and takes
     /// `nick`.
-    pub async fn connect(addr: SocketAddr, nick: &str) -> Raw {
+    pub(crate) async fn connect(addr: SocketAddr, nick: &str) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         let identity = tokio::task::spawn_blocking(|| Identity::generate(2048).unwrap())
@@ -85,24 +84,24 @@ impl Raw {
         raw
     }
 
-    pub async fn send(&mut self, message: &ClientMessage) {
+    pub(crate) async fn send(&mut self, message: &ClientMessage) {
         let bytes = message.to_frame().to_bytes();
         self.stream.write_all(&bytes).await.expect("send");
     }
 
-    pub async fn send_file(&mut self, request: FileRequest) {
+    pub(crate) async fn send_file(&mut self, request: FileRequest) {
         let bytes = request.encode();
         self.stream.write_all(&bytes).await.expect("send");
     }
 
     /// Sends a request and returns its `9a`.
-    pub async fn request(&mut self, message: &ClientMessage) -> (u8, Bytes) {
+    pub(crate) async fn request(&mut self, message: &ClientMessage) -> (u8, Bytes) {
         self.send(message).await;
         self.response().await
     }
 
     /// The next `9a`, leaving other frames for later.
-    pub async fn response(&mut self) -> (u8, Bytes) {
+    pub(crate) async fn response(&mut self) -> (u8, Bytes) {
         self.next_where("a 9a", |message| match message {
             ServerMessage::Response { status, data } => Some((*status, data.clone())),
             _ => None,
@@ -111,7 +110,7 @@ impl Raw {
     }
 
     /// Joins `room`; panics unless the server agrees.
-    pub async fn join(&mut self, room: &str) {
+    pub(crate) async fn join(&mut self, room: &str) {
         let join = ClientMessage::Join {
             room: Bytes::copy_from_slice(room.as_bytes()),
             password: Bytes::new(),
@@ -122,7 +121,7 @@ impl Raw {
 
     /// The first frame, from the backlog or the wire, for which `pick`
     /// says something; the frames passed over stay in the backlog.
-    pub async fn next_where<T>(
+    pub(crate) async fn next_where<T>(
         &mut self,
         what: &str,
         mut pick: impl FnMut(&ServerMessage) -> Option<T>,
@@ -152,7 +151,7 @@ impl Raw {
     }
 
     /// The next file notice matching `pick`.
-    pub async fn notice<T>(
+    pub(crate) async fn notice<T>(
         &mut self,
         what: &str,
         mut pick: impl FnMut(&FileNotice) -> Option<T>,
@@ -165,7 +164,7 @@ impl Raw {
     }
 
     /// Waits for the key of `room` at an epoch of at least `epoch`.
-    pub async fn room_key(&mut self, room: &str, epoch: u32) -> (u32, IssuedKey) {
+    pub(crate) async fn room_key(&mut self, room: &str, epoch: u32) -> (u32, IssuedKey) {
         loop {
             let held = self
                 .room_keys
@@ -186,7 +185,7 @@ impl Raw {
 
     /// A file offer of `data` in `room`, signed, and sealed under the room
     /// key `key` when there is one.
-    pub fn room_offer(
+    pub(crate) fn room_offer(
         &self,
         room: &str,
         name: &str,
@@ -222,7 +221,7 @@ impl Raw {
     }
 
     /// Offers `file` to the room; returns its id once the server confirms.
-    pub async fn offer(&mut self, file: &RawFile, window: u8) -> (u32, Vec<Bytes>) {
+    pub(crate) async fn offer(&mut self, file: &RawFile, window: u8) -> (u32, Vec<Bytes>) {
         self.send_file(FileRequest::Offer {
             target: Bytes::new(),
             meta: file.meta.clone(),
@@ -241,7 +240,7 @@ impl Raw {
     }
 
     /// Waits until everyone acknowledged at least `acked` chunks of `id`.
-    pub async fn window(&mut self, id: u32, acked: u32) {
+    pub(crate) async fn window(&mut self, id: u32, acked: u32) {
         self.notice(&format!("8d for {acked} chunks"), |notice| match notice {
             FileNotice::Window { id: of, acked: got } if *of == id && *got >= acked => Some(()),
             _ => None,
@@ -277,7 +276,7 @@ impl Raw {
     }
 
     /// Drops the connection at once.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.stream.shutdown().await;
     }
 }

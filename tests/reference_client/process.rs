@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 /// guards against a hang, and a debug build may be generating keys.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-pub struct ClientProcess {
+pub(crate) struct ClientProcess {
     name: &'static str,
     child: Child,
     stdin: ChildStdin,
@@ -26,7 +26,11 @@ pub struct ClientProcess {
 impl ClientProcess {
     /// Starts `parlor client ADDR --json` with `args` and waits for it to
     /// be connected (and, unless `--legacy`, to have registered its key).
-    pub async fn start(name: &'static str, addr: SocketAddr, args: &[&str]) -> ClientProcess {
+    pub(crate) async fn start(
+        name: &'static str,
+        addr: SocketAddr,
+        args: &[&str],
+    ) -> ClientProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parlor"))
             .arg("client")
             .arg(addr.to_string())
@@ -64,19 +68,19 @@ impl ClientProcess {
     }
 
     /// Types a line.
-    pub async fn line(&mut self, line: &str) {
+    pub(crate) async fn line(&mut self, line: &str) {
         let line = format!("{line}\n");
         self.stdin.write_all(line.as_bytes()).await.unwrap();
     }
 
     /// Waits for the next event whose string fields are as given, passing
     /// over others, and returns it.
-    pub async fn expect(&mut self, fields: &[(&str, &str)]) -> Value {
+    pub(crate) async fn expect(&mut self, fields: &[(&str, &str)]) -> Value {
         self.expect_where(fields, |_| true).await
     }
 
     /// [`ClientProcess::expect`] with a further condition on the event.
-    pub async fn expect_where(
+    pub(crate) async fn expect_where(
         &mut self,
         fields: &[(&str, &str)],
         also: impl Fn(&Value) -> bool,
@@ -106,7 +110,7 @@ impl ClientProcess {
     }
 
     /// Types `\quit` and checks that the client exits successfully.
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         self.line("\\quit").await;
         let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await

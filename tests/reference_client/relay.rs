@@ -6,23 +6,22 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use parlor::protocol::{Frame, FrameCodec, FrameError};
+use parlor_proto::{Frame, FrameCodec, FrameError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::Decoder;
 
 /// What to do to the next ROOM_MSG (`15`) from the server.
 #[derive(Clone, Copy, Debug)]
-pub enum Tamper {
+pub(crate) enum Tamper {
     /// Flip one bit of the envelope's first ciphertext byte.
     FlipCiphertextByte,
     /// Deliver it twice.
     Duplicate,
 }
 
-pub struct Relay {
+pub(crate) struct Relay {
     pub addr: SocketAddr,
     log: Arc<Mutex<Log>>,
     inject: mpsc::UnboundedSender<Vec<u8>>,
@@ -38,7 +37,7 @@ struct Log {
 impl Relay {
     /// Listens on a free loopback port and relays the first connection to
     /// `server`.
-    pub async fn start(server: SocketAddr) -> Relay {
+    pub(crate) async fn start(server: SocketAddr) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
@@ -47,22 +46,22 @@ impl Relay {
         Relay { addr, log, inject }
     }
 
-    pub fn tamper_next_room_message(&self, tamper: Tamper) {
+    pub(crate) fn tamper_next_room_message(&self, tamper: Tamper) {
         self.log.lock().unwrap().tamper = Some(tamper);
     }
 
     /// Sends `bytes` to the client as if the server had.
-    pub fn inject(&self, bytes: Vec<u8>) {
+    pub(crate) fn inject(&self, bytes: Vec<u8>) {
         self.inject.send(bytes).unwrap();
     }
 
     /// Every frame delivered to the client so far.
-    pub fn to_client(&self) -> Vec<Frame> {
+    pub(crate) fn to_client(&self) -> Vec<Frame> {
         self.log.lock().unwrap().to_client.clone()
     }
 
     /// Every frame the client sent so far.
-    pub fn to_server(&self) -> Vec<Frame> {
+    pub(crate) fn to_server(&self) -> Vec<Frame> {
         self.log.lock().unwrap().to_server.clone()
     }
 }

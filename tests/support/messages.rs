@@ -2,54 +2,54 @@
 //! expect, shared by the integration tests.
 
 use bytes::Bytes;
-use parlor::protocol::ClientMessage;
+use parlor_proto::ClientMessage;
 
 use super::{frame_bytes, response_bytes};
 
 // ---------------------------------------------------------------------------
 // Client messages
 
-pub fn bytes(x: impl AsRef<[u8]>) -> Bytes {
+pub(crate) fn bytes(x: impl AsRef<[u8]>) -> Bytes {
     Bytes::copy_from_slice(x.as_ref())
 }
 
-pub fn hello(greeting: impl AsRef<[u8]>) -> ClientMessage {
+pub(crate) fn hello(greeting: impl AsRef<[u8]>) -> ClientMessage {
     ClientMessage::Hello {
         greeting: bytes(greeting),
     }
 }
 
-pub fn nick(name: impl AsRef<[u8]>) -> ClientMessage {
+pub(crate) fn nick(name: impl AsRef<[u8]>) -> ClientMessage {
     ClientMessage::Nick { name: bytes(name) }
 }
 
-pub fn join(room: impl AsRef<[u8]>, password: impl AsRef<[u8]>) -> ClientMessage {
+pub(crate) fn join(room: impl AsRef<[u8]>, password: impl AsRef<[u8]>) -> ClientMessage {
     ClientMessage::Join {
         room: bytes(room),
         password: bytes(password),
     }
 }
 
-pub fn leave() -> ClientMessage {
+pub(crate) fn leave() -> ClientMessage {
     ClientMessage::Leave
 }
 
-pub fn list_users() -> ClientMessage {
+pub(crate) fn list_users() -> ClientMessage {
     ClientMessage::ListUsers
 }
 
-pub fn list_rooms() -> ClientMessage {
+pub(crate) fn list_rooms() -> ClientMessage {
     ClientMessage::ListRooms
 }
 
-pub fn room_msg(room: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
+pub(crate) fn room_msg(room: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
     ClientMessage::RoomMessage {
         room: bytes(room),
         text: bytes(text),
     }
 }
 
-pub fn dm(target: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
+pub(crate) fn dm(target: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
     ClientMessage::DirectMessage {
         target: bytes(target),
         text: bytes(text),
@@ -57,28 +57,28 @@ pub fn dm(target: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> ClientMessage {
 }
 
 /// The real client's heartbeat.
-pub fn heartbeat() -> Vec<u8> {
-    frame_bytes(0x13, b"\x1fstaying alive, staying alive...")
+pub(crate) fn heartbeat() -> Vec<u8> {
+    frame_bytes(0x13, parlor_proto::legacy::HEARTBEAT_PAYLOAD)
 }
 
 /// A message as client wire bytes.
-pub fn wire(message: &ClientMessage) -> Vec<u8> {
+pub(crate) fn wire(message: &ClientMessage) -> Vec<u8> {
     message.to_frame().to_bytes().to_vec()
 }
 
 // ---------------------------------------------------------------------------
 // Expected server frames
 
-pub fn error(text: impl AsRef<[u8]>) -> Vec<u8> {
+pub(crate) fn error(text: impl AsRef<[u8]>) -> Vec<u8> {
     response_bytes(0x01, text.as_ref())
 }
 
-pub fn try_later(text: impl AsRef<[u8]>) -> Vec<u8> {
+pub(crate) fn try_later(text: impl AsRef<[u8]>) -> Vec<u8> {
     response_bytes(0x02, text.as_ref())
 }
 
 /// `9a 00 {u8 len, name}*`, in the order given.
-pub fn names<T: AsRef<[u8]>>(list: &[T]) -> Vec<u8> {
+pub(crate) fn names<T: AsRef<[u8]>>(list: &[T]) -> Vec<u8> {
     let mut data = Vec::new();
     for name in list {
         let name = name.as_ref();
@@ -89,7 +89,11 @@ pub fn names<T: AsRef<[u8]>>(list: &[T]) -> Vec<u8> {
 }
 
 /// `15 <u8 room> <u8 sender> <u16 text>`.
-pub fn relay(room: impl AsRef<[u8]>, sender: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> Vec<u8> {
+pub(crate) fn relay(
+    room: impl AsRef<[u8]>,
+    sender: impl AsRef<[u8]>,
+    text: impl AsRef<[u8]>,
+) -> Vec<u8> {
     let (room, sender, text) = (room.as_ref(), sender.as_ref(), text.as_ref());
     let mut payload = vec![u8::try_from(room.len()).unwrap()];
     payload.extend_from_slice(room);
@@ -101,7 +105,7 @@ pub fn relay(room: impl AsRef<[u8]>, sender: impl AsRef<[u8]>, text: impl AsRef<
 }
 
 /// `12 <u8 sender> <u16 text>`.
-pub fn dm_relay(sender: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> Vec<u8> {
+pub(crate) fn dm_relay(sender: impl AsRef<[u8]>, text: impl AsRef<[u8]>) -> Vec<u8> {
     let (sender, text) = (sender.as_ref(), text.as_ref());
     let mut payload = vec![u8::try_from(sender.len()).unwrap()];
     payload.extend_from_slice(sender);

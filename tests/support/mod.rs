@@ -3,30 +3,31 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset of the helpers
 
-pub mod messages;
-pub mod process;
+pub(crate) mod messages;
+pub(crate) mod process;
 
-pub use messages::*;
+pub(crate) use messages::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use parlor::config::Config;
-use parlor::protocol::{ClientMessage, Frame, HEADER_LEN};
-use parlor::server::Server;
+use parlor_proto::rules::{self, Reader};
+use parlor_proto::{ClientMessage, Frame, HEADER_LEN};
+use parlor_server::config::Config;
+use parlor_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How long a test waits for something that should happen.
-pub const PATIENCE: Duration = Duration::from_secs(5);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 
 /// Settings for tests: loopback, any free port, and argon2 parameters cheap
 /// enough that a debug build hashes in microseconds. Tests that need the
 /// real defaults set them explicitly.
-pub fn test_config() -> Config {
+pub(crate) fn test_config() -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         argon2_memory_kib: 64,
@@ -35,14 +36,14 @@ pub fn test_config() -> Config {
     }
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    pub(crate) async fn start(config: Config) -> TestServer {
         let server = Server::bind(config).await.expect("bind test server");
         let addr = server.local_addr().unwrap();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -56,19 +57,19 @@ impl TestServer {
         }
     }
 
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect(self.addr).await
     }
 
     /// A client that has said HELLO; returns it with its name.
-    pub async fn greeted(&self) -> (Client, Vec<u8>) {
+    pub(crate) async fn greeted(&self) -> (Client, Vec<u8>) {
         let mut client = self.client().await;
         let name = client.hello().await;
         (client, name)
     }
 
     /// Asks the server to shut down and waits until it has.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -81,7 +82,7 @@ impl TestServer {
 }
 
 /// Builds the wire bytes of a frame.
-pub fn frame_bytes(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame_bytes(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut bytes = (payload.len() as u32).to_be_bytes().to_vec();
     bytes.extend_from_slice(&[0x04, 0x17, opcode]);
     bytes.extend_from_slice(payload);
@@ -89,21 +90,21 @@ pub fn frame_bytes(opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// `9a <status> <data>` as wire bytes.
-pub fn response_bytes(status: u8, data: &[u8]) -> Vec<u8> {
+pub(crate) fn response_bytes(status: u8, data: &[u8]) -> Vec<u8> {
     let mut payload = vec![status];
     payload.extend_from_slice(data);
     frame_bytes(0x9a, &payload)
 }
 
 /// `9a 00` with no data.
-pub fn ok_bytes() -> Vec<u8> {
+pub(crate) fn ok_bytes() -> Vec<u8> {
     response_bytes(0, b"")
 }
 
 /// The real client's greeting.
-pub const GREETING: &[u8] = "Xin chào. Bonghjornu.".as_bytes();
+pub(crate) const GREETING: &[u8] = "Xin chào. Bonghjornu.".as_bytes();
 
-pub struct Client {
+pub(crate) struct Client {
     stream: TcpStream,
     buffer: BytesMut,
     /// Set once the client registered a key: from then on it may receive
@@ -113,7 +114,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(addr: SocketAddr) -> Client {
+    pub(crate) async fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
         Client {
@@ -123,11 +124,11 @@ impl Client {
         }
     }
 
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
     }
 
-    pub async fn send(&mut self, message: &ClientMessage) {
+    pub(crate) async fn send(&mut self, message: &ClientMessage) {
         let bytes = message.to_frame().to_bytes();
         self.send_raw(&bytes).await;
     }
@@ -135,7 +136,7 @@ impl Client {
     /// The exact wire bytes of the next frame, checked against the rules
     /// for every server frame (a legacy client's, unless `secure`); panics
     /// on close or timeout.
-    pub async fn recv_raw(&mut self) -> Vec<u8> {
+    pub(crate) async fn recv_raw(&mut self) -> Vec<u8> {
         let frame = tokio::time::timeout(PATIENCE, self.next_frame())
             .await
             .expect("timed out waiting for a frame")
@@ -148,13 +149,13 @@ impl Client {
         frame
     }
 
-    pub async fn recv(&mut self) -> Frame {
+    pub(crate) async fn recv(&mut self) -> Frame {
         let raw = self.recv_raw().await;
         Frame::new(raw[HEADER_LEN - 1], raw[HEADER_LEN..].to_vec())
     }
 
     /// Asserts that the next frame is exactly `expected`.
-    pub async fn expect(&mut self, expected: &[u8]) {
+    pub(crate) async fn expect(&mut self, expected: &[u8]) {
         let got = self.recv_raw().await;
         assert!(
             got == expected,
@@ -165,13 +166,13 @@ impl Client {
     }
 
     /// Sends a message and asserts the exact reply.
-    pub async fn request(&mut self, message: &ClientMessage, expected: &[u8]) {
+    pub(crate) async fn request(&mut self, message: &ClientMessage, expected: &[u8]) {
         self.send(message).await;
         self.expect(expected).await;
     }
 
     /// Sends the real client's HELLO and returns the name it was given.
-    pub async fn hello(&mut self) -> Vec<u8> {
+    pub(crate) async fn hello(&mut self) -> Vec<u8> {
         self.send_raw(&frame_bytes(0x9b, GREETING)).await;
         let reply = self.recv_raw().await;
         assert_eq!(&reply[4..8], &[0x04, 0x17, 0x9a, 0x00], "{}", hex(&reply));
@@ -179,7 +180,7 @@ impl Client {
     }
 
     /// Asserts that no frame arrives within `wait`.
-    pub async fn expect_silence(&mut self, wait: Duration) {
+    pub(crate) async fn expect_silence(&mut self, wait: Duration) {
         if let Ok(frame) = tokio::time::timeout(wait, self.next_frame()).await {
             panic!("expected silence, got {:?}", frame.map(|f| hex(&f)));
         }
@@ -187,7 +188,7 @@ impl Client {
 
     /// Asserts that the server closes the connection (after any frames
     /// already read) within `wait`, without sending anything more.
-    pub async fn expect_closed_within(&mut self, wait: Duration) {
+    pub(crate) async fn expect_closed_within(&mut self, wait: Duration) {
         match tokio::time::timeout(wait, self.next_frame()).await {
             Ok(None) => {}
             Ok(Some(frame)) => panic!("expected close, got frame {}", hex(&frame)),
@@ -195,7 +196,7 @@ impl Client {
         }
     }
 
-    pub async fn expect_closed(&mut self) {
+    pub(crate) async fn expect_closed(&mut self) {
         self.expect_closed_within(PATIENCE).await;
     }
 
@@ -219,47 +220,29 @@ impl Client {
     }
 
     /// Closes the connection from the client side.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.stream.shutdown().await;
     }
 }
 
-/// Asserts what rule 2 demands of any frame the server sends.
-pub fn check_legacy_frame(frame: &[u8]) {
-    check_secure_frame(frame);
-    assert!(
-        matches!(frame[6], 0x9a | 0x15 | 0x12),
-        "opcode the legacy client does not know: {}",
-        hex(frame)
-    );
+/// Asserts the legacy client's rules (PROTOCOL.md §2) of a frame to a legacy
+/// connection.
+pub(crate) fn check_legacy_frame(frame: &[u8]) {
+    if let Err(broken) = rules::check(frame, Reader::Legacy) {
+        panic!("{broken}: {}", hex(frame));
+    }
 }
 
-/// Asserts what holds for a frame to a secure client: rule 2, except that
-/// the secure extension's opcodes (PROTOCOL.md §12.6) are allowed too.
-pub fn check_secure_frame(frame: &[u8]) {
-    let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
-    assert_eq!(len + 7, frame.len(), "length field: {}", hex(frame));
-    assert!(
-        len >= 1,
-        "the server sent a frame of length 0: {}",
-        hex(frame)
-    );
-    assert_eq!(&frame[4..6], &[0x04, 0x17], "magic: {}", hex(frame));
-    assert!(
-        matches!(
-            frame[6],
-            0x9a | 0x15 | 0x12 | 0x80 | 0x81 | 0x84 | 0x89 | 0x90..=0x94
-        ),
-        "opcode outside the protocol: {}",
-        hex(frame)
-    );
-    if frame[6] == 0x9a {
-        assert_ne!(frame[7], 0x03, "status 03 answers nothing: {}", hex(frame));
+/// Asserts the same of a frame to a secure client, for which the secure
+/// extension's opcodes (PROTOCOL.md §12.6) are allowed too.
+pub(crate) fn check_secure_frame(frame: &[u8]) {
+    if let Err(broken) = rules::check(frame, Reader::Secure) {
+        panic!("{broken}: {}", hex(frame));
     }
 }
 
 /// A frame in hex, cut short after 48 bytes so a 64 KiB frame stays readable.
-pub fn show_frame(bytes: &[u8]) -> String {
+pub(crate) fn show_frame(bytes: &[u8]) -> String {
     if bytes.len() <= 48 {
         hex(bytes)
     } else {
@@ -267,7 +250,7 @@ pub fn show_frame(bytes: &[u8]) -> String {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use parlor::config::Config;
+use parlor_server::config::Config;
 
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     child: Child,
@@ -22,7 +22,7 @@ impl ServerProcess {
     /// Starts `parlor serve` with `config` (written to a temporary TOML
     /// file) on a free loopback port, JSON logs, and the metrics endpoint on
     /// a free port when `metrics` is set.
-    pub fn start(config: &Config, metrics: bool) -> ServerProcess {
+    pub(crate) fn start(config: &Config, metrics: bool) -> ServerProcess {
         let config_path = std::env::temp_dir().join(format!(
             "parlor-test-{}-{}.toml",
             std::process::id(),
@@ -86,12 +86,12 @@ impl ServerProcess {
     }
 
     /// Everything logged so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
     /// The server's resident set size in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("read /proc status");
         status
@@ -102,14 +102,14 @@ impl ServerProcess {
     }
 
     /// Asserts the process is still running.
-    pub fn assert_alive(&mut self) {
+    pub(crate) fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!("parlor exited with {status}:\n{}", self.logs());
         }
     }
 
     /// Fetches the metrics endpoint's text.
-    pub async fn scrape(&self) -> String {
+    pub(crate) async fn scrape(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.metrics_addr.expect("started with metrics");
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -126,7 +126,7 @@ impl ServerProcess {
 
     /// The value of one sample line of the metrics text, e.g.
     /// `parlor_rejections_total{kind="malformed"}`; 0 when absent.
-    pub async fn metric(&self, sample: &str) -> u64 {
+    pub(crate) async fn metric(&self, sample: &str) -> u64 {
         let text = self.scrape().await;
         text.lines()
             .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))

@@ -1,0 +1,267 @@
+//! One bench connection: the socket, its input buffer, and the legacy
+//! client's setup steps (HELLO, NICK, JOIN) with their replies checked.
+//!
+//! Setup goes one request at a time and waits for each `9a` reply, as the
+//! real client does. Once traffic starts, the workloads drive the socket
+//! themselves through [`Session::stream`], [`Session::try_read`] and
+//! [`Session::next_frame`], so that reading and writing share one task
+//! without a lock.
+//!
+//! A connection that waits (for the others to be set up, for keys, for the
+//! start) sends the real client's heartbeat every [`KEEPALIVE`], so that a
+//! long setup never runs into the server's idle timeout.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use super::target::TargetArgs;
+use parlor_proto::{opcode, ClientMessage, Frame, FrameCodec, FrameError, Status};
+
+/// The largest server frame the bench accepts. Deliveries top out at
+/// 66,049 bytes; the slack covers long `9a` replies.
+const MAX_SERVER_PAYLOAD: usize = 1 << 20;
+
+/// The real client's greeting, so the server sees what it sees in service.
+pub(crate) const GREETING: &[u8] = parlor_proto::legacy::LEGACY_GREETING;
+
+/// The real client's heartbeat payload.
+pub(crate) const HEARTBEAT: &[u8] = parlor_proto::legacy::HEARTBEAT_PAYLOAD;
+
+/// How often a waiting connection sends a heartbeat: well inside parlor's
+/// default idle timeout of 30 s, and about as often as the real client.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How connections are set up: where to, how many at once, and how long
+/// each may take. Cheap to clone into every connection task.
+#[derive(Clone)]
+pub(crate) struct Setup {
+    server: SocketAddr,
+    timeout: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl Setup {
+    pub(crate) fn new(target: &TargetArgs) -> Setup {
+        Setup {
+            server: target.server,
+            timeout: target.setup_timeout(),
+            permits: Arc::new(Semaphore::new(target.connect_concurrency)),
+        }
+    }
+
+    pub(crate) fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Connects, registers as `nick` and joins `room`, as the legacy client
+    /// does.
+    pub(crate) async fn open(&self, nick: &str, room: Option<&str>) -> anyhow::Result<Session> {
+        self.within_limits(async {
+            let mut session = Session::connect(self.server).await?;
+            session.register(nick).await?;
+            if let Some(room) = room {
+                session.join(room).await?;
+            }
+            Ok(session)
+        })
+        .await
+    }
+
+    /// Runs the setup `steps` of one connection once a permit is free, so
+    /// that the server is not flooded with handshakes, and within the setup
+    /// timeout. The steps start only when polled, so connecting waits for
+    /// the permit too.
+    pub(crate) async fn within_limits<T>(
+        &self,
+        steps: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        let _permit = self.permits.acquire().await?;
+        tokio::time::timeout(self.timeout, steps)
+            .await
+            .map_err(|_| anyhow!("setup took longer than {:?}", self.timeout))?
+    }
+}
+
+pub(crate) struct Session {
+    stream: TcpStream,
+    input: BytesMut,
+    codec: FrameCodec,
+}
+
+impl Session {
+    /// Connects with `TCP_NODELAY`, as the real client's small writes need.
+    pub(crate) async fn connect(server: SocketAddr) -> anyhow::Result<Session> {
+        let stream = TcpStream::connect(server)
+            .await
+            .with_context(|| format!("cannot connect to {server}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Session {
+            stream,
+            input: BytesMut::new(),
+            codec: FrameCodec::new(MAX_SERVER_PAYLOAD),
+        })
+    }
+
+    /// HELLO, then NICK `nick`; both must be answered `9a 00`.
+    pub(crate) async fn register(&mut self, nick: &str) -> anyhow::Result<()> {
+        self.expect_ok(
+            &ClientMessage::Hello {
+                greeting: Bytes::from_static(GREETING),
+            },
+            "HELLO",
+        )
+        .await?;
+        self.expect_ok(
+            &ClientMessage::Nick {
+                name: Bytes::copy_from_slice(nick.as_bytes()),
+            },
+            "NICK",
+        )
+        .await
+    }
+
+    /// JOIN `room` without a password; must be answered `9a 00`.
+    pub(crate) async fn join(&mut self, room: &str) -> anyhow::Result<()> {
+        let join = ClientMessage::Join {
+            room: Bytes::copy_from_slice(room.as_bytes()),
+            password: Bytes::new(),
+        };
+        self.expect_ok(&join, "JOIN").await
+    }
+
+    /// Sends a request and waits for its reply, which must be a bare
+    /// `9a 00`; anything else is an error that quotes the server's text.
+    pub(crate) async fn expect_ok(
+        &mut self,
+        request: &ClientMessage,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        match self.request(request, name).await?.first() {
+            // Deliveries cannot arrive before the bench sends traffic; one
+            // that does means another client is using the server.
+            Some(frame) => bail!(
+                "unexpected frame 0x{:02x} while waiting for the {name} reply",
+                frame.opcode
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a request and reads its reply up to the `9a`, which must be
+    /// `9a 00`. Returns the frames that came before it: a secure
+    /// connection's confirmations and keys (PROTOCOL.md §12.1), which the
+    /// caller checks.
+    pub(crate) async fn request(
+        &mut self,
+        request: &ClientMessage,
+        name: &str,
+    ) -> anyhow::Result<Vec<Frame>> {
+        self.send(&request.to_frame().to_bytes()).await?;
+        let mut before = Vec::new();
+        let reply = loop {
+            let frame = self
+                .read_frame()
+                .await?
+                .ok_or_else(|| anyhow!("server closed the connection before answering {name}"))?;
+            if frame.opcode == opcode::RESPONSE {
+                break frame;
+            }
+            before.push(frame);
+        };
+        match reply.payload.split_first() {
+            Some((&status, _)) if status == Status::Ok as u8 => Ok(before),
+            Some((status, text)) => bail!(
+                "{name} refused ({status:02x}): {}",
+                String::from_utf8_lossy(text)
+            ),
+            None => bail!("empty reply to {name}"),
+        }
+    }
+
+    /// Sends the real client's heartbeat, which the server does not answer.
+    pub(crate) async fn heartbeat(&mut self) -> io::Result<()> {
+        let heartbeat = ClientMessage::Heartbeat {
+            payload: Bytes::from_static(HEARTBEAT),
+        };
+        self.send(&heartbeat.to_frame().to_bytes()).await
+    }
+
+    /// Waits for `until`, sending a heartbeat every [`KEEPALIVE`] meanwhile.
+    /// Nothing is read: what the server sends waits in the socket. A
+    /// heartbeat that cannot be written means the connection is gone, which
+    /// the next read finds out; the wait goes on without heartbeats.
+    pub(crate) async fn keep_alive_while<T>(&mut self, until: impl Future<Output = T>) -> T {
+        tokio::pin!(until);
+        let mut alive = true;
+        loop {
+            tokio::select! {
+                value = &mut until => return value,
+                () = tokio::time::sleep(KEEPALIVE), if alive => {
+                    alive = self.heartbeat().await.is_ok();
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// The next whole frame; `None` when the server closed the connection.
+    pub(crate) async fn read_frame(&mut self) -> anyhow::Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.next_frame()? {
+                return Ok(Some(frame));
+            }
+            self.stream.readable().await?;
+            match self.try_read(4096) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// The socket, to wait for readiness on.
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Reads what the socket has, up to `chunk` bytes, without waiting.
+    /// `Ok(0)` is the end of the stream.
+    pub(crate) fn try_read(&mut self, chunk: usize) -> io::Result<usize> {
+        self.input.reserve(chunk);
+        self.stream.try_read_buf(&mut self.input)
+    }
+
+    /// Writes what the socket takes of `bytes`, without waiting.
+    pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.stream.try_write(bytes)
+    }
+
+    /// The next whole frame already read, if any.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.codec.decode(&mut self.input)
+    }
+
+    /// The socket and the bytes already read from it but not yet taken as
+    /// frames, for a workload that reads the stream its own way.
+    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.input)
+    }
+
+    /// Closes our side of the connection (FIN); reading goes on.
+    pub(crate) async fn shutdown_write(&mut self) -> io::Result<()> {
+        self.stream.shutdown().await
+    }
+}

@@ -1,0 +1,869 @@
+//! File transfer in the session: scripted server frames, and files kept in
+//! memory in place of the shell's disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::*;
+use crate::event::Direction;
+use crate::transfer::{FileOp, FileSettings};
+use parlor_crypto::file::{sign_offer, verify_offer, FileKeys, OfferContext};
+use parlor_crypto::Kind as EnvelopeKind;
+use parlor_proto::transfer::{EndReason, FileMeta, FileNotice, FileRequest, FILE_FLAG_ENCRYPTED};
+
+const ROOM_KEY: [u8; 32] = [7; 32];
+const CHUNK: u32 = 16;
+
+fn settings() -> FileSettings {
+    FileSettings {
+        download_dir: PathBuf::from("/downloads"),
+        chunk_size: CHUNK,
+        window: 2,
+    }
+}
+
+/// Alice connected, in the secure room "vault" with its key at epoch 1,
+/// knowing bob's key.
+fn alice_in_vault(bob: &Peer) -> Alice {
+    let mut alice = Alice::connected(true);
+    alice.session =
+        std::mem::replace(&mut alice.session, Session::new(None)).with_file_settings(settings());
+    alice.join("vault", true);
+    alice.secure(room_key_for_alice("vault", 1, &ROOM_KEY));
+    alice.secure(SecureMessage::PeerKey {
+        name: "bob".into(),
+        key: bob.key_der(),
+    });
+    alice
+}
+
+fn notice(alice: &mut Alice, notice: FileNotice) -> Vec<Output> {
+    alice.receive(&notice.encode())
+}
+
+fn file_ops(outputs: &[Output]) -> Vec<FileOp> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::File(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Parses every frame sent, chunk frames included (they may exceed the
+/// client's usual payload limit).
+fn sent_files(outputs: &[Output]) -> Vec<FileRequest> {
+    outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Send(bytes) => {
+                let mut buffer = BytesMut::from(&bytes[..]);
+                let frame = FrameCodec::new(usize::MAX)
+                    .decode(&mut buffer)
+                    .unwrap()
+                    .unwrap();
+                match ClientMessage::parse(&frame).unwrap() {
+                    ClientMessage::File(request) => Some(request),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The shell's part: carries out reads from `disk` until none is left,
+/// and returns every other output.
+fn with_reads(
+    alice: &mut Alice,
+    disk: &HashMap<PathBuf, Vec<u8>>,
+    outputs: Vec<Output>,
+) -> Vec<Output> {
+    let mut queue = VecDeque::from(outputs);
+    let mut rest = Vec::new();
+    while let Some(output) = queue.pop_front() {
+        match output {
+            Output::File(FileOp::Read {
+                id,
+                index,
+                path,
+                offset,
+                len,
+            }) => {
+                let data = &disk[&path][offset as usize..offset as usize + len];
+                let read = Ok(Bytes::copy_from_slice(data));
+                queue.extend(alice.session.chunk_read(id, index, read, alice.now));
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
+}
+
+fn digest(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Bob's offer of `data` as `name`, signed by him, sealed under the room
+/// key when `encrypted`; with the keys to seal its chunks.
+fn bob_offers(
+    bob: &Peer,
+    name: &str,
+    data: &[u8],
+    encrypted: bool,
+) -> (FileMeta, Option<FileKeys>) {
+    let nonce = [3; 16];
+    let mut meta = FileMeta {
+        name: Bytes::copy_from_slice(name.as_bytes()),
+        size: data.len() as u64,
+        chunk_size: CHUNK,
+        chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
+        flags: if encrypted { FILE_FLAG_ENCRYPTED } else { 0 },
+        key_id: if encrypted { 1 } else { 0 },
+        nonce,
+        digest: digest(data),
+        signature: Bytes::new(),
+    };
+    let place = OfferContext {
+        kind: EnvelopeKind::Room,
+        context: b"vault",
+        sender: b"bob",
+    };
+    meta.signature = sign_offer(&bob.identity, &place, &meta).into();
+    let keys = encrypted.then(|| FileKeys::derive(&ROOM_KEY, &nonce));
+    (meta, keys)
+}
+
+fn offered(bob: &Peer, id: u32, room: &str, meta: FileMeta) -> FileNotice {
+    FileNotice::Offered {
+        id,
+        sender: "bob".into(),
+        sender_key: bob.key_der(),
+        room: Bytes::copy_from_slice(room.as_bytes()),
+        meta,
+    }
+}
+
+fn chunk_of(
+    meta: &FileMeta,
+    keys: Option<&FileKeys>,
+    data: &[u8],
+    id: u32,
+    index: u32,
+) -> FileNotice {
+    let start = (index * CHUNK) as usize;
+    let plain = &data[start..(start + CHUNK as usize).min(data.len())];
+    let data = match keys {
+        Some(keys) => keys.seal_chunk(index, meta.chunk_count, plain).into(),
+        None => Bytes::copy_from_slice(plain),
+    };
+    FileNotice::Chunk { id, index, data }
+}
+
+/// Alice accepts file `id` as the server confirms it; returns the path of
+/// the partial file.
+fn accept(alice: &mut Alice, id: u32) -> PathBuf {
+    let outputs = alice.line(&format!("\\file accept {id}"));
+    assert_eq!(
+        sent_files(&outputs),
+        [FileRequest::Decision { id, accept: true }]
+    );
+    notice(
+        alice,
+        FileNotice::Accepted {
+            id,
+            token: [0xaa; 16],
+        },
+    );
+    let outputs = alice.reply(0, b"");
+    let [FileOp::Create { path, .. }] = &file_ops(&outputs)[..] else {
+        panic!("the partial file is created: {outputs:?}");
+    };
+    path.clone()
+}
+
+fn file_failed(outputs: &[Output]) -> Option<String> {
+    events(outputs).into_iter().find_map(|event| match event {
+        Event::FileFailed { problem, .. } => Some(problem),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data: Vec<u8> = (0..50u8).collect();
+    let path = PathBuf::from("/home/alice/notes.txt");
+    let disk = HashMap::from([(path.clone(), data.clone())]);
+
+    let outputs = alice.line("\\file send /home/alice/notes.txt");
+    assert_eq!(
+        file_ops(&outputs),
+        [FileOp::Hash {
+            local: 0,
+            path: path.clone()
+        }]
+    );
+    let outputs = alice
+        .session
+        .file_hashed(0, Ok((50, digest(&data))), alice.now);
+    let [FileRequest::Offer {
+        target,
+        meta,
+        window,
+    }] = &sent_files(&outputs)[..]
+    else {
+        panic!("one offer: {outputs:?}");
+    };
+    assert_eq!((&target[..], *window), (&b""[..], 2));
+    assert_eq!(&meta.name[..], b"notes.txt");
+    assert_eq!(
+        (meta.size, meta.chunk_size, meta.chunk_count),
+        (50, CHUNK, 4)
+    );
+    assert_eq!((meta.flags, meta.key_id), (FILE_FLAG_ENCRYPTED, 1));
+    assert_eq!(meta.digest, digest(&data));
+    let place = OfferContext {
+        kind: EnvelopeKind::Room,
+        context: b"vault",
+        sender: b"alice",
+    };
+    assert_eq!(verify_offer(&kat::peer_key(), &place, meta), Ok(()));
+    let keys = FileKeys::derive(&ROOM_KEY, &meta.nonce);
+
+    notice(
+        &mut alice,
+        FileNotice::Pending {
+            id: 5,
+            skipped: vec!["leg".into()],
+        },
+    );
+    let outputs = alice.reply(0, b"");
+    assert_eq!(
+        events(&outputs),
+        [Event::FileOffer {
+            id: 5,
+            name: "notes.txt".into(),
+            size: 50,
+            room: Some("vault".into()),
+            to: None,
+            encrypted: true,
+            skipped: vec!["leg".into()],
+        }]
+    );
+
+    // Two chunks fill the window; each goes out sealed as it is read.
+    let start = FileNotice::Start {
+        id: 5,
+        window: 2,
+        recipients: vec!["bob".into()],
+    };
+    let outputs = notice(&mut alice, start);
+    let reads = file_ops(&outputs);
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    let outputs = with_reads(&mut alice, &disk, outputs);
+    let chunks = sent_files(&outputs);
+    let opened: Vec<Vec<u8>> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, request)| match request {
+            FileRequest::Chunk { id: 5, index, data } if *index == i as u32 => {
+                keys.open_chunk(*index, 4, data).unwrap().to_vec()
+            }
+            other => panic!("chunk {i}: {other:?}"),
+        })
+        .collect();
+    assert_eq!(opened.concat(), &data[..32]);
+
+    // The window moves one chunk: one more read.
+    let outputs = notice(&mut alice, FileNotice::Window { id: 5, acked: 1 });
+    let outputs = with_reads(&mut alice, &disk, outputs);
+    assert!(matches!(
+        &sent_files(&outputs)[..],
+        [FileRequest::Chunk { index: 2, .. }]
+    ));
+    // The rest, then FILE_DONE.
+    let outputs = notice(&mut alice, FileNotice::Window { id: 5, acked: 3 });
+    let outputs = with_reads(&mut alice, &disk, outputs);
+    let requests = sent_files(&outputs);
+    let [FileRequest::Chunk {
+        index: 3,
+        data: sealed,
+        ..
+    }, FileRequest::Done { id: 5 }] = &requests[..]
+    else {
+        panic!("the last chunk and FILE_DONE: {requests:?}");
+    };
+    assert_eq!(
+        keys.open_chunk(3, 4, sealed).unwrap().as_slice(),
+        &data[48..]
+    );
+    assert_eq!(events(&alice.reply(0, b"")), []);
+
+    let outputs = notice(
+        &mut alice,
+        FileNotice::Ended {
+            id: 5,
+            who: "carol".into(),
+            reason: EndReason::TooSlow,
+            text: "No acknowledgement within the chunk timeout.".into(),
+        },
+    );
+    assert_eq!(
+        events(&outputs),
+        [Event::FileEnded {
+            id: 5,
+            direction: Direction::Send,
+            name: "notes.txt".into(),
+            who: Some("carol".into()),
+            reason: "too_slow".into(),
+            text: "No acknowledgement within the chunk timeout.".into(),
+        }]
+    );
+    let outputs = notice(
+        &mut alice,
+        FileNotice::Finished {
+            id: 5,
+            delivered: vec!["bob".into()],
+        },
+    );
+    assert_eq!(
+        events(&outputs),
+        [Event::FileSent {
+            id: 5,
+            name: "notes.txt".into(),
+            delivered: vec!["bob".into()],
+            sha256: crate::transfer::hex(&digest(&data)),
+        }]
+    );
+    assert!(outputs.iter().any(|output| matches!(
+        output,
+        Output::Progress(progress) if progress.ended
+    )));
+    let outputs = alice.line("\\file list");
+    assert_eq!(
+        events(&outputs),
+        [Event::FileList {
+            transfers: Vec::new()
+        }]
+    );
+}
+
+#[test]
+fn a_file_to_one_user_gets_a_dm_key_first_and_an_empty_file_is_done_at_once() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    alice.line("\\file send empty bob");
+    let outputs = alice
+        .session
+        .file_hashed(0, Ok((0, digest(b""))), alice.now);
+    assert_eq!(
+        sent(&outputs),
+        [ClientMessage::DmKeyRequest {
+            target: "bob".into()
+        }]
+    );
+    let dm_key = [5; 32];
+    alice.secure(SecureMessage::DmKeyIssued {
+        target: "bob".into(),
+        key: bob.key_der(),
+        key_id: 42,
+        wrapped: wrap(
+            kat::identity().public_key_der(),
+            &dm_key,
+            secure::DM_KEY_OAEP_LABEL,
+        ),
+    });
+    let outputs = alice.reply(0, b"");
+    let [FileRequest::Offer { target, meta, .. }] = &sent_files(&outputs)[..] else {
+        panic!("the offer goes out once the key is here: {outputs:?}");
+    };
+    assert_eq!(&target[..], b"bob");
+    assert_eq!((meta.size, meta.chunk_count, meta.key_id), (0, 0, 42));
+    let place = OfferContext {
+        kind: EnvelopeKind::Direct,
+        context: b"bob",
+        sender: b"alice",
+    };
+    assert_eq!(verify_offer(&kat::peer_key(), &place, meta), Ok(()));
+    notice(
+        &mut alice,
+        FileNotice::Pending {
+            id: 8,
+            skipped: Vec::new(),
+        },
+    );
+    alice.reply(0, b"");
+    let outputs = notice(
+        &mut alice,
+        FileNotice::Start {
+            id: 8,
+            window: 8,
+            recipients: vec!["bob".into()],
+        },
+    );
+    assert_eq!(file_ops(&outputs), []);
+    assert_eq!(sent_files(&outputs), [FileRequest::Done { id: 8 }]);
+}
+
+#[test]
+fn files_need_a_key_a_room_and_a_name() {
+    let mut legacy = Alice::connected(false);
+    let outputs = legacy.line("\\file send a.txt");
+    assert!(matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("--legacy")));
+
+    let bob = Peer::new(b"bob");
+    let mut alice = Alice::connected(true);
+    alice.line("\\file send a.txt");
+    let outputs = alice
+        .session
+        .file_hashed(0, Ok((1, digest(b"a"))), alice.now);
+    assert!(
+        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("not in a room")),
+        "{outputs:?}"
+    );
+    let outputs = alice.line("\\file send /");
+    assert!(
+        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("does not name a file"))
+    );
+    let outputs = alice.line("\\file accept 3");
+    assert_eq!(
+        events(&outputs),
+        [Event::Error {
+            text: "No file 3 is waiting for your answer.".into()
+        }]
+    );
+    // In a secure room whose key has not come, nothing is offered.
+    alice.join("vault", true);
+    alice.line("\\file send a.txt");
+    let outputs = alice
+        .session
+        .file_hashed(1, Ok((1, digest(b"a"))), alice.now);
+    assert_eq!(sent(&outputs), []);
+    assert!(
+        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("has not arrived"))
+    );
+    // A file that cannot be read.
+    let outputs = alice.line("\\file send nothing.txt");
+    let [FileOp::Hash { local, .. }] = file_ops(&outputs)[..] else {
+        panic!("{outputs:?}");
+    };
+    let outputs = alice
+        .session
+        .file_hashed(local, Err("No such file".into()), alice.now);
+    assert!(
+        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("No such file"))
+    );
+    drop(bob);
+}
+
+#[test]
+fn a_plaintext_room_gets_its_file_unencrypted_after_a_warning() {
+    let mut alice = Alice::connected(true);
+    alice.session =
+        std::mem::replace(&mut alice.session, Session::new(None)).with_file_settings(settings());
+    alice.join("lobby", false);
+    alice.line("\\file send a.txt");
+    let outputs = alice
+        .session
+        .file_hashed(0, Ok((3, digest(b"abc"))), alice.now);
+    assert!(
+        matches!(&events(&outputs)[..], [Event::Warning { text }] if text.contains("sent unencrypted"))
+    );
+    let [FileRequest::Offer { meta, .. }] = &sent_files(&outputs)[..] else {
+        panic!("{outputs:?}");
+    };
+    assert_eq!((meta.flags, meta.key_id), (0, 0));
+    notice(
+        &mut alice,
+        FileNotice::Pending {
+            id: 1,
+            skipped: Vec::new(),
+        },
+    );
+    alice.reply(0, b"");
+    let outputs = notice(
+        &mut alice,
+        FileNotice::Start {
+            id: 1,
+            window: 8,
+            recipients: vec!["bob".into()],
+        },
+    );
+    let disk = HashMap::from([(PathBuf::from("a.txt"), b"abc".to_vec())]);
+    let outputs = with_reads(&mut alice, &disk, outputs);
+    assert_eq!(
+        sent_files(&outputs),
+        [
+            FileRequest::Chunk {
+                id: 1,
+                index: 0,
+                data: "abc".into()
+            },
+            FileRequest::Done { id: 1 }
+        ]
+    );
+}
+
+#[test]
+fn an_offer_is_checked_then_received_verified_and_saved() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data: Vec<u8> = (0..40u8).rev().collect();
+    let (meta, keys) = bob_offers(&bob, "../../etc/report.pdf", &data, true);
+    let outputs = notice(&mut alice, offered(&bob, 9, "vault", meta.clone()));
+    assert_eq!(
+        events(&outputs),
+        [Event::FileOffered {
+            id: 9,
+            from: "bob".into(),
+            room: Some("vault".into()),
+            name: "report.pdf".into(),
+            size: 40,
+            encrypted: true,
+        }]
+    );
+    let part = accept(&mut alice, 9);
+    assert_eq!(part, Path::new("/downloads/report.pdf.part"));
+
+    let mut written = Vec::new();
+    for index in 0..3 {
+        let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 9, index));
+        assert_eq!(sent_files(&outputs), [FileRequest::Ack { id: 9, index }]);
+        let ops = file_ops(&outputs);
+        let FileOp::Write {
+            path,
+            offset,
+            data: chunk,
+            ..
+        } = &ops[0]
+        else {
+            panic!("{ops:?}");
+        };
+        assert_eq!((path, *offset), (&part, u64::from(index * CHUNK)));
+        written.extend_from_slice(chunk);
+        if index == 2 {
+            // Verified with the last chunk, then moved into place.
+            assert_eq!(
+                ops[1],
+                FileOp::Save {
+                    id: 9,
+                    part: part.clone(),
+                    dir: PathBuf::from("/downloads"),
+                    name: "report.pdf".into(),
+                }
+            );
+        }
+    }
+    assert_eq!(written, data);
+    // FILE_DONE after the last chunk changes nothing.
+    assert_eq!(notice(&mut alice, FileNotice::Done { id: 9 }), []);
+    let saved = PathBuf::from("/downloads/report (1).pdf");
+    let outputs = alice.session.file_saved(9, Ok(saved));
+    assert!(events(&outputs).contains(&Event::FileReceived {
+        id: 9,
+        from: "bob".into(),
+        name: "report.pdf".into(),
+        path: "/downloads/report (1).pdf".into(),
+        size: 40,
+        sha256: crate::transfer::hex(&digest(&data)),
+    }));
+}
+
+#[test]
+fn a_tampered_chunk_deletes_the_partial_file_and_gives_the_file_up() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data = vec![b'x'; 40];
+    let (meta, keys) = bob_offers(&bob, "x.bin", &data, true);
+    notice(&mut alice, offered(&bob, 2, "vault", meta.clone()));
+    let part = accept(&mut alice, 2);
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 2, 0));
+    let FileNotice::Chunk {
+        id,
+        index,
+        data: sealed,
+    } = chunk_of(&meta, keys.as_ref(), &data, 2, 1)
+    else {
+        unreachable!()
+    };
+    let mut flipped = sealed.to_vec();
+    flipped[20] ^= 1;
+    let outputs = notice(
+        &mut alice,
+        FileNotice::Chunk {
+            id,
+            index,
+            data: flipped.into(),
+        },
+    );
+    let problem = file_failed(&outputs).expect("a loud failure");
+    assert!(
+        problem.contains("chunk 1") && problem.contains("deleted"),
+        "{problem}"
+    );
+    assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
+    assert_eq!(sent_files(&outputs), [FileRequest::Cancel { id: 2 }]);
+    // What follows for that file is ignored, and the cancel's answer is quiet.
+    assert_eq!(
+        notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 2, 2)),
+        []
+    );
+    assert_eq!(events(&alice.reply(1, b"No file 2.")), []);
+}
+
+#[test]
+fn a_wrong_digest_fails_at_the_end() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data = vec![b'y'; 20];
+    // Signed for other content: every chunk is fine, the whole is not.
+    let (mut meta, keys) = bob_offers(&bob, "y.bin", &[b'z'; 20], true);
+    meta.signature = Bytes::new();
+    meta.signature = sign_offer(
+        &bob.identity,
+        &OfferContext {
+            kind: EnvelopeKind::Room,
+            context: b"vault",
+            sender: b"bob",
+        },
+        &meta,
+    )
+    .into();
+    notice(&mut alice, offered(&bob, 3, "vault", meta.clone()));
+    let part = accept(&mut alice, 3);
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 3, 0));
+    let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 3, 1));
+    assert!(file_failed(&outputs).unwrap().contains("SHA-256"));
+    assert!(file_ops(&outputs).contains(&FileOp::Delete { path: part }));
+    assert!(!file_ops(&outputs)
+        .iter()
+        .any(|op| matches!(op, FileOp::Save { .. })));
+}
+
+#[test]
+fn offers_that_fail_their_checks_are_declined() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data = b"secret".to_vec();
+    let (meta, _) = bob_offers(&bob, "s.txt", &data, true);
+    let mut forged = meta.clone();
+    forged.size += 1;
+    let (plain, _) = bob_offers(&bob, "s.txt", &data, false);
+    let mallory = Peer::new(b"mallory");
+    let cases = [
+        (
+            "a changed field",
+            offered(&bob, 1, "vault", forged),
+            "signature",
+        ),
+        (
+            "plaintext in a secure room",
+            offered(&bob, 2, "vault", plain),
+            "unencrypted",
+        ),
+        (
+            "another key than bob's",
+            FileNotice::Offered {
+                id: 3,
+                sender: "bob".into(),
+                sender_key: mallory.key_der(),
+                room: "vault".into(),
+                meta: meta.clone(),
+            },
+            "not the one",
+        ),
+        ("another room", offered(&bob, 4, "lobby", meta), "signature"),
+    ];
+    for (case, offer, words) in cases {
+        let id = match &offer {
+            FileNotice::Offered { id, .. } => *id,
+            _ => unreachable!(),
+        };
+        let outputs = notice(&mut alice, offer);
+        let problem = file_failed(&outputs).unwrap_or_else(|| panic!("{case}: {outputs:?}"));
+        assert!(problem.contains(words), "{case}: {problem}");
+        assert_eq!(
+            sent_files(&outputs),
+            [FileRequest::Decision { id, accept: false }],
+            "{case}"
+        );
+        assert_eq!(events(&alice.reply(0, b"")), [], "{case}");
+    }
+}
+
+#[test]
+fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data: Vec<u8> = (0..64u8).collect();
+    let (meta, keys) = bob_offers(&bob, "big.bin", &data, true);
+    notice(&mut alice, offered(&bob, 4, "vault", meta.clone()));
+    let part = accept(&mut alice, 4);
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 0));
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 1));
+
+    let outputs = alice.session.closed("Server hung up");
+    assert!(events(&outputs).contains(&Event::FilePaused {
+        id: 4,
+        name: "big.bin".into()
+    }));
+    assert_eq!(file_ops(&outputs), [], "the partial file stays");
+
+    // A new connection: once the key is registered, the file resumes.
+    alice.line("\\connect 127.0.0.1:4170");
+    alice.session.connected(alice.now);
+    alice.reply(0, b"alice2");
+    let outputs = alice.reply(0, b"");
+    assert_eq!(
+        sent_files(&outputs),
+        [FileRequest::Resume {
+            id: 4,
+            token: [0xaa; 16]
+        }]
+    );
+    let outputs = alice.reply(0, b"");
+    assert_eq!(
+        events(&outputs),
+        [Event::FileResumed {
+            id: 4,
+            name: "big.bin".into(),
+            chunks: 2
+        }]
+    );
+    // Chunk 1's ack was lost: it comes again and is acknowledged again.
+    let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 1));
+    assert_eq!(sent_files(&outputs), [FileRequest::Ack { id: 4, index: 1 }]);
+    assert_eq!(file_ops(&outputs), []);
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 2));
+    let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 3));
+    assert!(file_ops(&outputs).contains(&FileOp::Save {
+        id: 4,
+        part,
+        dir: PathBuf::from("/downloads"),
+        name: "big.bin".into(),
+    }));
+}
+
+#[test]
+fn a_resume_refused_deletes_the_partial_file() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data = vec![1; 64];
+    let (meta, keys) = bob_offers(&bob, "f", &data, true);
+    notice(&mut alice, offered(&bob, 6, "vault", meta.clone()));
+    let part = accept(&mut alice, 6);
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 6, 0));
+    alice.line("\\disconnect");
+    alice.line("\\connect 127.0.0.1:4170");
+    alice.session.connected(alice.now);
+    alice.reply(0, b"alice");
+    alice.reply(0, b"");
+    let text = b"File 6 cannot be resumed: chunks you lack were already dropped. Ask the sender to send it again.";
+    let outputs = alice.reply(1, text);
+    assert_eq!(
+        events(&outputs),
+        [Event::FileResumeFailed {
+            id: 6,
+            name: "f".into(),
+            from: "bob".into(),
+            text: show(text),
+        }]
+    );
+    assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
+}
+
+#[test]
+fn an_ended_transfer_deletes_the_partial_file_and_quitting_drops_paused_ones() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data = vec![2; 64];
+    let (meta, keys) = bob_offers(&bob, "g", &data, true);
+    notice(&mut alice, offered(&bob, 7, "vault", meta.clone()));
+    let part = accept(&mut alice, 7);
+    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 7, 0));
+    let ended = FileNotice::Ended {
+        id: 7,
+        who: Bytes::new(),
+        reason: EndReason::SenderLeft,
+        text: "The sender disconnected.".into(),
+    };
+    let outputs = notice(&mut alice, ended);
+    assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
+    assert_eq!(
+        events(&outputs),
+        [Event::FileEnded {
+            id: 7,
+            direction: Direction::Receive,
+            name: "g".into(),
+            who: None,
+            reason: "sender_left".into(),
+            text: "The sender disconnected.".into(),
+        }]
+    );
+
+    // Paused by a drop, then \quit while offline: the partial file goes.
+    notice(&mut alice, offered(&bob, 8, "vault", meta.clone()));
+    let part = accept(&mut alice, 8);
+    alice.session.closed("Server hung up");
+    let outputs = alice.line("\\quit");
+    assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
+    assert_eq!(outputs.last(), Some(&Output::Quit));
+}
+
+#[test]
+fn a_key_that_has_not_arrived_holds_the_accept_and_the_list_shows_it_all() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let data = vec![3; 20];
+    let (mut meta, _) = bob_offers(&bob, "h", &data, true);
+    meta.key_id = 2;
+    meta.signature = sign_offer(
+        &bob.identity,
+        &OfferContext {
+            kind: EnvelopeKind::Room,
+            context: b"vault",
+            sender: b"bob",
+        },
+        &meta,
+    )
+    .into();
+    notice(&mut alice, offered(&bob, 1, "vault", meta));
+    let outputs = alice.line("\\file accept 1");
+    assert_eq!(sent(&outputs), []);
+    assert!(
+        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("has not arrived"))
+    );
+    alice.secure(room_key_for_alice("vault", 2, &[8; 32]));
+    let outputs = alice.line("\\file accept 1");
+    assert_eq!(
+        sent_files(&outputs),
+        [FileRequest::Decision {
+            id: 1,
+            accept: true
+        }]
+    );
+    let outputs = alice.line("\\file list");
+    let [Event::FileList { transfers }] = &events(&outputs)[..] else {
+        panic!("{outputs:?}");
+    };
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(
+        (transfers[0].id, transfers[0].state, transfers[0].total),
+        (1, "answering", 20)
+    );
+    // The decision times out on the server.
+    let outputs = alice.reply(1, b"No file 1 is waiting for your answer.");
+    assert_eq!(
+        events(&outputs),
+        [Event::Failed {
+            text: "No file 1 is waiting for your answer.".into()
+        }]
+    );
+    let outputs = alice.line("\\file decline 1");
+    assert!(matches!(&events(&outputs)[..], [Event::Error { .. }]));
+}

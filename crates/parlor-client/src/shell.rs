@@ -1,0 +1,391 @@
+//! The thin tokio shell around [`Session`]: it waits for a typed line, a
+//! server frame, a file hashed or the heartbeat timer, hands it to the
+//! session with the current time, and carries out what the session asks
+//! for: frames to write, events to show, file operations ([`FileOp`]) and
+//! progress to draw.
+//!
+//! File operations are done in the order asked, right away, except hashing
+//! a whole file, which runs on a blocking thread and reports back through
+//! the event loop.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::command::Command;
+use super::disk;
+use super::event::{Direction, Event};
+use super::session::{Output, Session};
+use super::terminal::{self, Printer};
+use super::transfer::{FileOp, FileSettings, Progress};
+use super::Options;
+use parlor_crypto::Identity;
+use parlor_proto::{Frame, FrameCodec, FrameError};
+
+/// Server frames are not bound by the client limit of 65,793 bytes: a list
+/// reply grows with the number of users. This only stops a broken server
+/// from making the client reserve gigabytes.
+const MAX_SERVER_PAYLOAD: usize = 16 << 20;
+
+/// An open connection.
+struct Link {
+    reader: OwnedReadHalf,
+    buffer: BytesMut,
+    codec: FrameCodec,
+    writer: OwnedWriteHalf,
+}
+
+impl Link {
+    fn new(stream: TcpStream) -> Link {
+        let (reader, writer) = stream.into_split();
+        Link {
+            reader,
+            buffer: BytesMut::new(),
+            codec: FrameCodec::new(MAX_SERVER_PAYLOAD),
+            writer,
+        }
+    }
+
+    /// The next whole frame; `None` when the server closed cleanly.
+    /// Cancel-safe: what was read stays in the buffer.
+    async fn next_frame(&mut self) -> Option<Result<Frame, FrameError>> {
+        loop {
+            match self.codec.decode(&mut self.buffer) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(err) => return Some(Err(err)),
+            }
+            match self.reader.read_buf(&mut self.buffer).await {
+                Ok(0) => return self.codec.decode_eof(&mut self.buffer).transpose(),
+                Ok(_) => {}
+                Err(err) => return Some(Err(err.into())),
+            }
+        }
+    }
+}
+
+pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+    let identity = if options.legacy {
+        None
+    } else {
+        let bits = options.rsa_bits;
+        let identity = tokio::task::spawn_blocking(move || Identity::generate(bits))
+            .await
+            .context("key generation stopped")?;
+        Some(identity?)
+    };
+    let (mut lines, printer) = terminal::start(options.json);
+    let settings = FileSettings {
+        download_dir: options.download_dir.clone(),
+        chunk_size: options.chunk_size,
+        ..FileSettings::default()
+    };
+    let (hashed_tx, mut hashed) = mpsc::unbounded_channel();
+    let bars = !options.json && std::io::stdout().is_terminal();
+    let mut shell = Shell {
+        session: Session::new(identity).with_file_settings(settings),
+        link: None,
+        printer,
+        progress: ProgressView::new(bars),
+        hashed: hashed_tx,
+    };
+    if let Some(address) = options.address {
+        let outputs = shell
+            .session
+            .command(Command::Connect(address), Instant::now());
+        if shell.apply(outputs).await {
+            return Ok(());
+        }
+    }
+    let mut input_open = true;
+    loop {
+        let heartbeat = shell.session.next_heartbeat();
+        let outputs = tokio::select! {
+            line = lines.next(), if input_open => match line {
+                Some(line) => shell.session.line(&line, Instant::now()),
+                None => {
+                    input_open = false;
+                    shell.session.end_of_input(Instant::now())
+                }
+            },
+            frame = next_frame(&mut shell.link) => shell.received(frame),
+            Some((local, result)) = hashed.recv() => {
+                shell.session.file_hashed(local, result, Instant::now())
+            }
+            () = sleep_until(heartbeat), if heartbeat.is_some() => {
+                shell.session.tick(Instant::now())
+            }
+        };
+        if shell.apply(outputs).await {
+            return Ok(());
+        }
+    }
+}
+
+struct Shell {
+    session: Session,
+    link: Option<Link>,
+    printer: Printer,
+    progress: ProgressView,
+    /// Where hashing threads report.
+    hashed: mpsc::UnboundedSender<(u32, Hashed)>,
+}
+
+type Hashed = Result<(u64, [u8; 32]), String>;
+
+impl Shell {
+    fn received(&mut self, frame: Option<Result<Frame, FrameError>>) -> Vec<Output> {
+        let now = Instant::now();
+        let reason = match frame {
+            Some(Ok(frame)) => return self.session.frame(&frame, now),
+            None | Some(Err(FrameError::Truncated)) => "Server closed the connection".to_string(),
+            Some(Err(FrameError::BadMagic(_))) => "Server sent an invalid magic number".to_string(),
+            Some(Err(FrameError::Io(_))) => "Server hung up".to_string(),
+            Some(Err(err)) => format!("Server sent an invalid message. ({err})"),
+        };
+        self.link = None;
+        self.session.closed(&reason)
+    }
+
+    /// Carries out the session's outputs, and those they lead to. Returns
+    /// true when the client should exit.
+    async fn apply(&mut self, outputs: Vec<Output>) -> bool {
+        let mut outputs = VecDeque::from(outputs);
+        while let Some(output) = outputs.pop_front() {
+            match output {
+                Output::Send(bytes) => {
+                    let Some(link) = &mut self.link else { continue };
+                    if let Err(err) = link.writer.write_all(&bytes).await {
+                        self.link = None;
+                        outputs.extend(self.session.closed(&err.to_string()));
+                    }
+                }
+                Output::Event(event) => self.show(&event),
+                Output::File(op) => outputs.extend(self.file(op)),
+                Output::Progress(progress) => {
+                    if let Some(event) = self.progress.update(&progress) {
+                        self.show(&event);
+                    }
+                }
+                Output::Connect(address) => match TcpStream::connect(&address).await {
+                    Ok(stream) => {
+                        // Requests are small and interactive.
+                        let _ = stream.set_nodelay(true);
+                        self.link = Some(Link::new(stream));
+                        outputs.extend(self.session.connected(Instant::now()));
+                    }
+                    Err(err) => outputs.extend(self.session.connect_failed(&err.to_string())),
+                },
+                Output::Close => {
+                    if let Some(mut link) = self.link.take() {
+                        let _ = link.writer.shutdown().await;
+                    }
+                }
+                Output::Quit => {
+                    self.progress.clear();
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn show(&mut self, event: &Event) {
+        // While bars are drawn, lines go above them through indicatif, which
+        // redraws the bars below; the line editor's printer knows nothing
+        // of them and would leave stale copies behind.
+        match self.progress.drawing() {
+            Some(bars) => {
+                if let Some(text) = event.to_text() {
+                    let _ = bars.println(text);
+                }
+            }
+            None => self.printer.show(event),
+        }
+    }
+
+    /// Carries out one file operation; returns what the session makes of
+    /// its outcome.
+    fn file(&mut self, op: FileOp) -> Vec<Output> {
+        let now = Instant::now();
+        match op {
+            FileOp::Hash { local, path } => {
+                let hashed = self.hashed.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = disk::hash_file(&path).map_err(|err| err.to_string());
+                    let _ = hashed.send((local, result));
+                });
+                Vec::new()
+            }
+            FileOp::Read {
+                id,
+                index,
+                path,
+                offset,
+                len,
+            } => {
+                let read = disk::read_chunk(&path, offset, len)
+                    .map(Into::into)
+                    .map_err(|err| err.to_string());
+                self.session.chunk_read(id, index, read, now)
+            }
+            FileOp::Create { id, path } => match disk::create(&path) {
+                Ok(()) => Vec::new(),
+                Err(err) => self.session.file_io_failed(id, &err.to_string(), now),
+            },
+            FileOp::Write {
+                id,
+                path,
+                offset,
+                data,
+            } => match disk::write_at(&path, offset, &data) {
+                Ok(()) => Vec::new(),
+                Err(err) => self.session.file_io_failed(id, &err.to_string(), now),
+            },
+            FileOp::Save {
+                id,
+                part,
+                dir,
+                name,
+            } => {
+                let saved = disk::save(&part, &dir, &name).map_err(|err| err.to_string());
+                self.session.file_saved(id, saved)
+            }
+            FileOp::Delete { path } => {
+                if let Err(err) = disk::delete(&path) {
+                    let text = format!("Could not delete {}: {err}", path.display());
+                    self.show(&Event::Error { text });
+                }
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// How often a progress event is printed when there is no bar to draw.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Progress bars on a terminal (with `indicatif`), or a sparing
+/// [`Event::FileProgress`] for `--json` and pipes.
+struct ProgressView {
+    bars: Option<indicatif::MultiProgress>,
+    live: HashMap<(Direction, u32), Live>,
+}
+
+struct Live {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    reported: Instant,
+}
+
+impl ProgressView {
+    fn new(bars: bool) -> ProgressView {
+        ProgressView {
+            bars: bars.then(indicatif::MultiProgress::new),
+            live: HashMap::new(),
+        }
+    }
+
+    /// The bars, while any is drawn.
+    fn drawing(&self) -> Option<&indicatif::MultiProgress> {
+        self.bars.as_ref().filter(|_| !self.live.is_empty())
+    }
+
+    /// Draws `progress`; returns an event to print instead, now and then.
+    fn update(&mut self, progress: &Progress) -> Option<Event> {
+        let key = (progress.direction, progress.id);
+        let now = Instant::now();
+        if progress.ended {
+            if let Some(bar) = self.live.remove(&key).and_then(|live| live.bar) {
+                bar.finish_and_clear();
+            }
+            return None;
+        }
+        if progress.bytes == 0 && !self.live.contains_key(&key) {
+            // Nothing to show yet; what the line editor is still printing
+            // (the accept, the start) is out of the way when bytes move.
+            return None;
+        }
+        let bars = &self.bars;
+        if let (Some(bars), true) = (bars, self.live.is_empty()) {
+            // The cursor may be after the prompt: start the bars on a line
+            // of their own, or the first one wraps and is drawn twice.
+            let _ = bars.println("\r");
+        }
+        let live = self.live.entry(key).or_insert_with(|| Live {
+            bar: bars.as_ref().map(|bars| bars.add(new_bar(progress))),
+            started: now,
+            reported: now,
+        });
+        if let Some(bar) = &live.bar {
+            bar.set_position(progress.bytes);
+            return None;
+        }
+        if now.duration_since(live.reported) < PROGRESS_EVERY {
+            return None;
+        }
+        live.reported = now;
+        let elapsed = now.duration_since(live.started).as_secs_f64();
+        let rate = (progress.bytes as f64 / elapsed.max(0.001)) as u64;
+        let left = progress.total.saturating_sub(progress.bytes);
+        Some(Event::FileProgress {
+            id: progress.id,
+            direction: progress.direction,
+            name: progress.name.clone(),
+            bytes: progress.bytes,
+            total: progress.total,
+            bytes_per_sec: rate,
+            eta_secs: (rate > 0).then(|| left / rate),
+        })
+    }
+
+    fn clear(&mut self) {
+        for (_, live) in self.live.drain() {
+            if let Some(bar) = live.bar {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+fn new_bar(progress: &Progress) -> indicatif::ProgressBar {
+    let arrow = match progress.direction {
+        Direction::Send => "→",
+        Direction::Receive => "←",
+    };
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} {wide_msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    // Hidden until added to the bars, so that it is never drawn alone.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(progress.total),
+        indicatif::ProgressDrawTarget::hidden(),
+    )
+    .with_style(style);
+    bar.set_prefix(format!("{arrow} {}", progress.id));
+    bar.set_message(progress.name.clone());
+    bar
+}
+
+async fn next_frame(link: &mut Option<Link>) -> Option<Result<Frame, FrameError>> {
+    match link {
+        Some(link) => link.next_frame().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

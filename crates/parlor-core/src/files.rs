@@ -1,0 +1,127 @@
+//! The hub's side of file transfer: who may send a file, and to whom.
+//!
+//! The transfer itself runs in [`super::transfer`]; this file checks the
+//! requests against users and rooms. Files are part of the secure
+//! extension: only a connection with a registered key may send or receive
+//! one, so a legacy client is never offered a file (it would abort on the
+//! unknown opcode). In a room, its legacy members are skipped and named to
+//! the sender.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::transfer::Offer;
+use super::{respond, text, Action, ConnId, Hub, Room};
+use parlor_proto::legacy::encode_response;
+use parlor_proto::transfer::{FileMeta, FileRequest};
+use parlor_proto::Status;
+
+impl Hub {
+    pub(super) fn file_request(
+        &mut self,
+        conn: ConnId,
+        request: FileRequest,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.is_secure(conn) {
+            // Chunks and acks are never answered, so a stray one from a
+            // legacy connection is dropped like any late chunk.
+            if request.expects_response() {
+                respond(out, conn, Status::Error, text::REGISTER_KEY_FIRST);
+            }
+            return;
+        }
+        let transfers = &mut self.transfers;
+        match request {
+            FileRequest::Offer {
+                target,
+                meta,
+                window,
+            } => self.offer_file(conn, target, meta, window, now, out),
+            FileRequest::Decision { id, accept } => transfers.decide(conn, id, accept, now, out),
+            FileRequest::Chunk { id, index, data } => {
+                transfers.chunk(conn, id, index, &data, now, out)
+            }
+            FileRequest::Ack { id, index } => transfers.ack(conn, id, index, now, out),
+            FileRequest::Done { id } => transfers.done(conn, id, now, out),
+            FileRequest::Resume { id, token } => transfers.resume(conn, id, &token, now, out),
+            FileRequest::Cancel { id } => transfers.cancel(conn, id, now, out),
+        }
+    }
+
+    /// FILE_OFFER: to the sender's room when `target` is empty (its secure
+    /// members are asked, the others skipped), or to one secure user.
+    fn offer_file(
+        &mut self,
+        conn: ConnId,
+        target: Bytes,
+        meta: FileMeta,
+        window: u8,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        // An offer is a message to many: it counts against the rate limit.
+        if !self.admit_message(conn, now, out) {
+            return;
+        }
+        let user = &self.users[&conn];
+        let (room, recipients, skipped) = if target.is_empty() {
+            let Some(room) = user.room.clone() else {
+                return respond(out, conn, Status::Error, text::VOID);
+            };
+            let secure_room = self.directory.room(&room).is_some_and(Room::is_secure);
+            if secure_room && !meta.encrypted() {
+                // Everyone there expects sealed content; a buggy client must
+                // not leak a file in the clear.
+                return respond(out, conn, Status::Error, text::FILE_NOT_SEALED);
+            }
+            let members = self.directory.room(&room).map_or(&[][..], Room::members);
+            let (mut recipients, mut skipped) = (Vec::new(), Vec::new());
+            for &member in members.iter().filter(|member| **member != conn) {
+                let name = self.users[&member].name.clone();
+                if self.is_secure(member) {
+                    recipients.push((member, name));
+                } else {
+                    skipped.push(name);
+                }
+            }
+            (Some(room), recipients, skipped)
+        } else {
+            let Some(recipient) = self.directory.find_user(&target) else {
+                return self.no_such_user(conn, &target, out);
+            };
+            if recipient == conn {
+                return respond(out, conn, Status::Error, text::FILE_TO_YOURSELF);
+            }
+            if !self.is_secure(recipient) {
+                let reply = [
+                    b"User '",
+                    &target[..],
+                    b"' cannot receive files: their client does not support them.",
+                ];
+                return out.push(super::send(
+                    conn,
+                    encode_response(Status::Error as u8, reply.into_iter()),
+                ));
+            }
+            let name = self.users[&recipient].name.clone();
+            (None, vec![(recipient, name)], Vec::new())
+        };
+        let sender = &self.users[&conn];
+        let offer = Offer {
+            sender: conn,
+            sender_name: sender.name.clone(),
+            sender_key: sender.key.as_ref().expect("checked secure").der(),
+            room,
+            recipients,
+            skipped,
+            meta,
+            window,
+        };
+        if let Err(refusal) = self.transfers.offer(offer, now, out) {
+            respond(out, conn, refusal.status, refusal.text);
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! The session fuzz body. `fuzz/fuzz_targets/session.rs` is one call to
+//! [`session`], and `tests/fuzz_bodies.rs` runs it over the seed corpus and
+//! thousands of proptest inputs on stable Rust, so a regression is caught
+//! without nightly.
+//!
+//! The body takes raw bytes, as libFuzzer hands them out, and gives them
+//! structure itself: any byte string is a valid input, and a mutation
+//! changes one decision rather than making the input unreadable.
+//! [`SessionEvent`] builds such bytes for seeds and property tests. The body
+//! panics, with the broken invariant in the message, on anything wrong; the
+//! rules of the legacy client it checks are [`parlor_proto::rules`].
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::harness::{fake_wrap, Harness};
+use crate::{Action, CloseReason, ConnId, Limits, PasswordJob};
+use parlor_proto::rules::{self, Conversation, Delivery, Reader};
+use parlor_proto::secure::opcode as secure_opcode;
+use parlor_proto::transfer::is_transfer_news;
+use parlor_proto::{ClientMessage, Frame, FrameCodec, HEADER_LEN, MAX_CLIENT_PAYLOAD};
+
+/// One event of a `session` input: after `wait * wait` milliseconds (up to
+/// 65 s) on the fake clock, something happens to one client's connection.
+///
+/// As bytes, an event is a byte holding the client (low three bits) and the
+/// kind (next two bits), the `wait` byte, then: for a frame, the opcode, a
+/// big-endian `u16` length and the payload; for raw bytes, a `u8` length and
+/// the bytes; for the other kinds, nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// Which of [`SESSION_CLIENTS`] clients.
+    pub client: u8,
+    pub wait: u8,
+    pub what: Happening,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Happening {
+    /// A whole frame arrives, framed correctly (its payload may still be
+    /// nonsense). A client that is not connected connects first.
+    Frame { opcode: u8, payload: Vec<u8> },
+    /// Raw bytes arrive: part of a frame, several frames, or garbage.
+    Bytes(Vec<u8>),
+    /// The client closes its connection.
+    Close,
+    /// The client's pending password job finishes.
+    FinishHash,
+}
+
+/// Clients a session can have at once.
+pub const SESSION_CLIENTS: u8 = 8;
+
+impl SessionEvent {
+    /// Encodes a sequence of events as a `session` input.
+    pub fn encode(events: &[SessionEvent]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for event in events {
+            assert!(
+                event.client < SESSION_CLIENTS,
+                "client {} out of range",
+                event.client
+            );
+            let kind = match event.what {
+                Happening::Frame { .. } => 0,
+                Happening::Bytes(_) => 1,
+                Happening::Close => 2,
+                Happening::FinishHash => 3,
+            };
+            bytes.push(kind << 3 | event.client);
+            bytes.push(event.wait);
+            match &event.what {
+                Happening::Frame { opcode, payload } => {
+                    bytes.push(*opcode);
+                    let len = u16::try_from(payload.len()).expect("payload over 65,535 bytes");
+                    bytes.put_u16(len);
+                    bytes.extend_from_slice(payload);
+                }
+                Happening::Bytes(raw) => {
+                    bytes.push(u8::try_from(raw.len()).expect("over 255 raw bytes"));
+                    bytes.extend_from_slice(raw);
+                }
+                Happening::Close | Happening::FinishHash => {}
+            }
+        }
+        bytes
+    }
+
+    /// Decodes a `session` input; a cut-short last event is shortened or
+    /// dropped, never refused.
+    pub fn decode(mut data: &[u8]) -> Vec<SessionEvent> {
+        fn take(count: usize, data: &mut &[u8]) -> Vec<u8> {
+            let (taken, rest) = data.split_at(count.min(data.len()));
+            *data = rest;
+            taken.to_vec()
+        }
+        let mut events = Vec::new();
+        while let [header, wait, rest @ ..] = data {
+            let (client, kind, wait) = (header & 7, (header >> 3) & 3, *wait);
+            data = rest;
+            let what = match kind {
+                0 => {
+                    let [opcode, high, low] = take(3, &mut data)[..] else {
+                        break;
+                    };
+                    let len = usize::from(u16::from_be_bytes([high, low]));
+                    let payload = take(len, &mut data);
+                    Happening::Frame { opcode, payload }
+                }
+                1 => {
+                    let [len] = take(1, &mut data)[..] else {
+                        break;
+                    };
+                    Happening::Bytes(take(usize::from(len), &mut data))
+                }
+                2 => Happening::Close,
+                _ => Happening::FinishHash,
+            };
+            events.push(SessionEvent { client, wait, what });
+        }
+        events
+    }
+}
+
+/// The limits sessions run with: the defaults, with limits small enough
+/// for a short input to reach them (a full server, the rate limit).
+pub fn session_limits() -> Limits {
+    let defaults = Limits::default();
+    Limits {
+        max_connections: 6,
+        message_rate: crate::Rate {
+            limit: 3,
+            ..defaults.message_rate
+        },
+        ..defaults
+    }
+}
+
+/// Feeds an arbitrary sequence of events from up to eight clients into the
+/// hub on a fake clock, through the same [`Hub::receive`] path as the
+/// server, with password jobs finishing when the input says.
+///
+/// Invariants, after every event: no panic; every request is answered
+/// exactly once (and only requests are: no unsolicited `9a`, no reply to a
+/// heartbeat); no zero-length or unparsable frame goes out; a relayed room
+/// message reaches only members of that room, and never its sender;
+/// nothing is sent to a closed connection; and the hub's state is
+/// consistent (every room member exists, no room is empty, names are
+/// unique).
+///
+/// [`Hub::receive`]: crate::Hub::receive
+pub fn session(data: &[u8]) {
+    let mut session = Session::new();
+    for event in SessionEvent::decode(data) {
+        session.step(event);
+    }
+}
+
+/// A client's connection, and what the driver knows about it.
+struct Connection {
+    id: ConnId,
+    codec: FrameCodec,
+    /// Bytes received and not yet decoded by the hub.
+    buffer: BytesMut,
+    /// A password job the hub asked for, not finished yet; until it is, the
+    /// server reads nothing more from this connection.
+    job: Option<PasswordJob>,
+    /// Everything the client sent, and how much of it the hub has taken.
+    sent: Vec<u8>,
+    taken: usize,
+    /// An independent count of the requests in what the hub has taken.
+    oracle: FrameCodec,
+    oracle_buffer: BytesMut,
+    oracle_dead: bool,
+    requests: usize,
+    answered: usize,
+    /// The requests not answered yet, so that each `9a` is matched to the
+    /// request it answers.
+    conversation: Conversation,
+    /// A REGISTER_KEY was answered `9a 00`: from then on the connection is
+    /// secure and may get frames of the secure extension.
+    secure: bool,
+}
+
+struct Session {
+    harness: Harness,
+    /// Each client's connection, if it has one now.
+    slots: [Option<Connection>; SESSION_CLIENTS as usize],
+    next_conn: u64,
+}
+
+impl Session {
+    fn new() -> Session {
+        Session {
+            harness: Harness::new(&session_limits()),
+            slots: Default::default(),
+            next_conn: 0,
+        }
+    }
+
+    fn step(&mut self, event: SessionEvent) {
+        let waited = u64::from(event.wait);
+        let timers = self.harness.advance(Duration::from_millis(waited * waited));
+        let only_cutoffs_and_news = timers.iter().all(|action| match action {
+            Action::Close { reason, .. } => matches!(
+                reason,
+                CloseReason::IdleTimeout | CloseReason::HandshakeTimeout
+            ),
+            Action::Send { frame, .. } => split_frames(frame)
+                .iter()
+                .all(|frame| is_transfer_news(frame[HEADER_LEN - 1])),
+            _ => false,
+        });
+        assert!(
+            only_cutoffs_and_news,
+            "timers did more than cut idle or silent connections and end file transfers: {timers:?}"
+        );
+        self.apply(None, timers);
+        let slot = usize::from(event.client % SESSION_CLIENTS);
+        match event.what {
+            Happening::Frame { opcode, payload } => {
+                let wire = Frame::new(opcode, Bytes::from(payload)).to_bytes();
+                self.arrive(slot, &wire);
+            }
+            Happening::Bytes(bytes) => self.arrive(slot, &bytes),
+            Happening::Close => self.close(slot),
+            Happening::FinishHash => self.finish_hash(slot),
+        }
+        if let Err(problem) = self.harness.hub.check_invariants() {
+            panic!("inconsistent hub state: {problem}");
+        }
+    }
+
+    /// Bytes from the client in `slot`, connecting it first if needed.
+    fn arrive(&mut self, slot: usize, bytes: &[u8]) {
+        if self.slots[slot].is_none() && !self.open(slot) {
+            return;
+        }
+        let conn = self.slots[slot].as_mut().expect("just opened");
+        conn.sent.extend_from_slice(bytes);
+        conn.buffer.extend_from_slice(bytes);
+        if conn.job.is_none() {
+            self.receive(slot);
+        }
+    }
+
+    /// Connects the slot's client; false if the server refused it.
+    fn open(&mut self, slot: usize) -> bool {
+        self.next_conn += 1;
+        let id = ConnId(self.next_conn);
+        let out = self.harness.connect(id);
+        match out.as_slice() {
+            [] => {}
+            [Action::Send { to, frame }, Action::Close {
+                conn,
+                reason: CloseReason::ServerFull,
+            }] if *to == id && *conn == id => {
+                let refusal = check_frame(frame, Reader::Legacy);
+                assert!(
+                    matches!(refusal, Delivery::Response { status: 0x02 }),
+                    "refused without 9a 02"
+                );
+                return false;
+            }
+            other => panic!("a connect did something but refuse: {other:?}"),
+        }
+        self.slots[slot] = Some(Connection {
+            id,
+            codec: FrameCodec::new(MAX_CLIENT_PAYLOAD),
+            buffer: BytesMut::new(),
+            job: None,
+            sent: Vec::new(),
+            taken: 0,
+            oracle: FrameCodec::new(MAX_CLIENT_PAYLOAD),
+            oracle_buffer: BytesMut::new(),
+            oracle_dead: false,
+            conversation: Conversation::default(),
+            secure: false,
+            requests: 0,
+            answered: 0,
+        });
+        true
+    }
+
+    /// Lets the hub take what it can from the slot's buffer.
+    fn receive(&mut self, slot: usize) {
+        let Some(conn) = self.slots[slot].as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        let hub = &mut self.harness.hub;
+        hub.receive(
+            conn.id,
+            &mut conn.codec,
+            &mut conn.buffer,
+            self.harness.now,
+            &mut out,
+        );
+        conn.count_requests();
+        self.apply(Some(slot), out);
+    }
+
+    /// Finishes the slot's pending password job, then lets the hub read on.
+    fn finish_hash(&mut self, slot: usize) {
+        let Some(job) = self.slots[slot].as_mut().and_then(|conn| conn.job.take()) else {
+            return;
+        };
+        let mut out = Vec::new();
+        self.harness.run_password_job(job, &mut out);
+        self.apply(Some(slot), out);
+        if self.slots[slot]
+            .as_ref()
+            .is_some_and(|conn| conn.job.is_none())
+        {
+            self.receive(slot);
+        }
+    }
+
+    /// The client closes. The server notices only when it reads again, so a
+    /// pending password job finishes first and what was buffered is handled.
+    fn close(&mut self, slot: usize) {
+        while self.slots[slot]
+            .as_ref()
+            .is_some_and(|conn| conn.job.is_some())
+        {
+            self.finish_hash(slot);
+        }
+        let Some(conn) = self.slots[slot].take() else {
+            return;
+        };
+        conn.check_counts("closed by the client");
+        let mut out = Vec::new();
+        let now = self.harness.now;
+        self.harness
+            .hub
+            .disconnect(conn.id, CloseReason::ClientClosed, now, &mut out);
+        self.apply(None, out);
+    }
+
+    /// Checks one frame the hub sent `to`, as the actor's reply or as news.
+    fn check_frame_to(&mut self, actor_id: Option<ConnId>, to: ConnId, frame: &Bytes) {
+        // A closed connection has left its slot already.
+        let slot = self
+            .slot_of(to)
+            .unwrap_or_else(|| panic!("a frame for {to}, which is closed"));
+        // One buffer may hold several frames (a secure JOIN's
+        // reply); each must stand on its own.
+        let reader = match self.slots[slot].as_ref().expect("slot found").secure {
+            true => Reader::Secure,
+            false => Reader::Legacy,
+        };
+        for frame in split_frames(frame) {
+            match check_frame(&frame, reader) {
+                Delivery::Response { status } => {
+                    assert_eq!(Some(to), actor_id, "a 9a to {to}, who asked nothing now");
+                    let conn = self.slots[slot].as_mut().expect("slot found");
+                    conn.answered += 1;
+                    let request = conn
+                        .conversation
+                        .answered(status)
+                        .unwrap_or_else(|broken| panic!("to {to}: {broken}"));
+                    if request == Some(secure_opcode::REGISTER_KEY) && status == 0 {
+                        conn.secure = true;
+                    }
+                    assert!(
+                        conn.answered <= conn.requests,
+                        "{to} got more answers than it made requests"
+                    );
+                }
+                Delivery::RoomMessage { room } => {
+                    assert_ne!(Some(to), actor_id, "a room message echoed to its sender");
+                    let member = self.harness.hub.room_of(to);
+                    assert_eq!(member, Some(&room[..]), "a room message to a non-member");
+                }
+                // Only a secure reader takes these: checked above.
+                Delivery::DirectMessage | Delivery::Secure => {}
+            }
+        }
+    }
+
+    /// Checks what the hub asked for, and carries it out. `actor` is the
+    /// slot whose event this is, if any.
+    fn apply(&mut self, actor: Option<usize>, out: Vec<Action>) {
+        let actor_id = actor.and_then(|slot| self.slots[slot].as_ref().map(|conn| conn.id));
+        let mut wraps = Vec::new();
+        for action in out {
+            match action {
+                Action::Send { .. } | Action::Broadcast { .. } => {
+                    for (to, frame) in action.frames() {
+                        self.check_frame_to(actor_id, to, frame);
+                    }
+                }
+                Action::Close { conn, .. } => {
+                    let slot = self
+                        .slot_of(conn)
+                        .expect("a close for an unknown connection");
+                    let gone = self.slots[slot].take().expect("slot found");
+                    gone.check_counts("closed by the server");
+                }
+                Action::Password(job) => {
+                    let slot = self
+                        .slot_of(job.conn)
+                        .expect("a job for an unknown connection");
+                    assert_eq!(
+                        Some(slot),
+                        actor,
+                        "a job for a connection that is not reading"
+                    );
+                    let conn = self.slots[slot].as_mut().expect("slot found");
+                    assert!(conn.job.is_none(), "two password jobs at once");
+                    conn.job = Some(job);
+                }
+                // Key wraps (for connections that registered a valid key)
+                // finish once this batch is applied, with stand-in keys.
+                Action::WrapKeys(job) => wraps.push(job),
+            }
+        }
+        for job in wraps {
+            let mut more = Vec::new();
+            let outcome = fake_wrap(&job);
+            self.harness
+                .hub
+                .keys_wrapped(job.ticket, outcome, &mut more);
+            let requester = job.requester.and_then(|conn| self.slot_of(conn));
+            self.apply(requester, more);
+            // As the server does once an owed reply is out: read on.
+            if let Some(slot) = requester {
+                self.receive(slot);
+            }
+        }
+        for conn in self.slots.iter().filter_map(Option::as_ref) {
+            conn.check_counts("open");
+        }
+    }
+
+    fn slot_of(&self, id: ConnId) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|conn| conn.as_ref().is_some_and(|conn| conn.id == id))
+    }
+}
+
+impl Connection {
+    /// Counts the requests in the bytes the hub took since the last call,
+    /// with a codec of its own: every frame but a heartbeat, a file chunk
+    /// and an ack is one, and so are bytes that are not frames (parlor
+    /// answers them before closing).
+    fn count_requests(&mut self) {
+        // The hub admits large chunk frames from a file's sender alone; the
+        // oracle follows the limit the hub set.
+        self.oracle.allow_chunks(self.codec.max_chunk_payload());
+        let taken = self.sent.len() - self.buffer.len();
+        self.oracle_buffer
+            .extend_from_slice(&self.sent[self.taken..taken]);
+        self.taken = taken;
+        while !self.oracle_dead {
+            match self.oracle.decode(&mut self.oracle_buffer) {
+                Ok(Some(frame)) if !rules::is_request(&frame) => {}
+                Ok(Some(frame)) => {
+                    self.requests += 1;
+                    self.conversation.asked(Some(frame.opcode));
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.requests += 1;
+                    self.conversation.asked(None);
+                    self.oracle_dead = true;
+                }
+            }
+        }
+    }
+
+    /// Every request taken is answered, but for one awaiting its password.
+    fn check_counts(&self, state: &str) {
+        let owed = usize::from(self.job.is_some());
+        assert_eq!(
+            self.answered + owed,
+            self.requests,
+            "{state} connection {}: {} requests, {} answered, {owed} awaiting a password",
+            self.id,
+            self.requests,
+            self.answered
+        );
+    }
+}
+
+/// Cuts a buffer handed to a connection into its frames.
+fn split_frames(buffer: &Bytes) -> Vec<Bytes> {
+    assert!(!buffer.is_empty(), "an empty buffer sent");
+    rules::split_frames(buffer).unwrap_or_else(|broken| panic!("{broken}"))
+}
+
+/// Checks a frame against everything the legacy client requires of it.
+fn check_frame(wire: &Bytes, reader: Reader) -> Delivery {
+    rules::check(wire, reader).unwrap_or_else(|broken| panic!("{broken}"))
+}
+
+/// A `session` seed that reaches the secure extension, which random bytes
+/// almost never do (they would have to be a valid RSA key): two clients
+/// register `public_key` (DER SubjectPublicKeyInfo) and share a secure room,
+/// a legacy client is refused from it, a DM key is asked for, and members
+/// leave, which rotates the room key.
+pub fn secure_session_seed(public_key: &[u8]) -> Vec<u8> {
+    let text = |text: &str| Bytes::copy_from_slice(text.as_bytes());
+    let key = Bytes::copy_from_slice(public_key);
+    let join = || ClientMessage::Join {
+        room: text("vault"),
+        password: Bytes::new(),
+    };
+    let script = [
+        (0, ClientMessage::RegisterKey { key: key.clone() }),
+        (
+            0,
+            ClientMessage::Nick {
+                name: text("alice"),
+            },
+        ),
+        (0, join()),
+        (1, ClientMessage::RegisterKey { key }),
+        (1, ClientMessage::Nick { name: text("bob") }),
+        (1, join()),
+        (2, join()),
+        (
+            0,
+            ClientMessage::RoomMessage {
+                room: text("vault"),
+                text: text("sealed elsewhere"),
+            },
+        ),
+        (
+            0,
+            ClientMessage::DmKeyRequest {
+                target: text("bob"),
+            },
+        ),
+        (1, ClientMessage::Leave),
+    ];
+    scripted_seed(script)
+}
+
+/// A `session` seed in which a file moves: three clients register
+/// `public_key` and share a secure room; alice offers a three-chunk file
+/// with a window of two, bob accepts, carol declines, and the chunks,
+/// acknowledgements and FILE_DONE follow, until bob has the whole file.
+pub fn file_session_seed(public_key: &[u8]) -> Vec<u8> {
+    use parlor_proto::transfer::{FileMeta, FileRequest, FILE_FLAG_ENCRYPTED};
+    let text = |text: &str| Bytes::copy_from_slice(text.as_bytes());
+    let file = |request| ClientMessage::File(request);
+    let chunk = |index| {
+        file(FileRequest::Chunk {
+            id: 1,
+            index,
+            data: Bytes::from(vec![index as u8; 100]),
+        })
+    };
+    let ack = |index| file(FileRequest::Ack { id: 1, index });
+    let mut script = Vec::new();
+    for (client, name) in [(0, "alice"), (1, "bob"), (2, "carol")] {
+        let key = Bytes::copy_from_slice(public_key);
+        script.push((client, ClientMessage::RegisterKey { key }));
+        script.push((client, ClientMessage::Nick { name: text(name) }));
+        let join = ClientMessage::Join {
+            room: text("vault"),
+            password: Bytes::new(),
+        };
+        script.push((client, join));
+    }
+    let meta = FileMeta {
+        name: text("notes.txt"),
+        size: 250,
+        chunk_size: 100,
+        chunk_count: 3,
+        flags: FILE_FLAG_ENCRYPTED,
+        key_id: 3,
+        nonce: [1; 16],
+        digest: [2; 32],
+        signature: Bytes::from(vec![3; 256]),
+    };
+    let offer = FileRequest::Offer {
+        target: Bytes::new(),
+        meta,
+        window: 2,
+    };
+    script.extend([
+        (0, file(offer)),
+        (
+            1,
+            file(FileRequest::Decision {
+                id: 1,
+                accept: true,
+            }),
+        ),
+        (
+            2,
+            file(FileRequest::Decision {
+                id: 1,
+                accept: false,
+            }),
+        ),
+        (0, chunk(0)),
+        (0, chunk(1)),
+        (1, ack(0)),
+        (0, chunk(2)),
+        (1, ack(1)),
+        (0, file(FileRequest::Done { id: 1 })),
+        (1, ack(2)),
+    ]);
+    scripted_seed(script)
+}
+
+/// The events of a script of (client, message), ending with client 0
+/// closing its connection.
+fn scripted_seed(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<u8> {
+    let mut events: Vec<SessionEvent> = script
+        .into_iter()
+        .map(|(client, message)| {
+            let frame = message.to_frame();
+            SessionEvent {
+                client,
+                wait: 0,
+                what: Happening::Frame {
+                    opcode: frame.opcode,
+                    payload: frame.payload.to_vec(),
+                },
+            }
+        })
+        .collect();
+    events.push(SessionEvent {
+        client: 0,
+        wait: 0,
+        what: Happening::Close,
+    });
+    SessionEvent::encode(&events)
+}

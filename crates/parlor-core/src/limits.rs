@@ -1,0 +1,66 @@
+//! The limits the hub enforces, with their defaults.
+//!
+//! The server's settings (`parlor_server::Config`) take their defaults for
+//! these from [`Limits::default`], so each default is written once, here,
+//! beside the rules it bounds.
+
+use std::time::Duration;
+
+use crate::rate::Rate;
+use crate::transfer::TransferLimits;
+
+/// Everything the hub bounds. See README's configuration table for what
+/// each limit means to an operator.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Connections served at once; further ones are told to try later.
+    pub max_connections: usize,
+    /// Connections served at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// How long a new connection has to complete its first frame; never
+    /// longer than `idle_timeout`.
+    pub handshake_timeout: Duration,
+    /// How long a connection may send no complete frame before it is closed.
+    pub idle_timeout: Duration,
+    /// Room messages and DMs per user.
+    pub message_rate: Rate,
+    /// Nick changes per user.
+    pub nick_rate: Rate,
+    /// Joins that need a password hash, per user.
+    pub password_join_rate: Rate,
+    /// Rooms that may exist at once.
+    pub max_rooms: usize,
+    /// Members one room may have.
+    pub max_room_members: usize,
+    /// File transfer's limits.
+    pub transfers: TransferLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let per = |limit, secs| Rate {
+            limit,
+            window: Duration::from_secs(secs),
+        };
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            message_rate: per(5, 5),
+            nick_rate: per(5, 60),
+            password_join_rate: per(5, 60),
+            max_rooms: 10_000,
+            max_room_members: 1_000,
+            transfers: TransferLimits {
+                max_file_bytes: 4 << 30,
+                max_chunk_bytes: 256 << 10,
+                max_window: 16,
+                max_per_user: 4,
+                max_total: 64,
+                decision_timeout: Duration::from_secs(30),
+                ack_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The sealed envelope of PROTOCOL.md §12.7: what a secure client puts in the
+//! text field of a ROOM_MSG or DM.
+//!
+//! ```text
+//! u8 version | u8 kind | short context | short sender | u32 epoch | u64 counter   (the header)
+//! [16] iv | long ciphertext | [32] mac | long signature
+//! ```
+//!
+//! Encrypt-then-MAC: AES-256-CBC hides the text, and an HMAC over everything
+//! before it (header, IV, ciphertext with its length) proves that none of it
+//! changed. The MAC is checked before the ciphertext is touched, so a forged
+//! ciphertext never reaches the CBC padding check (the classic padding
+//! oracle). Both keys come from the one issued key through HKDF with distinct
+//! labels, so the cipher key never doubles as the MAC key.
+//!
+//! The MAC proves only that a holder of the key wrote the envelope, and every
+//! member of a room holds it; the RSA-PSS signature says *which* member. It
+//! covers the header and a hash of IV and ciphertext, so a member cannot lift
+//! someone else's signature onto a different message.
+//!
+//! The types enforce the order of checks: [`Envelope::parse`] gives an
+//! envelope that can only be MAC-checked, and only the [`Authenticated`] it
+//! returns can be decrypted.
+
+use cbc::cipher::block_padding::Pkcs7;
+use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use nom::bytes::complete::take;
+use nom::combinator::all_consuming;
+use nom::multi::length_data;
+use nom::number::complete::{be_u16, be_u32, be_u64, be_u8};
+use nom::Parser;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::identity::{Identity, PeerKey};
+use super::{VerificationFailed, ISSUED_KEY_LEN};
+
+/// The only envelope version.
+pub const VERSION: u8 = 1;
+pub const IV_LEN: usize = 16;
+pub const MAC_LEN: usize = 32;
+
+const ENC_INFO: &[u8] = b"parlor v1 aes-256-cbc";
+const MAC_INFO: &[u8] = b"parlor v1 hmac-sha256";
+/// Prefixed to what is signed, so that a signature made for an envelope can
+/// never pass for a signature over anything else made with the same key.
+const SIGNATURE_CONTEXT: &[u8] = b"parlor v1 signature";
+
+type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
+type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+type HmacSha256 = Hmac<Sha256>;
+
+/// What the envelope is for; part of the MAC, so a room message cannot be
+/// replayed as a DM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Room = 1,
+    Direct = 2,
+}
+
+/// Who wrote the envelope, where to, and under which key. `context` is the
+/// room, or for a DM the recipient's name; `epoch` is the room key's epoch or
+/// the DM key's id; `counter` counts the sender's messages under that key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub kind: Kind,
+    pub context: &'a [u8],
+    pub sender: &'a [u8],
+    pub epoch: u32,
+    pub counter: u64,
+}
+
+impl Header<'_> {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.context.len() + self.sender.len());
+        out.push(VERSION);
+        out.push(self.kind as u8);
+        put_short(&mut out, self.context);
+        put_short(&mut out, self.sender);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&self.counter.to_be_bytes());
+        out
+    }
+}
+
+/// The cipher and MAC keys derived from one issued key.
+pub struct MessageKeys {
+    enc: Zeroizing<[u8; 32]>,
+    mac: Zeroizing<[u8; 32]>,
+}
+
+impl MessageKeys {
+    /// HKDF-SHA256 without salt: the issued key is already uniformly random,
+    /// so HKDF's job here is only to split it into independent keys.
+    pub fn derive(issued: &[u8; ISSUED_KEY_LEN]) -> MessageKeys {
+        let hkdf = Hkdf::<Sha256>::new(None, issued);
+        let mut enc = Zeroizing::new([0; 32]);
+        let mut mac = Zeroizing::new([0; 32]);
+        hkdf.expand(ENC_INFO, enc.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        hkdf.expand(MAC_INFO, mac.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        MessageKeys { enc, mac }
+    }
+
+    fn hmac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(self.mac.as_ref()).expect("HMAC takes keys of any length")
+    }
+}
+
+/// The plaintext does not fit a text field once sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("message too long to encrypt: at most {max} bytes")]
+pub struct TooLong {
+    pub max: usize,
+}
+
+/// The longest plaintext whose envelope still fits a 65,535-byte text field,
+/// for these name lengths and a signature of `signature_len` bytes.
+pub fn max_plaintext(context_len: usize, sender_len: usize, signature_len: usize) -> usize {
+    let header = 1 + 1 + 1 + context_len + 1 + sender_len + 4 + 8;
+    let fixed = header + IV_LEN + 2 + MAC_LEN + 2 + signature_len;
+    let ciphertext_room = (u16::MAX as usize).saturating_sub(fixed);
+    // PKCS#7 always adds 1 to 16 bytes: the largest whole number of blocks
+    // that fits, minus the one byte of padding it must hold at least.
+    (ciphertext_room / 16 * 16).saturating_sub(1)
+}
+
+/// Seals `plaintext` with a fresh random IV.
+pub fn seal(
+    header: &Header,
+    keys: &MessageKeys,
+    plaintext: &[u8],
+    signer: &Identity,
+) -> Result<Vec<u8>, TooLong> {
+    let mut iv = [0; IV_LEN];
+    rand::fill(&mut iv);
+    seal_with_iv(header, keys, &iv, plaintext, signer)
+}
+
+/// [`seal`] with a chosen IV, so that the known-answer tests are exact. An IV
+/// must never repeat under one key: only [`seal`] is for real messages.
+fn seal_with_iv(
+    header: &Header,
+    keys: &MessageKeys,
+    iv: &[u8; IV_LEN],
+    plaintext: &[u8],
+    signer: &Identity,
+) -> Result<Vec<u8>, TooLong> {
+    let max = max_plaintext(
+        header.context.len(),
+        header.sender.len(),
+        signer.signature_len(),
+    );
+    if plaintext.len() > max {
+        return Err(TooLong { max });
+    }
+    let header_bytes = header.encode();
+    let ciphertext =
+        Aes256CbcEnc::new((&*keys.enc).into(), iv.into()).encrypt_padded_vec::<Pkcs7>(plaintext);
+    let mut text = header_bytes.clone();
+    text.extend_from_slice(iv);
+    put_long(&mut text, &ciphertext);
+    let mac = keys.hmac().chain_update(&text).finalize().into_bytes();
+    text.extend_from_slice(&mac);
+    let signature = signer.sign(&signed_message(&header_bytes, iv, &ciphertext));
+    put_long(&mut text, &signature);
+    Ok(text)
+}
+
+/// `"parlor v1 signature" || header || SHA-256(iv || ciphertext)`: what the
+/// sender signs.
+fn signed_message(header: &[u8], iv: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+    let digest = Sha256::new()
+        .chain_update(iv)
+        .chain_update(ciphertext)
+        .finalize();
+    [SIGNATURE_CONTEXT, header, &digest].concat()
+}
+
+/// A parsed envelope; nothing in it is trusted yet.
+#[derive(Debug)]
+pub struct Envelope<'a> {
+    pub header: Header<'a>,
+    header_bytes: &'a [u8],
+    iv: &'a [u8],
+    ciphertext: &'a [u8],
+    /// Header through ciphertext: what the MAC covers.
+    authenticated: &'a [u8],
+    mac: &'a [u8],
+    signature: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    /// Splits a text field into its parts. The lengths must fill it exactly
+    /// and the version must be 1.
+    pub fn parse(text: &'a [u8]) -> Result<Envelope<'a>, VerificationFailed> {
+        let consumed = |rest: &[u8]| &text[..text.len() - rest.len()];
+        let (rest, (version, kind, context, sender, epoch, counter)) = (
+            be_u8,
+            be_u8,
+            length_data(be_u8),
+            length_data(be_u8),
+            be_u32,
+            be_u64,
+        )
+            .parse(text)
+            .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| VerificationFailed)?;
+        let header_bytes = consumed(rest);
+        let (rest, (iv, ciphertext)) = (take(IV_LEN), length_data(be_u16))
+            .parse(rest)
+            .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| VerificationFailed)?;
+        let authenticated = consumed(rest);
+        let (_, (mac, signature)) = all_consuming((take(MAC_LEN), length_data(be_u16)))
+            .parse(rest)
+            .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| VerificationFailed)?;
+        let kind = match kind {
+            1 => Kind::Room,
+            2 => Kind::Direct,
+            _ => return Err(VerificationFailed),
+        };
+        if version != VERSION {
+            return Err(VerificationFailed);
+        }
+        Ok(Envelope {
+            header: Header {
+                kind,
+                context,
+                sender,
+                epoch,
+                counter,
+            },
+            header_bytes,
+            iv,
+            ciphertext,
+            authenticated,
+            mac,
+            signature,
+        })
+    }
+
+    /// Checks the MAC in constant time (`verify_slice` compares with
+    /// `subtle`). This is the only way to an [`Authenticated`] envelope.
+    pub fn check_mac<'k>(
+        self,
+        keys: &'k MessageKeys,
+    ) -> Result<Authenticated<'a, 'k>, VerificationFailed> {
+        keys.hmac()
+            .chain_update(self.authenticated)
+            .verify_slice(self.mac)
+            .map_err(|_| VerificationFailed)?;
+        Ok(Authenticated {
+            envelope: self,
+            keys,
+        })
+    }
+}
+
+/// An envelope whose MAC matched `keys`: it was written by a holder of the
+/// issued key and has not changed since.
+#[derive(Debug)]
+pub struct Authenticated<'a, 'k> {
+    envelope: Envelope<'a>,
+    keys: &'k MessageKeys,
+}
+
+impl<'a> Authenticated<'a, '_> {
+    pub fn header(&self) -> &Header<'a> {
+        &self.envelope.header
+    }
+
+    /// Checks that the holder of `sender`'s private key signed this envelope.
+    pub fn check_signature(&self, sender: &PeerKey) -> Result<(), VerificationFailed> {
+        let envelope = &self.envelope;
+        let message = signed_message(envelope.header_bytes, envelope.iv, envelope.ciphertext);
+        sender.verify(&message, envelope.signature)
+    }
+
+    /// Decrypts and removes the padding.
+    pub fn decrypt(self) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
+        let envelope = &self.envelope;
+        let iv: &[u8; IV_LEN] = envelope.iv.try_into().expect("parse took IV_LEN bytes");
+        Aes256CbcDec::new((&*self.keys.enc).into(), iv.into())
+            .decrypt_padded_vec::<Pkcs7>(envelope.ciphertext)
+            .map(Zeroizing::new)
+            .map_err(|_| VerificationFailed)
+    }
+}
+
+impl std::fmt::Debug for MessageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageKeys(..)")
+    }
+}
+
+fn put_short(out: &mut Vec<u8>, field: &[u8]) {
+    out.push(u8::try_from(field.len()).expect("names are at most 255 bytes"));
+    out.extend_from_slice(field);
+}
+
+fn put_long(out: &mut Vec<u8>, field: &[u8]) {
+    let len = u16::try_from(field.len()).expect("checked against max_plaintext");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kat;
+
+    #[test]
+    fn derives_the_keys_openssl_derives() {
+        let keys = MessageKeys::derive(&kat::issued_key());
+        assert_eq!(keys.enc.as_slice(), kat::hex(kat::ENC_KEY));
+        assert_eq!(keys.mac.as_slice(), kat::hex(kat::MAC_KEY));
+    }
+
+    #[test]
+    fn seals_the_known_answer_bytes() {
+        let keys = MessageKeys::derive(&kat::issued_key());
+        let identity = kat::identity();
+        let text =
+            seal_with_iv(&kat::header(), &keys, &kat::IV, kat::PLAINTEXT, &identity).unwrap();
+        let unsigned = kat::hex(kat::SEALED_UNSIGNED);
+        assert_eq!(text[..unsigned.len()], unsigned);
+        // PSS signatures are randomised: check what is signed, and the length.
+        let signature = &text[unsigned.len() + 2..];
+        assert_eq!(text[unsigned.len()..unsigned.len() + 2], [0x01, 0x00]);
+        let signed = kat::hex(kat::SIGNED_MESSAGE);
+        assert_eq!(kat::peer_key().verify(&signed, signature), Ok(()));
+    }
+
+    #[test]
+    fn opens_the_envelope_openssl_made() {
+        let keys = MessageKeys::derive(&kat::issued_key());
+        let text = kat::openssl_envelope();
+        let envelope = Envelope::parse(&text).unwrap();
+        assert_eq!(envelope.header, kat::header());
+        let authenticated = envelope.check_mac(&keys).unwrap();
+        assert_eq!(authenticated.check_signature(&kat::peer_key()), Ok(()));
+        assert_eq!(authenticated.decrypt().unwrap().as_slice(), kat::PLAINTEXT);
+    }
+
+    #[test]
+    fn a_different_key_fails_the_mac() {
+        let mut other = *kat::issued_key();
+        other[31] ^= 1;
+        let text = kat::openssl_envelope();
+        let envelope = Envelope::parse(&text).unwrap();
+        let wrong = MessageKeys::derive(&other);
+        assert_eq!(envelope.check_mac(&wrong).unwrap_err(), VerificationFailed);
+    }
+
+    #[test]
+    fn only_whole_version_1_envelopes_parse() {
+        let text = kat::openssl_envelope();
+        assert!(Envelope::parse(&text[..text.len() - 1]).is_err());
+        assert!(Envelope::parse(&[&text[..], &[0]].concat()).is_err());
+        assert!(Envelope::parse(&[]).is_err());
+        for (offset, value) in [(0, 2), (1, 0), (1, 3)] {
+            let mut changed = text.clone();
+            changed[offset] = value;
+            assert!(
+                Envelope::parse(&changed).is_err(),
+                "byte {offset} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_longest_plaintext_fits_a_text_field_and_one_more_byte_does_not() {
+        let keys = MessageKeys::derive(&kat::issued_key());
+        let identity = kat::identity();
+        let header = kat::header();
+        let max = max_plaintext(ROOM_LEN, SENDER_LEN, identity.signature_len());
+        assert_eq!(max, 65_199, "the figure in PROTOCOL.md §12.7");
+        assert_eq!(max_plaintext(255, 255, 512), 64_431, "likewise");
+        let text = seal(&header, &keys, &vec![b'x'; max], &identity).unwrap();
+        assert!(text.len() <= u16::MAX as usize);
+        assert!(
+            u16::MAX as usize - text.len() < 16,
+            "{} bytes unused",
+            u16::MAX as usize - text.len()
+        );
+        assert_eq!(
+            seal(&header, &keys, &vec![b'x'; max + 1], &identity),
+            Err(TooLong { max })
+        );
+    }
+
+    const ROOM_LEN: usize = kat::ROOM.len();
+    const SENDER_LEN: usize = kat::SENDER.len();
+}

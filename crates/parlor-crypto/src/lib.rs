@@ -1,0 +1,39 @@
+//! The client side of the secure extension (PROTOCOL.md §12): everything a
+//! client does with keys, and nothing the server does.
+//!
+//! - [`identity`]: the user's own RSA key pair, which signs envelopes and
+//!   unwraps the keys the server issues; and other users' public keys.
+//! - [`envelope`]: the sealed envelope of §12.7, bytes in and bytes out.
+//! - [`keyring`]: the issued room and DM keys a client holds, which epoch is
+//!   current, and the counters that make replays fail.
+//! - [`file`](mod@file): sealed file chunks and the signed file offer of file
+//!   transfer.
+//!
+//! Every way a received message can fail to open is the same
+//! [`VerificationFailed`], on purpose: an error that said *which* check
+//! failed (say, the padding after the MAC) would tell an attacker what to try
+//! next.
+
+pub mod envelope;
+pub mod file;
+pub mod identity;
+pub mod keyring;
+
+#[cfg(any(test, feature = "kat"))]
+pub mod kat;
+
+pub use envelope::{Header, Kind, MessageKeys};
+pub use identity::{Identity, PeerKey, WrapLabel};
+pub use keyring::Keyring;
+
+/// The one error for a message that cannot be trusted, whatever the reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("message failed verification")]
+pub struct VerificationFailed;
+
+/// The 32-byte key the server issues for a room epoch or a DM, wiped from
+/// memory when dropped.
+pub type IssuedKey = zeroize::Zeroizing<[u8; ISSUED_KEY_LEN]>;
+
+/// Length of an issued room or DM key.
+pub const ISSUED_KEY_LEN: usize = 32;

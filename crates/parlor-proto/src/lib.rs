@@ -1,0 +1,21 @@
+//! The wire, and nothing else: framing ([`frame`]), the typed legacy
+//! messages carried inside frames ([`legacy`]) and the messages of the
+//! secure extension ([`secure`]), file transfer among them ([`transfer`]).
+//!
+//! Nothing here knows about users, rooms or sockets. Data flows one way:
+//! bytes → [`FrameCodec`] → [`Frame`] → [`ClientMessage`] → the hub, and back
+//! out as [`ServerMessage`]s encoded once into [`bytes::Bytes`].
+
+pub mod frame;
+#[cfg(any(fuzzing, feature = "fuzzing"))]
+pub mod fuzzing;
+pub mod legacy;
+pub mod printable;
+pub mod rules;
+pub mod secure;
+pub mod transfer;
+
+pub use frame::{Frame, FrameCodec, FrameError, HEADER_LEN, MAGIC, MAX_CLIENT_PAYLOAD};
+pub use legacy::{opcode, ClientMessage, ParseError, ServerMessage, Status};
+pub use secure::SecureMessage;
+pub use transfer::{FileNotice, FileRequest};

@@ -1,0 +1,428 @@
+//! Every limit and timer of the server, with its default.
+//!
+//! Settings come from three places, later ones winning: the defaults below,
+//! an optional TOML file (`--config FILE`, same key names), and command-line
+//! flags. Unknown keys in the file are an error, so a typo never silently
+//! leaves a limit at its default.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use parlor_core::transfer::TransferLimits;
+use parlor_core::{Limits, Rate};
+use parlor_proto::transfer::MAX_WINDOW;
+use parlor_proto::MAX_CLIENT_PAYLOAD;
+
+/// The largest chunk size a server may be configured to accept: a chunk is
+/// held in memory a window at a time, so it must stay modest.
+const MAX_CHUNK_BYTES: u32 = 16 << 20;
+/// The longest pause a busy worker may be told to take before it waits.
+const MAX_BUSY_PAUSE_MICROS: u64 = 1_000;
+
+/// The server's settings. Field names are the TOML keys.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest client frame payload accepted, in bytes. The protocol's own
+    /// maximum (65,793) is also the default; a smaller value refuses long
+    /// messages.
+    pub max_frame_bytes: usize,
+    /// Connections served at once; further ones are told to try later.
+    pub max_connections: usize,
+    /// Connections served at once from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Bytes queued for one client before it counts as too slow and is
+    /// disconnected.
+    pub send_queue_bytes: usize,
+    /// Seconds without any complete frame (heartbeats count) before a
+    /// connection is closed.
+    pub idle_timeout_secs: f64,
+    /// Seconds a new connection has to complete its first frame. Shorter than
+    /// the idle timeout, so connections opened and left silent, or trickling
+    /// a frame byte by byte, are shed quickly.
+    pub handshake_timeout_secs: f64,
+    /// Room and direct messages allowed per window; the next is refused.
+    pub rate_limit_messages: usize,
+    /// Length of the sliding rate-limit window, in seconds.
+    pub rate_limit_window_secs: f64,
+    /// Nick changes allowed per window.
+    pub nick_rate_limit: usize,
+    /// Length of the sliding nick-change window, in seconds.
+    pub nick_rate_window_secs: f64,
+    /// Joins that need a password hash (creating or entering a protected
+    /// room) allowed per window; each costs argon2's memory and time.
+    pub password_join_rate_limit: usize,
+    /// Length of the sliding password-join window, in seconds.
+    pub password_join_rate_window_secs: f64,
+    /// Rooms that may exist at once.
+    pub max_rooms: usize,
+    /// Members one room may have.
+    pub max_room_members: usize,
+    /// Argon2id memory cost for room passwords, in KiB.
+    pub argon2_memory_kib: u32,
+    /// Argon2id iterations.
+    pub argon2_iterations: u32,
+    /// Argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once (each thread keeps one memory block).
+    pub password_hash_threads: usize,
+    /// Password checks waiting for a hashing thread before joins are told to
+    /// try later; 0 means a join is only served when a thread is free.
+    pub password_queue: usize,
+    /// Threads that make room and DM keys and wrap them for their recipients
+    /// (RSA-OAEP, 60–150 µs per recipient).
+    pub key_wrap_threads: usize,
+    /// DM key requests waiting for a key-wrapping thread before they are told
+    /// to try later. Room key rotations are never refused.
+    pub key_wrap_queue: usize,
+    /// Seconds a closing connection (or the whole server, at shutdown) may
+    /// spend flushing what is queued for it.
+    pub flush_timeout_secs: f64,
+    /// Largest file that may be offered, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest chunk of a file, in plaintext bytes (a sealed chunk carries up
+    /// to 64 more). The server holds at most a window of chunks per transfer.
+    pub max_chunk_bytes: u32,
+    /// Most chunks a file's sender may have in flight (1 to 64); a sender
+    /// asking for more gets this many.
+    pub max_transfer_window: u8,
+    /// File transfers one user may be sending at once.
+    pub max_transfers_per_user: usize,
+    /// File transfers in progress on the server at once.
+    pub max_transfers: usize,
+    /// Seconds recipients have to accept or decline a file; also how long a
+    /// recipient that disconnected mid-transfer may take to resume, and how
+    /// long a sender may owe a chunk.
+    pub file_decision_timeout_secs: f64,
+    /// Seconds a recipient may go without acknowledging a chunk it was sent
+    /// before it is taken out of the transfer.
+    pub file_ack_timeout_secs: f64,
+    /// Tokio worker threads; 0 means one per available core. With one, the
+    /// server runs the current-thread scheduler.
+    pub worker_threads: usize,
+    /// Microseconds a worker that runs out of work after a busy round waits
+    /// before sleeping in `epoll`, so that its next round reads and writes
+    /// more at once; 0 turns the pause off. At most 1,000.
+    pub busy_pause_micros: u64,
+    /// Socket reads that make a round busy enough to pause after.
+    pub busy_pause_min_reads: u32,
+    /// Address of the Prometheus metrics endpoint; off when absent.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    /// The hub's limits default to [`Limits::default`], where the rules
+    /// they bound are; the rest are the server's own.
+    fn default() -> Config {
+        let hub = Limits::default();
+        let secs = |duration: Duration| duration.as_secs_f64();
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4170)),
+            max_frame_bytes: MAX_CLIENT_PAYLOAD,
+            max_connections: hub.max_connections,
+            max_connections_per_ip: hub.max_connections_per_ip,
+            send_queue_bytes: 1 << 20,
+            idle_timeout_secs: secs(hub.idle_timeout),
+            handshake_timeout_secs: secs(hub.handshake_timeout),
+            rate_limit_messages: hub.message_rate.limit,
+            rate_limit_window_secs: secs(hub.message_rate.window),
+            nick_rate_limit: hub.nick_rate.limit,
+            nick_rate_window_secs: secs(hub.nick_rate.window),
+            password_join_rate_limit: hub.password_join_rate.limit,
+            password_join_rate_window_secs: secs(hub.password_join_rate.window),
+            max_rooms: hub.max_rooms,
+            max_room_members: hub.max_room_members,
+            argon2_memory_kib: argon2::Params::DEFAULT_M_COST,
+            argon2_iterations: argon2::Params::DEFAULT_T_COST,
+            argon2_parallelism: argon2::Params::DEFAULT_P_COST,
+            password_hash_threads: 2,
+            password_queue: 32,
+            key_wrap_threads: 2,
+            key_wrap_queue: 64,
+            flush_timeout_secs: 3.0,
+            max_file_bytes: hub.transfers.max_file_bytes,
+            max_chunk_bytes: hub.transfers.max_chunk_bytes,
+            max_transfer_window: hub.transfers.max_window,
+            max_transfers_per_user: hub.transfers.max_per_user,
+            max_transfers: hub.transfers.max_total,
+            file_decision_timeout_secs: secs(hub.transfers.decision_timeout),
+            file_ack_timeout_secs: secs(hub.transfers.ack_timeout),
+            worker_threads: 0,
+            busy_pause_micros: 50,
+            busy_pause_min_reads: 8,
+            metrics_listen: None,
+        }
+    }
+}
+
+/// A problem with the settings, naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads a TOML file; keys it does not mention keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown,
+            source: Box::new(source),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that every setting makes sense, naming the first that does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        let positive_secs = [
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("nick_rate_window_secs", self.nick_rate_window_secs),
+            (
+                "password_join_rate_window_secs",
+                self.password_join_rate_window_secs,
+            ),
+            ("rate_limit_window_secs", self.rate_limit_window_secs),
+            ("flush_timeout_secs", self.flush_timeout_secs),
+            (
+                "file_decision_timeout_secs",
+                self.file_decision_timeout_secs,
+            ),
+            ("file_ack_timeout_secs", self.file_ack_timeout_secs),
+        ];
+        for (key, secs) in positive_secs {
+            if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+                return invalid(key, "must be a positive number of seconds");
+            }
+        }
+        if self.max_frame_bytes > MAX_CLIENT_PAYLOAD {
+            return invalid(
+                "max_frame_bytes",
+                &format!("at most {MAX_CLIENT_PAYLOAD}, the protocol's largest frame"),
+            );
+        }
+        let at_least_one = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("nick_rate_limit", self.nick_rate_limit),
+            ("password_join_rate_limit", self.password_join_rate_limit),
+            ("max_rooms", self.max_rooms),
+            ("max_room_members", self.max_room_members),
+            ("send_queue_bytes", self.send_queue_bytes),
+            ("rate_limit_messages", self.rate_limit_messages),
+            ("password_hash_threads", self.password_hash_threads),
+            ("key_wrap_threads", self.key_wrap_threads),
+            ("max_chunk_bytes", self.max_chunk_bytes as usize),
+            ("max_transfers_per_user", self.max_transfers_per_user),
+            ("max_transfers", self.max_transfers),
+            ("busy_pause_min_reads", self.busy_pause_min_reads as usize),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if !(1..=MAX_WINDOW).contains(&self.max_transfer_window) {
+            return invalid(
+                "max_transfer_window",
+                &format!("must be 1 to {MAX_WINDOW} chunks"),
+            );
+        }
+        if self.busy_pause_micros > MAX_BUSY_PAUSE_MICROS {
+            return invalid(
+                "busy_pause_micros",
+                &format!("at most {MAX_BUSY_PAUSE_MICROS}: a longer pause only adds latency"),
+            );
+        }
+        if self.max_chunk_bytes > MAX_CHUNK_BYTES {
+            return invalid(
+                "max_chunk_bytes",
+                &format!("at most {MAX_CHUNK_BYTES} (16 MiB)"),
+            );
+        }
+        if let Err(err) = self.argon2_params() {
+            use argon2::Error;
+            let key = match err {
+                Error::TimeTooSmall => "argon2_iterations",
+                Error::ThreadsTooFew | Error::ThreadsTooMany => "argon2_parallelism",
+                _ => "argon2_memory_kib",
+            };
+            return invalid(key, &err.to_string());
+        }
+        Ok(())
+    }
+
+    /// The default settings as a TOML file, for `--help`.
+    pub fn defaults_toml() -> String {
+        let mut shown = toml::to_string(&Config::default()).expect("settings always serialize");
+        shown.push_str("# metrics_listen = \"127.0.0.1:9464\"  (unset by default: no endpoint)\n");
+        shown
+    }
+
+    pub fn argon2_params(&self) -> Result<argon2::Params, argon2::Error> {
+        argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        )
+    }
+
+    /// What the hub enforces, from these settings.
+    pub fn hub_limits(&self) -> Limits {
+        let rate = |limit, secs| Rate {
+            limit,
+            window: Duration::from_secs_f64(secs),
+        };
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            handshake_timeout: self.handshake_timeout(),
+            idle_timeout: self.idle_timeout(),
+            message_rate: rate(self.rate_limit_messages, self.rate_limit_window_secs),
+            nick_rate: rate(self.nick_rate_limit, self.nick_rate_window_secs),
+            password_join_rate: rate(
+                self.password_join_rate_limit,
+                self.password_join_rate_window_secs,
+            ),
+            max_rooms: self.max_rooms,
+            max_room_members: self.max_room_members,
+            transfers: TransferLimits {
+                max_file_bytes: self.max_file_bytes,
+                max_chunk_bytes: self.max_chunk_bytes,
+                max_window: self.max_transfer_window,
+                max_per_user: self.max_transfers_per_user,
+                max_total: self.max_transfers,
+                decision_timeout: self.file_decision_timeout(),
+                ack_timeout: self.file_ack_timeout(),
+            },
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.idle_timeout_secs)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.handshake_timeout_secs)
+    }
+
+    pub fn flush_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.flush_timeout_secs)
+    }
+
+    pub fn file_decision_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.file_decision_timeout_secs)
+    }
+
+    pub fn file_ack_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.file_ack_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_override_defaults_and_typos_are_refused() {
+        let config: Config = toml::from_str("idle_timeout_secs = 10\nmax_connections = 5").unwrap();
+        assert_eq!(config.idle_timeout(), Duration::from_secs(10));
+        assert_eq!(config.max_connections, 5);
+        assert_eq!(config.send_queue_bytes, 1 << 20);
+
+        let err = toml::from_str::<Config>("idle_timout_secs = 10").unwrap_err();
+        assert!(err.to_string().contains("idle_timout_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_defaults_shown_in_help_read_back_as_the_defaults() {
+        let shown = Config::defaults_toml();
+        assert_eq!(toml::from_str::<Config>(&shown).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        let config = Config {
+            max_frame_bytes: 70_000,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("max_frame_bytes"), "{err}");
+        for (config, key) in [
+            (
+                Config {
+                    argon2_iterations: 0,
+                    ..Config::default()
+                },
+                "argon2_iterations",
+            ),
+            (
+                Config {
+                    argon2_parallelism: 0,
+                    ..Config::default()
+                },
+                "argon2_parallelism",
+            ),
+            (
+                Config {
+                    argon2_memory_kib: 1,
+                    ..Config::default()
+                },
+                "argon2_memory_kib",
+            ),
+            (
+                Config {
+                    key_wrap_threads: 0,
+                    ..Config::default()
+                },
+                "key_wrap_threads",
+            ),
+            (
+                Config {
+                    busy_pause_micros: 5_000,
+                    ..Config::default()
+                },
+                "busy_pause_micros",
+            ),
+            (
+                Config {
+                    busy_pause_min_reads: 0,
+                    ..Config::default()
+                },
+                "busy_pause_min_reads",
+            ),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        assert!(Config::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,374 @@
+//! The hub plus each connection's outbound queue, behind one lock.
+//!
+//! A connection task takes the lock, feeds the hub, and applies the actions
+//! it returns right there: frames go into recipients' [`Outbox`]es (a push
+//! onto a queue, no await, no allocation per delivery beyond queue growth),
+//! and the bytes queued per connection are counted so a slow reader is cut
+//! off at `send_queue_bytes` instead of growing without bound.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use rustc_hash::FxHashMap;
+use tracing::warn;
+
+use super::busy_pause;
+use super::outbox::{Outbox, OutboxEvent, Overflow, Queued};
+use super::Clock;
+use crate::config::Config;
+use crate::keywrap::KeyWrapPool;
+use crate::password::PasswordPool;
+use parlor_core::{
+    Action, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, PasswordJob, PasswordOutcome,
+};
+use parlor_proto::FrameCodec;
+
+struct State {
+    hub: Hub,
+    /// Every connection's queue, from its registration until its task ends.
+    /// Keyed by a fast hash: one lookup per delivery, and connection ids are
+    /// counted by the server, never chosen by a client.
+    outboxes: FxHashMap<ConnId, Outbox>,
+    next_conn: u64,
+    /// Cleared at shutdown, so a connection accepted just before is closed
+    /// instead of being registered after everyone else was told to go.
+    accepting: bool,
+    /// Reused for every hub call, so feeding the hub allocates nothing.
+    actions: Vec<Action>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    passwords: PasswordPool,
+    key_wraps: KeyWrapPool,
+    config: Config,
+    clock: Clock,
+}
+
+/// What [`Shared::feed`] left the connection to do.
+pub(crate) enum Fed {
+    /// Keep reading.
+    More,
+    /// Run this password job, then report with [`Shared::password_checked`].
+    Password(PasswordJob),
+    /// Run this DM key job, then report with [`Shared::keys_wrapped`].
+    Keys(KeyWrapJob),
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        passwords: PasswordPool,
+        key_wraps: KeyWrapPool,
+        clock: Clock,
+    ) -> Shared {
+        let state = State {
+            hub: Hub::new(&config.hub_limits(), rand::random()),
+            outboxes: FxHashMap::default(),
+            next_conn: 0,
+            accepting: true,
+            actions: Vec::new(),
+        };
+        Shared {
+            state: Mutex::new(state),
+            passwords,
+            key_wraps,
+            config,
+            clock,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    pub(crate) fn passwords(&self) -> &PasswordPool {
+        &self.passwords
+    }
+
+    pub(crate) fn key_wraps(&self) -> &KeyWrapPool {
+        &self.key_wraps
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state is still the
+        // best there is, so keep serving the other connections.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a new connection with the hub. Its task must call
+    /// [`Shared::forget`] when it ends.
+    pub(crate) fn register(&self, peer: SocketAddr) -> ConnId {
+        let mut state = self.lock();
+        state.next_conn += 1;
+        let conn = ConnId(state.next_conn);
+        let accepting = state.accepting;
+        let outbox = state.outboxes.entry(conn).or_default();
+        if !accepting {
+            let _ = outbox.close(CloseReason::Shutdown);
+            return conn;
+        }
+        self.run_hub(&mut state, |hub, out| {
+            hub.connect(conn, peer, self.clock.now(), out)
+        });
+        conn
+    }
+
+    /// Feeds the bytes in `buffer` to the hub (see [`Hub::receive`]).
+    pub(crate) fn feed(&self, conn: ConnId, buffer: &mut BytesMut) -> Fed {
+        // The codec keeps no state between calls, so it is made here rather
+        // than stored in every connection.
+        let mut codec = FrameCodec::new(self.config.max_frame_bytes);
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.receive(conn, &mut codec, buffer, now, out)
+        })
+    }
+
+    /// The server's counters in the Prometheus text format.
+    pub(crate) fn render_metrics(&self) -> String {
+        let stats = self.lock().hub.stats();
+        crate::metrics::render(&stats, busy_pause::pauses())
+    }
+
+    /// Reports a finished password job to the hub.
+    pub(crate) fn password_checked(
+        &self,
+        conn: ConnId,
+        ticket: u64,
+        outcome: PasswordOutcome,
+    ) -> Fed {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.password_checked(conn, ticket, outcome, now, out)
+        })
+    }
+
+    /// Reports a finished key wrap job (a DM key or a rotation) to the hub.
+    pub(crate) fn keys_wrapped(&self, ticket: u64, outcome: KeyWrapOutcome) -> Fed {
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.keys_wrapped(ticket, outcome, out)
+        })
+    }
+
+    /// Ready when the server closes the connection or has frames queued
+    /// for it (see [`Outbox::poll_wake`]).
+    pub(crate) fn poll_wake(&self, conn: ConnId, cx: &mut Context<'_>) -> Poll<OutboxEvent> {
+        match self.lock().outboxes.get_mut(&conn) {
+            Some(outbox) => outbox.poll_wake(cx),
+            None => Poll::Ready(OutboxEvent::Closing(CloseReason::Shutdown)),
+        }
+    }
+
+    /// Takes frames queued for the connection to write (see
+    /// [`Outbox::take_batch`]).
+    pub(crate) fn take_batch(&self, conn: ConnId, batch: &mut Vec<Queued>, max: usize) -> usize {
+        self.lock()
+            .outboxes
+            .get_mut(&conn)
+            .map_or(0, |outbox| outbox.take_batch(batch, max))
+    }
+
+    /// Returns what a write left over (see [`Outbox::put_back`]).
+    pub(crate) fn put_back(
+        &self,
+        conn: ConnId,
+        unwritten: &mut Vec<Queued>,
+        offset: usize,
+        written: usize,
+    ) {
+        if let Some(outbox) = self.lock().outboxes.get_mut(&conn) {
+            outbox.put_back(unwritten, offset, written);
+        }
+    }
+
+    /// The connection ended on its side: the hub forgets the user, and
+    /// nothing more is queued for it. What is queued stays, to be flushed.
+    /// Idempotent.
+    pub(crate) fn disconnect(&self, conn: ConnId, reason: CloseReason) {
+        let mut state = self.lock();
+        if let Some(outbox) = state.outboxes.get_mut(&conn) {
+            // The task calling this is awake: nothing to wake.
+            let _ = outbox.close(reason);
+        }
+        let now = self.clock.now();
+        self.run_hub(&mut state, |hub, out| {
+            hub.disconnect(conn, reason, now, out)
+        });
+    }
+
+    /// The connection's task has ended: drops its queue.
+    pub(crate) fn forget(&self, conn: ConnId) {
+        self.lock().outboxes.remove(&conn);
+    }
+
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        self.lock().hub.poll_timeout()
+    }
+
+    pub(crate) fn handle_timeout(&self, now: Instant) {
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| hub.handle_timeout(now, out));
+    }
+
+    /// Shutdown: every connection flushes what it has and closes. Key
+    /// rotations that the departures would start are dropped: everyone is
+    /// leaving, so they would have nobody to go to.
+    pub(crate) fn close_all(&self) {
+        let mut state = self.lock();
+        state.accepting = false;
+        let now = self.clock.now();
+        let mut dropped = Vec::new();
+        let State { hub, outboxes, .. } = &mut *state;
+        for (conn, outbox) in outboxes.iter_mut() {
+            hub.disconnect(*conn, CloseReason::Shutdown, now, &mut dropped);
+            wake(outbox.close(CloseReason::Shutdown));
+        }
+    }
+
+    /// Calls the hub and applies every action it returns: frames are queued,
+    /// rotations go to the key-wrapping pool. Returns the job that the
+    /// calling connection's reply waits for, if the call produced one (only
+    /// the calling connection's own requests produce them).
+    fn run_hub(&self, state: &mut State, call: impl FnOnce(&mut Hub, &mut Vec<Action>)) -> Fed {
+        let mut actions = std::mem::take(&mut state.actions);
+        call(&mut state.hub, &mut actions);
+        let mut fed = Fed::More;
+        let mut too_slow = Vec::new();
+        let mut run: Option<BroadcastRun> = None;
+        loop {
+            for action in actions.drain(..) {
+                match action {
+                    Action::Broadcast { to, except, frame } => match &mut run {
+                        Some(run) if run.continues(&to, except) => run.frames.push(frame),
+                        _ => {
+                            let next = BroadcastRun {
+                                to,
+                                except,
+                                frames: vec![frame],
+                            };
+                            self.deliver_run(state, run.replace(next), &mut too_slow);
+                        }
+                    },
+                    Action::Send { to, frame } => {
+                        // The sender's own replies may pass its messages'
+                        // run, which is not for it; any other frame waits
+                        // until the run is queued, so every order holds.
+                        if run.as_ref().is_some_and(|run| run.except != to) {
+                            self.deliver_run(state, run.take(), &mut too_slow);
+                        }
+                        if !self.deliver(state, to, Queued::Frame(frame)) {
+                            too_slow.push(to);
+                        }
+                    }
+                    Action::Close { conn, reason } => {
+                        // What was sent before the close is queued before it.
+                        self.deliver_run(state, run.take(), &mut too_slow);
+                        let outbox = state.outboxes.get_mut(&conn);
+                        wake(outbox.and_then(|outbox| outbox.close(reason)));
+                    }
+                    Action::Password(job) => fed = Fed::Password(job),
+                    Action::WrapKeys(job) if job.requester.is_some() => fed = Fed::Keys(job),
+                    Action::WrapKeys(job) => self.key_wraps.rotate(job),
+                }
+            }
+            self.deliver_run(state, run.take(), &mut too_slow);
+            if too_slow.is_empty() {
+                break;
+            }
+            // Told only now, so that this batch stays in order: a slow
+            // consumer's departure may start a rotation of its room's key.
+            let now = self.clock.now();
+            for conn in too_slow.drain(..) {
+                state
+                    .hub
+                    .disconnect(conn, CloseReason::SlowConsumer, now, &mut actions);
+            }
+        }
+        state.actions = actions;
+        fed
+    }
+
+    /// Queues a run of room messages for each of its recipients.
+    fn deliver_run(
+        &self,
+        state: &mut State,
+        run: Option<BroadcastRun>,
+        too_slow: &mut Vec<ConnId>,
+    ) {
+        let Some(BroadcastRun { to, except, frames }) = run else {
+            return;
+        };
+        let run = Queued::run(frames);
+        for &member in to.iter().filter(|member| **member != except) {
+            if !self.deliver(state, member, run.clone()) {
+                too_slow.push(member);
+            }
+        }
+    }
+
+    /// Queues a frame for a connection, cutting the connection off if its
+    /// queue would exceed `send_queue_bytes` (plus, for a file's recipient,
+    /// a window of chunks); returns `false` when it did.
+    fn deliver(&self, state: &mut State, to: ConnId, frame: Queued) -> bool {
+        let State { hub, outboxes, .. } = state;
+        let Some(outbox) = outboxes.get_mut(&to) else {
+            return true;
+        };
+        let limit = self.config.send_queue_bytes;
+        let overflow = match outbox.push(frame, limit) {
+            Ok(waker) => {
+                wake(waker);
+                return true;
+            }
+            Err(overflow) => overflow,
+        };
+        // Looked up only on overflow, so chat pays nothing for it.
+        let limit = limit + hub.queue_allowance(to);
+        let queued = match outbox.push(overflow.frame, limit) {
+            Ok(waker) => {
+                wake(waker);
+                return true;
+            }
+            Err(Overflow { queued, .. }) => queued,
+        };
+        warn!(conn = %to, queued, limit, "send queue overflow");
+        wake(outbox.close(CloseReason::SlowConsumer));
+        false
+    }
+}
+
+/// Room messages in a row from one sender to one room's members, gathered
+/// while a hub call's actions are applied, to be queued as one shared run.
+struct BroadcastRun {
+    to: Arc<Vec<ConnId>>,
+    except: ConnId,
+    frames: Vec<Bytes>,
+}
+
+impl BroadcastRun {
+    /// Whether a broadcast to `to` except `except` goes to exactly the same
+    /// recipients (the member list unchanged since), so it may join the run.
+    fn continues(&self, to: &Arc<Vec<ConnId>>, except: ConnId) -> bool {
+        Arc::ptr_eq(&self.to, to) && self.except == except
+    }
+}
+
+/// Wakes a connection's task, if it was waiting.
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
