@@ -215,6 +215,8 @@ pub enum CloseReason {
     Shutdown,
     /// Reading from or writing to the socket failed.
     IoError,
+    /// The driver found the hub breaking its own contract (a bug); logged.
+    Internal,
 }
 
 impl fmt::Display for CloseReason {
@@ -230,6 +232,7 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => "no complete frame within the handshake timeout",
             CloseReason::Shutdown => "server shutdown",
             CloseReason::IoError => "socket error",
+            CloseReason::Internal => "internal error",
         })
     }
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use rustc_hash::FxHashMap;
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::busy_pause;
 use super::outbox::{Outbox, OutboxEvent, Overflow, Queued};
@@ -49,6 +49,7 @@ pub(crate) struct Shared {
 }
 
 /// What [`Shared::feed`] left the connection to do.
+#[derive(Debug)]
 pub(crate) enum Fed {
     /// Keep reading.
     More,
@@ -56,6 +57,17 @@ pub(crate) enum Fed {
     Password(PasswordJob),
     /// Run this DM key job, then report with [`Shared::keys_wrapped`].
     Keys(KeyWrapJob),
+}
+
+impl Fed {
+    /// The connection whose reply the job is.
+    fn conn(&self) -> ConnId {
+        match self {
+            Fed::Password(job) => job.conn,
+            Fed::Keys(job) => job.requester.expect("only owed jobs are fed"),
+            Fed::More => unreachable!("no job"),
+        }
+    }
 }
 
 impl Shared {
@@ -238,13 +250,26 @@ impl Shared {
         }
     }
 
-    /// Calls the hub and applies every action it returns: frames are queued,
-    /// rotations go to the key-wrapping pool. Returns the job that the
-    /// calling connection's reply waits for, if the call produced one (only
-    /// the calling connection's own requests produce them).
+    /// Calls the hub and applies every action it returns (see
+    /// [`Shared::apply`]).
     fn run_hub(&self, state: &mut State, call: impl FnOnce(&mut Hub, &mut Vec<Action>)) -> Fed {
         let mut actions = std::mem::take(&mut state.actions);
         call(&mut state.hub, &mut actions);
+        let fed = self.apply(state, &mut actions);
+        state.actions = actions;
+        fed
+    }
+
+    /// Applies one hub call's actions, in order: frames are queued,
+    /// rotations go to the key-wrapping pool, and connections that overflow
+    /// their queue are reported to the hub, whose answer is applied in turn.
+    /// Returns the job that the calling connection's reply waits for, if
+    /// the call produced one.
+    ///
+    /// Two rules keep every order the hub gave: consecutive broadcasts to
+    /// the same members are queued as one run, and any other frame but the
+    /// sender's own reply first queues the pending run.
+    fn apply(&self, state: &mut State, actions: &mut Vec<Action>) -> Fed {
         let mut fed = Fed::More;
         let mut too_slow = Vec::new();
         let mut run: Option<BroadcastRun> = None;
@@ -279,8 +304,10 @@ impl Shared {
                         let outbox = state.outboxes.get_mut(&conn);
                         wake(outbox.and_then(|outbox| outbox.close(reason)));
                     }
-                    Action::Password(job) => fed = Fed::Password(job),
-                    Action::WrapKeys(job) if job.requester.is_some() => fed = Fed::Keys(job),
+                    Action::Password(job) => self.owe(state, &mut fed, Fed::Password(job)),
+                    Action::WrapKeys(job) if job.requester.is_some() => {
+                        self.owe(state, &mut fed, Fed::Keys(job))
+                    }
                     Action::WrapKeys(job) => self.key_wraps.rotate(job),
                 }
             }
@@ -294,11 +321,26 @@ impl Shared {
             for conn in too_slow.drain(..) {
                 state
                     .hub
-                    .disconnect(conn, CloseReason::SlowConsumer, now, &mut actions);
+                    .disconnect(conn, CloseReason::SlowConsumer, now, actions);
             }
         }
-        state.actions = actions;
         fed
+    }
+
+    /// Records the job a connection's reply waits for. The hub owes at most
+    /// one per call (its driver contract): a second is a bug in the hub.
+    /// Keeping either job would leave the other request unanswered without
+    /// a word, so the connection is closed instead, with an error logged.
+    fn owe(&self, state: &mut State, fed: &mut Fed, job: Fed) {
+        let Fed::More = fed else {
+            let conn = job.conn();
+            error!(%conn, first = ?fed, second = ?job, "the hub owed two jobs in one call");
+            let outbox = state.outboxes.get_mut(&conn);
+            wake(outbox.and_then(|outbox| outbox.close(CloseReason::Internal)));
+            *fed = Fed::More;
+            return;
+        };
+        *fed = job;
     }
 
     /// Queues a run of room messages for each of its recipients.
@@ -370,5 +412,137 @@ impl BroadcastRun {
 fn wake(waker: Option<Waker>) {
     if let Some(waker) = waker {
         waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::task::Waker;
+
+    use parlor_core::{PasswordJob, PasswordTask};
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A shell with real (one-thread) pools and three registered
+    /// connections.
+    fn shell() -> (Shared, [ConnId; 3]) {
+        let cheap = argon2::Params::new(8, 1, 1, None).unwrap();
+        let passwords = PasswordPool::start(cheap, 1, 1).unwrap();
+        let (key_wraps, _rotations) = KeyWrapPool::start(1, 1).unwrap();
+        let shared = Shared::new(Config::default(), passwords, key_wraps, Clock::real());
+        let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000));
+        let conns = [(); 3].map(|()| shared.register(peer));
+        (shared, conns)
+    }
+
+    fn frame(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    /// What is queued for `conn`, entry by entry.
+    fn queued(state: &mut State, conn: ConnId) -> Vec<Queued> {
+        let mut batch = Vec::new();
+        state
+            .outboxes
+            .get_mut(&conn)
+            .unwrap()
+            .take_batch(&mut batch, 64);
+        batch
+    }
+
+    fn closing(state: &mut State, conn: ConnId) -> Option<CloseReason> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match state.outboxes.get_mut(&conn).unwrap().poll_wake(&mut cx) {
+            Poll::Ready(OutboxEvent::Closing(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
+    fn password_job(conn: ConnId, ticket: u64) -> Action {
+        Action::Password(PasswordJob {
+            conn,
+            ticket,
+            task: PasswordTask::Hash {
+                password: Zeroizing::new(b"pw".to_vec()),
+            },
+        })
+    }
+
+    #[test]
+    fn broadcasts_in_a_row_share_a_run_and_other_frames_keep_their_place() {
+        let (shared, [alice, bob, carol]) = shell();
+        let room = Arc::new(vec![alice, bob, carol]);
+        let broadcast = |text| Action::Broadcast {
+            to: Arc::clone(&room),
+            except: alice,
+            frame: frame(text),
+        };
+        let mut actions = vec![
+            broadcast("one"),
+            broadcast("two"),
+            // The sender's own reply may pass its messages' run...
+            Action::Send {
+                to: alice,
+                frame: frame("ok"),
+            },
+            // ...anything else for a member waits until the run is queued.
+            Action::Send {
+                to: bob,
+                frame: frame("dm"),
+            },
+            broadcast("three"),
+        ];
+        let mut state = shared.lock();
+        assert!(matches!(shared.apply(&mut state, &mut actions), Fed::More));
+        let run = Queued::run(vec![frame("one"), frame("two")]);
+        let three = Queued::Frame(frame("three"));
+        assert_eq!(queued(&mut state, alice), [Queued::Frame(frame("ok"))]);
+        assert_eq!(
+            queued(&mut state, bob),
+            [run.clone(), Queued::Frame(frame("dm")), three.clone()]
+        );
+        assert_eq!(queued(&mut state, carol), [run, three]);
+    }
+
+    #[test]
+    fn a_close_comes_after_what_was_sent_before_it() {
+        let (shared, [alice, bob, _]) = shell();
+        let mut actions = vec![
+            Action::Broadcast {
+                to: Arc::new(vec![alice, bob]),
+                except: alice,
+                frame: frame("bye"),
+            },
+            Action::Close {
+                conn: bob,
+                reason: CloseReason::IdleTimeout,
+            },
+        ];
+        let mut state = shared.lock();
+        shared.apply(&mut state, &mut actions);
+        assert_eq!(queued(&mut state, bob), [Queued::Frame(frame("bye"))]);
+        assert_eq!(closing(&mut state, bob), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn the_one_job_owed_is_handed_to_the_connection() {
+        let (shared, [alice, ..]) = shell();
+        let mut state = shared.lock();
+        let fed = shared.apply(&mut state, &mut vec![password_job(alice, 1)]);
+        assert!(matches!(fed, Fed::Password(job) if job.conn == alice && job.ticket == 1));
+        assert_eq!(closing(&mut state, alice), None);
+    }
+
+    #[test]
+    fn a_second_job_owed_by_one_call_closes_the_connection_instead_of_dropping_one() {
+        let (shared, [alice, ..]) = shell();
+        let mut state = shared.lock();
+        let mut actions = vec![password_job(alice, 1), password_job(alice, 2)];
+        let fed = shared.apply(&mut state, &mut actions);
+        assert!(matches!(fed, Fed::More), "{fed:?}");
+        assert_eq!(closing(&mut state, alice), Some(CloseReason::Internal));
     }
 }
