@@ -8,6 +8,7 @@
 //! output with these, so a rule changed here is changed for all of them.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use bytes::Bytes;
 
@@ -92,47 +93,82 @@ pub enum RuleBreak {
     UnsolicitedReply(u8),
 }
 
+/// Every rule one frame breaks, in the order they are checked; never
+/// none. A report lists them all (an empty `12` is both too short for the
+/// reader and unparsable); a test shows them joined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Breaks(pub Vec<RuleBreak>);
+
+impl fmt::Display for Breaks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, broken) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{broken}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Breaks {}
+
+impl From<RuleBreak> for Breaks {
+    fn from(broken: RuleBreak) -> Breaks {
+        Breaks(vec![broken])
+    }
+}
+
 /// Checks one whole frame, as bytes on the wire, for `reader`.
-pub fn check(wire: &[u8], reader: Reader) -> Result<Delivery, RuleBreak> {
+pub fn check(wire: &[u8], reader: Reader) -> Result<Delivery, Breaks> {
     let header = wire.get(..HEADER_LEN).ok_or(RuleBreak::ShortHeader)?;
     let declared = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let actual = wire.len() - HEADER_LEN;
     if declared != actual {
-        return Err(RuleBreak::LengthMismatch { declared, actual });
+        return Err(RuleBreak::LengthMismatch { declared, actual }.into());
     }
     if header[4..6] != MAGIC {
-        return Err(RuleBreak::BadMagic([header[4], header[5]]));
+        return Err(RuleBreak::BadMagic([header[4], header[5]]).into());
     }
     let frame = Frame::new(header[6], Bytes::copy_from_slice(&wire[HEADER_LEN..]));
     check_frame(&frame, reader)
 }
 
-/// Checks one decoded frame for `reader`, and reports the first rule it
-/// breaks. An empty frame breaks rule 3 whatever its opcode, and is reported
-/// as what else it breaks first (an empty `15` is [`RuleBreak::Unparsable`]
-/// too), so a caller that lists every problem checks `payload.is_empty()`
-/// itself.
-pub fn check_frame(frame: &Frame, reader: Reader) -> Result<Delivery, RuleBreak> {
-    match frame.opcode {
+/// Checks one decoded frame for `reader`: what it is, or every rule it
+/// breaks.
+pub fn check_frame(frame: &Frame, reader: Reader) -> Result<Delivery, Breaks> {
+    let mut breaks = Vec::new();
+    if frame.payload.is_empty() {
+        breaks.push(RuleBreak::Empty);
+    }
+    let judged = match frame.opcode {
         opcode::RESPONSE => match frame.payload.first() {
-            None => Err(RuleBreak::Empty),
-            Some(&ANSWERS_NOTHING) => Err(RuleBreak::StatusAnswersNothing),
-            Some(&status) => Ok(Delivery::Response { status }),
+            // Rule 3 alone: a `9a` with no status byte.
+            None => None,
+            Some(&ANSWERS_NOTHING) => Some(Err(RuleBreak::StatusAnswersNothing)),
+            Some(&status) => Some(Ok(Delivery::Response { status })),
         },
-        opcode::ROOM_MESSAGE | opcode::DIRECT_MESSAGE => match ServerMessage::parse(frame) {
+        opcode::ROOM_MESSAGE | opcode::DIRECT_MESSAGE => Some(match ServerMessage::parse(frame) {
             Ok(ServerMessage::RoomMessage { room, .. }) => Ok(Delivery::RoomMessage { room }),
             Ok(_) => Ok(Delivery::DirectMessage),
             Err(_) => Err(RuleBreak::Unparsable),
-        },
-        other if is_secure_only(other) => match reader {
+        }),
+        other if is_secure_only(other) => Some(match reader {
             Reader::Legacy => Err(RuleBreak::SecureToLegacy(other)),
-            Reader::Secure if frame.payload.is_empty() => Err(RuleBreak::Empty),
             Reader::Secure => match ServerMessage::parse(frame) {
                 Ok(_) => Ok(Delivery::Secure),
                 Err(_) => Err(RuleBreak::Unparsable),
             },
-        },
-        other => Err(RuleBreak::UnknownOpcode(other)),
+        }),
+        other => Some(Err(RuleBreak::UnknownOpcode(other))),
+    };
+    match judged {
+        Some(Ok(delivery)) if breaks.is_empty() => Ok(delivery),
+        Some(Err(broken)) => {
+            breaks.push(broken);
+            Err(Breaks(breaks))
+        }
+        _ => Err(Breaks(breaks)),
     }
 }
 
@@ -214,18 +250,18 @@ mod tests {
         let legacy = Reader::Legacy;
         let ok = encode_response(Status::Ok as u8, std::iter::empty::<&[u8]>());
         assert_eq!(check(&ok, legacy), Ok(Delivery::Response { status: 0 }));
-        assert_eq!(check(&ok[..6], legacy), Err(RuleBreak::ShortHeader));
+        assert_eq!(check(&ok[..6], legacy), Err(RuleBreak::ShortHeader.into()));
         let empty = [0, 0, 0, 0, 0x04, 0x17, 0x9a];
-        assert_eq!(check(&empty, legacy), Err(RuleBreak::Empty));
+        assert_eq!(check(&empty, legacy), Err(RuleBreak::Empty.into()));
         let pending = [0, 0, 0, 1, 0x04, 0x17, 0x9a, 0x03];
         assert_eq!(
             check(&pending, legacy),
-            Err(RuleBreak::StatusAnswersNothing)
+            Err(RuleBreak::StatusAnswersNothing.into())
         );
         let bad_magic = [0, 0, 0, 1, 0x04, 0x18, 0x9a, 0x00];
         assert_eq!(
             check(&bad_magic, legacy),
-            Err(RuleBreak::BadMagic([0x04, 0x18]))
+            Err(RuleBreak::BadMagic([0x04, 0x18]).into())
         );
         let lying = [0, 0, 0, 2, 0x04, 0x17, 0x9a, 0x00];
         assert_eq!(
@@ -233,10 +269,14 @@ mod tests {
             Err(RuleBreak::LengthMismatch {
                 declared: 2,
                 actual: 1
-            })
+            }
+            .into())
         );
         let hello = [0, 0, 0, 1, 0x04, 0x17, 0x9b, 0x00];
-        assert_eq!(check(&hello, legacy), Err(RuleBreak::UnknownOpcode(0x9b)));
+        assert_eq!(
+            check(&hello, legacy),
+            Err(RuleBreak::UnknownOpcode(0x9b).into())
+        );
         let room_key = SecureMessage::RoomKey {
             room: Bytes::from_static(b"vault"),
             epoch: 1,
@@ -245,11 +285,17 @@ mod tests {
         .encode();
         assert_eq!(
             check(&room_key, legacy),
-            Err(RuleBreak::SecureToLegacy(0x84))
+            Err(RuleBreak::SecureToLegacy(0x84).into())
         );
         assert_eq!(check(&room_key, Reader::Secure), Ok(Delivery::Secure));
+        let empty_dm = [0, 0, 0, 0, 0x04, 0x17, 0x12];
+        let both = Breaks(vec![RuleBreak::Empty, RuleBreak::Unparsable]);
+        assert_eq!(check(&empty_dm, legacy), Err(both));
         let cut_room_message = [0, 0, 0, 2, 0x04, 0x17, 0x15, 0x05, 0x61];
-        assert_eq!(check(&cut_room_message, legacy), Err(RuleBreak::Unparsable));
+        assert_eq!(
+            check(&cut_room_message, legacy),
+            Err(RuleBreak::Unparsable.into())
+        );
     }
 
     #[test]

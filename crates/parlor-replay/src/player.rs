@@ -532,9 +532,6 @@ impl<'a> Player<'a> {
         let client = &mut self.clients[index];
         let mut problems = Vec::new();
         let mut answers = None;
-        if frame.payload.is_empty() {
-            problems.push(RuleBreak::Empty.to_string());
-        }
         match rules::check_frame(frame, Reader::Legacy) {
             Ok(Delivery::Response { status }) => match client.unanswered.pop_front() {
                 Some(answered) => answers = Some(answered),
@@ -547,8 +544,11 @@ impl<'a> Player<'a> {
             // parlor never sends 9a 03 (rule 1), but the legacy client
             // ignores it, so a replay against another server is not faulted
             // for one.
-            Err(RuleBreak::StatusAnswersNothing | RuleBreak::Empty) => {}
-            Err(broken) => problems.push(broken.to_string()),
+            Err(breaks) => problems.extend(
+                (breaks.0.iter())
+                    .filter(|broken| **broken != RuleBreak::StatusAnswersNothing)
+                    .map(RuleBreak::to_string),
+            ),
         }
         let asked = answers.as_ref().map_or(Asked::Other, |(asked, _)| *asked);
         let line = reply_line(frame, asked);
