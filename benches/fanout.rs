@@ -24,7 +24,7 @@ fn room_message_to_100_members(c: &mut Criterion) {
         },
         ..Limits::default()
     };
-    let mut hub = Hub::new(&limits, [0; 32]);
+    let mut hub = Hub::new(limits, [0; 32]);
     let mut now = Instant::now();
     let mut out = Vec::new();
     let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));

@@ -169,7 +169,7 @@ fn public_key() -> Vec<u8> {
 /// that fuzzing starts from inside the secure extension.
 #[test]
 fn the_secure_seed_registers_a_key_the_hub_accepts() {
-    let mut harness = parlor_core::harness::Harness::new(&parlor_core::Limits::default());
+    let mut harness = parlor_core::harness::Harness::new(parlor_core::Limits::default());
     let conn = parlor_core::ConnId(1);
     harness.connect(conn);
     let key = Bytes::from(public_key());

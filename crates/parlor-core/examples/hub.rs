@@ -12,9 +12,8 @@ use parlor_core::{Action, ConnId, Hub, Limits};
 use parlor_proto::ClientMessage;
 
 fn main() {
-    let limits = Limits::default();
     // The seed makes resume tokens; a server takes it from the OS.
-    let mut hub = Hub::new(&limits, [0; 32]);
+    let mut hub = Hub::new(Limits::default(), [0; 32]);
     let mut now = Instant::now();
     let mut out = Vec::new();
     let peer = SocketAddr::from(([127, 0, 0, 1], 40_000));

@@ -193,7 +193,7 @@ struct Session {
 impl Session {
     fn new() -> Session {
         Session {
-            harness: Harness::new(&session_limits()),
+            harness: Harness::new(session_limits()),
             slots: Default::default(),
             next_conn: 0,
         }

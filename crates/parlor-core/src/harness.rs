@@ -28,7 +28,7 @@ pub struct Harness {
 impl Harness {
     /// A hub with `limits`, its randomness seeded with a constant so that
     /// a test or a fuzz input always runs the same way.
-    pub fn new(limits: &Limits) -> Harness {
+    pub fn new(limits: Limits) -> Harness {
         Harness {
             hub: Hub::new(limits, [0x5e; 32]),
             now: Instant::now(),

@@ -348,8 +348,7 @@ impl Hub {
     /// A hub enforcing `limits`. `rng_seed` seeds the one source of
     /// randomness the hub has (file-transfer resume tokens): the same seed
     /// and the same inputs give the same outputs.
-    pub fn new(limits: &Limits, rng_seed: [u8; 32]) -> Hub {
-        let mut limits = limits.clone();
+    pub fn new(mut limits: Limits, rng_seed: [u8; 32]) -> Hub {
         // A handshake never gets longer than the idle timeout.
         limits.handshake_timeout = limits.handshake_timeout.min(limits.idle_timeout);
         let slow_down = |rate: Rate, what| {
@@ -1042,16 +1041,6 @@ impl Hub {
         true
     }
 
-    /// Number of connected users.
-    pub fn user_count(&self) -> usize {
-        self.users.len()
-    }
-
-    /// Number of rooms.
-    pub fn room_count(&self) -> usize {
-        self.directory.room_count()
-    }
-
     /// The user's current name.
     pub fn name_of(&self, conn: ConnId) -> Option<&[u8]> {
         self.users.get(&conn).map(|user| &user.name[..])
@@ -1122,11 +1111,6 @@ impl Hub {
     /// beyond `send_queue_bytes`; see [`Transfers::queue_allowance`].
     pub fn queue_allowance(&self, conn: ConnId) -> usize {
         self.transfers.queue_allowance(conn)
-    }
-
-    /// Number of file transfers in progress.
-    pub fn transfer_count(&self) -> usize {
-        self.transfers.len()
     }
 }
 

@@ -16,11 +16,11 @@ use parlor_proto::{Frame, ServerMessage, HEADER_LEN};
 /// Shorthands for the tests below.
 impl Harness {
     fn with_defaults() -> Harness {
-        Harness::new(&Limits::default())
+        Harness::new(Limits::default())
     }
 
     fn with(limits: Limits) -> Harness {
-        Harness::new(&limits)
+        Harness::new(limits)
     }
 
     /// Opens connection `id`, which must be accepted silently.
@@ -206,9 +206,9 @@ fn join_creates_moves_and_deletes_rooms() {
         "moved without LEAVE"
     );
     assert_eq!(h.hub.room_of(a), Some(&b"other"[..]));
-    assert_eq!(h.hub.room_count(), 2);
+    assert_eq!(h.hub.stats().rooms, 2);
     h.disconnect(b);
-    assert_eq!(h.hub.room_count(), 1, "lobby deleted with its last member");
+    assert_eq!(h.hub.stats().rooms, 1, "lobby deleted with its last member");
     assert_eq!(
         sent(&h.join(a, "", "")),
         [(a, response(1, text::ROOM_EMPTY))]
@@ -303,7 +303,7 @@ fn requests_while_a_password_is_checked_are_refused_and_stale_answers_ignored() 
     h.hub
         .password_checked(a, job.ticket, PasswordOutcome::Busy, h.now, &mut out);
     assert_eq!(sent(&out), [(a, response(2, text::PASSWORDS_BUSY))]);
-    assert_eq!(h.hub.room_count(), 0);
+    assert_eq!(h.hub.stats().rooms, 0);
 }
 
 #[test]
@@ -314,7 +314,7 @@ fn leave_in_a_room_stays_and_leave_outside_closes_after_the_reply() {
     let out = h.send(a, ClientMessage::Leave);
     assert_eq!(sent(&out), [(a, ok())]);
     assert!(closed(&out).is_empty());
-    assert_eq!(h.hub.room_count(), 0);
+    assert_eq!(h.hub.stats().rooms, 0);
     let out = h.send(a, ClientMessage::Leave);
     assert!(matches!(
         out.as_slice(),
@@ -643,7 +643,7 @@ fn the_connection_limit_refuses_with_try_later() {
     );
     assert_eq!(sent(&out), [(ConnId(2), response(2, text::SERVER_FULL))]);
     assert_eq!(closed(&out), [(ConnId(2), CloseReason::ServerFull)]);
-    assert_eq!(h.hub.user_count(), 1);
+    assert_eq!(h.hub.stats().connections, 1);
 }
 
 #[test]
@@ -663,7 +663,7 @@ fn malformed_input_is_answered_then_closed() {
         [(a, response(1, "Malformed frame: unknown opcode 0x77."))]
     );
     assert_eq!(closed(&out), [(a, CloseReason::Malformed)]);
-    assert_eq!(h.hub.room_count(), 0);
+    assert_eq!(h.hub.stats().rooms, 0);
     h.hub.check_invariants().unwrap();
 }
 

@@ -59,17 +59,6 @@ pub(crate) enum Fed {
     Keys(KeyWrapJob),
 }
 
-impl Fed {
-    /// The connection whose reply the job is.
-    fn conn(&self) -> ConnId {
-        match self {
-            Fed::Password(job) => job.conn,
-            Fed::Keys(job) => job.requester.expect("only owed jobs are fed"),
-            Fed::More => unreachable!("no job"),
-        }
-    }
-}
-
 impl Shared {
     pub(crate) fn new(
         config: Config,
@@ -78,7 +67,7 @@ impl Shared {
         clock: Clock,
     ) -> Shared {
         let state = State {
-            hub: Hub::new(&config.hub_limits(), rand::random()),
+            hub: Hub::new(config.hub_limits(), rand::random()),
             outboxes: FxHashMap::default(),
             next_conn: 0,
             accepting: true,
@@ -304,11 +293,13 @@ impl Shared {
                         let outbox = state.outboxes.get_mut(&conn);
                         wake(outbox.and_then(|outbox| outbox.close(reason)));
                     }
-                    Action::Password(job) => self.owe(state, &mut fed, Fed::Password(job)),
-                    Action::WrapKeys(job) if job.requester.is_some() => {
-                        self.owe(state, &mut fed, Fed::Keys(job))
+                    Action::Password(job) => {
+                        self.owe(state, &mut fed, job.conn, Fed::Password(job))
                     }
-                    Action::WrapKeys(job) => self.key_wraps.rotate(job),
+                    Action::WrapKeys(job) => match job.requester {
+                        Some(conn) => self.owe(state, &mut fed, conn, Fed::Keys(job)),
+                        None => self.key_wraps.rotate(job),
+                    },
                 }
             }
             self.deliver_run(state, run.take(), &mut too_slow);
@@ -327,13 +318,12 @@ impl Shared {
         fed
     }
 
-    /// Records the job a connection's reply waits for. The hub owes at most
-    /// one per call (its driver contract): a second is a bug in the hub.
+    /// Records the job `conn`'s reply waits for. The hub owes at most one
+    /// per call (its driver contract): a second is a bug in the hub.
     /// Keeping either job would leave the other request unanswered without
     /// a word, so the connection is closed instead, with an error logged.
-    fn owe(&self, state: &mut State, fed: &mut Fed, job: Fed) {
+    fn owe(&self, state: &mut State, fed: &mut Fed, conn: ConnId, job: Fed) {
         let Fed::More = fed else {
-            let conn = job.conn();
             error!(%conn, first = ?fed, second = ?job, "the hub owed two jobs in one call");
             let outbox = state.outboxes.get_mut(&conn);
             wake(outbox.and_then(|outbox| outbox.close(CloseReason::Internal)));
