@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parlor_core::fuzzing::{
-    file_session_seed, secure_session_seed, session, Happening, SessionEvent, SESSION_CLIENTS,
+    file_session_seed, secure_session_seed, session, EventKind, SessionEvent, SESSION_CLIENTS,
 };
 use parlor_proto::fuzzing::{frame_decoder, DecoderInput};
 use parlor_proto::legacy::{HEARTBEAT_PAYLOAD, LEGACY_GREETING};
@@ -120,23 +120,23 @@ pub fn session_seed(capture: &Capture) -> Vec<u8> {
         };
         for sent in &client.sent {
             let what = match sent.kind {
-                SentKind::Frame(opcode) => Happening::Frame {
+                SentKind::Frame(opcode) => EventKind::Frame {
                     opcode,
                     payload: sent.bytes[HEADER_LEN..].to_vec(),
                 },
                 SentKind::Garbage | SentKind::Unfinished => {
-                    Happening::Bytes(sent.bytes.iter().copied().take(255).collect())
+                    EventKind::Bytes(sent.bytes.iter().copied().take(255).collect())
                 }
             };
             let joined = sent.kind == SentKind::Frame(opcode::JOIN);
             timed.push((sent.when, event(what)));
             if joined {
                 // The hash of a room password takes milliseconds.
-                timed.push((sent.when, event(Happening::FinishHash)));
+                timed.push((sent.when, event(EventKind::FinishHash)));
             }
         }
         if let End::ClientClosed(when) | End::ServerClosed(when) = client.end {
-            timed.push((when, event(Happening::Close)));
+            timed.push((when, event(EventKind::Close)));
         }
     }
     timed.sort_by_key(|(when, _)| when.packet);
@@ -301,20 +301,20 @@ fn wait() -> impl Strategy<Value = u8> {
     prop_oneof![8 => 0u8..40, 1 => 150u8..=255]
 }
 
-fn happening() -> impl Strategy<Value = Happening> {
+fn happening() -> impl Strategy<Value = EventKind> {
     prop_oneof![
         12 => client_message().prop_map(|message| {
             let frame = message.to_frame();
-            Happening::Frame { opcode: frame.opcode, payload: frame.payload.to_vec() }
+            EventKind::Frame { opcode: frame.opcode, payload: frame.payload.to_vec() }
         }),
         // A frame cut in two reads, or a few bytes of anything.
         1 => (client_message(), any::<usize>()).prop_map(|(message, cut)| {
             let wire = wire(&message);
-            Happening::Bytes(wire[..cut % wire.len()].to_vec())
+            EventKind::Bytes(wire[..cut % wire.len()].to_vec())
         }),
-        1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(Happening::Bytes),
-        2 => Just(Happening::Close),
-        3 => Just(Happening::FinishHash),
+        1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(EventKind::Bytes),
+        2 => Just(EventKind::Close),
+        3 => Just(EventKind::FinishHash),
     ]
 }
 

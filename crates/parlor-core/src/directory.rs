@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::secure::RoomKeys;
+use super::secure::RoomKeyState;
 use super::ConnId;
 
 /// A chat room: its members, in order of joining, its password, and for a
@@ -28,7 +28,7 @@ pub struct Room {
     generation: u64,
     /// `Some` for a secure room (created by a secure connection), `None` for
     /// a plaintext one. The kind never changes while the room exists.
-    keys: Option<RoomKeys>,
+    keys: Option<RoomKeyState>,
 }
 
 impl Room {
@@ -53,11 +53,11 @@ impl Room {
         self.keys.is_some()
     }
 
-    pub fn keys(&self) -> Option<&RoomKeys> {
+    pub fn keys(&self) -> Option<&RoomKeyState> {
         self.keys.as_ref()
     }
 
-    pub fn keys_mut(&mut self) -> Option<&mut RoomKeys> {
+    pub fn keys_mut(&mut self) -> Option<&mut RoomKeyState> {
         self.keys.as_mut()
     }
 }
@@ -115,7 +115,7 @@ impl Directory {
             members: Arc::default(),
             password,
             generation: self.next_generation,
-            keys: secure.then(RoomKeys::default),
+            keys: secure.then(RoomKeyState::default),
         };
         self.rooms.insert(name, room);
     }

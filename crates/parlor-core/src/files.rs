@@ -12,8 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::transfer::Offer;
-use super::{respond, text, Action, ConnId, Hub, Room};
-use parlor_proto::legacy::encode_response;
+use super::{respond, respond_naming, text, Action, ConnId, Hub, Room};
 use parlor_proto::transfer::{FileMeta, FileRequest};
 use parlor_proto::Status;
 
@@ -96,15 +95,8 @@ impl Hub {
                 return respond(out, conn, Status::Error, text::FILE_TO_YOURSELF);
             }
             if !self.is_secure(recipient) {
-                let reply = [
-                    b"User '",
-                    &target[..],
-                    b"' cannot receive files: their client does not support them.",
-                ];
-                return out.push(super::send(
-                    conn,
-                    encode_response(Status::Error as u8, reply.into_iter()),
-                ));
+                let reply = text::cannot_receive_files(&target);
+                return respond_naming(out, conn, Status::Error, reply);
             }
             let name = self.users[&recipient].name.clone();
             (None, vec![(recipient, name)], Vec::new())

@@ -33,11 +33,11 @@ pub struct SessionEvent {
     /// Which of [`SESSION_CLIENTS`] clients.
     pub client: u8,
     pub wait: u8,
-    pub what: Happening,
+    pub what: EventKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Happening {
+pub enum EventKind {
     /// A whole frame arrives, framed correctly (its payload may still be
     /// nonsense). A client that is not connected connects first.
     Frame { opcode: u8, payload: Vec<u8> },
@@ -63,25 +63,25 @@ impl SessionEvent {
                 event.client
             );
             let kind = match event.what {
-                Happening::Frame { .. } => 0,
-                Happening::Bytes(_) => 1,
-                Happening::Close => 2,
-                Happening::FinishHash => 3,
+                EventKind::Frame { .. } => 0,
+                EventKind::Bytes(_) => 1,
+                EventKind::Close => 2,
+                EventKind::FinishHash => 3,
             };
             bytes.push(kind << 3 | event.client);
             bytes.push(event.wait);
             match &event.what {
-                Happening::Frame { opcode, payload } => {
+                EventKind::Frame { opcode, payload } => {
                     bytes.push(*opcode);
                     let len = u16::try_from(payload.len()).expect("payload over 65,535 bytes");
                     bytes.put_u16(len);
                     bytes.extend_from_slice(payload);
                 }
-                Happening::Bytes(raw) => {
+                EventKind::Bytes(raw) => {
                     bytes.push(u8::try_from(raw.len()).expect("over 255 raw bytes"));
                     bytes.extend_from_slice(raw);
                 }
-                Happening::Close | Happening::FinishHash => {}
+                EventKind::Close | EventKind::FinishHash => {}
             }
         }
         bytes
@@ -106,16 +106,16 @@ impl SessionEvent {
                     };
                     let len = usize::from(u16::from_be_bytes([high, low]));
                     let payload = take(len, &mut data);
-                    Happening::Frame { opcode, payload }
+                    EventKind::Frame { opcode, payload }
                 }
                 1 => {
                     let [len] = take(1, &mut data)[..] else {
                         break;
                     };
-                    Happening::Bytes(take(usize::from(len), &mut data))
+                    EventKind::Bytes(take(usize::from(len), &mut data))
                 }
-                2 => Happening::Close,
-                _ => Happening::FinishHash,
+                2 => EventKind::Close,
+                _ => EventKind::FinishHash,
             };
             events.push(SessionEvent { client, wait, what });
         }
@@ -151,14 +151,14 @@ pub fn session_limits() -> Limits {
 ///
 /// [`Hub::receive`]: crate::Hub::receive
 pub fn session(data: &[u8]) {
-    let mut session = Session::new();
+    let mut session = SessionDriver::new();
     for event in SessionEvent::decode(data) {
         session.step(event);
     }
 }
 
 /// A client's connection, and what the driver knows about it.
-struct Connection {
+struct FuzzedConnection {
     id: ConnId,
     codec: FrameCodec,
     /// Bytes received and not yet decoded by the hub.
@@ -183,16 +183,16 @@ struct Connection {
     secure: bool,
 }
 
-struct Session {
+struct SessionDriver {
     harness: Harness,
     /// Each client's connection, if it has one now.
-    slots: [Option<Connection>; SESSION_CLIENTS as usize],
+    slots: [Option<FuzzedConnection>; SESSION_CLIENTS as usize],
     next_conn: u64,
 }
 
-impl Session {
-    fn new() -> Session {
-        Session {
+impl SessionDriver {
+    fn new() -> SessionDriver {
+        SessionDriver {
             harness: Harness::new(session_limits()),
             slots: Default::default(),
             next_conn: 0,
@@ -219,13 +219,13 @@ impl Session {
         self.apply(None, timers);
         let slot = usize::from(event.client % SESSION_CLIENTS);
         match event.what {
-            Happening::Frame { opcode, payload } => {
+            EventKind::Frame { opcode, payload } => {
                 let wire = Frame::new(opcode, Bytes::from(payload)).to_bytes();
                 self.arrive(slot, &wire);
             }
-            Happening::Bytes(bytes) => self.arrive(slot, &bytes),
-            Happening::Close => self.close(slot),
-            Happening::FinishHash => self.finish_hash(slot),
+            EventKind::Bytes(bytes) => self.arrive(slot, &bytes),
+            EventKind::Close => self.close(slot),
+            EventKind::FinishHash => self.finish_hash(slot),
         }
         if let Err(problem) = self.harness.hub.check_invariants() {
             panic!("inconsistent hub state: {problem}");
@@ -265,7 +265,7 @@ impl Session {
             }
             other => panic!("a connect did something but refuse: {other:?}"),
         }
-        self.slots[slot] = Some(Connection {
+        self.slots[slot] = Some(FuzzedConnection {
             id,
             codec: FrameCodec::new(MAX_CLIENT_PAYLOAD),
             buffer: BytesMut::new(),
@@ -441,7 +441,7 @@ impl Session {
     }
 }
 
-impl Connection {
+impl FuzzedConnection {
     /// Counts the requests in the bytes the hub took since the last call,
     /// with a codec of its own: every frame but a heartbeat, a file chunk
     /// and an ack is one, and so are bytes that are not frames (parlor
@@ -619,7 +619,7 @@ fn scripted_seed(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<u
             SessionEvent {
                 client,
                 wait: 0,
-                what: Happening::Frame {
+                what: EventKind::Frame {
                     opcode: frame.opcode,
                     payload: frame.payload.to_vec(),
                 },
@@ -629,7 +629,7 @@ fn scripted_seed(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<u
     events.push(SessionEvent {
         client: 0,
         wait: 0,
-        what: Happening::Close,
+        what: EventKind::Close,
     });
     SessionEvent::encode(&events)
 }

@@ -20,8 +20,8 @@ use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
 use tracing::{error, info};
 
-use super::{respond, send, text, Action, ConnId, Hub, Pending, Room};
-use parlor_proto::legacy::{encode_response, OK_RESPONSE};
+use super::{respond, respond_naming, send, text, Action, ConnId, Hub, Pending, Room};
+use parlor_proto::legacy::OK_RESPONSE;
 use parlor_proto::printable::Printable;
 use parlor_proto::secure::{DM_KEY_OAEP_LABEL, KEY_BITS, ROOM_KEY_OAEP_LABEL};
 use parlor_proto::{SecureMessage, Status};
@@ -33,19 +33,19 @@ use parlor_proto::{SecureMessage, Status};
 /// The DER is kept exactly as its owner sent it, because that is what its
 /// peers receive in PEER_KEY.
 #[derive(Clone)]
-pub(crate) struct PeerKey {
+pub(crate) struct RegisteredKey {
     der: Bytes,
     public: Arc<rsa::PublicKey>,
 }
 
-impl PeerKey {
+impl RegisteredKey {
     /// Parses a DER SubjectPublicKeyInfo; `None` unless it holds an RSA key
     /// whose modulus has [`KEY_BITS`] bits.
-    pub(crate) fn parse(der: &[u8]) -> Option<PeerKey> {
+    pub(crate) fn parse(der: &[u8]) -> Option<RegisteredKey> {
         let public = rsa::PublicKey::from_public_key_der(der).ok()?;
         KEY_BITS
             .contains(&(public.n().bit_width() as usize))
-            .then(|| PeerKey {
+            .then(|| RegisteredKey {
                 der: Bytes::copy_from_slice(der),
                 public: Arc::new(public),
             })
@@ -61,9 +61,9 @@ impl PeerKey {
     }
 }
 
-impl fmt::Debug for PeerKey {
+impl fmt::Debug for RegisteredKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerKey({} bits)", self.bits())
+        write!(f, "RegisteredKey({} bits)", self.bits())
     }
 }
 
@@ -86,21 +86,21 @@ impl KeyUse {
 
 /// One recipient of a wrapped key.
 #[derive(Clone)]
-pub struct Recipient {
+pub struct KeyRecipient {
     pub conn: ConnId,
     pub key: Arc<rsa::PublicKey>,
 }
 
-impl Recipient {
-    fn of(conn: ConnId, key: &PeerKey) -> Recipient {
-        Recipient {
+impl KeyRecipient {
+    fn of(conn: ConnId, key: &RegisteredKey) -> KeyRecipient {
+        KeyRecipient {
             conn,
             key: Arc::clone(&key.public),
         }
     }
 }
 
-impl fmt::Debug for Recipient {
+impl fmt::Debug for KeyRecipient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({} bits)", self.conn, self.key.n().bit_width())
     }
@@ -113,7 +113,7 @@ impl fmt::Debug for Recipient {
 pub struct KeyWrapJob {
     pub ticket: u64,
     pub key_use: KeyUse,
-    pub recipients: Vec<Recipient>,
+    pub recipients: Vec<KeyRecipient>,
     /// The connection whose reply is owed until the job is done (a
     /// DM_KEY_REQUEST): the driver reads no further requests from it
     /// meanwhile. `None` for a room key rotation, which nobody waits for.
@@ -136,7 +136,7 @@ pub enum KeyWrapOutcome {
 
 /// The key state of a secure room.
 #[derive(Debug, Default)]
-pub struct RoomKeys {
+pub struct RoomKeyState {
     /// The epoch of the newest key made for the room; 0 before the first.
     epoch: u32,
     /// A rotation is in flight.
@@ -169,7 +169,7 @@ impl Hub {
         if user.key.is_some() {
             return respond(out, conn, Status::Error, text::KEY_ALREADY_REGISTERED);
         }
-        let Some(key) = PeerKey::parse(der) else {
+        let Some(key) = RegisteredKey::parse(der) else {
             return respond(out, conn, Status::Error, text::BAD_PUBLIC_KEY);
         };
         info!(peer = %user.peer, nick = %Printable(&user.name), bits = key.bits(), "key registered");
@@ -266,12 +266,12 @@ impl Hub {
     fn rotate(&mut self, room: &Bytes, out: &mut Vec<Action>) {
         let entry = self.directory.room_mut(room).expect("caller checked");
         let generation = entry.generation();
-        let recipients: Vec<Recipient> = entry
+        let recipients: Vec<KeyRecipient> = entry
             .members()
             .iter()
             .filter_map(|member| {
                 let key = self.users.get(member)?.key.as_ref()?;
-                Some(Recipient::of(*member, key))
+                Some(KeyRecipient::of(*member, key))
             })
             .collect();
         let keys = entry.keys_mut().expect("caller checked");
@@ -317,17 +317,12 @@ impl Hub {
             return respond(out, conn, Status::Error, text::DM_KEY_WITH_YOURSELF);
         }
         let Some(peer_key) = &self.users[&peer].key else {
-            let reply = [
-                b"User '",
-                target,
-                b"' has no key; messages to them are not encrypted.",
-            ];
-            return out.push(send(
-                conn,
-                encode_response(Status::Error as u8, reply.into_iter()),
-            ));
+            return respond_naming(out, conn, Status::Error, text::has_no_key(target));
         };
-        let recipients = vec![Recipient::of(conn, own_key), Recipient::of(peer, peer_key)];
+        let recipients = vec![
+            KeyRecipient::of(conn, own_key),
+            KeyRecipient::of(peer, peer_key),
+        ];
         // Key ids count up from 1 and are never 0.
         self.last_key_id = self.last_key_id.checked_add(1).unwrap_or(1);
         let ticket = self.new_ticket();

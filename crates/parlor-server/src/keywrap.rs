@@ -195,7 +195,7 @@ mod tests {
     use rsa::traits::PublicKeyParts;
 
     use super::*;
-    use parlor_core::{ConnId, KeyUse, Recipient};
+    use parlor_core::{ConnId, KeyRecipient, KeyUse};
 
     /// Two 2048-bit keys, made once for all the tests here.
     fn private_keys() -> &'static [rsa::PrivateKey; 2] {
@@ -210,7 +210,7 @@ mod tests {
         let recipients = private_keys()
             .iter()
             .enumerate()
-            .map(|(index, key)| Recipient {
+            .map(|(index, key)| KeyRecipient {
                 conn: ConnId(index as u64 + 1),
                 key: Arc::new(key.to_public_key()),
             })

@@ -123,15 +123,15 @@ fn windows(out: &[Action]) -> Vec<u32> {
 }
 
 /// A transfer machine, the fake clock, and the transfer under test.
-struct Bench {
+struct Fixture {
     transfers: Transfers,
     now: Instant,
     id: u32,
 }
 
-impl Bench {
-    fn new() -> Bench {
-        Bench {
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
             transfers: Transfers::new(limits(), [7; 32]),
             now: Instant::now(),
             id: 0,
@@ -160,8 +160,8 @@ impl Bench {
     }
 
     /// Offers a `size`-byte file to `recipients`, who all accept.
-    fn started(recipients: &[ConnId], size: u64, window: u8) -> Bench {
-        let mut bench = Bench::new();
+    fn started(recipients: &[ConnId], size: u64, window: u8) -> Fixture {
+        let mut bench = Fixture::new();
         bench.offer_to(recipients, size, window);
         for &conn in recipients {
             bench.decide(conn, true);
@@ -209,7 +209,7 @@ impl Bench {
 
 #[test]
 fn an_offer_is_confirmed_to_the_sender_and_forwarded_once_to_each_recipient() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     let out = bench.offer_to(&[BOB, CAROL], 2500, 8);
     let messages = decoded(&out);
     assert_eq!(messages.len(), 4);
@@ -256,7 +256,7 @@ fn an_offer_is_confirmed_to_the_sender_and_forwarded_once_to_each_recipient() {
 
 #[test]
 fn when_all_accept_the_sender_starts_with_the_granted_window() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB, CAROL], 2500, 8);
     let out = bench.decide(BOB, true);
     let messages = decoded(&out);
@@ -283,7 +283,7 @@ fn when_all_accept_the_sender_starts_with_the_granted_window() {
 
 #[test]
 fn a_decline_is_acknowledged_and_leaves_the_others() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB, CAROL], 2500, 4);
     assert_eq!(decoded(&bench.decide(BOB, false)), [(BOB, ok())]);
     let out = bench.decide(CAROL, true);
@@ -299,7 +299,7 @@ fn a_decline_is_acknowledged_and_leaves_the_others() {
 
 #[test]
 fn when_nobody_accepts_the_sender_is_told_no_transmission() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB, CAROL], 2500, 4);
     bench.decide(BOB, false);
     let out = bench.decide(CAROL, false);
@@ -312,7 +312,7 @@ fn when_nobody_accepts_the_sender_is_told_no_transmission() {
 
 #[test]
 fn an_offer_to_nobody_ends_at_once() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     let out = bench.offer_to(&[], 2500, 4);
     assert_eq!(
         endings(&out),
@@ -323,7 +323,7 @@ fn an_offer_to_nobody_ends_at_once() {
 
 #[test]
 fn undecided_recipients_are_dropped_at_the_decision_timeout() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB, CAROL, DAVE], 2500, 4);
     bench.decide(BOB, true);
     bench.decide(DAVE, false);
@@ -346,7 +346,7 @@ fn undecided_recipients_are_dropped_at_the_decision_timeout() {
 
 #[test]
 fn at_the_decision_timeout_with_no_acceptance_there_is_no_transmission() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB], 2500, 4);
     let out = bench.advance(30);
     assert_eq!(
@@ -363,7 +363,7 @@ fn at_the_decision_timeout_with_no_acceptance_there_is_no_transmission() {
 #[test]
 fn chunks_flow_through_a_window_and_the_transfer_finishes() {
     // 2500 bytes in 1000-byte chunks: 3 chunks, the last one short.
-    let mut bench = Bench::started(&[BOB, CAROL], 2500, 2);
+    let mut bench = Fixture::started(&[BOB, CAROL], 2500, 2);
     let out = bench.chunk(0);
     assert_eq!(chunks(&out), [(BOB, 0), (CAROL, 0)]);
     let Action::Send { frame: to_bob, .. } = &out[0] else {
@@ -419,7 +419,7 @@ fn chunks_flow_through_a_window_and_the_transfer_finishes() {
 
 #[test]
 fn acks_out_of_order_fill_the_bitmap() {
-    let mut bench = Bench::started(&[BOB], 4000, 4);
+    let mut bench = Fixture::started(&[BOB], 4000, 4);
     for index in 0..4 {
         bench.chunk(index);
     }
@@ -431,7 +431,7 @@ fn acks_out_of_order_fill_the_bitmap() {
 
 #[test]
 fn a_duplicate_ack_is_ignored() {
-    let mut bench = Bench::started(&[BOB], 4000, 4);
+    let mut bench = Fixture::started(&[BOB], 4000, 4);
     bench.chunk(0);
     bench.chunk(1);
     assert_eq!(windows(&bench.ack(BOB, 0)), [1]);
@@ -444,7 +444,7 @@ fn a_duplicate_ack_is_ignored() {
 
 #[test]
 fn an_ack_for_a_chunk_never_sent_takes_the_recipient_out() {
-    let mut bench = Bench::started(&[BOB, CAROL], 4000, 4);
+    let mut bench = Fixture::started(&[BOB, CAROL], 4000, 4);
     bench.chunk(0);
     let out = bench.ack(BOB, 1);
     assert_eq!(
@@ -459,7 +459,7 @@ fn an_ack_for_a_chunk_never_sent_takes_the_recipient_out() {
 
 #[test]
 fn the_sender_may_not_go_beyond_the_window() {
-    let mut bench = Bench::started(&[BOB], 10_000, 2);
+    let mut bench = Fixture::started(&[BOB], 10_000, 2);
     bench.chunk(0);
     bench.chunk(1);
     let out = bench.chunk(2);
@@ -475,7 +475,7 @@ fn the_sender_may_not_go_beyond_the_window() {
 
 #[test]
 fn chunks_out_of_range_out_of_order_oversized_or_early_end_the_transfer() {
-    type Violation = fn(&mut Bench) -> Vec<Action>;
+    type Violation = fn(&mut Fixture) -> Vec<Action>;
     let violations: [(&str, Violation); 4] = [
         ("out of range", |bench| {
             bench.chunk(0);
@@ -501,7 +501,7 @@ fn chunks_out_of_range_out_of_order_oversized_or_early_end_the_transfer() {
         }),
     ];
     for (case, violate) in violations {
-        let mut bench = Bench::started(&[BOB], 2500, 4);
+        let mut bench = Fixture::started(&[BOB], 2500, 4);
         let out = violate(&mut bench);
         if case == "a chunk after done" {
             // Bob acked everything: the transfer finished at FILE_DONE, and
@@ -516,7 +516,7 @@ fn chunks_out_of_range_out_of_order_oversized_or_early_end_the_transfer() {
         );
         assert!(!bench.active(), "{case}");
     }
-    let mut early = Bench::new();
+    let mut early = Fixture::new();
     early.offer_to(&[BOB], 2500, 4);
     let out = early.chunk(0);
     assert!(
@@ -527,7 +527,7 @@ fn chunks_out_of_range_out_of_order_oversized_or_early_end_the_transfer() {
 
 #[test]
 fn a_chunk_for_no_transfer_or_from_someone_else_is_dropped_quietly() {
-    let mut bench = Bench::started(&[BOB], 2500, 4);
+    let mut bench = Fixture::started(&[BOB], 2500, 4);
     let data = [0; 10];
     assert!(bench
         .run(|t, now, out| t.chunk(BOB, 1, 0, &data, now, out))
@@ -543,7 +543,7 @@ fn a_chunk_for_no_transfer_or_from_someone_else_is_dropped_quietly() {
 
 #[test]
 fn a_recipient_that_does_not_ack_in_time_is_removed_and_the_others_go_on() {
-    let mut bench = Bench::started(&[BOB, CAROL], 4000, 4);
+    let mut bench = Fixture::started(&[BOB, CAROL], 4000, 4);
     bench.chunk(0);
     bench.chunk(1);
     bench.ack(BOB, 0);
@@ -573,7 +573,7 @@ fn a_recipient_that_does_not_ack_in_time_is_removed_and_the_others_go_on() {
 
 #[test]
 fn a_recipient_making_progress_is_never_too_slow() {
-    let mut bench = Bench::started(&[BOB], 20_000, 1);
+    let mut bench = Fixture::started(&[BOB], 20_000, 1);
     for index in 0..20 {
         bench.chunk(index);
         bench.advance(9);
@@ -584,7 +584,7 @@ fn a_recipient_making_progress_is_never_too_slow() {
 
 #[test]
 fn when_the_sender_disconnects_everyone_is_told() {
-    let mut bench = Bench::started(&[BOB, CAROL], 4000, 4);
+    let mut bench = Fixture::started(&[BOB, CAROL], 4000, 4);
     bench.chunk(0);
     let out = bench.run(|t, now, out| t.disconnected(SENDER, now, out));
     assert_eq!(
@@ -600,7 +600,7 @@ fn when_the_sender_disconnects_everyone_is_told() {
 
 #[test]
 fn when_the_sender_leaves_the_room_everyone_is_told() {
-    let mut bench = Bench::started(&[BOB], 4000, 4);
+    let mut bench = Fixture::started(&[BOB], 4000, 4);
     let out = bench.run(|t, now, out| t.left_room(SENDER, b"lobby", now, out));
     assert_eq!(
         endings(&out),
@@ -609,14 +609,14 @@ fn when_the_sender_leaves_the_room_everyone_is_told() {
             (BOB, Bytes::new(), EndReason::SenderLeft),
         ]
     );
-    let mut other_room = Bench::started(&[BOB], 4000, 4);
+    let mut other_room = Fixture::started(&[BOB], 4000, 4);
     let out = other_room.run(|t, now, out| t.left_room(SENDER, b"elsewhere", now, out));
     assert!(out.is_empty() && other_room.active());
 }
 
 #[test]
 fn a_recipient_leaving_the_room_is_out_and_the_last_one_ends_it() {
-    let mut bench = Bench::started(&[BOB, CAROL], 4000, 4);
+    let mut bench = Fixture::started(&[BOB, CAROL], 4000, 4);
     bench.chunk(0);
     let out = bench.run(|t, now, out| t.left_room(BOB, b"lobby", now, out));
     assert_eq!(
@@ -640,7 +640,7 @@ fn a_recipient_leaving_the_room_is_out_and_the_last_one_ends_it() {
 
 #[test]
 fn an_undecided_recipient_that_disconnects_counts_as_a_decline() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB, CAROL], 2500, 4);
     bench.decide(BOB, true);
     let out = bench.run(|t, now, out| t.disconnected(CAROL, now, out));
@@ -656,8 +656,8 @@ fn an_undecided_recipient_that_disconnects_counts_as_a_decline() {
 }
 
 /// Bob accepts, receives chunks 0 and 1, acks 0, and disconnects.
-fn detached_after_two_chunks(recipients: &[ConnId]) -> (Bench, [u8; TOKEN_LEN]) {
-    let mut bench = Bench::new();
+fn detached_after_two_chunks(recipients: &[ConnId]) -> (Fixture, [u8; TOKEN_LEN]) {
+    let mut bench = Fixture::new();
     bench.offer_to(recipients, 4000, 4);
     let out = bench.decide(BOB, true);
     let token = match &decoded(&out)[0] {
@@ -752,7 +752,7 @@ fn a_detached_recipient_that_does_not_return_is_dropped() {
 
 #[test]
 fn a_sender_that_stops_sending_is_ended() {
-    let mut bench = Bench::started(&[BOB], 4000, 4);
+    let mut bench = Fixture::started(&[BOB], 4000, 4);
     bench.chunk(0);
     bench.advance(5);
     bench.ack(BOB, 0);
@@ -769,7 +769,7 @@ fn a_sender_that_stops_sending_is_ended() {
 
 #[test]
 fn a_sender_waiting_on_a_full_window_has_not_stalled() {
-    let mut bench = Bench::started(&[BOB], 4000, 1);
+    let mut bench = Fixture::started(&[BOB], 4000, 1);
     bench.chunk(0);
     bench.advance(9);
     let out = bench.advance(1);
@@ -779,7 +779,7 @@ fn a_sender_waiting_on_a_full_window_has_not_stalled() {
 
 #[test]
 fn an_empty_file_finishes_when_the_sender_says_done() {
-    let mut bench = Bench::started(&[BOB], 0, 4);
+    let mut bench = Fixture::started(&[BOB], 0, 4);
     let out = bench.done();
     assert_eq!(
         decoded(&out),
@@ -793,7 +793,7 @@ fn an_empty_file_finishes_when_the_sender_says_done() {
 
 #[test]
 fn done_before_every_chunk_is_sent_is_refused() {
-    let mut bench = Bench::started(&[BOB], 2500, 4);
+    let mut bench = Fixture::started(&[BOB], 2500, 4);
     bench.chunk(0);
     assert_eq!(
         decoded(&bench.done()),
@@ -807,7 +807,7 @@ fn done_before_every_chunk_is_sent_is_refused() {
 
 #[test]
 fn cancel_by_the_sender_tells_the_recipients_and_by_a_recipient_tells_the_sender() {
-    let mut bench = Bench::started(&[BOB, CAROL], 4000, 4);
+    let mut bench = Fixture::started(&[BOB, CAROL], 4000, 4);
     let out = bench.run(|t, now, out| t.cancel(BOB, 1, now, out));
     assert_eq!(decoded(&out)[0], (BOB, ok()));
     assert_eq!(
@@ -826,7 +826,7 @@ fn cancel_by_the_sender_tells_the_recipients_and_by_a_recipient_tells_the_sender
 
 #[test]
 fn decisions_are_taken_once_and_only_from_recipients() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB, CAROL], 2500, 4);
     bench.decide(BOB, true);
     let again = "No file 1 is waiting for your answer.";
@@ -909,7 +909,7 @@ fn offer_to_bob(sender: ConnId) -> Offer {
 
 #[test]
 fn transfers_per_user_and_in_total_are_capped() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     let mut offer = |sender| {
         bench
             .transfers
@@ -934,7 +934,7 @@ fn transfers_per_user_and_in_total_are_capped() {
 
 #[test]
 fn only_a_sending_connection_may_send_large_chunk_frames_and_recipients_get_an_allowance() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB], 2500, 4);
     assert_eq!(
         bench.transfers.chunk_payload_limit(SENDER, bench.now),
@@ -957,7 +957,7 @@ fn only_a_sending_connection_may_send_large_chunk_frames_and_recipients_get_an_a
 
 #[test]
 fn a_sender_keeps_its_chunk_limit_for_the_ack_timeout_after_its_transfer_ends() {
-    let mut bench = Bench::started(&[BOB], 4000, 4);
+    let mut bench = Fixture::started(&[BOB], 4000, 4);
     bench.chunk(0);
     bench.run(|t, now, out| t.cancel(BOB, 1, now, out));
     assert!(!bench.active());
@@ -975,7 +975,7 @@ fn a_sender_keeps_its_chunk_limit_for_the_ack_timeout_after_its_transfer_ends() 
 
 #[test]
 fn a_resume_from_a_new_connection_takes_over_before_the_old_one_is_noticed_gone() {
-    let mut bench = Bench::new();
+    let mut bench = Fixture::new();
     bench.offer_to(&[BOB], 4000, 4);
     let out = bench.decide(BOB, true);
     let (_, ServerMessage::File(FileNotice::Accepted { token, .. })) = decoded(&out)[0] else {
@@ -1001,7 +1001,7 @@ fn a_resume_from_a_new_connection_takes_over_before_the_old_one_is_noticed_gone(
 
 #[test]
 fn memory_held_is_one_window_whatever_the_file_size() {
-    let mut bench = Bench::started(&[BOB], 1 << 30, 4);
+    let mut bench = Fixture::started(&[BOB], 1 << 30, 4);
     for index in 0..10_000 {
         bench.chunk(index);
         assert!(bench.transfers.transfers[&1].retained.len() <= 4);

@@ -1,0 +1,141 @@
+//! What the hub asks its driver to do: the outputs of the contract stated
+//! in the crate's documentation, and the jobs that are run off the event
+//! loop.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use zeroize::Zeroizing;
+
+use crate::{ConnId, KeyWrapJob};
+
+/// What the hub asks its driver to do.
+#[derive(Debug)]
+pub enum Action {
+    /// Queue encoded frames for a connection: usually one frame; a secure
+    /// JOIN's reply is several frames in one buffer. A notice for several
+    /// connections (a peer's key, a file chunk) is encoded once, and the
+    /// same `Bytes` goes in each of their `Send`s.
+    Send { to: ConnId, frame: Bytes },
+    /// Queue one frame for every connection in `to` except `except`: a room
+    /// message, encoded once, for the members of the moment.
+    Broadcast {
+        to: Arc<Vec<ConnId>>,
+        except: ConnId,
+        frame: Bytes,
+    },
+    /// Flush what is queued for the connection, then close it. The hub has
+    /// already forgotten the user.
+    Close { conn: ConnId, reason: CloseReason },
+    /// Run an argon2id computation off the event loop and report back with
+    /// [`Hub::password_checked`]. Until then the connection's reply is owed,
+    /// so the driver reads no further requests from it.
+    Password(PasswordJob),
+    /// Generate a key and wrap it for each recipient off the event loop,
+    /// then report back with [`Hub::keys_wrapped`]. A job with a requester
+    /// owes that connection its reply, as a password job does.
+    WrapKeys(KeyWrapJob),
+}
+
+impl Action {
+    /// The frames this action queues, as (recipient, frame), in order.
+    pub fn frames(&self) -> impl Iterator<Item = (ConnId, &Bytes)> {
+        let (one, many) = match self {
+            Action::Send { to, frame } => (Some((*to, frame)), None),
+            Action::Broadcast { to, except, frame } => {
+                let others = to.iter().filter(move |member| *member != except);
+                (None, Some(others.map(move |member| (*member, frame))))
+            }
+            _ => (None, None),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    /// Whether this is work that the calling connection's reply waits for:
+    /// the driver reads no further request from it until the work is done.
+    pub fn owes_reply(&self) -> bool {
+        match self {
+            Action::Password(_) => true,
+            Action::WrapKeys(job) => job.requester.is_some(),
+            Action::Send { .. } | Action::Broadcast { .. } | Action::Close { .. } => false,
+        }
+    }
+}
+
+/// Why a connection ended; shown in logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed the connection.
+    ClientClosed,
+    /// LEAVE while in no room: the client expects the server to hang up.
+    LeftServer,
+    /// The client sent something that is not a valid frame or message.
+    Malformed,
+    /// Nothing heard from the client within the idle timeout.
+    IdleTimeout,
+    /// The client did not read fast enough and its send queue overflowed.
+    SlowConsumer,
+    /// The connection limit was reached.
+    ServerFull,
+    /// The per-address connection limit was reached.
+    TooManyFromAddress,
+    /// No complete frame within the handshake timeout.
+    HandshakeTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// Reading from or writing to the socket failed.
+    IoError,
+    /// The driver found the hub breaking its own contract (a bug); logged.
+    Internal,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseReason::ClientClosed => "client closed the connection",
+            CloseReason::LeftServer => "left the server",
+            CloseReason::Malformed => "malformed input",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::SlowConsumer => "send queue overflow (slow consumer)",
+            CloseReason::ServerFull => "connection limit reached",
+            CloseReason::TooManyFromAddress => "per-address connection limit reached",
+            CloseReason::HandshakeTimeout => "no complete frame within the handshake timeout",
+            CloseReason::Shutdown => "server shutdown",
+            CloseReason::IoError => "socket error",
+            CloseReason::Internal => "internal error",
+        })
+    }
+}
+
+/// An argon2id computation the hub needs done.
+#[derive(Debug)]
+pub struct PasswordJob {
+    pub conn: ConnId,
+    /// Echoed back in [`Hub::password_checked`] so a late answer for an old
+    /// request is recognised and dropped.
+    pub ticket: u64,
+    pub task: PasswordTask,
+}
+
+#[derive(Debug)]
+pub enum PasswordTask {
+    /// Hash a new room's password into a PHC string with a fresh salt.
+    Hash { password: Zeroizing<Vec<u8>> },
+    /// Check a password against a room's PHC string, in constant time.
+    Verify {
+        password: Zeroizing<Vec<u8>>,
+        phc: Arc<str>,
+    },
+}
+
+/// The result of a [`PasswordJob`].
+#[derive(Debug)]
+pub enum PasswordOutcome {
+    Hashed(Arc<str>),
+    Verified(bool),
+    /// The hashing queue was full; the client is told to try later.
+    Busy,
+    /// Hashing failed (a bug or a corrupt hash); logged by the driver.
+    Failed,
+}

@@ -1,0 +1,345 @@
+//! The legacy protocol's requests (PROTOCOL.md §4): NICK, JOIN with its
+//! password round trip, LEAVE, the two lists, room messages and DMs. The
+//! secure side of a JOIN (keys, rotation) is in `secure.rs`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tracing::{info, warn};
+use zeroize::Zeroizing;
+
+use crate::{
+    check_name, respond, respond_naming, send, text, Action, CloseReason, ConnId, Hub, PasswordJob,
+    PasswordTask, Pending, PendingJoin, Rejection, Relayed,
+};
+use parlor_proto::legacy::{
+    encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
+};
+use parlor_proto::printable::Printable;
+use parlor_proto::{SecureMessage, Status};
+
+impl Hub {
+    pub(crate) fn nick(&mut self, conn: ConnId, name: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if let Err(problem) = check_name(name, text::NICK_EMPTY, text::NICK_INVALID) {
+            return respond(out, conn, Status::Error, problem);
+        }
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        let renamed = user.name != name;
+        if renamed {
+            // Every attempt counts, taken names too: probing for free names
+            // is as cheap for a spammer as changing.
+            if !user.rates().nick.try_acquire(now, self.limits.nick_rate) {
+                warn!(peer = %user.peer, nick = %Printable(&user.name), "nick rate limit hit");
+                self.stats.reject(Rejection::NickRateLimited);
+                return respond(out, conn, Status::TryLater, &self.nick_rate_limit_text);
+            }
+            let name = Bytes::copy_from_slice(name);
+            if !self.directory.claim_name(&name, conn) {
+                return respond(out, conn, Status::Error, text::NICK_TAKEN);
+            }
+            self.directory.release_name(&user.name);
+            info!(peer = %user.peer, old = %Printable(&user.name), new = %Printable(&name), "nick changed");
+            user.name = name;
+        }
+        if user.key.is_some() {
+            let confirmation = SecureMessage::NickSet {
+                name: user.name.clone(),
+            };
+            out.push(send(conn, confirmation.encode()));
+        }
+        out.push(send(conn, OK_RESPONSE));
+        if renamed {
+            self.announce_key(conn, out);
+        }
+    }
+
+    pub(crate) fn join(
+        &mut self,
+        conn: ConnId,
+        room: &[u8],
+        password: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if let Err(problem) = check_name(room, text::ROOM_EMPTY, text::ROOM_INVALID) {
+            return respond(out, conn, Status::Error, problem);
+        }
+        let user = &self.users[&conn];
+        if user.room.as_deref() == Some(room) {
+            return respond_naming(out, conn, Status::Error, text::already_in_room(room));
+        }
+        let password = Zeroizing::new(password.to_vec());
+        self.attempt_join(conn, Bytes::copy_from_slice(room), password, now, true, out);
+    }
+
+    /// Joins, creates, or starts the password work a join needs. A hash
+    /// counts against the password-join rate limit when `charge` is set
+    /// (not when a join is judged again after the room changed under it).
+    pub(crate) fn attempt_join(
+        &mut self,
+        conn: ConnId,
+        room: Bytes,
+        password: Zeroizing<Vec<u8>>,
+        now: Instant,
+        charge: bool,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(refusal) = self.room_capacity_refusal(&room) {
+            self.stats.reject(Rejection::RoomLimit);
+            return respond(out, conn, Status::TryLater, refusal);
+        }
+        let (task, room_generation) = match self.directory.room(&room) {
+            // Before any password work: a legacy client could never enter.
+            Some(existing) if existing.is_secure() && !self.is_secure(conn) => {
+                let reply = text::room_is_secure(&room);
+                return respond_naming(out, conn, Status::Error, reply);
+            }
+            Some(existing) => match existing.password_hash() {
+                // An empty password never matches a set one, and a room
+                // without a password only takes an empty one: no hash needed.
+                None if password.is_empty() => return self.admit(conn, room, false, now, out),
+                Some(phc) if !password.is_empty() => (
+                    PasswordTask::Verify {
+                        password: password.clone(),
+                        phc: phc.clone(),
+                    },
+                    Some(existing.generation()),
+                ),
+                _ => return self.wrong_password(conn, &room, out),
+            },
+            None if password.is_empty() => {
+                self.create_room(conn, room.clone(), None);
+                return self.admit(conn, room, true, now, out);
+            }
+            None => (
+                PasswordTask::Hash {
+                    password: password.clone(),
+                },
+                None,
+            ),
+        };
+        let ticket = self.new_ticket();
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        if charge
+            && !user
+                .rates()
+                .password_join
+                .try_acquire(now, self.limits.password_join_rate)
+        {
+            warn!(peer = %user.peer, nick = %Printable(&user.name), "password join rate limit hit");
+            self.stats.reject(Rejection::PasswordRateLimited);
+            return respond(
+                out,
+                conn,
+                Status::TryLater,
+                &self.password_join_rate_limit_text,
+            );
+        }
+        user.pending = Some(Box::new(Pending::Join(PendingJoin {
+            ticket,
+            room,
+            password,
+            room_generation,
+        })));
+        out.push(Action::Password(PasswordJob { conn, ticket, task }));
+    }
+
+    /// Why joining `room` would break a capacity limit, if it would.
+    pub(crate) fn room_capacity_refusal(&self, room: &[u8]) -> Option<Vec<u8>> {
+        match self.directory.room(room) {
+            Some(existing) if existing.members().len() >= self.limits.max_room_members => {
+                Some(text::room_is_full(room).concat())
+            }
+            None if self.directory.room_count() >= self.limits.max_rooms => {
+                Some(text::TOO_MANY_ROOMS.as_bytes().to_vec())
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn wrong_password(&mut self, conn: ConnId, room: &[u8], out: &mut Vec<Action>) {
+        let user = &self.users[&conn];
+        self.stats.reject(Rejection::WrongPassword);
+        warn!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(room), "wrong room password");
+        respond(out, conn, Status::Error, text::WRONG_PASSWORD);
+    }
+
+    pub(crate) fn new_ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// Creates a room, secure when its creator is.
+    pub(crate) fn create_room(&mut self, conn: ConnId, room: Bytes, password: Option<Arc<str>>) {
+        let user = &self.users[&conn];
+        let secure = user.key.is_some();
+        info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room),
+              protected = password.is_some(), secure, "room created");
+        self.directory.create_room(room, password, secure);
+    }
+
+    /// Moves the user into `room` (which exists) and answers its JOIN. A
+    /// secure joiner first gets the confirmation and, in a secure room, every
+    /// other member's key; `9a 00` comes last, in the same buffer. Then the
+    /// other members get the joiner's key, and the keys of the room left and
+    /// the room entered rotate.
+    pub(crate) fn admit(
+        &mut self,
+        conn: ConnId,
+        room: Bytes,
+        created: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        // The legacy client sends no LEAVE before a JOIN.
+        let left = self.leave_room(conn);
+        if let Some(left) = &left {
+            self.transfers.left_room(conn, left, now, out);
+        }
+        self.directory.add_member(&room, conn);
+        self.users.get_mut(&conn).expect("caller checked").room = Some(room.clone());
+        let mut reply = BytesMut::new();
+        self.join_notices(conn, &room, created, &mut reply);
+        if reply.is_empty() {
+            out.push(send(conn, OK_RESPONSE));
+        } else {
+            reply.extend_from_slice(&OK_RESPONSE);
+            out.push(send(conn, reply.freeze()));
+        }
+        self.announce_key(conn, out);
+        if let Some(left) = left {
+            self.membership_changed(&left, out);
+        }
+        self.membership_changed(&room, out);
+    }
+
+    /// Takes the user out of its room, if any, and returns that room. The
+    /// caller rotates the room's key.
+    pub(crate) fn leave_room(&mut self, conn: ConnId) -> Option<Bytes> {
+        let user = self.users.get_mut(&conn)?;
+        let room = user.room.take()?;
+        if self.directory.remove_member(&room, conn) {
+            info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room), "room deleted");
+        }
+        Some(room)
+    }
+
+    pub(crate) fn leave(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
+        let Some(room) = self.leave_room(conn) else {
+            out.push(send(conn, OK_RESPONSE));
+            return self.close(conn, CloseReason::LeftServer, now, out);
+        };
+        self.transfers.left_room(conn, &room, now, out);
+        if self.is_secure(conn) {
+            let confirmation = SecureMessage::RoomLeft { room: room.clone() };
+            out.push(send(conn, confirmation.encode()));
+        }
+        out.push(send(conn, OK_RESPONSE));
+        self.membership_changed(&room, out);
+    }
+
+    pub(crate) fn list_users(&self, conn: ConnId, out: &mut Vec<Action>) {
+        let mut names: Vec<&[u8]> = match &self.users[&conn].room {
+            Some(room) => self.directory.room(room).map_or_else(Vec::new, |room| {
+                room.members()
+                    .iter()
+                    .map(|member| &self.users[member].name[..])
+                    .collect()
+            }),
+            None => self
+                .directory
+                .user_names()
+                .map(|(name, _)| &name[..])
+                .collect(),
+        };
+        names.sort_unstable();
+        out.push(send(conn, encode_name_list(names.into_iter())));
+    }
+
+    pub(crate) fn list_rooms(&self, conn: ConnId, out: &mut Vec<Action>) {
+        let mut rooms: Vec<&[u8]> = self.directory.room_names().map(|room| &room[..]).collect();
+        rooms.sort_unstable();
+        out.push(send(conn, encode_name_list(rooms.into_iter())));
+    }
+
+    /// Counts a room or direct message against the sender's rate limit
+    /// (failed ones too); `false` means it was refused and answered.
+    pub(crate) fn admit_message(
+        &mut self,
+        conn: ConnId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        if user
+            .rates()
+            .message
+            .try_acquire(now, self.limits.message_rate)
+        {
+            return true;
+        }
+        warn!(peer = %user.peer, nick = %Printable(&user.name), "rate limit hit");
+        self.stats.reject(Rejection::RateLimited);
+        out.push(send(
+            conn,
+            encode_response(
+                Status::TryLater as u8,
+                std::iter::once(&self.rate_limit_text[..]),
+            ),
+        ));
+        false
+    }
+
+    pub(crate) fn room_message(
+        &mut self,
+        conn: ConnId,
+        room: &[u8],
+        text: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.admit_message(conn, now, out) {
+            return;
+        }
+        let user = &self.users[&conn];
+        let Some(current) = &user.room else {
+            return respond(out, conn, Status::Error, text::VOID);
+        };
+        if current != room {
+            return respond_naming(out, conn, Status::Error, text::not_in_room(room));
+        }
+        out.push(send(conn, OK_RESPONSE));
+        let frame = encode_room_message(current, &user.name, text);
+        let Some(room) = self.directory.room(current) else {
+            return;
+        };
+        self.stats
+            .relayed(Relayed::Room, room.members().len().saturating_sub(1));
+        out.push(Action::Broadcast {
+            to: room.members_now(),
+            except: conn,
+            frame,
+        });
+    }
+
+    pub(crate) fn direct_message(
+        &mut self,
+        conn: ConnId,
+        target: &[u8],
+        text: &[u8],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.admit_message(conn, now, out) {
+            return;
+        }
+        let Some(recipient) = self.directory.find_user(target) else {
+            return self.no_such_user(conn, target, out);
+        };
+        out.push(send(conn, OK_RESPONSE));
+        let sender = &self.users[&conn].name;
+        out.push(send(recipient, encode_direct_message(sender, text)));
+        self.stats.relayed(Relayed::Direct, 1);
+    }
+}
