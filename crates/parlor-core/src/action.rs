@@ -17,17 +17,32 @@ pub enum Action {
     /// JOIN's reply is several frames in one buffer. A notice for several
     /// connections (a peer's key, a file chunk) is encoded once, and the
     /// same `Bytes` goes in each of their `Send`s.
-    Send { to: ConnId, frame: Bytes },
+    Send {
+        /// The connection.
+        to: ConnId,
+        /// Whole frames, header included.
+        frame: Bytes,
+    },
     /// Queue one frame for every connection in `to` except `except`: a room
     /// message, encoded once, for the members of the moment.
     Broadcast {
+        /// The room's members when the message was accepted; shared with
+        /// the room until its membership changes, so a shell can tell a run
+        /// of broadcasts to the same members by pointer.
         to: Arc<Vec<ConnId>>,
+        /// The sender, who gets no copy (PROTOCOL.md §2, rule 6).
         except: ConnId,
+        /// The frame, encoded once for all of them.
         frame: Bytes,
     },
     /// Flush what is queued for the connection, then close it. The hub has
     /// already forgotten the user.
-    Close { conn: ConnId, reason: CloseReason },
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why, for the log.
+        reason: CloseReason,
+    },
     /// Run an argon2id computation off the event loop and report back with
     /// [`Hub::password_checked`]. Until then the connection's reply is owed,
     /// so the driver reads no further requests from it.
@@ -111,20 +126,28 @@ impl fmt::Display for CloseReason {
 /// An argon2id computation the hub needs done.
 #[derive(Debug)]
 pub struct PasswordJob {
+    /// The connection whose JOIN waits for it.
     pub conn: ConnId,
     /// Echoed back in [`Hub::password_checked`] so a late answer for an old
     /// request is recognised and dropped.
     pub ticket: u64,
+    /// What to compute.
     pub task: PasswordTask,
 }
 
+/// The argon2id computation itself.
 #[derive(Debug)]
 pub enum PasswordTask {
     /// Hash a new room's password into a PHC string with a fresh salt.
-    Hash { password: Zeroizing<Vec<u8>> },
+    Hash {
+        /// The password the JOIN gave, wiped when dropped.
+        password: Zeroizing<Vec<u8>>,
+    },
     /// Check a password against a room's PHC string, in constant time.
     Verify {
+        /// The password the JOIN gave, wiped when dropped.
         password: Zeroizing<Vec<u8>>,
+        /// The room's PHC string, made by an earlier `Hash`.
         phc: Arc<str>,
     },
 }
@@ -132,7 +155,9 @@ pub enum PasswordTask {
 /// The result of a [`PasswordJob`].
 #[derive(Debug)]
 pub enum PasswordOutcome {
+    /// A `Hash` job's PHC string.
     Hashed(Arc<str>),
+    /// Whether a `Verify` job's password matched.
     Verified(bool),
     /// The hashing queue was full; the client is told to try later.
     Busy,

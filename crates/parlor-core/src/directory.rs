@@ -17,7 +17,7 @@ use super::ConnId;
 /// A chat room: its members, in order of joining, its password, and for a
 /// secure room the state of its key.
 #[derive(Debug)]
-pub struct Room {
+pub(crate) struct Room {
     members: Arc<Vec<ConnId>>,
     /// The argon2id PHC string of the room's password; `None` for a room
     /// created with an empty password.
@@ -32,38 +32,38 @@ pub struct Room {
 }
 
 impl Room {
-    pub fn members(&self) -> &[ConnId] {
+    pub(crate) fn members(&self) -> &[ConnId] {
         &self.members
     }
 
     /// The member list as it is now, shared: a room message's recipients.
-    pub fn members_now(&self) -> Arc<Vec<ConnId>> {
+    pub(crate) fn members_now(&self) -> Arc<Vec<ConnId>> {
         Arc::clone(&self.members)
     }
 
-    pub fn password_hash(&self) -> Option<&Arc<str>> {
+    pub(crate) fn password_hash(&self) -> Option<&Arc<str>> {
         self.password.as_ref()
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
-    pub fn is_secure(&self) -> bool {
+    pub(crate) fn is_secure(&self) -> bool {
         self.keys.is_some()
     }
 
-    pub fn keys(&self) -> Option<&RoomKeyState> {
+    pub(crate) fn keys(&self) -> Option<&RoomKeyState> {
         self.keys.as_ref()
     }
 
-    pub fn keys_mut(&mut self) -> Option<&mut RoomKeyState> {
+    pub(crate) fn keys_mut(&mut self) -> Option<&mut RoomKeyState> {
         self.keys.as_mut()
     }
 }
 
 #[derive(Debug, Default)]
-pub struct Directory {
+pub(crate) struct Directory {
     names: HashMap<Bytes, ConnId>,
     rooms: HashMap<Bytes, Room>,
     next_generation: u64,
@@ -72,44 +72,44 @@ pub struct Directory {
 impl Directory {
     /// Gives `name` to `conn` unless somebody else holds it. Returns whether
     /// `conn` now holds it.
-    pub fn claim_name(&mut self, name: &Bytes, conn: ConnId) -> bool {
+    pub(crate) fn claim_name(&mut self, name: &Bytes, conn: ConnId) -> bool {
         *self.names.entry(name.clone()).or_insert(conn) == conn
     }
 
-    pub fn release_name(&mut self, name: &[u8]) {
+    pub(crate) fn release_name(&mut self, name: &[u8]) {
         self.names.remove(name);
     }
 
-    pub fn find_user(&self, name: &[u8]) -> Option<ConnId> {
+    pub(crate) fn find_user(&self, name: &[u8]) -> Option<ConnId> {
         self.names.get(name).copied()
     }
 
-    pub fn user_names(&self) -> impl Iterator<Item = (&Bytes, ConnId)> + '_ {
+    pub(crate) fn user_names(&self) -> impl Iterator<Item = (&Bytes, ConnId)> + '_ {
         self.names.iter().map(|(name, conn)| (name, *conn))
     }
 
-    pub fn room(&self, name: &[u8]) -> Option<&Room> {
+    pub(crate) fn room(&self, name: &[u8]) -> Option<&Room> {
         self.rooms.get(name)
     }
 
-    pub fn room_mut(&mut self, name: &[u8]) -> Option<&mut Room> {
+    pub(crate) fn room_mut(&mut self, name: &[u8]) -> Option<&mut Room> {
         self.rooms.get_mut(name)
     }
 
-    pub fn room_names(&self) -> impl Iterator<Item = &Bytes> + '_ {
+    pub(crate) fn room_names(&self) -> impl Iterator<Item = &Bytes> + '_ {
         self.rooms.keys()
     }
 
-    pub fn rooms(&self) -> impl Iterator<Item = (&Bytes, &Room)> + '_ {
+    pub(crate) fn rooms(&self) -> impl Iterator<Item = (&Bytes, &Room)> + '_ {
         self.rooms.iter()
     }
 
-    pub fn room_count(&self) -> usize {
+    pub(crate) fn room_count(&self) -> usize {
         self.rooms.len()
     }
 
     /// Creates an empty room; the caller adds its creator right away.
-    pub fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>, secure: bool) {
+    pub(crate) fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>, secure: bool) {
         self.next_generation += 1;
         let room = Room {
             members: Arc::default(),
@@ -120,7 +120,7 @@ impl Directory {
         self.rooms.insert(name, room);
     }
 
-    pub fn add_member(&mut self, room: &[u8], conn: ConnId) {
+    pub(crate) fn add_member(&mut self, room: &[u8], conn: ConnId) {
         if let Some(room) = self.rooms.get_mut(room) {
             Arc::make_mut(&mut room.members).push(conn);
         }
@@ -128,7 +128,7 @@ impl Directory {
 
     /// Takes `conn` out of `room`, deleting the room when it empties.
     /// Returns whether the room was deleted.
-    pub fn remove_member(&mut self, room: &[u8], conn: ConnId) -> bool {
+    pub(crate) fn remove_member(&mut self, room: &[u8], conn: ConnId) -> bool {
         let Some(entry) = self.rooms.get_mut(room) else {
             return false;
         };

@@ -32,15 +32,23 @@ use parlor_proto::{ClientMessage, Frame, FrameCodec, HEADER_LEN, MAX_CLIENT_PAYL
 pub struct SessionEvent {
     /// Which of [`SESSION_CLIENTS`] clients.
     pub client: u8,
+    /// The pause before it: `wait * wait` milliseconds.
     pub wait: u8,
+    /// What happens.
     pub what: EventKind,
 }
 
+/// What happens to a client's connection in a [`SessionEvent`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// A whole frame arrives, framed correctly (its payload may still be
     /// nonsense). A client that is not connected connects first.
-    Frame { opcode: u8, payload: Vec<u8> },
+    Frame {
+        /// The frame's opcode, any byte.
+        opcode: u8,
+        /// Its payload, any bytes.
+        payload: Vec<u8>,
+    },
     /// Raw bytes arrive: part of a frame, several frames, or garbage.
     Bytes(Vec<u8>),
     /// The client closes its connection.

@@ -15,22 +15,22 @@ use super::ConnId;
 /// again for `last_heard + timeout`. So a busy connection costs one heap
 /// operation per timeout period instead of one per frame.
 #[derive(Debug, Default)]
-pub struct IdleTimers {
+pub(crate) struct IdleTimers {
     due: BinaryHeap<Reverse<(Instant, ConnId)>>,
 }
 
 impl IdleTimers {
-    pub fn schedule(&mut self, conn: ConnId, at: Instant) {
+    pub(crate) fn schedule(&mut self, conn: ConnId, at: Instant) {
         self.due.push(Reverse((at, conn)));
     }
 
     /// The earliest time an entry comes due.
-    pub fn next(&self) -> Option<Instant> {
+    pub(crate) fn next(&self) -> Option<Instant> {
         self.due.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Removes and returns an entry due at or before `now`.
-    pub fn pop_due(&mut self, now: Instant) -> Option<ConnId> {
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<ConnId> {
         match self.due.peek() {
             Some(Reverse((at, _))) if *at <= now => self.due.pop().map(|Reverse((_, conn))| conn),
             _ => None,

@@ -62,6 +62,8 @@
 //! `secure.rs`, file transfer in `transfer.rs` and `files.rs`; this file
 //! calls into them where a legacy request has a secure side.
 
+#![warn(missing_docs)]
+
 mod action;
 mod directory;
 mod files;
@@ -93,11 +95,12 @@ use parlor_proto::printable::Printable;
 use parlor_proto::{ClientMessage, FrameCodec, Status};
 
 pub use action::{Action, CloseReason, PasswordJob, PasswordOutcome, PasswordTask};
-pub use directory::{Directory, Room};
-pub use idle::IdleTimers;
+use directory::{Directory, Room};
+use idle::IdleTimers;
 pub use limits::Limits;
-pub use rate::{Rate, SlidingWindow};
-pub use secure::{KeyRecipient, KeyUse, KeyWrapJob, KeyWrapOutcome, RoomKeyState};
+pub use rate::Rate;
+use rate::SlidingWindow;
+pub use secure::{KeyRecipient, KeyUse, KeyWrapJob, KeyWrapOutcome};
 use secure::{RegisteredKey, WrapPurpose};
 pub use stats::{Rejection, Relayed, Stats};
 use transfer::Transfers;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 /// How many events a [`SlidingWindow`] admits, and over how long.
 #[derive(Clone, Copy, Debug)]
 pub struct Rate {
+    /// Events admitted per window.
     pub limit: usize,
+    /// How far back the window reaches.
     pub window: Duration,
 }
 
@@ -18,13 +20,13 @@ pub struct Rate {
 /// [`Rate`] is passed in rather than stored, because every user has several
 /// windows and they all share the server's settings.
 #[derive(Debug, Default)]
-pub struct SlidingWindow {
+pub(crate) struct SlidingWindow {
     accepted: VecDeque<Instant>,
 }
 
 impl SlidingWindow {
     /// Records an event at `now` if the window has room for it.
-    pub fn try_acquire(&mut self, now: Instant, rate: Rate) -> bool {
+    pub(crate) fn try_acquire(&mut self, now: Instant, rate: Rate) -> bool {
         while let Some(&oldest) = self.accepted.front() {
             if now.saturating_duration_since(oldest) >= rate.window {
                 self.accepted.pop_front();

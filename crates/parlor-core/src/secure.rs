@@ -71,11 +71,14 @@ impl fmt::Debug for RegisteredKey {
 /// key can never be passed off as a DM key or the other way round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyUse {
+    /// A room key, for every member of a secure room.
     Room,
+    /// A DM key, for two users.
     Dm,
 }
 
 impl KeyUse {
+    /// The OAEP label wraps of this use are made and opened with.
     pub fn oaep_label(self) -> &'static [u8] {
         match self {
             KeyUse::Room => ROOM_KEY_OAEP_LABEL,
@@ -87,7 +90,9 @@ impl KeyUse {
 /// One recipient of a wrapped key.
 #[derive(Clone)]
 pub struct KeyRecipient {
+    /// The recipient's connection.
     pub conn: ConnId,
+    /// Its registered key, parsed once at registration.
     pub key: Arc<rsa::PublicKey>,
 }
 
@@ -111,8 +116,11 @@ impl fmt::Debug for KeyRecipient {
 /// result with [`Hub::keys_wrapped`].
 #[derive(Debug)]
 pub struct KeyWrapJob {
+    /// Echoed back in [`Hub::keys_wrapped`], which looks the job up by it.
     pub ticket: u64,
+    /// A room key or a DM key.
     pub key_use: KeyUse,
+    /// Who gets the key, each wrapped with its own public key.
     pub recipients: Vec<KeyRecipient>,
     /// The connection whose reply is owed until the job is done (a
     /// DM_KEY_REQUEST): the driver reads no further requests from it
@@ -136,7 +144,7 @@ pub enum KeyWrapOutcome {
 
 /// The key state of a secure room.
 #[derive(Debug, Default)]
-pub struct RoomKeyState {
+pub(crate) struct RoomKeyState {
     /// The epoch of the newest key made for the room; 0 before the first.
     epoch: u32,
     /// A rotation is in flight.

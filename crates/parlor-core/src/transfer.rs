@@ -56,20 +56,31 @@ pub const CHUNK_SEAL_OVERHEAD: usize = 64;
 /// The limits of file transfer, part of the hub's [`Limits`](crate::Limits).
 #[derive(Clone, Debug)]
 pub struct TransferLimits {
+    /// The largest file that may be offered (`max_file_bytes`).
     pub max_file_bytes: u64,
+    /// The largest chunk a sender may choose (`max_chunk_bytes`).
     pub max_chunk_bytes: u32,
+    /// The widest window a transfer gets (`max_transfer_window`).
     pub max_window: u8,
+    /// Transfers one user may have going at once.
     pub max_per_user: usize,
+    /// Transfers the whole server may have going at once.
     pub max_total: usize,
+    /// How long a recipient has to accept or decline, or to resume.
     pub decision_timeout: Duration,
+    /// How long a chunk may go unacknowledged before its recipient is
+    /// dropped as a laggard.
     pub ack_timeout: Duration,
 }
 
 /// A file offer the hub has checked: who sends it, and who is asked.
 #[derive(Debug)]
 pub struct Offer {
+    /// The sender's connection.
     pub sender: ConnId,
+    /// The sender's nick, for the recipients' FILE_OFFERED.
     pub sender_name: Bytes,
+    /// The sender's registered key (DER), for checking the signature.
     pub sender_key: Bytes,
     /// The room it is offered in; `None` for a file to one user.
     pub room: Option<Bytes>,
@@ -77,6 +88,7 @@ pub struct Offer {
     pub recipients: Vec<(ConnId, Bytes)>,
     /// Members who cannot receive files (legacy connections).
     pub skipped: Vec<Bytes>,
+    /// The file as the sender describes it.
     pub meta: FileMeta,
     /// The window the sender asked for.
     pub window: u8,
@@ -85,7 +97,9 @@ pub struct Offer {
 /// Why an offer was refused: the status and text of its `9a`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// `01` or `02`.
     pub status: Status,
+    /// The text after it.
     pub text: String,
 }
 
@@ -308,6 +322,7 @@ impl Transfers {
         self.transfers.len()
     }
 
+    /// Whether no transfer is in progress.
     pub fn is_empty(&self) -> bool {
         self.transfers.is_empty()
     }
