@@ -44,11 +44,11 @@ pub enum Action {
         reason: CloseReason,
     },
     /// Run an argon2id computation off the event loop and report back with
-    /// [`Hub::password_checked`]. Until then the connection's reply is owed,
+    /// [`Hub::password_checked`](crate::Hub::password_checked). Until then the connection's reply is owed,
     /// so the driver reads no further requests from it.
     Password(PasswordJob),
     /// Generate a key and wrap it for each recipient off the event loop,
-    /// then report back with [`Hub::keys_wrapped`]. A job with a requester
+    /// then report back with [`Hub::keys_wrapped`](crate::Hub::keys_wrapped). A job with a requester
     /// owes that connection its reply, as a password job does.
     WrapKeys(KeyWrapJob),
 }
@@ -128,7 +128,7 @@ impl fmt::Display for CloseReason {
 pub struct PasswordJob {
     /// The connection whose JOIN waits for it.
     pub conn: ConnId,
-    /// Echoed back in [`Hub::password_checked`] so a late answer for an old
+    /// Echoed back in [`Hub::password_checked`](crate::Hub::password_checked) so a late answer for an old
     /// request is recognised and dropped.
     pub ticket: u64,
     /// What to compute.

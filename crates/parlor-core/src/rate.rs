@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How many events a [`SlidingWindow`] admits, and over how long.
+/// How many events a rate limit admits, and over how long.
 #[derive(Clone, Copy, Debug)]
 pub struct Rate {
     /// Events admitted per window.
