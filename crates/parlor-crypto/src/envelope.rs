@@ -39,7 +39,9 @@ use super::{VerificationFailed, ISSUED_KEY_LEN};
 
 /// The only envelope version.
 pub const VERSION: u8 = 1;
+/// Length of the random AES-CBC IV that starts the sealed part.
 pub const IV_LEN: usize = 16;
+/// Length of the HMAC-SHA256 tag after the ciphertext.
 pub const MAC_LEN: usize = 32;
 
 const ENC_INFO: &[u8] = b"parlor v1 aes-256-cbc";
@@ -57,7 +59,9 @@ type HmacSha256 = Hmac<Sha256>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// A ROOM_MSG, sealed with the room key of an epoch.
     Room = 1,
+    /// A DM, sealed with a DM key.
     Direct = 2,
 }
 
@@ -66,10 +70,17 @@ pub enum Kind {
 /// the DM key's id; `counter` counts the sender's messages under that key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header<'a> {
+    /// Room message or DM.
     pub kind: Kind,
+    /// The room's name, or the DM recipient's: a message cannot be moved
+    /// to another room or recipient.
     pub context: &'a [u8],
+    /// The sender's name when it sealed the message; the server's relay
+    /// must name the same sender.
     pub sender: &'a [u8],
+    /// The room key's epoch, or the DM key's id.
     pub epoch: u32,
+    /// Counts the sender's messages under this key, so that a replay fails.
     pub counter: u64,
 }
 
@@ -115,6 +126,7 @@ impl MessageKeys {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("message too long to encrypt: at most {max} bytes")]
 pub struct TooLong {
+    /// The longest plaintext that fits, in bytes.
     pub max: usize,
 }
 
@@ -184,6 +196,8 @@ fn signed_message(header: &[u8], iv: &[u8], ciphertext: &[u8]) -> Vec<u8> {
 /// A parsed envelope; nothing in it is trusted yet.
 #[derive(Debug)]
 pub struct Envelope<'a> {
+    /// Who it claims to be from and which key it claims to be under, to
+    /// pick the key to check it with; trusted only once the MAC matches.
     pub header: Header<'a>,
     header_bytes: &'a [u8],
     iv: &'a [u8],
@@ -268,6 +282,8 @@ pub struct Authenticated<'a, 'k> {
 }
 
 impl<'a> Authenticated<'a, '_> {
+    /// The header, now known to be what a holder of the key wrote; whether
+    /// it is new (its counter) is for the [`Keyring`](crate::Keyring).
     pub fn header(&self) -> &Header<'a> {
         &self.envelope.header
     }

@@ -167,8 +167,12 @@ impl std::fmt::Debug for FileKeys {
 /// user that user's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OfferContext<'a> {
+    /// A room file or a file to one user.
     pub kind: Kind,
+    /// The room's name, or the recipient's, so that an offer cannot be
+    /// forwarded elsewhere under the same signature.
     pub context: &'a [u8],
+    /// The sender's name when it made the offer.
     pub sender: &'a [u8],
 }
 

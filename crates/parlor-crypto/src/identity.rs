@@ -28,7 +28,9 @@ pub const DEFAULT_KEY_BITS: usize = 3072;
 /// so a DM key can never be passed off as a room key or the other way round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WrapLabel {
+    /// A room key (ROOM_KEY, `84`).
     Room,
+    /// A DM key (DM_KEY, `80`, and DM_KEY_ISSUED, `89`).
     Direct,
 }
 
@@ -47,12 +49,16 @@ pub struct Identity {
     public_der: Vec<u8>,
 }
 
+/// Why a key pair could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// Outside [`KEY_BITS`]: the server would refuse to register it.
     #[error("RSA keys must have {min} to {max} bits, not {0}", min = KEY_BITS.start(), max = KEY_BITS.end())]
     BadSize(usize),
+    /// Key generation failed.
     #[error("cannot make an RSA key: {0}")]
     Rsa(#[from] rsa::Error),
+    /// The public key could not be put in DER for REGISTER_KEY.
     #[error("cannot encode the public key: {0}")]
     Encoding(#[from] rsa::pkcs8::spki::Error),
 }
@@ -68,7 +74,6 @@ impl Identity {
     }
 
     /// Loads a PKCS#8 DER private key: the known-answer tests use a fixed one.
-    /// The identity of a PKCS#8 DER private key; for fixed test keys.
     #[cfg(any(test, feature = "kat"))]
     pub fn from_pkcs8_der(der: &[u8]) -> Identity {
         let private = PrivateKey::from_pkcs8_der(der).expect("a PKCS#8 RSA private key");
@@ -130,6 +135,9 @@ pub struct PeerKey {
 }
 
 impl PeerKey {
+    /// Parses the DER SubjectPublicKeyInfo of a PEER_KEY or DM_KEY_ISSUED,
+    /// keeping the bytes to recognise the key under another name. A key
+    /// that does not parse fails like any other untrusted input.
     pub fn from_der(der: &[u8]) -> Result<PeerKey, VerificationFailed> {
         let key = PublicKey::from_public_key_der(der).map_err(|_| VerificationFailed)?;
         Ok(PeerKey {

@@ -11,16 +11,23 @@ pub fn issued_key() -> IssuedKey {
     IssuedKey::new(std::array::from_fn(|i| i as u8))
 }
 
+/// The envelope's IV (random in real use): `a0 a1 .. af`.
 pub const IV: [u8; 16] = [
     0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
 ];
 
+/// The message sealed.
 pub const PLAINTEXT: &[u8] = b"hello from alice";
 
+/// The room it is said in.
 pub const ROOM: &[u8] = b"vault";
+/// Who says it.
 pub const SENDER: &[u8] = b"alice";
+/// The room key's epoch.
 pub const EPOCH: u32 = 3;
 
+/// The header of the known-answer envelope: [`ROOM`], [`SENDER`],
+/// [`EPOCH`], counter 1.
 pub fn header() -> Header<'static> {
     Header {
         kind: Kind::Room,
@@ -31,7 +38,9 @@ pub fn header() -> Header<'static> {
     }
 }
 
+/// The AES-256 key HKDF derives from [`issued_key`], in hex.
 pub const ENC_KEY: &str = "005987741499f925e00559ecae9ef913054546184c511d07f272955c92e75c4c";
+/// The HMAC-SHA256 key HKDF derives from [`issued_key`], in hex.
 pub const MAC_KEY: &str = "a8b60289a9b9cc32524442bad466a01518e84f7cc407802b76ec0cf126b96eb7";
 
 /// The envelope from `version` through `mac`; only the signature after it
@@ -59,6 +68,7 @@ pub fn identity() -> Identity {
     Identity::from_pkcs8_der(RSA_KEY)
 }
 
+/// The public half of [`identity`], as a peer sees it.
 pub fn peer_key() -> PeerKey {
     PeerKey::from_der(identity().public_key_der()).unwrap()
 }
@@ -73,6 +83,10 @@ pub fn openssl_envelope() -> Vec<u8> {
     text
 }
 
+/// Decodes the hex of the constants above.
+///
+/// # Panics
+/// On anything but pairs of hex digits: the fixtures are fixed.
 pub fn hex(digits: &str) -> Vec<u8> {
     (0..digits.len())
         .step_by(2)

@@ -37,8 +37,11 @@ pub struct Keyring {
 /// Why a message could not be sealed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
+    /// No key for this room or peer has arrived yet; the client holds the
+    /// message until one does.
     #[error("no key yet")]
     NoKey,
+    /// The plaintext would not fit a text field once sealed.
     #[error(transparent)]
     TooLong(#[from] TooLong),
 }
@@ -111,6 +114,8 @@ impl Keyring {
         old_name
     }
 
+    /// Whether a key for `name` was announced: a DM to a user without one
+    /// goes out in plaintext.
     pub fn has_peer(&self, name: &[u8]) -> bool {
         self.peers.contains_key(name)
     }

@@ -14,6 +14,8 @@
 //! failed (say, the padding after the MAC) would tell an attacker what to try
 //! next.
 
+#![warn(missing_docs)]
+
 pub mod envelope;
 pub mod file;
 pub mod identity;

@@ -31,11 +31,18 @@ const CHUNK_OPCODE: u8 = super::transfer::opcode::FILE_CHUNK;
 /// One frame: an opcode and its raw payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// What the payload is: one of [`opcode`](crate::opcode),
+    /// [`secure::opcode`](crate::secure::opcode) or
+    /// [`transfer::opcode`](crate::transfer::opcode). Unknown opcodes still
+    /// frame; refusing them is the reader's business, not the codec's.
     pub opcode: u8,
+    /// The payload, without the header; shared, so frames cut from a read
+    /// buffer or encoded once for many recipients are never copied.
     pub payload: Bytes,
 }
 
 impl Frame {
+    /// A frame of `opcode` carrying `payload`.
     pub fn new(opcode: u8, payload: impl Into<Bytes>) -> Frame {
         Frame {
             opcode,
@@ -79,12 +86,24 @@ pub fn put_header(dst: &mut BytesMut, opcode: u8, payload_len: usize) {
 /// connection: after it, frame boundaries can no longer be trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// The header declares more payload than the limit: refused before any
+    /// of it is buffered.
     #[error("frame length {len} exceeds the limit of {max} bytes")]
-    TooLong { len: u64, max: usize },
+    TooLong {
+        /// The declared payload length.
+        len: u64,
+        /// The limit that applied to this frame's opcode.
+        max: usize,
+    },
+    /// The two bytes after the length are not [`MAGIC`]: the peer does not
+    /// speak this protocol, or lost its place in the stream.
     #[error("bad magic number {:02x} {:02x}", .0[0], .0[1])]
     BadMagic([u8; 2]),
+    /// The stream ended with part of a frame buffered.
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// Reading or writing the socket failed (with the `codec` feature's
+    /// `Framed`).
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -103,6 +122,8 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
+    /// A codec refusing payloads over `max_payload`, chunk frames included
+    /// until [`FrameCodec::allow_chunks`] raises their limit.
     pub fn new(max_payload: usize) -> FrameCodec {
         FrameCodec {
             max_payload,

@@ -20,15 +20,25 @@ use super::transfer::{self, FileNotice, FileRequest};
 /// Opcodes of the legacy protocol, as the real client's `MessageType` enum
 /// names them.
 pub mod opcode {
+    /// JOIN (C→S): enter a room, creating it if needed.
     pub const JOIN: u8 = 0x03;
+    /// LEAVE (C→S): leave the room, or the server when in none.
     pub const LEAVE: u8 = 0x06;
+    /// LIST_ROOMS (C→S): every room's name.
     pub const LIST_ROOMS: u8 = 0x09;
+    /// LIST_USERS (C→S): the room's members, or every user when in none.
     pub const LIST_USERS: u8 = 0x0c;
+    /// NICK (C→S): change one's name.
     pub const NICK: u8 = 0x0f;
+    /// DM: a direct message, sent (C→S) and relayed (S→C).
     pub const DIRECT_MESSAGE: u8 = 0x12;
+    /// HEARTBEAT (C→S): keep-alive, never answered.
     pub const HEARTBEAT: u8 = 0x13;
+    /// ROOM_MSG: a room message, sent (C→S) and relayed (S→C).
     pub const ROOM_MESSAGE: u8 = 0x15;
+    /// RESPONSE (S→C): the one answer to each request.
     pub const RESPONSE: u8 = 0x9a;
+    /// HELLO (C→S): the greeting after connecting, answered with the name.
     pub const HELLO: u8 = 0x9b;
 }
 
@@ -49,39 +59,58 @@ pub enum ClientMessage {
     /// The greeting sent right after connecting. Its bytes differ between
     /// client builds, so they are carried but never interpreted.
     Hello {
+        /// The whole payload, whatever the client build put there.
         greeting: Bytes,
     },
     /// Keep-alive; never answered.
     Heartbeat {
+        /// The whole payload; ignored, and of any length.
         payload: Bytes,
     },
+    /// `0f`: take a new name.
     Nick {
+        /// The name asked for, as raw bytes (up to 255; UTF-8 passes
+        /// through unchecked).
         name: Bytes,
     },
+    /// `03`: enter a room, creating it if nobody is in it.
     Join {
+        /// The room's name, as raw bytes.
         room: Bytes,
+        /// The password; empty means none, and the client sends no password
+        /// and an empty one alike.
         password: Bytes,
     },
+    /// `06`: leave the current room; outside a room, leave the server.
     Leave,
+    /// `0c`: the members of the current room, or every user outside one.
     ListUsers,
+    /// `09`: every room, protected ones included.
     ListRooms,
+    /// `12`: a direct message to one user, in a room or not.
     DirectMessage {
+        /// The recipient's name.
         target: Bytes,
+        /// The message, up to 65,535 bytes; may be empty.
         text: Bytes,
     },
-    /// `room` is the client's own idea of its current room, empty when it
-    /// believes it is in none.
+    /// `15`: a message to the sender's room. `room` is the client's own
+    /// idea of its current room, empty when it believes it is in none.
     RoomMessage {
+        /// The room the client believes it is in; must match the real one.
         room: Bytes,
+        /// The message, up to 65,535 bytes.
         text: Bytes,
     },
     /// Secure extension (`81`): the connection's RSA public key as DER
     /// SubjectPublicKeyInfo. Makes the connection secure.
     RegisterKey {
+        /// The DER, kept as sent: peers receive exactly these bytes.
         key: Bytes,
     },
     /// Secure extension (`82`): asks for a DM key shared with `target`.
     DmKeyRequest {
+        /// The name of the user to share the key with.
         target: Bytes,
     },
     /// Secure extension (`83`–`8f`): file transfer.
@@ -91,10 +120,17 @@ pub enum ClientMessage {
 /// Why a whole frame does not hold a valid client message.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// No message of this direction has this opcode.
     #[error("unknown opcode 0x{0:02x}")]
     UnknownOpcode(u8),
+    /// The payload's fields run past its end or leave bytes over: the real
+    /// client treats such a frame as fatal, and so does the server.
     #[error("malformed {name} payload: inner lengths do not match the frame length")]
-    BadLengths { name: &'static str },
+    BadLengths {
+        /// The message's name as PROTOCOL.md spells it (`JOIN`, `ROOM_MSG`),
+        /// for the log line.
+        name: &'static str,
+    },
 }
 
 type Fields<'a> = IResult<&'a [u8], (&'a [u8], &'a [u8])>;
@@ -274,15 +310,30 @@ pub enum Status {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServerMessage {
     /// `9a <status> <data>`: the one answer to one request.
-    Response { status: u8, data: Bytes },
+    Response {
+        /// A [`Status`] as its byte; kept raw so that a client can show a
+        /// status it does not know instead of failing to parse.
+        status: u8,
+        /// What follows the status: a name, a name list, or a text saying
+        /// why the request failed.
+        data: Bytes,
+    },
     /// A message relayed from a room member.
     RoomMessage {
+        /// The room it was said in.
         room: Bytes,
+        /// Who said it.
         sender: Bytes,
+        /// What was said.
         text: Bytes,
     },
     /// A direct message relayed from another user.
-    DirectMessage { sender: Bytes, text: Bytes },
+    DirectMessage {
+        /// Who sent it.
+        sender: Bytes,
+        /// What was sent.
+        text: Bytes,
+    },
     /// A frame of the secure extension; sent to secure connections only.
     Secure(SecureMessage),
     /// A file transfer frame; sent to secure connections only.

@@ -6,6 +6,8 @@
 //! bytes → [`FrameCodec`] → [`Frame`] → [`ClientMessage`] → the hub, and back
 //! out as [`ServerMessage`]s encoded once into [`bytes::Bytes`].
 
+#![warn(missing_docs)]
+
 pub mod frame;
 #[cfg(any(fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;

@@ -80,37 +80,84 @@ pub const ROOM_FLAG_SECURE: u8 = 0x01;
 /// ciphertext of a 32-byte key, as long as the recipient's modulus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecureMessage {
-    /// `81 short name, long key`.
-    PeerKey { name: Bytes, key: Bytes },
-    /// `84 short room, u32 epoch, long wrapped`.
-    RoomKey {
-        room: Bytes,
-        epoch: u32,
-        wrapped: Bytes,
-    },
-    /// `80 short peer, u32 key_id, long wrapped`.
-    DmKey {
-        peer: Bytes,
-        key_id: u32,
-        wrapped: Bytes,
-    },
-    /// `89 short target, long key, u32 key_id, long wrapped`.
-    DmKeyIssued {
-        target: Bytes,
+    /// `81 short name, long key`: another user's key, so that the client
+    /// can check what that user signs and knows who a DM key is shared with.
+    PeerKey {
+        /// The user's current name.
+        name: Bytes,
+        /// The user's registered key.
         key: Bytes,
-        key_id: u32,
+    },
+    /// `84 short room, u32 epoch, long wrapped`: the room key of a new
+    /// epoch, sent on every change of a secure room's membership.
+    RoomKey {
+        /// The room the key is for.
+        room: Bytes,
+        /// Counts up from 1 with each rotation of the room, with gaps
+        /// possible; envelopes name the epoch whose key sealed them.
+        epoch: u32,
+        /// The room key, wrapped for this member under the room label.
         wrapped: Bytes,
     },
-    /// `90 short name`.
-    NickSet { name: Bytes },
-    /// `91 short room, u8 flags`.
-    RoomJoined { room: Bytes, secure: bool },
-    /// `93 short room, u8 flags`.
-    RoomCreated { room: Bytes, secure: bool },
-    /// `92 short room`.
-    RoomLeft { room: Bytes },
-    /// `94 short name`.
-    NoSuchUser { name: Bytes },
+    /// `80 short peer, u32 key_id, long wrapped`: the target's half of a DM
+    /// key that `peer` asked for.
+    DmKey {
+        /// The user who asked for the key.
+        peer: Bytes,
+        /// The key's server-wide id, never 0; DM envelopes name it.
+        key_id: u32,
+        /// The DM key, wrapped for this user under the DM label.
+        wrapped: Bytes,
+    },
+    /// `89 short target, long key, u32 key_id, long wrapped`: the
+    /// requester's half of a DM key, before its `9a 00`.
+    DmKeyIssued {
+        /// The target's name when the key was issued (a rename while the
+        /// key was wrapped shows here).
+        target: Bytes,
+        /// The target's registered key, to check what it signs.
+        key: Bytes,
+        /// The key's server-wide id, never 0; the same in the target's `80`.
+        key_id: u32,
+        /// The DM key, wrapped for the requester under the DM label.
+        wrapped: Bytes,
+    },
+    /// `90 short name`: confirms a NICK, before its `9a 00`.
+    NickSet {
+        /// The name the connection now has.
+        name: Bytes,
+    },
+    /// `91 short room, u8 flags`: confirms a JOIN that entered an existing
+    /// room, before the members' `81`s and the `9a 00`.
+    RoomJoined {
+        /// The room entered.
+        room: Bytes,
+        /// Whether it is a secure room ([`ROOM_FLAG_SECURE`]); a secure
+        /// client in a plaintext room warns its user.
+        secure: bool,
+    },
+    /// `93 short room, u8 flags`: confirms a JOIN that created the room,
+    /// before its `9a 00`.
+    RoomCreated {
+        /// The room created.
+        room: Bytes,
+        /// Whether it is a secure room ([`ROOM_FLAG_SECURE`]): it is when a
+        /// secure connection created it.
+        secure: bool,
+    },
+    /// `92 short room`: confirms a LEAVE that left a room, before its
+    /// `9a 00`.
+    RoomLeft {
+        /// The room left.
+        room: Bytes,
+    },
+    /// `94 short name`: a DM or DM_KEY_REQUEST named nobody connected;
+    /// comes before the `9a 01`, so that a client can tell it apart from
+    /// other failures without reading the text.
+    NoSuchUser {
+        /// The name as the request gave it.
+        name: Bytes,
+    },
 }
 
 /// One field of a payload, for [`put_frame`].

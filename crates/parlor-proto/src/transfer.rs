@@ -104,6 +104,8 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
+    /// Whether the chunks are sealed ([`FILE_FLAG_ENCRYPTED`]); a file in a
+    /// plaintext room travels unsealed, protected by the signed digest only.
     pub fn encrypted(&self) -> bool {
         self.flags & FILE_FLAG_ENCRYPTED != 0
     }
@@ -132,22 +134,58 @@ pub enum FileRequest {
     /// the sender's room when `target` is empty; `window` is the number of
     /// chunks the sender would like in flight.
     Offer {
+        /// A user's name, or empty for the sender's room.
         target: Bytes,
+        /// The file's description, forwarded to recipients as sent.
         meta: FileMeta,
+        /// Chunks the sender would like in flight; the server may grant
+        /// fewer.
         window: u8,
     },
     /// `85 u32 id, u8 accept`: 1 accepts, 0 declines.
-    Decision { id: u32, accept: bool },
-    /// `86 u32 id, u32 index, data`.
-    Chunk { id: u32, index: u32, data: Bytes },
-    /// `87 u32 id, u32 index`.
-    Ack { id: u32, index: u32 },
-    /// `88 u32 id`.
-    Done { id: u32 },
-    /// `8c u32 id, [16] token`.
-    Resume { id: u32, token: [u8; TOKEN_LEN] },
-    /// `8f u32 id`.
-    Cancel { id: u32 },
+    Decision {
+        /// The transfer decided on, from the forwarded offer.
+        id: u32,
+        /// Whether the recipient takes the file.
+        accept: bool,
+    },
+    /// `86 u32 id, u32 index, data`: one chunk, never answered; the data is
+    /// the rest of the frame, so it may exceed a `long` field.
+    Chunk {
+        /// The transfer the chunk belongs to.
+        id: u32,
+        /// The chunk's position, counted from 0.
+        index: u32,
+        /// The chunk, sealed when the offer said so.
+        data: Bytes,
+    },
+    /// `87 u32 id, u32 index`: a recipient received one chunk; never
+    /// answered, the sender's window (`8d`) moves instead.
+    Ack {
+        /// The transfer the chunk belongs to.
+        id: u32,
+        /// The chunk received.
+        index: u32,
+    },
+    /// `88 u32 id`: the sender has sent every chunk.
+    Done {
+        /// The transfer finished sending.
+        id: u32,
+    },
+    /// `8c u32 id, [16] token`: a recipient back on a new connection asks
+    /// for the chunks it lacks.
+    Resume {
+        /// The transfer to rejoin.
+        id: u32,
+        /// The token of the recipient's FILE_ACCEPTED: it proves who is
+        /// resuming, whatever connection it comes from.
+        token: [u8; TOKEN_LEN],
+    },
+    /// `8f u32 id`: the sender withdraws the file, or a recipient gives up.
+    Cancel {
+        /// The transfer to end or leave.
+        id: u32,
+    },
 }
 
 /// Why a transfer ended, for everyone or for one recipient (`8f`).
@@ -181,6 +219,8 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// The reason with this byte; `None` for bytes no reason has, which a
+    /// client shows by the text alone.
     pub fn from_u8(value: u8) -> Option<EndReason> {
         use EndReason::*;
         [
@@ -207,40 +247,85 @@ pub enum FileNotice {
     /// `83 u32 id, short sender, long sender_key, short room, meta`: an offer
     /// forwarded to a recipient; `room` is empty for a file sent to you alone.
     Offered {
+        /// The transfer's id, which the recipient's replies name.
         id: u32,
+        /// The sender's name when the offer was made.
         sender: Bytes,
+        /// The sender's registered key, so that the signature can be checked
+        /// by a recipient that has no `81` for the sender.
         sender_key: Bytes,
+        /// The room the file was offered to; empty for a file to one user.
         room: Bytes,
+        /// The description exactly as the sender sent it.
         meta: FileMeta,
     },
     /// `8a u32 id, u16 count, count × short name`: confirms an offer; the
     /// names are members who cannot receive files and were not asked.
-    Pending { id: u32, skipped: Vec<Bytes> },
+    Pending {
+        /// The id the server gave the transfer.
+        id: u32,
+        /// Members skipped because their client cannot receive files.
+        skipped: Vec<Bytes>,
+    },
     /// `8b u32 id, [16] token`: confirms an accept.
-    Accepted { id: u32, token: [u8; TOKEN_LEN] },
+    Accepted {
+        /// The transfer accepted.
+        id: u32,
+        /// This recipient's resume token, for FILE_RESUME after a
+        /// disconnect.
+        token: [u8; TOKEN_LEN],
+    },
     /// `85 u32 id, u8 window, u16 count, count × short name`: start sending;
     /// the names are the recipients who accepted.
     Start {
+        /// The transfer starting.
         id: u32,
+        /// The window granted: at most this many chunks past `acked`.
         window: u8,
+        /// The recipients who accepted.
         recipients: Vec<Bytes>,
     },
     /// `86 u32 id, u32 index, data`: a chunk relayed.
-    Chunk { id: u32, index: u32, data: Bytes },
+    Chunk {
+        /// The transfer the chunk belongs to.
+        id: u32,
+        /// The chunk's position, counted from 0.
+        index: u32,
+        /// The chunk, byte for byte as the sender sent it.
+        data: Bytes,
+    },
     /// `88 u32 id`: the sender has sent every chunk.
-    Done { id: u32 },
+    Done {
+        /// The transfer whose chunks have all been sent.
+        id: u32,
+    },
     /// `8d u32 id, u32 acked`: every remaining recipient has acknowledged
     /// chunks `0..acked`; the sender may send chunks below `acked + window`.
-    Window { id: u32, acked: u32 },
+    Window {
+        /// The transfer whose window moved.
+        id: u32,
+        /// Chunks acknowledged by every receiving recipient, from 0 without
+        /// gaps.
+        acked: u32,
+    },
     /// `8e u32 id, u16 count, count × short name`: the transfer is over and
     /// these recipients acknowledged every chunk.
-    Finished { id: u32, delivered: Vec<Bytes> },
+    Finished {
+        /// The transfer finished.
+        id: u32,
+        /// Who received the whole file.
+        delivered: Vec<Bytes>,
+    },
     /// `8f u32 id, short who, u8 reason, long text`: the transfer ended for
     /// `who`, or for everyone when `who` is empty.
     Ended {
+        /// The transfer that ended.
         id: u32,
+        /// The recipient it ended for; empty when it ended for everyone.
         who: Bytes,
+        /// Why, for programs.
         reason: EndReason,
+        /// Why, for people.
         text: Bytes,
     },
 }
@@ -372,6 +457,7 @@ impl FileRequest {
         !matches!(self, FileRequest::Chunk { .. } | FileRequest::Ack { .. })
     }
 
+    /// The request's opcode, for the frame header.
     pub fn opcode(&self) -> u8 {
         use opcode::*;
         match self {
@@ -504,6 +590,7 @@ fn only_id(input: &[u8]) -> Parsed<'_, u32> {
 }
 
 impl FileNotice {
+    /// The notice's opcode, for the frame header.
     pub fn opcode(&self) -> u8 {
         use opcode::*;
         match self {

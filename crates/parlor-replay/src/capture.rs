@@ -57,7 +57,9 @@ pub struct ClientFlow {
 /// the packet's index, which orders events captured in the same instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Moment {
+    /// Time since the capture's first packet; the replay keeps these gaps.
     pub at: Duration,
+    /// The packet's index in the file, from 0.
     pub packet: usize,
 }
 
@@ -68,9 +70,12 @@ pub struct Sent {
     pub when: Moment,
     /// The exact bytes, header included.
     pub bytes: Bytes,
+    /// Whether the bytes are a frame, and of which opcode.
     pub kind: SentKind,
 }
 
+/// What a [`Sent`] holds: a frame is replayed and its reply checked; the
+/// rest is sent as it was, to see what the server makes of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SentKind {
     /// A whole frame with this opcode.
@@ -97,37 +102,54 @@ pub enum End {
 /// Why a capture cannot be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// The file could not be read.
     #[error("cannot read it: {0}")]
     Read(std::io::Error),
+    /// A pcapng file: the reader takes classic pcap only, and says how to
+    /// convert.
     #[error(
         "this is a pcapng file, and only pcap is supported; \
          convert it with `editcap -F pcap IN.pcapng OUT.pcap`"
     )]
     PcapNg,
+    /// The file does not start with a pcap header.
     #[error("not a pcap file ({0})")]
     NotPcap(pcap_file::PcapError),
+    /// A packet record could not be read.
     #[error("packet {index} is cut short or damaged ({source}); is the file truncated?")]
     BadPacket {
+        /// The packet's index, from 0.
         index: usize,
+        /// What the pcap reader said.
         source: pcap_file::PcapError,
     },
+    /// Packets of a link layer the reader cannot strip to IP.
     #[error(
         "link type {0:?} is not supported; capture on an Ethernet or loopback \
          interface (Linux), with Linux cooked capture (`-i any`), or as raw IP"
     )]
     LinkType(DataLink),
+    /// Nothing to replay: no connection was captured from its SYN.
     #[error("the capture holds no TCP connection whose handshake was captured")]
     NoConnections,
+    /// Clients of two servers: their replies could not be told apart from
+    /// one server's behaviour.
     #[error(
         "the capture holds connections to more than one server ({0} and {1}); \
          replay needs the traffic of a single server"
     )]
     SeveralServers(SocketAddr, SocketAddr),
+    /// A client's stream has a hole, so its frames after it cannot be cut.
     #[error(
         "bytes sent by {peer} are missing from the capture after the first \
          {offset} (lost or truncated packets)"
     )]
-    Gap { peer: SocketAddr, offset: usize },
+    Gap {
+        /// The client whose stream has the hole.
+        peer: SocketAddr,
+        /// Bytes of its stream that were captured before the hole.
+        offset: usize,
+    },
 }
 
 impl Capture {

@@ -24,6 +24,8 @@
 //! texts. A server given with `--server` keeps its own clock, so timing
 //! there is faithful only at speed 1.
 
+#![warn(missing_docs)]
+
 pub mod capture;
 pub mod player;
 pub mod transcript;

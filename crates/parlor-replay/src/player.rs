@@ -75,6 +75,7 @@ impl Pace {
 /// What every client received.
 #[derive(Debug)]
 pub struct Recording {
+    /// One record per client of the capture, in the order they connected.
     pub clients: Vec<ClientRecord>,
 }
 
@@ -123,11 +124,17 @@ impl Recording {
 /// Why a replay could not run to the end.
 #[derive(Debug, thiserror::Error)]
 pub enum PlayError {
+    /// A client could not connect: with no connection, nothing it sent can
+    /// be replayed, so the replay stops rather than report a partial run.
     #[error("cannot connect to the server at {addr}: {source}")]
     Connect {
+        /// The server's address.
         addr: SocketAddr,
+        /// Why the connection failed.
         source: std::io::Error,
     },
+    /// The server started in-process (when no address is given) could not
+    /// start or stopped with an error.
     #[error("cannot start the in-process server: {0}")]
     Server(std::io::Error),
 }

@@ -47,6 +47,7 @@ pub enum Asked {
 }
 
 impl Asked {
+    /// What a request with this opcode asks for.
     pub fn of(opcode: u8) -> Asked {
         match opcode {
             opcode::HELLO => Asked::Hello,
@@ -221,11 +222,16 @@ struct ExpectedLine {
 #[derive(Debug, thiserror::Error)]
 #[error("line {line}: {problem}")]
 pub struct SyntaxError {
+    /// The line, counted from 1.
     pub line: usize,
+    /// What is wrong with it.
     pub problem: String,
 }
 
 impl Expected {
+    /// Reads a transcript: one `CLIENT REPLY...` line per reply, blank lines
+    /// and `#` comments skipped, so that a transcript the player wrote can
+    /// be checked against as it is.
     pub fn parse(text: &str) -> Result<Expected, SyntaxError> {
         let mut lines = Vec::new();
         for (index, line) in text.lines().enumerate() {
@@ -267,6 +273,7 @@ impl Expected {
         self.lines.len()
     }
 
+    /// Whether the transcript expects no reply at all.
     pub fn is_empty(&self) -> bool {
         self.lines.is_empty()
     }
@@ -350,8 +357,11 @@ pub struct Difference {
     /// The expected line, or `None` when the client received more than the
     /// transcript expects.
     pub line: Option<usize>,
+    /// The client whose replies differ.
     pub client: String,
+    /// The reply the transcript expects, or `None` past its end.
     pub expected: Option<String>,
+    /// The reply received, or `None` when the client received nothing more.
     pub got: Option<String>,
 }
 

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+/// Where the hub's time comes from: real time, or a replay's faster clock.
+/// Copied into every task that feeds the hub, so all of them agree.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
     origin: Instant,
@@ -33,6 +35,7 @@ impl Clock {
         }
     }
 
+    /// What this clock reads now: the instant passed to the hub.
     pub fn now(&self) -> Instant {
         if self.speed == 1.0 {
             return Instant::now();

@@ -163,18 +163,31 @@ impl Default for Config {
 /// A problem with the settings, naming the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The `--config` file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The file, as given.
         path: String,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The file is not TOML, has a value of the wrong type, or names a key
+    /// that is no setting.
     #[error("invalid config file {path}: {source}")]
     Parse {
+        /// The file, as given.
         path: String,
+        /// What toml said, with the line; boxed, as it is large.
         source: Box<toml::de::Error>,
     },
+    /// A setting has a value the server cannot run with.
     #[error("invalid setting `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid {
+        /// The setting's name, as in the file and on the command line.
+        key: &'static str,
+        /// What values it takes.
+        reason: String,
+    },
 }
 
 impl Config {
@@ -286,6 +299,8 @@ impl Config {
         shown
     }
 
+    /// The argon2id parameters of the three `argon2_*` settings; an error
+    /// names what argon2 refuses (say, memory below 8 KiB per lane).
     pub fn argon2_params(&self) -> Result<argon2::Params, argon2::Error> {
         argon2::Params::new(
             self.argon2_memory_kib,
@@ -326,22 +341,27 @@ impl Config {
         }
     }
 
+    /// [`Config::idle_timeout_secs`] as a duration.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.idle_timeout_secs)
     }
 
+    /// [`Config::handshake_timeout_secs`] as a duration.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.handshake_timeout_secs)
     }
 
+    /// [`Config::flush_timeout_secs`] as a duration.
     pub fn flush_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.flush_timeout_secs)
     }
 
+    /// [`Config::file_decision_timeout_secs`] as a duration.
     pub fn file_decision_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.file_decision_timeout_secs)
     }
 
+    /// [`Config::file_ack_timeout_secs`] as a duration.
     pub fn file_ack_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.file_ack_timeout_secs)
     }

@@ -30,8 +30,7 @@ use tracing::{debug, warn};
 use super::busy_pause;
 use super::outbox::{OutboxEvent, Queued};
 use super::state::{Fed, Shared};
-use crate::keywrap::QueueFull;
-use crate::password::Busy;
+use crate::{keywrap, password};
 use parlor_core::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
 
 /// Bytes read per `read` call; frames larger than this grow the buffer to
@@ -284,7 +283,7 @@ impl Connection {
                         self.owed = Some(Box::new(OwedReply::Password { ticket, answer }));
                         return;
                     }
-                    Err(Busy(_)) => {
+                    Err(password::QueueFull(_)) => {
                         let busy = PasswordOutcome::Busy;
                         let fed = self.shared.password_checked(self.conn, job.ticket, busy);
                         self.continue_after_reply(fed)
@@ -292,12 +291,12 @@ impl Connection {
                 },
                 Fed::Keys(job) => {
                     let ticket = job.ticket;
-                    match self.shared.key_wraps().request(job) {
+                    match self.shared.key_wraps().submit(job) {
                         Ok(answer) => {
                             self.owed = Some(Box::new(OwedReply::Keys { ticket, answer }));
                             return;
                         }
-                        Err(QueueFull) => {
+                        Err(keywrap::QueueFull(_)) => {
                             let fed = self.shared.keys_wrapped(ticket, KeyWrapOutcome::Busy);
                             self.continue_after_reply(fed)
                         }

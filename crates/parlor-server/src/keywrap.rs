@@ -41,7 +41,10 @@ pub const KEY_LEN: usize = 32;
 /// A finished rotation, for [`Hub::keys_wrapped`](parlor_core::Hub::keys_wrapped).
 #[derive(Debug)]
 pub struct Rotated {
+    /// The rotation's ticket, from its [`KeyWrapJob`], by which the hub
+    /// knows which room and epoch the keys are for.
     pub ticket: u64,
+    /// The wrapped keys, one per recipient, or the failure.
     pub outcome: KeyWrapOutcome,
 }
 
@@ -53,19 +56,21 @@ enum Reply {
     Rotation(async_mpsc::UnboundedSender<Rotated>),
 }
 
-struct Request {
+/// A job on its way to a key-wrapping thread, with where its outcome goes.
+struct WrapRequest {
     job: KeyWrapJob,
     reply: Reply,
 }
 
-/// Returned by [`KeyWrapPool::request`] when `key_wrap_queue` DM key
-/// requests are already waiting.
+/// Returned by [`KeyWrapPool::submit`] when `key_wrap_queue` DM key
+/// requests are already waiting: the client is told to try later. The
+/// refused job comes back with it.
 #[derive(Debug)]
-pub struct QueueFull;
+pub struct QueueFull(pub KeyWrapJob);
 
 /// A fixed set of key-wrapping threads.
 pub struct KeyWrapPool {
-    queue: Sender<Request>,
+    queue: Sender<WrapRequest>,
     /// DM key requests queued and not yet taken by a thread.
     waiting_requests: Arc<AtomicUsize>,
     request_limit: usize,
@@ -101,13 +106,13 @@ impl KeyWrapPool {
 
     /// Queues a DM key request's job; the outcome arrives on the returned
     /// channel.
-    pub fn request(&self, job: KeyWrapJob) -> Result<oneshot::Receiver<KeyWrapOutcome>, QueueFull> {
+    pub fn submit(&self, job: KeyWrapJob) -> Result<oneshot::Receiver<KeyWrapOutcome>, QueueFull> {
         if self.waiting_requests.fetch_add(1, Ordering::AcqRel) >= self.request_limit {
             self.waiting_requests.fetch_sub(1, Ordering::AcqRel);
-            return Err(QueueFull);
+            return Err(QueueFull(job));
         }
         let (reply, answer) = oneshot::channel();
-        let request = Request {
+        let request = WrapRequest {
             job,
             reply: Reply::Requester(reply),
         };
@@ -122,7 +127,7 @@ impl KeyWrapPool {
     /// [`KeyWrapPool::start`] returned.
     pub fn rotate(&self, job: KeyWrapJob) {
         let ticket = job.ticket;
-        let request = Request {
+        let request = WrapRequest {
             job,
             reply: Reply::Rotation(self.rotated.clone()),
         };
@@ -136,11 +141,11 @@ impl KeyWrapPool {
     }
 }
 
-fn serve(queue: &Mutex<Receiver<Request>>, waiting_requests: &AtomicUsize) {
+fn serve(queue: &Mutex<Receiver<WrapRequest>>, waiting_requests: &AtomicUsize) {
     loop {
         // Holding the lock while waiting is fine: an idle thread has nothing
         // else to do, and the lock is released before wrapping.
-        let Request { job, reply } = match queue.lock().map(|receiver| receiver.recv()) {
+        let WrapRequest { job, reply } = match queue.lock().map(|receiver| receiver.recv()) {
             Ok(Ok(request)) => request,
             _ => return,
         };
@@ -255,7 +260,7 @@ mod tests {
         pool.rotate(job(KeyUse::Room, 7));
         // One thread and room for one waiting request: of three requests
         // submitted within microseconds, at least one finds the queue full.
-        let answers: Vec<_> = (0..3).map(|_| pool.request(job(KeyUse::Dm, 8))).collect();
+        let answers: Vec<_> = (0..3).map(|_| pool.submit(job(KeyUse::Dm, 8))).collect();
         assert!(answers.iter().any(Result::is_err), "one request refused");
         for answer in answers.into_iter().flatten() {
             let outcome = answer.blocking_recv().unwrap();
@@ -271,7 +276,7 @@ mod tests {
             KEY_LEN
         );
         assert!(
-            pool.request(job(KeyUse::Dm, 9)).is_ok(),
+            pool.submit(job(KeyUse::Dm, 9)).is_ok(),
             "the queue empties again"
         );
     }

@@ -5,6 +5,7 @@
 //! loop: argon2id password hashing ([`password`]) and RSA key wrapping
 //! ([`keywrap`]). [`config`] holds every setting, [`metrics`] renders what
 //! the hub counted.
+//!
 //! Each connection is one task (`connection.rs`) that reads frames,
 //! feeds them to the hub under a short lock, and writes what the hub queued
 //! for it in batched, vectored writes. `state.rs` holds the hub together with
@@ -12,6 +13,8 @@
 //! [`Clock`] is the time the hub is given: real time, except in replays.
 //!
 //! [`Hub`]: parlor_core::Hub
+
+#![warn(missing_docs)]
 
 mod busy_pause;
 mod clock;
@@ -86,6 +89,8 @@ impl Server {
         })
     }
 
+    /// The address the server listens on: with port 0 in the settings, the
+    /// port the system picked.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }

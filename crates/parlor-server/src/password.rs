@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::Rng;
 use subtle::ConstantTimeEq;
@@ -31,18 +31,21 @@ const SALT_LEN: usize = 16;
 /// Hash output length in bytes (argon2's default).
 const OUTPUT_LEN: usize = 32;
 
-struct Request {
+/// A job on its way to a hashing thread, with where its answer goes.
+struct HashRequest {
     task: PasswordTask,
     reply: oneshot::Sender<PasswordOutcome>,
 }
 
-/// Returned by [`PasswordPool::submit`] when the queue is full.
+/// Returned by [`PasswordPool::submit`] when `password_queue` jobs are
+/// already waiting: the joining client is told to try later. The refused
+/// task comes back with it.
 #[derive(Debug)]
-pub struct Busy(pub PasswordTask);
+pub struct QueueFull(pub PasswordTask);
 
 /// A fixed set of hashing threads behind a bounded queue.
 pub struct PasswordPool {
-    queue: SyncSender<Request>,
+    queue: SyncSender<HashRequest>,
 }
 
 impl PasswordPool {
@@ -62,12 +65,15 @@ impl PasswordPool {
     }
 
     /// Queues a job; the answer arrives on the returned channel.
-    pub fn submit(&self, task: PasswordTask) -> Result<oneshot::Receiver<PasswordOutcome>, Busy> {
+    pub fn submit(
+        &self,
+        task: PasswordTask,
+    ) -> Result<oneshot::Receiver<PasswordOutcome>, QueueFull> {
         let (reply, answer) = oneshot::channel();
-        match self.queue.try_send(Request { task, reply }) {
+        match self.queue.try_send(HashRequest { task, reply }) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(request) | TrySendError::Disconnected(request)) => {
-                Err(Busy(request.task))
+                Err(QueueFull(request.task))
             }
         }
     }
@@ -81,6 +87,8 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// A context for `params`, with its memory block allocated now, once:
+    /// every later hash and check reuses it.
     pub fn new(params: Params) -> Hasher {
         let params_string = ParamsString::try_from(&params).expect("valid params always encode");
         let memory = vec![Block::default(); params.block_count()];
@@ -91,7 +99,7 @@ impl Hasher {
         }
     }
 
-    fn serve(mut self, queue: &Mutex<Receiver<Request>>) {
+    fn serve(mut self, queue: &Mutex<Receiver<HashRequest>>) {
         loop {
             // Holding the lock while waiting is fine: an idle thread has
             // nothing else to do, and the lock is released before hashing.
@@ -130,12 +138,11 @@ impl Hasher {
             &mut output[..],
             &mut self.memory[..],
         )?;
-        let salt = SaltString::encode_b64(&salt)?;
         let phc = PasswordHash {
             algorithm: Algorithm::Argon2id.ident(),
             version: Some(Version::V0x13.into()),
             params: self.params_string.clone(),
-            salt: Some(salt.as_salt()),
+            salt: Some(Salt::new(&salt)?),
             hash: Some(Output::new(&output[..])?),
         };
         Ok(phc.to_string().into())
@@ -150,20 +157,16 @@ impl Hasher {
         if params.block_count() > self.memory.len() {
             return Err(HashError::TooMuchMemory);
         }
-        let algorithm = Algorithm::try_from(parsed.algorithm)?;
+        let algorithm = Algorithm::try_from(parsed.algorithm.as_str())?;
         let version = parsed
             .version
             .map_or(Ok(Version::default()), Version::try_from)?;
         let expected = parsed.hash.ok_or(HashError::NoHash)?;
-        let mut salt = [0u8; 64];
-        let salt = parsed
-            .salt
-            .ok_or(HashError::NoHash)?
-            .decode_b64(&mut salt)?;
+        let salt = parsed.salt.ok_or(HashError::NoHash)?;
         let mut output = Zeroizing::new(vec![0u8; expected.len()]);
         Argon2::new(algorithm, version, params).hash_password_into_with_memory(
             password,
-            salt,
+            &salt,
             &mut output[..],
             &mut self.memory[..],
         )?;
@@ -171,14 +174,27 @@ impl Hasher {
     }
 }
 
+/// Why a hash or a check could not be done. The joining client is told only
+/// that an internal error happened; the log gets this.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
+    /// argon2 refused its inputs (a salt or output of the wrong length, or
+    /// unsupported parameters or version in a stored string).
     #[error("argon2: {0}")]
     Argon2(#[from] argon2::Error),
+    /// A PHC string could not be parsed or built.
     #[error("PHC string: {0}")]
-    Phc(#[from] argon2::password_hash::Error),
+    Phc(#[from] argon2::password_hash::phc::Error),
+    /// A stored PHC string names another algorithm or has parameters
+    /// argon2 does not take.
+    #[error("PHC string parameters: {0}")]
+    PhcParams(#[from] argon2::password_hash::Error),
+    /// A stored string's memory cost exceeds this thread's block, which is
+    /// sized by the current settings; hashing it would need a new
+    /// allocation, which is what the pool exists to avoid.
     #[error("stored hash needs more memory than the hashing threads have")]
     TooMuchMemory,
+    /// A stored PHC string without a hash or a salt, so nothing to compare.
     #[error("stored PHC string has no hash or salt")]
     NoHash,
 }
@@ -206,14 +222,25 @@ mod tests {
     #[test]
     fn verifies_strings_made_by_the_argon2_crate_itself() {
         use argon2::password_hash::PasswordHasher;
-        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
         let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, cheap())
-            .hash_password(b"pw1", &salt)
+            .hash_password_with_salt(b"pw1", b"0123456789abcdef")
             .unwrap()
             .to_string();
         let mut hasher = Hasher::new(cheap());
         assert!(hasher.verify(b"pw1", &reference).unwrap());
         assert!(!hasher.verify(b"pw2", &reference).unwrap());
+    }
+
+    #[test]
+    fn verifies_strings_made_by_argon2_0_5() {
+        // What argon2 0.5.3 (parlor's hasher before 0.6) made of "pw1" under
+        // m=64,t=1,p=1 with the salt "0123456789abcdef": the string format,
+        // the salt's encoding and the hash itself must not have changed.
+        let made_by_0_5 =
+            "$argon2id$v=19$m=64,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg$S/mv/aDQLtPReBOihmpb+/1wy1xlzTyjbYD2DcdxMdw";
+        let mut hasher = Hasher::new(cheap());
+        assert!(hasher.verify(b"pw1", made_by_0_5).unwrap());
+        assert!(!hasher.verify(b"pw2", made_by_0_5).unwrap());
     }
 
     #[test]
