@@ -2,27 +2,45 @@
 //! commands, the same splitting rules and the same local error texts, so that
 //! people who know that client find no surprises.
 
-/// One line of input.
+/// One line of input. Names, rooms and texts are kept as the bytes typed,
+/// already checked against the wire's length limits, so that what goes out
+/// is exactly what the legacy client would send.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Command {
+pub enum UserCommand {
+    /// `\connect HOST:PORT`; the port is checked when it is carried out,
+    /// with the legacy client's error text.
     Connect(String),
+    /// `\nick NAME`.
     Nick(Vec<u8>),
+    /// `\join ROOM [PASSWORD]`.
     Join {
+        /// The room, created by the server if it does not exist.
         room: Vec<u8>,
+        /// Empty for a room without one, as on the wire.
         password: Vec<u8>,
     },
+    /// `\leave`: the room, or outside one, the server.
     Leave,
+    /// `\list users`.
     ListUsers,
+    /// `\list rooms`.
     ListRooms,
+    /// `\msg USER TEXT`.
     Dm {
+        /// Who the message is for.
         target: Vec<u8>,
+        /// Everything after the space that follows the target, spaces and
+        /// all.
         text: Vec<u8>,
     },
     /// A line not starting with `\`: said in the current room.
     Say(Vec<u8>),
     /// `\file ...`: file transfer.
     File(FileCommand),
+    /// `\disconnect`: closes the connection once what was typed before has
+    /// gone out.
     Disconnect,
+    /// `\quit`, or the end of input: like `\disconnect`, then exits.
     Quit,
 }
 
@@ -32,29 +50,40 @@ pub enum Command {
 pub enum FileCommand {
     /// Offers the file at `path` to `target`, or to the room without one.
     Send {
+        /// The file to send; the shell hashes it before anything is offered.
         path: String,
+        /// The one user it goes to; `None` for the room we are in.
         target: Option<Vec<u8>>,
     },
+    /// Accepts the file the server offered us under this id.
     Accept(u32),
+    /// Declines the file the server offered us under this id.
     Decline(u32),
     /// Withdraws a file we send, or gives up one we receive.
     Cancel(u32),
+    /// Shows every file on its way, each way.
     List,
 }
 
 /// A line refused before anything is sent, with the legacy client's text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
+    /// Not a command, or not one with these arguments.
     #[error("Invalid command.")]
     Invalid,
+    /// `\list` of something other than users or rooms.
     #[error("Invalid list type. Please choose from \"rooms\" or \"users\".")]
     ListType,
+    /// A nick (or a DM's target) longer than its one length byte allows.
     #[error("Nick is longer than 255 characters.")]
     NickTooLong,
+    /// A room name longer than its one length byte allows.
     #[error("Room name is longer than 255 characters.")]
     RoomTooLong,
+    /// A password longer than its one length byte allows.
     #[error("Room password is longer than 255 characters.")]
     PasswordTooLong,
+    /// A text longer than its two length bytes allow.
     #[error("Message is longer than 65535 characters.")]
     MessageTooLong,
 }
@@ -64,13 +93,13 @@ const MAX_TEXT: usize = u16::MAX as usize;
 
 /// Parses a line without its line ending. An empty line is `Ok(None)`: the
 /// legacy client sends nothing for it.
-pub fn parse(line: &str) -> Result<Option<Command>, InputError> {
+pub fn parse(line: &str) -> Result<Option<UserCommand>, InputError> {
     if line.is_empty() {
         return Ok(None);
     }
     let Some(command) = line.strip_prefix('\\') else {
         return text(line.as_bytes(), InputError::MessageTooLong)
-            .map(|text| Some(Command::Say(text)));
+            .map(|text| Some(UserCommand::Say(text)));
     };
     // `None` when the verb stands alone, as `\leave` must.
     let (verb, rest) = match command.split_once(' ') {
@@ -81,23 +110,23 @@ pub fn parse(line: &str) -> Result<Option<Command>, InputError> {
         .map(|rest| rest.split(' ').collect())
         .unwrap_or_default();
     let parsed = match (verb, args.as_slice()) {
-        ("leave", []) => Command::Leave,
-        ("disconnect", []) => Command::Disconnect,
-        ("quit", []) => Command::Quit,
-        ("connect", [address]) if word(address) => Command::Connect(address.to_string()),
-        ("nick", [name]) if word(name) => Command::Nick(short(name, InputError::NickTooLong)?),
+        ("leave", []) => UserCommand::Leave,
+        ("disconnect", []) => UserCommand::Disconnect,
+        ("quit", []) => UserCommand::Quit,
+        ("connect", [address]) if word(address) => UserCommand::Connect(address.to_string()),
+        ("nick", [name]) if word(name) => UserCommand::Nick(short(name, InputError::NickTooLong)?),
         // `\join room`, `\join room ` and `\join room password`: one space at most.
-        ("join", [room] | [room, ""]) if word(room) => Command::Join {
+        ("join", [room] | [room, ""]) if word(room) => UserCommand::Join {
             room: short(room, InputError::RoomTooLong)?,
             password: Vec::new(),
         },
-        ("join", [room, password]) if word(room) && word(password) => Command::Join {
+        ("join", [room, password]) if word(room) && word(password) => UserCommand::Join {
             room: short(room, InputError::RoomTooLong)?,
             password: short(password, InputError::PasswordTooLong)?,
         },
-        ("file", args) => Command::File(file(args)?),
-        ("list", ["users"]) => Command::ListUsers,
-        ("list", ["rooms"]) => Command::ListRooms,
+        ("file", args) => UserCommand::File(file(args)?),
+        ("list", ["users"]) => UserCommand::ListUsers,
+        ("list", ["rooms"]) => UserCommand::ListRooms,
         ("list", [kind]) if word(kind) => return Err(InputError::ListType),
         // Everything after the space that follows the target is the text,
         // spaces and all.
@@ -108,7 +137,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, InputError> {
             if !word(target) || text.is_empty() {
                 return Err(InputError::Invalid);
             }
-            Command::Dm {
+            UserCommand::Dm {
                 target: short(target, InputError::NickTooLong)?,
                 text: self::text(text.as_bytes(), InputError::MessageTooLong)?,
             }
@@ -160,7 +189,7 @@ fn text(bytes: &[u8], too_long: InputError) -> Result<Vec<u8>, InputError> {
 mod tests {
     use super::*;
 
-    fn ok(line: &str) -> Command {
+    fn ok(line: &str) -> UserCommand {
         parse(line).unwrap().unwrap()
     }
 
@@ -168,12 +197,12 @@ mod tests {
     fn parses_every_command() {
         assert_eq!(
             ok("\\connect 127.0.0.1:4170"),
-            Command::Connect("127.0.0.1:4170".into())
+            UserCommand::Connect("127.0.0.1:4170".into())
         );
-        assert_eq!(ok("\\nick héllo"), Command::Nick("héllo".into()));
+        assert_eq!(ok("\\nick héllo"), UserCommand::Nick("héllo".into()));
         assert_eq!(
             ok("\\join room2 secret"),
-            Command::Join {
+            UserCommand::Join {
                 room: b"room2".to_vec(),
                 password: b"secret".to_vec()
             }
@@ -181,46 +210,55 @@ mod tests {
         for line in ["\\join room1", "\\join room1 "] {
             assert_eq!(
                 ok(line),
-                Command::Join {
+                UserCommand::Join {
                     room: b"room1".to_vec(),
                     password: Vec::new()
                 }
             );
         }
-        assert_eq!(ok("\\leave"), Command::Leave);
-        assert_eq!(ok("\\list users"), Command::ListUsers);
-        assert_eq!(ok("\\list rooms"), Command::ListRooms);
+        assert_eq!(ok("\\leave"), UserCommand::Leave);
+        assert_eq!(ok("\\list users"), UserCommand::ListUsers);
+        assert_eq!(ok("\\list rooms"), UserCommand::ListRooms);
         assert_eq!(
             ok("\\msg bob  two  spaces "),
-            Command::Dm {
+            UserCommand::Dm {
                 target: b"bob".to_vec(),
                 text: b" two  spaces ".to_vec()
             }
         );
-        assert_eq!(ok("  hello room"), Command::Say(b"  hello room".to_vec()));
+        assert_eq!(
+            ok("  hello room"),
+            UserCommand::Say(b"  hello room".to_vec())
+        );
         assert_eq!(
             ok("\\file send ./notes.txt"),
-            Command::File(FileCommand::Send {
+            UserCommand::File(FileCommand::Send {
                 path: "./notes.txt".into(),
                 target: None
             })
         );
         assert_eq!(
             ok("\\file send /tmp/a.bin bob"),
-            Command::File(FileCommand::Send {
+            UserCommand::File(FileCommand::Send {
                 path: "/tmp/a.bin".into(),
                 target: Some(b"bob".to_vec())
             })
         );
-        assert_eq!(ok("\\file accept 7"), Command::File(FileCommand::Accept(7)));
+        assert_eq!(
+            ok("\\file accept 7"),
+            UserCommand::File(FileCommand::Accept(7))
+        );
         assert_eq!(
             ok("\\file decline 7"),
-            Command::File(FileCommand::Decline(7))
+            UserCommand::File(FileCommand::Decline(7))
         );
-        assert_eq!(ok("\\file cancel 7"), Command::File(FileCommand::Cancel(7)));
-        assert_eq!(ok("\\file list"), Command::File(FileCommand::List));
-        assert_eq!(ok("\\disconnect"), Command::Disconnect);
-        assert_eq!(ok("\\quit"), Command::Quit);
+        assert_eq!(
+            ok("\\file cancel 7"),
+            UserCommand::File(FileCommand::Cancel(7))
+        );
+        assert_eq!(ok("\\file list"), UserCommand::File(FileCommand::List));
+        assert_eq!(ok("\\disconnect"), UserCommand::Disconnect);
+        assert_eq!(ok("\\quit"), UserCommand::Quit);
         assert_eq!(parse(""), Ok(None));
     }
 

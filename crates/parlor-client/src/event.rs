@@ -1,4 +1,4 @@
-//! What the client tells its user: each [`Event`] is shown as a line of text
+//! What the client tells its user: each [`UserEvent`] is shown as a line of text
 //! in the legacy client's words, or with `--json` as one JSON object per line
 //! for scripts and tests.
 //!
@@ -10,8 +10,10 @@ use serde::Serialize;
 /// Where a message was said.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub enum MessageKind {
+    /// In a room, to its members.
     Room,
+    /// To one user.
     Dm,
 }
 
@@ -19,15 +21,21 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
+    /// A file we send.
     Send,
+    /// A file we receive.
     Receive,
 }
 
 /// One line of `\file list`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileStatus {
+    /// The server's transfer id; 0 while the file is still being hashed
+    /// and has none.
     pub id: u32,
+    /// Which way the file goes.
     pub direction: Direction,
+    /// The file's name, as offered.
     pub name: String,
     /// The sender of a file we receive; the room or user of a file we send.
     pub peer: String,
@@ -36,28 +44,42 @@ pub struct FileStatus {
     pub state: &'static str,
     /// Bytes received, or acknowledged by every recipient.
     pub bytes: u64,
+    /// The file's size.
     pub total: u64,
 }
 
+/// Something to show the user: one line of text, or one JSON object with
+/// its variant in `event`. Texts are already decoded for display ([`show`]),
+/// so the shell only prints them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub enum UserEvent {
     /// The server answered HELLO with our name.
     Connected {
+        /// The name the server gave us (`rand0`, ...).
         name: String,
     },
     /// The server accepted our public key: the connection is secure.
     KeyRegistered {
+        /// The key's size in bits.
         bits: usize,
     },
+    /// A `\nick` succeeded.
     Nick {
+        /// Our new name.
         name: String,
     },
+    /// A `\join` succeeded.
     Joined {
+        /// The room joined.
         room: String,
+        /// A secure room: what is said there is sealed. A plaintext room
+        /// is followed by a warning on a secure connection.
         secure: bool,
     },
+    /// A `\leave` left the room.
     Left {
+        /// The room left.
         room: String,
     },
     /// LEAVE outside a room: the server is about to hang up.
@@ -65,184 +87,282 @@ pub enum Event {
     /// `room` is set when the client believes it is in one, as the legacy
     /// client words its header.
     Users {
+        /// The room we are in, if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// The users, in the server's order; the text form sorts them.
         names: Vec<String>,
     },
+    /// The reply to `\list rooms`.
     Rooms {
+        /// Every room on the server.
         names: Vec<String>,
     },
     /// A message from someone else. `secure`: it was sealed and passed every
     /// check of PROTOCOL.md §12.7.
     Message {
-        kind: Kind,
+        /// Said in a room, or to us alone.
+        kind: MessageKind,
+        /// The room it was said in; absent for a DM.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// Who said it, as the server names them.
         from: String,
+        /// What was said, opened if it was sealed.
         text: String,
+        /// It was sealed and opened; a plaintext DM is marked as such.
         secure: bool,
     },
     /// The server accepted our message (the legacy client's local echo).
     Sent {
-        kind: Kind,
+        /// Said in a room, or to one user.
+        kind: MessageKind,
+        /// The room it was said in; absent for a DM.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// Our name when it was sent.
         from: String,
+        /// Who a DM went to; absent in a room.
         #[serde(skip_serializing_if = "Option::is_none")]
         to: Option<String>,
+        /// What we said, as typed (not as sealed).
         text: String,
+        /// It went out sealed.
         secure: bool,
     },
     /// A sealed message that failed verification and was discarded.
     Rejected {
-        kind: Kind,
+        /// Said in a room, or to us alone.
+        kind: MessageKind,
+        /// The room it was said in; absent for a DM.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// Who the server says sent it; not proven, since it did not
+        /// verify.
         from: String,
     },
     /// A message waits for the room key before it can be sent.
     Held {
+        /// The room whose key it waits for.
         room: String,
     },
     /// A user's public key arrived, or arrived again under a new name.
     PeerKey {
+        /// The user's name now.
         name: String,
+        /// The name the same key was known under before a `\nick`.
         #[serde(skip_serializing_if = "Option::is_none")]
         renamed_from: Option<String>,
     },
+    /// A room key arrived, on joining or after the room's membership
+    /// changed: what is said there from now on is sealed under its epoch.
     RoomKey {
+        /// The room the key is for.
         room: String,
+        /// The key's epoch, which envelopes name.
         epoch: u32,
     },
+    /// A DM key arrived, shared with one user.
     DmKey {
+        /// The user it is shared with.
         peer: String,
+        /// The key's id, which envelopes name.
         key_id: u32,
     },
     /// Something the user should know before trusting the next message to it.
     Warning {
+        /// The warning, without the `Warning: ` the text form adds.
         text: String,
     },
     /// The server refused a request (`9a 01`/`9a 02`) with this text.
     Failed {
+        /// The server's reason, as it sent it.
         text: String,
     },
     /// A line was refused locally, or a local step failed.
     Error {
+        /// The whole line shown, in the legacy client's words where it has
+        /// them.
         text: String,
     },
+    /// The connection is gone.
     Disconnected {
+        /// Why, when it was not our `\disconnect` or `\quit`.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
     /// The server took our offer (`8a`); `skipped` members cannot receive
     /// files and were not asked.
     FileOffer {
+        /// The transfer id the server gave the file.
         id: u32,
+        /// The name it was offered under.
         name: String,
+        /// Its size in bytes.
         size: u64,
+        /// The room it was offered to; absent for a file to one user.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// The one user it was offered to; absent in a room.
         #[serde(skip_serializing_if = "Option::is_none")]
         to: Option<String>,
+        /// Its chunks are sealed; false only in a plaintext room.
         encrypted: bool,
+        /// Members without a key, named so the sender knows who will not
+        /// get it.
         skipped: Vec<String>,
     },
     /// Someone offers us a file; its signature checked out.
     FileOffered {
+        /// The transfer id, for `\file accept` and `\file decline`.
         id: u32,
+        /// Who offers it.
         from: String,
+        /// The room it is offered in; absent for a file to us alone.
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// The name it would be saved under, stripped of any directory.
         name: String,
+        /// Its size in bytes, as signed by the sender.
         size: u64,
+        /// Its chunks are sealed; an unencrypted file comes after a
+        /// warning.
         encrypted: bool,
     },
     /// The server took our accept: the file goes to `part` until verified.
     FileAccepted {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
+        /// The partial file it is written to, renamed only once verified.
         part: String,
     },
+    /// The server took our decline.
     FileDeclined {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
     },
     /// Everyone answered: our file goes out to `recipients`.
     FileStarted {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
+        /// Who accepted it.
         recipients: Vec<String>,
     },
     /// How far a file has got; sparingly, when there is no progress bar.
     FileProgress {
+        /// The transfer id.
         id: u32,
+        /// Which way the file goes.
         direction: Direction,
+        /// The file's name.
         name: String,
+        /// Bytes received, or acknowledged by every recipient.
         bytes: u64,
+        /// The file's size.
         total: u64,
+        /// The mean rate since the transfer started.
         bytes_per_sec: u64,
+        /// Seconds left at that rate; absent while nothing has moved.
         #[serde(skip_serializing_if = "Option::is_none")]
         eta_secs: Option<u64>,
     },
     /// Our file is delivered: `delivered` acknowledged every chunk.
     FileSent {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
+        /// The recipients that have all of it.
         delivered: Vec<String>,
+        /// The SHA-256 we signed, in hex, to compare with the recipients'.
         sha256: String,
     },
     /// A file arrived whole, its digest and signature verified, and was
     /// saved at `path`.
     FileReceived {
+        /// The transfer id.
         id: u32,
+        /// Who sent it.
         from: String,
+        /// The name it was offered under, made safe.
         name: String,
+        /// Where it was saved: `name`, or a numbered name not to overwrite
+        /// a file.
         path: String,
+        /// Its size in bytes.
         size: u64,
+        /// Its SHA-256 in hex, the one its sender signed.
         sha256: String,
     },
     /// A transfer ended for everyone (`who` absent) or for the recipient
     /// `who`; `reason` is the server's (`sender_left`, `too_slow`, ...) or
     /// ours (`cancelled` for a file we gave up).
     FileEnded {
+        /// The transfer id.
         id: u32,
+        /// Which way the file went.
         direction: Direction,
+        /// The file's name.
         name: String,
+        /// The one recipient that is out, while the file goes on to the
+        /// others.
         #[serde(skip_serializing_if = "Option::is_none")]
         who: Option<String>,
+        /// Why, as a stable word for scripts.
         reason: String,
+        /// Why, in words for people.
         text: String,
     },
     /// A file failed verification (a chunk's MAC, the offer's signature, a
     /// decryption or the final digest): nothing of it was kept, and the
     /// transfer was refused or given up.
     FileFailed {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
+        /// Who sent it, as the server names them.
         from: String,
+        /// What failed, and what became of the file.
         problem: String,
     },
     /// The connection dropped while receiving: the partial file is kept and
     /// resumed after the next `\connect`.
     FilePaused {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
     },
     /// The server resends what we lack; `chunks` we already had.
     FileResumed {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
+        /// The chunks already written here; the rest follow.
         chunks: u32,
     },
     /// The server could not resume the file: the partial file was deleted.
     FileResumeFailed {
+        /// The transfer id.
         id: u32,
+        /// The file's name.
         name: String,
+        /// Who sent it; they must send it again.
         from: String,
+        /// The server's reason.
         text: String,
     },
     /// The reply to `\file list`.
     FileList {
+        /// Every file on its way, each way: being hashed, sent, received.
         transfers: Vec<FileStatus>,
     },
 }
@@ -252,7 +372,7 @@ pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-impl Event {
+impl UserEvent {
     /// The event as one JSON object on one line.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("events serialise to JSON")
@@ -262,20 +382,20 @@ impl Event {
     /// scripts want to see.
     pub fn to_text(&self) -> Option<String> {
         let text = match self {
-            Event::Connected { name } => {
+            UserEvent::Connected { name } => {
                 format!("Connected to the chat server. Your name is '{name}'.")
             }
-            Event::KeyRegistered { bits } => format!(
+            UserEvent::KeyRegistered { bits } => format!(
                 "Registered a {bits}-bit RSA key: rooms you create and DMs to users with keys are end-to-end encrypted."
             ),
-            Event::Nick { name } => format!("Changed nick to '{name}'."),
-            Event::Joined { room, secure: true } => {
+            UserEvent::Nick { name } => format!("Changed nick to '{name}'."),
+            UserEvent::Joined { room, secure: true } => {
                 format!("Joined room '{room}'. Messages here are end-to-end encrypted.")
             }
-            Event::Joined { room, secure: false } => format!("Joined room '{room}'."),
-            Event::Left { room } => format!("Left room '{room}'."),
-            Event::LeftServer => "Left the chat server.".to_string(),
-            Event::Users { room, names } => {
+            UserEvent::Joined { room, secure: false } => format!("Joined room '{room}'."),
+            UserEvent::Left { room } => format!("Left room '{room}'."),
+            UserEvent::LeftServer => "Left the chat server.".to_string(),
+            UserEvent::Users { room, names } => {
                 let mut names = names.clone();
                 names.sort();
                 match room {
@@ -283,16 +403,16 @@ impl Event {
                     None => format!("List of all users: {}", names.join(" ")),
                 }
             }
-            Event::Rooms { names } => format!("List of rooms: {}", names.join(" ")),
-            Event::Message {
-                kind: Kind::Room,
+            UserEvent::Rooms { names } => format!("List of rooms: {}", names.join(" ")),
+            UserEvent::Message {
+                kind: MessageKind::Room,
                 room,
                 from,
                 text,
                 ..
             } => format!("[{}] {from}: {text}", room.as_deref().unwrap_or_default()),
-            Event::Message {
-                kind: Kind::Dm,
+            UserEvent::Message {
+                kind: MessageKind::Dm,
                 from,
                 text,
                 secure,
@@ -301,48 +421,52 @@ impl Event {
                 let mark = if *secure { "" } else { " (not encrypted)" };
                 format!("< {from}{mark}: {text}")
             }
-            Event::Sent {
-                kind: Kind::Room,
+            UserEvent::Sent {
+                kind: MessageKind::Room,
                 room,
                 from,
                 text,
                 ..
             } => format!("[{}] {from}: {text}", room.as_deref().unwrap_or_default()),
-            Event::Sent {
-                kind: Kind::Dm,
+            UserEvent::Sent {
+                kind: MessageKind::Dm,
                 to,
                 text,
                 ..
             } => format!("> {}: {text}", to.as_deref().unwrap_or_default()),
-            Event::Rejected {
-                kind: Kind::Room,
+            UserEvent::Rejected {
+                kind: MessageKind::Room,
                 room,
                 from,
             } => format!(
                 "[{}] {from}: !! message failed verification; discarded",
                 room.as_deref().unwrap_or_default()
             ),
-            Event::Rejected {
-                kind: Kind::Dm,
+            UserEvent::Rejected {
+                kind: MessageKind::Dm,
                 from,
                 ..
             } => format!("< {from}: !! message failed verification; discarded"),
-            Event::Held { room } => {
+            UserEvent::Held { room } => {
                 format!("Waiting for the key of room '{room}'; the message goes out when it arrives.")
             }
-            Event::PeerKey {
+            UserEvent::PeerKey {
                 name,
                 renamed_from: Some(old),
             } => format!("'{old}' is now '{name}' (same key)."),
-            Event::PeerKey { .. } | Event::RoomKey { .. } | Event::DmKey { .. } => return None,
-            Event::Warning { text } => format!("Warning: {text}"),
-            Event::Failed { text } => format!("Command failed. ({text})"),
-            Event::Error { text } => text.clone(),
-            Event::Disconnected { reason: None } => "Disconnected from the chat server.".to_string(),
-            Event::Disconnected {
+            UserEvent::PeerKey { .. } | UserEvent::RoomKey { .. } | UserEvent::DmKey { .. } => {
+                return None
+            }
+            UserEvent::Warning { text } => format!("Warning: {text}"),
+            UserEvent::Failed { text } => format!("Command failed. ({text})"),
+            UserEvent::Error { text } => text.clone(),
+            UserEvent::Disconnected { reason: None } => {
+                "Disconnected from the chat server.".to_string()
+            }
+            UserEvent::Disconnected {
                 reason: Some(reason),
             } => format!("Disconnected from the chat server (Reason: {reason})"),
-            Event::FileOffer {
+            UserEvent::FileOffer {
                 id,
                 name,
                 size,
@@ -366,7 +490,7 @@ impl Event {
                 }
                 line
             }
-            Event::FileOffered {
+            UserEvent::FileOffered {
                 id,
                 from,
                 room,
@@ -382,16 +506,16 @@ impl Event {
                     "{from} offers file {id}{place}: '{name}' ({size} bytes{mark}). Type \\file accept {id} or \\file decline {id}."
                 )
             }
-            Event::FileAccepted { id, name, part } => {
+            UserEvent::FileAccepted { id, name, part } => {
                 format!("Accepted file {id} '{name}'; receiving into {part}.")
             }
-            Event::FileDeclined { id, name } => format!("Declined file {id} '{name}'."),
-            Event::FileStarted {
+            UserEvent::FileDeclined { id, name } => format!("Declined file {id} '{name}'."),
+            UserEvent::FileStarted {
                 id,
                 name,
                 recipients,
             } => format!("Sending file {id} '{name}' to {}.", recipients.join(", ")),
-            Event::FileProgress {
+            UserEvent::FileProgress {
                 id,
                 direction,
                 name,
@@ -407,7 +531,7 @@ impl Event {
                 let eta = eta_secs.map_or(String::new(), |eta| format!(", {eta} s left"));
                 format!("{verb} file {id} '{name}': {bytes}/{total} bytes, {bytes_per_sec} B/s{eta}")
             }
-            Event::FileSent {
+            UserEvent::FileSent {
                 id,
                 name,
                 delivered,
@@ -416,7 +540,7 @@ impl Event {
                 "Sent file {id} '{name}' to {} (SHA-256 {sha256}).",
                 delivered.join(", ")
             ),
-            Event::FileReceived {
+            UserEvent::FileReceived {
                 id,
                 from,
                 name,
@@ -426,17 +550,17 @@ impl Event {
             } => format!(
                 "Received file {id} '{name}' from {from}, verified: saved as {path} (SHA-256 {sha256})."
             ),
-            Event::FileEnded {
+            UserEvent::FileEnded {
                 id,
                 name,
                 who: Some(who),
                 text,
                 ..
             } => format!("File {id} '{name}': {who} is out. ({text})"),
-            Event::FileEnded {
+            UserEvent::FileEnded {
                 id, name, text, ..
             } => format!("File {id} '{name}' ended. ({text})"),
-            Event::FileFailed {
+            UserEvent::FileFailed {
                 id,
                 name,
                 from,
@@ -444,13 +568,13 @@ impl Event {
             } => format!(
                 "!! FILE {id} '{name}' FROM {from} FAILED VERIFICATION: {problem}. Nothing of it was kept."
             ),
-            Event::FilePaused { id, name } => format!(
+            UserEvent::FilePaused { id, name } => format!(
                 "File {id} '{name}' paused: the partial file is kept and resumes after \\connect."
             ),
-            Event::FileResumed { id, name, chunks } => {
+            UserEvent::FileResumed { id, name, chunks } => {
                 format!("Resuming file {id} '{name}' after chunk {chunks}.")
             }
-            Event::FileResumeFailed {
+            UserEvent::FileResumeFailed {
                 id,
                 name,
                 from,
@@ -458,10 +582,10 @@ impl Event {
             } => format!(
                 "File {id} '{name}' cannot be resumed ({text}); the partial file was deleted. Ask {from} to send it again."
             ),
-            Event::FileList { transfers } if transfers.is_empty() => {
+            UserEvent::FileList { transfers } if transfers.is_empty() => {
                 "No file transfers.".to_string()
             }
-            Event::FileList { transfers } => {
+            UserEvent::FileList { transfers } => {
                 let mut text = String::from("File transfers:");
                 for file in transfers {
                     let arrow = match file.direction {
@@ -487,8 +611,8 @@ mod tests {
 
     #[test]
     fn json_has_one_tag_and_leaves_out_absent_fields() {
-        let message = Event::Message {
-            kind: Kind::Dm,
+        let message = UserEvent::Message {
+            kind: MessageKind::Dm,
             room: None,
             from: "bob".into(),
             text: "hi \"there\"".into(),
@@ -498,12 +622,15 @@ mod tests {
             message.to_json(),
             r#"{"event":"message","kind":"dm","from":"bob","text":"hi \"there\"","secure":true}"#
         );
-        assert_eq!(Event::LeftServer.to_json(), r#"{"event":"left_server"}"#);
+        assert_eq!(
+            UserEvent::LeftServer.to_json(),
+            r#"{"event":"left_server"}"#
+        );
     }
 
     #[test]
     fn text_follows_the_legacy_client() {
-        let users = Event::Users {
+        let users = UserEvent::Users {
             room: None,
             names: vec!["zelda".into(), "bob".into(), "alice".into()],
         };
@@ -511,15 +638,15 @@ mod tests {
             users.to_text().unwrap(),
             "List of all users: alice bob zelda"
         );
-        let failed = Event::Failed {
+        let failed = UserEvent::Failed {
             text: "Nick not present".into(),
         };
         assert_eq!(
             failed.to_text().unwrap(),
             "Command failed. (Nick not present)"
         );
-        let rejected = Event::Rejected {
-            kind: Kind::Room,
+        let rejected = UserEvent::Rejected {
+            kind: MessageKind::Room,
             room: Some("vault".into()),
             from: "bob".into(),
         };

@@ -14,6 +14,8 @@
 //!   operations the session asks of the shell.
 //! - `terminal.rs` and `shell.rs`: stdin, stdout and the socket, with tokio.
 
+#![warn(missing_docs)]
+
 pub mod command;
 mod disk;
 pub mod event;
@@ -25,9 +27,9 @@ pub mod transfer;
 
 use std::process::ExitCode;
 
-pub use event::Event;
-pub use session::{Output, Session};
-pub use transfer::{FileOp, FileSettings, Progress};
+pub use event::UserEvent;
+pub use session::{ClientSession, Output};
+pub use transfer::{FileOp, FileSettings, TransferProgress};
 
 use std::path::PathBuf;
 

@@ -16,78 +16,119 @@ use super::transfer::PreparedFile;
 /// A request waiting its turn. It becomes frames only when it is sent, so
 /// that a room message is sealed under the key current at that moment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
+pub enum QueuedRequest {
+    /// HELLO, first on every connection: its reply names us.
     Hello,
+    /// REGISTER_KEY (`81`), right after HELLO unless `--legacy`.
     RegisterKey,
+    /// NICK.
     Nick(Vec<u8>),
+    /// JOIN.
     Join {
+        /// The room to join or create.
         room: Vec<u8>,
+        /// Empty for a room without one.
         password: Vec<u8>,
     },
+    /// LEAVE: the room, or outside one, the server.
     Leave,
+    /// LIST_USERS.
     ListUsers,
+    /// LIST_ROOMS.
     ListRooms,
     /// `plaintext`: the user was warned that `target` has no key.
     Dm {
+        /// Who it is for.
         target: Vec<u8>,
+        /// What to say, sealed when it is sent if a DM key is shared.
         text: Vec<u8>,
+        /// Send it unsealed, without asking for a key again.
         plaintext: bool,
     },
+    /// A room message, sealed when it is sent in a secure room.
     Say(Vec<u8>),
     /// A file hashed and ready to offer; signed when it is sent, under the
     /// key current at that moment.
     FileOffer(Box<PreparedFile>),
+    /// Our answer to an offer; a decline also goes out unasked for an offer
+    /// that failed its checks.
     FileDecision {
+        /// The transfer id.
         id: u32,
+        /// Accept, or decline.
         accept: bool,
     },
+    /// FILE_DONE, after the last chunk of a file we send.
     FileDone {
+        /// The transfer id.
         id: u32,
     },
     /// Asks for the rest of a file after a reconnect.
     FileResume {
+        /// The transfer id; the token is taken from the file when it is
+        /// sent.
         id: u32,
     },
     /// Sent after the transfer was already given up locally: its answer is
     /// not shown.
     FileCancel {
+        /// The transfer id.
         id: u32,
     },
     /// Waits its turn like a request, as in the legacy client, but sends
     /// nothing: it closes the connection.
     Disconnect,
+    /// Like [`QueuedRequest::Disconnect`], then exits.
     Quit,
 }
 
 /// The request on the wire, waiting for its `9a`: what the reply means
 /// depends on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Pending {
+pub enum InFlight {
+    /// Its success carries our name.
     Hello,
+    /// Its success makes the connection secure, and resumes files.
     RegisterKey,
+    /// The name asked for, ours once the server agrees.
     Nick(Vec<u8>),
     /// `secure` is learned from the `91`/`93` that precedes the `9a 00`.
     Join {
+        /// The room asked for.
         room: Vec<u8>,
+        /// The room is a secure one, as far as the server has said yet.
         secure: bool,
     },
+    /// Its success says whether we left a room or the server.
     Leave,
+    /// Its success carries the names.
     ListUsers,
+    /// Its success carries the names.
     ListRooms,
+    /// A DM, echoed once the server takes it.
     Dm {
+        /// Who it is for.
         target: Vec<u8>,
+        /// What was said, as typed, for the echo.
         text: Vec<u8>,
+        /// It went out sealed.
         secure: bool,
     },
     /// A DM_KEY_REQUEST sent on behalf of a DM, which goes out once the key
     /// is here.
     DmKey {
+        /// Who the key is asked for.
         target: Vec<u8>,
+        /// The DM waiting for it.
         text: Vec<u8>,
     },
+    /// A room message, echoed once the server takes it.
     Say {
+        /// The room it was said in (empty outside one).
         room: Vec<u8>,
+        /// What was said, as typed, for the echo.
         text: Vec<u8>,
+        /// It went out sealed.
         secure: bool,
     },
     /// The offer being made is kept by the session's file state; its id
@@ -95,17 +136,27 @@ pub enum Pending {
     FileOffer,
     /// A DM_KEY_REQUEST sent on behalf of a file to one user.
     FileDmKey(Box<PreparedFile>),
+    /// Our answer to an offer. The `8b` before the `9a 00` to an accept
+    /// carries the file's resume token.
     FileDecision {
+        /// The transfer id.
         id: u32,
+        /// Accept, or decline.
         accept: bool,
     },
+    /// FILE_DONE; its news is the `8e` or `8f` that follows.
     FileDone {
+        /// The transfer id.
         id: u32,
     },
+    /// FILE_RESUME; a refusal deletes the partial file.
     FileResume {
+        /// The transfer id.
         id: u32,
     },
+    /// FILE_CANCEL, for a file already given up here.
     FileCancel {
+        /// The transfer id.
         id: u32,
     },
 }

@@ -1,28 +1,31 @@
 //! The client without I/O: typed lines, server frames and the current time
 //! go in; frames to send, events to show and connection changes come out.
 //!
-//! The [`Session`] never touches a socket or a clock, so every behaviour of
-//! the client, the secure parts included, is tested by feeding it frames
-//! (see `tests.rs`). The tokio shell in `shell.rs` only moves bytes and lines.
+//! The [`ClientSession`] never touches a socket or a clock, so every
+//! behaviour of the client, the secure parts included, is tested by feeding
+//! it frames (see `tests.rs`). The tokio shell in `shell.rs` only moves
+//! bytes and lines.
 //!
 //! Secure by default: with an [`Identity`], each connection registers the
 //! public key right after HELLO, seals what it says in secure rooms and to
 //! users with keys, and opens what it receives. Without one (`--legacy`) it
 //! speaks the plain protocol, exactly like the legacy client.
 //!
-//! File transfer (`files.rs`) follows the same rule for disk: the session
-//! asks for file reads and writes with [`Output::File`] and the shell
-//! reports back; see [`super::transfer`] for why.
+//! File transfer follows the same rule for disk: the session asks for file
+//! reads and writes with [`Output::File`] and the shell reports back; see
+//! [`super::transfer`] for why. Its code is in `files.rs` (both ways, and a
+//! map of the rest), `send_file.rs`, `receive_file.rs` and
+//! `file_requests.rs`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::command::{self, Command};
-use super::event::{show, Event, Kind};
-use super::request::{Pending, Request};
-use super::transfer::{FileOp, Files, Progress};
+use super::command::{self, UserCommand};
+use super::event::{show, MessageKind, UserEvent};
+use super::request::{InFlight, QueuedRequest};
+use super::transfer::{FileOp, Files, TransferProgress};
 use parlor_crypto::keyring::SealError;
 use parlor_crypto::{Identity, Keyring, PeerKey, WrapLabel};
 use parlor_proto::{ClientMessage, Frame, SecureMessage, ServerMessage};
@@ -43,9 +46,9 @@ pub enum Output {
     /// Write this frame.
     Send(Bytes),
     /// Show this to the user.
-    Event(Event),
+    Event(UserEvent),
     /// Open a connection to this address, then report with
-    /// [`Session::connected`] or [`Session::connect_failed`].
+    /// [`ClientSession::connected`] or [`ClientSession::connect_failed`].
     Connect(String),
     /// Close the connection.
     Close,
@@ -54,13 +57,17 @@ pub enum Output {
     /// Do this with a file on disk; see [`FileOp`] for how to report back.
     File(FileOp),
     /// Show how far a file transfer has got.
-    Progress(Progress),
+    Progress(TransferProgress),
 }
 
-pub struct Session {
+/// The whole client but its I/O: feed it lines, frames, file outcomes and
+/// the time, and carry out the [`Output`]s each call returns, in order.
+/// Everything it must remember across connections (the identity, files
+/// being received) lives here; the rest goes with each connection.
+pub struct ClientSession {
     /// `None` in `--legacy` mode.
     identity: Option<Identity>,
-    connection: Option<Connection>,
+    connection: Option<ConnectionState>,
     /// Files being sent and received; they outlive a connection, so that
     /// a file being received resumes on the next one.
     files: Files,
@@ -69,27 +76,29 @@ pub struct Session {
 
 /// The state of one connection; a new connection starts from nothing, as
 /// the server forgets a user who logs off.
-struct Connection {
+struct ConnectionState {
     name: Vec<u8>,
     /// The server accepted our key.
     secure: bool,
-    room: Option<Room>,
+    room: Option<CurrentRoom>,
     keyring: Keyring,
-    queue: VecDeque<Request>,
-    pending: Option<Pending>,
+    queue: VecDeque<QueuedRequest>,
+    pending: Option<InFlight>,
     /// What was said in a secure room before its key arrived.
     held: VecDeque<Vec<u8>>,
     last_traffic: Instant,
 }
 
-struct Room {
+struct CurrentRoom {
     name: Vec<u8>,
     secure: bool,
 }
 
-impl Session {
-    pub fn new(identity: Option<Identity>) -> Session {
-        Session {
+impl ClientSession {
+    /// A session not connected yet. `identity` is the key registered on
+    /// every connection; `None` speaks the plain legacy protocol.
+    pub fn new(identity: Option<Identity>) -> ClientSession {
+        ClientSession {
             identity,
             connection: None,
             files: Files::default(),
@@ -97,6 +106,8 @@ impl Session {
         }
     }
 
+    /// Whether a connection is open (or being greeted), as far as the
+    /// session knows.
     pub fn is_connected(&self) -> bool {
         self.connection.is_some()
     }
@@ -106,7 +117,7 @@ impl Session {
         match command::parse(line) {
             Ok(Some(command)) => self.enqueue(command, now),
             Ok(None) => {}
-            Err(err) => self.event(Event::Error {
+            Err(err) => self.event(UserEvent::Error {
                 text: err.to_string(),
             }),
         }
@@ -115,23 +126,23 @@ impl Session {
 
     /// The input has ended: quit once what was typed before has gone out.
     pub fn end_of_input(&mut self, now: Instant) -> Vec<Output> {
-        self.command(Command::Quit, now)
+        self.command(UserCommand::Quit, now)
     }
 
     /// A command, as if typed.
-    pub fn command(&mut self, command: Command, now: Instant) -> Vec<Output> {
+    pub fn command(&mut self, command: UserCommand, now: Instant) -> Vec<Output> {
         self.enqueue(command, now);
         self.take_output()
     }
 
-    fn enqueue(&mut self, command: Command, now: Instant) {
-        if let Command::File(command) = command {
+    fn enqueue(&mut self, command: UserCommand, now: Instant) {
+        if let UserCommand::File(command) = command {
             return self.file_command(command, now);
         }
         let Some(connection) = &mut self.connection else {
             match command {
-                Command::Connect(address) => self.connect(address),
-                Command::Quit => {
+                UserCommand::Connect(address) => self.connect(address),
+                UserCommand::Quit => {
                     self.abandon_files();
                     self.out.push(Output::Quit);
                 }
@@ -140,21 +151,21 @@ impl Session {
             return;
         };
         let request = match command {
-            Command::Connect(_) => return self.error("Already connected to a chat server."),
-            Command::Nick(name) => Request::Nick(name),
-            Command::Join { room, password } => Request::Join { room, password },
-            Command::Leave => Request::Leave,
-            Command::ListUsers => Request::ListUsers,
-            Command::ListRooms => Request::ListRooms,
-            Command::Dm { target, text } => Request::Dm {
+            UserCommand::Connect(_) => return self.error("Already connected to a chat server."),
+            UserCommand::Nick(name) => QueuedRequest::Nick(name),
+            UserCommand::Join { room, password } => QueuedRequest::Join { room, password },
+            UserCommand::Leave => QueuedRequest::Leave,
+            UserCommand::ListUsers => QueuedRequest::ListUsers,
+            UserCommand::ListRooms => QueuedRequest::ListRooms,
+            UserCommand::Dm { target, text } => QueuedRequest::Dm {
                 target,
                 text,
                 plaintext: false,
             },
-            Command::Say(text) => Request::Say(text),
-            Command::File(_) => unreachable!("handled above"),
-            Command::Disconnect => Request::Disconnect,
-            Command::Quit => Request::Quit,
+            UserCommand::Say(text) => QueuedRequest::Say(text),
+            UserCommand::File(_) => unreachable!("handled above"),
+            UserCommand::Disconnect => QueuedRequest::Disconnect,
+            UserCommand::Quit => QueuedRequest::Quit,
         };
         connection.queue.push_back(request);
         self.dispatch(now);
@@ -172,11 +183,11 @@ impl Session {
 
     /// The connection asked for with [`Output::Connect`] is open.
     pub fn connected(&mut self, now: Instant) -> Vec<Output> {
-        let mut queue = VecDeque::from([Request::Hello]);
+        let mut queue = VecDeque::from([QueuedRequest::Hello]);
         if self.identity.is_some() {
-            queue.push_back(Request::RegisterKey);
+            queue.push_back(QueuedRequest::RegisterKey);
         }
-        self.connection = Some(Connection {
+        self.connection = Some(ConnectionState {
             name: Vec::new(),
             secure: false,
             room: None,
@@ -190,6 +201,8 @@ impl Session {
         self.take_output()
     }
 
+    /// The connection asked for with [`Output::Connect`] could not be
+    /// opened, for `reason`; shown in the legacy client's words.
     pub fn connect_failed(&mut self, reason: &str) -> Vec<Output> {
         self.error(&format!("Could not connect to the chat server. ({reason})"));
         self.take_output()
@@ -198,10 +211,10 @@ impl Session {
     /// The server closed the connection, or it failed.
     pub fn closed(&mut self, reason: &str) -> Vec<Output> {
         if let Some(connection) = self.connection.take() {
-            self.event(Event::Disconnected {
+            self.event(UserEvent::Disconnected {
                 reason: Some(reason.to_string()),
             });
-            let quitting = connection.queue.contains(&Request::Quit);
+            let quitting = connection.queue.contains(&QueuedRequest::Quit);
             self.files_connection_lost(quitting);
             if quitting {
                 self.out.push(Output::Quit);
@@ -210,12 +223,15 @@ impl Session {
         self.take_output()
     }
 
-    /// When [`Session::tick`] has a heartbeat to send.
+    /// When [`ClientSession::tick`] has a heartbeat to send.
     pub fn next_heartbeat(&self) -> Option<Instant> {
         let connection = self.connection.as_ref()?;
         Some(connection.last_traffic + HEARTBEAT_AFTER)
     }
 
+    /// The time is `now`: sends a heartbeat if one is due. Call it at
+    /// [`ClientSession::next_heartbeat`], or at any time; early calls do
+    /// nothing.
     pub fn tick(&mut self, now: Instant) -> Vec<Output> {
         if self.next_heartbeat().is_some_and(|due| now >= due) {
             // Heartbeats bypass the queue, as in the legacy client.
@@ -248,7 +264,7 @@ impl Session {
                 // rules; so does this one.
                 self.out.push(Output::Close);
                 self.connection = None;
-                self.event(Event::Disconnected {
+                self.event(UserEvent::Disconnected {
                     reason: Some(format!("Server sent an invalid message. ({err})")),
                 });
                 self.files_connection_lost(false);
@@ -270,7 +286,7 @@ impl Session {
             // script that types a line and ends its input is heard.
             let closing = matches!(
                 connection.queue.front(),
-                Some(Request::Disconnect | Request::Quit)
+                Some(QueuedRequest::Disconnect | QueuedRequest::Quit)
             );
             if closing && !connection.held.is_empty() {
                 return;
@@ -283,57 +299,57 @@ impl Session {
     }
 
     /// Puts one request on the wire (or handles it locally).
-    fn start(&mut self, request: Request, now: Instant) {
+    fn start(&mut self, request: QueuedRequest, now: Instant) {
         let Some(connection) = &mut self.connection else {
             return;
         };
         let (message, pending) = match request {
-            Request::Hello => (
+            QueuedRequest::Hello => (
                 ClientMessage::Hello {
                     greeting: Bytes::from_static(GREETING),
                 },
-                Pending::Hello,
+                InFlight::Hello,
             ),
-            Request::RegisterKey => {
+            QueuedRequest::RegisterKey => {
                 let identity = self
                     .identity
                     .as_ref()
                     .expect("queued only with an identity");
                 let key = Bytes::copy_from_slice(identity.public_key_der());
-                (ClientMessage::RegisterKey { key }, Pending::RegisterKey)
+                (ClientMessage::RegisterKey { key }, InFlight::RegisterKey)
             }
-            Request::Nick(name) => (
+            QueuedRequest::Nick(name) => (
                 ClientMessage::Nick {
                     name: Bytes::from(name.clone()),
                 },
-                Pending::Nick(name),
+                InFlight::Nick(name),
             ),
-            Request::Join { room, password } => (
+            QueuedRequest::Join { room, password } => (
                 ClientMessage::Join {
                     room: Bytes::from(room.clone()),
                     password: Bytes::from(password),
                 },
-                Pending::Join {
+                InFlight::Join {
                     room,
                     secure: false,
                 },
             ),
-            Request::Leave => (ClientMessage::Leave, Pending::Leave),
-            Request::ListUsers => (ClientMessage::ListUsers, Pending::ListUsers),
-            Request::ListRooms => (ClientMessage::ListRooms, Pending::ListRooms),
-            Request::Dm {
+            QueuedRequest::Leave => (ClientMessage::Leave, InFlight::Leave),
+            QueuedRequest::ListUsers => (ClientMessage::ListUsers, InFlight::ListUsers),
+            QueuedRequest::ListRooms => (ClientMessage::ListRooms, InFlight::ListRooms),
+            QueuedRequest::Dm {
                 target,
                 text,
                 plaintext,
             } => return self.start_dm(target, text, plaintext, now),
-            Request::Say(text) => return self.start_say(text, now),
-            Request::FileOffer(file) => return self.start_file_offer(*file, now),
-            Request::FileDecision { .. }
-            | Request::FileDone { .. }
-            | Request::FileResume { .. }
-            | Request::FileCancel { .. } => return self.start_file_request(request, now),
-            Request::Disconnect => return self.disconnect(false),
-            Request::Quit => return self.disconnect(true),
+            QueuedRequest::Say(text) => return self.start_say(text, now),
+            QueuedRequest::FileOffer(file) => return self.start_file_offer(*file, now),
+            QueuedRequest::FileDecision { .. }
+            | QueuedRequest::FileDone { .. }
+            | QueuedRequest::FileResume { .. }
+            | QueuedRequest::FileCancel { .. } => return self.start_file_request(request, now),
+            QueuedRequest::Disconnect => return self.disconnect(false),
+            QueuedRequest::Quit => return self.disconnect(true),
         };
         connection.pending = Some(pending);
         self.send(&message, now);
@@ -348,7 +364,7 @@ impl Session {
         let sealed = match sealer {
             None => None,
             Some(_) if target == connection.name => {
-                self.out.push(Output::Event(Event::Warning {
+                self.out.push(Output::Event(UserEvent::Warning {
                     text: "DMs to yourself are not encrypted.".to_string(),
                 }));
                 None
@@ -358,7 +374,7 @@ impl Session {
                 let request = ClientMessage::DmKeyRequest {
                     target: Bytes::from(target.clone()),
                 };
-                connection.pending = Some(Pending::DmKey { target, text });
+                connection.pending = Some(InFlight::DmKey { target, text });
                 return self.send(&request, now);
             }
             Some(identity) => {
@@ -374,7 +390,7 @@ impl Session {
             target: Bytes::from(target.clone()),
             text: Bytes::from(sealed.unwrap_or_else(|| text.clone())),
         };
-        connection.pending = Some(Pending::Dm {
+        connection.pending = Some(InFlight::Dm {
             target,
             text,
             secure,
@@ -398,7 +414,7 @@ impl Session {
                     Err(SealError::NoKey) => {
                         connection.held.push_back(text);
                         let room = show(&room);
-                        return self.event(Event::Held { room });
+                        return self.event(UserEvent::Held { room });
                     }
                     Err(err) => return self.seal_failed(err),
                 }
@@ -409,7 +425,7 @@ impl Session {
             room: Bytes::from(room.clone()),
             text: Bytes::from(sealed.unwrap_or_else(|| text.clone())),
         };
-        connection.pending = Some(Pending::Say {
+        connection.pending = Some(InFlight::Say {
             room,
             text,
             secure: secure_room,
@@ -424,7 +440,7 @@ impl Session {
     fn disconnect(&mut self, quit: bool) {
         self.connection = None;
         self.out.push(Output::Close);
-        self.event(Event::Disconnected { reason: None });
+        self.event(UserEvent::Disconnected { reason: None });
         self.files_connection_lost(quit);
         if quit {
             self.out.push(Output::Quit);
@@ -442,7 +458,7 @@ impl Session {
             // Unasked for: the legacy client shows a failure and would abort
             // on a success; this one shows the failure and ignores the rest.
             if status != 0 {
-                self.event(Event::Failed { text: show(data) });
+                self.event(UserEvent::Failed { text: show(data) });
             }
             return;
         };
@@ -454,40 +470,40 @@ impl Session {
         self.dispatch(now);
     }
 
-    fn succeeded(&mut self, pending: Pending, data: &[u8]) {
+    fn succeeded(&mut self, pending: InFlight, data: &[u8]) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let event = match pending {
-            Pending::Hello => {
+            InFlight::Hello => {
                 connection.name = data.to_vec();
-                Event::Connected { name: show(data) }
+                UserEvent::Connected { name: show(data) }
             }
-            Pending::RegisterKey => {
+            InFlight::RegisterKey => {
                 connection.secure = true;
                 let bits = self
                     .identity
                     .as_ref()
                     .map_or(0, |id| id.signature_len() * 8);
-                self.event(Event::KeyRegistered { bits });
+                self.event(UserEvent::KeyRegistered { bits });
                 // Files cut off with the last connection go on.
                 return self.resume_files();
             }
-            Pending::Nick(name) => {
+            InFlight::Nick(name) => {
                 connection.name = name;
-                Event::Nick {
+                UserEvent::Nick {
                     name: show(&connection.name),
                 }
             }
-            Pending::Join { room, secure } => {
+            InFlight::Join { room, secure } => {
                 connection.leave_room();
                 let shown = show(&room);
                 let unprotected = connection.secure && !secure;
-                connection.room = Some(Room { name: room, secure });
-                self.event(Event::Joined {
+                connection.room = Some(CurrentRoom { name: room, secure });
+                self.event(UserEvent::Joined {
                     room: shown.clone(),
                     secure,
                 });
                 if unprotected {
-                    self.event(Event::Warning {
+                    self.event(UserEvent::Warning {
                         text: format!(
                             "room '{shown}' is not end-to-end encrypted: the server and anyone on the path can read what is said here."
                         ),
@@ -495,35 +511,35 @@ impl Session {
                 }
                 return;
             }
-            Pending::Leave => match connection.leave_room() {
-                Some(room) => Event::Left { room: show(&room) },
-                None => Event::LeftServer,
+            InFlight::Leave => match connection.leave_room() {
+                Some(room) => UserEvent::Left { room: show(&room) },
+                None => UserEvent::LeftServer,
             },
-            Pending::ListUsers => Event::Users {
+            InFlight::ListUsers => UserEvent::Users {
                 room: connection.room.as_ref().map(|room| show(&room.name)),
                 names: names(data),
             },
-            Pending::ListRooms => Event::Rooms { names: names(data) },
-            Pending::Dm {
+            InFlight::ListRooms => UserEvent::Rooms { names: names(data) },
+            InFlight::Dm {
                 target,
                 text,
                 secure,
-            } => Event::Sent {
-                kind: Kind::Dm,
+            } => UserEvent::Sent {
+                kind: MessageKind::Dm,
                 room: None,
                 from: show(&connection.name),
                 to: Some(show(&target)),
                 text: show(&text),
                 secure,
             },
-            Pending::DmKey { target, text } => {
+            InFlight::DmKey { target, text } => {
                 if connection.keyring.dm_key_id(&target).is_none() {
                     return self.error(&format!(
                         "No DM key for '{}' arrived; the message was not sent.",
                         show(&target)
                     ));
                 }
-                let dm = Request::Dm {
+                let dm = QueuedRequest::Dm {
                     target,
                     text,
                     plaintext: false,
@@ -531,35 +547,35 @@ impl Session {
                 connection.queue.push_front(dm);
                 return;
             }
-            Pending::Say { room, text, secure } => Event::Sent {
-                kind: Kind::Room,
+            InFlight::Say { room, text, secure } => UserEvent::Sent {
+                kind: MessageKind::Room,
                 room: Some(show(&room)),
                 from: show(&connection.name),
                 to: None,
                 text: show(&text),
                 secure,
             },
-            file @ (Pending::FileOffer
-            | Pending::FileDmKey(_)
-            | Pending::FileDecision { .. }
-            | Pending::FileDone { .. }
-            | Pending::FileResume { .. }
-            | Pending::FileCancel { .. }) => return self.file_succeeded(file),
+            file @ (InFlight::FileOffer
+            | InFlight::FileDmKey(_)
+            | InFlight::FileDecision { .. }
+            | InFlight::FileDone { .. }
+            | InFlight::FileResume { .. }
+            | InFlight::FileCancel { .. }) => return self.file_succeeded(file),
         };
         self.event(event);
     }
 
-    fn failed(&mut self, pending: Pending, data: &[u8]) {
+    fn failed(&mut self, pending: InFlight, data: &[u8]) {
         match pending {
             // A user without a key gets the DM in plaintext, after a warning.
-            Pending::DmKey { target, text } if data == no_key_text(&target) => {
-                self.event(Event::Warning {
+            InFlight::DmKey { target, text } if data == no_key_text(&target) => {
+                self.event(UserEvent::Warning {
                     text: format!(
                         "'{}' has no key; the message is sent unencrypted.",
                         show(&target)
                     ),
                 });
-                let dm = Request::Dm {
+                let dm = QueuedRequest::Dm {
                     target,
                     text,
                     plaintext: true,
@@ -567,20 +583,20 @@ impl Session {
                 let connection = self.connection.as_mut().expect("a frame arrived");
                 connection.queue.push_front(dm);
             }
-            Pending::RegisterKey => {
-                self.event(Event::Failed { text: show(data) });
-                self.event(Event::Warning {
+            InFlight::RegisterKey => {
+                self.event(UserEvent::Failed { text: show(data) });
+                self.event(UserEvent::Warning {
                     text: "the server refused the key; nothing on this connection is encrypted."
                         .to_string(),
                 });
             }
-            file @ (Pending::FileOffer
-            | Pending::FileDmKey(_)
-            | Pending::FileDecision { .. }
-            | Pending::FileDone { .. }
-            | Pending::FileResume { .. }
-            | Pending::FileCancel { .. }) => self.file_failed(file, data),
-            _ => self.event(Event::Failed { text: show(data) }),
+            file @ (InFlight::FileOffer
+            | InFlight::FileDmKey(_)
+            | InFlight::FileDecision { .. }
+            | InFlight::FileDone { .. }
+            | InFlight::FileResume { .. }
+            | InFlight::FileCancel { .. }) => self.file_failed(file, data),
+            _ => self.event(UserEvent::Failed { text: show(data) }),
         }
     }
 
@@ -588,7 +604,7 @@ impl Session {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let Some(identity) = &self.identity else {
             // A server must never send these to a legacy connection.
-            return self.event(Event::Warning {
+            return self.event(UserEvent::Warning {
                 text: "ignored a secure-extension frame on a legacy connection.".to_string(),
             });
         };
@@ -612,10 +628,10 @@ impl Session {
                     .is_some_and(|current| current.name == room)
                 {
                     for text in connection.held.drain(..).rev() {
-                        connection.queue.push_front(Request::Say(text));
+                        connection.queue.push_front(QueuedRequest::Say(text));
                     }
                 }
-                self.event(Event::RoomKey {
+                self.event(UserEvent::RoomKey {
                     room: show(&room),
                     epoch,
                 });
@@ -637,7 +653,7 @@ impl Session {
             }
             SecureMessage::RoomJoined { room, secure }
             | SecureMessage::RoomCreated { room, secure } => {
-                if let Some(Pending::Join {
+                if let Some(InFlight::Join {
                     room: joining,
                     secure: joined_secure,
                 }) = &mut connection.pending
@@ -660,7 +676,7 @@ impl Session {
             return self.key_unusable(&format!("the public key of '{}'", show(name)));
         };
         let renamed_from = connection.keyring.add_peer(name, key);
-        self.event(Event::PeerKey {
+        self.event(UserEvent::PeerKey {
             name: show(name),
             renamed_from: renamed_from.as_deref().map(show),
         });
@@ -673,7 +689,7 @@ impl Session {
             .unwrap_key(wrapped, WrapLabel::Direct)
             .and_then(|key| connection.keyring.add_dm_key(key_id, peer, &key));
         match added {
-            Ok(()) => self.event(Event::DmKey {
+            Ok(()) => self.event(UserEvent::DmKey {
                 peer: show(peer),
                 key_id,
             }),
@@ -682,7 +698,7 @@ impl Session {
     }
 
     fn key_unusable(&mut self, what: &str) {
-        self.event(Event::Warning {
+        self.event(UserEvent::Warning {
             text: format!("could not use {what} sent by the server; ignored."),
         });
     }
@@ -698,18 +714,18 @@ impl Session {
         let sealed = connection.secure && (in_secure_room || text.starts_with(&[1, 1]));
         let shown_room = Some(show(room));
         let event = if !sealed {
-            plain_message(Kind::Room, shown_room, sender, text)
+            plain_message(MessageKind::Room, shown_room, sender, text)
         } else {
             match connection.keyring.open_room(room, sender, text, now) {
-                Ok(plaintext) => Event::Message {
-                    kind: Kind::Room,
+                Ok(plaintext) => UserEvent::Message {
+                    kind: MessageKind::Room,
                     room: shown_room,
                     from: show(sender),
                     text: show(&plaintext),
                     secure: true,
                 },
-                Err(_) => Event::Rejected {
-                    kind: Kind::Room,
+                Err(_) => UserEvent::Rejected {
+                    kind: MessageKind::Room,
                     room: shown_room,
                     from: show(sender),
                 },
@@ -722,21 +738,21 @@ impl Session {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let sealed = connection.secure && text.starts_with(&[1, 2]);
         let event = if !sealed {
-            plain_message(Kind::Dm, None, sender, text)
+            plain_message(MessageKind::Dm, None, sender, text)
         } else {
             match connection
                 .keyring
                 .open_dm(&connection.name, sender, text, now)
             {
-                Ok(plaintext) => Event::Message {
-                    kind: Kind::Dm,
+                Ok(plaintext) => UserEvent::Message {
+                    kind: MessageKind::Dm,
                     room: None,
                     from: show(sender),
                     text: show(&plaintext),
                     secure: true,
                 },
-                Err(_) => Event::Rejected {
-                    kind: Kind::Dm,
+                Err(_) => UserEvent::Rejected {
+                    kind: MessageKind::Dm,
                     room: None,
                     from: show(sender),
                 },
@@ -752,12 +768,12 @@ impl Session {
         self.out.push(Output::Send(message.to_frame().to_bytes()));
     }
 
-    fn event(&mut self, event: Event) {
+    fn event(&mut self, event: UserEvent) {
         self.out.push(Output::Event(event));
     }
 
     fn error(&mut self, text: &str) {
-        self.event(Event::Error {
+        self.event(UserEvent::Error {
             text: text.to_string(),
         });
     }
@@ -767,7 +783,7 @@ impl Session {
     }
 }
 
-impl Connection {
+impl ConnectionState {
     /// Leaves the current room locally: its keys and held messages go.
     fn leave_room(&mut self) -> Option<Vec<u8>> {
         let room = self.room.take()?;
@@ -777,8 +793,8 @@ impl Connection {
     }
 }
 
-fn plain_message(kind: Kind, room: Option<String>, sender: &[u8], text: &[u8]) -> Event {
-    Event::Message {
+fn plain_message(kind: MessageKind, room: Option<String>, sender: &[u8], text: &[u8]) -> UserEvent {
+    UserEvent::Message {
         kind,
         room,
         from: show(sender),
@@ -810,7 +826,10 @@ fn names(mut data: &[u8]) -> Vec<String> {
     names
 }
 
+mod file_requests;
 mod files;
+mod receive_file;
+mod send_file;
 
 #[cfg(test)]
 mod tests;

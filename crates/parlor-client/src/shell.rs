@@ -1,4 +1,4 @@
-//! The thin tokio shell around [`Session`]: it waits for a typed line, a
+//! The thin tokio shell around [`ClientSession`]: it waits for a typed line, a
 //! server frame, a file hashed or the heartbeat timer, hands it to the
 //! session with the current time, and carries out what the session asks
 //! for: frames to write, events to show, file operations ([`FileOp`]) and
@@ -19,12 +19,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::command::Command;
+use super::command::UserCommand;
 use super::disk;
-use super::event::{Direction, Event};
-use super::session::{Output, Session};
+use super::event::{Direction, UserEvent};
+use super::session::{ClientSession, Output};
 use super::terminal::{self, Printer};
-use super::transfer::{FileOp, FileSettings, Progress};
+use super::transfer::{FileOp, FileSettings, TransferProgress};
 use super::Options;
 use parlor_crypto::Identity;
 use parlor_proto::{Frame, FrameCodec, FrameError};
@@ -35,17 +35,17 @@ use parlor_proto::{Frame, FrameCodec, FrameError};
 const MAX_SERVER_PAYLOAD: usize = 16 << 20;
 
 /// An open connection.
-struct Link {
+struct ServerLink {
     reader: OwnedReadHalf,
     buffer: BytesMut,
     codec: FrameCodec,
     writer: OwnedWriteHalf,
 }
 
-impl Link {
-    fn new(stream: TcpStream) -> Link {
+impl ServerLink {
+    fn new(stream: TcpStream) -> ServerLink {
         let (reader, writer) = stream.into_split();
-        Link {
+        ServerLink {
             reader,
             buffer: BytesMut::new(),
             codec: FrameCodec::new(MAX_SERVER_PAYLOAD),
@@ -90,7 +90,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let (hashed_tx, mut hashed) = mpsc::unbounded_channel();
     let bars = !options.json && std::io::stdout().is_terminal();
     let mut shell = Shell {
-        session: Session::new(identity).with_file_settings(settings),
+        session: ClientSession::new(identity).with_file_settings(settings),
         link: None,
         printer,
         progress: ProgressView::new(bars),
@@ -99,7 +99,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(address) = options.address {
         let outputs = shell
             .session
-            .command(Command::Connect(address), Instant::now());
+            .command(UserCommand::Connect(address), Instant::now());
         if shell.apply(outputs).await {
             return Ok(());
         }
@@ -130,8 +130,8 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 struct Shell {
-    session: Session,
-    link: Option<Link>,
+    session: ClientSession,
+    link: Option<ServerLink>,
     printer: Printer,
     progress: ProgressView,
     /// Where hashing threads report.
@@ -178,7 +178,7 @@ impl Shell {
                     Ok(stream) => {
                         // Requests are small and interactive.
                         let _ = stream.set_nodelay(true);
-                        self.link = Some(Link::new(stream));
+                        self.link = Some(ServerLink::new(stream));
                         outputs.extend(self.session.connected(Instant::now()));
                     }
                     Err(err) => outputs.extend(self.session.connect_failed(&err.to_string())),
@@ -197,7 +197,7 @@ impl Shell {
         false
     }
 
-    fn show(&mut self, event: &Event) {
+    fn show(&mut self, event: &UserEvent) {
         // While bars are drawn, lines go above them through indicatif, which
         // redraws the bars below; the line editor's printer knows nothing
         // of them and would leave stale copies behind.
@@ -231,14 +231,12 @@ impl Shell {
                 offset,
                 len,
             } => {
-                let read = disk::read_chunk(&path, offset, len)
-                    .map(Into::into)
-                    .map_err(|err| err.to_string());
+                let read = disk::read_chunk(&path, offset, len).map(Into::into);
                 self.session.chunk_read(id, index, read, now)
             }
             FileOp::Create { id, path } => match disk::create(&path) {
                 Ok(()) => Vec::new(),
-                Err(err) => self.session.file_io_failed(id, &err.to_string(), now),
+                Err(err) => self.session.file_io_failed(id, &err, now),
             },
             FileOp::Write {
                 id,
@@ -247,7 +245,7 @@ impl Shell {
                 data,
             } => match disk::write_at(&path, offset, &data) {
                 Ok(()) => Vec::new(),
-                Err(err) => self.session.file_io_failed(id, &err.to_string(), now),
+                Err(err) => self.session.file_io_failed(id, &err, now),
             },
             FileOp::Save {
                 id,
@@ -255,13 +253,13 @@ impl Shell {
                 dir,
                 name,
             } => {
-                let saved = disk::save(&part, &dir, &name).map_err(|err| err.to_string());
+                let saved = disk::save(&part, &dir, &name);
                 self.session.file_saved(id, saved)
             }
             FileOp::Delete { path } => {
                 if let Err(err) = disk::delete(&path) {
                     let text = format!("Could not delete {}: {err}", path.display());
-                    self.show(&Event::Error { text });
+                    self.show(&UserEvent::Error { text });
                 }
                 Vec::new()
             }
@@ -273,7 +271,7 @@ impl Shell {
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Progress bars on a terminal (with `indicatif`), or a sparing
-/// [`Event::FileProgress`] for `--json` and pipes.
+/// [`UserEvent::FileProgress`] for `--json` and pipes.
 struct ProgressView {
     bars: Option<indicatif::MultiProgress>,
     live: HashMap<(Direction, u32), Live>,
@@ -299,7 +297,7 @@ impl ProgressView {
     }
 
     /// Draws `progress`; returns an event to print instead, now and then.
-    fn update(&mut self, progress: &Progress) -> Option<Event> {
+    fn update(&mut self, progress: &TransferProgress) -> Option<UserEvent> {
         let key = (progress.direction, progress.id);
         let now = Instant::now();
         if progress.ended {
@@ -335,7 +333,7 @@ impl ProgressView {
         let elapsed = now.duration_since(live.started).as_secs_f64();
         let rate = (progress.bytes as f64 / elapsed.max(0.001)) as u64;
         let left = progress.total.saturating_sub(progress.bytes);
-        Some(Event::FileProgress {
+        Some(UserEvent::FileProgress {
             id: progress.id,
             direction: progress.direction,
             name: progress.name.clone(),
@@ -355,7 +353,7 @@ impl ProgressView {
     }
 }
 
-fn new_bar(progress: &Progress) -> indicatif::ProgressBar {
+fn new_bar(progress: &TransferProgress) -> indicatif::ProgressBar {
     let arrow = match progress.direction {
         Direction::Send => "→",
         Direction::Receive => "←",
@@ -376,7 +374,7 @@ fn new_bar(progress: &Progress) -> indicatif::ProgressBar {
     bar
 }
 
-async fn next_frame(link: &mut Option<Link>) -> Option<Result<Frame, FrameError>> {
+async fn next_frame(link: &mut Option<ServerLink>) -> Option<Result<Frame, FrameError>> {
     match link {
         Some(link) => link.next_frame().await,
         None => std::future::pending().await,

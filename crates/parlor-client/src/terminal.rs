@@ -16,8 +16,8 @@ use rustyline::error::ReadlineError;
 use rustyline::{DefaultEditor, ExternalPrinter};
 use tokio::sync::mpsc;
 
-use super::command::{self, Command};
-use super::event::Event;
+use super::command::{self, UserCommand};
+use super::event::UserEvent;
 
 const PROMPT: &str = "> ";
 
@@ -43,7 +43,7 @@ pub(crate) enum Printer {
 }
 
 impl Printer {
-    pub(crate) fn show(&mut self, event: &Event) {
+    pub(crate) fn show(&mut self, event: &UserEvent) {
         let (json, editor) = match self {
             Printer::Stdout { json } => (*json, None),
             Printer::Editor { json, printer } => (*json, Some(printer)),
@@ -109,7 +109,7 @@ fn spawn_reader(mut read_line: impl FnMut() -> Option<String> + Send + 'static) 
     let (line_tx, lines) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         while let Some(line) = read_line() {
-            let quit = command::parse(&line) == Ok(Some(Command::Quit));
+            let quit = command::parse(&line) == Ok(Some(UserCommand::Quit));
             if line_tx.send(line).is_err() || quit {
                 return;
             }

@@ -3,11 +3,11 @@
 //!
 //! ## Where file IO happens
 //!
-//! The [`Session`](super::Session) opens no file, as it opens no socket. It
+//! The [`ClientSession`](super::ClientSession) opens no file, as it opens no socket. It
 //! asks for each read, write and rename with an [`Output::File`] holding a
 //! [`FileOp`], and the shell carries it out and reports back
-//! (`Session::file_hashed`, `Session::chunk_read`, `Session::file_saved`,
-//! `Session::file_io_failed`). This is the same split as for the network,
+//! (`ClientSession::file_hashed`, `ClientSession::chunk_read`, `ClientSession::file_saved`,
+//! `ClientSession::file_io_failed`). This is the same split as for the network,
 //! for the same reasons and two more:
 //!
 //! - Every file behaviour, integrity failures and resume included, is
@@ -65,48 +65,84 @@ impl Default for FileSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileOp {
     /// Read the whole file once for its size and SHA-256, then report with
-    /// `Session::file_hashed`. May be slow: run it off the event loop.
-    Hash { local: u32, path: PathBuf },
-    /// Read exactly `len` bytes at `offset`, then report with
-    /// `Session::chunk_read`, in the order the reads were asked for.
-    Read {
-        id: u32,
-        index: u32,
+    /// `ClientSession::file_hashed`. May be slow: run it off the event loop.
+    Hash {
+        /// The session's own number for the file: it has no transfer id
+        /// until the server takes the offer.
+        local: u32,
+        /// The file to offer.
         path: PathBuf,
+    },
+    /// Read exactly `len` bytes at `offset`, then report with
+    /// `ClientSession::chunk_read`, in the order the reads were asked for.
+    Read {
+        /// The transfer id.
+        id: u32,
+        /// The chunk this read is for, to report it with.
+        index: u32,
+        /// The file being sent; reopened for each read, as no handle is
+        /// kept.
+        path: PathBuf,
+        /// Where the chunk starts.
         offset: u64,
+        /// The chunk's length: the shell reads exactly this much, or
+        /// reports an error.
         len: usize,
     },
     /// Create (or empty) the partial file. Report only a failure, with
-    /// `Session::file_io_failed`.
-    Create { id: u32, path: PathBuf },
+    /// `ClientSession::file_io_failed`.
+    Create {
+        /// The transfer id, to report a failure with.
+        id: u32,
+        /// The partial file, `NAME.part` in the download directory.
+        path: PathBuf,
+    },
     /// Write `data` at `offset` of the partial file. Report only a failure.
     Write {
+        /// The transfer id, to report a failure with.
         id: u32,
+        /// The partial file.
         path: PathBuf,
+        /// Where the chunk goes: chunks are written in order, but at their
+        /// place, so that a write never depends on the one before.
         offset: u64,
+        /// The chunk's plaintext, already checked.
         data: Bytes,
     },
     /// Move the verified partial file to `dir/name`, or, not to overwrite
     /// anything, to `name (1)`, `name (2)`, ... before the extension; then
-    /// report the path with `Session::file_saved`.
+    /// report the path with `ClientSession::file_saved`.
     Save {
+        /// The transfer id, to report with.
         id: u32,
+        /// The partial file, verified.
         part: PathBuf,
+        /// The download directory.
         dir: PathBuf,
+        /// The name to save it under, already made safe ([`safe_name`]).
         name: String,
     },
     /// Delete the file, if it is there.
-    Delete { path: PathBuf },
+    Delete {
+        /// A partial file given up.
+        path: PathBuf,
+    },
 }
 
 /// How far a transfer has got, for a progress bar. The shell draws it, or
-/// turns it into a sparing [`super::Event::FileProgress`].
+/// turns it into a sparing [`super::UserEvent::FileProgress`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
+pub struct TransferProgress {
+    /// The transfer id; with `direction`, which bar this is.
     pub id: u32,
+    /// Which way the file goes.
     pub direction: Direction,
+    /// The file's name, for the bar's label.
     pub name: String,
+    /// Bytes received, or acknowledged by every recipient: what is safely
+    /// across, not what was merely sent.
     pub bytes: u64,
+    /// The file's size.
     pub total: u64,
     /// The transfer is over, whichever way it ended: remove the bar.
     pub ended: bool,
@@ -115,12 +151,15 @@ pub struct Progress {
 /// A file hashed and ready to be offered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreparedFile {
+    /// Where the chunks are read from when the file goes out.
     pub path: PathBuf,
     /// The name offered: the path's last component.
     pub name: Vec<u8>,
     /// `None`: the room we are in.
     pub target: Option<Vec<u8>>,
+    /// The size when it was hashed, which the offer promises.
     pub size: u64,
+    /// The SHA-256 of the whole, signed in the offer.
     pub digest: [u8; 32],
 }
 
@@ -134,8 +173,8 @@ pub(super) struct Files {
     /// The offer on the wire (one request at a time): sealed, waiting for
     /// its `8a` (which gives `id`) and `9a`.
     pub offering: Option<Offering>,
-    pub outgoing: BTreeMap<u32, Outgoing>,
-    pub incoming: BTreeMap<u32, Incoming>,
+    pub outgoing: BTreeMap<u32, OutboundFile>,
+    pub incoming: BTreeMap<u32, InboundFile>,
 }
 
 #[derive(Debug)]
@@ -149,12 +188,12 @@ pub(super) struct Preparing {
 pub(super) struct Offering {
     pub id: Option<u32>,
     pub skipped: Vec<Bytes>,
-    pub file: Outgoing,
+    pub file: OutboundFile,
 }
 
 /// A file we send.
 #[derive(Debug)]
-pub(super) struct Outgoing {
+pub(super) struct OutboundFile {
     pub name: String,
     pub path: PathBuf,
     /// The room, or the user it goes to.
@@ -187,7 +226,7 @@ pub(super) enum OutStage {
     Done { acked: u32 },
 }
 
-impl Outgoing {
+impl OutboundFile {
     pub(crate) fn acked(&self) -> u32 {
         match self.stage {
             OutStage::Offered => 0,
@@ -206,8 +245,8 @@ impl Outgoing {
         }
     }
 
-    pub(crate) fn progress(&self, id: u32, ended: bool) -> Progress {
-        Progress {
+    pub(crate) fn progress(&self, id: u32, ended: bool) -> TransferProgress {
+        TransferProgress {
             id,
             direction: Direction::Send,
             name: self.name.clone(),
@@ -244,7 +283,7 @@ pub(super) enum KeySource {
 
 /// A file offered to us.
 #[derive(Debug)]
-pub(super) struct Incoming {
+pub(super) struct InboundFile {
     pub from: Vec<u8>,
     /// The name to save it under: [`safe_name`] of the offered one.
     pub name: String,
@@ -281,9 +320,9 @@ pub(super) enum InStage {
     Saving,
 }
 
-impl Incoming {
-    pub(crate) fn progress(&self, id: u32, ended: bool) -> Progress {
-        Progress {
+impl InboundFile {
+    pub(crate) fn progress(&self, id: u32, ended: bool) -> TransferProgress {
+        TransferProgress {
             id,
             direction: Direction::Receive,
             name: self.name.clone(),

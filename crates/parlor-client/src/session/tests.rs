@@ -15,7 +15,7 @@ const NO_KEY: &[u8] = b"User 'leg' has no key; messages to them are not encrypte
 
 /// A session of "alice" (the known-answer key) and its clock.
 struct Alice {
-    session: Session,
+    session: ClientSession,
     now: Instant,
 }
 
@@ -24,7 +24,7 @@ impl Alice {
     fn connected(secure: bool) -> Alice {
         let identity = secure.then(kat::identity);
         let mut alice = Alice {
-            session: Session::new(identity),
+            session: ClientSession::new(identity),
             now: Instant::now(),
         };
         let connect = alice.line("\\connect 127.0.0.1:4170");
@@ -39,7 +39,7 @@ impl Alice {
         let outputs = alice.reply(0, b"alice");
         assert_eq!(
             events(&outputs),
-            [Event::Connected {
+            [UserEvent::Connected {
                 name: "alice".into()
             }]
         );
@@ -47,7 +47,7 @@ impl Alice {
             let key = Bytes::copy_from_slice(kat::identity().public_key_der());
             assert_eq!(sent(&outputs), [ClientMessage::RegisterKey { key }]);
             let outputs = alice.reply(0, b"");
-            assert_eq!(events(&outputs), [Event::KeyRegistered { bits: 2048 }]);
+            assert_eq!(events(&outputs), [UserEvent::KeyRegistered { bits: 2048 }]);
         } else {
             assert_eq!(sent(&outputs), []);
         }
@@ -147,7 +147,7 @@ fn sent(outputs: &[Output]) -> Vec<ClientMessage> {
         .collect()
 }
 
-fn events(outputs: &[Output]) -> Vec<Event> {
+fn events(outputs: &[Output]) -> Vec<UserEvent> {
     outputs
         .iter()
         .filter_map(|output| match output {
@@ -157,8 +157,14 @@ fn events(outputs: &[Output]) -> Vec<Event> {
         .collect()
 }
 
-fn message(kind: Kind, room: Option<&str>, from: &str, text: &str, secure: bool) -> Event {
-    Event::Message {
+fn message(
+    kind: MessageKind,
+    room: Option<&str>,
+    from: &str,
+    text: &str,
+    secure: bool,
+) -> UserEvent {
+    UserEvent::Message {
         kind,
         room: room.map(str::to_string),
         from: from.to_string(),
@@ -179,7 +185,7 @@ fn keeps_one_request_on_the_wire_like_the_legacy_client() {
     // Status 03 answers nothing.
     assert_eq!(alice.reply(3, b"still there?"), []);
     let outputs = alice.reply(0, b"");
-    assert_eq!(events(&outputs), [Event::Nick { name: "bob".into() }]);
+    assert_eq!(events(&outputs), [UserEvent::Nick { name: "bob".into() }]);
     assert!(matches!(&sent(&outputs)[..], [ClientMessage::Join { .. }]));
     let outputs = alice.reply(0, b"");
     assert_eq!(
@@ -192,7 +198,7 @@ fn keeps_one_request_on_the_wire_like_the_legacy_client() {
     let outputs = alice.reply(1, b"Slow down: at most 5 messages per 5 seconds.");
     assert_eq!(
         events(&outputs),
-        [Event::Failed {
+        [UserEvent::Failed {
             text: "Slow down: at most 5 messages per 5 seconds.".into()
         }]
     );
@@ -207,11 +213,11 @@ fn quit_waits_its_turn_and_ends_the_input() {
     assert_eq!(
         outputs,
         [
-            Output::Event(Event::Rooms {
+            Output::Event(UserEvent::Rooms {
                 names: vec!["lobby".into()]
             }),
             Output::Close,
-            Output::Event(Event::Disconnected { reason: None }),
+            Output::Event(UserEvent::Disconnected { reason: None }),
             Output::Quit,
         ]
     );
@@ -219,9 +225,9 @@ fn quit_waits_its_turn_and_ends_the_input() {
 
 #[test]
 fn offline_commands_and_bad_lines_say_why() {
-    let mut session = Session::new(None);
+    let mut session = ClientSession::new(None);
     let now = Instant::now();
-    let error = |text: &str| vec![Output::Event(Event::Error { text: text.into() })];
+    let error = |text: &str| vec![Output::Event(UserEvent::Error { text: text.into() })];
     assert_eq!(
         session.line("\\join r", now),
         error("Not connected to a chat server.")
@@ -263,7 +269,7 @@ fn a_frame_the_protocol_does_not_allow_ends_the_connection() {
     assert_eq!(outputs[0], Output::Close);
     assert!(matches!(
         &outputs[1],
-        Output::Event(Event::Disconnected { reason: Some(reason) }) if reason.contains("0x77")
+        Output::Event(UserEvent::Disconnected { reason: Some(reason) }) if reason.contains("0x77")
     ));
     assert!(!alice.session.is_connected());
 }
@@ -275,7 +281,7 @@ fn legacy_mode_speaks_plaintext_and_ignores_secure_frames() {
     assert!(matches!(&sent(&outputs)[..], [ClientMessage::Join { .. }]));
     assert_eq!(
         events(&alice.reply(0, b"")),
-        [Event::Joined {
+        [UserEvent::Joined {
             room: "vault".into(),
             secure: false
         }]
@@ -286,7 +292,7 @@ fn legacy_mode_speaks_plaintext_and_ignores_secure_frames() {
     assert_eq!(
         events(&outputs),
         [message(
-            Kind::Room,
+            MessageKind::Room,
             Some("vault"),
             "bob",
             "\u{1}\u{1} looks sealed",
@@ -294,7 +300,7 @@ fn legacy_mode_speaks_plaintext_and_ignores_secure_frames() {
         )]
     );
     let stray = alice.secure(SecureMessage::NickSet { name: "x".into() });
-    assert!(matches!(&events(&stray)[..], [Event::Warning { .. }]));
+    assert!(matches!(&events(&stray)[..], [UserEvent::Warning { .. }]));
 }
 
 #[test]
@@ -303,7 +309,7 @@ fn room_text_waits_for_the_key_and_goes_out_sealed() {
     let outputs = alice.join("vault", true);
     assert_eq!(
         events(&outputs),
-        [Event::Joined {
+        [UserEvent::Joined {
             room: "vault".into(),
             secure: true
         }]
@@ -311,7 +317,7 @@ fn room_text_waits_for_the_key_and_goes_out_sealed() {
     let outputs = alice.line("said early");
     assert_eq!(
         events(&outputs),
-        [Event::Held {
+        [UserEvent::Held {
             room: "vault".into()
         }]
     );
@@ -323,7 +329,7 @@ fn room_text_waits_for_the_key_and_goes_out_sealed() {
     let outputs = alice.secure(room_key_for_alice("vault", 1, &key));
     assert_eq!(
         events(&outputs),
-        [Event::RoomKey {
+        [UserEvent::RoomKey {
             room: "vault".into(),
             epoch: 1
         }]
@@ -344,8 +350,8 @@ fn room_text_waits_for_the_key_and_goes_out_sealed() {
     let outputs = alice.reply(0, b"");
     assert_eq!(
         events(&outputs)[0],
-        Event::Sent {
-            kind: Kind::Room,
+        UserEvent::Sent {
+            kind: MessageKind::Room,
             room: Some("vault".into()),
             from: "alice".into(),
             to: None,
@@ -363,13 +369,13 @@ fn plaintext_rooms_are_announced_with_a_warning() {
     let events = events(&outputs);
     assert_eq!(
         events[0],
-        Event::Joined {
+        UserEvent::Joined {
             room: "lobby".into(),
             secure: false
         }
     );
     assert!(
-        matches!(&events[1], Event::Warning { text } if text.contains("not end-to-end encrypted"))
+        matches!(&events[1], UserEvent::Warning { text } if text.contains("not end-to-end encrypted"))
     );
     assert_eq!(
         sent(&alice.line("hi all")),
@@ -401,10 +407,16 @@ fn received_room_messages_are_opened_once_and_checked() {
     let wire = encode_room_message(b"vault", b"bob", &sealed);
     assert_eq!(
         events(&alice.receive(&wire)),
-        [message(Kind::Room, Some("vault"), "bob", "hi alice", true)]
+        [message(
+            MessageKind::Room,
+            Some("vault"),
+            "bob",
+            "hi alice",
+            true
+        )]
     );
-    let rejected = Event::Rejected {
-        kind: Kind::Room,
+    let rejected = UserEvent::Rejected {
+        kind: MessageKind::Room,
         room: Some("vault".into()),
         from: "bob".into(),
     };
@@ -454,11 +466,11 @@ fn a_dm_to_a_secure_user_gets_a_key_first_and_goes_out_sealed() {
     assert_eq!(
         events(&alice.secure(issued)),
         [
-            Event::PeerKey {
+            UserEvent::PeerKey {
                 name: "bob".into(),
                 renamed_from: None
             },
-            Event::DmKey {
+            UserEvent::DmKey {
                 peer: "bob".into(),
                 key_id: 42
             },
@@ -486,7 +498,7 @@ fn a_dm_to_a_secure_user_gets_a_key_first_and_goes_out_sealed() {
     let outputs = alice.receive(&encode_direct_message(b"bob", &answer));
     assert_eq!(
         events(&outputs),
-        [message(Kind::Dm, None, "bob", "ok", true)]
+        [message(MessageKind::Dm, None, "bob", "ok", true)]
     );
     // A later DM needs no new key.
     alice.reply(0, b"");
@@ -503,7 +515,7 @@ fn a_dm_to_a_user_without_a_key_is_sent_plaintext_after_a_warning() {
     alice.line("\\msg leg hello");
     let outputs = alice.reply(1, NO_KEY);
     assert!(
-        matches!(&events(&outputs)[..], [Event::Warning { text }] if text.contains("unencrypted"))
+        matches!(&events(&outputs)[..], [UserEvent::Warning { text }] if text.contains("unencrypted"))
     );
     assert_eq!(
         sent(&outputs),
@@ -515,13 +527,13 @@ fn a_dm_to_a_user_without_a_key_is_sent_plaintext_after_a_warning() {
     let outputs = alice.reply(0, b"");
     assert!(matches!(
         &events(&outputs)[..],
-        [Event::Sent { secure: false, .. }]
+        [UserEvent::Sent { secure: false, .. }]
     ));
     // Plaintext DMs arrive marked as such.
     let outputs = alice.receive(&encode_direct_message(b"leg", b"hi"));
     assert_eq!(
         events(&outputs),
-        [message(Kind::Dm, None, "leg", "hi", false)]
+        [message(MessageKind::Dm, None, "leg", "hi", false)]
     );
 }
 
@@ -538,7 +550,7 @@ fn a_dm_to_nobody_fails_without_sending_anything() {
     let outputs = alice.reply(1, b"Nick not present");
     assert_eq!(
         events(&outputs),
-        [Event::Failed {
+        [UserEvent::Failed {
             text: "Nick not present".into()
         }]
     );
@@ -559,7 +571,7 @@ fn leaving_a_room_forgets_its_keys() {
     );
     assert_eq!(
         events(&alice.reply(0, b"")),
-        [Event::Left {
+        [UserEvent::Left {
             room: "vault".into()
         }]
     );
@@ -567,7 +579,7 @@ fn leaving_a_room_forgets_its_keys() {
     alice.join("vault", true);
     assert_eq!(
         events(&alice.line("hi")),
-        [Event::Held {
+        [UserEvent::Held {
             room: "vault".into()
         }]
     );

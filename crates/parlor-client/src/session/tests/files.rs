@@ -28,8 +28,8 @@ fn settings() -> FileSettings {
 /// knowing bob's key.
 fn alice_in_vault(bob: &Peer) -> Alice {
     let mut alice = Alice::connected(true);
-    alice.session =
-        std::mem::replace(&mut alice.session, Session::new(None)).with_file_settings(settings());
+    alice.session = std::mem::replace(&mut alice.session, ClientSession::new(None))
+        .with_file_settings(settings());
     alice.join("vault", true);
     alice.secure(room_key_for_alice("vault", 1, &ROOM_KEY));
     alice.secure(SecureMessage::PeerKey {
@@ -187,7 +187,7 @@ fn accept(alice: &mut Alice, id: u32) -> PathBuf {
 
 fn file_failed(outputs: &[Output]) -> Option<String> {
     events(outputs).into_iter().find_map(|event| match event {
-        Event::FileFailed { problem, .. } => Some(problem),
+        UserEvent::FileFailed { problem, .. } => Some(problem),
         _ => None,
     })
 }
@@ -245,7 +245,7 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
     let outputs = alice.reply(0, b"");
     assert_eq!(
         events(&outputs),
-        [Event::FileOffer {
+        [UserEvent::FileOffer {
             id: 5,
             name: "notes.txt".into(),
             size: 50,
@@ -315,7 +315,7 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
     );
     assert_eq!(
         events(&outputs),
-        [Event::FileEnded {
+        [UserEvent::FileEnded {
             id: 5,
             direction: Direction::Send,
             name: "notes.txt".into(),
@@ -333,7 +333,7 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
     );
     assert_eq!(
         events(&outputs),
-        [Event::FileSent {
+        [UserEvent::FileSent {
             id: 5,
             name: "notes.txt".into(),
             delivered: vec!["bob".into()],
@@ -347,7 +347,7 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
     let outputs = alice.line("\\file list");
     assert_eq!(
         events(&outputs),
-        [Event::FileList {
+        [UserEvent::FileList {
             transfers: Vec::new()
         }]
     );
@@ -414,7 +414,9 @@ fn a_file_to_one_user_gets_a_dm_key_first_and_an_empty_file_is_done_at_once() {
 fn files_need_a_key_a_room_and_a_name() {
     let mut legacy = Alice::connected(false);
     let outputs = legacy.line("\\file send a.txt");
-    assert!(matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("--legacy")));
+    assert!(
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("--legacy"))
+    );
 
     let bob = Peer::new(b"bob");
     let mut alice = Alice::connected(true);
@@ -423,17 +425,17 @@ fn files_need_a_key_a_room_and_a_name() {
         .session
         .file_hashed(0, Ok((1, digest(b"a"))), alice.now);
     assert!(
-        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("not in a room")),
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("not in a room")),
         "{outputs:?}"
     );
     let outputs = alice.line("\\file send /");
     assert!(
-        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("does not name a file"))
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("does not name a file"))
     );
     let outputs = alice.line("\\file accept 3");
     assert_eq!(
         events(&outputs),
-        [Event::Error {
+        [UserEvent::Error {
             text: "No file 3 is waiting for your answer.".into()
         }]
     );
@@ -445,7 +447,7 @@ fn files_need_a_key_a_room_and_a_name() {
         .file_hashed(1, Ok((1, digest(b"a"))), alice.now);
     assert_eq!(sent(&outputs), []);
     assert!(
-        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("has not arrived"))
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("has not arrived"))
     );
     // A file that cannot be read.
     let outputs = alice.line("\\file send nothing.txt");
@@ -456,7 +458,7 @@ fn files_need_a_key_a_room_and_a_name() {
         .session
         .file_hashed(local, Err("No such file".into()), alice.now);
     assert!(
-        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("No such file"))
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("No such file"))
     );
     drop(bob);
 }
@@ -464,15 +466,15 @@ fn files_need_a_key_a_room_and_a_name() {
 #[test]
 fn a_plaintext_room_gets_its_file_unencrypted_after_a_warning() {
     let mut alice = Alice::connected(true);
-    alice.session =
-        std::mem::replace(&mut alice.session, Session::new(None)).with_file_settings(settings());
+    alice.session = std::mem::replace(&mut alice.session, ClientSession::new(None))
+        .with_file_settings(settings());
     alice.join("lobby", false);
     alice.line("\\file send a.txt");
     let outputs = alice
         .session
         .file_hashed(0, Ok((3, digest(b"abc"))), alice.now);
     assert!(
-        matches!(&events(&outputs)[..], [Event::Warning { text }] if text.contains("sent unencrypted"))
+        matches!(&events(&outputs)[..], [UserEvent::Warning { text }] if text.contains("sent unencrypted"))
     );
     let [FileRequest::Offer { meta, .. }] = &sent_files(&outputs)[..] else {
         panic!("{outputs:?}");
@@ -518,7 +520,7 @@ fn an_offer_is_checked_then_received_verified_and_saved() {
     let outputs = notice(&mut alice, offered(&bob, 9, "vault", meta.clone()));
     assert_eq!(
         events(&outputs),
-        [Event::FileOffered {
+        [UserEvent::FileOffered {
             id: 9,
             from: "bob".into(),
             room: Some("vault".into()),
@@ -564,7 +566,7 @@ fn an_offer_is_checked_then_received_verified_and_saved() {
     assert_eq!(notice(&mut alice, FileNotice::Done { id: 9 }), []);
     let saved = PathBuf::from("/downloads/report (1).pdf");
     let outputs = alice.session.file_saved(9, Ok(saved));
-    assert!(events(&outputs).contains(&Event::FileReceived {
+    assert!(events(&outputs).contains(&UserEvent::FileReceived {
         id: 9,
         from: "bob".into(),
         name: "report.pdf".into(),
@@ -708,7 +710,7 @@ fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
     notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 1));
 
     let outputs = alice.session.closed("Server hung up");
-    assert!(events(&outputs).contains(&Event::FilePaused {
+    assert!(events(&outputs).contains(&UserEvent::FilePaused {
         id: 4,
         name: "big.bin".into()
     }));
@@ -729,7 +731,7 @@ fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
     let outputs = alice.reply(0, b"");
     assert_eq!(
         events(&outputs),
-        [Event::FileResumed {
+        [UserEvent::FileResumed {
             id: 4,
             name: "big.bin".into(),
             chunks: 2
@@ -767,7 +769,7 @@ fn a_resume_refused_deletes_the_partial_file() {
     let outputs = alice.reply(1, text);
     assert_eq!(
         events(&outputs),
-        [Event::FileResumeFailed {
+        [UserEvent::FileResumeFailed {
             id: 6,
             name: "f".into(),
             from: "bob".into(),
@@ -796,7 +798,7 @@ fn an_ended_transfer_deletes_the_partial_file_and_quitting_drops_paused_ones() {
     assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
     assert_eq!(
         events(&outputs),
-        [Event::FileEnded {
+        [UserEvent::FileEnded {
             id: 7,
             direction: Direction::Receive,
             name: "g".into(),
@@ -836,7 +838,7 @@ fn a_key_that_has_not_arrived_holds_the_accept_and_the_list_shows_it_all() {
     let outputs = alice.line("\\file accept 1");
     assert_eq!(sent(&outputs), []);
     assert!(
-        matches!(&events(&outputs)[..], [Event::Error { text }] if text.contains("has not arrived"))
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("has not arrived"))
     );
     alice.secure(room_key_for_alice("vault", 2, &[8; 32]));
     let outputs = alice.line("\\file accept 1");
@@ -848,7 +850,7 @@ fn a_key_that_has_not_arrived_holds_the_accept_and_the_list_shows_it_all() {
         }]
     );
     let outputs = alice.line("\\file list");
-    let [Event::FileList { transfers }] = &events(&outputs)[..] else {
+    let [UserEvent::FileList { transfers }] = &events(&outputs)[..] else {
         panic!("{outputs:?}");
     };
     assert_eq!(transfers.len(), 1);
@@ -860,10 +862,10 @@ fn a_key_that_has_not_arrived_holds_the_accept_and_the_list_shows_it_all() {
     let outputs = alice.reply(1, b"No file 1 is waiting for your answer.");
     assert_eq!(
         events(&outputs),
-        [Event::Failed {
+        [UserEvent::Failed {
             text: "No file 1 is waiting for your answer.".into()
         }]
     );
     let outputs = alice.line("\\file decline 1");
-    assert!(matches!(&events(&outputs)[..], [Event::Error { .. }]));
+    assert!(matches!(&events(&outputs)[..], [UserEvent::Error { .. }]));
 }

@@ -1,0 +1,403 @@
+//! Receiving a file (PROTOCOL.md §14), from its offer (`83`) to the file
+//! saved under its name.
+//!
+//! An offer is checked before it is shown: the sender's signature, that the
+//! chunk count matches the size, and that a file in a secure room or to us
+//! alone is encrypted. Chunks must arrive in order; each is checked (MAC,
+//! then decryption, then its length), hashed, written to `NAME.part` and
+//! acknowledged. With the last chunk the SHA-256 of the whole must be the
+//! signed one; only then is the file moved into place. Any failure deletes
+//! the partial file, says so loudly and gives the file up (`8f`).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+
+use super::{ClientSession, Output, QueuedRequest};
+use crate::event::{show, UserEvent};
+use crate::transfer::{empty_digest, hex, safe_name, FileOp, InStage, InboundFile, KeySource};
+use parlor_crypto::envelope::Kind;
+use parlor_crypto::file::{chunk_count, chunk_span, verify_offer, FileKeys, OfferContext};
+use parlor_crypto::PeerKey;
+use parlor_proto::transfer::{FileMeta, FileRequest};
+
+/// What looking up the key of a file we receive found.
+enum KeyLookup {
+    Found(Option<FileKeys>),
+    /// Not (yet) here: a room key may still be on its way.
+    Missing,
+    /// The DM key of that id belongs to someone other than the sender.
+    NotTheSenders,
+}
+
+impl ClientSession {
+    pub(super) fn file_offered(
+        &mut self,
+        id: u32,
+        sender: Bytes,
+        sender_key: Bytes,
+        room: Bytes,
+        meta: FileMeta,
+        now: Instant,
+    ) {
+        let connection = self.connection.as_ref().expect("a frame arrived");
+        let name = safe_name(&meta.name);
+        let from = show(&sender);
+        let room = (!room.is_empty()).then(|| room.to_vec());
+        let checked = check_offer(connection, &sender, &sender_key, room.as_deref(), &meta);
+        let (key, source) = match checked {
+            Ok(checked) => checked,
+            Err(problem) => {
+                self.event(UserEvent::FileFailed {
+                    id,
+                    name,
+                    from,
+                    problem: format!("{problem}; the offer was declined"),
+                });
+                let decline = QueuedRequest::FileDecision { id, accept: false };
+                return self.queue_file_request(decline, now);
+            }
+        };
+        let keys = match lookup_keys(connection, &source, &key, &meta) {
+            KeyLookup::Found(keys) => keys,
+            KeyLookup::Missing => None,
+            KeyLookup::NotTheSenders => {
+                self.event(UserEvent::FileFailed {
+                    id,
+                    name,
+                    from,
+                    problem: "it is sealed with a DM key not shared with its sender; the offer was declined".into(),
+                });
+                let decline = QueuedRequest::FileDecision { id, accept: false };
+                return self.queue_file_request(decline, now);
+            }
+        };
+        let encrypted = meta.encrypted();
+        if !encrypted {
+            self.event(UserEvent::Warning {
+                text: format!(
+                    "file {id} '{name}' from {from} is not encrypted: the server and anyone on the path can read it."
+                ),
+            });
+        }
+        self.event(UserEvent::FileOffered {
+            id,
+            from,
+            room: room.as_deref().map(show),
+            name: name.clone(),
+            size: meta.size,
+            encrypted,
+        });
+        self.files.incoming.insert(
+            id,
+            InboundFile {
+                from: sender.to_vec(),
+                name,
+                meta,
+                source,
+                sender_key: key,
+                keys,
+                stage: InStage::Offered,
+                token: None,
+                part: None,
+                next: 0,
+                bytes: 0,
+                hasher: sha2::Sha256::new(),
+            },
+        );
+    }
+
+    pub(super) fn decide_file(&mut self, id: u32, accept: bool, now: Instant) {
+        if !self.files_possible() {
+            return;
+        }
+        let connection = self.connection.as_ref().expect("checked");
+        let Some(file) = self
+            .files
+            .incoming
+            .get_mut(&id)
+            .filter(|file| file.stage == InStage::Offered)
+        else {
+            return self.error(&format!("No file {id} is waiting for your answer."));
+        };
+        if accept && file.keys.is_none() && file.source != KeySource::Plaintext {
+            match lookup_keys(connection, &file.source, &file.sender_key, &file.meta) {
+                KeyLookup::Found(keys) => file.keys = keys,
+                KeyLookup::Missing => {
+                    let text = format!(
+                        "Cannot open file {id} yet: the key it is sealed with has not arrived. Try again in a moment."
+                    );
+                    return self.error(&text);
+                }
+                KeyLookup::NotTheSenders => {
+                    let text = "it is sealed with a DM key not shared with its sender";
+                    return self.integrity_failure(id, text, now);
+                }
+            }
+        }
+        file.stage = InStage::Answering;
+        self.queue_file_request(QueuedRequest::FileDecision { id, accept }, now);
+    }
+
+    /// A chunk relayed to us.
+    pub(super) fn file_chunk(&mut self, id: u32, index: u32, data: Bytes, now: Instant) {
+        let Some(file) = self.files.incoming.get_mut(&id) else {
+            // Late: for a file we gave up.
+            return;
+        };
+        if file.stage != InStage::Receiving {
+            return;
+        }
+        if index < file.next {
+            // Received before, its ack lost with a connection: say so again.
+            return self.send_file(FileRequest::Ack { id, index }, now);
+        }
+        if index > file.next {
+            let text = format!("chunk {index} came before chunk {}", file.next);
+            return self.integrity_failure(id, &text, now);
+        }
+        let meta = &file.meta;
+        let plaintext = match &file.keys {
+            Some(keys) => match keys.open_chunk(index, meta.chunk_count, &data) {
+                Ok(plaintext) => Bytes::copy_from_slice(&plaintext),
+                Err(_) => {
+                    let text = format!("chunk {index} failed its integrity check (MAC)");
+                    return self.integrity_failure(id, &text, now);
+                }
+            },
+            None if file.source == KeySource::Plaintext => data,
+            None => unreachable!("accepted only with its keys"),
+        };
+        let (offset, len) = chunk_span(meta.size, meta.chunk_size, index);
+        if plaintext.len() != len {
+            let text = format!("chunk {index} holds {} bytes, not {len}", plaintext.len());
+            return self.integrity_failure(id, &text, now);
+        }
+        let path = file
+            .part
+            .clone()
+            .expect("a receiving file has a partial file");
+        file.hasher.update(&plaintext);
+        file.next += 1;
+        file.bytes += len as u64;
+        let complete = file.next == meta.chunk_count;
+        let progress = file.progress(id, false);
+        self.out.push(Output::File(FileOp::Write {
+            id,
+            path,
+            offset,
+            data: plaintext,
+        }));
+        self.send_file(FileRequest::Ack { id, index }, now);
+        self.out.push(Output::Progress(progress));
+        if complete {
+            self.verify_file(id, now);
+        }
+    }
+
+    /// `88` relayed: the sender sent everything. A non-empty file was
+    /// verified with its last chunk already.
+    pub(super) fn file_done(&mut self, id: u32, now: Instant) {
+        let Some(file) = self.files.incoming.get(&id) else {
+            return;
+        };
+        if file.stage != InStage::Receiving {
+            return;
+        }
+        if file.next < file.meta.chunk_count {
+            let text = format!(
+                "the sender finished after {} of {} chunks",
+                file.next, file.meta.chunk_count
+            );
+            return self.integrity_failure(id, &text, now);
+        }
+        self.verify_file(id, now);
+    }
+
+    /// Every chunk is in: the whole must hash to the signed digest.
+    fn verify_file(&mut self, id: u32, now: Instant) {
+        let file = self.files.incoming.get_mut(&id).expect("caller checked");
+        let digest: [u8; 32] = file.hasher.clone().finalize().into();
+        debug_assert!(file.meta.size != 0 || digest == empty_digest());
+        if !bool::from(digest.ct_eq(&file.meta.digest)) {
+            let text = "the file's SHA-256 is not the one its sender signed";
+            return self.integrity_failure(id, text, now);
+        }
+        file.stage = InStage::Saving;
+        self.out.push(Output::File(FileOp::Save {
+            id,
+            part: file
+                .part
+                .clone()
+                .expect("a receiving file has a partial file"),
+            dir: self.files.settings.download_dir.clone(),
+            name: file.name.clone(),
+        }));
+    }
+
+    /// The shell moved a verified file into place for [`FileOp::Save`]:
+    /// where it is now, or the error that kept it from there.
+    pub fn file_saved(&mut self, id: u32, saved: io::Result<PathBuf>) -> Vec<Output> {
+        if let Some(file) = self.files.incoming.remove(&id) {
+            self.out.push(Output::Progress(file.progress(id, true)));
+            match saved {
+                Ok(path) => self.event(UserEvent::FileReceived {
+                    id,
+                    from: show(&file.from),
+                    name: file.name,
+                    path: path.display().to_string(),
+                    size: file.meta.size,
+                    sha256: hex(&file.meta.digest),
+                }),
+                Err(err) => {
+                    if let Some(part) = file.part {
+                        self.out.push(Output::File(FileOp::Delete { path: part }));
+                    }
+                    self.error(&format!(
+                        "File {id} '{}' was verified but could not be saved: {err}",
+                        file.name
+                    ));
+                }
+            }
+        }
+        self.take_output()
+    }
+
+    /// The shell could not create or write the partial file of `id`.
+    pub fn file_io_failed(&mut self, id: u32, err: &io::Error, now: Instant) -> Vec<Output> {
+        if let Some(file) = self.files.incoming.remove(&id) {
+            if let Some(part) = &file.part {
+                self.out
+                    .push(Output::File(FileOp::Delete { path: part.clone() }));
+            }
+            self.out.push(Output::Progress(file.progress(id, true)));
+            self.error(&format!(
+                "File {id} '{}' is given up: cannot write {}: {err}",
+                file.name,
+                file.part.as_deref().unwrap_or(Path::new("?")).display()
+            ));
+            self.give_up_on_server(id, file.stage, now);
+        }
+        self.take_output()
+    }
+
+    /// Something about a file we receive cannot be trusted: delete what we
+    /// have, say so loudly, and give the file up.
+    fn integrity_failure(&mut self, id: u32, problem: &str, now: Instant) {
+        let Some(file) = self.files.incoming.remove(&id) else {
+            return;
+        };
+        if let Some(part) = file.part.clone() {
+            self.out.push(Output::File(FileOp::Delete { path: part }));
+        }
+        self.out.push(Output::Progress(file.progress(id, true)));
+        let deleted = if file.part.is_some() {
+            "; the partial file was deleted and the file given up"
+        } else {
+            "; the file was given up"
+        };
+        self.event(UserEvent::FileFailed {
+            id,
+            name: file.name,
+            from: show(&file.from),
+            problem: format!("{problem}{deleted}"),
+        });
+        self.give_up_on_server(id, file.stage, now);
+    }
+
+    /// Tells the server we are out of a file we were offered or receive.
+    pub(super) fn give_up_on_server(&mut self, id: u32, stage: InStage, now: Instant) {
+        let request = match stage {
+            InStage::Offered => QueuedRequest::FileDecision { id, accept: false },
+            InStage::Receiving | InStage::Resuming | InStage::Saving | InStage::Answering => {
+                QueuedRequest::FileCancel { id }
+            }
+            // Not attached to any connection of ours.
+            InStage::Detached => return,
+        };
+        self.queue_file_request(request, now);
+    }
+}
+
+/// Checks an offer before it is shown: who signed it, that its numbers add
+/// up, and that it is encrypted where it must be. Returns the sender's key
+/// and where the file's key comes from.
+fn check_offer(
+    connection: &super::ConnectionState,
+    sender: &[u8],
+    sender_key: &[u8],
+    room: Option<&[u8]>,
+    meta: &FileMeta,
+) -> Result<(PeerKey, KeySource), &'static str> {
+    let key = PeerKey::from_der(sender_key).map_err(|_| "the sender's key is unusable")?;
+    if let Some(known) = connection.keyring.peer(sender) {
+        if !known.same_key(&key) {
+            return Err("it is signed with a key that is not the one the sender registered");
+        }
+    }
+    let place = match room {
+        Some(room) => OfferContext {
+            kind: Kind::Room,
+            context: room,
+            sender,
+        },
+        None => OfferContext {
+            kind: Kind::Direct,
+            context: &connection.name,
+            sender,
+        },
+    };
+    verify_offer(&key, &place, meta).map_err(|_| "its signature does not verify")?;
+    if chunk_count(meta.size, meta.chunk_size) != Some(meta.chunk_count) {
+        return Err("its chunk count does not match its size");
+    }
+    let source = match room {
+        _ if meta.encrypted() => match room {
+            Some(room) => KeySource::Room {
+                room: room.to_vec(),
+                epoch: meta.key_id,
+            },
+            None => KeySource::Dm {
+                key_id: meta.key_id,
+            },
+        },
+        None => return Err("it is sent to you alone, unencrypted"),
+        Some(room) => {
+            let secure_room = connection
+                .room
+                .as_ref()
+                .is_some_and(|current| current.name == room && current.secure);
+            if secure_room {
+                return Err("it is sent unencrypted in an encrypted room");
+            }
+            KeySource::Plaintext
+        }
+    };
+    Ok((key, source))
+}
+
+/// The chunk keys of a file we receive, if its issued key is here.
+fn lookup_keys(
+    connection: &super::ConnectionState,
+    source: &KeySource,
+    sender: &PeerKey,
+    meta: &FileMeta,
+) -> KeyLookup {
+    let issued = match source {
+        KeySource::Plaintext => return KeyLookup::Found(None),
+        KeySource::Room { room, epoch } => connection.keyring.room_key(room, *epoch),
+        KeySource::Dm { key_id } => match connection.keyring.dm_key(*key_id) {
+            Some((peer, _)) if !peer.same_key(sender) => return KeyLookup::NotTheSenders,
+            Some((_, key)) => Some(key),
+            None => None,
+        },
+    };
+    match issued {
+        Some(issued) => KeyLookup::Found(Some(FileKeys::derive(issued, &meta.nonce))),
+        None => KeyLookup::Missing,
+    }
+}
