@@ -433,7 +433,7 @@ async fn idle_connections_outlive_the_idle_timeout_and_the_probe_is_answered() {
     assert_eq!(report.alive_at_end, 20);
     assert!(report.probe_answered, "{report:#?}");
     assert!(report.server_rss_bytes_per_conn.is_some());
-    assert_eq!(report.server_alive_after, Some(true));
+    assert_eq!(report.server_sample.alive_after, Some(true));
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     server.stop().await;
 }

@@ -8,20 +8,26 @@ use serde::Serialize;
 use super::target::TargetArgs;
 use super::traffic::{self, Endpoint, LoadArgs, Plan, Stamped, Target, TrafficReport};
 
+/// `parlor bench dm`'s options; echoed, all of them, in the report's
+/// `params`.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct DmArgs {
+    /// The server and how to connect to it, as for every workload.
     #[command(flatten)]
     #[serde(flatten)]
     pub target: TargetArgs,
     /// Number of pairs (P); both users of a pair send.
     #[arg(long, value_name = "P", default_value_t = 50)]
     pub pairs: u32,
+    /// How the senders pace their messages, as for every message workload.
     #[command(flatten)]
     #[serde(flatten)]
     pub load: LoadArgs,
 }
 
 impl DmArgs {
+    /// Refuses options the run cannot honour, with the option's name and
+    /// what it takes, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         self.target.validate()?;
         self.load.validate()?;

@@ -8,8 +8,11 @@ use serde::Serialize;
 use super::target::TargetArgs;
 use super::traffic::{self, Endpoint, LoadArgs, Plan, Stamped, Target, TrafficReport};
 
+/// `parlor bench fanout`'s options; echoed, all of them, in the report's
+/// `params`.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct FanoutArgs {
+    /// The server and how to connect to it, as for every workload.
     #[command(flatten)]
     #[serde(flatten)]
     pub target: TargetArgs,
@@ -19,12 +22,15 @@ pub struct FanoutArgs {
     /// Members per room (M); every member sends.
     #[arg(long, value_name = "M", default_value_t = 10)]
     pub members: u32,
+    /// How the senders pace their messages, as for every message workload.
     #[command(flatten)]
     #[serde(flatten)]
     pub load: LoadArgs,
 }
 
 impl FanoutArgs {
+    /// Refuses options the run cannot honour, with the option's name and
+    /// what it takes, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         self.target.validate()?;
         self.load.validate()?;

@@ -16,10 +16,11 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use parlor_proto::transfer::opcode::FILE_CHUNK;
+use parlor_proto::transfer::CHUNK_HEADER_LEN;
 use parlor_proto::{HEADER_LEN, MAGIC};
 
 /// Frame header, then the chunk's `u32 id, u32 index`.
-const CHUNK_HEAD: usize = HEADER_LEN + 8;
+const CHUNK_HEAD: usize = HEADER_LEN + CHUNK_HEADER_LEN;
 
 /// What a read brought, in order.
 #[derive(Debug, PartialEq, Eq)]

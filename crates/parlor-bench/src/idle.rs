@@ -29,7 +29,8 @@ use tokio::time::sleep_until;
 
 use super::latency::{round1, round3};
 use super::process::{self, CpuMeter};
-use super::session::{Session, Setup, GREETING, HEARTBEAT};
+use super::server_sample::{ServerSample, ServerWatch};
+use super::session::{BenchConnection, Setup, GREETING, HEARTBEAT};
 use super::target::{seconds, TargetArgs};
 use parlor_proto::ClientMessage;
 
@@ -39,8 +40,11 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes read at once from a held connection; the server should send none.
 const READ_CHUNK: usize = 256;
 
+/// `parlor bench idle`'s options; echoed, all of them, in the report's
+/// `params`.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct IdleArgs {
+    /// The server and how to connect to it, as for every workload.
     #[command(flatten)]
     #[serde(flatten)]
     pub target: TargetArgs,
@@ -64,6 +68,8 @@ pub struct IdleArgs {
 }
 
 impl IdleArgs {
+    /// Refuses options the run cannot honour, with the option's name and
+    /// what it takes, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         self.target.validate()?;
         if !(1..=1_000_000).contains(&self.connections) {
@@ -82,47 +88,66 @@ impl IdleArgs {
 /// The result of an `idle` run (one JSON line).
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
+    /// Always "parlor bench", for scripts that collect several tools' lines.
     pub tool: &'static str,
+    /// Always "idle".
     pub workload: &'static str,
+    /// The server's address.
     pub server: String,
+    /// Every option of the run, as given or defaulted.
     pub params: serde_json::Value,
+    /// Connections the run meant to hold (`--connections`).
     pub connections: usize,
+    /// Connections that said HELLO and took their nick.
     pub registered: usize,
     /// Why connections could not be set up, with how many failed that way.
     pub setup_failures: BTreeMap<String, usize>,
+    /// From the first connect to the last registration.
     pub connect_s: f64,
+    /// `registered` per second of `connect_s`.
     pub registrations_per_s: f64,
+    /// Heartbeats the held connections sent.
     pub heartbeats_sent: u64,
     /// Held connections the server closed.
     pub disconnects: u64,
     /// Frames the server sent to a held connection unasked.
     pub unexpected_frames: u64,
+    /// Whether a fresh connection's HELLO was answered while the server held
+    /// the others.
     pub probe_answered: bool,
     /// From connecting to the HELLO reply.
     pub probe_ms: Option<f64>,
+    /// Why the probe failed, when it did.
     pub probe_error: Option<String>,
     /// Held connections that answered the final check.
     pub alive_at_end: u64,
+    /// The bench's CPU use while the connections were set up, in percent
+    /// of one core.
     pub bench_cpu_pct_setup: f64,
     /// From the "loaded" reading to the end of the hold.
     pub bench_cpu_pct_hold: f64,
+    /// The CPUs the bench may run on.
     pub bench_cpus: Option<String>,
-    pub server_pid: Option<u32>,
+    /// What every workload reports about the server process; "loaded" is
+    /// `--settle` seconds after the last registration.
+    #[serde(flatten)]
+    pub server_sample: ServerSample,
+    /// The server's CPU use while the connections were set up.
     pub server_cpu_pct_setup: Option<f64>,
+    /// The server's CPU use from the "loaded" reading to the end of the
+    /// hold.
     pub server_cpu_pct_hold: Option<f64>,
-    pub server_cpus: Option<String>,
-    pub server_rss_kb_before: Option<u64>,
-    pub server_rss_kb_loaded: Option<u64>,
+    /// Resident memory at the end of the hold, before the probe, in KiB.
     pub server_rss_kb_end_of_hold: Option<u64>,
     /// (loaded − before) / registered.
     pub server_rss_bytes_per_conn: Option<u64>,
-    pub server_alive_after: Option<bool>,
+    /// One line per problem found; empty for a clean run.
     pub failures: Vec<String>,
 }
 
 /// What the coordinator tells the held connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
+enum HoldPhase {
     Hold,
     /// Re-take your nick and report.
     Check,
@@ -138,7 +163,7 @@ struct Counters {
     checked: AtomicU64,
 }
 
-struct Shared {
+struct IdleRun {
     connections: usize,
     keepalive: Duration,
     probe_timeout: Duration,
@@ -151,11 +176,10 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     if let Err(err) = process::ensure_open_files(connections as u64 + 64) {
         bail!("cannot open {connections} connections: {err}");
     }
-    let pid = args.target.server_pid;
-    let rss = || pid.and_then(|pid| process::rss_kib(pid).ok());
-    let rss_before = rss();
+    let server = ServerWatch::new(args.target.server_pid);
+    let rss_before = server.rss_kib();
     let probe_timeout = Duration::from_secs_f64(args.probe_timeout);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(IdleRun {
         connections,
         keepalive: Duration::from_secs_f64(args.keepalive),
         probe_timeout,
@@ -167,9 +191,9 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
         counters: Counters::default(),
     });
     let setup = Setup::new(&args.target);
-    let (phase_tx, phase_rx) = watch::channel(Phase::Hold);
+    let (phase_tx, phase_rx) = watch::channel(HoldPhase::Hold);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let setup_cpu = CpuMeter::start(pid);
+    let setup_cpu = CpuMeter::start(server.pid());
     let setup_started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|index| {
@@ -197,11 +221,11 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
 
     let hold_started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-    let rss_loaded = rss();
-    let hold_cpu = CpuMeter::start(pid);
+    let rss_loaded = server.rss_kib();
+    let hold_cpu = CpuMeter::start(server.pid());
     sleep_until((hold_started + Duration::from_secs_f64(args.hold)).into()).await;
     let hold_cpu = hold_cpu.stop();
-    let rss_end_of_hold = rss();
+    let rss_end_of_hold = server.rss_kib();
 
     let probe_started = Instant::now();
     let probe = tokio::time::timeout(probe_timeout, probe(args)).await;
@@ -213,18 +237,19 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     };
 
     let counters = &shared.counters;
-    let _ = phase_tx.send(Phase::Check);
+    let _ = phase_tx.send(HoldPhase::Check);
     let checks_due = Instant::now() + probe_timeout + Duration::from_secs(1);
     while counters.checked.load(Relaxed) + counters.disconnects.load(Relaxed) < registered as u64
         && Instant::now() < checks_due
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = phase_tx.send(Phase::Stop);
+    let _ = phase_tx.send(HoldPhase::Stop);
     for task in tasks {
         task.await?;
     }
 
+    let server_sample = server.sample(rss_before, rss_loaded);
     let mut report = IdleReport {
         tool: "parlor bench",
         workload: "idle",
@@ -245,18 +270,11 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
         bench_cpu_pct_setup: round1(setup_cpu.bench_pct),
         bench_cpu_pct_hold: round1(hold_cpu.bench_pct),
         bench_cpus: process::allowed_cpus(std::process::id()),
-        server_pid: pid,
+        server_rss_bytes_per_conn: server_sample.rss_bytes_per_conn(registered),
+        server_sample,
         server_cpu_pct_setup: setup_cpu.server_pct.map(round1),
         server_cpu_pct_hold: hold_cpu.server_pct.map(round1),
-        server_cpus: pid.and_then(process::allowed_cpus),
-        server_rss_kb_before: rss_before,
-        server_rss_kb_loaded: rss_loaded,
         server_rss_kb_end_of_hold: rss_end_of_hold,
-        server_rss_bytes_per_conn: rss_before
-            .zip(rss_loaded)
-            .filter(|_| registered > 0)
-            .map(|(before, loaded)| loaded.saturating_sub(before) * 1024 / registered as u64),
-        server_alive_after: pid.map(process::is_alive),
         failures: Vec::new(),
     };
     report.failures = report.find_failures();
@@ -265,7 +283,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
 
 /// A fresh connection's HELLO, which must be answered `9a 00`.
 async fn probe(args: &IdleArgs) -> anyhow::Result<()> {
-    let mut session = Session::connect(args.target.server).await?;
+    let mut session = BenchConnection::connect(args.target.server).await?;
     let hello = ClientMessage::Hello {
         greeting: Bytes::from_static(GREETING),
     };
@@ -276,10 +294,10 @@ async fn probe(args: &IdleArgs) -> anyhow::Result<()> {
 async fn hold_connection(
     index: usize,
     nick: String,
-    shared: Arc<Shared>,
+    shared: Arc<IdleRun>,
     setup: Setup,
     ready: mpsc::UnboundedSender<Result<(), String>>,
-    mut phase: watch::Receiver<Phase>,
+    mut phase: watch::Receiver<HoldPhase>,
 ) {
     let mut session = match setup.open(&nick, None).await {
         Ok(session) => session,
@@ -299,7 +317,7 @@ async fn hold_connection(
         tokio::select! {
             biased;
             changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() != Phase::Hold {
+                if changed.is_err() || *phase.borrow() != HoldPhase::Hold {
                     break;
                 }
             }
@@ -319,7 +337,7 @@ async fn hold_connection(
             }
         }
     }
-    if *phase.borrow() == Phase::Check {
+    if *phase.borrow() == HoldPhase::Check {
         let nick = ClientMessage::Nick {
             name: Bytes::from(nick),
         };
@@ -328,7 +346,7 @@ async fn hold_connection(
             counters.alive.fetch_add(1, Relaxed);
         }
         counters.checked.fetch_add(1, Relaxed);
-        let _ = phase.wait_for(|phase| *phase == Phase::Stop).await;
+        let _ = phase.wait_for(|phase| *phase == HoldPhase::Stop).await;
     }
     let close = async {
         session.shutdown_write().await?;
@@ -340,7 +358,7 @@ async fn hold_connection(
 
 /// Reads what the server sent unasked and counts its frames; `false` once
 /// the connection is closed.
-fn read_unasked(session: &mut Session, counters: &Counters) -> bool {
+fn read_unasked(session: &mut BenchConnection, counters: &Counters) -> bool {
     match session.try_read(READ_CHUNK) {
         Ok(0) => return false,
         Ok(_) => {}
@@ -380,9 +398,7 @@ impl IdleReport {
                 "{silent} held connections did not answer at the end"
             ));
         }
-        if self.server_alive_after == Some(false) {
-            failures.push("the server process is gone".into());
-        }
+        super::note_failures(&mut failures, &[], &self.server_sample);
         failures
     }
 
@@ -410,8 +426,8 @@ impl IdleReport {
         }
         text += "\n";
         if let (Some(before), Some(loaded), Some(per_conn)) = (
-            self.server_rss_kb_before,
-            self.server_rss_kb_loaded,
+            self.server_sample.rss_kb_before,
+            self.server_sample.rss_kb_loaded,
             self.server_rss_bytes_per_conn,
         ) {
             text += &format!(

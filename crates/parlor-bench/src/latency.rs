@@ -17,13 +17,13 @@ use serde::Serialize;
 
 /// Nanoseconds since the run started, on a monotonic clock.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
+pub(crate) struct BenchClock {
     origin: Instant,
 }
 
-impl Clock {
-    pub(crate) fn start() -> Clock {
-        Clock {
+impl BenchClock {
+    pub(crate) fn start() -> BenchClock {
+        BenchClock {
             origin: Instant::now(),
         }
     }
@@ -88,11 +88,17 @@ impl LatencyHistogram {
 /// Latency percentiles in milliseconds (chatload's `latency_ms` object).
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencySummary {
+    /// The median.
     pub p50: f64,
+    /// 90th percentile.
     pub p90: f64,
+    /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile: the tail a busy room's members feel.
     pub p999: f64,
+    /// The slowest delivery.
     pub max: f64,
+    /// The mean, which the tail pulls up: compare it with `p50`.
     pub mean: f64,
     /// Deliveries measured.
     pub count: u64,

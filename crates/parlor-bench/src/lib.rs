@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! `parlor bench`: a load generator for a running parlor (or any server of
 //! the legacy protocol) on this machine, measuring what operators and
 //! developers need to know: throughput, latency, correctness, and what the
@@ -15,15 +16,18 @@
 //! - `fanout.rs`, `dm.rs`, `secure_fanout.rs`: message workloads, run by
 //!   `traffic.rs`;
 //! - `idle.rs`: connections that only keep alive, then a probe;
-//! - `transfer.rs`: chunked file transfer from one sender to N recipients,
-//!   with the file's pattern in `file_pattern.rs` and the chunk-aware
-//!   reader in `frame_stream.rs`;
+//! - `transfer/`: chunked file transfer from one sender to N recipients
+//!   (options, offer, sender, recipients and report, one file each), with
+//!   the file's pattern in `file_pattern.rs` and the chunk-aware reader in
+//!   `frame_stream.rs`;
 //! - `session.rs`: one connection and the legacy setup steps;
 //! - `body.rs`: the stamp in every message;
 //! - `sequence.rs`: lost, duplicated and reordered deliveries;
 //! - `latency.rs`: the clock and the HDR histogram;
 //! - `process.rs`: CPU, memory and file limits from the OS;
-//! - `target.rs`: the options every workload shares (loopback only).
+//! - `server_sample.rs`: the server figures every report carries;
+//! - `target.rs`: the options every workload shares (loopback only), and
+//!   the parsers of option values.
 //!
 //! A new workload is one more module and one more [`Workload`] variant.
 //!
@@ -42,6 +46,7 @@ mod latency;
 mod process;
 mod secure_fanout;
 mod sequence;
+mod server_sample;
 mod session;
 mod target;
 mod traffic;
@@ -57,20 +62,27 @@ pub use fanout::FanoutArgs;
 pub use idle::{IdleArgs, IdleReport};
 pub use latency::LatencySummary;
 pub use secure_fanout::{SecureFanoutArgs, SecureFanoutReport};
-pub use target::TargetArgs;
+pub use server_sample::ServerSample;
+pub use target::{parse_size, TargetArgs};
 pub use traffic::{LoadArgs, TrafficReport};
-pub use transfer::{parse_size, FileTimes, TransferArgs, TransferReport};
+pub use transfer::{FileTimes, TransferArgs, TransferReport};
 
+/// `parlor bench`'s command line: the workload with its options, and how
+/// the report is printed.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Print the result as one JSON line on stdout; the summary for people
     /// then goes to stderr.
     #[arg(long, global = true)]
     pub json: bool,
+    /// What to run, with the options of that workload.
     #[command(subcommand)]
     pub workload: Workload,
 }
 
+/// The load to put on the server: one variant per workload module, each
+/// with its own options, so that `parlor bench WORKLOAD --help` lists only
+/// what applies.
 #[derive(Subcommand, Clone, Debug)]
 pub enum Workload {
     /// R rooms x M members, every member sending to its room.
@@ -94,9 +106,15 @@ pub enum Workload {
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Report {
+    /// `fanout` and `dm`: what the message engine sent, delivered and
+    /// measured.
     Traffic(TrafficReport),
+    /// `secure-fanout`: the same, and what the envelopes cost and proved.
     SecureFanout(SecureFanoutReport),
+    /// `idle`: what an idle connection costs the server, and the probe.
     Idle(IdleReport),
+    /// `transfer`: the relay's throughput, and the server's memory while
+    /// it holds a window of chunks.
     Transfer(TransferReport),
 }
 
@@ -112,6 +130,8 @@ impl Report {
         }
     }
 
+    /// A few lines for a person; with `--json` they go to stderr, so that
+    /// stdout holds nothing but the JSON line.
     pub fn summary(&self) -> String {
         match self {
             Report::Traffic(report) => report.summary(),
@@ -121,11 +141,15 @@ impl Report {
         }
     }
 
+    /// The report as one JSON line, its keys the field names, for scripts
+    /// and for comparing runs (BENCHMARKS.md).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("reports serialize")
     }
 }
 
+/// Why a run produced no report; each kind has its own exit code, so that
+/// a script tells a mistyped option from a server that was not there.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// The options make no sense; nothing was sent.
@@ -168,18 +192,16 @@ const USAGE_ERROR: u8 = 2;
 /// Exit code for a run that completed but found the server at fault.
 const CHECKS_FAILED: u8 = 3;
 
-/// `parlor bench`: runs the workload on a single-threaded runtime, prints
-/// the report, and says through the exit code how it went.
 /// Adds what went wrong in a run to `failures`: a line for each count that
 /// is not zero, and one if the server process is gone.
-fn note_failures(failures: &mut Vec<String>, counts: &[(&str, u64)], server_alive: Option<bool>) {
+fn note_failures(failures: &mut Vec<String>, counts: &[(&str, u64)], server: &ServerSample) {
     let counted = counts.iter().filter(|(_, n)| *n > 0);
     failures.extend(counted.map(|(what, n)| format!("{what}: {n}")));
-    if server_alive == Some(false) {
-        failures.push("the server process is gone".into());
-    }
+    failures.extend(server.failure());
 }
 
+/// `parlor bench`: runs the workload on a single-threaded runtime, prints
+/// the report, and says through the exit code how it went.
 pub fn main(args: BenchArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

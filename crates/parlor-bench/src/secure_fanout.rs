@@ -91,9 +91,9 @@ use super::fanout::FanoutArgs;
 use super::latency::{round1, round3};
 use super::process;
 use super::sequence::seq_from_position;
-use super::session::{Session, Setup, KEEPALIVE};
+use super::session::{BenchConnection, Setup, KEEPALIVE};
 use super::target::TargetArgs;
-use super::traffic::{self, Delivery, Endpoint, Messages, TrafficReport};
+use super::traffic::{self, Endpoint, Messages, RecognisedDelivery, TrafficReport};
 use parlor_crypto::envelope::{max_plaintext, Envelope};
 use parlor_crypto::identity::KEY_BITS;
 use parlor_crypto::{Identity, Keyring, PeerKey, WrapLabel};
@@ -109,8 +109,12 @@ const MAX_POOL: u64 = 4096;
 /// setup takes hours.
 const MAX_CONNECTIONS: u64 = 10_000;
 
+/// `parlor bench secure-fanout`'s options: fanout's, and the keys and pool
+/// the envelopes need; echoed, all of them, in the report's `params`.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct SecureFanoutArgs {
+    /// The rooms, members and pacing, as for `fanout`, so that the two
+    /// compare.
     #[command(flatten)]
     #[serde(flatten)]
     pub fanout: FanoutArgs,
@@ -123,6 +127,8 @@ pub struct SecureFanoutArgs {
 }
 
 impl SecureFanoutArgs {
+    /// Refuses options the run cannot honour, with the option's name and
+    /// what it takes, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         self.fanout.validate()?;
         let FanoutArgs {
@@ -174,6 +180,7 @@ fn room_name(room: u32) -> String {
 /// proved.
 #[derive(Debug, Serialize)]
 pub struct SecureFanoutReport {
+    /// Fanout's report, under fanout's keys, so that the two compare.
     #[serde(flatten)]
     pub traffic: TrafficReport,
     /// Wall time to make every member's RSA key, before connecting.
@@ -194,6 +201,7 @@ pub struct SecureFanoutReport {
 }
 
 impl SecureFanoutReport {
+    /// Fanout's lines for a person, and one for the envelopes.
     pub fn summary(&self) -> String {
         let mut text = self.traffic.summary();
         text += &format!(
@@ -440,7 +448,7 @@ impl Messages for Sealed {
         index: u32,
         endpoint: &Endpoint,
         setup: &Setup,
-    ) -> anyhow::Result<(Session, Member)> {
+    ) -> anyhow::Result<(BenchConnection, Member)> {
         let room = endpoint
             .room
             .clone()
@@ -448,7 +456,7 @@ impl Messages for Sealed {
         let identity = Arc::clone(&self.identities[index as usize]);
         let (mut session, mut keyring) = setup
             .within_limits(async {
-                let mut session = Session::connect(setup.server()).await?;
+                let mut session = BenchConnection::connect(setup.server()).await?;
                 let keyring = join_securely(&mut session, &endpoint.nick, &room, &identity).await?;
                 Ok((session, keyring))
             })
@@ -505,7 +513,7 @@ impl Messages for Sealed {
         self.send_times[sender].record(stamp.seq, stamp.sent_ns);
     }
 
-    fn read(&self, member: &mut Member, sender: &[u8], text: &[u8]) -> Option<Delivery> {
+    fn read(&self, member: &mut Member, sender: &[u8], text: &[u8]) -> Option<RecognisedDelivery> {
         let from = self.index_of(sender)?;
         let offset = from.checked_sub(member.first)?;
         if offset >= self.members || from == member.index {
@@ -537,7 +545,7 @@ impl Messages for Sealed {
         if sent_ns.is_none() {
             member.untimed += 1;
         }
-        Some(Delivery {
+        Some(RecognisedDelivery {
             sender: from,
             seq,
             sent_ns,
@@ -566,7 +574,7 @@ impl Sealed {
     /// Gives up when nothing in the room changes for the setup timeout.
     async fn final_room_key(
         &self,
-        session: &mut Session,
+        session: &mut BenchConnection,
         keyring: &mut Keyring,
         index: u32,
         room: &str,
@@ -643,7 +651,7 @@ fn settled(held: &[u32]) -> Option<u32> {
 /// confirms the room and brings the keys of the members already in it.
 /// Returns the keyring that holds those keys.
 async fn join_securely(
-    session: &mut Session,
+    session: &mut BenchConnection,
     nick: &str,
     room: &str,
     identity: &Identity,

@@ -3,8 +3,8 @@
 //!
 //! Setup goes one request at a time and waits for each `9a` reply, as the
 //! real client does. Once traffic starts, the workloads drive the socket
-//! themselves through [`Session::stream`], [`Session::try_read`] and
-//! [`Session::next_frame`], so that reading and writing share one task
+//! themselves through [`BenchConnection::stream`], [`BenchConnection::try_read`] and
+//! [`BenchConnection::next_frame`], so that reading and writing share one task
 //! without a lock.
 //!
 //! A connection that waits (for the others to be set up, for keys, for the
@@ -64,9 +64,13 @@ impl Setup {
 
     /// Connects, registers as `nick` and joins `room`, as the legacy client
     /// does.
-    pub(crate) async fn open(&self, nick: &str, room: Option<&str>) -> anyhow::Result<Session> {
+    pub(crate) async fn open(
+        &self,
+        nick: &str,
+        room: Option<&str>,
+    ) -> anyhow::Result<BenchConnection> {
         self.within_limits(async {
-            let mut session = Session::connect(self.server).await?;
+            let mut session = BenchConnection::connect(self.server).await?;
             session.register(nick).await?;
             if let Some(room) = room {
                 session.join(room).await?;
@@ -91,20 +95,23 @@ impl Setup {
     }
 }
 
-pub(crate) struct Session {
+/// One of the bench's connections to the server: the socket, and what was
+/// read from it but not yet taken as frames. (Not the reference client's
+/// `Session`: this one only sets up and then hands the socket over.)
+pub(crate) struct BenchConnection {
     stream: TcpStream,
     input: BytesMut,
     codec: FrameCodec,
 }
 
-impl Session {
+impl BenchConnection {
     /// Connects with `TCP_NODELAY`, as the real client's small writes need.
-    pub(crate) async fn connect(server: SocketAddr) -> anyhow::Result<Session> {
+    pub(crate) async fn connect(server: SocketAddr) -> anyhow::Result<BenchConnection> {
         let stream = TcpStream::connect(server)
             .await
             .with_context(|| format!("cannot connect to {server}"))?;
         stream.set_nodelay(true)?;
-        Ok(Session {
+        Ok(BenchConnection {
             stream,
             input: BytesMut::new(),
             codec: FrameCodec::new(MAX_SERVER_PAYLOAD),

@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use super::process;
 
+/// The options every workload shares: which server, how to watch it, and
+/// how its connections are named and set up.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct TargetArgs {
     /// Server to load, as IP:PORT. Only loopback addresses (127.0.0.0/8 and
@@ -32,6 +34,8 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// Refuses names the server would refuse and a `--server-pid` that is
+    /// not running, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         if self.nick_prefix.len() > 64 {
             return Err("--nick-prefix: at most 64 bytes".into());
@@ -59,6 +63,7 @@ impl TargetArgs {
         format!("{}{index:05}", self.nick_prefix)
     }
 
+    /// How long one connection may take to be set up.
     pub fn setup_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.setup_timeout)
     }
@@ -91,9 +96,72 @@ pub(crate) fn seconds(option: &str, value: f64) -> Result<Duration, String> {
     }
 }
 
+/// Parses a size option: `1048576`, `1MiB`, `256KiB`, `1GiB`, `10MB`,
+/// `1.5GiB`. Binary and decimal units both, since people say both.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}`: use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+            ))
+        }
+    };
+    let bad = || format!("`{text}` is not a size (e.g. 1048576, 256KiB, 1GiB, 10MB)");
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(unit_bytes).ok_or_else(bad);
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let bytes = (value * unit_bytes as f64).round();
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// A size for people, the way [`parse_size`] reads it back: whole binary
+/// units when it is one, else bytes.
+pub(crate) fn size_text(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    format!("{bytes} B")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("256KiB"), Ok(256 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("10 MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert!(parse_size("1G").unwrap_err().contains("unknown unit `G`"));
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(size_text(1 << 30), "1 GiB");
+        assert_eq!(size_text(256 << 10), "256 KiB");
+        assert_eq!(size_text(1000), "1000 B");
+    }
 
     #[test]
     fn only_loopback_addresses_are_targets() {

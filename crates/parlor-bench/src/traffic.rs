@@ -52,10 +52,11 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
 use super::body::{self, Stamp, MIN_MESSAGE_BYTES};
-use super::latency::{round1, round3, Clock, LatencyHistogram, LatencySummary};
+use super::latency::{round1, round3, BenchClock, LatencyHistogram, LatencySummary};
 use super::process::{self, CpuMeter, CpuShare};
 use super::sequence::{Arrival, SequenceTracker};
-use super::session::{Session, Setup};
+use super::server_sample::{ServerSample, ServerWatch};
+use super::session::{BenchConnection, Setup};
 use super::target::{seconds, TargetArgs};
 use parlor_proto::{opcode, ClientMessage, Frame, SecureMessage, ServerMessage, Status};
 
@@ -103,6 +104,7 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
+    /// Refuses pacing the run cannot honour, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         if self.window == 0 {
             return Err("--window: at least 1".into());
@@ -207,7 +209,7 @@ pub(crate) trait Messages: Send + Sync + 'static {
         index: u32,
         endpoint: &Endpoint,
         setup: &Setup,
-    ) -> impl Future<Output = anyhow::Result<(Session, Self::Conn)>> + Send;
+    ) -> impl Future<Output = anyhow::Result<(BenchConnection, Self::Conn)>> + Send;
 
     /// Appends the whole frame of the message `stamp` describes to `out`.
     /// Called at the moment of sending: `stamp.sent_ns` is now.
@@ -215,7 +217,8 @@ pub(crate) trait Messages: Send + Sync + 'static {
 
     /// Which message a delivered `text` from the user named `sender` is;
     /// `None` for a text this run never sent.
-    fn read(&self, conn: &mut Self::Conn, sender: &[u8], text: &[u8]) -> Option<Delivery>;
+    fn read(&self, conn: &mut Self::Conn, sender: &[u8], text: &[u8])
+        -> Option<RecognisedDelivery>;
 
     /// Whether a secure-extension frame (PROTOCOL.md §12.6) that is no
     /// reply to anything is part of this workload's traffic. None is for a
@@ -227,7 +230,7 @@ pub(crate) trait Messages: Send + Sync + 'static {
 
 /// A delivery recognised as one of the run's messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Delivery {
+pub(crate) struct RecognisedDelivery {
     /// Plan index of the sender.
     pub sender: u32,
     pub seq: u64,
@@ -251,7 +254,7 @@ impl Messages for Stamped {
         _index: u32,
         endpoint: &Endpoint,
         setup: &Setup,
-    ) -> anyhow::Result<(Session, Vec<u8>)> {
+    ) -> anyhow::Result<(BenchConnection, Vec<u8>)> {
         let session = setup.open(&endpoint.nick, endpoint.room.as_deref()).await?;
         Ok((session, endpoint.sends_to.frame_prefix(self.message_bytes)))
     }
@@ -261,9 +264,9 @@ impl Messages for Stamped {
         body::write(out, stamp, self.message_bytes);
     }
 
-    fn read(&self, _: &mut Vec<u8>, _sender: &[u8], text: &[u8]) -> Option<Delivery> {
+    fn read(&self, _: &mut Vec<u8>, _sender: &[u8], text: &[u8]) -> Option<RecognisedDelivery> {
         let stamp = body::parse(text)?;
-        Some(Delivery {
+        Some(RecognisedDelivery {
             sender: stamp.sender,
             seq: stamp.seq,
             sent_ns: Some(stamp.sent_ns),
@@ -274,15 +277,23 @@ impl Messages for Stamped {
 /// The result of a message workload's run (one JSON line).
 #[derive(Debug, Serialize)]
 pub struct TrafficReport {
+    /// Always "parlor bench", for scripts that collect several tools' lines.
     pub tool: &'static str,
+    /// "fanout", "dm" or "secure-fanout".
     pub workload: &'static str,
+    /// The server's address.
     pub server: String,
+    /// "closed" (a window per sender) or "rate" (a fixed total rate).
     pub mode: &'static str,
+    /// Every option of the run, as given or defaulted.
     pub params: serde_json::Value,
+    /// Connections of the plan, every one a sender.
     pub connections: usize,
+    /// From the first connect until every connection was ready to send.
     pub setup_s: f64,
     /// Measured sending time: from the end of the warmup to the last send.
     pub send_phase_s: f64,
+    /// Messages sent, warmup included.
     pub sent: u64,
     /// Messages sent after the warmup, per second of `send_phase_s`.
     pub sent_per_s: Option<f64>,
@@ -292,17 +303,22 @@ pub struct TrafficReport {
     pub refused: u64,
     /// Never answered.
     pub unanswered: u64,
+    /// Deliveries owed for the messages accepted.
     pub expected_deliveries: u64,
     /// Distinct deliveries: each (sender, receiver, sequence) once.
     pub delivered: u64,
+    /// Deliveries owed and never made.
     pub lost: u64,
+    /// Deliveries made again.
     pub duplicated: u64,
+    /// Deliveries that came after a later message of the same sender.
     pub reordered: u64,
     /// Frames the bench did not ask for: from an unexpected sender or room,
     /// misattributed, unstamped, malformed, or a reply to no request.
     pub unexpected: u64,
     /// Deliveries received after the warmup, per second until the last.
     pub deliveries_per_s: Option<f64>,
+    /// Latency of the deliveries of messages sent after the warmup.
     pub latency_ms: Option<LatencySummary>,
     /// Whether every expected delivery and reply arrived before `--drain`
     /// ran out.
@@ -312,18 +328,19 @@ pub struct TrafficReport {
     /// The bench's CPU use from the end of the warmup to the end of the
     /// drain, in percent of one core.
     pub bench_cpu_pct: f64,
+    /// The bench was near its core's limit: the figures are a lower bound.
     pub bench_saturated: bool,
+    /// The CPUs the bench may run on.
     pub bench_cpus: Option<String>,
-    pub server_pid: Option<u32>,
+    /// What every workload reports about the server process.
+    #[serde(flatten)]
+    pub server_sample: ServerSample,
+    /// The server's CPU use over the same interval as `bench_cpu_pct`.
     pub server_cpu_pct: Option<f64>,
-    pub server_cpus: Option<String>,
-    pub server_rss_kb_before: Option<u64>,
-    /// Once every connection was set up.
-    pub server_rss_kb_loaded: Option<u64>,
+    /// Resident memory after the drain, in KiB.
     pub server_rss_kb_after: Option<u64>,
     /// (loaded − before) / connections.
     pub server_rss_bytes_per_conn: Option<u64>,
-    pub server_alive_after: Option<bool>,
     /// One line per problem found; empty for a clean run.
     pub failures: Vec<String>,
     #[serde(skip)]
@@ -342,28 +359,27 @@ pub(crate) async fn run<M: Messages>(
     if let Err(err) = process::ensure_open_files(connections as u64 + 64) {
         bail!("cannot open {connections} connections: {err}");
     }
-    let pid = target.server_pid;
-    let rss = || pid.and_then(|pid| process::rss_kib(pid).ok());
-    let rss_before = rss();
-    let shared = Arc::new(Shared {
-        clock: Clock::start(),
+    let server = ServerWatch::new(target.server_pid);
+    let rss_before = server.rss_kib();
+    let shared = Arc::new(TrafficRun {
+        clock: BenchClock::start(),
         window: load.window,
         rate: load.rate,
         messages: load.messages,
         latencies: LatencyHistogram::new(),
-        progress: Progress::default(),
+        progress: TrafficProgress::default(),
         plan,
         kind: messages,
     });
-    let (phase, phase_rx) = watch::channel(Phase::Setup);
+    let (phase, phase_rx) = watch::channel(TrafficPhase::Setup);
     let setup_started = Instant::now();
     let tasks = set_up(&shared, target, &phase, phase_rx).await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
-    let rss_loaded = rss();
-    let (schedule, cpu, drained) = send_and_drain(&shared, load, pid, &phase).await;
-    let rss_after = rss();
-    let _ = phase.send(Phase::Stop);
-    let mut tally = Tally::default();
+    let rss_loaded = server.rss_kib();
+    let (schedule, cpu, drained) = send_and_drain(&shared, load, server.pid(), &phase).await;
+    let rss_after = server.rss_kib();
+    let _ = phase.send(TrafficPhase::Stop);
+    let mut tally = TrafficTally::default();
     let mut conns = Vec::with_capacity(connections);
     for task in tasks {
         let (connection_tally, conn) = task.await?;
@@ -375,22 +391,21 @@ pub(crate) async fn run<M: Messages>(
         schedule,
         drained,
         cpu,
-        rss_before,
-        rss_loaded,
+        server_sample: server.sample(rss_before, rss_loaded),
         rss_after,
     };
-    let report = TrafficReport::new(&shared, target, load, &tally, &readings);
+    let report = TrafficReport::new(&shared, target, load, &tally, readings);
     Ok((report, conns))
 }
 
 /// Starts one task per endpoint and waits until every one is set up; if
 /// any cannot be, stops them all and fails the run.
 async fn set_up<M: Messages>(
-    shared: &Arc<Shared<M>>,
+    shared: &Arc<TrafficRun<M>>,
     target: &TargetArgs,
-    phase: &watch::Sender<Phase>,
-    phase_rx: watch::Receiver<Phase>,
-) -> anyhow::Result<Vec<JoinHandle<(Tally, Option<M::Conn>)>>> {
+    phase: &watch::Sender<TrafficPhase>,
+    phase_rx: watch::Receiver<TrafficPhase>,
+) -> anyhow::Result<Vec<JoinHandle<(TrafficTally, Option<M::Conn>)>>> {
     let connections = shared.plan.endpoints.len();
     let setup = Setup::new(target);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -415,7 +430,7 @@ async fn set_up<M: Messages>(
     let Some(first) = errors.first() else {
         return Ok(tasks);
     };
-    let _ = phase.send(Phase::Stop);
+    let _ = phase.send(TrafficPhase::Stop);
     for task in tasks {
         let _ = task.await;
     }
@@ -429,10 +444,10 @@ async fn set_up<M: Messages>(
 /// in (or `--drain` runs out). Returns the schedule, the CPU use from the
 /// end of the warmup on, and whether everything arrived.
 async fn send_and_drain<M: Messages>(
-    shared: &Shared<M>,
+    shared: &TrafficRun<M>,
     load: &LoadArgs,
     pid: Option<u32>,
-    phase: &watch::Sender<Phase>,
+    phase: &watch::Sender<TrafficPhase>,
 ) -> (Schedule, CpuShare, bool) {
     let start = Instant::now() + START_LEAD;
     let measure_from = start + Duration::from_secs_f64(load.warmup);
@@ -441,7 +456,7 @@ async fn send_and_drain<M: Messages>(
         measure_from_ns: shared.clock.ns_at(measure_from),
         stop_sending: measure_from + Duration::from_secs_f64(load.duration),
     };
-    let _ = phase.send(Phase::Send(schedule));
+    let _ = phase.send(TrafficPhase::Send(schedule));
     sleep_until(measure_from.into()).await;
     let cpu = CpuMeter::start(pid);
 
@@ -466,18 +481,17 @@ struct Readings {
     schedule: Schedule,
     drained: bool,
     cpu: CpuShare,
-    rss_before: Option<u64>,
-    rss_loaded: Option<u64>,
+    server_sample: ServerSample,
     rss_after: Option<u64>,
 }
 
 impl TrafficReport {
     fn new<M: Messages>(
-        shared: &Shared<M>,
+        shared: &TrafficRun<M>,
         target: &TargetArgs,
         load: &LoadArgs,
-        tally: &Tally,
-        readings: &Readings,
+        tally: &TrafficTally,
+        readings: Readings,
     ) -> TrafficReport {
         let plan = &shared.plan;
         let connections = plan.endpoints.len();
@@ -487,7 +501,8 @@ impl TrafficReport {
         let per_second =
             |count: u64, seconds: f64| (seconds > 0.0).then(|| round1(count as f64 / seconds));
         let send_phase_s = since_measuring(tally.last_send_ns);
-        let (cpu, pid) = (readings.cpu, target.server_pid);
+        let cpu = readings.cpu;
+        let rss_bytes_per_conn = readings.server_sample.rss_bytes_per_conn(connections);
         let mut report = TrafficReport {
             tool: "parlor bench",
             workload: plan.workload,
@@ -522,17 +537,10 @@ impl TrafficReport {
             bench_cpu_pct: round1(cpu.bench_pct),
             bench_saturated: cpu.bench_pct >= SATURATED_PCT,
             bench_cpus: process::allowed_cpus(std::process::id()),
-            server_pid: pid,
+            server_sample: readings.server_sample,
             server_cpu_pct: cpu.server_pct.map(round1),
-            server_cpus: pid.and_then(process::allowed_cpus),
-            server_rss_kb_before: readings.rss_before,
-            server_rss_kb_loaded: readings.rss_loaded,
             server_rss_kb_after: readings.rss_after,
-            server_rss_bytes_per_conn: readings
-                .rss_before
-                .zip(readings.rss_loaded)
-                .map(|(before, loaded)| loaded.saturating_sub(before) * 1024 / connections as u64),
-            server_alive_after: pid.map(process::is_alive),
+            server_rss_bytes_per_conn: rss_bytes_per_conn,
             failures: Vec::new(),
             summary_title: format!(
                 "{}, {}, {}-byte messages, {} s (+{} s warmup)",
@@ -565,7 +573,7 @@ impl TrafficReport {
             ("messages never answered", self.unanswered),
             ("connections closed by the server", self.disconnects),
         ];
-        super::note_failures(&mut failures, &counts, self.server_alive_after);
+        super::note_failures(&mut failures, &counts, &self.server_sample);
         failures
     }
 
@@ -605,8 +613,8 @@ impl TrafficReport {
         }
         text += "\n";
         if let (Some(before), Some(loaded), Some(per_conn)) = (
-            self.server_rss_kb_before,
-            self.server_rss_kb_loaded,
+            self.server_sample.rss_kb_before,
+            self.server_sample.rss_kb_loaded,
             self.server_rss_bytes_per_conn,
         ) {
             text += &format!(
@@ -620,7 +628,7 @@ impl TrafficReport {
 
 /// What the coordinator tells the connection tasks.
 #[derive(Clone, Copy, Debug)]
-enum Phase {
+enum TrafficPhase {
     Setup,
     Send(Schedule),
     Stop,
@@ -635,22 +643,22 @@ struct Schedule {
 
 /// What every connection task reads, plus the few counters the coordinator
 /// needs while the run goes on.
-struct Shared<M> {
+struct TrafficRun<M> {
     plan: Plan,
     /// What the messages are.
     kind: M,
-    clock: Clock,
+    clock: BenchClock,
     window: u64,
     rate: Option<f64>,
     /// Messages per sender at most.
     messages: u64,
     latencies: LatencyHistogram,
-    progress: Progress,
+    progress: TrafficProgress,
 }
 
 /// Running totals, updated once per write or read batch.
 #[derive(Default)]
-struct Progress {
+struct TrafficProgress {
     sent: AtomicU64,
     answered: AtomicU64,
     /// Deliveries owed for the messages sent and not refused.
@@ -660,7 +668,7 @@ struct Progress {
     senders_done: AtomicU64,
 }
 
-impl Progress {
+impl TrafficProgress {
     /// Every message answered and every expected delivery in.
     fn is_complete(&self) -> bool {
         self.answered.load(Relaxed) >= self.sent.load(Relaxed)
@@ -670,7 +678,7 @@ impl Progress {
 
 /// One connection's counts, summed over all connections at the end.
 #[derive(Debug, Default)]
-struct Tally {
+struct TrafficTally {
     sent: u64,
     sent_measured: u64,
     last_send_ns: u64,
@@ -685,8 +693,8 @@ struct Tally {
     disconnects: u64,
 }
 
-impl Tally {
-    fn add(&mut self, other: &Tally) {
+impl TrafficTally {
+    fn add(&mut self, other: &TrafficTally) {
         self.sent += other.sent;
         self.sent_measured += other.sent_measured;
         self.last_send_ns = self.last_send_ns.max(other.last_send_ns);
@@ -706,11 +714,11 @@ impl Tally {
 /// Returns its counts, and what it kept for its messages if it was set up.
 async fn run_connection<M: Messages>(
     index: u32,
-    shared: Arc<Shared<M>>,
+    shared: Arc<TrafficRun<M>>,
     setup: Setup,
     ready: mpsc::UnboundedSender<Result<(), String>>,
-    mut phase: watch::Receiver<Phase>,
-) -> (Tally, Option<M::Conn>) {
+    mut phase: watch::Receiver<TrafficPhase>,
+) -> (TrafficTally, Option<M::Conn>) {
     let endpoint = &shared.plan.endpoints[index as usize];
     let (mut session, conn) = match shared.kind.open(index, endpoint, &setup).await {
         Ok(opened) => {
@@ -719,12 +727,12 @@ async fn run_connection<M: Messages>(
         }
         Err(err) => {
             let _ = ready.send(Err(format!("{}: {err:#}", endpoint.nick)));
-            return (Tally::default(), None);
+            return (TrafficTally::default(), None);
         }
     };
     drop(ready);
     let Some(schedule) = session.keep_alive_while(start_signal(&mut phase)).await else {
-        return (Tally::default(), Some(conn));
+        return (TrafficTally::default(), Some(conn));
     };
     let (tally, conn) = Driver::new(index, shared, session, conn, schedule)
         .run(phase)
@@ -734,19 +742,19 @@ async fn run_connection<M: Messages>(
 
 /// The schedule, once the coordinator says to send; `None` if it says to
 /// stop instead.
-async fn start_signal(phase: &mut watch::Receiver<Phase>) -> Option<Schedule> {
+async fn start_signal(phase: &mut watch::Receiver<TrafficPhase>) -> Option<Schedule> {
     loop {
         match *phase.borrow_and_update() {
-            Phase::Send(schedule) => return Some(schedule),
-            Phase::Stop => return None,
-            Phase::Setup => {}
+            TrafficPhase::Send(schedule) => return Some(schedule),
+            TrafficPhase::Stop => return None,
+            TrafficPhase::Setup => {}
         }
         phase.changed().await.ok()?;
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sending {
+enum SendingState {
     /// Before the schedule's start.
     NotYet,
     Active,
@@ -767,29 +775,29 @@ enum Ended {
 /// receives.
 struct Driver<M: Messages> {
     index: u32,
-    shared: Arc<Shared<M>>,
+    shared: Arc<TrafficRun<M>>,
     schedule: Schedule,
-    session: Session,
+    session: BenchConnection,
     /// What the connection keeps for its messages.
     conn: M::Conn,
     /// Frames waiting to be written; `out[written..]` is still unwritten.
     out: Vec<u8>,
     written: usize,
-    sending: Sending,
+    sending: SendingState,
     next_seq: u64,
     unanswered: u64,
     /// One per plan index in the endpoint's `hears_from`.
     trackers: Vec<SequenceTracker>,
     /// Latencies of the current read batch, in ns.
     latencies: Vec<u64>,
-    tally: Tally,
+    tally: TrafficTally,
 }
 
 impl<M: Messages> Driver<M> {
     fn new(
         index: u32,
-        shared: Arc<Shared<M>>,
-        session: Session,
+        shared: Arc<TrafficRun<M>>,
+        session: BenchConnection,
         conn: M::Conn,
         schedule: Schedule,
     ) -> Driver<M> {
@@ -802,17 +810,17 @@ impl<M: Messages> Driver<M> {
             conn,
             out: Vec::new(),
             written: 0,
-            sending: Sending::NotYet,
+            sending: SendingState::NotYet,
             next_seq: 0,
             unanswered: 0,
             trackers,
             latencies: Vec::new(),
-            tally: Tally::default(),
+            tally: TrafficTally::default(),
             shared,
         }
     }
 
-    async fn run(mut self, mut phase: watch::Receiver<Phase>) -> (Tally, M::Conn) {
+    async fn run(mut self, mut phase: watch::Receiver<TrafficPhase>) -> (TrafficTally, M::Conn) {
         let stop_sending = sleep_until(self.schedule.stop_sending.into());
         let next_due = sleep_until(self.schedule.start.into());
         tokio::pin!(stop_sending, next_due);
@@ -821,13 +829,13 @@ impl<M: Messages> Driver<M> {
             if self.flush().is_err() {
                 break Some(Ended::ByServer);
             }
-            let sending = self.sending != Sending::Done;
+            let sending = self.sending != SendingState::Done;
             tokio::select! {
                 biased;
                 _ = phase.changed() => break None,
                 () = &mut stop_sending, if sending => self.stop_sending(),
                 () = &mut next_due, if sending && timer_armed => {
-                    self.sending = Sending::Active;
+                    self.sending = SendingState::Active;
                     self.send_due();
                     // A closed loop needs the timer only to start; after
                     // that, replies pace it.
@@ -843,7 +851,7 @@ impl<M: Messages> Driver<M> {
                     if let Err(ended) = self.read_available() {
                         break Some(ended);
                     }
-                    if self.shared.rate.is_none() && self.sending == Sending::Active {
+                    if self.shared.rate.is_none() && self.sending == SendingState::Active {
                         self.send_due();
                     }
                 }
@@ -909,7 +917,7 @@ impl<M: Messages> Driver<M> {
     }
 
     fn next_rate_due(&self) -> Option<Instant> {
-        if self.sending == Sending::Done {
+        if self.sending == SendingState::Done {
             return None;
         }
         self.rate_due(self.next_seq)
@@ -942,8 +950,8 @@ impl<M: Messages> Driver<M> {
     }
 
     fn stop_sending(&mut self) {
-        if self.sending != Sending::Done {
-            self.sending = Sending::Done;
+        if self.sending != SendingState::Done {
+            self.sending = SendingState::Done;
             self.shared.progress.senders_done.fetch_add(1, Relaxed);
         }
     }
@@ -1044,7 +1052,7 @@ impl<M: Messages> Driver<M> {
     /// A delivery this connection should get: one of the run's messages,
     /// from a sender it hears from, attributed to that sender's nick, in the
     /// room (or as the direct message) that sender addressed.
-    fn check_delivery(&mut self, message: ServerMessage) -> Option<Delivery> {
+    fn check_delivery(&mut self, message: ServerMessage) -> Option<RecognisedDelivery> {
         let (room, sender, text) = match message {
             ServerMessage::RoomMessage { room, sender, text } => (Some(room), sender, text),
             ServerMessage::DirectMessage { sender, text } => (None, sender, text),
@@ -1070,7 +1078,7 @@ impl<M: Messages> Driver<M> {
         addressed.then_some(delivery)
     }
 
-    fn count_delivery(&mut self, delivery: Delivery, now_ns: u64) {
+    fn count_delivery(&mut self, delivery: RecognisedDelivery, now_ns: u64) {
         let first_sender = self.shared.plan.endpoints[self.index as usize]
             .hears_from
             .start;
