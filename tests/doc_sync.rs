@@ -2,7 +2,7 @@
 //! drift from the other unnoticed.
 //!
 //! - PROTOCOL.md §6 ("Every status text") against the texts of
-//!   `parlor_core::text`: every constant is in the table byte for byte, every
+//!   `parlor_proto::text`: every constant is in the table byte for byte, every
 //!   fixed text of the table is a constant, and every frame length the table
 //!   states is the text's length plus the status byte.
 //! - README.md's configuration table, and its example file, against
@@ -18,19 +18,19 @@ use parlor_server::Config;
 
 const PROTOCOL: &str = include_str!("../PROTOCOL.md");
 const README: &str = include_str!("../README.md");
-/// The source of `parlor_core::text`, read only to check that [`TEXTS`]
+/// The source of `parlor_proto::text`, read only to check that [`TEXTS`]
 /// names every constant the module has.
-const TEXT_SOURCE: &str = include_str!("../crates/parlor-core/src/text.rs");
+const TEXT_SOURCE: &str = include_str!("../crates/parlor-proto/src/text.rs");
 
-/// `(name, value)` for each of the given `parlor_core::text` constants.
+/// `(name, value)` for each of the given `parlor_proto::text` constants.
 macro_rules! texts {
     ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), parlor_core::text::$name)),*]
+        [$((stringify!($name), parlor_proto::text::$name)),*]
     };
 }
 
-/// Every constant of `parlor_core::text`, as (name, text).
-/// [`the_list_of_texts_here_names_every_constant_of_parlor_core_text`] keeps
+/// Every constant of `parlor_proto::text`, as (name, text).
+/// [`the_list_of_texts_here_names_every_constant_of_parlor_proto_text`] keeps
 /// this list complete.
 const TEXTS: [(&str, &str); 22] = texts![
     NICK_TAKEN,
@@ -103,7 +103,7 @@ fn code_span(cell: &str) -> Option<&str> {
 }
 
 // ---------------------------------------------------------------------------
-// PROTOCOL.md §6 and parlor_core::text
+// PROTOCOL.md §6 and parlor_proto::text
 // ---------------------------------------------------------------------------
 
 /// One row of PROTOCOL.md §6.
@@ -213,7 +213,7 @@ fn status_texts() -> BTreeMap<&'static str, usize> {
 }
 
 #[test]
-fn the_list_of_texts_here_names_every_constant_of_parlor_core_text() {
+fn the_list_of_texts_here_names_every_constant_of_parlor_proto_text() {
     let in_source: BTreeSet<&str> = TEXT_SOURCE
         .split("\npub const ")
         .skip(1)
@@ -223,7 +223,7 @@ fn the_list_of_texts_here_names_every_constant_of_parlor_core_text() {
     assert_eq!(here.len(), TEXTS.len(), "a constant is listed twice");
     assert_eq!(
         here, in_source,
-        "TEXTS in tests/doc_sync.rs must list every constant of parlor_core::text"
+        "TEXTS in tests/doc_sync.rs must list every constant of parlor_proto::text"
     );
 }
 
@@ -241,7 +241,7 @@ fn every_text_constant_appears_exactly_once_in_protocol_section_6() {
 
 /// The other direction. Texts with a `<placeholder>` are built inline by
 /// the hub (the rate limits, a full room, the room you are already in, a
-/// malformed frame, ...), not kept in `parlor_core::text`, so they are
+/// malformed frame, ...), not kept in `parlor_proto::text`, so they are
 /// skipped here; the frame-length test still checks their stated lengths.
 #[test]
 fn every_fixed_text_in_protocol_section_6_is_a_text_constant() {
@@ -252,7 +252,7 @@ fn every_fixed_text_in_protocol_section_6_is_a_text_constant() {
         .collect();
     assert!(
         stray.is_empty(),
-        "PROTOCOL.md §6 lists texts that are not in parlor_core::text: {stray:#?}"
+        "PROTOCOL.md §6 lists texts that are not in parlor_proto::text: {stray:#?}"
     );
 }
 

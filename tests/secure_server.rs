@@ -1,5 +1,7 @@
 //! The secure extension over real TCP (PROTOCOL.md §12): raw frames in,
 //! exact frames out, and wrapped keys opened with test-side private keys.
+//! One module per subsection (`s12_3_direct_messages` is §12.3); what
+//! §13's threat model promises is checked where it shows on the wire.
 //!
 //! Every frame a legacy client reads is checked against the legacy client's
 //! rules (`support::check_legacy_frame`), so no test here can hand a legacy
@@ -12,8 +14,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parlor_core::{text, KeyUse};
+use parlor_core::KeyUse;
 use parlor_proto::legacy::{encode_direct_message, encode_room_message};
+use parlor_proto::text;
 use parlor_proto::{ClientMessage, SecureMessage, ServerMessage};
 use rsa::pkcs8::EncodePublicKey;
 use rsa::{Oaep, PrivateKey};
@@ -165,293 +168,337 @@ async fn same_room_key(members: &mut [(&mut Client, usize)], room: &str) -> (u32
     keys.pop().unwrap()
 }
 
-#[tokio::test]
-async fn members_share_each_epochs_key_and_whoever_left_gets_no_new_one() {
-    let server = TestServer::start(test_config()).await;
-    let mut alice = secure_client(&server, 0, "alice").await;
-    alice.send(&join("vault", "")).await;
-    alice.expect(&created("vault", true)).await;
-    alice.expect(&ok_bytes()).await;
-    let (epoch, first) = same_room_key(&mut [(&mut alice, 0)], "vault").await;
-    assert_eq!(epoch, 1);
+// ===========================================================================
 
-    let mut bob = secure_client(&server, 1, "bob").await;
-    bob.send(&join("vault", "")).await;
-    bob.expect(&joined("vault", true)).await;
-    bob.expect(&peer_key("alice", 0)).await;
-    bob.expect(&ok_bytes()).await;
-    alice.expect(&peer_key("bob", 1)).await;
-    let (epoch, second) = same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
-    assert_eq!(epoch, 2);
-    assert_ne!(second, first, "a joiner cannot read what came before");
+/// PROTOCOL.md §12.1: a legacy connection is never sent a frame of the
+/// extension; also §12.2's refusal of its JOIN to a secure room.
+mod s12_1_secure_connections {
+    use super::*;
 
-    let mut carol = secure_client(&server, 2, "carol").await;
-    carol.send(&join("vault", "")).await;
-    carol.expect(&joined("vault", true)).await;
-    carol.expect(&peer_key("alice", 0)).await;
-    carol.expect(&peer_key("bob", 1)).await;
-    carol.expect(&ok_bytes()).await;
-    alice.expect(&peer_key("carol", 2)).await;
-    bob.expect(&peer_key("carol", 2)).await;
-    let members = &mut [(&mut alice, 0), (&mut bob, 1), (&mut carol, 2)];
-    let (epoch, third) = same_room_key(members, "vault").await;
-    assert_eq!(epoch, 3);
+    #[tokio::test]
+    async fn a_legacy_client_is_refused_from_secure_rooms_and_never_sees_a_secure_frame() {
+        let server = TestServer::start(test_config()).await;
+        let (mut legacy, _) = server.greeted().await;
+        legacy.request(&nick("lee"), &ok_bytes()).await;
+        let mut alice = secure_client(&server, 0, "alice").await;
+        alice.send(&join("vault", "pw")).await;
+        alice.expect(&created("vault", true)).await;
+        alice.expect(&ok_bytes()).await;
+        room_key(&mut alice, 0, "vault").await;
 
-    // A rename tells the others the new name with the key; no rotation.
-    bob.send(&nick("robert")).await;
-    bob.expect(&wire(SecureMessage::NickSet {
-        name: bytes("robert"),
-    }))
-    .await;
-    bob.expect(&ok_bytes()).await;
-    alice.expect(&peer_key("robert", 1)).await;
-    carol.expect(&peer_key("robert", 1)).await;
+        let refused = error("Room 'vault' is end-to-end encrypted; your client cannot join it.");
+        legacy.request(&join("vault", "pw"), &refused).await;
+        legacy.request(&join("vault", ""), &refused).await;
 
-    carol.send(&ClientMessage::Leave).await;
-    carol
-        .expect(&wire(SecureMessage::RoomLeft {
-            room: bytes("vault"),
-        }))
-        .await;
-    carol.expect(&ok_bytes()).await;
-    let (epoch, fourth) = same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
-    assert_eq!(epoch, 4);
-    assert_ne!(fourth, third, "a leaver cannot read what follows");
-    carol.expect_silence(SILENCE).await;
-
-    bob.close().await;
-    let (epoch, _) = same_room_key(&mut [(&mut alice, 0)], "vault").await;
-    assert_eq!(epoch, 5, "a disconnect rotates the key too");
-    carol.expect_silence(SILENCE).await;
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_legacy_client_is_refused_from_secure_rooms_and_never_sees_a_secure_frame() {
-    let server = TestServer::start(test_config()).await;
-    let (mut legacy, _) = server.greeted().await;
-    legacy.request(&nick("lee"), &ok_bytes()).await;
-    let mut alice = secure_client(&server, 0, "alice").await;
-    alice.send(&join("vault", "pw")).await;
-    alice.expect(&created("vault", true)).await;
-    alice.expect(&ok_bytes()).await;
-    room_key(&mut alice, 0, "vault").await;
-
-    let refused = error("Room 'vault' is end-to-end encrypted; your client cannot join it.");
-    legacy.request(&join("vault", "pw"), &refused).await;
-    legacy.request(&join("vault", ""), &refused).await;
-
-    // A plaintext room that legacy and secure clients share.
-    legacy.request(&join("open", ""), &ok_bytes()).await;
-    let mut bob = secure_client(&server, 1, "bob").await;
-    bob.send(&join("open", "")).await;
-    bob.expect(&joined("open", false)).await;
-    bob.expect(&ok_bytes()).await;
-    bob.request(&room_msg("open", "hello lee"), &ok_bytes())
-        .await;
-    legacy
-        .expect(&encode_room_message(b"open", b"bob", b"hello lee"))
-        .await;
-    legacy
-        .request(&room_msg("open", "hi bob"), &ok_bytes())
-        .await;
-    bob.expect(&encode_room_message(b"open", b"lee", b"hi bob"))
-        .await;
-
-    // Secure traffic all around: a DM key, a move into the secure room
-    // with its key exchange and rotation, a rename there.
-    alice.send(&dm_key_request("bob")).await;
-    assert!(matches!(
-        next(&mut alice).await,
-        ServerMessage::Secure(SecureMessage::DmKeyIssued { .. })
-    ));
-    alice.expect(&ok_bytes()).await;
-    bob.expect(&peer_key("alice", 0)).await;
-    assert!(matches!(
-        next(&mut bob).await,
-        ServerMessage::Secure(SecureMessage::DmKey { .. })
-    ));
-    bob.send(&join("vault", "pw")).await;
-    bob.expect(&joined("vault", true)).await;
-    bob.expect(&peer_key("alice", 0)).await;
-    bob.expect(&ok_bytes()).await;
-    alice.expect(&peer_key("bob", 1)).await;
-    same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
-    alice
-        .request(
-            &nick("ann"),
-            &wire(SecureMessage::NickSet { name: bytes("ann") }),
-        )
-        .await;
-    alice.expect(&ok_bytes()).await;
-    bob.expect(&peer_key("ann", 0)).await;
-
-    // The legacy client's own requests get legacy answers only.
-    legacy
-        .request(&dm("nobody", "x"), &error(text::NICK_NOT_PRESENT))
-        .await;
-    legacy.request(&nick("leo"), &ok_bytes()).await;
-    legacy.request(&dm("ann", "plain"), &ok_bytes()).await;
-    alice.expect(&encode_direct_message(b"leo", b"plain")).await;
-    alice
-        .request(
-            &dm_key_request("leo"),
-            &error("User 'leo' has no key; messages to them are not encrypted."),
-        )
-        .await;
-    legacy.expect_silence(SILENCE).await;
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn a_dm_key_reaches_both_ends_in_order_and_sealed_dms_pass_untouched() {
-    let server = TestServer::start(test_config()).await;
-    let mut alice = secure_client(&server, 0, "alice").await;
-    let mut bob = secure_client(&server, 1, "bob").await;
-
-    alice.send(&dm_key_request("bob")).await;
-    let ServerMessage::Secure(SecureMessage::DmKeyIssued {
-        target,
-        key,
-        key_id,
-        wrapped: for_alice,
-    }) = next(&mut alice).await
-    else {
-        panic!("expected DM_KEY_ISSUED first")
-    };
-    assert_eq!((&target[..], &key), (&b"bob"[..], &der(1)));
-    alice.expect(&ok_bytes()).await;
-    bob.expect(&peer_key("alice", 0)).await;
-    let ServerMessage::Secure(SecureMessage::DmKey {
-        peer,
-        key_id: bobs_key_id,
-        wrapped: for_bob,
-    }) = next(&mut bob).await
-    else {
-        panic!("expected DM_KEY after PEER_KEY")
-    };
-    assert_eq!((&peer[..], bobs_key_id), (&b"alice"[..], key_id));
-    let shared = unwrap_key(0, KeyUse::Dm, &for_alice).unwrap();
-    assert_eq!(shared.len(), 32);
-    assert_eq!(unwrap_key(1, KeyUse::Dm, &for_bob).unwrap(), shared);
-    assert!(
-        unwrap_key(0, KeyUse::Room, &for_alice).is_err(),
-        "a DM key does not pass as a room key"
-    );
-
-    // The server relays a sealed DM as it relays any text.
-    let sealed: Vec<u8> = (0..=255u8).cycle().take(1_000).collect();
-    alice.request(&dm("bob", &sealed), &ok_bytes()).await;
-    bob.expect(&encode_direct_message(b"alice", &sealed)).await;
-
-    bob.send(&dm_key_request("alice")).await;
-    match next(&mut bob).await {
-        ServerMessage::Secure(SecureMessage::DmKeyIssued { key_id: later, .. }) => {
-            assert!(later > key_id, "key ids are not reused")
-        }
-        other => panic!("{other:?}"),
-    }
-    bob.expect(&ok_bytes()).await;
-    alice.expect(&peer_key("bob", 1)).await;
-    assert!(matches!(
-        next(&mut alice).await,
-        ServerMessage::Secure(SecureMessage::DmKey { .. })
-    ));
-
-    // Each error is one clear 9a 01, after 94 for an unknown name.
-    alice.send(&dm_key_request("nobody")).await;
-    alice
-        .expect(&wire(SecureMessage::NoSuchUser {
-            name: bytes("nobody"),
-        }))
-        .await;
-    alice.expect(&error(text::NICK_NOT_PRESENT)).await;
-    alice
-        .request(&dm_key_request("alice"), &error(text::DM_KEY_WITH_YOURSELF))
-        .await;
-    let (mut keyless, _) = server.greeted().await;
-    keyless
-        .request(&dm_key_request("alice"), &error(text::REGISTER_KEY_FIRST))
-        .await;
-    alice.send(&dm("nobody", "x")).await;
-    alice
-        .expect(&wire(SecureMessage::NoSuchUser {
-            name: bytes("nobody"),
-        }))
-        .await;
-    alice.expect(&error(text::NICK_NOT_PRESENT)).await;
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn sealed_room_messages_are_relayed_byte_for_byte() {
-    let server = TestServer::start(test_config()).await;
-    let mut alice = secure_client(&server, 0, "alice").await;
-    let mut bob = secure_client(&server, 1, "bob").await;
-    alice.send(&join("vault", "")).await;
-    alice.expect(&created("vault", true)).await;
-    alice.expect(&ok_bytes()).await;
-    room_key(&mut alice, 0, "vault").await;
-    bob.send(&join("vault", "")).await;
-    for _ in 0..3 {
-        bob.recv().await;
-    }
-    alice.expect(&peer_key("bob", 1)).await;
-    same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
-
-    let every_byte: Vec<u8> = (0..=255u8).collect();
-    let longest: Vec<u8> = (0..=255u8).cycle().take(65_535).collect();
-    for text in [every_byte, longest, Vec::new()] {
-        alice.request(&room_msg("vault", &text), &ok_bytes()).await;
-        bob.expect(&encode_room_message(b"vault", b"alice", &text))
+        // A plaintext room that legacy and secure clients share.
+        legacy.request(&join("open", ""), &ok_bytes()).await;
+        let mut bob = secure_client(&server, 1, "bob").await;
+        bob.send(&join("open", "")).await;
+        bob.expect(&joined("open", false)).await;
+        bob.expect(&ok_bytes()).await;
+        bob.request(&room_msg("open", "hello lee"), &ok_bytes())
             .await;
-    }
-    alice.expect_silence(SILENCE).await;
-    server.stop().await;
-}
+        legacy
+            .expect(&encode_room_message(b"open", b"bob", b"hello lee"))
+            .await;
+        legacy
+            .request(&room_msg("open", "hi bob"), &ok_bytes())
+            .await;
+        bob.expect(&encode_room_message(b"open", b"lee", b"hi bob"))
+            .await;
 
-#[tokio::test]
-async fn bad_keys_get_a_clear_error_and_malformed_secure_requests_close() {
-    let server = TestServer::start(test_config()).await;
-    let (mut client, _) = server.greeted().await;
-    let weak = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
-    for key in [der_of(&weak), bytes("not a key"), Bytes::new()] {
-        client
+        // Secure traffic all around: a DM key, a move into the secure room
+        // with its key exchange and rotation, a rename there.
+        alice.send(&dm_key_request("bob")).await;
+        assert!(matches!(
+            next(&mut alice).await,
+            ServerMessage::Secure(SecureMessage::DmKeyIssued { .. })
+        ));
+        alice.expect(&ok_bytes()).await;
+        bob.expect(&peer_key("alice", 0)).await;
+        assert!(matches!(
+            next(&mut bob).await,
+            ServerMessage::Secure(SecureMessage::DmKey { .. })
+        ));
+        bob.send(&join("vault", "pw")).await;
+        bob.expect(&joined("vault", true)).await;
+        bob.expect(&peer_key("alice", 0)).await;
+        bob.expect(&ok_bytes()).await;
+        alice.expect(&peer_key("bob", 1)).await;
+        same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        alice
             .request(
-                &ClientMessage::RegisterKey { key },
-                &error(text::BAD_PUBLIC_KEY),
+                &nick("ann"),
+                &wire(SecureMessage::NickSet { name: bytes("ann") }),
             )
             .await;
-    }
-    let register = ClientMessage::RegisterKey { key: der(0) };
-    client.request(&register, &ok_bytes()).await;
-    client.secure = true;
-    client
-        .request(&register, &error(text::KEY_ALREADY_REGISTERED))
-        .await;
+        alice.expect(&ok_bytes()).await;
+        bob.expect(&peer_key("ann", 0)).await;
 
-    let malformed = [
-        (
-            frame_bytes(0x81, b"\x00\x05abc"),
-            "malformed REGISTER_KEY payload: inner lengths do not match the frame length",
-        ),
-        (
-            frame_bytes(0x82, b"\x03bo"),
-            "malformed DM_KEY_REQUEST payload: inner lengths do not match the frame length",
-        ),
-        (frame_bytes(0x84, b""), "unknown opcode 0x84"),
-    ];
-    for (frame, reason) in malformed {
-        let (mut client, _) = server.greeted().await;
-        client.send_raw(&frame).await;
-        client
-            .expect(&error(format!("Malformed frame: {reason}.")))
+        // The legacy client's own requests get legacy answers only.
+        legacy
+            .request(&dm("nobody", "x"), &error(text::NICK_NOT_PRESENT))
             .await;
-        client.expect_closed().await;
+        legacy.request(&nick("leo"), &ok_bytes()).await;
+        legacy.request(&dm("ann", "plain"), &ok_bytes()).await;
+        alice.expect(&encode_direct_message(b"leo", b"plain")).await;
+        alice
+            .request(
+                &dm_key_request("leo"),
+                &error("User 'leo' has no key; messages to them are not encrypted."),
+            )
+            .await;
+        legacy.expect_silence(SILENCE).await;
+        server.stop().await;
     }
-    server.stop().await;
 }
 
+// ===========================================================================
+
+/// PROTOCOL.md §12.2: confirmations, PEER_KEYs and key rotation, with what
+/// §13 promises of them: a leaver cannot read what follows, nor a joiner
+/// what came before.
+mod s12_2_rooms {
+    use super::*;
+
+    #[tokio::test]
+    async fn members_share_each_epochs_key_and_whoever_left_gets_no_new_one() {
+        let server = TestServer::start(test_config()).await;
+        let mut alice = secure_client(&server, 0, "alice").await;
+        alice.send(&join("vault", "")).await;
+        alice.expect(&created("vault", true)).await;
+        alice.expect(&ok_bytes()).await;
+        let (epoch, first) = same_room_key(&mut [(&mut alice, 0)], "vault").await;
+        assert_eq!(epoch, 1);
+
+        let mut bob = secure_client(&server, 1, "bob").await;
+        bob.send(&join("vault", "")).await;
+        bob.expect(&joined("vault", true)).await;
+        bob.expect(&peer_key("alice", 0)).await;
+        bob.expect(&ok_bytes()).await;
+        alice.expect(&peer_key("bob", 1)).await;
+        let (epoch, second) = same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        assert_eq!(epoch, 2);
+        assert_ne!(second, first, "a joiner cannot read what came before");
+
+        let mut carol = secure_client(&server, 2, "carol").await;
+        carol.send(&join("vault", "")).await;
+        carol.expect(&joined("vault", true)).await;
+        carol.expect(&peer_key("alice", 0)).await;
+        carol.expect(&peer_key("bob", 1)).await;
+        carol.expect(&ok_bytes()).await;
+        alice.expect(&peer_key("carol", 2)).await;
+        bob.expect(&peer_key("carol", 2)).await;
+        let members = &mut [(&mut alice, 0), (&mut bob, 1), (&mut carol, 2)];
+        let (epoch, third) = same_room_key(members, "vault").await;
+        assert_eq!(epoch, 3);
+
+        // A rename tells the others the new name with the key; no rotation.
+        bob.send(&nick("robert")).await;
+        bob.expect(&wire(SecureMessage::NickSet {
+            name: bytes("robert"),
+        }))
+        .await;
+        bob.expect(&ok_bytes()).await;
+        alice.expect(&peer_key("robert", 1)).await;
+        carol.expect(&peer_key("robert", 1)).await;
+
+        carol.send(&ClientMessage::Leave).await;
+        carol
+            .expect(&wire(SecureMessage::RoomLeft {
+                room: bytes("vault"),
+            }))
+            .await;
+        carol.expect(&ok_bytes()).await;
+        let (epoch, fourth) = same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        assert_eq!(epoch, 4);
+        assert_ne!(fourth, third, "a leaver cannot read what follows");
+        carol.expect_silence(SILENCE).await;
+
+        bob.close().await;
+        let (epoch, _) = same_room_key(&mut [(&mut alice, 0)], "vault").await;
+        assert_eq!(epoch, 5, "a disconnect rotates the key too");
+        carol.expect_silence(SILENCE).await;
+        server.stop().await;
+    }
+}
+
+// ===========================================================================
+
+/// PROTOCOL.md §12.3
+mod s12_3_direct_messages {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dm_key_reaches_both_ends_in_order_and_sealed_dms_pass_untouched() {
+        let server = TestServer::start(test_config()).await;
+        let mut alice = secure_client(&server, 0, "alice").await;
+        let mut bob = secure_client(&server, 1, "bob").await;
+
+        alice.send(&dm_key_request("bob")).await;
+        let ServerMessage::Secure(SecureMessage::DmKeyIssued {
+            target,
+            key,
+            key_id,
+            wrapped: for_alice,
+        }) = next(&mut alice).await
+        else {
+            panic!("expected DM_KEY_ISSUED first")
+        };
+        assert_eq!((&target[..], &key), (&b"bob"[..], &der(1)));
+        alice.expect(&ok_bytes()).await;
+        bob.expect(&peer_key("alice", 0)).await;
+        let ServerMessage::Secure(SecureMessage::DmKey {
+            peer,
+            key_id: bobs_key_id,
+            wrapped: for_bob,
+        }) = next(&mut bob).await
+        else {
+            panic!("expected DM_KEY after PEER_KEY")
+        };
+        assert_eq!((&peer[..], bobs_key_id), (&b"alice"[..], key_id));
+        let shared = unwrap_key(0, KeyUse::Dm, &for_alice).unwrap();
+        assert_eq!(shared.len(), 32);
+        assert_eq!(unwrap_key(1, KeyUse::Dm, &for_bob).unwrap(), shared);
+        assert!(
+            unwrap_key(0, KeyUse::Room, &for_alice).is_err(),
+            "a DM key does not pass as a room key"
+        );
+
+        // The server relays a sealed DM as it relays any text.
+        let sealed: Vec<u8> = (0..=255u8).cycle().take(1_000).collect();
+        alice.request(&dm("bob", &sealed), &ok_bytes()).await;
+        bob.expect(&encode_direct_message(b"alice", &sealed)).await;
+
+        bob.send(&dm_key_request("alice")).await;
+        match next(&mut bob).await {
+            ServerMessage::Secure(SecureMessage::DmKeyIssued { key_id: later, .. }) => {
+                assert!(later > key_id, "key ids are not reused")
+            }
+            other => panic!("{other:?}"),
+        }
+        bob.expect(&ok_bytes()).await;
+        alice.expect(&peer_key("bob", 1)).await;
+        assert!(matches!(
+            next(&mut alice).await,
+            ServerMessage::Secure(SecureMessage::DmKey { .. })
+        ));
+
+        // Each error is one clear 9a 01, after 94 for an unknown name.
+        alice.send(&dm_key_request("nobody")).await;
+        alice
+            .expect(&wire(SecureMessage::NoSuchUser {
+                name: bytes("nobody"),
+            }))
+            .await;
+        alice.expect(&error(text::NICK_NOT_PRESENT)).await;
+        alice
+            .request(&dm_key_request("alice"), &error(text::DM_KEY_WITH_YOURSELF))
+            .await;
+        let (mut keyless, _) = server.greeted().await;
+        keyless
+            .request(&dm_key_request("alice"), &error(text::REGISTER_KEY_FIRST))
+            .await;
+        alice.send(&dm("nobody", "x")).await;
+        alice
+            .expect(&wire(SecureMessage::NoSuchUser {
+                name: bytes("nobody"),
+            }))
+            .await;
+        alice.expect(&error(text::NICK_NOT_PRESENT)).await;
+        server.stop().await;
+    }
+}
+
+// ===========================================================================
+
+/// PROTOCOL.md §12.4
+mod s12_4_relaying_sealed_messages {
+    use super::*;
+
+    #[tokio::test]
+    async fn sealed_room_messages_are_relayed_byte_for_byte() {
+        let server = TestServer::start(test_config()).await;
+        let mut alice = secure_client(&server, 0, "alice").await;
+        let mut bob = secure_client(&server, 1, "bob").await;
+        alice.send(&join("vault", "")).await;
+        alice.expect(&created("vault", true)).await;
+        alice.expect(&ok_bytes()).await;
+        room_key(&mut alice, 0, "vault").await;
+        bob.send(&join("vault", "")).await;
+        for _ in 0..3 {
+            bob.recv().await;
+        }
+        alice.expect(&peer_key("bob", 1)).await;
+        same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+
+        let every_byte: Vec<u8> = (0..=255u8).collect();
+        let longest: Vec<u8> = (0..=255u8).cycle().take(65_535).collect();
+        for text in [every_byte, longest, Vec::new()] {
+            alice.request(&room_msg("vault", &text), &ok_bytes()).await;
+            bob.expect(&encode_room_message(b"vault", b"alice", &text))
+                .await;
+        }
+        alice.expect_silence(SILENCE).await;
+        server.stop().await;
+    }
+}
+
+// ===========================================================================
+
+/// PROTOCOL.md §12.5: REGISTER_KEY and DM_KEY_REQUEST, their errors and
+/// their malformed forms (§8).
+mod s12_5_client_to_server_messages {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_keys_get_a_clear_error_and_malformed_secure_requests_close() {
+        let server = TestServer::start(test_config()).await;
+        let (mut client, _) = server.greeted().await;
+        let weak = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
+        for key in [der_of(&weak), bytes("not a key"), Bytes::new()] {
+            client
+                .request(
+                    &ClientMessage::RegisterKey { key },
+                    &error(text::BAD_PUBLIC_KEY),
+                )
+                .await;
+        }
+        let register = ClientMessage::RegisterKey { key: der(0) };
+        client.request(&register, &ok_bytes()).await;
+        client.secure = true;
+        client
+            .request(&register, &error(text::KEY_ALREADY_REGISTERED))
+            .await;
+
+        let malformed = [
+            (
+                frame_bytes(0x81, b"\x00\x05abc"),
+                "malformed REGISTER_KEY payload: inner lengths do not match the frame length",
+            ),
+            (
+                frame_bytes(0x82, b"\x03bo"),
+                "malformed DM_KEY_REQUEST payload: inner lengths do not match the frame length",
+            ),
+            (frame_bytes(0x84, b""), "unknown opcode 0x84"),
+        ];
+        for (frame, reason) in malformed {
+            let (mut client, _) = server.greeted().await;
+            client.send_raw(&frame).await;
+            client
+                .expect(&error(format!("Malformed frame: {reason}.")))
+                .await;
+            client.expect_closed().await;
+        }
+        server.stop().await;
+    }
+}
+
+// ===========================================================================
+
+/// PROTOCOL.md §12.2, key rotation: wrapping for every member runs on the
+/// key-wrapping pool, off the event loop.
+///
 /// A measurement, not a test: how long a key rotation for a 1,000-member
 /// room with 3072-bit keys takes on the key-wrapping pool, and how much it
 /// delays the room messages that keep flowing meanwhile. Run it by hand, in

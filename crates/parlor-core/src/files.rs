@@ -12,7 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::transfer::Offer;
-use super::{respond, respond_naming, text, Action, ConnId, Hub, Room};
+use super::{respond, respond_naming, Action, ConnId, Hub, Room};
+use parlor_proto::text;
 use parlor_proto::transfer::{FileMeta, FileRequest};
 use parlor_proto::Status;
 

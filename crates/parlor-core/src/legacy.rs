@@ -10,13 +10,14 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::{
-    check_name, respond, respond_naming, send, text, Action, CloseReason, ConnId, Hub, PasswordJob,
+    check_name, respond, respond_naming, send, Action, CloseReason, ConnId, Hub, PasswordJob,
     PasswordTask, Pending, PendingJoin, Rejection, Relayed,
 };
 use parlor_proto::legacy::{
     encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
 };
 use parlor_proto::printable::Printable;
+use parlor_proto::text;
 use parlor_proto::{SecureMessage, Status};
 
 impl Hub {

@@ -78,7 +78,6 @@ mod limits;
 mod rate;
 mod secure;
 mod stats;
-pub mod text;
 pub mod transfer;
 
 use std::collections::HashMap;
@@ -92,6 +91,7 @@ use zeroize::Zeroizing;
 
 use parlor_proto::legacy::encode_response;
 use parlor_proto::printable::Printable;
+use parlor_proto::text;
 use parlor_proto::{ClientMessage, FrameCodec, Status};
 
 pub use action::{Action, CloseReason, PasswordJob, PasswordOutcome, PasswordTask};

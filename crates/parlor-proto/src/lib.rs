@@ -15,6 +15,7 @@ pub mod legacy;
 pub mod printable;
 pub mod rules;
 pub mod secure;
+pub mod text;
 pub mod transfer;
 
 pub use frame::{Frame, FrameCodec, FrameError, HEADER_LEN, MAGIC, MAX_CLIENT_PAYLOAD};

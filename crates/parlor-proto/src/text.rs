@@ -1,4 +1,5 @@
-//! Every text the hub sends after `9a 01` / `9a 02`, in one place.
+//! Every text a server sends after `9a 01` / `9a 02`, in one place: the
+//! hub says them, and the clients recognise them.
 //!
 //! The fixed ones are constants; PROTOCOL.md §6 lists them all, and
 //! `tests/doc_sync.rs` keeps the two in step. A text that names something (a
