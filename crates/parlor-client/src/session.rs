@@ -4,7 +4,8 @@
 //! The [`ClientSession`] never touches a socket or a clock, so every
 //! behaviour of the client, the secure parts included, is tested by feeding
 //! it frames (see `tests.rs`). The tokio shell in `shell.rs` only moves
-//! bytes and lines.
+//! bytes and lines; the contract between the two ("Driving the session")
+//! is in the documentation of [`ClientSession`].
 //!
 //! Secure by default: with an [`Identity`], each connection registers the
 //! public key right after HELLO, seals what it says in secure rooms and to
@@ -40,7 +41,8 @@ const GREETING: &[u8] = b"parlor reference client";
 /// The legacy client's heartbeat payload.
 const HEARTBEAT: &[u8] = parlor_proto::legacy::HEARTBEAT_PAYLOAD;
 
-/// Something for the shell to do.
+/// Something for the shell to do; what each obliges the shell to do is
+/// stated in the [`ClientSession`] documentation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
     /// Write this frame.
@@ -48,7 +50,8 @@ pub enum Output {
     /// Show this to the user.
     Event(UserEvent),
     /// Open a connection to this address, then report with
-    /// [`ClientSession::connected`] or [`ClientSession::connect_failed`].
+    /// [`ClientSession::handle_connected`] or
+    /// [`ClientSession::handle_connect_failed`].
     Connect(String),
     /// Close the connection.
     Close,
@@ -60,10 +63,70 @@ pub enum Output {
     Progress(TransferProgress),
 }
 
-/// The whole client but its I/O: feed it lines, frames, file outcomes and
-/// the time, and carry out the [`Output`]s each call returns, in order.
-/// Everything it must remember across connections (the identity, files
-/// being received) lives here; the rest goes with each connection.
+/// The whole client but its I/O. Everything it must remember across
+/// connections (the identity, files being received) lives here; the rest
+/// goes with each connection.
+///
+/// # Driving the session
+///
+/// This is the whole contract between the session and any shell
+/// (`shell.rs`, the tests). It has the shape of the hub's in `parlor-core`:
+/// inputs named `handle_*`, time passed in, and outputs appended to a
+/// `Vec<Output>` that the shell owns and reuses.
+///
+/// **Inputs.** Each appends to `out` and never clears it; each that
+/// depends on time takes `now`:
+///
+/// | call | when |
+/// |---|---|
+/// | [`ClientSession::handle_line`] | the user typed a line |
+/// | [`ClientSession::handle_command`] | a command, as if typed (`parlor client ADDR`: a `\connect`) |
+/// | [`ClientSession::handle_end_of_input`] | the input ended; no line comes after |
+/// | [`ClientSession::handle_connected`] | the connection asked for with [`Output::Connect`] is open |
+/// | [`ClientSession::handle_connect_failed`] | that connection could not be opened |
+/// | [`ClientSession::handle_frame`] | a whole frame arrived on the open connection |
+/// | [`ClientSession::handle_closed`] | the server closed the connection, or reading or writing it failed |
+/// | [`ClientSession::handle_timeout`] | the time from [`ClientSession::poll_timeout`] has come |
+/// | [`ClientSession::handle_file_hashed`] | a [`FileOp::Hash`] finished |
+/// | [`ClientSession::handle_chunk_read`] | a [`FileOp::Read`] finished |
+/// | [`ClientSession::handle_file_io_failed`] | a [`FileOp::Create`] or [`FileOp::Write`] failed |
+/// | [`ClientSession::handle_file_saved`] | a [`FileOp::Save`] finished |
+///
+/// A session starts unconnected ([`ClientSession::new`], then
+/// [`ClientSession::with_file_settings`]) and opens a connection only when
+/// told to (`\connect`). `handle_connected` and `handle_connect_failed`
+/// only answer an [`Output::Connect`]; `handle_frame` and `handle_closed`
+/// only concern the connection opened since, until it is closed either
+/// way. The file reports may come at any time, connected or not.
+///
+/// **Outputs**, which the shell must carry out in the order appended. An
+/// input called while carrying them out (a connection opened, a file op
+/// done) appends to the same buffer, and what it appends is carried out
+/// after what was already there; once all is done, the shell clears the
+/// buffer for the next input.
+///
+/// - [`Output::Send`]: write the frame to the connection, after those
+///   before it; without a connection, drop it. A failed write ends the
+///   connection: drop it and report [`ClientSession::handle_closed`].
+/// - [`Output::Event`] and [`Output::Progress`]: show the event; draw the
+///   progress, or not. Neither is reported.
+/// - [`Output::Connect`]: open a connection to the address, and report
+///   [`ClientSession::handle_connected`] or
+///   [`ClientSession::handle_connect_failed`].
+/// - [`Output::Close`]: flush what was written, then close the connection.
+///   The session has already forgotten it, so nothing is reported; a
+///   later [`ClientSession::handle_closed`] would do nothing.
+/// - [`Output::Quit`]: exit. What follows it is not carried out.
+/// - [`Output::File`]: do the [`FileOp`] and report its outcome as it
+///   says. A [`FileOp::Hash`] may take seconds: run it off the event loop
+///   and report it whenever it is done. Every other op is done at once, in
+///   the order asked, and reported before the next output is carried out,
+///   so chunk reads are reported in the order they were asked for.
+///
+/// **Time.** After every call, ask [`ClientSession::poll_timeout`] for the
+/// next deadline (the heartbeat due on a quiet connection), and call
+/// [`ClientSession::handle_timeout`] once it has passed; an early call does
+/// nothing. A shell may pass any `now` that never goes back.
 pub struct ClientSession {
     /// `None` in `--legacy` mode.
     identity: Option<Identity>,
@@ -71,7 +134,6 @@ pub struct ClientSession {
     /// Files being sent and received; they outlive a connection, so that
     /// a file being received resumes on the next one.
     files: Files,
-    out: Vec<Output>,
 }
 
 /// The state of one connection; a new connection starts from nothing, as
@@ -102,7 +164,6 @@ impl ClientSession {
             identity,
             connection: None,
             files: Files::default(),
-            out: Vec::new(),
         }
     }
 
@@ -113,45 +174,41 @@ impl ClientSession {
     }
 
     /// A line the user typed, without its line ending.
-    pub fn line(&mut self, line: &str, now: Instant) -> Vec<Output> {
+    pub fn handle_line(&mut self, line: &str, now: Instant, out: &mut Vec<Output>) {
         match command::parse(line) {
-            Ok(Some(command)) => self.enqueue(command, now),
+            Ok(Some(command)) => self.enqueue(command, now, out),
             Ok(None) => {}
-            Err(err) => self.event(UserEvent::Error {
-                text: err.to_string(),
-            }),
+            Err(err) => out.error(&err.to_string()),
         }
-        self.take_output()
     }
 
     /// The input has ended: quit once what was typed before has gone out.
-    pub fn end_of_input(&mut self, now: Instant) -> Vec<Output> {
-        self.command(UserCommand::Quit, now)
+    pub fn handle_end_of_input(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.handle_command(UserCommand::Quit, now, out);
     }
 
     /// A command, as if typed.
-    pub fn command(&mut self, command: UserCommand, now: Instant) -> Vec<Output> {
-        self.enqueue(command, now);
-        self.take_output()
+    pub fn handle_command(&mut self, command: UserCommand, now: Instant, out: &mut Vec<Output>) {
+        self.enqueue(command, now, out);
     }
 
-    fn enqueue(&mut self, command: UserCommand, now: Instant) {
+    fn enqueue(&mut self, command: UserCommand, now: Instant, out: &mut Vec<Output>) {
         if let UserCommand::File(command) = command {
-            return self.file_command(command, now);
+            return self.file_command(command, now, out);
         }
         let Some(connection) = &mut self.connection else {
             match command {
-                UserCommand::Connect(address) => self.connect(address),
+                UserCommand::Connect(address) => self.connect(address, out),
                 UserCommand::Quit => {
-                    self.abandon_files();
-                    self.out.push(Output::Quit);
+                    self.abandon_files(out);
+                    out.push(Output::Quit);
                 }
-                _ => self.error("Not connected to a chat server."),
+                _ => out.error("Not connected to a chat server."),
             }
             return;
         };
         let request = match command {
-            UserCommand::Connect(_) => return self.error("Already connected to a chat server."),
+            UserCommand::Connect(_) => return out.error("Already connected to a chat server."),
             UserCommand::Nick(name) => QueuedRequest::Nick(name),
             UserCommand::Join { room, password } => QueuedRequest::Join { room, password },
             UserCommand::Leave => QueuedRequest::Leave,
@@ -168,21 +225,21 @@ impl ClientSession {
             UserCommand::Quit => QueuedRequest::Quit,
         };
         connection.queue.push_back(request);
-        self.dispatch(now);
+        self.dispatch(now, out);
     }
 
-    fn connect(&mut self, address: String) {
+    fn connect(&mut self, address: String, out: &mut Vec<Output>) {
         let port = address
             .rsplit_once(':')
             .map(|(_, port)| port.parse::<u16>());
         match port {
-            Some(Ok(port)) if port != 0 => self.out.push(Output::Connect(address)),
-            _ => self.error("Could not connect to the chat server. (Invalid port)"),
+            Some(Ok(port)) if port != 0 => out.push(Output::Connect(address)),
+            _ => out.error("Could not connect to the chat server. (Invalid port)"),
         }
     }
 
     /// The connection asked for with [`Output::Connect`] is open.
-    pub fn connected(&mut self, now: Instant) -> Vec<Output> {
+    pub fn handle_connected(&mut self, now: Instant, out: &mut Vec<Output>) {
         let mut queue = VecDeque::from([QueuedRequest::Hello]);
         if self.identity.is_some() {
             queue.push_back(QueuedRequest::RegisterKey);
@@ -197,84 +254,81 @@ impl ClientSession {
             held: VecDeque::new(),
             last_traffic: now,
         });
-        self.dispatch(now);
-        self.take_output()
+        self.dispatch(now, out);
     }
 
     /// The connection asked for with [`Output::Connect`] could not be
     /// opened, for `reason`; shown in the legacy client's words.
-    pub fn connect_failed(&mut self, reason: &str) -> Vec<Output> {
-        self.error(&format!("Could not connect to the chat server. ({reason})"));
-        self.take_output()
+    pub fn handle_connect_failed(&mut self, reason: &str, out: &mut Vec<Output>) {
+        out.error(&format!("Could not connect to the chat server. ({reason})"));
     }
 
-    /// The server closed the connection, or it failed.
-    pub fn closed(&mut self, reason: &str) -> Vec<Output> {
+    /// The server closed the connection, or it failed, for `reason`.
+    pub fn handle_closed(&mut self, reason: &str, out: &mut Vec<Output>) {
         if let Some(connection) = self.connection.take() {
-            self.event(UserEvent::Disconnected {
+            out.event(UserEvent::Disconnected {
                 reason: Some(reason.to_string()),
             });
             let quitting = connection.queue.contains(&QueuedRequest::Quit);
-            self.files_connection_lost(quitting);
+            self.files_connection_lost(quitting, out);
             if quitting {
-                self.out.push(Output::Quit);
+                out.push(Output::Quit);
             }
         }
-        self.take_output()
     }
 
-    /// When [`ClientSession::tick`] has a heartbeat to send.
-    pub fn next_heartbeat(&self) -> Option<Instant> {
+    /// When [`ClientSession::handle_timeout`] has work to do: the heartbeat
+    /// due after [`HEARTBEAT_AFTER`] without traffic. `None` while not
+    /// connected.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let connection = self.connection.as_ref()?;
         Some(connection.last_traffic + HEARTBEAT_AFTER)
     }
 
     /// The time is `now`: sends a heartbeat if one is due. Call it at
-    /// [`ClientSession::next_heartbeat`], or at any time; early calls do
+    /// [`ClientSession::poll_timeout`], or at any time; early calls do
     /// nothing.
-    pub fn tick(&mut self, now: Instant) -> Vec<Output> {
-        if self.next_heartbeat().is_some_and(|due| now >= due) {
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.poll_timeout().is_some_and(|due| now >= due) {
             // Heartbeats bypass the queue, as in the legacy client.
             let heartbeat = ClientMessage::Heartbeat {
                 payload: Bytes::from_static(HEARTBEAT),
             };
-            self.send(&heartbeat, now);
+            self.send(&heartbeat, now, out);
         }
-        self.take_output()
     }
 
     /// A whole frame from the server.
-    pub fn frame(&mut self, frame: &Frame, now: Instant) -> Vec<Output> {
+    pub fn handle_frame(&mut self, frame: &Frame, now: Instant, out: &mut Vec<Output>) {
         let Some(connection) = &mut self.connection else {
-            return self.take_output();
+            return;
         };
         connection.last_traffic = now;
         match ServerMessage::parse(frame) {
-            Ok(ServerMessage::Response { status, data }) => self.response(status, &data, now),
+            Ok(ServerMessage::Response { status, data }) => self.response(status, &data, now, out),
             Ok(ServerMessage::RoomMessage { room, sender, text }) => {
-                self.room_message(&room, &sender, &text, now)
+                self.room_message(&room, &sender, &text, now, out)
             }
             Ok(ServerMessage::DirectMessage { sender, text }) => {
-                self.direct_message(&sender, &text, now)
+                self.direct_message(&sender, &text, now, out)
             }
-            Ok(ServerMessage::Secure(message)) => self.secure_message(message, now),
-            Ok(ServerMessage::File(notice)) => self.file_notice(notice, now),
+            Ok(ServerMessage::Secure(message)) => self.secure_message(message, now, out),
+            Ok(ServerMessage::File(notice)) => self.file_notice(notice, now, out),
             Err(err) => {
                 // The legacy client drops a server that breaks the framing
                 // rules; so does this one.
-                self.out.push(Output::Close);
+                out.push(Output::Close);
                 self.connection = None;
-                self.event(UserEvent::Disconnected {
+                out.event(UserEvent::Disconnected {
                     reason: Some(format!("Server sent an invalid message. ({err})")),
                 });
-                self.files_connection_lost(false);
+                self.files_connection_lost(false, out);
             }
         }
-        self.take_output()
     }
 
     /// Sends queued requests until one is in flight.
-    fn dispatch(&mut self, now: Instant) {
+    fn dispatch(&mut self, now: Instant, out: &mut Vec<Output>) {
         loop {
             let Some(connection) = &mut self.connection else {
                 return;
@@ -294,12 +348,12 @@ impl ClientSession {
             let Some(request) = connection.queue.pop_front() else {
                 return;
             };
-            self.start(request, now);
+            self.start(request, now, out);
         }
     }
 
     /// Puts one request on the wire (or handles it locally).
-    fn start(&mut self, request: QueuedRequest, now: Instant) {
+    fn start(&mut self, request: QueuedRequest, now: Instant, out: &mut Vec<Output>) {
         let Some(connection) = &mut self.connection else {
             return;
         };
@@ -341,21 +395,30 @@ impl ClientSession {
                 target,
                 text,
                 plaintext,
-            } => return self.start_dm(target, text, plaintext, now),
-            QueuedRequest::Say(text) => return self.start_say(text, now),
-            QueuedRequest::FileOffer(file) => return self.start_file_offer(*file, now),
+            } => return self.start_dm(target, text, plaintext, now, out),
+            QueuedRequest::Say(text) => return self.start_say(text, now, out),
+            QueuedRequest::FileOffer(file) => return self.start_file_offer(*file, now, out),
             QueuedRequest::FileDecision { .. }
             | QueuedRequest::FileDone { .. }
             | QueuedRequest::FileResume { .. }
-            | QueuedRequest::FileCancel { .. } => return self.start_file_request(request, now),
-            QueuedRequest::Disconnect => return self.disconnect(false),
-            QueuedRequest::Quit => return self.disconnect(true),
+            | QueuedRequest::FileCancel { .. } => {
+                return self.start_file_request(request, now, out)
+            }
+            QueuedRequest::Disconnect => return self.disconnect(false, out),
+            QueuedRequest::Quit => return self.disconnect(true, out),
         };
         connection.pending = Some(pending);
-        self.send(&message, now);
+        self.send(&message, now, out);
     }
 
-    fn start_dm(&mut self, target: Vec<u8>, text: Vec<u8>, plaintext: bool, now: Instant) {
+    fn start_dm(
+        &mut self,
+        target: Vec<u8>,
+        text: Vec<u8>,
+        plaintext: bool,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let connection = self.connection.as_mut().expect("dispatching");
         let sealer = match &self.identity {
             Some(identity) if connection.secure && !plaintext => Some(identity),
@@ -364,7 +427,7 @@ impl ClientSession {
         let sealed = match sealer {
             None => None,
             Some(_) if target == connection.name => {
-                self.out.push(Output::Event(UserEvent::Warning {
+                out.push(Output::Event(UserEvent::Warning {
                     text: "DMs to yourself are not encrypted.".to_string(),
                 }));
                 None
@@ -375,13 +438,13 @@ impl ClientSession {
                     target: Bytes::from(target.clone()),
                 };
                 connection.pending = Some(InFlight::DmKey { target, text });
-                return self.send(&request, now);
+                return self.send(&request, now, out);
             }
             Some(identity) => {
                 let name = connection.name.clone();
                 match connection.keyring.seal_dm(&target, &name, identity, &text) {
                     Ok(sealed) => Some(sealed),
-                    Err(err) => return self.seal_failed(err),
+                    Err(err) => return self.seal_failed(err, out),
                 }
             }
         };
@@ -395,10 +458,10 @@ impl ClientSession {
             text,
             secure,
         });
-        self.send(&message, now);
+        self.send(&message, now, out);
     }
 
-    fn start_say(&mut self, text: Vec<u8>, now: Instant) {
+    fn start_say(&mut self, text: Vec<u8>, now: Instant, out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("dispatching");
         // Outside a room the legacy client still sends, with an empty room,
         // and lets the server say why not.
@@ -414,9 +477,9 @@ impl ClientSession {
                     Err(SealError::NoKey) => {
                         connection.held.push_back(text);
                         let room = show(&room);
-                        return self.event(UserEvent::Held { room });
+                        return out.event(UserEvent::Held { room });
                     }
-                    Err(err) => return self.seal_failed(err),
+                    Err(err) => return self.seal_failed(err, out),
                 }
             }
             _ => None,
@@ -430,25 +493,25 @@ impl ClientSession {
             text,
             secure: secure_room,
         });
-        self.send(&message, now);
+        self.send(&message, now, out);
     }
 
-    fn seal_failed(&mut self, err: SealError) {
-        self.error(&format!("Not sent: {err}."));
+    fn seal_failed(&mut self, err: SealError, out: &mut Vec<Output>) {
+        out.error(&format!("Not sent: {err}."));
     }
 
-    fn disconnect(&mut self, quit: bool) {
+    fn disconnect(&mut self, quit: bool, out: &mut Vec<Output>) {
         self.connection = None;
-        self.out.push(Output::Close);
-        self.event(UserEvent::Disconnected { reason: None });
-        self.files_connection_lost(quit);
+        out.push(Output::Close);
+        out.event(UserEvent::Disconnected { reason: None });
+        self.files_connection_lost(quit, out);
         if quit {
-            self.out.push(Output::Quit);
+            out.push(Output::Quit);
         }
     }
 
     /// The `9a` that ends the reply to the request in flight.
-    fn response(&mut self, status: u8, data: &[u8], now: Instant) {
+    fn response(&mut self, status: u8, data: &[u8], now: Instant, out: &mut Vec<Output>) {
         // Status 03 answers nothing (PROTOCOL.md §5.1).
         if status == 0x03 {
             return;
@@ -458,19 +521,19 @@ impl ClientSession {
             // Unasked for: the legacy client shows a failure and would abort
             // on a success; this one shows the failure and ignores the rest.
             if status != 0 {
-                self.event(UserEvent::Failed { text: show(data) });
+                out.event(UserEvent::Failed { text: show(data) });
             }
             return;
         };
         if status == 0 {
-            self.succeeded(pending, data);
+            self.succeeded(pending, data, out);
         } else {
-            self.failed(pending, data);
+            self.failed(pending, data, out);
         }
-        self.dispatch(now);
+        self.dispatch(now, out);
     }
 
-    fn succeeded(&mut self, pending: InFlight, data: &[u8]) {
+    fn succeeded(&mut self, pending: InFlight, data: &[u8], out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let event = match pending {
             InFlight::Hello => {
@@ -483,7 +546,7 @@ impl ClientSession {
                     .identity
                     .as_ref()
                     .map_or(0, |id| id.signature_len() * 8);
-                self.event(UserEvent::KeyRegistered { bits });
+                out.event(UserEvent::KeyRegistered { bits });
                 // Files cut off with the last connection go on.
                 return self.resume_files();
             }
@@ -498,12 +561,12 @@ impl ClientSession {
                 let shown = show(&room);
                 let unprotected = connection.secure && !secure;
                 connection.room = Some(CurrentRoom { name: room, secure });
-                self.event(UserEvent::Joined {
+                out.event(UserEvent::Joined {
                     room: shown.clone(),
                     secure,
                 });
                 if unprotected {
-                    self.event(UserEvent::Warning {
+                    out.event(UserEvent::Warning {
                         text: format!(
                             "room '{shown}' is not end-to-end encrypted: the server and anyone on the path can read what is said here."
                         ),
@@ -534,7 +597,7 @@ impl ClientSession {
             },
             InFlight::DmKey { target, text } => {
                 if connection.keyring.dm_key_id(&target).is_none() {
-                    return self.error(&format!(
+                    return out.error(&format!(
                         "No DM key for '{}' arrived; the message was not sent.",
                         show(&target)
                     ));
@@ -560,16 +623,16 @@ impl ClientSession {
             | InFlight::FileDecision { .. }
             | InFlight::FileDone { .. }
             | InFlight::FileResume { .. }
-            | InFlight::FileCancel { .. }) => return self.file_succeeded(file),
+            | InFlight::FileCancel { .. }) => return self.file_succeeded(file, out),
         };
-        self.event(event);
+        out.event(event);
     }
 
-    fn failed(&mut self, pending: InFlight, data: &[u8]) {
+    fn failed(&mut self, pending: InFlight, data: &[u8], out: &mut Vec<Output>) {
         match pending {
             // A user without a key gets the DM in plaintext, after a warning.
             InFlight::DmKey { target, text } if data == no_key_text(&target) => {
-                self.event(UserEvent::Warning {
+                out.event(UserEvent::Warning {
                     text: format!(
                         "'{}' has no key; the message is sent unencrypted.",
                         show(&target)
@@ -584,8 +647,8 @@ impl ClientSession {
                 connection.queue.push_front(dm);
             }
             InFlight::RegisterKey => {
-                self.event(UserEvent::Failed { text: show(data) });
-                self.event(UserEvent::Warning {
+                out.event(UserEvent::Failed { text: show(data) });
+                out.event(UserEvent::Warning {
                     text: "the server refused the key; nothing on this connection is encrypted."
                         .to_string(),
                 });
@@ -595,28 +658,28 @@ impl ClientSession {
             | InFlight::FileDecision { .. }
             | InFlight::FileDone { .. }
             | InFlight::FileResume { .. }
-            | InFlight::FileCancel { .. }) => self.file_failed(file, data),
-            _ => self.event(UserEvent::Failed { text: show(data) }),
+            | InFlight::FileCancel { .. }) => self.file_failed(file, data, out),
+            _ => out.event(UserEvent::Failed { text: show(data) }),
         }
     }
 
-    fn secure_message(&mut self, message: SecureMessage, now: Instant) {
+    fn secure_message(&mut self, message: SecureMessage, now: Instant, out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let Some(identity) = &self.identity else {
             // A server must never send these to a legacy connection.
-            return self.event(UserEvent::Warning {
+            return out.event(UserEvent::Warning {
                 text: "ignored a secure-extension frame on a legacy connection.".to_string(),
             });
         };
         match message {
-            SecureMessage::PeerKey { name, key } => self.peer_key(&name, &key),
+            SecureMessage::PeerKey { name, key } => self.peer_key(&name, &key, out),
             SecureMessage::RoomKey {
                 room,
                 epoch,
                 wrapped,
             } => {
                 let Ok(key) = identity.unwrap_key(&wrapped, WrapLabel::Room) else {
-                    return self.key_unusable(&format!("room '{}'", show(&room)));
+                    return self.key_unusable(&format!("room '{}'", show(&room)), out);
                 };
                 if !connection.keyring.add_room_key(&room, epoch, &key, now) {
                     return;
@@ -631,25 +694,25 @@ impl ClientSession {
                         connection.queue.push_front(QueuedRequest::Say(text));
                     }
                 }
-                self.event(UserEvent::RoomKey {
+                out.event(UserEvent::RoomKey {
                     room: show(&room),
                     epoch,
                 });
-                self.dispatch(now);
+                self.dispatch(now, out);
             }
             SecureMessage::DmKey {
                 peer,
                 key_id,
                 wrapped,
-            } => self.dm_key(&peer, key_id, &wrapped),
+            } => self.dm_key(&peer, key_id, &wrapped, out),
             SecureMessage::DmKeyIssued {
                 target,
                 key,
                 key_id,
                 wrapped,
             } => {
-                self.peer_key(&target, &key);
-                self.dm_key(&target, key_id, &wrapped);
+                self.peer_key(&target, &key, out);
+                self.dm_key(&target, key_id, &wrapped, out);
             }
             SecureMessage::RoomJoined { room, secure }
             | SecureMessage::RoomCreated { room, secure } => {
@@ -670,40 +733,47 @@ impl ClientSession {
         }
     }
 
-    fn peer_key(&mut self, name: &[u8], der: &[u8]) {
+    fn peer_key(&mut self, name: &[u8], der: &[u8], out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let Ok(key) = PeerKey::from_der(der) else {
-            return self.key_unusable(&format!("the public key of '{}'", show(name)));
+            return self.key_unusable(&format!("the public key of '{}'", show(name)), out);
         };
         let renamed_from = connection.keyring.add_peer(name, key);
-        self.event(UserEvent::PeerKey {
+        out.event(UserEvent::PeerKey {
             name: show(name),
             renamed_from: renamed_from.as_deref().map(show),
         });
     }
 
-    fn dm_key(&mut self, peer: &[u8], key_id: u32, wrapped: &[u8]) {
+    fn dm_key(&mut self, peer: &[u8], key_id: u32, wrapped: &[u8], out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let identity = self.identity.as_ref().expect("checked by the caller");
         let added = identity
             .unwrap_key(wrapped, WrapLabel::Direct)
             .and_then(|key| connection.keyring.add_dm_key(key_id, peer, &key));
         match added {
-            Ok(()) => self.event(UserEvent::DmKey {
+            Ok(()) => out.event(UserEvent::DmKey {
                 peer: show(peer),
                 key_id,
             }),
-            Err(_) => self.key_unusable(&format!("the DM key for '{}'", show(peer))),
+            Err(_) => self.key_unusable(&format!("the DM key for '{}'", show(peer)), out),
         }
     }
 
-    fn key_unusable(&mut self, what: &str) {
-        self.event(UserEvent::Warning {
+    fn key_unusable(&mut self, what: &str, out: &mut Vec<Output>) {
+        out.event(UserEvent::Warning {
             text: format!("could not use {what} sent by the server; ignored."),
         });
     }
 
-    fn room_message(&mut self, room: &[u8], sender: &[u8], text: &[u8], now: Instant) {
+    fn room_message(
+        &mut self,
+        room: &[u8],
+        sender: &[u8],
+        text: &[u8],
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let in_secure_room = connection
             .room
@@ -731,10 +801,10 @@ impl ClientSession {
                 },
             }
         };
-        self.event(event);
+        out.event(event);
     }
 
-    fn direct_message(&mut self, sender: &[u8], text: &[u8], now: Instant) {
+    fn direct_message(&mut self, sender: &[u8], text: &[u8], now: Instant, out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
         let sealed = connection.secure && text.starts_with(&[1, 2]);
         let event = if !sealed {
@@ -758,28 +828,34 @@ impl ClientSession {
                 },
             }
         };
-        self.event(event);
+        out.event(event);
     }
 
-    fn send(&mut self, message: &ClientMessage, now: Instant) {
+    fn send(&mut self, message: &ClientMessage, now: Instant, out: &mut Vec<Output>) {
         if let Some(connection) = &mut self.connection {
             connection.last_traffic = now;
         }
-        self.out.push(Output::Send(message.to_frame().to_bytes()));
+        out.push(Output::Send(message.to_frame().to_bytes()));
     }
+}
 
+/// Shorthands for what the session appends to the shell's buffer.
+trait Outputs {
+    /// Shows `event` to the user.
+    fn event(&mut self, event: UserEvent);
+    /// Tells the user what went wrong with what they asked for.
+    fn error(&mut self, text: &str);
+}
+
+impl Outputs for Vec<Output> {
     fn event(&mut self, event: UserEvent) {
-        self.out.push(Output::Event(event));
+        self.push(Output::Event(event));
     }
 
     fn error(&mut self, text: &str) {
         self.event(UserEvent::Error {
             text: text.to_string(),
         });
-    }
-
-    fn take_output(&mut self) -> Vec<Output> {
-        std::mem::take(&mut self.out)
     }
 }
 
@@ -803,14 +879,10 @@ fn plain_message(kind: MessageKind, room: Option<String>, sender: &[u8], text: &
     }
 }
 
-/// The `9a 01` text for a DM_KEY_REQUEST to a user without a key (§12.3).
+/// The `9a 01` text for a DM_KEY_REQUEST to a user without a key (§12.3),
+/// as the server words it.
 fn no_key_text(target: &[u8]) -> Vec<u8> {
-    [
-        b"User '",
-        target,
-        b"' has no key; messages to them are not encrypted.",
-    ]
-    .concat()
+    parlor_proto::text::has_no_key(target).concat()
 }
 
 /// The `{u8 len, name}*` items of a list reply, as far as they are whole.

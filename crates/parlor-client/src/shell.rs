@@ -7,13 +7,17 @@
 //! File operations are done in the order asked, right away, except hashing
 //! a whole file, which runs on a blocking thread and reports back through
 //! the event loop.
+//!
+//! It keeps the driver contract stated on [`ClientSession`]: one output
+//! buffer for every input, carried out in order and then cleared.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::IsTerminal;
+use std::collections::HashMap;
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -96,34 +100,37 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         progress: ProgressView::new(bars),
         hashed: hashed_tx,
     };
+    // The one buffer every input of the session appends to.
+    let mut out = Vec::new();
     if let Some(address) = options.address {
-        let outputs = shell
+        let connect = UserCommand::Connect(address);
+        shell
             .session
-            .command(UserCommand::Connect(address), Instant::now());
-        if shell.apply(outputs).await {
+            .handle_command(connect, Instant::now(), &mut out);
+        if shell.apply(&mut out).await {
             return Ok(());
         }
     }
     let mut input_open = true;
     loop {
-        let heartbeat = shell.session.next_heartbeat();
-        let outputs = tokio::select! {
+        let timeout = shell.session.poll_timeout();
+        tokio::select! {
             line = lines.next(), if input_open => match line {
-                Some(line) => shell.session.line(&line, Instant::now()),
+                Some(line) => shell.session.handle_line(&line, Instant::now(), &mut out),
                 None => {
                     input_open = false;
-                    shell.session.end_of_input(Instant::now())
+                    shell.session.handle_end_of_input(Instant::now(), &mut out);
                 }
             },
-            frame = next_frame(&mut shell.link) => shell.received(frame),
+            frame = next_frame(&mut shell.link) => shell.received(frame, &mut out),
             Some((local, result)) = hashed.recv() => {
-                shell.session.file_hashed(local, result, Instant::now())
+                shell.session.handle_file_hashed(local, result, Instant::now(), &mut out);
             }
-            () = sleep_until(heartbeat), if heartbeat.is_some() => {
-                shell.session.tick(Instant::now())
+            () = sleep_until(timeout), if timeout.is_some() => {
+                shell.session.handle_timeout(Instant::now(), &mut out);
             }
-        };
-        if shell.apply(outputs).await {
+        }
+        if shell.apply(&mut out).await {
             return Ok(());
         }
     }
@@ -141,47 +148,57 @@ struct Shell {
 type Hashed = Result<(u64, [u8; 32]), String>;
 
 impl Shell {
-    fn received(&mut self, frame: Option<Result<Frame, FrameError>>) -> Vec<Output> {
+    fn received(&mut self, frame: Option<Result<Frame, FrameError>>, out: &mut Vec<Output>) {
         let now = Instant::now();
         let reason = match frame {
-            Some(Ok(frame)) => return self.session.frame(&frame, now),
+            Some(Ok(frame)) => return self.session.handle_frame(&frame, now, out),
             None | Some(Err(FrameError::Truncated)) => "Server closed the connection".to_string(),
             Some(Err(FrameError::BadMagic(_))) => "Server sent an invalid magic number".to_string(),
             Some(Err(FrameError::Io(_))) => "Server hung up".to_string(),
             Some(Err(err)) => format!("Server sent an invalid message. ({err})"),
         };
         self.link = None;
-        self.session.closed(&reason)
+        self.session.handle_closed(&reason, out);
     }
 
-    /// Carries out the session's outputs, and those they lead to. Returns
-    /// true when the client should exit.
-    async fn apply(&mut self, outputs: Vec<Output>) -> bool {
-        let mut outputs = VecDeque::from(outputs);
-        while let Some(output) = outputs.pop_front() {
+    /// Carries out the session's outputs in `out`, and those they lead to,
+    /// then empties it. Returns true when the client should exit.
+    ///
+    /// What the session makes of a report (a connection opened, a file op
+    /// done) is appended to `out`, and carried out after what was already
+    /// there.
+    async fn apply(&mut self, out: &mut Vec<Output>) -> bool {
+        let mut next = 0;
+        while let Some(output) = out.get(next) {
+            next += 1;
             match output {
                 Output::Send(bytes) => {
                     let Some(link) = &mut self.link else { continue };
-                    if let Err(err) = link.writer.write_all(&bytes).await {
+                    if let Err(err) = link.writer.write_all(bytes).await {
                         self.link = None;
-                        outputs.extend(self.session.closed(&err.to_string()));
+                        self.session.handle_closed(&err.to_string(), out);
                     }
                 }
-                Output::Event(event) => self.show(&event),
-                Output::File(op) => outputs.extend(self.file(op)),
+                Output::Event(event) => self.show(event),
+                Output::File(op) => {
+                    let now = Instant::now();
+                    if let Some(outcome) = self.file(op) {
+                        outcome.report(&mut self.session, now, out);
+                    }
+                }
                 Output::Progress(progress) => {
-                    if let Some(event) = self.progress.update(&progress) {
+                    if let Some(event) = self.progress.update(progress) {
                         self.show(&event);
                     }
                 }
-                Output::Connect(address) => match TcpStream::connect(&address).await {
+                Output::Connect(address) => match TcpStream::connect(address.as_str()).await {
                     Ok(stream) => {
                         // Requests are small and interactive.
                         let _ = stream.set_nodelay(true);
                         self.link = Some(ServerLink::new(stream));
-                        outputs.extend(self.session.connected(Instant::now()));
+                        self.session.handle_connected(Instant::now(), out);
                     }
-                    Err(err) => outputs.extend(self.session.connect_failed(&err.to_string())),
+                    Err(err) => self.session.handle_connect_failed(&err.to_string(), out),
                 },
                 Output::Close => {
                     if let Some(mut link) = self.link.take() {
@@ -190,10 +207,12 @@ impl Shell {
                 }
                 Output::Quit => {
                     self.progress.clear();
+                    out.clear();
                     return true;
                 }
             }
         }
+        out.clear();
         false
     }
 
@@ -211,18 +230,18 @@ impl Shell {
         }
     }
 
-    /// Carries out one file operation; returns what the session makes of
-    /// its outcome.
-    fn file(&mut self, op: FileOp) -> Vec<Output> {
-        let now = Instant::now();
+    /// Carries out one file operation; returns its outcome, if the session
+    /// is to hear of it now.
+    fn file(&mut self, op: &FileOp) -> Option<FileOutcome> {
         match op {
             FileOp::Hash { local, path } => {
+                let (local, path) = (*local, path.clone());
                 let hashed = self.hashed.clone();
                 tokio::task::spawn_blocking(move || {
                     let result = disk::hash_file(&path).map_err(|err| err.to_string());
                     let _ = hashed.send((local, result));
                 });
-                Vec::new()
+                None
             }
             FileOp::Read {
                 id,
@@ -231,38 +250,70 @@ impl Shell {
                 offset,
                 len,
             } => {
-                let read = disk::read_chunk(&path, offset, len).map(Into::into);
-                self.session.chunk_read(id, index, read, now)
+                let read = disk::read_chunk(path, *offset, *len).map(Into::into);
+                Some(FileOutcome::Read {
+                    id: *id,
+                    index: *index,
+                    read,
+                })
             }
-            FileOp::Create { id, path } => match disk::create(&path) {
-                Ok(()) => Vec::new(),
-                Err(err) => self.session.file_io_failed(id, &err, now),
-            },
+            FileOp::Create { id, path } => disk::create(path)
+                .err()
+                .map(|err| FileOutcome::Failed { id: *id, err }),
             FileOp::Write {
                 id,
                 path,
                 offset,
                 data,
-            } => match disk::write_at(&path, offset, &data) {
-                Ok(()) => Vec::new(),
-                Err(err) => self.session.file_io_failed(id, &err, now),
-            },
+            } => disk::write_at(path, *offset, data)
+                .err()
+                .map(|err| FileOutcome::Failed { id: *id, err }),
             FileOp::Save {
                 id,
                 part,
                 dir,
                 name,
             } => {
-                let saved = disk::save(&part, &dir, &name);
-                self.session.file_saved(id, saved)
+                let saved = disk::save(part, dir, name);
+                Some(FileOutcome::Saved { id: *id, saved })
             }
             FileOp::Delete { path } => {
-                if let Err(err) = disk::delete(&path) {
+                if let Err(err) = disk::delete(path) {
                     let text = format!("Could not delete {}: {err}", path.display());
                     self.show(&UserEvent::Error { text });
                 }
-                Vec::new()
+                None
             }
+        }
+    }
+}
+
+/// What a file operation came to, for the session to hear.
+enum FileOutcome {
+    Read {
+        id: u32,
+        index: u32,
+        read: io::Result<Bytes>,
+    },
+    /// Creating or writing the partial file failed.
+    Failed {
+        id: u32,
+        err: io::Error,
+    },
+    Saved {
+        id: u32,
+        saved: io::Result<PathBuf>,
+    },
+}
+
+impl FileOutcome {
+    fn report(self, session: &mut ClientSession, now: Instant, out: &mut Vec<Output>) {
+        match self {
+            FileOutcome::Read { id, index, read } => {
+                session.handle_chunk_read(id, index, read, now, out)
+            }
+            FileOutcome::Failed { id, err } => session.handle_file_io_failed(id, &err, now, out),
+            FileOutcome::Saved { id, saved } => session.handle_file_saved(id, saved, out),
         }
     }
 }

@@ -6,9 +6,9 @@
 //! The [`ClientSession`](super::ClientSession) opens no file, as it opens no socket. It
 //! asks for each read, write and rename with an [`Output::File`] holding a
 //! [`FileOp`], and the shell carries it out and reports back
-//! (`ClientSession::file_hashed`, `ClientSession::chunk_read`, `ClientSession::file_saved`,
-//! `ClientSession::file_io_failed`). This is the same split as for the network,
-//! for the same reasons and two more:
+//! (`ClientSession::handle_file_hashed`, `handle_chunk_read`,
+//! `handle_file_saved`, `handle_file_io_failed`). This is the same split
+//! as for the network, for the same reasons and two more:
 //!
 //! - Every file behaviour, integrity failures and resume included, is
 //!   tested by feeding the session frames and pretend file contents; the
@@ -65,7 +65,8 @@ impl Default for FileSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileOp {
     /// Read the whole file once for its size and SHA-256, then report with
-    /// `ClientSession::file_hashed`. May be slow: run it off the event loop.
+    /// `ClientSession::handle_file_hashed`. May be slow: run it off the
+    /// event loop.
     Hash {
         /// The session's own number for the file: it has no transfer id
         /// until the server takes the offer.
@@ -74,7 +75,8 @@ pub enum FileOp {
         path: PathBuf,
     },
     /// Read exactly `len` bytes at `offset`, then report with
-    /// `ClientSession::chunk_read`, in the order the reads were asked for.
+    /// `ClientSession::handle_chunk_read`, in the order the reads were
+    /// asked for.
     Read {
         /// The transfer id.
         id: u32,
@@ -90,7 +92,7 @@ pub enum FileOp {
         len: usize,
     },
     /// Create (or empty) the partial file. Report only a failure, with
-    /// `ClientSession::file_io_failed`.
+    /// `ClientSession::handle_file_io_failed`.
     Create {
         /// The transfer id, to report a failure with.
         id: u32,
@@ -111,7 +113,7 @@ pub enum FileOp {
     },
     /// Move the verified partial file to `dir/name`, or, not to overwrite
     /// anything, to `name (1)`, `name (2)`, ... before the extension; then
-    /// report the path with `ClientSession::file_saved`.
+    /// report the path with `ClientSession::handle_file_saved`.
     Save {
         /// The transfer id, to report with.
         id: u32,

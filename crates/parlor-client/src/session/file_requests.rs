@@ -11,27 +11,37 @@
 
 use std::time::Instant;
 
-use super::{no_key_text, ClientSession, InFlight, Output, QueuedRequest};
+use super::{no_key_text, ClientSession, InFlight, Output, Outputs, QueuedRequest};
 use crate::event::{show, Direction, UserEvent};
 use crate::transfer::{part_path, FileOp, InStage};
 use parlor_proto::transfer::FileRequest;
 use parlor_proto::ClientMessage;
 
 impl ClientSession {
-    pub(super) fn queue_file_request(&mut self, request: QueuedRequest, now: Instant) {
+    pub(super) fn queue_file_request(
+        &mut self,
+        request: QueuedRequest,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         if let Some(connection) = &mut self.connection {
             connection.queue.push_back(request);
-            self.dispatch(now);
+            self.dispatch(now, out);
         }
     }
 
-    pub(super) fn send_file(&mut self, request: FileRequest, now: Instant) {
-        self.send(&ClientMessage::File(request), now);
+    pub(super) fn send_file(&mut self, request: FileRequest, now: Instant, out: &mut Vec<Output>) {
+        self.send(&ClientMessage::File(request), now, out);
     }
 
     /// Puts a queued decision, FILE_DONE, resume or cancel on the wire,
     /// unless its file is gone meanwhile.
-    pub(super) fn start_file_request(&mut self, request: QueuedRequest, now: Instant) {
+    pub(super) fn start_file_request(
+        &mut self,
+        request: QueuedRequest,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let (message, pending) = match request {
             QueuedRequest::FileDecision { id, accept } => {
                 // An automatic decline is for a file never listed.
@@ -65,20 +75,20 @@ impl ClientSession {
         };
         let connection = self.connection.as_mut().expect("dispatching");
         connection.pending = Some(pending);
-        self.send_file(message, now);
+        self.send_file(message, now, out);
     }
 
-    pub(super) fn file_succeeded(&mut self, pending: InFlight) {
+    pub(super) fn file_succeeded(&mut self, pending: InFlight, out: &mut Vec<Output>) {
         match pending {
             InFlight::FileOffer => {
                 let Some(offering) = self.files.offering.take() else {
                     return;
                 };
                 let Some(id) = offering.id else {
-                    return self.error("The server took the file offer without naming it.");
+                    return out.error("The server took the file offer without naming it.");
                 };
                 let file = offering.file;
-                self.event(UserEvent::FileOffer {
+                out.event(UserEvent::FileOffer {
                     id,
                     name: file.name.clone(),
                     size: file.size,
@@ -93,7 +103,7 @@ impl ClientSession {
                 let connection = self.connection.as_mut().expect("a frame arrived");
                 let target = file.target.as_deref().expect("a file to one user");
                 if connection.keyring.dm_key_id(target).is_none() {
-                    return self.error(&format!(
+                    return out.error(&format!(
                         "No DM key for '{}' arrived; the file was not offered.",
                         show(target)
                     ));
@@ -106,7 +116,7 @@ impl ClientSession {
                 };
                 if !accept {
                     let file = self.files.incoming.remove(&id).expect("found above");
-                    return self.event(UserEvent::FileDeclined {
+                    return out.event(UserEvent::FileDeclined {
                         id,
                         name: file.name,
                     });
@@ -127,10 +137,9 @@ impl ClientSession {
                     part: part.display().to_string(),
                 };
                 let progress = file.progress(id, false);
-                self.out
-                    .push(Output::File(FileOp::Create { id, path: part }));
-                self.event(event);
-                self.out.push(Output::Progress(progress));
+                out.push(Output::File(FileOp::Create { id, path: part }));
+                out.event(event);
+                out.push(Output::Progress(progress));
             }
             InFlight::FileResume { id } => {
                 if let Some(file) = self.files.incoming.get_mut(&id) {
@@ -140,7 +149,7 @@ impl ClientSession {
                         name: file.name.clone(),
                         chunks: file.next,
                     };
-                    self.event(event);
+                    out.event(event);
                 }
             }
             // Its news is the `8e` or `8f` that follows.
@@ -149,36 +158,36 @@ impl ClientSession {
         }
     }
 
-    pub(super) fn file_failed(&mut self, pending: InFlight, data: &[u8]) {
+    pub(super) fn file_failed(&mut self, pending: InFlight, data: &[u8], out: &mut Vec<Output>) {
         match pending {
             InFlight::FileOffer => {
                 self.files.offering = None;
-                self.event(UserEvent::Failed { text: show(data) });
+                out.event(UserEvent::Failed { text: show(data) });
             }
             InFlight::FileDmKey(file) => {
                 let target = file.target.as_deref().expect("a file to one user");
                 if data == no_key_text(target) {
-                    return self.error(&format!(
+                    return out.error(&format!(
                         "'{}' has no key, so their client cannot receive files; '{}' was not offered.",
                         show(target),
                         show(&file.name)
                     ));
                 }
-                self.event(UserEvent::Failed { text: show(data) });
+                out.event(UserEvent::Failed { text: show(data) });
             }
             InFlight::FileDecision { id, .. } => {
                 if let Some(file) = self.files.incoming.remove(&id) {
-                    self.out.push(Output::Progress(file.progress(id, true)));
-                    self.event(UserEvent::Failed { text: show(data) });
+                    out.push(Output::Progress(file.progress(id, true)));
+                    out.event(UserEvent::Failed { text: show(data) });
                 }
             }
             InFlight::FileResume { id } => {
                 if let Some(file) = self.files.incoming.remove(&id) {
                     if let Some(part) = file.part.clone() {
-                        self.out.push(Output::File(FileOp::Delete { path: part }));
+                        out.push(Output::File(FileOp::Delete { path: part }));
                     }
-                    self.out.push(Output::Progress(file.progress(id, true)));
-                    self.event(UserEvent::FileResumeFailed {
+                    out.push(Output::Progress(file.progress(id, true)));
+                    out.event(UserEvent::FileResumeFailed {
                         id,
                         name: file.name,
                         from: show(&file.from),
@@ -188,7 +197,7 @@ impl ClientSession {
             }
             InFlight::FileDone { id } => {
                 if self.files.outgoing.contains_key(&id) {
-                    self.event(UserEvent::Failed { text: show(data) });
+                    out.event(UserEvent::Failed { text: show(data) });
                 }
             }
             // The file was already given up here; the server may have
@@ -220,12 +229,12 @@ impl ClientSession {
     /// The connection is gone. The server ended the files we sent and
     /// forgot the offers we had not answered; a file we were receiving is
     /// kept to resume, unless we are quitting.
-    pub(super) fn files_connection_lost(&mut self, quitting: bool) {
+    pub(super) fn files_connection_lost(&mut self, quitting: bool, out: &mut Vec<Output>) {
         self.files.offering = None;
         for (id, file) in std::mem::take(&mut self.files.outgoing) {
-            self.out.push(Output::Progress(file.progress(id, true)));
+            out.push(Output::Progress(file.progress(id, true)));
             let text = "The connection closed; the file was withdrawn.";
-            self.file_over(Direction::Send, id, &file.name, "sender_left", text);
+            self.file_over(Direction::Send, id, &file.name, "sender_left", text, out);
         }
         let incoming = std::mem::take(&mut self.files.incoming);
         for (id, mut file) in incoming {
@@ -234,7 +243,7 @@ impl ClientSession {
                 InStage::Saving => {}
                 InStage::Receiving | InStage::Resuming | InStage::Detached if resumable => {
                     if file.stage != InStage::Detached {
-                        self.event(UserEvent::FilePaused {
+                        out.event(UserEvent::FilePaused {
                             id,
                             name: file.name.clone(),
                         });
@@ -243,15 +252,22 @@ impl ClientSession {
                 }
                 _ => {
                     if let Some(part) = file.part.clone() {
-                        self.out.push(Output::File(FileOp::Delete { path: part }));
+                        out.push(Output::File(FileOp::Delete { path: part }));
                     }
-                    self.out.push(Output::Progress(file.progress(id, true)));
+                    out.push(Output::Progress(file.progress(id, true)));
                     let text = if quitting {
                         "You quit before it was complete."
                     } else {
                         "The connection closed before the file started."
                     };
-                    self.file_over(Direction::Receive, id, &file.name, "disconnected", text);
+                    self.file_over(
+                        Direction::Receive,
+                        id,
+                        &file.name,
+                        "disconnected",
+                        text,
+                        out,
+                    );
                     continue;
                 }
             }
@@ -263,7 +279,7 @@ impl ClientSession {
     }
 
     /// Quitting while not connected: partial files waiting to resume go.
-    pub(super) fn abandon_files(&mut self) {
-        self.files_connection_lost(true);
+    pub(super) fn abandon_files(&mut self, out: &mut Vec<Output>) {
+        self.files_connection_lost(true, out);
     }
 }

@@ -13,7 +13,8 @@
 
 use std::time::Instant;
 
-use super::{ClientSession, InFlight, Output, QueuedRequest};
+use super::receive_file::Offer;
+use super::{ClientSession, InFlight, Output, Outputs, QueuedRequest};
 use crate::command::FileCommand;
 use crate::event::{show, Direction, FileStatus, UserEvent};
 use crate::transfer::{FileOp, FileSettings, InStage};
@@ -26,21 +27,26 @@ impl ClientSession {
         self
     }
 
-    pub(super) fn file_command(&mut self, command: FileCommand, now: Instant) {
+    pub(super) fn file_command(
+        &mut self,
+        command: FileCommand,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         match command {
             FileCommand::List => {
                 let transfers = self.file_statuses();
-                self.event(UserEvent::FileList { transfers });
+                out.event(UserEvent::FileList { transfers });
             }
-            FileCommand::Send { path, target } => self.prepare_file(path, target),
-            FileCommand::Accept(id) => self.decide_file(id, true, now),
-            FileCommand::Decline(id) => self.decide_file(id, false, now),
-            FileCommand::Cancel(id) => self.cancel_file(id, now),
+            FileCommand::Send { path, target } => self.prepare_file(path, target, out),
+            FileCommand::Accept(id) => self.decide_file(id, true, now, out),
+            FileCommand::Decline(id) => self.decide_file(id, false, now, out),
+            FileCommand::Cancel(id) => self.cancel_file(id, now, out),
         }
     }
 
     /// Whether files can go over this connection, or why not.
-    pub(super) fn files_possible(&mut self) -> bool {
+    pub(super) fn files_possible(&mut self, out: &mut Vec<Output>) -> bool {
         let text = match &self.connection {
             None => "Not connected to a chat server.",
             Some(_) if self.identity.is_none() => {
@@ -51,13 +57,13 @@ impl ClientSession {
             }
             Some(_) => return true,
         };
-        self.error(text);
+        out.error(text);
         false
     }
 
-    pub(super) fn file_notice(&mut self, notice: FileNotice, now: Instant) {
+    pub(super) fn file_notice(&mut self, notice: FileNotice, now: Instant, out: &mut Vec<Output>) {
         if self.identity.is_none() {
-            return self.event(UserEvent::Warning {
+            return out.event(UserEvent::Warning {
                 text: "ignored a file-transfer frame on a legacy connection.".to_string(),
             });
         }
@@ -84,34 +90,50 @@ impl ClientSession {
                 sender_key,
                 room,
                 meta,
-            } => self.file_offered(id, sender, sender_key, room, meta, now),
+            } => {
+                let offer = Offer {
+                    id,
+                    sender,
+                    sender_key,
+                    room,
+                    meta,
+                };
+                self.file_offered(offer, now, out);
+            }
             FileNotice::Start {
                 id,
                 window,
                 recipients,
-            } => self.file_start(id, window, recipients, now),
-            FileNotice::Chunk { id, index, data } => self.file_chunk(id, index, data, now),
-            FileNotice::Done { id } => self.file_done(id, now),
-            FileNotice::Window { id, acked } => self.file_window(id, acked, now),
-            FileNotice::Finished { id, delivered } => self.file_finished(id, delivered),
+            } => self.file_start(id, window, recipients, now, out),
+            FileNotice::Chunk { id, index, data } => self.file_chunk(id, index, data, now, out),
+            FileNotice::Done { id } => self.file_done(id, now, out),
+            FileNotice::Window { id, acked } => self.file_window(id, acked, now, out),
+            FileNotice::Finished { id, delivered } => self.file_finished(id, delivered, out),
             FileNotice::Ended {
                 id,
                 who,
                 reason,
                 text,
-            } => self.file_ended(id, &who, reason, &text),
+            } => self.file_ended(id, &who, reason, &text, out),
         }
     }
 
     /// `8f`: over for everyone, or for the recipient `who`.
-    fn file_ended(&mut self, id: u32, who: &[u8], reason: EndReason, text: &[u8]) {
+    fn file_ended(
+        &mut self,
+        id: u32,
+        who: &[u8],
+        reason: EndReason,
+        text: &[u8],
+        out: &mut Vec<Output>,
+    ) {
         let reason = reason_name(reason);
         let who_shown = (!who.is_empty()).then(|| show(who));
         if let Some(file) = self.files.outgoing.get_mut(&id) {
             if let Some(recipient) = &who_shown {
                 file.recipients.retain(|name| name != recipient);
                 let name = file.name.clone();
-                return self.event(UserEvent::FileEnded {
+                return out.event(UserEvent::FileEnded {
                     id,
                     direction: Direction::Send,
                     name,
@@ -121,8 +143,8 @@ impl ClientSession {
                 });
             }
             let file = self.files.outgoing.remove(&id).expect("found above");
-            self.out.push(Output::Progress(file.progress(id, true)));
-            return self.file_over(Direction::Send, id, &file.name, reason, &show(text));
+            out.push(Output::Progress(file.progress(id, true)));
+            return self.file_over(Direction::Send, id, &file.name, reason, &show(text), out);
         }
         let Some(file) = self.files.incoming.get(&id) else {
             return;
@@ -134,10 +156,10 @@ impl ClientSession {
         }
         let file = self.files.incoming.remove(&id).expect("found above");
         if let Some(part) = file.part.clone() {
-            self.out.push(Output::File(FileOp::Delete { path: part }));
+            out.push(Output::File(FileOp::Delete { path: part }));
         }
-        self.out.push(Output::Progress(file.progress(id, true)));
-        self.event(UserEvent::FileEnded {
+        out.push(Output::Progress(file.progress(id, true)));
+        out.event(UserEvent::FileEnded {
             id,
             direction: Direction::Receive,
             name: file.name,
@@ -154,8 +176,9 @@ impl ClientSession {
         name: &str,
         reason: &str,
         text: &str,
+        out: &mut Vec<Output>,
     ) {
-        self.event(UserEvent::FileEnded {
+        out.event(UserEvent::FileEnded {
             id,
             direction,
             name: name.to_string(),
@@ -165,44 +188,46 @@ impl ClientSession {
         });
     }
 
-    fn cancel_file(&mut self, id: u32, now: Instant) {
-        if !self.files_possible() {
+    fn cancel_file(&mut self, id: u32, now: Instant, out: &mut Vec<Output>) {
+        if !self.files_possible(out) {
             return;
         }
         if let Some(file) = self.files.outgoing.remove(&id) {
-            self.out.push(Output::Progress(file.progress(id, true)));
+            out.push(Output::Progress(file.progress(id, true)));
             self.file_over(
                 Direction::Send,
                 id,
                 &file.name,
                 "cancelled",
                 "You withdrew the file.",
+                out,
             );
-            return self.queue_file_request(QueuedRequest::FileCancel { id }, now);
+            return self.queue_file_request(QueuedRequest::FileCancel { id }, now, out);
         }
         let Some(file) = self.files.incoming.get(&id) else {
-            return self.error(&format!("No file {id}."));
+            return out.error(&format!("No file {id}."));
         };
         match file.stage {
-            InStage::Offered => self.decide_file(id, false, now),
-            InStage::Answering => self.error(&format!(
+            InStage::Offered => self.decide_file(id, false, now, out),
+            InStage::Answering => out.error(&format!(
                 "Your answer about file {id} is on its way; cancel it after."
             )),
-            InStage::Saving => self.error(&format!("File {id} is complete.")),
+            InStage::Saving => out.error(&format!("File {id} is complete.")),
             InStage::Receiving | InStage::Resuming | InStage::Detached => {
                 let file = self.files.incoming.remove(&id).expect("found above");
                 if let Some(part) = file.part.clone() {
-                    self.out.push(Output::File(FileOp::Delete { path: part }));
+                    out.push(Output::File(FileOp::Delete { path: part }));
                 }
-                self.out.push(Output::Progress(file.progress(id, true)));
+                out.push(Output::Progress(file.progress(id, true)));
                 self.file_over(
                     Direction::Receive,
                     id,
                     &file.name,
                     "cancelled",
                     "You gave up the file.",
+                    out,
                 );
-                self.give_up_on_server(id, file.stage, now);
+                self.give_up_on_server(id, file.stage, now, out);
             }
         }
     }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use super::{ClientSession, Output, QueuedRequest};
+use super::{ClientSession, Output, Outputs, QueuedRequest};
 use crate::event::{show, UserEvent};
 use crate::transfer::{empty_digest, hex, safe_name, FileOp, InStage, InboundFile, KeySource};
 use parlor_crypto::envelope::Kind;
@@ -34,16 +34,25 @@ enum KeyLookup {
     NotTheSenders,
 }
 
+/// A file offered to us (`83`), as its notice has it.
+pub(super) struct Offer {
+    pub(super) id: u32,
+    pub(super) sender: Bytes,
+    pub(super) sender_key: Bytes,
+    /// Empty for a file to us alone.
+    pub(super) room: Bytes,
+    pub(super) meta: FileMeta,
+}
+
 impl ClientSession {
-    pub(super) fn file_offered(
-        &mut self,
-        id: u32,
-        sender: Bytes,
-        sender_key: Bytes,
-        room: Bytes,
-        meta: FileMeta,
-        now: Instant,
-    ) {
+    pub(super) fn file_offered(&mut self, offer: Offer, now: Instant, out: &mut Vec<Output>) {
+        let Offer {
+            id,
+            sender,
+            sender_key,
+            room,
+            meta,
+        } = offer;
         let connection = self.connection.as_ref().expect("a frame arrived");
         let name = safe_name(&meta.name);
         let from = show(&sender);
@@ -52,39 +61,39 @@ impl ClientSession {
         let (key, source) = match checked {
             Ok(checked) => checked,
             Err(problem) => {
-                self.event(UserEvent::FileFailed {
+                out.event(UserEvent::FileFailed {
                     id,
                     name,
                     from,
                     problem: format!("{problem}; the offer was declined"),
                 });
                 let decline = QueuedRequest::FileDecision { id, accept: false };
-                return self.queue_file_request(decline, now);
+                return self.queue_file_request(decline, now, out);
             }
         };
         let keys = match lookup_keys(connection, &source, &key, &meta) {
             KeyLookup::Found(keys) => keys,
             KeyLookup::Missing => None,
             KeyLookup::NotTheSenders => {
-                self.event(UserEvent::FileFailed {
+                out.event(UserEvent::FileFailed {
                     id,
                     name,
                     from,
                     problem: "it is sealed with a DM key not shared with its sender; the offer was declined".into(),
                 });
                 let decline = QueuedRequest::FileDecision { id, accept: false };
-                return self.queue_file_request(decline, now);
+                return self.queue_file_request(decline, now, out);
             }
         };
         let encrypted = meta.encrypted();
         if !encrypted {
-            self.event(UserEvent::Warning {
+            out.event(UserEvent::Warning {
                 text: format!(
                     "file {id} '{name}' from {from} is not encrypted: the server and anyone on the path can read it."
                 ),
             });
         }
-        self.event(UserEvent::FileOffered {
+        out.event(UserEvent::FileOffered {
             id,
             from,
             room: room.as_deref().map(show),
@@ -111,8 +120,14 @@ impl ClientSession {
         );
     }
 
-    pub(super) fn decide_file(&mut self, id: u32, accept: bool, now: Instant) {
-        if !self.files_possible() {
+    pub(super) fn decide_file(
+        &mut self,
+        id: u32,
+        accept: bool,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.files_possible(out) {
             return;
         }
         let connection = self.connection.as_ref().expect("checked");
@@ -122,7 +137,7 @@ impl ClientSession {
             .get_mut(&id)
             .filter(|file| file.stage == InStage::Offered)
         else {
-            return self.error(&format!("No file {id} is waiting for your answer."));
+            return out.error(&format!("No file {id} is waiting for your answer."));
         };
         if accept && file.keys.is_none() && file.source != KeySource::Plaintext {
             match lookup_keys(connection, &file.source, &file.sender_key, &file.meta) {
@@ -131,20 +146,27 @@ impl ClientSession {
                     let text = format!(
                         "Cannot open file {id} yet: the key it is sealed with has not arrived. Try again in a moment."
                     );
-                    return self.error(&text);
+                    return out.error(&text);
                 }
                 KeyLookup::NotTheSenders => {
                     let text = "it is sealed with a DM key not shared with its sender";
-                    return self.integrity_failure(id, text, now);
+                    return self.integrity_failure(id, text, now, out);
                 }
             }
         }
         file.stage = InStage::Answering;
-        self.queue_file_request(QueuedRequest::FileDecision { id, accept }, now);
+        self.queue_file_request(QueuedRequest::FileDecision { id, accept }, now, out);
     }
 
     /// A chunk relayed to us.
-    pub(super) fn file_chunk(&mut self, id: u32, index: u32, data: Bytes, now: Instant) {
+    pub(super) fn file_chunk(
+        &mut self,
+        id: u32,
+        index: u32,
+        data: Bytes,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let Some(file) = self.files.incoming.get_mut(&id) else {
             // Late: for a file we gave up.
             return;
@@ -154,11 +176,11 @@ impl ClientSession {
         }
         if index < file.next {
             // Received before, its ack lost with a connection: say so again.
-            return self.send_file(FileRequest::Ack { id, index }, now);
+            return self.send_file(FileRequest::Ack { id, index }, now, out);
         }
         if index > file.next {
             let text = format!("chunk {index} came before chunk {}", file.next);
-            return self.integrity_failure(id, &text, now);
+            return self.integrity_failure(id, &text, now, out);
         }
         let meta = &file.meta;
         let plaintext = match &file.keys {
@@ -166,7 +188,7 @@ impl ClientSession {
                 Ok(plaintext) => Bytes::copy_from_slice(&plaintext),
                 Err(_) => {
                     let text = format!("chunk {index} failed its integrity check (MAC)");
-                    return self.integrity_failure(id, &text, now);
+                    return self.integrity_failure(id, &text, now, out);
                 }
             },
             None if file.source == KeySource::Plaintext => data,
@@ -175,7 +197,7 @@ impl ClientSession {
         let (offset, len) = chunk_span(meta.size, meta.chunk_size, index);
         if plaintext.len() != len {
             let text = format!("chunk {index} holds {} bytes, not {len}", plaintext.len());
-            return self.integrity_failure(id, &text, now);
+            return self.integrity_failure(id, &text, now, out);
         }
         let path = file
             .part
@@ -186,22 +208,22 @@ impl ClientSession {
         file.bytes += len as u64;
         let complete = file.next == meta.chunk_count;
         let progress = file.progress(id, false);
-        self.out.push(Output::File(FileOp::Write {
+        out.push(Output::File(FileOp::Write {
             id,
             path,
             offset,
             data: plaintext,
         }));
-        self.send_file(FileRequest::Ack { id, index }, now);
-        self.out.push(Output::Progress(progress));
+        self.send_file(FileRequest::Ack { id, index }, now, out);
+        out.push(Output::Progress(progress));
         if complete {
-            self.verify_file(id, now);
+            self.verify_file(id, now, out);
         }
     }
 
     /// `88` relayed: the sender sent everything. A non-empty file was
     /// verified with its last chunk already.
-    pub(super) fn file_done(&mut self, id: u32, now: Instant) {
+    pub(super) fn file_done(&mut self, id: u32, now: Instant, out: &mut Vec<Output>) {
         let Some(file) = self.files.incoming.get(&id) else {
             return;
         };
@@ -213,22 +235,22 @@ impl ClientSession {
                 "the sender finished after {} of {} chunks",
                 file.next, file.meta.chunk_count
             );
-            return self.integrity_failure(id, &text, now);
+            return self.integrity_failure(id, &text, now, out);
         }
-        self.verify_file(id, now);
+        self.verify_file(id, now, out);
     }
 
     /// Every chunk is in: the whole must hash to the signed digest.
-    fn verify_file(&mut self, id: u32, now: Instant) {
+    fn verify_file(&mut self, id: u32, now: Instant, out: &mut Vec<Output>) {
         let file = self.files.incoming.get_mut(&id).expect("caller checked");
         let digest: [u8; 32] = file.hasher.clone().finalize().into();
         debug_assert!(file.meta.size != 0 || digest == empty_digest());
         if !bool::from(digest.ct_eq(&file.meta.digest)) {
             let text = "the file's SHA-256 is not the one its sender signed";
-            return self.integrity_failure(id, text, now);
+            return self.integrity_failure(id, text, now, out);
         }
         file.stage = InStage::Saving;
-        self.out.push(Output::File(FileOp::Save {
+        out.push(Output::File(FileOp::Save {
             id,
             part: file
                 .part
@@ -241,11 +263,16 @@ impl ClientSession {
 
     /// The shell moved a verified file into place for [`FileOp::Save`]:
     /// where it is now, or the error that kept it from there.
-    pub fn file_saved(&mut self, id: u32, saved: io::Result<PathBuf>) -> Vec<Output> {
+    pub fn handle_file_saved(
+        &mut self,
+        id: u32,
+        saved: io::Result<PathBuf>,
+        out: &mut Vec<Output>,
+    ) {
         if let Some(file) = self.files.incoming.remove(&id) {
-            self.out.push(Output::Progress(file.progress(id, true)));
+            out.push(Output::Progress(file.progress(id, true)));
             match saved {
-                Ok(path) => self.event(UserEvent::FileReceived {
+                Ok(path) => out.event(UserEvent::FileReceived {
                     id,
                     from: show(&file.from),
                     name: file.name,
@@ -255,62 +282,71 @@ impl ClientSession {
                 }),
                 Err(err) => {
                     if let Some(part) = file.part {
-                        self.out.push(Output::File(FileOp::Delete { path: part }));
+                        out.push(Output::File(FileOp::Delete { path: part }));
                     }
-                    self.error(&format!(
+                    out.error(&format!(
                         "File {id} '{}' was verified but could not be saved: {err}",
                         file.name
                     ));
                 }
             }
         }
-        self.take_output()
     }
 
     /// The shell could not create or write the partial file of `id`.
-    pub fn file_io_failed(&mut self, id: u32, err: &io::Error, now: Instant) -> Vec<Output> {
+    pub fn handle_file_io_failed(
+        &mut self,
+        id: u32,
+        err: &io::Error,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         if let Some(file) = self.files.incoming.remove(&id) {
             if let Some(part) = &file.part {
-                self.out
-                    .push(Output::File(FileOp::Delete { path: part.clone() }));
+                out.push(Output::File(FileOp::Delete { path: part.clone() }));
             }
-            self.out.push(Output::Progress(file.progress(id, true)));
-            self.error(&format!(
+            out.push(Output::Progress(file.progress(id, true)));
+            out.error(&format!(
                 "File {id} '{}' is given up: cannot write {}: {err}",
                 file.name,
                 file.part.as_deref().unwrap_or(Path::new("?")).display()
             ));
-            self.give_up_on_server(id, file.stage, now);
+            self.give_up_on_server(id, file.stage, now, out);
         }
-        self.take_output()
     }
 
     /// Something about a file we receive cannot be trusted: delete what we
     /// have, say so loudly, and give the file up.
-    fn integrity_failure(&mut self, id: u32, problem: &str, now: Instant) {
+    fn integrity_failure(&mut self, id: u32, problem: &str, now: Instant, out: &mut Vec<Output>) {
         let Some(file) = self.files.incoming.remove(&id) else {
             return;
         };
         if let Some(part) = file.part.clone() {
-            self.out.push(Output::File(FileOp::Delete { path: part }));
+            out.push(Output::File(FileOp::Delete { path: part }));
         }
-        self.out.push(Output::Progress(file.progress(id, true)));
+        out.push(Output::Progress(file.progress(id, true)));
         let deleted = if file.part.is_some() {
             "; the partial file was deleted and the file given up"
         } else {
             "; the file was given up"
         };
-        self.event(UserEvent::FileFailed {
+        out.event(UserEvent::FileFailed {
             id,
             name: file.name,
             from: show(&file.from),
             problem: format!("{problem}{deleted}"),
         });
-        self.give_up_on_server(id, file.stage, now);
+        self.give_up_on_server(id, file.stage, now, out);
     }
 
     /// Tells the server we are out of a file we were offered or receive.
-    pub(super) fn give_up_on_server(&mut self, id: u32, stage: InStage, now: Instant) {
+    pub(super) fn give_up_on_server(
+        &mut self,
+        id: u32,
+        stage: InStage,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let request = match stage {
             InStage::Offered => QueuedRequest::FileDecision { id, accept: false },
             InStage::Receiving | InStage::Resuming | InStage::Saving | InStage::Answering => {
@@ -319,7 +355,7 @@ impl ClientSession {
             // Not attached to any connection of ours.
             InStage::Detached => return,
         };
-        self.queue_file_request(request, now);
+        self.queue_file_request(request, now, out);
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ClientSession, InFlight, Output, QueuedRequest};
+use super::{ClientSession, InFlight, Output, Outputs, QueuedRequest};
 use crate::event::{show, Direction, UserEvent};
 use crate::transfer::{
     hex, safe_name, FileOp, Offering, OutStage, OutboundFile, PreparedFile, Preparing,
@@ -30,19 +30,24 @@ use parlor_proto::ClientMessage;
 const MAX_FILE_NAME: usize = u8::MAX as usize;
 
 impl ClientSession {
-    pub(super) fn prepare_file(&mut self, path: String, target: Option<Vec<u8>>) {
-        if !self.files_possible() {
+    pub(super) fn prepare_file(
+        &mut self,
+        path: String,
+        target: Option<Vec<u8>>,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.files_possible(out) {
             return;
         }
         let Some(name) = Path::new(&path).file_name() else {
-            return self.error(&format!("'{path}' does not name a file."));
+            return out.error(&format!("'{path}' does not name a file."));
         };
         let name = name.to_string_lossy().into_owned().into_bytes();
         if name.len() > MAX_FILE_NAME {
-            return self.error("File name is longer than 255 bytes.");
+            return out.error("File name is longer than 255 bytes.");
         }
         if name.iter().any(|&b| b < b' ' || b == 0x7f) {
-            return self.error("File name must not contain control characters.");
+            return out.error("File name must not contain control characters.");
         }
         let local = self.files.next_local;
         self.files.next_local = local.wrapping_add(1);
@@ -55,21 +60,21 @@ impl ClientSession {
                 target,
             },
         );
-        self.out.push(Output::File(FileOp::Hash { local, path }));
+        out.push(Output::File(FileOp::Hash { local, path }));
     }
 
     /// The shell read the file asked for with [`FileOp::Hash`]: its size
     /// and SHA-256, or why it could not.
-    pub fn file_hashed(
+    pub fn handle_file_hashed(
         &mut self,
         local: u32,
         hashed: Result<(u64, [u8; 32]), String>,
         now: Instant,
-    ) -> Vec<Output> {
+        out: &mut Vec<Output>,
+    ) {
         if let Some(preparing) = self.files.preparing.remove(&local) {
-            self.file_ready(preparing, hashed, now);
+            self.file_ready(preparing, hashed, now, out);
         }
-        self.take_output()
     }
 
     fn file_ready(
@@ -77,17 +82,18 @@ impl ClientSession {
         preparing: Preparing,
         hashed: Result<(u64, [u8; 32]), String>,
         now: Instant,
+        out: &mut Vec<Output>,
     ) {
         let shown = preparing.path.display().to_string();
         let (size, digest) = match hashed {
             Ok(hashed) => hashed,
-            Err(err) => return self.error(&format!("Cannot read '{shown}': {err}")),
+            Err(err) => return out.error(&format!("Cannot read '{shown}': {err}")),
         };
         if chunk_count(size, self.files.settings.chunk_size).is_none() {
-            return self.error(&format!("'{shown}' is too large to send."));
+            return out.error(&format!("'{shown}' is too large to send."));
         }
         let Some(connection) = &mut self.connection else {
-            return self.error(&format!(
+            return out.error(&format!(
                 "Not connected to a chat server; '{shown}' was not offered."
             ));
         };
@@ -100,13 +106,18 @@ impl ClientSession {
                 size,
                 digest,
             })));
-        self.dispatch(now);
+        self.dispatch(now, out);
     }
 
     /// Seals and signs the offer under the key current now, and sends it;
     /// to a user we share no DM key with, asks for one first.
-    pub(super) fn start_file_offer(&mut self, file: PreparedFile, now: Instant) {
-        if !self.files_possible() {
+    pub(super) fn start_file_offer(
+        &mut self,
+        file: PreparedFile,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        if !self.files_possible(out) {
             return;
         }
         let identity = self.identity.as_ref().expect("checked");
@@ -115,7 +126,7 @@ impl ClientSession {
         let (kind, context, issued, key_id, room) = match &file.target {
             None => {
                 let Some(room) = &connection.room else {
-                    return self.error(
+                    return out.error(
                         "You are not in a room: \\file send PATH USER sends a file to one user.",
                     );
                 };
@@ -129,13 +140,13 @@ impl ClientSession {
                             "The key of room '{}' has not arrived yet; '{shown_name}' was not offered. Try again in a moment.",
                             show(&room.name)
                         );
-                        return self.error(&text);
+                        return out.error(&text);
                     };
                     let name = room.name.clone();
                     (Kind::Room, name.clone(), Some(key), epoch, Some(name))
                 } else {
                     let name = room.name.clone();
-                    self.out.push(Output::Event(UserEvent::Warning {
+                    out.push(Output::Event(UserEvent::Warning {
                         text: format!(
                             "room '{}' is not end-to-end encrypted: '{shown_name}' is sent unencrypted, and the server and anyone on the path can read it.",
                             show(&name)
@@ -146,7 +157,7 @@ impl ClientSession {
             }
             Some(target) => {
                 if *target == connection.name {
-                    return self.error("You cannot send a file to yourself.");
+                    return out.error("You cannot send a file to yourself.");
                 }
                 let Some(key_id) = connection.keyring.dm_key_id(target) else {
                     // Ask for a key first; the offer goes out after the reply.
@@ -154,7 +165,7 @@ impl ClientSession {
                         target: Bytes::from(target.clone()),
                     };
                     connection.pending = Some(InFlight::FileDmKey(Box::new(file)));
-                    return self.send(&request, now);
+                    return self.send(&request, now, out);
                 };
                 let (_, key) = connection.keyring.dm_key(key_id).expect("held");
                 (
@@ -215,11 +226,18 @@ impl ClientSession {
             file: outgoing,
         });
         connection.pending = Some(InFlight::FileOffer);
-        self.send(&request, now);
+        self.send(&request, now, out);
     }
 
     /// `85`: everyone answered; fill the window.
-    pub(super) fn file_start(&mut self, id: u32, window: u8, recipients: Vec<Bytes>, now: Instant) {
+    pub(super) fn file_start(
+        &mut self,
+        id: u32,
+        window: u8,
+        recipients: Vec<Bytes>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let Some(file) = self.files.outgoing.get_mut(&id) else {
             return;
         };
@@ -239,14 +257,14 @@ impl ClientSession {
             recipients: file.recipients.clone(),
         };
         let progress = file.progress(id, false);
-        self.event(event);
-        self.out.push(Output::Progress(progress));
-        self.fill_window(id, now);
+        out.event(event);
+        out.push(Output::Progress(progress));
+        self.fill_window(id, now, out);
     }
 
     /// Asks for the chunks the window allows, or sends FILE_DONE for an
     /// empty file.
-    fn fill_window(&mut self, id: u32, now: Instant) {
+    fn fill_window(&mut self, id: u32, now: Instant, out: &mut Vec<Output>) {
         let Some(file) = self.files.outgoing.get_mut(&id) else {
             return;
         };
@@ -261,14 +279,14 @@ impl ClientSession {
         };
         if file.chunk_count == 0 {
             file.stage = OutStage::Done { acked: 0 };
-            return self.queue_file_request(QueuedRequest::FileDone { id }, now);
+            return self.queue_file_request(QueuedRequest::FileDone { id }, now, out);
         }
         let limit = acked
             .saturating_add(u32::from(*window))
             .min(file.chunk_count);
         while *read < limit {
             let (offset, len) = chunk_span(file.size, file.chunk_size, *read);
-            self.out.push(Output::File(FileOp::Read {
+            out.push(Output::File(FileOp::Read {
                 id,
                 index: *read,
                 path: file.path.clone(),
@@ -281,18 +299,25 @@ impl ClientSession {
 
     /// The shell read chunk `index` of file `id` for [`FileOp::Read`], or
     /// the error that stopped it.
-    pub fn chunk_read(
+    pub fn handle_chunk_read(
         &mut self,
         id: u32,
         index: u32,
         read: io::Result<Bytes>,
         now: Instant,
-    ) -> Vec<Output> {
-        self.send_chunk(id, index, read, now);
-        self.take_output()
+        out: &mut Vec<Output>,
+    ) {
+        self.send_chunk(id, index, read, now, out);
     }
 
-    fn send_chunk(&mut self, id: u32, index: u32, read: io::Result<Bytes>, now: Instant) {
+    fn send_chunk(
+        &mut self,
+        id: u32,
+        index: u32,
+        read: io::Result<Bytes>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         // A file withdrawn or ended meanwhile: the read is not needed.
         let Some(file) = self.files.outgoing.get_mut(&id) else {
             return;
@@ -304,11 +329,11 @@ impl ClientSession {
         let data = match read {
             Err(err) => {
                 let text = format!("cannot read '{}': {err}", file.path.display());
-                return self.withdraw(id, &text, now);
+                return self.withdraw(id, &text, now, out);
             }
             Ok(data) if data.len() != len || index != *sent => {
                 let text = format!("'{}' changed while it was sent", file.path.display());
-                return self.withdraw(id, &text, now);
+                return self.withdraw(id, &text, now, out);
             }
             Ok(data) => data,
         };
@@ -325,28 +350,28 @@ impl ClientSession {
         if let Some(connection) = &mut self.connection {
             connection.last_traffic = now;
         }
-        self.out.push(Output::Send(frame));
+        out.push(Output::Send(frame));
         if last {
-            self.queue_file_request(QueuedRequest::FileDone { id }, now);
+            self.queue_file_request(QueuedRequest::FileDone { id }, now, out);
         }
     }
 
     /// Gives up a file we send because of a local problem.
-    fn withdraw(&mut self, id: u32, problem: &str, now: Instant) {
+    fn withdraw(&mut self, id: u32, problem: &str, now: Instant, out: &mut Vec<Output>) {
         let Some(file) = self.files.outgoing.remove(&id) else {
             return;
         };
-        self.error(&format!(
+        out.error(&format!(
             "File {id} '{}' is withdrawn: {problem}.",
             file.name
         ));
-        self.file_over(Direction::Send, id, &file.name, "cancelled", problem);
-        self.out.push(Output::Progress(file.progress(id, true)));
-        self.queue_file_request(QueuedRequest::FileCancel { id }, now);
+        self.file_over(Direction::Send, id, &file.name, "cancelled", problem, out);
+        out.push(Output::Progress(file.progress(id, true)));
+        self.queue_file_request(QueuedRequest::FileCancel { id }, now, out);
     }
 
     /// `8d`: every recipient acknowledged chunks `0..acked`.
-    pub(super) fn file_window(&mut self, id: u32, acked: u32, now: Instant) {
+    pub(super) fn file_window(&mut self, id: u32, acked: u32, now: Instant, out: &mut Vec<Output>) {
         let Some(file) = self.files.outgoing.get_mut(&id) else {
             return;
         };
@@ -357,20 +382,20 @@ impl ClientSession {
             OutStage::Offered => return,
         }
         let progress = file.progress(id, false);
-        self.out.push(Output::Progress(progress));
-        self.fill_window(id, now);
+        out.push(Output::Progress(progress));
+        self.fill_window(id, now, out);
     }
 
     /// `8e`: delivered.
-    pub(super) fn file_finished(&mut self, id: u32, delivered: Vec<Bytes>) {
+    pub(super) fn file_finished(&mut self, id: u32, delivered: Vec<Bytes>, out: &mut Vec<Output>) {
         let Some(mut file) = self.files.outgoing.remove(&id) else {
             return;
         };
         file.stage = OutStage::Done {
             acked: file.chunk_count,
         };
-        self.out.push(Output::Progress(file.progress(id, true)));
-        self.event(UserEvent::FileSent {
+        out.push(Output::Progress(file.progress(id, true)));
+        out.event(UserEvent::FileSent {
             id,
             name: file.name,
             delivered: delivered.iter().map(|name| show(name)).collect(),

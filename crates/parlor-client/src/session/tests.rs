@@ -29,7 +29,7 @@ impl Alice {
         };
         let connect = alice.line("\\connect 127.0.0.1:4170");
         assert_eq!(connect, [Output::Connect("127.0.0.1:4170".into())]);
-        let hello = alice.session.connected(alice.now);
+        let hello = alice.opened();
         assert_eq!(
             sent(&hello),
             [ClientMessage::Hello {
@@ -55,7 +55,22 @@ impl Alice {
     }
 
     fn line(&mut self, line: &str) -> Vec<Output> {
-        self.session.line(line, self.now)
+        let mut out = Vec::new();
+        self.session.handle_line(line, self.now, &mut out);
+        out
+    }
+
+    /// The connection asked for is open.
+    fn opened(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.session.handle_connected(self.now, &mut out);
+        out
+    }
+
+    fn closed(&mut self, reason: &str) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.session.handle_closed(reason, &mut out);
+        out
     }
 
     fn receive(&mut self, wire: &[u8]) -> Vec<Output> {
@@ -65,7 +80,9 @@ impl Alice {
             .unwrap()
             .unwrap();
         assert!(buffer.is_empty(), "one frame at a time");
-        self.session.frame(&frame, self.now)
+        let mut out = Vec::new();
+        self.session.handle_frame(&frame, self.now, &mut out);
+        out
     }
 
     fn reply(&mut self, status: u8, data: &[u8]) -> Vec<Output> {
@@ -227,37 +244,62 @@ fn quit_waits_its_turn_and_ends_the_input() {
 fn offline_commands_and_bad_lines_say_why() {
     let mut session = ClientSession::new(None);
     let now = Instant::now();
+    let mut line = |line: &str| {
+        let mut out = Vec::new();
+        session.handle_line(line, now, &mut out);
+        out
+    };
     let error = |text: &str| vec![Output::Event(UserEvent::Error { text: text.into() })];
+    assert_eq!(line("\\join r"), error("Not connected to a chat server."));
     assert_eq!(
-        session.line("\\join r", now),
-        error("Not connected to a chat server.")
-    );
-    assert_eq!(
-        session.line("\\connect localhost", now),
+        line("\\connect localhost"),
         error("Could not connect to the chat server. (Invalid port)")
     );
-    assert_eq!(session.line("\\join", now), error("Invalid command."));
-    assert_eq!(session.line("\\quit", now), [Output::Quit]);
+    assert_eq!(line("\\join"), error("Invalid command."));
+    assert_eq!(line("\\quit"), [Output::Quit]);
+}
+
+#[test]
+fn inputs_append_to_the_callers_buffer() {
+    let mut session = ClientSession::new(None);
+    let now = Instant::now();
+    let mut out = vec![Output::Close];
+    session.handle_line("\\join r", now, &mut out);
+    session.handle_timeout(now, &mut out);
+    session.handle_line("\\quit", now, &mut out);
+    assert_eq!(
+        out,
+        [
+            Output::Close,
+            Output::Event(UserEvent::Error {
+                text: "Not connected to a chat server.".into()
+            }),
+            Output::Quit,
+        ]
+    );
 }
 
 #[test]
 fn heartbeats_after_six_quiet_seconds() {
     let mut alice = Alice::connected(false);
     let start = alice.now;
+    assert_eq!(alice.session.poll_timeout(), Some(start + HEARTBEAT_AFTER));
+    let mut out = Vec::new();
+    alice
+        .session
+        .handle_timeout(start + Duration::from_secs(5), &mut out);
+    assert_eq!(out, []);
+    alice
+        .session
+        .handle_timeout(start + HEARTBEAT_AFTER, &mut out);
     assert_eq!(
-        alice.session.next_heartbeat(),
-        Some(start + HEARTBEAT_AFTER)
-    );
-    assert_eq!(alice.session.tick(start + Duration::from_secs(5)), []);
-    let outputs = alice.session.tick(start + HEARTBEAT_AFTER);
-    assert_eq!(
-        sent(&outputs),
+        sent(&out),
         [ClientMessage::Heartbeat {
             payload: Bytes::from_static(HEARTBEAT)
         }]
     );
     assert_eq!(
-        alice.session.next_heartbeat(),
+        alice.session.poll_timeout(),
         Some(start + HEARTBEAT_AFTER + HEARTBEAT_AFTER)
     );
 }

@@ -43,6 +43,29 @@ fn notice(alice: &mut Alice, notice: FileNotice) -> Vec<Output> {
     alice.receive(&notice.encode())
 }
 
+/// The shell's reports of file operations.
+impl Alice {
+    fn file_hashed(&mut self, local: u32, hashed: Result<(u64, [u8; 32]), String>) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.session
+            .handle_file_hashed(local, hashed, self.now, &mut out);
+        out
+    }
+
+    fn chunk_read(&mut self, id: u32, index: u32, read: std::io::Result<Bytes>) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.session
+            .handle_chunk_read(id, index, read, self.now, &mut out);
+        out
+    }
+
+    fn file_saved(&mut self, id: u32, saved: std::io::Result<PathBuf>) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.session.handle_file_saved(id, saved, &mut out);
+        out
+    }
+}
+
 fn file_ops(outputs: &[Output]) -> Vec<FileOp> {
     outputs
         .iter()
@@ -95,7 +118,7 @@ fn with_reads(
             }) => {
                 let data = &disk[&path][offset as usize..offset as usize + len];
                 let read = Ok(Bytes::copy_from_slice(data));
-                queue.extend(alice.session.chunk_read(id, index, read, alice.now));
+                queue.extend(alice.chunk_read(id, index, read));
             }
             other => rest.push(other),
         }
@@ -208,9 +231,7 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
             path: path.clone()
         }]
     );
-    let outputs = alice
-        .session
-        .file_hashed(0, Ok((50, digest(&data))), alice.now);
+    let outputs = alice.file_hashed(0, Ok((50, digest(&data))));
     let [FileRequest::Offer {
         target,
         meta,
@@ -358,9 +379,7 @@ fn a_file_to_one_user_gets_a_dm_key_first_and_an_empty_file_is_done_at_once() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     alice.line("\\file send empty bob");
-    let outputs = alice
-        .session
-        .file_hashed(0, Ok((0, digest(b""))), alice.now);
+    let outputs = alice.file_hashed(0, Ok((0, digest(b""))));
     assert_eq!(
         sent(&outputs),
         [ClientMessage::DmKeyRequest {
@@ -421,9 +440,7 @@ fn files_need_a_key_a_room_and_a_name() {
     let bob = Peer::new(b"bob");
     let mut alice = Alice::connected(true);
     alice.line("\\file send a.txt");
-    let outputs = alice
-        .session
-        .file_hashed(0, Ok((1, digest(b"a"))), alice.now);
+    let outputs = alice.file_hashed(0, Ok((1, digest(b"a"))));
     assert!(
         matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("not in a room")),
         "{outputs:?}"
@@ -442,9 +459,7 @@ fn files_need_a_key_a_room_and_a_name() {
     // In a secure room whose key has not come, nothing is offered.
     alice.join("vault", true);
     alice.line("\\file send a.txt");
-    let outputs = alice
-        .session
-        .file_hashed(1, Ok((1, digest(b"a"))), alice.now);
+    let outputs = alice.file_hashed(1, Ok((1, digest(b"a"))));
     assert_eq!(sent(&outputs), []);
     assert!(
         matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("has not arrived"))
@@ -454,9 +469,7 @@ fn files_need_a_key_a_room_and_a_name() {
     let [FileOp::Hash { local, .. }] = file_ops(&outputs)[..] else {
         panic!("{outputs:?}");
     };
-    let outputs = alice
-        .session
-        .file_hashed(local, Err("No such file".into()), alice.now);
+    let outputs = alice.file_hashed(local, Err("No such file".into()));
     assert!(
         matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("No such file"))
     );
@@ -470,9 +483,7 @@ fn a_plaintext_room_gets_its_file_unencrypted_after_a_warning() {
         .with_file_settings(settings());
     alice.join("lobby", false);
     alice.line("\\file send a.txt");
-    let outputs = alice
-        .session
-        .file_hashed(0, Ok((3, digest(b"abc"))), alice.now);
+    let outputs = alice.file_hashed(0, Ok((3, digest(b"abc"))));
     assert!(
         matches!(&events(&outputs)[..], [UserEvent::Warning { text }] if text.contains("sent unencrypted"))
     );
@@ -565,7 +576,7 @@ fn an_offer_is_checked_then_received_verified_and_saved() {
     // FILE_DONE after the last chunk changes nothing.
     assert_eq!(notice(&mut alice, FileNotice::Done { id: 9 }), []);
     let saved = PathBuf::from("/downloads/report (1).pdf");
-    let outputs = alice.session.file_saved(9, Ok(saved));
+    let outputs = alice.file_saved(9, Ok(saved));
     assert!(events(&outputs).contains(&UserEvent::FileReceived {
         id: 9,
         from: "bob".into(),
@@ -709,7 +720,7 @@ fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
     notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 0));
     notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 1));
 
-    let outputs = alice.session.closed("Server hung up");
+    let outputs = alice.closed("Server hung up");
     assert!(events(&outputs).contains(&UserEvent::FilePaused {
         id: 4,
         name: "big.bin".into()
@@ -718,7 +729,7 @@ fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
 
     // A new connection: once the key is registered, the file resumes.
     alice.line("\\connect 127.0.0.1:4170");
-    alice.session.connected(alice.now);
+    alice.opened();
     alice.reply(0, b"alice2");
     let outputs = alice.reply(0, b"");
     assert_eq!(
@@ -762,7 +773,7 @@ fn a_resume_refused_deletes_the_partial_file() {
     notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 6, 0));
     alice.line("\\disconnect");
     alice.line("\\connect 127.0.0.1:4170");
-    alice.session.connected(alice.now);
+    alice.opened();
     alice.reply(0, b"alice");
     alice.reply(0, b"");
     let text = b"File 6 cannot be resumed: chunks you lack were already dropped. Ask the sender to send it again.";
@@ -811,7 +822,7 @@ fn an_ended_transfer_deletes_the_partial_file_and_quitting_drops_paused_ones() {
     // Paused by a drop, then \quit while offline: the partial file goes.
     notice(&mut alice, offered(&bob, 8, "vault", meta.clone()));
     let part = accept(&mut alice, 8);
-    alice.session.closed("Server hung up");
+    alice.closed("Server hung up");
     let outputs = alice.line("\\quit");
     assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
     assert_eq!(outputs.last(), Some(&Output::Quit));
