@@ -21,10 +21,10 @@ use rsa::traits::PublicKeyParts;
 use tracing::{error, info};
 
 use super::{respond, respond_naming, send, Action, ConnId, Hub, Pending, Room};
-use parlor_proto::text;
 use parlor_proto::legacy::OK_RESPONSE;
 use parlor_proto::printable::Printable;
 use parlor_proto::secure::{DM_KEY_OAEP_LABEL, KEY_BITS, ROOM_KEY_OAEP_LABEL};
+use parlor_proto::text;
 use parlor_proto::{SecureMessage, Status};
 
 /// A connection's registered RSA public key.
