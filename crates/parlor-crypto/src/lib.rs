@@ -19,7 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod envelope;
-//pub mod file;
+pub mod file;
 pub mod identity;
 pub mod keyring;
 #[doc(hidden)]

@@ -76,3 +76,17 @@ pub struct Identity {
     pub key_binding: [u8; 64],
     pub name_proof: [u8; 64],
 }
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    pub name: Bytes,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub chunk_count: u32,
+    pub flags: u8,
+    pub key_id: u32,
+    pub nonce: [u8; 16],
+    pub manifest: Bytes,
+    pub counter: u64,
+    pub signature: [u8; 64],
+}
