@@ -104,9 +104,13 @@ pub enum ClientMessage {
     },
     /// Secure extension (`81`): the connection's RSA public key as DER
     /// SubjectPublicKeyInfo. Makes the connection secure.
-    RegisterKey {
-        /// The DER, kept as sent: peers receive exactly these bytes.
-        key: Bytes,
+    RegisterKey(secure::Registration),
+    /// `96`: a rename with a name proof.
+    SignedNick {
+        /// The new name.
+        name: Bytes,
+        /// Its proof.
+        name_proof: [u8; 64],
     },
     /// Secure extension (`82`): asks for a DM key shared with `target`.
     DmKeyRequest {
@@ -214,9 +218,18 @@ impl ClientMessage {
                     text: sub(text),
                 }
             }
-            secure::opcode::REGISTER_KEY => ClientMessage::RegisterKey {
-                key: secure::parse_register_key(payload)?,
-            },
+            secure::opcode::REGISTER_KEY => {
+                ClientMessage::RegisterKey(secure::parse_register_key(payload)?)
+            }
+            secure::opcode::SIGNED_NICK => {
+                let (_, (name, proof)) = all_consuming((short_field, nom::bytes::complete::take(64usize)))
+                    .parse(payload)
+                    .map_err(bad("SIGNED_NICK"))?;
+                ClientMessage::SignedNick {
+                    name: sub(name),
+                    name_proof: proof.try_into().unwrap(),
+                }
+            }
             secure::opcode::DM_KEY_REQUEST => ClientMessage::DmKeyRequest {
                 target: secure::parse_dm_key_request(payload)?,
             },
@@ -277,9 +290,14 @@ impl ClientMessage {
                 put_long(&mut payload, text);
                 opcode::ROOM_MESSAGE
             }
-            ClientMessage::RegisterKey { key } => {
-                put_long(&mut payload, key);
+            ClientMessage::RegisterKey(registration) => {
+                registration.put(&mut payload);
                 secure::opcode::REGISTER_KEY
+            }
+            ClientMessage::SignedNick { name, name_proof } => {
+                put_short(&mut payload, name);
+                payload.extend_from_slice(name_proof);
+                secure::opcode::SIGNED_NICK
             }
             ClientMessage::DmKeyRequest { target } => {
                 put_short(&mut payload, target);

@@ -25,7 +25,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use nom::combinator::all_consuming;
-use nom::number::complete::{be_u32, be_u8};
+use nom::bytes::complete::take;
+use nom::number::complete::{be_u32, be_u64, be_u8};
 use nom::{IResult, Parser};
 
 use super::frame::{put_header, Frame, HEADER_LEN};
@@ -55,6 +56,118 @@ pub mod opcode {
     pub const ROOM_CREATED: u8 = 0x93;
     /// S→C: a DM or DM_KEY_REQUEST named nobody connected.
     pub const NO_SUCH_USER: u8 = 0x94;
+    /// S→C: a member left; hold room sends until the next key.
+    pub const ROOM_REKEYING: u8 = 0x95;
+    /// C→S: a rename with a name proof.
+    pub const SIGNED_NICK: u8 = 0x96;
+}
+
+// TEMPORARY (parlor-client's branch): the v2 wire as the spec words it,
+// until parlor-proto's own lands and replaces this file.
+
+/// SHA-256 of an Ed25519 public key.
+pub type Fingerprint = [u8; 32];
+/// An Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// SHA-256 of the signing key.
+pub fn fingerprint(signing_key: &[u8; 32]) -> Fingerprint {
+    use sha2::Digest;
+    sha2::Sha256::digest(signing_key).into()
+}
+
+fn statement(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = prefix.to_vec();
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// `"parlor v2 key binding" || long rsa_der`.
+pub fn key_binding_statement(rsa_der: &[u8]) -> Vec<u8> {
+    statement(b"parlor v2 key binding", &[&(rsa_der.len() as u16).to_be_bytes(), rsa_der])
+}
+
+/// `"parlor v2 name" || short name`.
+pub fn name_proof_statement(name: &[u8]) -> Vec<u8> {
+    statement(b"parlor v2 name", &[&[name.len() as u8], name])
+}
+
+/// `"parlor v2 register" || [32] channel_binding || short nick`.
+pub fn possession_statement(channel_binding: &[u8; 32], nick: &[u8]) -> Vec<u8> {
+    statement(b"parlor v2 register", &[channel_binding, &[nick.len() as u8], nick])
+}
+
+/// `"parlor v2 resume" || u32 id || [16] token || [32] channel_binding`.
+pub fn resume_statement(id: u32, token: &[u8; 16], channel_binding: &[u8; 32]) -> Vec<u8> {
+    statement(b"parlor v2 resume", &[&id.to_be_bytes(), token, channel_binding])
+}
+
+/// The OAEP label of a room key wrap.
+pub fn room_key_label(room: &[u8], incarnation: u64, epoch: u32, recipient: &Fingerprint) -> Vec<u8> {
+    statement(
+        b"parlor v2 room key",
+        &[&[room.len() as u8], room, &incarnation.to_be_bytes(), &epoch.to_be_bytes(), recipient],
+    )
+}
+
+/// The OAEP label of a DM key wrap.
+pub fn dm_key_label(key_id: u32, recipient: &Fingerprint, other: &Fingerprint) -> Vec<u8> {
+    statement(b"parlor v2 dm key", &[&key_id.to_be_bytes(), recipient, other])
+}
+
+/// An identity block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Ed25519 public key.
+    pub signing_key: [u8; 32],
+    /// RSA SPKI DER.
+    pub rsa_der: Bytes,
+    /// Key binding.
+    pub key_binding: [u8; 64],
+    /// Name proof.
+    pub name_proof: [u8; 64],
+}
+
+impl Identity {
+    pub(super) fn put(&self, dst: &mut BytesMut) {
+        dst.put_slice(&self.signing_key);
+        put_long(dst, &self.rsa_der);
+        dst.put_slice(&self.key_binding);
+        dst.put_slice(&self.name_proof);
+    }
+    pub(super) fn wire_len(&self) -> usize {
+        32 + 2 + self.rsa_der.len() + 128
+    }
+}
+
+pub(super) fn identity(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8], &[u8], &[u8])> {
+    (take(32usize), long_field, take(64usize), take(64usize)).parse(input)
+}
+
+pub(super) fn to_identity(payload: &Bytes, (key, der, binding, proof): (&[u8], &[u8], &[u8], &[u8])) -> Identity {
+    Identity {
+        signing_key: key.try_into().unwrap(),
+        rsa_der: payload.slice_ref(der),
+        key_binding: binding.try_into().unwrap(),
+        name_proof: proof.try_into().unwrap(),
+    }
+}
+
+/// REGISTER_KEY v2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// Ed25519 public key.
+    pub signing_key: [u8; 32],
+    /// RSA SPKI DER.
+    pub rsa_der: Bytes,
+    /// Key binding.
+    pub key_binding: [u8; 64],
+    /// Name proof over the current nick.
+    pub name_proof: [u8; 64],
+    /// Possession proof.
+    pub possession: [u8; 64],
 }
 
 /// Modulus sizes a registered RSA key may have, in bits (PROTOCOL.md
@@ -85,14 +198,27 @@ pub enum SecureMessage {
     PeerKey {
         /// The user's current name.
         name: Bytes,
-        /// The user's registered key.
-        key: Bytes,
+        /// Empty unless a rename.
+        renamed_from: Bytes,
+        /// The identity block.
+        identity: Identity,
+    },
+    /// `95`.
+    RoomRekeying {
+        /// The room.
+        room: Bytes,
+        /// Its incarnation.
+        incarnation: u64,
+        /// The epoch awaited.
+        next_epoch: u32,
     },
     /// `84 short room, u32 epoch, long wrapped`: the room key of a new
     /// epoch, sent on every change of a secure room's membership.
     RoomKey {
         /// The room the key is for.
         room: Bytes,
+        /// Its incarnation.
+        incarnation: u64,
         /// Counts up from 1 with each rotation of the room, with gaps
         /// possible; envelopes name the epoch whose key sealed them.
         epoch: u32,
@@ -104,6 +230,8 @@ pub enum SecureMessage {
     DmKey {
         /// The user who asked for the key.
         peer: Bytes,
+        /// Their fingerprint.
+        peer_fingerprint: [u8; 32],
         /// The key's server-wide id, never 0; DM envelopes name it.
         key_id: u32,
         /// The DM key, wrapped for this user under the DM label.
@@ -115,8 +243,8 @@ pub enum SecureMessage {
         /// The target's name when the key was issued (a rename while the
         /// key was wrapped shows here).
         target: Bytes,
-        /// The target's registered key, to check what it signs.
-        key: Bytes,
+        /// The target's identity.
+        identity: Identity,
         /// The key's server-wide id, never 0; the same in the target's `80`.
         key_id: u32,
         /// The DM key, wrapped for the requester under the DM label.
@@ -135,6 +263,8 @@ pub enum SecureMessage {
         /// Whether it is a secure room ([`ROOM_FLAG_SECURE`]); a secure
         /// client in a plaintext room warns its user.
         secure: bool,
+        /// 0 for a plaintext room.
+        incarnation: u64,
     },
     /// `93 short room, u8 flags`: confirms a JOIN that created the room,
     /// before its `9a 00`.
@@ -144,6 +274,8 @@ pub enum SecureMessage {
         /// Whether it is a secure room ([`ROOM_FLAG_SECURE`]): it is when a
         /// secure connection created it.
         secure: bool,
+        /// 0 for a plaintext room.
+        incarnation: u64,
     },
     /// `92 short room`: confirms a LEAVE that left a room, before its
     /// `9a 00`.
@@ -222,6 +354,7 @@ impl SecureMessage {
             SecureMessage::RoomCreated { .. } => opcode::ROOM_CREATED,
             SecureMessage::RoomLeft { .. } => opcode::ROOM_LEFT,
             SecureMessage::NoSuchUser { .. } => opcode::NO_SUCH_USER,
+            SecureMessage::RoomRekeying { .. } => opcode::ROOM_REKEYING,
         }
     }
 
@@ -242,40 +375,48 @@ impl SecureMessage {
     /// # Panics
     /// As [`SecureMessage::encode`].
     pub fn encode_into(&self, dst: &mut BytesMut) {
-        use Field::{Long, Short, U32, U8};
-        let opcode = self.opcode();
+        let mut p = BytesMut::new();
         match self {
-            SecureMessage::PeerKey { name, key } => {
-                put_frame(dst, opcode, &[Short(name), Long(key)])
+            SecureMessage::PeerKey { name, renamed_from, identity } => {
+                put_short(&mut p, name);
+                put_short(&mut p, renamed_from);
+                identity.put(&mut p);
             }
-            SecureMessage::RoomKey {
-                room,
-                epoch,
-                wrapped,
-            } => put_frame(dst, opcode, &[Short(room), U32(*epoch), Long(wrapped)]),
-            SecureMessage::DmKey {
-                peer,
-                key_id,
-                wrapped,
-            } => put_frame(dst, opcode, &[Short(peer), U32(*key_id), Long(wrapped)]),
-            SecureMessage::DmKeyIssued {
-                target,
-                key,
-                key_id,
-                wrapped,
-            } => put_frame(
-                dst,
-                opcode,
-                &[Short(target), Long(key), U32(*key_id), Long(wrapped)],
-            ),
-            SecureMessage::RoomJoined { room, secure }
-            | SecureMessage::RoomCreated { room, secure } => {
-                put_frame(dst, opcode, &[Short(room), U8(flags(*secure))])
+            SecureMessage::RoomRekeying { room, incarnation, next_epoch } => {
+                put_short(&mut p, room);
+                p.put_u64(*incarnation);
+                p.put_u32(*next_epoch);
+            }
+            SecureMessage::RoomKey { room, incarnation, epoch, wrapped } => {
+                put_short(&mut p, room);
+                p.put_u64(*incarnation);
+                p.put_u32(*epoch);
+                put_long(&mut p, wrapped);
+            }
+            SecureMessage::DmKey { peer, peer_fingerprint, key_id, wrapped } => {
+                put_short(&mut p, peer);
+                p.put_slice(peer_fingerprint);
+                p.put_u32(*key_id);
+                put_long(&mut p, wrapped);
+            }
+            SecureMessage::DmKeyIssued { target, identity, key_id, wrapped } => {
+                put_short(&mut p, target);
+                identity.put(&mut p);
+                p.put_u32(*key_id);
+                put_long(&mut p, wrapped);
+            }
+            SecureMessage::RoomJoined { room, secure, incarnation }
+            | SecureMessage::RoomCreated { room, secure, incarnation } => {
+                put_short(&mut p, room);
+                p.put_u8(flags(*secure));
+                p.put_u64(*incarnation);
             }
             SecureMessage::NickSet { name: field }
             | SecureMessage::RoomLeft { room: field }
-            | SecureMessage::NoSuchUser { name: field } => put_frame(dst, opcode, &[Short(field)]),
+            | SecureMessage::NoSuchUser { name: field } => put_short(&mut p, field),
         }
+        put_header(dst, self.opcode(), p.len());
+        dst.put_slice(&p);
     }
 
     /// Interprets a frame of the secure extension received from a server.
@@ -286,40 +427,53 @@ impl SecureMessage {
         let bad = |name| move |_| ParseError::BadLengths { name };
         let message = match frame.opcode {
             opcode::PEER_KEY => {
-                let (_, (name, key)) = all_consuming((short_field, long_field))
+                let (_, (name, from, id)) = all_consuming((short_field, short_field, identity))
                     .parse(payload)
                     .map_err(bad("PEER_KEY"))?;
                 SecureMessage::PeerKey {
                     name: sub(name),
-                    key: sub(key),
+                    renamed_from: sub(from),
+                    identity: to_identity(payload, id),
                 }
             }
+            opcode::ROOM_REKEYING => {
+                let (_, (room, incarnation, next_epoch)) = all_consuming((short_field, be_u64, be_u32))
+                    .parse(payload)
+                    .map_err(bad("ROOM_REKEYING"))?;
+                SecureMessage::RoomRekeying { room: sub(room), incarnation, next_epoch }
+            }
             opcode::ROOM_KEY => {
-                let (_, (room, epoch, wrapped)) =
-                    short_u32_long(payload).map_err(bad("ROOM_KEY"))?;
+                let (_, (room, incarnation, epoch, wrapped)) =
+                    all_consuming((short_field, be_u64, be_u32, long_field))
+                        .parse(payload)
+                        .map_err(bad("ROOM_KEY"))?;
                 SecureMessage::RoomKey {
                     room: sub(room),
+                    incarnation,
                     epoch,
                     wrapped: sub(wrapped),
                 }
             }
             opcode::DM_KEY => {
-                let (_, (peer, key_id, wrapped)) =
-                    short_u32_long(payload).map_err(bad("DM_KEY"))?;
+                let (_, (peer, fp, key_id, wrapped)) =
+                    all_consuming((short_field, take(32usize), be_u32, long_field))
+                        .parse(payload)
+                        .map_err(bad("DM_KEY"))?;
                 SecureMessage::DmKey {
                     peer: sub(peer),
+                    peer_fingerprint: fp.try_into().unwrap(),
                     key_id,
                     wrapped: sub(wrapped),
                 }
             }
             opcode::DM_KEY_ISSUED => {
-                let (_, (target, key, key_id, wrapped)) =
-                    all_consuming((short_field, long_field, be_u32, long_field))
+                let (_, (target, id, key_id, wrapped)) =
+                    all_consuming((short_field, identity, be_u32, long_field))
                         .parse(payload)
                         .map_err(bad("DM_KEY_ISSUED"))?;
                 SecureMessage::DmKeyIssued {
                     target: sub(target),
-                    key: sub(key),
+                    identity: to_identity(payload, id),
                     key_id,
                     wrapped: sub(wrapped),
                 }
@@ -328,17 +482,23 @@ impl SecureMessage {
                 name: sub(only_short(payload).map_err(bad("NICK_SET"))?.1),
             },
             opcode::ROOM_JOINED => {
-                let (_, (room, flags)) = short_then_u8(payload).map_err(bad("ROOM_JOINED"))?;
+                let (_, (room, flags, incarnation)) = all_consuming((short_field, be_u8, be_u64))
+                    .parse(payload)
+                    .map_err(bad("ROOM_JOINED"))?;
                 SecureMessage::RoomJoined {
                     room: sub(room),
                     secure: flags & ROOM_FLAG_SECURE != 0,
+                    incarnation,
                 }
             }
             opcode::ROOM_CREATED => {
-                let (_, (room, flags)) = short_then_u8(payload).map_err(bad("ROOM_CREATED"))?;
+                let (_, (room, flags, incarnation)) = all_consuming((short_field, be_u8, be_u64))
+                    .parse(payload)
+                    .map_err(bad("ROOM_CREATED"))?;
                 SecureMessage::RoomCreated {
                     room: sub(room),
                     secure: flags & ROOM_FLAG_SECURE != 0,
+                    incarnation,
                 }
             }
             opcode::ROOM_LEFT => SecureMessage::RoomLeft {
@@ -374,14 +534,31 @@ fn short_u32_long(input: &[u8]) -> IResult<&[u8], KeyFields<'_>> {
     all_consuming((short_field, be_u32, long_field)).parse(input)
 }
 
-/// REGISTER_KEY's payload: `long key`.
-pub(super) fn parse_register_key(payload: &Bytes) -> Result<Bytes, ParseError> {
-    let (_, key) = all_consuming(long_field).parse(payload).map_err(
-        |_: nom::Err<nom::error::Error<&[u8]>>| ParseError::BadLengths {
-            name: "REGISTER_KEY",
-        },
-    )?;
-    Ok(payload.slice_ref(key))
+/// REGISTER_KEY's payload.
+pub(super) fn parse_register_key(payload: &Bytes) -> Result<Registration, ParseError> {
+    let (_, (key, der, binding, proof, possession)) =
+        all_consuming((take(32usize), long_field, take(64usize), take(64usize), take(64usize)))
+            .parse(payload)
+            .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| ParseError::BadLengths {
+                name: "REGISTER_KEY",
+            })?;
+    Ok(Registration {
+        signing_key: key.try_into().unwrap(),
+        rsa_der: payload.slice_ref(der),
+        key_binding: binding.try_into().unwrap(),
+        name_proof: proof.try_into().unwrap(),
+        possession: possession.try_into().unwrap(),
+    })
+}
+
+impl Registration {
+    pub(super) fn put(&self, dst: &mut BytesMut) {
+        dst.put_slice(&self.signing_key);
+        put_long(dst, &self.rsa_der);
+        dst.put_slice(&self.key_binding);
+        dst.put_slice(&self.name_proof);
+        dst.put_slice(&self.possession);
+    }
 }
 
 /// DM_KEY_REQUEST's payload: `short target`.
@@ -392,272 +569,3 @@ pub(super) fn parse_dm_key_request(payload: &Bytes) -> Result<Bytes, ParseError>
     Ok(payload.slice_ref(target))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::super::{ClientMessage, ServerMessage};
-    use super::*;
-
-    fn bytes(text: &[u8]) -> Bytes {
-        Bytes::copy_from_slice(text)
-    }
-
-    /// A stand-in for a DER key or a wrapped key: `len` bytes counting up.
-    fn blob(len: usize) -> Bytes {
-        (0..len).map(|i| i as u8).collect::<Vec<u8>>().into()
-    }
-
-    fn every_message() -> Vec<SecureMessage> {
-        vec![
-            SecureMessage::PeerKey {
-                name: bytes(b"bob"),
-                key: blob(294),
-            },
-            SecureMessage::RoomKey {
-                room: bytes(b"lobby"),
-                epoch: 7,
-                wrapped: blob(256),
-            },
-            SecureMessage::DmKey {
-                peer: bytes(b"alice"),
-                key_id: 1,
-                wrapped: blob(384),
-            },
-            SecureMessage::DmKeyIssued {
-                target: bytes(b"bob"),
-                key: blob(422),
-                key_id: u32::MAX,
-                wrapped: blob(512),
-            },
-            SecureMessage::NickSet {
-                name: bytes(b"alice"),
-            },
-            SecureMessage::RoomJoined {
-                room: bytes(b"lobby"),
-                secure: true,
-            },
-            SecureMessage::RoomCreated {
-                room: bytes(b"open"),
-                secure: false,
-            },
-            SecureMessage::RoomLeft {
-                room: bytes(b"lobby"),
-            },
-            SecureMessage::NoSuchUser {
-                name: bytes(b"nobody"),
-            },
-        ]
-    }
-
-    fn to_frame(wire: &Bytes) -> Frame {
-        let len = u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize;
-        assert_eq!(len + HEADER_LEN, wire.len(), "length field");
-        assert_eq!(&wire[4..6], &[0x04, 0x17]);
-        Frame::new(wire[6], wire.slice(HEADER_LEN..))
-    }
-
-    #[test]
-    fn every_server_message_round_trips_through_server_message_parse() {
-        for message in every_message() {
-            let wire = message.encode();
-            let frame = to_frame(&wire);
-            assert_eq!(frame.opcode, message.opcode());
-            assert!(is_secure_only(frame.opcode));
-            assert_eq!(SecureMessage::parse(&frame).unwrap(), message);
-            assert_eq!(
-                ServerMessage::parse(&frame).unwrap(),
-                ServerMessage::Secure(message.clone())
-            );
-            assert_eq!(ServerMessage::Secure(message).encode(), wire);
-        }
-    }
-
-    #[test]
-    fn server_messages_refuse_lengths_that_do_not_fill_the_frame() {
-        for message in every_message() {
-            let wire = message.encode();
-            let frame = to_frame(&wire);
-            let short = Frame::new(frame.opcode, frame.payload.slice(..frame.payload.len() - 1));
-            let mut long = frame.payload.to_vec();
-            long.push(0);
-            let long = Frame::new(frame.opcode, long);
-            for bad in [short, long, Frame::new(frame.opcode, Bytes::new())] {
-                assert!(
-                    matches!(
-                        SecureMessage::parse(&bad),
-                        Err(ParseError::BadLengths { .. })
-                    ),
-                    "{bad:?}"
-                );
-            }
-        }
-        assert_eq!(
-            SecureMessage::parse(&Frame::new(0x9a, Bytes::from_static(b"\x00"))),
-            Err(ParseError::UnknownOpcode(0x9a))
-        );
-    }
-
-    #[test]
-    fn client_requests_round_trip_and_refuse_bad_lengths() {
-        let requests = [
-            ClientMessage::RegisterKey { key: blob(294) },
-            ClientMessage::DmKeyRequest {
-                target: bytes(b"bob"),
-            },
-        ];
-        for request in requests {
-            let frame = request.to_frame();
-            assert_eq!(ClientMessage::parse(&frame).unwrap(), request);
-            assert!(request.expects_response());
-        }
-        let bad = [
-            (opcode::REGISTER_KEY, &b""[..], "REGISTER_KEY"),
-            (opcode::REGISTER_KEY, b"\x00\x02a", "REGISTER_KEY"),
-            (opcode::REGISTER_KEY, b"\x00\x01ab", "REGISTER_KEY"),
-            (opcode::DM_KEY_REQUEST, b"", "DM_KEY_REQUEST"),
-            (opcode::DM_KEY_REQUEST, b"\x03bo", "DM_KEY_REQUEST"),
-            (opcode::DM_KEY_REQUEST, b"\x03bobs", "DM_KEY_REQUEST"),
-        ];
-        for (opcode, payload, name) in bad {
-            assert_eq!(
-                ClientMessage::parse(&Frame::new(opcode, Bytes::copy_from_slice(payload))),
-                Err(ParseError::BadLengths { name }),
-                "{payload:?}"
-            );
-        }
-        for server_only in [0x80, 0x84, 0x89, 0x90, 0x91, 0x92, 0x93, 0x94] {
-            assert_eq!(
-                ClientMessage::parse(&Frame::new(server_only, Bytes::new())),
-                Err(ParseError::UnknownOpcode(server_only))
-            );
-        }
-    }
-
-    /// The byte examples of PROTOCOL.md §12.5 and §12.6, exactly.
-    #[test]
-    fn encodes_the_documented_examples() {
-        let hex = |text: &str| -> Vec<u8> {
-            text.split_whitespace()
-                .map(|byte| u8::from_str_radix(byte, 16).unwrap())
-                .collect()
-        };
-        let with_blob = |head: &str, blob_len: usize, tail: &str| -> Vec<u8> {
-            [hex(head), blob(blob_len).to_vec(), hex(tail)].concat()
-        };
-        let register = ClientMessage::RegisterKey { key: blob(294) };
-        assert_eq!(
-            register.to_frame().to_bytes().to_vec(),
-            with_blob("00 00 01 28 04 17 81 01 26", 294, "")
-        );
-        let request = ClientMessage::DmKeyRequest {
-            target: bytes(b"bob"),
-        };
-        assert_eq!(
-            request.to_frame().to_bytes().to_vec(),
-            hex("00 00 00 04 04 17 82 03 62 6f 62")
-        );
-        let examples: [(SecureMessage, Vec<u8>); 9] = [
-            (
-                SecureMessage::PeerKey {
-                    name: bytes(b"bob"),
-                    key: blob(294),
-                },
-                with_blob("00 00 01 2c 04 17 81 03 62 6f 62 01 26", 294, ""),
-            ),
-            (
-                SecureMessage::RoomKey {
-                    room: bytes(b"lobby"),
-                    epoch: 2,
-                    wrapped: blob(256),
-                },
-                with_blob(
-                    "00 00 01 0c 04 17 84 05 6c 6f 62 62 79 00 00 00 02 01 00",
-                    256,
-                    "",
-                ),
-            ),
-            (
-                SecureMessage::DmKey {
-                    peer: bytes(b"alice"),
-                    key_id: 1,
-                    wrapped: blob(256),
-                },
-                with_blob(
-                    "00 00 01 0c 04 17 80 05 61 6c 69 63 65 00 00 00 01 01 00",
-                    256,
-                    "",
-                ),
-            ),
-            (
-                SecureMessage::DmKeyIssued {
-                    target: bytes(b"bob"),
-                    key: blob(294),
-                    key_id: 1,
-                    wrapped: blob(256),
-                },
-                [
-                    hex("00 00 02 32 04 17 89 03 62 6f 62 01 26"),
-                    blob(294).to_vec(),
-                    hex("00 00 00 01 01 00"),
-                    blob(256).to_vec(),
-                ]
-                .concat(),
-            ),
-            (
-                SecureMessage::NickSet {
-                    name: bytes(b"alice"),
-                },
-                hex("00 00 00 06 04 17 90 05 61 6c 69 63 65"),
-            ),
-            (
-                SecureMessage::RoomJoined {
-                    room: bytes(b"lobby"),
-                    secure: true,
-                },
-                hex("00 00 00 07 04 17 91 05 6c 6f 62 62 79 01"),
-            ),
-            (
-                SecureMessage::RoomCreated {
-                    room: bytes(b"lobby"),
-                    secure: false,
-                },
-                hex("00 00 00 07 04 17 93 05 6c 6f 62 62 79 00"),
-            ),
-            (
-                SecureMessage::RoomLeft {
-                    room: bytes(b"lobby"),
-                },
-                hex("00 00 00 06 04 17 92 05 6c 6f 62 62 79"),
-            ),
-            (
-                SecureMessage::NoSuchUser {
-                    name: bytes(b"nobody"),
-                },
-                hex("00 00 00 07 04 17 94 06 6e 6f 62 6f 64 79"),
-            ),
-        ];
-        for (message, wire) in examples {
-            assert_eq!(message.encode().to_vec(), wire, "{message:?}");
-        }
-    }
-
-    #[test]
-    fn unknown_flag_bits_are_ignored() {
-        let frame = Frame::new(opcode::ROOM_JOINED, Bytes::from_static(b"\x01r\xff"));
-        assert_eq!(
-            SecureMessage::parse(&frame).unwrap(),
-            SecureMessage::RoomJoined {
-                room: bytes(b"r"),
-                secure: true
-            }
-        );
-    }
-
-    #[test]
-    fn only_the_secure_range_minus_response_and_hello_is_secure_only() {
-        let secure: Vec<u8> = (0..=255).filter(|op| is_secure_only(*op)).collect();
-        assert_eq!(secure.len(), 30);
-        for legacy in [0x03, 0x06, 0x09, 0x0c, 0x0f, 0x12, 0x13, 0x15, 0x9a, 0x9b] {
-            assert!(!is_secure_only(legacy));
-        }
-    }
-}

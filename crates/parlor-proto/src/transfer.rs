@@ -98,9 +98,11 @@ pub struct FileMeta {
     /// Random per file; salts the chunk keys.
     pub nonce: [u8; NONCE_LEN],
     /// SHA-256 of the whole plaintext file.
-    pub digest: [u8; DIGEST_LEN],
-    /// The sender's RSA-PSS signature (PROTOCOL.md §14.6).
-    pub signature: Bytes,
+    pub manifest: Bytes,
+    /// The sender's counter.
+    pub counter: u64,
+    /// The sender's Ed25519 signature.
+    pub signature: [u8; 64],
 }
 
 impl FileMeta {
@@ -111,7 +113,7 @@ impl FileMeta {
     }
 
     fn wire_len(&self) -> usize {
-        1 + self.name.len() + 8 + 4 + 4 + 1 + 4 + NONCE_LEN + DIGEST_LEN + 2 + self.signature.len()
+        1 + self.name.len() + 8 + 4 + 4 + 1 + 4 + NONCE_LEN + 2 + self.manifest.len() + 8 + 64
     }
 
     fn put(&self, dst: &mut BytesMut) {
@@ -122,8 +124,9 @@ impl FileMeta {
         dst.put_u8(self.flags);
         dst.put_u32(self.key_id);
         dst.put_slice(&self.nonce);
-        dst.put_slice(&self.digest);
-        put_long(dst, &self.signature);
+        put_long(dst, &self.manifest);
+        dst.put_u64(self.counter);
+        dst.put_slice(&self.signature);
     }
 }
 
@@ -180,6 +183,8 @@ pub enum FileRequest {
         /// The token of the recipient's FILE_ACCEPTED: it proves who is
         /// resuming, whatever connection it comes from.
         token: [u8; TOKEN_LEN],
+        /// The resume proof.
+        proof: [u8; 64],
     },
     /// `8f u32 id`: the sender withdraws the file, or a recipient gives up.
     Cancel {
@@ -251,9 +256,8 @@ pub enum FileNotice {
         id: u32,
         /// The sender's name when the offer was made.
         sender: Bytes,
-        /// The sender's registered key, so that the signature can be checked
-        /// by a recipient that has no `81` for the sender.
-        sender_key: Bytes,
+        /// The sender's identity.
+        sender_identity: super::secure::Identity,
         /// The room the file was offered to; empty for a file to one user.
         room: Bytes,
         /// The description exactly as the sender sent it.
@@ -372,8 +376,8 @@ type Parsed<'a, T> = IResult<&'a [u8], T>;
 fn meta(input: &[u8]) -> Parsed<'_, FileMetaFields<'_>> {
     let (input, (name, size, chunk_size, chunk_count, flags, key_id)) =
         (short_field, be_u64, be_u32, be_u32, be_u8, be_u32).parse(input)?;
-    let (input, (nonce, digest, signature)) =
-        (take(NONCE_LEN), take(DIGEST_LEN), long_field).parse(input)?;
+    let (input, (nonce, manifest, counter, signature)) =
+        (take(NONCE_LEN), long_field, be_u64, take(64usize)).parse(input)?;
     Ok((
         input,
         FileMetaFields {
@@ -384,7 +388,8 @@ fn meta(input: &[u8]) -> Parsed<'_, FileMetaFields<'_>> {
             flags,
             key_id,
             nonce,
-            digest,
+            manifest,
+            counter,
             signature,
         },
     ))
@@ -399,7 +404,8 @@ struct FileMetaFields<'a> {
     flags: u8,
     key_id: u32,
     nonce: &'a [u8],
-    digest: &'a [u8],
+    manifest: &'a [u8],
+    counter: u64,
     signature: &'a [u8],
 }
 
@@ -413,8 +419,9 @@ impl FileMetaFields<'_> {
             flags: self.flags,
             key_id: self.key_id,
             nonce: self.nonce.try_into().expect("took NONCE_LEN bytes"),
-            digest: self.digest.try_into().expect("took DIGEST_LEN bytes"),
-            signature: payload.slice_ref(self.signature),
+            manifest: payload.slice_ref(self.manifest),
+            counter: self.counter,
+            signature: self.signature.try_into().expect("took 64 bytes"),
         }
     }
 }
@@ -486,7 +493,7 @@ impl FileRequest {
             FileRequest::Decision { .. } => 5,
             FileRequest::Ack { .. } => 8,
             FileRequest::Done { .. } | FileRequest::Cancel { .. } => 4,
-            FileRequest::Resume { .. } => 4 + TOKEN_LEN,
+            FileRequest::Resume { .. } => 4 + TOKEN_LEN + 64,
             FileRequest::Chunk { .. } => unreachable!("encoded above"),
         };
         dst.reserve(HEADER_LEN + payload_len);
@@ -510,9 +517,10 @@ impl FileRequest {
                 dst.put_u32(*index);
             }
             FileRequest::Done { id } | FileRequest::Cancel { id } => dst.put_u32(*id),
-            FileRequest::Resume { id, token } => {
+            FileRequest::Resume { id, token, proof } => {
                 dst.put_u32(*id);
                 dst.put_slice(token);
+                dst.put_slice(proof);
             }
             FileRequest::Chunk { .. } => unreachable!("encoded above"),
         }
@@ -568,12 +576,13 @@ impl FileRequest {
                 id: only_id(&payload[..]).map_err(bad("FILE_DONE"))?.1,
             },
             FILE_RESUME => {
-                let (_, (id, token)) = all_consuming((be_u32, take(TOKEN_LEN)))
+                let (_, (id, token, proof)) = all_consuming((be_u32, take(TOKEN_LEN), take(64usize)))
                     .parse(&payload[..])
                     .map_err(bad("FILE_RESUME"))?;
                 FileRequest::Resume {
                     id,
                     token: token.try_into().expect("took TOKEN_LEN bytes"),
+                    proof: proof.try_into().expect("took 64 bytes"),
                 }
             }
             FILE_CANCEL => FileRequest::Cancel {
@@ -620,11 +629,11 @@ impl FileNotice {
         let payload_len = match self {
             FileNotice::Offered {
                 sender,
-                sender_key,
+                sender_identity,
                 room,
                 meta,
                 ..
-            } => 4 + 1 + sender.len() + 2 + sender_key.len() + 1 + room.len() + meta.wire_len(),
+            } => 4 + 1 + sender.len() + sender_identity.wire_len() + 1 + room.len() + meta.wire_len(),
             FileNotice::Pending { skipped: names, .. }
             | FileNotice::Finished {
                 delivered: names, ..
@@ -642,13 +651,13 @@ impl FileNotice {
             FileNotice::Offered {
                 id,
                 sender,
-                sender_key,
+                sender_identity,
                 room,
                 meta,
             } => {
                 dst.put_u32(*id);
                 put_short(&mut dst, sender);
-                put_long(&mut dst, sender_key);
+                sender_identity.put(&mut dst);
                 put_short(&mut dst, room);
                 meta.put(&mut dst);
             }
@@ -704,14 +713,14 @@ impl FileNotice {
         let bad = |name| move |_| ParseError::BadLengths { name };
         let notice = match frame.opcode {
             FILE_OFFER => {
-                let (_, (id, sender, sender_key, room, fields)) =
-                    all_consuming((be_u32, short_field, long_field, short_field, meta))
+                let (_, (id, sender, identity, room, fields)) =
+                    all_consuming((be_u32, short_field, super::secure::identity, short_field, meta))
                         .parse(&payload[..])
                         .map_err(bad("FILE_OFFER"))?;
                 FileNotice::Offered {
                     id,
                     sender: sub(sender),
-                    sender_key: sub(sender_key),
+                    sender_identity: super::secure::to_identity(payload, identity),
                     room: sub(room),
                     meta: fields.to_meta(payload),
                 }
@@ -789,217 +798,3 @@ impl FileNotice {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::FrameCodec;
-
-    fn decode(wire: &[u8]) -> Frame {
-        let mut buffer = BytesMut::from(wire);
-        let mut codec = FrameCodec::default();
-        codec.allow_chunks(1 << 20);
-        let frame = codec.decode(&mut buffer).unwrap().unwrap();
-        assert!(buffer.is_empty());
-        frame
-    }
-
-    fn sample_meta() -> FileMeta {
-        FileMeta {
-            name: Bytes::from_static(b"a.txt"),
-            size: 5,
-            chunk_size: 262_144,
-            chunk_count: 1,
-            flags: FILE_FLAG_ENCRYPTED,
-            key_id: 2,
-            nonce: [0x11; NONCE_LEN],
-            digest: [0x22; DIGEST_LEN],
-            signature: Bytes::from_static(&[0x33; 4]),
-        }
-    }
-
-    #[test]
-    fn requests_round_trip() {
-        let requests = [
-            FileRequest::Offer {
-                target: Bytes::new(),
-                meta: sample_meta(),
-                window: 8,
-            },
-            FileRequest::Decision {
-                id: 7,
-                accept: true,
-            },
-            FileRequest::Decision {
-                id: 7,
-                accept: false,
-            },
-            FileRequest::Chunk {
-                id: 7,
-                index: 3,
-                data: Bytes::from(vec![9; 100_000]),
-            },
-            FileRequest::Ack { id: 7, index: 3 },
-            FileRequest::Done { id: 7 },
-            FileRequest::Resume {
-                id: 7,
-                token: [5; TOKEN_LEN],
-            },
-            FileRequest::Cancel { id: 7 },
-        ];
-        for request in requests {
-            let frame = decode(&request.encode());
-            assert_eq!(FileRequest::parse(&frame).unwrap(), request);
-        }
-    }
-
-    #[test]
-    fn notices_round_trip() {
-        let names = vec![Bytes::from_static(b"bob"), Bytes::from_static(b"carol")];
-        let notices = [
-            FileNotice::Offered {
-                id: 1,
-                sender: Bytes::from_static(b"alice"),
-                sender_key: Bytes::from_static(b"DER"),
-                room: Bytes::from_static(b"vault"),
-                meta: sample_meta(),
-            },
-            FileNotice::Pending {
-                id: 1,
-                skipped: names.clone(),
-            },
-            FileNotice::Accepted {
-                id: 1,
-                token: [0xab; TOKEN_LEN],
-            },
-            FileNotice::Start {
-                id: 1,
-                window: 8,
-                recipients: names.clone(),
-            },
-            FileNotice::Chunk {
-                id: 1,
-                index: 0,
-                data: Bytes::new(),
-            },
-            FileNotice::Done { id: 1 },
-            FileNotice::Window { id: 1, acked: 4 },
-            FileNotice::Finished {
-                id: 1,
-                delivered: names,
-            },
-            FileNotice::Ended {
-                id: 1,
-                who: Bytes::new(),
-                reason: EndReason::SenderLeft,
-                text: Bytes::from_static(b"alice left."),
-            },
-        ];
-        for notice in notices {
-            let frame = decode(&notice.encode());
-            assert_eq!(FileNotice::parse(&frame).unwrap(), notice);
-        }
-    }
-
-    /// The byte examples of PROTOCOL.md §14.
-    #[test]
-    fn matches_the_documented_bytes() {
-        assert_eq!(
-            &FileRequest::Decision {
-                id: 1,
-                accept: true
-            }
-            .encode()[..],
-            [0, 0, 0, 5, 4, 0x17, 0x85, 0, 0, 0, 1, 1]
-        );
-        assert_eq!(
-            &FileRequest::Ack { id: 1, index: 2 }.encode()[..],
-            [0, 0, 0, 8, 4, 0x17, 0x87, 0, 0, 0, 1, 0, 0, 0, 2]
-        );
-        assert_eq!(
-            &FileNotice::Window { id: 1, acked: 3 }.encode()[..],
-            [0, 0, 0, 8, 4, 0x17, 0x8d, 0, 0, 0, 1, 0, 0, 0, 3]
-        );
-        assert_eq!(
-            &FileRequest::Chunk {
-                id: 1,
-                index: 0,
-                data: Bytes::from_static(b"hi")
-            }
-            .encode()[..],
-            [0, 0, 0, 10, 4, 0x17, 0x86, 0, 0, 0, 1, 0, 0, 0, 0, b'h', b'i']
-        );
-        assert_eq!(
-            &FileNotice::Pending {
-                id: 1,
-                skipped: vec![Bytes::from_static(b"lee")]
-            }
-            .encode()[..],
-            [0, 0, 0, 10, 4, 0x17, 0x8a, 0, 0, 0, 1, 0, 1, 3, b'l', b'e', b'e']
-        );
-    }
-
-    #[test]
-    fn matches_the_documented_notices() {
-        let names = || vec![Bytes::from_static(b"bob"), Bytes::from_static(b"carol")];
-        let start = FileNotice::Start {
-            id: 1,
-            window: 8,
-            recipients: names(),
-        };
-        assert_eq!(
-            &start.encode()[..],
-            b"\0\0\0\x11\x04\x17\x85\0\0\0\x01\x08\0\x02\x03bob\x05carol"
-        );
-        let finished = FileNotice::Finished {
-            id: 1,
-            delivered: names(),
-        };
-        assert_eq!(
-            &finished.encode()[..],
-            b"\0\0\0\x10\x04\x17\x8e\0\0\0\x01\0\x02\x03bob\x05carol"
-        );
-        let ended = FileNotice::Ended {
-            id: 1,
-            who: Bytes::from_static(b"carol"),
-            reason: EndReason::TooSlow,
-            text: Bytes::from_static(b"No acknowledgement within the chunk timeout."),
-        };
-        assert_eq!(
-            &ended.encode()[..20],
-            b"\0\0\0\x39\x04\x17\x8f\0\0\0\x01\x05carol\x05\0\x2c"
-        );
-        let offer = FileRequest::Offer {
-            target: Bytes::new(),
-            meta: FileMeta {
-                name: Bytes::from_static(b"a.txt"),
-                size: 5,
-                chunk_size: 262_144,
-                chunk_count: 1,
-                flags: FILE_FLAG_ENCRYPTED,
-                key_id: 2,
-                nonce: [0; NONCE_LEN],
-                digest: [0; DIGEST_LEN],
-                signature: Bytes::from(vec![0; 256]),
-            },
-            window: 8,
-        };
-        let wire = offer.encode();
-        assert_eq!(
-            &wire[..35],
-            b"\0\0\x01\x4f\x04\x17\x83\0\x05a.txt\0\0\0\0\0\0\0\x05\0\x04\0\0\0\0\0\x01\x01\0\0\0\x02"
-        );
-        assert_eq!(wire[wire.len() - 1], 8);
-    }
-
-    #[test]
-    fn refuses_bad_decisions_and_short_frames() {
-        let decision = Frame::new(opcode::FILE_DECISION, &[0, 0, 0, 1, 2][..]);
-        assert!(FileRequest::parse(&decision).is_err());
-        let ack = Frame::new(opcode::FILE_ACK, &[0, 0, 0, 1][..]);
-        assert!(FileRequest::parse(&ack).is_err());
-        let chunk = Frame::new(opcode::FILE_CHUNK, &[0, 0, 0, 1, 0, 0][..]);
-        assert!(FileRequest::parse(&chunk).is_err());
-        let ended = Frame::new(opcode::FILE_ENDED, &[0, 0, 0, 1, 0, 99, 0, 0][..]);
-        assert!(FileNotice::parse(&ended).is_err());
-    }
-}
