@@ -39,8 +39,7 @@ use zeroize::Zeroizing;
 use super::envelope::{Kind, IV_LEN, MAC_LEN};
 use super::identity::{Identity, PeerIdentity, SIGNATURE_LEN};
 use super::{VerificationFailed, ISSUED_KEY_LEN};
-use crate::wire_shim::FileMeta;
-use parlor_proto::transfer::{DIGEST_LEN, NONCE_LEN};
+use parlor_proto::transfer::{FileMeta, DIGEST_LEN, NONCE_LEN};
 
 /// The plaintext bytes in every chunk but the last, unless the sender
 /// chooses otherwise.

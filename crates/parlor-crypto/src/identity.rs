@@ -35,9 +35,9 @@ use rsa::{BoxedUint, Oaep, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
 use super::{IssuedKey, VerificationFailed, ISSUED_KEY_LEN};
-use crate::wire_shim as secure;
+use parlor_proto::secure;
 
-pub use crate::wire_shim::{Fingerprint, KEY_BITS, SIGNATURE_LEN};
+pub use parlor_proto::secure::{Fingerprint, KEY_BITS, SIGNATURE_LEN};
 
 /// The RSA size a client generates unless told otherwise: about 128-bit
 /// security.

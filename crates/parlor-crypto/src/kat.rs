@@ -102,8 +102,8 @@ pub fn identity() -> Identity {
 
 /// The identity block "alice" is announced with, from the fixed values
 /// (the same as `identity().block(SENDER)`).
-pub fn identity_block() -> crate::wire_shim::Identity {
-    crate::wire_shim::Identity {
+pub fn identity_block() -> parlor_proto::secure::Identity {
+    parlor_proto::secure::Identity {
         signing_key: array(SIGNING_KEY),
         rsa_der: identity().rsa_der().to_vec().into(),
         key_binding: array(KEY_BINDING),

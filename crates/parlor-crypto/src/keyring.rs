@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 use super::envelope::{self, Envelope, Header, Kind, MessageKeys, TooLong};
 use super::identity::{Fingerprint, Identity, PeerIdentity};
 use super::{IssuedKey, VerificationFailed};
-use crate::wire_shim as secure;
+use parlor_proto::secure;
 
 /// How long a superseded room key still opens messages.
 pub const EPOCH_GRACE: Duration = Duration::from_secs(10);

@@ -22,8 +22,6 @@ pub mod envelope;
 pub mod file;
 pub mod identity;
 pub mod keyring;
-#[doc(hidden)]
-pub mod wire_shim;
 
 #[cfg(any(test, feature = "kat"))]
 pub mod kat;
