@@ -8,6 +8,11 @@
 //! a whole file, which runs on a blocking thread and reports back through
 //! the event loop.
 //!
+//! At start it loads the identity (making it on first run, off the event
+//! loop: RSA key generation is slow) and what the data directory remembers
+//! ([`Memory`]); it appends what the session asks to remember
+//! ([`Output::Remember`]).
+//!
 //! It keeps the driver contract stated on [`ClientSession`]: one output
 //! buffer for every input, carried out in order and then cleared.
 
@@ -30,6 +35,7 @@ use super::session::{ClientSession, Output};
 use super::terminal::{self, Printer};
 use super::transfer::{FileOp, FileSettings, TransferProgress};
 use super::Options;
+use parlor_crypto::identity::display_fingerprint;
 use parlor_crypto::Identity;
 use parlor_proto::{Frame, FrameCodec, FrameError};
 
@@ -76,15 +82,27 @@ impl ServerLink {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let identity = if options.legacy {
-        None
+    let data_dir = options.data_dir()?;
+    let (identity, created) = if options.legacy {
+        (None, None)
     } else {
+        let path = options
+            .identity
+            .clone()
+            .unwrap_or_else(|| data_dir.join("identity"));
         let bits = options.rsa_bits;
-        let identity = tokio::task::spawn_blocking(move || Identity::generate(bits))
-            .await
-            .context("key generation stopped")?;
-        Some(identity?)
+        let shown = path.display().to_string();
+        let (identity, created) =
+            tokio::task::spawn_blocking(move || Identity::load_or_create(&path, bits))
+                .await
+                .context("key generation stopped")??;
+        let created = created.then(|| UserEvent::IdentityCreated {
+            path: shown,
+            fingerprint: display_fingerprint(identity.fingerprint()),
+        });
+        (Some(identity), created)
     };
+    let memory = disk::load_memory(&data_dir)?;
     let (mut lines, printer) = terminal::start(options.json);
     let settings = FileSettings {
         download_dir: options.download_dir.clone(),
@@ -93,13 +111,21 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     };
     let (hashed_tx, mut hashed) = mpsc::unbounded_channel();
     let bars = !options.json && std::io::stdout().is_terminal();
+    let session = ClientSession::new(identity)
+        .with_file_settings(settings)
+        .with_memory(memory)
+        .allow_plaintext(options.allow_plaintext);
     let mut shell = Shell {
-        session: ClientSession::new(identity).with_file_settings(settings),
+        session,
         link: None,
         printer,
         progress: ProgressView::new(bars),
         hashed: hashed_tx,
+        data_dir,
     };
+    if let Some(created) = created {
+        shell.show(&created);
+    }
     // The one buffer every input of the session appends to.
     let mut out = Vec::new();
     if let Some(address) = options.address {
@@ -143,6 +169,8 @@ struct Shell {
     progress: ProgressView,
     /// Where hashing threads report.
     hashed: mpsc::UnboundedSender<(u32, Hashed)>,
+    /// Where [`Memory`] is kept.
+    data_dir: PathBuf,
 }
 
 type Hashed = Result<(u64, [u8; 32]), String>;
@@ -180,6 +208,12 @@ impl Shell {
                     }
                 }
                 Output::Event(event) => self.show(event),
+                Output::Remember(record) => {
+                    if let Err(err) = disk::remember(&self.data_dir, record) {
+                        let text = format!("Could not remember {}: {err}", record.line);
+                        self.show(&UserEvent::Error { text });
+                    }
+                }
                 Output::File(op) => {
                     let now = Instant::now();
                     if let Some(outcome) = self.file(op) {
@@ -196,7 +230,8 @@ impl Shell {
                         // Requests are small and interactive.
                         let _ = stream.set_nodelay(true);
                         self.link = Some(ServerLink::new(stream));
-                        self.session.handle_connected(Instant::now(), out);
+                        // Plain TCP: no channel binding.
+                        self.session.handle_connected(None, Instant::now(), out);
                     }
                     Err(err) => self.session.handle_connect_failed(&err.to_string(), out),
                 },
