@@ -222,9 +222,10 @@ impl ClientMessage {
                 ClientMessage::RegisterKey(secure::parse_register_key(payload)?)
             }
             secure::opcode::SIGNED_NICK => {
-                let (_, (name, proof)) = all_consuming((short_field, nom::bytes::complete::take(64usize)))
-                    .parse(payload)
-                    .map_err(bad("SIGNED_NICK"))?;
+                let (_, (name, proof)) =
+                    all_consuming((short_field, nom::bytes::complete::take(64usize)))
+                        .parse(payload)
+                        .map_err(bad("SIGNED_NICK"))?;
                 ClientMessage::SignedNick {
                     name: sub(name),
                     name_proof: proof.try_into().unwrap(),

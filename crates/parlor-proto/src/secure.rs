@@ -24,8 +24,8 @@
 //! [`ServerMessage::Secure`]: super::ServerMessage::Secure
 
 use bytes::{BufMut, Bytes, BytesMut};
-use nom::combinator::all_consuming;
 use nom::bytes::complete::take;
+use nom::combinator::all_consuming;
 use nom::number::complete::{be_u32, be_u64, be_u8};
 use nom::{IResult, Parser};
 
@@ -86,7 +86,10 @@ fn statement(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 /// `"parlor v2 key binding" || long rsa_der`.
 pub fn key_binding_statement(rsa_der: &[u8]) -> Vec<u8> {
-    statement(b"parlor v2 key binding", &[&(rsa_der.len() as u16).to_be_bytes(), rsa_der])
+    statement(
+        b"parlor v2 key binding",
+        &[&(rsa_der.len() as u16).to_be_bytes(), rsa_der],
+    )
 }
 
 /// `"parlor v2 name" || short name`.
@@ -96,25 +99,45 @@ pub fn name_proof_statement(name: &[u8]) -> Vec<u8> {
 
 /// `"parlor v2 register" || [32] channel_binding || short nick`.
 pub fn possession_statement(channel_binding: &[u8; 32], nick: &[u8]) -> Vec<u8> {
-    statement(b"parlor v2 register", &[channel_binding, &[nick.len() as u8], nick])
+    statement(
+        b"parlor v2 register",
+        &[channel_binding, &[nick.len() as u8], nick],
+    )
 }
 
 /// `"parlor v2 resume" || u32 id || [16] token || [32] channel_binding`.
 pub fn resume_statement(id: u32, token: &[u8; 16], channel_binding: &[u8; 32]) -> Vec<u8> {
-    statement(b"parlor v2 resume", &[&id.to_be_bytes(), token, channel_binding])
+    statement(
+        b"parlor v2 resume",
+        &[&id.to_be_bytes(), token, channel_binding],
+    )
 }
 
 /// The OAEP label of a room key wrap.
-pub fn room_key_label(room: &[u8], incarnation: u64, epoch: u32, recipient: &Fingerprint) -> Vec<u8> {
+pub fn room_key_label(
+    room: &[u8],
+    incarnation: u64,
+    epoch: u32,
+    recipient: &Fingerprint,
+) -> Vec<u8> {
     statement(
         b"parlor v2 room key",
-        &[&[room.len() as u8], room, &incarnation.to_be_bytes(), &epoch.to_be_bytes(), recipient],
+        &[
+            &[room.len() as u8],
+            room,
+            &incarnation.to_be_bytes(),
+            &epoch.to_be_bytes(),
+            recipient,
+        ],
     )
 }
 
 /// The OAEP label of a DM key wrap.
 pub fn dm_key_label(key_id: u32, recipient: &Fingerprint, other: &Fingerprint) -> Vec<u8> {
-    statement(b"parlor v2 dm key", &[&key_id.to_be_bytes(), recipient, other])
+    statement(
+        b"parlor v2 dm key",
+        &[&key_id.to_be_bytes(), recipient, other],
+    )
 }
 
 /// An identity block.
@@ -146,7 +169,10 @@ pub(super) fn identity(input: &[u8]) -> IResult<&[u8], (&[u8], &[u8], &[u8], &[u
     (take(32usize), long_field, take(64usize), take(64usize)).parse(input)
 }
 
-pub(super) fn to_identity(payload: &Bytes, (key, der, binding, proof): (&[u8], &[u8], &[u8], &[u8])) -> Identity {
+pub(super) fn to_identity(
+    payload: &Bytes,
+    (key, der, binding, proof): (&[u8], &[u8], &[u8], &[u8]),
+) -> Identity {
     Identity {
         signing_key: key.try_into().unwrap(),
         rsa_der: payload.slice_ref(der),
@@ -377,36 +403,67 @@ impl SecureMessage {
     pub fn encode_into(&self, dst: &mut BytesMut) {
         let mut p = BytesMut::new();
         match self {
-            SecureMessage::PeerKey { name, renamed_from, identity } => {
+            SecureMessage::PeerKey {
+                name,
+                renamed_from,
+                identity,
+            } => {
                 put_short(&mut p, name);
                 put_short(&mut p, renamed_from);
                 identity.put(&mut p);
             }
-            SecureMessage::RoomRekeying { room, incarnation, next_epoch } => {
+            SecureMessage::RoomRekeying {
+                room,
+                incarnation,
+                next_epoch,
+            } => {
                 put_short(&mut p, room);
                 p.put_u64(*incarnation);
                 p.put_u32(*next_epoch);
             }
-            SecureMessage::RoomKey { room, incarnation, epoch, wrapped } => {
+            SecureMessage::RoomKey {
+                room,
+                incarnation,
+                epoch,
+                wrapped,
+            } => {
                 put_short(&mut p, room);
                 p.put_u64(*incarnation);
                 p.put_u32(*epoch);
                 put_long(&mut p, wrapped);
             }
-            SecureMessage::DmKey { peer, peer_fingerprint, key_id, wrapped } => {
+            SecureMessage::DmKey {
+                peer,
+                peer_fingerprint,
+                key_id,
+                wrapped,
+            } => {
                 put_short(&mut p, peer);
                 p.put_slice(peer_fingerprint);
                 p.put_u32(*key_id);
                 put_long(&mut p, wrapped);
             }
-            SecureMessage::DmKeyIssued { target, identity, key_id, wrapped } => {
+            SecureMessage::DmKeyIssued {
+                target,
+                identity,
+                key_id,
+                wrapped,
+            } => {
                 put_short(&mut p, target);
                 identity.put(&mut p);
                 p.put_u32(*key_id);
                 put_long(&mut p, wrapped);
             }
-            SecureMessage::RoomJoined { room, secure, incarnation }
-            | SecureMessage::RoomCreated { room, secure, incarnation } => {
+            SecureMessage::RoomJoined {
+                room,
+                secure,
+                incarnation,
+            }
+            | SecureMessage::RoomCreated {
+                room,
+                secure,
+                incarnation,
+            } => {
                 put_short(&mut p, room);
                 p.put_u8(flags(*secure));
                 p.put_u64(*incarnation);
@@ -437,10 +494,15 @@ impl SecureMessage {
                 }
             }
             opcode::ROOM_REKEYING => {
-                let (_, (room, incarnation, next_epoch)) = all_consuming((short_field, be_u64, be_u32))
-                    .parse(payload)
-                    .map_err(bad("ROOM_REKEYING"))?;
-                SecureMessage::RoomRekeying { room: sub(room), incarnation, next_epoch }
+                let (_, (room, incarnation, next_epoch)) =
+                    all_consuming((short_field, be_u64, be_u32))
+                        .parse(payload)
+                        .map_err(bad("ROOM_REKEYING"))?;
+                SecureMessage::RoomRekeying {
+                    room: sub(room),
+                    incarnation,
+                    next_epoch,
+                }
             }
             opcode::ROOM_KEY => {
                 let (_, (room, incarnation, epoch, wrapped)) =
@@ -536,12 +598,19 @@ fn short_u32_long(input: &[u8]) -> IResult<&[u8], KeyFields<'_>> {
 
 /// REGISTER_KEY's payload.
 pub(super) fn parse_register_key(payload: &Bytes) -> Result<Registration, ParseError> {
-    let (_, (key, der, binding, proof, possession)) =
-        all_consuming((take(32usize), long_field, take(64usize), take(64usize), take(64usize)))
-            .parse(payload)
-            .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| ParseError::BadLengths {
-                name: "REGISTER_KEY",
-            })?;
+    let (_, (key, der, binding, proof, possession)) = all_consuming((
+        take(32usize),
+        long_field,
+        take(64usize),
+        take(64usize),
+        take(64usize),
+    ))
+    .parse(payload)
+    .map_err(
+        |_: nom::Err<nom::error::Error<&[u8]>>| ParseError::BadLengths {
+            name: "REGISTER_KEY",
+        },
+    )?;
     Ok(Registration {
         signing_key: key.try_into().unwrap(),
         rsa_der: payload.slice_ref(der),
@@ -568,4 +637,3 @@ pub(super) fn parse_dm_key_request(payload: &Bytes) -> Result<Bytes, ParseError>
     })?;
     Ok(payload.slice_ref(target))
 }
-

@@ -576,9 +576,10 @@ impl FileRequest {
                 id: only_id(&payload[..]).map_err(bad("FILE_DONE"))?.1,
             },
             FILE_RESUME => {
-                let (_, (id, token, proof)) = all_consuming((be_u32, take(TOKEN_LEN), take(64usize)))
-                    .parse(&payload[..])
-                    .map_err(bad("FILE_RESUME"))?;
+                let (_, (id, token, proof)) =
+                    all_consuming((be_u32, take(TOKEN_LEN), take(64usize)))
+                        .parse(&payload[..])
+                        .map_err(bad("FILE_RESUME"))?;
                 FileRequest::Resume {
                     id,
                     token: token.try_into().expect("took TOKEN_LEN bytes"),
@@ -633,7 +634,9 @@ impl FileNotice {
                 room,
                 meta,
                 ..
-            } => 4 + 1 + sender.len() + sender_identity.wire_len() + 1 + room.len() + meta.wire_len(),
+            } => {
+                4 + 1 + sender.len() + sender_identity.wire_len() + 1 + room.len() + meta.wire_len()
+            }
             FileNotice::Pending { skipped: names, .. }
             | FileNotice::Finished {
                 delivered: names, ..
@@ -713,10 +716,15 @@ impl FileNotice {
         let bad = |name| move |_| ParseError::BadLengths { name };
         let notice = match frame.opcode {
             FILE_OFFER => {
-                let (_, (id, sender, identity, room, fields)) =
-                    all_consuming((be_u32, short_field, super::secure::identity, short_field, meta))
-                        .parse(&payload[..])
-                        .map_err(bad("FILE_OFFER"))?;
+                let (_, (id, sender, identity, room, fields)) = all_consuming((
+                    be_u32,
+                    short_field,
+                    super::secure::identity,
+                    short_field,
+                    meta,
+                ))
+                .parse(&payload[..])
+                .map_err(bad("FILE_OFFER"))?;
                 FileNotice::Offered {
                     id,
                     sender: sub(sender),
@@ -797,4 +805,3 @@ impl FileNotice {
         Ok(notice)
     }
 }
-
