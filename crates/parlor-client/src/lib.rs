@@ -12,6 +12,9 @@
 //! - [`event`]: what the user sees, as text or JSON lines.
 //! - [`transfer`]: what is kept of each file sent or received, and the file
 //!   operations the session asks of the shell.
+//! - [`transport`]: the connection itself, TLS by default, with the
+//!   server's key checked against `--ca`, the system's roots or the key
+//!   pinned in `known_servers`.
 //! - `terminal.rs` and `shell.rs`: stdin, stdout and the socket, with tokio.
 
 #![warn(missing_docs)]
@@ -24,6 +27,7 @@ pub mod session;
 mod shell;
 mod terminal;
 pub mod transfer;
+pub mod transport;
 
 use std::process::ExitCode;
 
@@ -42,9 +46,25 @@ pub struct Options {
     /// Server to connect to at start, as HOST:PORT; without it, use \connect.
     #[arg(value_name = "ADDR")]
     pub address: Option<String>,
-    /// Speak the plain legacy protocol: no key, nothing encrypted.
-    #[arg(long, conflicts_with = "rsa_bits")]
+    /// Speak the plain legacy protocol over plain TCP: no key, nothing
+    /// encrypted.
+    #[arg(long, conflicts_with_all = ["rsa_bits", "ca"])]
     pub legacy: bool,
+    /// Verify the server's TLS certificate against the certificate
+    /// authorities in this PEM file (and nothing else), instead of the
+    /// system's roots and trust on first use.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_transport")]
+    pub ca: Option<PathBuf>,
+    /// Connect over plain TCP, without TLS, and speak the secure extension
+    /// there anyway: for test servers and benchmarks that allow it. Nothing
+    /// protects the connection itself.
+    #[arg(long)]
+    pub insecure_transport: bool,
+    /// Where the client keeps what it remembers between runs (the servers'
+    /// keys, in known_servers) [default: $XDG_DATA_HOME/parlor, else
+    /// ~/.local/share/parlor].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Size of the RSA key made at start.
     #[arg(
         long,
@@ -68,6 +88,27 @@ pub struct Options {
         value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNK_SIZE),
     )]
     pub chunk_size: u32,
+}
+
+impl Options {
+    /// The data directory: `--data-dir`, else `$XDG_DATA_HOME/parlor`,
+    /// else `$HOME/.local/share/parlor` (the XDG base directory rules: a
+    /// relative `XDG_DATA_HOME` is ignored). It is made, mode 0700, when
+    /// something is first written to it.
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        let absolute = |name| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .filter(|dir| dir.is_absolute())
+        };
+        absolute("XDG_DATA_HOME")
+            .or_else(|| Some(absolute("HOME")?.join(".local/share")))
+            .map(|dir| dir.join("parlor"))
+            .ok_or_else(|| anyhow::anyhow!("set --data-dir, XDG_DATA_HOME or HOME"))
+    }
 }
 
 /// The largest `--chunk-size`: a sealed chunk must fit the 16 MiB frame

@@ -149,6 +149,8 @@ struct ConnectionState {
     /// What was said in a secure room before its key arrived.
     held: VecDeque<Vec<u8>>,
     last_traffic: Instant,
+    /// The TLS channel binding of this connection; `None` over plain TCP.
+    channel_binding: Option<[u8; 32]>,
 }
 
 struct CurrentRoom {
@@ -165,6 +167,13 @@ impl ClientSession {
             connection: None,
             files: Files::default(),
         }
+    }
+
+    /// The channel binding of the open connection, as given to
+    /// [`ClientSession::handle_connected`]: `None` over plain TCP, or when
+    /// not connected.
+    pub fn channel_binding(&self) -> Option<[u8; 32]> {
+        self.connection.as_ref()?.channel_binding
     }
 
     /// Whether a connection is open (or being greeted), as far as the
@@ -239,7 +248,15 @@ impl ClientSession {
     }
 
     /// The connection asked for with [`Output::Connect`] is open.
-    pub fn handle_connected(&mut self, now: Instant, out: &mut Vec<Output>) {
+    /// `channel_binding` is its TLS exporter value
+    /// ([`CHANNEL_BINDING_LABEL`](parlor_proto::secure::CHANNEL_BINDING_LABEL)),
+    /// or `None` for a plain TCP connection.
+    pub fn handle_connected(
+        &mut self,
+        channel_binding: Option<[u8; 32]>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let mut queue = VecDeque::from([QueuedRequest::Hello]);
         if self.identity.is_some() {
             queue.push_back(QueuedRequest::RegisterKey);
@@ -253,6 +270,7 @@ impl ClientSession {
             pending: None,
             held: VecDeque::new(),
             last_traffic: now,
+            channel_binding,
         });
         self.dispatch(now, out);
     }

@@ -63,7 +63,7 @@ impl Alice {
     /// The connection asked for is open.
     fn opened(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
-        self.session.handle_connected(self.now, &mut out);
+        self.session.handle_connected(None, self.now, &mut out);
         out
     }
 
