@@ -102,6 +102,15 @@ pub fn cannot_receive_files(user: &[u8]) -> [&[u8]; 3] {
 /// secure extension (`allow_secure_on_plain` is off): names the server's
 /// TLS port, or says it has none. A key proof made on a plain connection
 /// binds to no TLS session, so whoever relays the connection could replay it.
+///
+/// ```
+/// use parlor_proto::text::{secure_needs_tls, SECURE_NEEDS_TLS_NO_PORT};
+/// assert_eq!(
+///     secure_needs_tls(Some(4171)),
+///     "Secure connections need TLS: connect to port 4171."
+/// );
+/// assert_eq!(secure_needs_tls(None), SECURE_NEEDS_TLS_NO_PORT);
+/// ```
 pub fn secure_needs_tls(tls_port: Option<u16>) -> String {
     match tls_port {
         Some(port) => format!("Secure connections need TLS: connect to port {port}."),
