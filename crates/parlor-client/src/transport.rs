@@ -545,7 +545,108 @@ pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::ServerConfig;
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
     use super::*;
+
+    /// The options `parlor client` would have with these flags.
+    fn options(flags: &[&str]) -> Options {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let args = std::iter::once("parlor-client").chain(flags.iter().copied());
+        Cli::try_parse_from(args).unwrap().options
+    }
+
+    /// A TLS server on a loopback port with a fresh self-signed key, which
+    /// accepts one connection and sends back the channel binding it derives.
+    async fn binding_server() -> (std::net::SocketAddr, TlsFingerprint) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = made.cert.der().clone();
+        let key = PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let fingerprint = fingerprint(&cert).unwrap();
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = TlsAcceptor::from(Arc::new(config))
+                .accept(tcp)
+                .await
+                .unwrap();
+            let binding = tls
+                .get_ref()
+                .1
+                .export_keying_material([0; CHANNEL_BINDING_LEN], CHANNEL_BINDING_LABEL, None)
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut tls, &binding)
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::flush(&mut tls).await.unwrap();
+        });
+        (addr, fingerprint)
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_brings_the_servers_channel_binding_and_pins_a_new_key() {
+        let dir = std::env::temp_dir().join(format!("parlor-transport-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let data_dir = dir.join("data");
+        let transport =
+            Transport::new(&options(&["--data-dir", data_dir.to_str().unwrap()])).unwrap();
+        let (addr, key) = binding_server().await;
+        let address = addr.to_string();
+        let mut connected = transport.connect(&address).await.unwrap();
+        let mut theirs = [0; CHANNEL_BINDING_LEN];
+        tokio::io::AsyncReadExt::read_exact(&mut connected.stream, &mut theirs)
+            .await
+            .unwrap();
+        assert_eq!(connected.channel_binding, Some(theirs));
+        let UserEvent::Transport {
+            tls: true,
+            fingerprint: Some(shown),
+            trust: Some("first_use"),
+            ..
+        } = connected.shown
+        else {
+            panic!("{:?}", connected.shown);
+        };
+        assert_eq!(shown, key.to_string());
+        let pinned = std::fs::read_to_string(data_dir.join(KNOWN_SERVERS)).unwrap();
+        assert_eq!(pinned, format!("{address} {key}\n"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn plain_transports_have_no_binding_and_say_why() {
+        for (flag, why) in [
+            ("--legacy", "legacy"),
+            ("--insecure-transport", "insecure_transport"),
+        ] {
+            let transport = Transport::new(&options(&[flag])).unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap().to_string();
+            let connected = transport.connect(&address).await.unwrap();
+            assert_eq!(connected.channel_binding, None);
+            assert!(
+                matches!(connected.shown, UserEvent::Transport { tls: false, reason: Some(reason), .. } if reason == why),
+                "{:?}",
+                connected.shown
+            );
+        }
+    }
 
     const A: &str = "SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

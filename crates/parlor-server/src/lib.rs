@@ -257,3 +257,87 @@ async fn run_timers(shared: Arc<Shared>) {
         shared.handle_timeout(clock.now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use parlor_core::ConnId;
+    use parlor_proto::secure::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
+    use parlor_proto::ClientMessage;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// Says HELLO and reads the reply's header: once it is back, the
+    /// server has read the connection's first frame.
+    async fn greet(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) {
+        let hello = ClientMessage::Hello {
+            greeting: Bytes::from_static(b"hi"),
+        };
+        stream
+            .write_all(&hello.to_frame().to_bytes())
+            .await
+            .unwrap();
+        let mut header = [0u8; 8];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(&header[4..], &[0x04, 0x17, 0x9a, 0x00]);
+    }
+
+    #[tokio::test]
+    async fn the_hub_holds_the_channel_binding_that_the_tls_client_derives() {
+        let state = std::env::temp_dir().join(format!("parlor-binding-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&state);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let config = Config {
+            listen: loopback,
+            tls_listen: Some(loopback),
+            state_dir: Some(state.clone()),
+            password_hash_threads: 1,
+            key_wrap_threads: 1,
+            ..Config::default()
+        };
+        let server = Server::bind(config).await.unwrap();
+        let (plain_addr, tls_addr) = (server.local_addr().unwrap(), server.tls_addr().unwrap());
+        let shared = Arc::clone(&server.shared);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+
+        let mut roots = rustls::RootCertStore::empty();
+        let cert = CertificateDer::from_pem_file(state.join(tls::CERT_FILE)).unwrap();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(tls_addr).await.unwrap();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let derived = tls
+            .get_ref()
+            .1
+            .export_keying_material([0; CHANNEL_BINDING_LEN], CHANNEL_BINDING_LABEL, None)
+            .unwrap();
+        greet(&mut tls).await;
+        assert_ne!(derived, [0; CHANNEL_BINDING_LEN]);
+        assert_eq!(shared.channel_binding(ConnId(1)), Some(derived));
+
+        let mut plain = TcpStream::connect(plain_addr).await.unwrap();
+        greet(&mut plain).await;
+        assert_eq!(shared.channel_binding(ConnId(2)), None, "plain: no binding");
+
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+    }
+}

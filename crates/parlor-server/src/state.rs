@@ -131,6 +131,12 @@ impl Shared {
         self.lock().hub.channel_bound(conn, binding);
     }
 
+    /// What the hub holds as the connection's channel binding.
+    #[cfg(test)]
+    pub(crate) fn channel_binding(&self, conn: ConnId) -> Option<[u8; CHANNEL_BINDING_LEN]> {
+        self.lock().hub.channel_binding(conn).copied()
+    }
+
     /// Feeds the bytes in `buffer` to the hub (see [`Hub::receive`]).
     pub(crate) fn feed(&self, conn: ConnId, buffer: &mut BytesMut) -> Fed {
         // The codec keeps no state between calls, so it is made here rather
