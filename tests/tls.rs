@@ -589,31 +589,45 @@ fn tls_record_types(bytes: &[u8]) -> Vec<u8> {
     types
 }
 
-/// Relays bytes between a client and `upstream` unchanged, recording what
-/// the client sent.
-async fn recording_relay(upstream: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+/// What a [`recording_relay`] saw pass, each way.
+#[derive(Clone, Default)]
+struct Recorded {
+    to_server: Arc<Mutex<Vec<u8>>>,
+    to_client: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Copies `from` to `to`, recording it, until either end closes.
+async fn copy_recording(
+    mut from: impl AsyncReadExt + Unpin,
+    mut to: impl AsyncWriteExt + Unpin,
+    record: &Mutex<Vec<u8>>,
+) {
+    let mut chunk = [0u8; 4096];
+    while let Ok(read @ 1..) = from.read(&mut chunk).await {
+        record.lock().unwrap().extend_from_slice(&chunk[..read]);
+        if to.write_all(&chunk[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Relays bytes between clients and `upstream` unchanged, recording what
+/// passes each way.
+async fn recording_relay(upstream: SocketAddr) -> (SocketAddr, Recorded) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let recorded = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&recorded);
+    let recorded = Recorded::default();
+    let seen = recorded.clone();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let server = TcpStream::connect(upstream).await.unwrap();
-            let seen = Arc::clone(&seen);
+            let seen = seen.clone();
             tokio::spawn(async move {
-                let (mut client_read, mut client_write) = client.into_split();
-                let (mut server_read, mut server_write) = server.into_split();
-                let up = async {
-                    let mut chunk = [0u8; 4096];
-                    while let Ok(read @ 1..) = client_read.read(&mut chunk).await {
-                        seen.lock().unwrap().extend_from_slice(&chunk[..read]);
-                        if server_write.write_all(&chunk[..read]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let down = tokio::io::copy(&mut server_read, &mut client_write);
-                let _ = tokio::join!(up, down);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                let up = copy_recording(client_read, server_write, &seen.to_server);
+                let down = copy_recording(server_read, client_write, &seen.to_client);
+                tokio::join!(up, down);
             });
         }
     });
@@ -647,7 +661,7 @@ async fn the_client_speaks_the_secure_extension_on_plain_tcp_only_when_told_to()
     {
         // A ClientHello (and perhaps the alert that gave up) and nothing
         // else: no parlor frame, and so no REGISTER_KEY, left the client.
-        let sent = recorded.lock().unwrap();
+        let sent = recorded.to_server.lock().unwrap();
         let types = tls_record_types(&sent);
         assert_eq!(
             types.first(),
@@ -662,7 +676,7 @@ async fn the_client_speaks_the_secure_extension_on_plain_tcp_only_when_told_to()
     }
     assert!(!server.logs().contains("key registered"));
 
-    recorded.lock().unwrap().clear();
+    recorded.to_server.lock().unwrap().clear();
     let args = [&RSA[..], &["--data-dir", &data_dir, "--insecure-transport"]].concat();
     let mut insecure = ClientProcess::spawn("insecure", &relay.to_string(), &args);
     let shown = insecure.expect(&[("event", "transport")]).await;
@@ -671,7 +685,7 @@ async fn the_client_speaks_the_secure_extension_on_plain_tcp_only_when_told_to()
     insecure.expect(&[("event", "connected")]).await;
     insecure.expect(&[("event", "key_registered")]).await;
     insecure.quit().await;
-    let sent = recorded.lock().unwrap().clone();
+    let sent = recorded.to_server.lock().unwrap().clone();
     assert_eq!(&sent[4..7], &[0x04, 0x17, 0x9b], "a parlor HELLO first");
     assert!(!scratch.path("data/known_servers").exists());
 }
@@ -757,4 +771,41 @@ async fn a_tls_connection_over_the_limit_is_told_why_over_tls() {
         "closed after the refusal: {read:?}"
     );
     first.request(&list_users(), &names(&["rand0"])).await;
+}
+
+#[tokio::test]
+async fn a_burst_reaches_a_tls_member_in_a_few_records_not_one_per_frame() {
+    const BURST: usize = 50;
+    let scratch = Scratch::new("burst");
+    let config = Config {
+        rate_limit_messages: 10_000,
+        ..tls_config(&scratch.path("state"))
+    };
+    let server = ServerProcess::start(&config, false);
+    let (watched, recorded) = recording_relay(server.tls_addr.unwrap()).await;
+    let cert = scratch.path("state/tls-cert.pem");
+    let mut member = TlsClient::connect(watched, &cert, "127.0.0.1").await;
+    member.hello().await;
+    member.send(&join("lobby", "")).await;
+    member.expect(&ok_bytes()).await;
+    let mut sender = Client::connect(server.addr).await;
+    let sender_name = sender.hello().await;
+    sender.request(&join("lobby", ""), &ok_bytes()).await;
+    let before = tls_record_types(&recorded.to_client.lock().unwrap()).len();
+
+    // The whole burst in one write, as a busy sender's messages arrive.
+    let burst: Vec<u8> = (0..BURST)
+        .flat_map(|n| wire(&room_msg("lobby", format!("message {n:02}"))))
+        .collect();
+    sender.send_raw(&burst).await;
+    for n in 0..BURST {
+        let text = format!("message {n:02}");
+        member.expect(&relay("lobby", &sender_name, &text)).await;
+        sender.expect(&ok_bytes()).await;
+    }
+    let records = tls_record_types(&recorded.to_client.lock().unwrap()).len() - before;
+    assert!(
+        records <= BURST / 10,
+        "{BURST} frames came in {records} TLS records"
+    );
 }
