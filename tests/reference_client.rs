@@ -438,7 +438,11 @@ async fn legacy_mode_speaks_only_the_plain_protocol() {
     plain
         .expect(&[("event", "sent"), ("text", "hello lobby")])
         .await;
-    let name = plain.seen[0]["name"].as_str().unwrap().to_string();
+    let connected = plain
+        .seen
+        .iter()
+        .find(|event| event["event"] == "connected");
+    let name = connected.unwrap()["name"].as_str().unwrap().to_string();
     legacy
         .expect(&encode_room_message(
             b"lobby",
@@ -480,6 +484,8 @@ fn bad_flags_exit_with_status_2() {
         &["client", "--rsa-bits", "1024"][..],
         &["client", "--rsa-bits", "lots"],
         &["client", "--legacy", "--rsa-bits", "2048"],
+        &["client", "--legacy", "--ca", "ca.pem"],
+        &["client", "--insecure-transport", "--ca", "ca.pem"],
         &["client", "--frobnicate"],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))

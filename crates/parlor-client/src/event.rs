@@ -54,6 +54,28 @@ pub struct FileStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum UserEvent {
+    /// The connection is open, before HELLO: over TLS, with the server's
+    /// key and how it was trusted, or over plain TCP.
+    Transport {
+        /// The connection is TLS.
+        tls: bool,
+        /// The server's key (TLS only): `SHA256:<hex>` of its certificate's
+        /// SubjectPublicKeyInfo, as the server logs it at start.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        /// How the key was trusted (TLS only): `ca` (`--ca`), `system` (the
+        /// system's roots), `known` (the key pinned in `known_servers`) or
+        /// `first_use` (nothing was pinned: it is now).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trust: Option<&'static str>,
+        /// The `known_servers` file, when the key is pinned there.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        known_servers: Option<String>,
+        /// Why the connection is plain (plain only): `legacy` or
+        /// `insecure_transport`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
     /// The server answered HELLO with our name.
     Connected {
         /// The name the server gave us (`rand0`, ...).
@@ -450,6 +472,33 @@ impl UserEvent {
     /// scripts want to see.
     pub fn to_text(&self) -> Option<String> {
         let text = match self {
+            UserEvent::Transport {
+                tls: true,
+                fingerprint,
+                trust,
+                known_servers,
+                ..
+            } => {
+                let key = fingerprint.as_deref().unwrap_or_default();
+                let file = known_servers.as_deref().unwrap_or_default();
+                match trust.unwrap_or_default() {
+                    "ca" => format!("TLS: the server's certificate is signed by the --ca authority (key {key})."),
+                    "system" => format!("TLS: the server's certificate is signed by an authority this system trusts (key {key})."),
+                    "known" => format!("TLS: the server's key {key} is the one recorded in {file}."),
+                    _ => format!(
+                        "TLS: first connection to this server; its key {key} is now recorded in {file}. \
+                         Compare it with the fingerprint the server logs at start."
+                    ),
+                }
+            }
+            UserEvent::Transport {
+                reason: Some("legacy"),
+                ..
+            } => "Plain TCP (--legacy): nothing is encrypted, not even the connection.".to_string(),
+            UserEvent::Transport { .. } => "Warning: plain TCP (--insecure-transport): the connection is \
+                 neither encrypted nor authenticated, and a key registered over it can be replayed by \
+                 whoever relays it."
+                .to_string(),
             UserEvent::Connected { name } => {
                 format!("Connected to the chat server. Your name is '{name}'.")
             }

@@ -17,6 +17,9 @@
 //!   operations the session asks of the shell.
 //! - [`memory`]: what is remembered across runs, per server: the key seen
 //!   under each nick, and the rooms seen end-to-end encrypted.
+//! - [`transport`]: the connection itself, TLS by default, with the
+//!   server's key checked against `--ca`, the system's roots or the key
+//!   pinned in `known_servers`.
 //! - `terminal.rs` and `shell.rs`: stdin, stdout and the socket, with tokio.
 
 #![warn(missing_docs)]
@@ -30,6 +33,7 @@ pub mod session;
 mod shell;
 mod terminal;
 pub mod transfer;
+pub mod transport;
 
 use std::process::ExitCode;
 
@@ -48,12 +52,23 @@ pub struct Options {
     /// Server to connect to at start, as HOST:PORT; without it, use \connect.
     #[arg(value_name = "ADDR")]
     pub address: Option<String>,
-    /// Speak the plain legacy protocol: no key, nothing encrypted.
-    #[arg(long, conflicts_with_all = ["rsa_bits", "identity", "allow_plaintext"])]
+    /// Speak the plain legacy protocol over plain TCP: no key, nothing
+    /// encrypted.
+    #[arg(long, conflicts_with_all = ["rsa_bits", "ca", "identity", "allow_plaintext"])]
     pub legacy: bool,
-    /// Where the client keeps what it remembers: the identity,
-    /// known_servers, known_peers and secure_rooms. Default:
-    /// $XDG_DATA_HOME/parlor, else $HOME/.local/share/parlor.
+    /// Verify the server's TLS certificate against the certificate
+    /// authorities in this PEM file (and nothing else), instead of the
+    /// system's roots and trust on first use.
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure_transport")]
+    pub ca: Option<PathBuf>,
+    /// Connect over plain TCP, without TLS, and speak the secure extension
+    /// there anyway: for test servers and benchmarks that allow it. Nothing
+    /// protects the connection itself.
+    #[arg(long)]
+    pub insecure_transport: bool,
+    /// Where the client keeps what it remembers between runs: the
+    /// identity, known_servers, known_peers and secure_rooms [default:
+    /// $XDG_DATA_HOME/parlor, else ~/.local/share/parlor].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// The identity file (two private keys, mode 0600); made on first run.
@@ -73,11 +88,6 @@ pub struct Options {
     /// each marked; without it such lines are not sent.
     #[arg(long)]
     pub allow_plaintext: bool,
-    /// Connect over plain TCP; only then is the secure extension used
-    /// without TLS (its proofs are then bound to nothing and replayable:
-    /// for tests and benchmarks).
-    #[arg(long)]
-    pub insecure_transport: bool,
     /// Print events as JSON, one object per line, for scripts.
     #[arg(long)]
     pub json: bool,
@@ -93,25 +103,6 @@ pub struct Options {
         value_parser = clap::value_parser!(u32).range(1..=MAX_CHUNK_SIZE),
     )]
     pub chunk_size: u32,
-}
-
-/// The largest `--chunk-size`: a sealed chunk must fit the 16 MiB frame
-/// the client itself would accept.
-const MAX_CHUNK_SIZE: i64 = 8 << 20;
-
-fn parse_bits(value: &str) -> Result<usize, String> {
-    let bits: usize = value
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number"))?;
-    if KEY_BITS.contains(&bits) {
-        Ok(bits)
-    } else {
-        Err(format!(
-            "the server accepts {} to {} bits",
-            KEY_BITS.start(),
-            KEY_BITS.end()
-        ))
-    }
 }
 
 impl Options {
@@ -132,6 +123,25 @@ impl Options {
             .or_else(|| Some(absolute("HOME")?.join(".local/share")))
             .map(|dir| dir.join("parlor"))
             .ok_or_else(|| anyhow::anyhow!("set --data-dir, XDG_DATA_HOME or HOME"))
+    }
+}
+
+/// The largest `--chunk-size`: a sealed chunk must fit the 16 MiB frame
+/// the client itself would accept.
+const MAX_CHUNK_SIZE: i64 = 8 << 20;
+
+fn parse_bits(value: &str) -> Result<usize, String> {
+    let bits: usize = value
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number"))?;
+    if KEY_BITS.contains(&bits) {
+        Ok(bits)
+    } else {
+        Err(format!(
+            "the server accepts {} to {} bits",
+            KEY_BITS.start(),
+            KEY_BITS.end()
+        ))
     }
 }
 

@@ -335,8 +335,10 @@ impl ClientSession {
     }
 
     /// The connection asked for with [`Output::Connect`] is open.
-    /// `channel_binding` is its TLS exporter value (`None` on plain TCP),
-    /// which the proofs of REGISTER_KEY and FILE_RESUME sign.
+    /// `channel_binding` is its TLS exporter value
+    /// ([`CHANNEL_BINDING_LABEL`](parlor_proto::secure::CHANNEL_BINDING_LABEL)),
+    /// or `None` for a plain TCP connection; the proofs of REGISTER_KEY and
+    /// FILE_RESUME sign it.
     pub fn handle_connected(
         &mut self,
         channel_binding: Option<[u8; 32]>,

@@ -17,6 +17,7 @@
 //! | call | when |
 //! |---|---|
 //! | [`Hub::connect`] | a connection was accepted |
+//! | [`Hub::channel_bound`] | right after `connect`, before any frame, for a connection over TLS: its channel binding |
 //! | [`Hub::receive`] | bytes arrived: it decodes every whole frame and handles it |
 //! | [`Hub::handle`] | one message arrived, already decoded (tests, tools) |
 //! | [`Hub::disconnect`] | the connection ended on its side, or the driver cut it off |
@@ -91,6 +92,7 @@ use zeroize::Zeroizing;
 
 use parlor_proto::legacy::encode_response;
 use parlor_proto::printable::Printable;
+use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::text;
 use parlor_proto::{ClientMessage, FrameCodec, Status};
 
@@ -132,6 +134,9 @@ struct User {
     pending: Option<Box<Pending>>,
     /// The registered RSA key; `Some` makes the connection secure.
     key: Option<Box<RegisteredKey>>,
+    /// The TLS exporter value of the connection ([`Hub::channel_bound`]);
+    /// `None` for a plain TCP connection.
+    channel_binding: Option<[u8; CHANNEL_BINDING_LEN]>,
 }
 
 impl User {
@@ -275,10 +280,29 @@ impl Hub {
                 rates: None,
                 pending: None,
                 key: None,
+                channel_binding: None,
             }),
         );
         self.idle
             .schedule(conn, now + self.limits.handshake_timeout);
+    }
+
+    /// The connection runs over TLS, and `binding` is its channel binding:
+    /// the exporter value of
+    /// [`CHANNEL_BINDING_LABEL`](parlor_proto::secure::CHANNEL_BINDING_LABEL)
+    /// that both ends of its TLS session compute. Call it once, right after
+    /// [`Hub::connect`] and before the connection's first frame; a
+    /// connection the hub refused, or has already closed, is ignored. A
+    /// connection never told this is a plain TCP connection.
+    ///
+    /// The hub never sees TLS itself: the binding is how it knows a
+    /// connection is encrypted, and what a client's proof of key
+    /// possession must be made over, so that it is good for this one
+    /// connection only.
+    pub fn channel_bound(&mut self, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
+        if let Some(user) = self.users.get_mut(&conn) {
+            user.channel_binding = Some(binding);
+        }
     }
 
     /// `rand0`, `rand1`, ...: numbers only go up, and a number whose name
@@ -562,6 +586,12 @@ impl Hub {
     /// Whether the connection registered a key (speaks the secure extension).
     pub fn is_secure(&self, conn: ConnId) -> bool {
         self.users.get(&conn).is_some_and(|user| user.key.is_some())
+    }
+
+    /// The connection's channel binding, given by [`Hub::channel_bound`];
+    /// `None` for a plain connection (or one the hub does not know).
+    pub fn channel_binding(&self, conn: ConnId) -> Option<&[u8; CHANNEL_BINDING_LEN]> {
+        self.users.get(&conn)?.channel_binding.as_ref()
     }
 
     /// Whether the connection is known to the hub.

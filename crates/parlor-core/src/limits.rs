@@ -34,6 +34,15 @@ pub struct Limits {
     pub max_room_members: usize,
     /// File transfer's limits.
     pub transfers: TransferLimits,
+    /// Whether a plain TCP connection (one without a channel binding, see
+    /// `Hub::channel_bound`) may register a key and speak the secure
+    /// extension. Off by default: a key proof made without TLS binds to
+    /// nothing and can be replayed by whoever relays the connection. For
+    /// tests and benchmarks.
+    pub allow_secure_on_plain: bool,
+    /// The server's TLS port, named to a client that tries the secure
+    /// extension on a plain connection; `None` when the server has none.
+    pub tls_port: Option<u16>,
 }
 
 impl Default for Limits {
@@ -61,6 +70,8 @@ impl Default for Limits {
                 decision_timeout: Duration::from_secs(30),
                 ack_timeout: Duration::from_secs(10),
             },
+            allow_secure_on_plain: false,
+            tls_port: None,
         }
     }
 }

@@ -509,6 +509,26 @@ fn connections_without_a_complete_frame_go_at_the_handshake_timeout() {
 }
 
 #[test]
+fn a_channel_binding_is_kept_for_its_connection_only_and_ignored_for_unknown_ones() {
+    let mut h = Harness::with(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    });
+    let (tls, plain) = (h.connected(1), h.connected(2));
+    h.hub.channel_bound(tls, [7; 32]);
+    assert_eq!(h.hub.channel_binding(tls), Some(&[7; 32]));
+    assert_eq!(h.hub.channel_binding(plain), None, "never bound: plain");
+    // Refused for being one too many: the hub forgot it at once.
+    let refused = ConnId(3);
+    assert!(!h.connect(refused).is_empty());
+    h.hub.channel_bound(refused, [9; 32]);
+    assert_eq!(h.hub.channel_binding(refused), None);
+    h.disconnect(tls);
+    assert_eq!(h.hub.channel_binding(tls), None);
+    h.hub.check_invariants().unwrap();
+}
+
+#[test]
 fn the_per_address_limit_refuses_with_try_later_and_frees_on_disconnect() {
     let mut h = Harness::with(Limits {
         max_connections_per_ip: 2,

@@ -212,6 +212,19 @@ pub const DM_KEY_OAEP_LABEL: &[u8] = b"parlor dm key";
 /// secure room. The other bits are sent as zero and ignored on receipt.
 pub const ROOM_FLAG_SECURE: u8 = 0x01;
 
+/// The TLS exporter label of a connection's **channel binding** (RFC 8446
+/// §7.5; RFC 5705 for TLS 1.2): both ends call
+/// `export_keying_material(CHANNEL_BINDING_LEN bytes, CHANNEL_BINDING_LABEL,
+/// no context)` once the handshake is done, and get the same bytes only if
+/// they are the two ends of one TLS session. A client signs them when it
+/// registers its key, so a proof of possession made on one connection is
+/// worthless on any other, and a relay that terminates TLS itself (and so
+/// holds two sessions) cannot pass it on.
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-parlor-register";
+
+/// Bytes of a channel binding (see [`CHANNEL_BINDING_LABEL`]).
+pub const CHANNEL_BINDING_LEN: usize = 32;
+
 /// A frame that the server sends only to secure connections.
 ///
 /// `key` fields hold an RSA public key as DER SubjectPublicKeyInfo, exactly

@@ -47,6 +47,9 @@ pub const DM_KEY_WITH_YOURSELF: &str = "You cannot open an encrypted DM with you
 pub const KEYS_BUSY: &str = "Server busy issuing keys, try again later.";
 /// DM_KEY_REQUEST whose wrap failed (a bug).
 pub const KEY_WRAP_FAILED: &str = "Internal error while issuing keys.";
+/// REGISTER_KEY on a plain connection of a server that has no TLS port;
+/// see [`secure_needs_tls`].
+pub const SECURE_NEEDS_TLS_NO_PORT: &str = "Secure connections need TLS, and this server has none.";
 /// FILE_OFFER naming yourself.
 pub const FILE_TO_YOURSELF: &str = "You cannot send a file to yourself.";
 /// FILE_OFFER to a secure room without the encrypted flag.
@@ -93,6 +96,26 @@ pub fn cannot_receive_files(user: &[u8]) -> [&[u8]; 3] {
         user,
         b"' cannot receive files: their client does not support them.",
     ]
+}
+
+/// REGISTER_KEY on a plain connection, where the server does not allow the
+/// secure extension (`allow_secure_on_plain` is off): names the server's
+/// TLS port, or says it has none. A key proof made on a plain connection
+/// binds to no TLS session, so whoever relays the connection could replay it.
+///
+/// ```
+/// use parlor_proto::text::{secure_needs_tls, SECURE_NEEDS_TLS_NO_PORT};
+/// assert_eq!(
+///     secure_needs_tls(Some(4171)),
+///     "Secure connections need TLS: connect to port 4171."
+/// );
+/// assert_eq!(secure_needs_tls(None), SECURE_NEEDS_TLS_NO_PORT);
+/// ```
+pub fn secure_needs_tls(tls_port: Option<u16>) -> String {
+    match tls_port {
+        Some(port) => format!("Secure connections need TLS: connect to port {port}."),
+        None => SECURE_NEEDS_TLS_NO_PORT.to_owned(),
+    }
 }
 
 /// A frame or message that breaks the protocol; the server then closes the

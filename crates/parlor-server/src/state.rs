@@ -24,6 +24,7 @@ use crate::password::PasswordPool;
 use parlor_core::{
     Action, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, PasswordJob, PasswordOutcome,
 };
+use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::FrameCodec;
 
 struct State {
@@ -122,6 +123,18 @@ impl Shared {
             hub.connect(conn, peer, self.clock.now(), out)
         });
         conn
+    }
+
+    /// Tells the hub that the connection runs over TLS, with this channel
+    /// binding (see [`Hub::channel_bound`]).
+    pub(crate) fn channel_bound(&self, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
+        self.lock().hub.channel_bound(conn, binding);
+    }
+
+    /// What the hub holds as the connection's channel binding.
+    #[cfg(test)]
+    pub(crate) fn channel_binding(&self, conn: ConnId) -> Option<[u8; CHANNEL_BINDING_LEN]> {
+        self.lock().hub.channel_binding(conn).copied()
     }
 
     /// Feeds the bytes in `buffer` to the hub (see [`Hub::receive`]).
