@@ -47,7 +47,14 @@ impl ClientProcess {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let legacy = args.contains(&"--legacy");
+        if !legacy {
+            write_identity(&data_dir.join("identity"), name);
+        }
         let mut all = vec!["--data-dir", data_dir.to_str().unwrap()];
+        // Files received land in the data directory, not the tests' own.
+        if !args.contains(&"--download-dir") {
+            all.extend(["--download-dir", data_dir.to_str().unwrap()]);
+        }
         if !legacy {
             all.push("--insecure-transport");
         }
@@ -162,6 +169,54 @@ impl ClientProcess {
             .unwrap();
         assert!(status.success(), "{}: {status}", self.name);
     }
+}
+
+/// Writes the identity of the client called `name` to `path` (mode 0600),
+/// as the client would have made it on its first run. Each name's identity
+/// is made once per test process and reused: making RSA keys is slow.
+pub(crate) fn write_identity(path: &std::path::Path, name: &str) {
+    use std::collections::HashMap;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::sync::Mutex;
+    static MADE: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+    let pem = MADE
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let identity = parlor_crypto::Identity::generate(2048).expect("an identity");
+            identity.to_pem().to_string()
+        })
+        .clone();
+    let dir = path.parent().unwrap();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, pem.as_bytes()).unwrap();
+}
+
+/// The identity [`write_identity`] writes for `name`.
+pub(crate) fn identity_of(name: &str) -> parlor_crypto::Identity {
+    let dir = std::env::temp_dir().join(format!(
+        "parlor-identity-{}-{name}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let path = dir.join("identity");
+    let _ = std::fs::remove_dir_all(&dir);
+    write_identity(&path, name);
+    let identity = parlor_crypto::Identity::load(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    identity
 }
 
 impl Drop for ClientProcess {
