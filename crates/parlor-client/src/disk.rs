@@ -168,6 +168,28 @@ mod tests {
     }
 
     #[test]
+    fn remembers_by_appending_lines_to_private_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = scratch("memory").join("data");
+        assert_eq!(load_memory(&dir).unwrap(), Memory::default(), "nothing yet");
+        let mut memory = Memory::default();
+        let records = [
+            memory.pin("h:1", b"bob", &[1; 32]),
+            memory.mark_secure("h:1", b"vault").unwrap(),
+            memory.pin("h:1", b"bob", &[2; 32]),
+        ];
+        for record in &records {
+            remember(&dir, record).unwrap();
+        }
+        assert_eq!(load_memory(&dir).unwrap(), memory);
+        let peers = dir.join(MemoryFile::KnownPeers.file_name());
+        assert_eq!(fs::read_to_string(&peers).unwrap().lines().count(), 2);
+        assert_eq!(fs::metadata(&peers).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
     fn saves_without_overwriting() {
         let dir = scratch("save");
         fs::write(dir.join("a.txt"), b"mine").unwrap();

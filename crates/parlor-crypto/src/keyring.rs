@@ -272,13 +272,21 @@ impl RoomKeys {
         }
     }
 
-    /// The key to seal under now, unless none or a rekeying holds it.
-    fn sealing(&mut self) -> Result<(u32, &mut KeyState), SealError> {
-        let (epoch, state) = self.current.as_mut().ok_or(SealError::NoKey)?;
+    /// The epoch to seal under now, unless there is none or a rekeying
+    /// holds it.
+    fn sealing_epoch(&self) -> Result<u32, SealError> {
+        let (epoch, _) = self.current.as_ref().ok_or(SealError::NoKey)?;
         if self.hold_until.is_some_and(|next| *epoch < next) {
             return Err(SealError::Rekeying);
         }
-        Ok((*epoch, state))
+        Ok(*epoch)
+    }
+
+    /// The key to seal under now, with its epoch.
+    fn sealing(&mut self) -> Result<(u32, &mut KeyState), SealError> {
+        let epoch = self.sealing_epoch()?;
+        let (_, state) = self.current.as_mut().expect("sealing_epoch found it");
+        Ok((epoch, state))
     }
 }
 
@@ -449,9 +457,9 @@ impl Keyring {
 
     /// The epoch sealing uses now in `room`, unless there is none or a
     /// rekeying holds it.
-    pub fn room_epoch(&mut self, room: &[u8]) -> Result<u32, SealError> {
-        let keys = self.our_room(room).ok_or(SealError::NoKey)?;
-        keys.sealing().map(|(epoch, _)| epoch)
+    pub fn room_epoch(&self, room: &[u8]) -> Result<u32, SealError> {
+        let keys = self.room.as_ref().filter(|keys| keys.room == room);
+        keys.ok_or(SealError::NoKey)?.sealing_epoch()
     }
 
     /// The issued key of a room epoch while it opens things: the current
