@@ -341,7 +341,11 @@ mod tests {
             seal_with_iv(&kat::header(), &keys, &kat::IV, kat::PLAINTEXT, &identity).unwrap();
         // Ed25519 is deterministic, so the whole envelope is known.
         assert_eq!(text, kat::openssl_envelope());
-        assert_eq!(text.len(), 172, "the length PROTOCOL.md gives");
+        assert_eq!(
+            text.len(),
+            172,
+            "the worked example's length, for PROTOCOL.md"
+        );
     }
 
     #[test]
@@ -387,7 +391,7 @@ mod tests {
         let identity = kat::identity();
         let header = kat::header();
         let max = max_plaintext(ROOM_LEN, SENDER_LEN);
-        assert_eq!(max, 65_391, "the figure in PROTOCOL.md");
+        assert_eq!(max, 65_391, "the longest plaintext, for PROTOCOL.md");
         assert_eq!(max_plaintext(255, 255), 64_879, "likewise");
         let text = seal(&header, &keys, &vec![b'x'; max], &identity).unwrap();
         assert!(text.len() <= u16::MAX as usize);

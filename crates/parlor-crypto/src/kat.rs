@@ -1,7 +1,7 @@
 //! Known-answer fixtures, derived with the openssl CLI by
 //! `testdata/derive-kat.sh` (no code shared with the implementation): the
 //! test identity, an envelope, and two key wraps. The envelope's bytes are
-//! the worked example of the protocol's envelope section.
+//! meant as the worked example of PROTOCOL.md's envelope section (v2).
 
 use super::envelope::{Header, Kind};
 use super::identity::{Fingerprint, Identity, PeerIdentity};
