@@ -44,7 +44,7 @@ use parlor_crypto::envelope::{Kind, VERSION};
 use parlor_crypto::identity::display_fingerprint;
 use parlor_crypto::keyring::SealError;
 use parlor_crypto::{Identity, Keyring};
-use parlor_proto::secure::Registration;
+use parlor_proto::secure::{Registration, PLAIN_CHANNEL_BINDING};
 use parlor_proto::{ClientMessage, Frame, ServerMessage};
 
 /// The legacy client heartbeats after about 6 s without socket traffic; the
@@ -61,12 +61,6 @@ const GREETING: &[u8] = b"parlor reference client";
 
 /// The legacy client's heartbeat payload.
 const HEARTBEAT: &[u8] = parlor_proto::legacy::HEARTBEAT_PAYLOAD;
-
-/// What a plain connection's proofs are bound to instead of a TLS channel
-/// binding: nothing (so they could be replayed on another connection; the
-/// server takes them only where it allows the secure extension without
-/// TLS, for tests and benchmarks).
-const NO_CHANNEL_BINDING: [u8; 32] = [0; 32];
 
 /// Something for the shell to do; what each obliges the shell to do is
 /// stated in the [`ClientSession`] documentation.
@@ -477,7 +471,7 @@ impl ClientSession {
                     .identity
                     .as_ref()
                     .expect("queued only with an identity");
-                let binding = connection.channel_binding.unwrap_or(NO_CHANNEL_BINDING);
+                let binding = connection.channel_binding.unwrap_or(PLAIN_CHANNEL_BINDING);
                 let message = ClientMessage::RegisterKey(Registration {
                     signing_key: identity.signing_key(),
                     rsa_der: Bytes::copy_from_slice(identity.rsa_der()),

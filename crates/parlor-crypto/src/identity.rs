@@ -37,16 +37,11 @@ use zeroize::Zeroizing;
 use super::{IssuedKey, VerificationFailed, ISSUED_KEY_LEN};
 use parlor_proto::secure;
 
-pub use parlor_proto::secure::{Fingerprint, KEY_BITS, SIGNATURE_LEN};
+pub use parlor_proto::secure::{Fingerprint, KEY_BITS, RSA_PUBLIC_EXPONENT, SIGNATURE_LEN};
 
 /// The RSA size a client generates unless told otherwise: about 128-bit
 /// security.
 pub const DEFAULT_KEY_BITS: usize = 3072;
-
-/// The one RSA public exponent an identity may have. Small exponents such
-/// as 3 invite the attacks that come with them (Coppersmith, broadcast);
-/// one fixed value leaves nothing to choose.
-pub const PUBLIC_EXPONENT: u32 = 65_537;
 
 /// The user's own keys, wiped from memory when dropped (both key types
 /// zeroize themselves).
@@ -65,7 +60,7 @@ pub enum IdentityError {
     /// Outside [`KEY_BITS`]: the server would refuse to register it.
     #[error("RSA keys must have {min} to {max} bits, not {0}", min = KEY_BITS.start(), max = KEY_BITS.end())]
     BadSize(usize),
-    /// An RSA key with another public exponent than [`PUBLIC_EXPONENT`].
+    /// An RSA key with another public exponent than [`RSA_PUBLIC_EXPONENT`].
     #[error("the RSA key's public exponent must be 65537")]
     BadExponent,
     /// Key generation failed.
@@ -114,7 +109,7 @@ impl Identity {
         }
         let mut seed = Zeroizing::new([0; 32]);
         rand::fill(&mut *seed);
-        let exponent = BoxedUint::from(u64::from(PUBLIC_EXPONENT));
+        let exponent = BoxedUint::from(u64::from(RSA_PUBLIC_EXPONENT));
         let rsa = PrivateKey::new_with_exp(&mut rand::rng(), bits, exponent)?;
         Identity::new(SigningKey::from_bytes(&seed), rsa)
     }
@@ -369,7 +364,7 @@ fn check_rsa(key: &PublicKey) -> Result<(), IdentityError> {
     if !KEY_BITS.contains(&bits) {
         return Err(IdentityError::BadSize(bits));
     }
-    if *key.e() != BoxedUint::from(u64::from(PUBLIC_EXPONENT)) {
+    if *key.e() != BoxedUint::from(u64::from(RSA_PUBLIC_EXPONENT)) {
         return Err(IdentityError::BadExponent);
     }
     Ok(())

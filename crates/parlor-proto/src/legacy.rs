@@ -102,15 +102,16 @@ pub enum ClientMessage {
         /// The message, up to 65,535 bytes.
         text: Bytes,
     },
-    /// Secure extension (`81`): the connection's RSA public key as DER
-    /// SubjectPublicKeyInfo. Makes the connection secure.
+    /// Secure extension (`81`): the connection's identity and the proofs
+    /// that it holds it. Makes the connection secure.
     RegisterKey(secure::Registration),
-    /// `96`: a rename with a name proof.
+    /// Secure extension (`96`): a secure connection's NICK, with the name
+    /// proof for the new name that peers will check.
     SignedNick {
-        /// The new name.
+        /// The name asked for, as raw bytes.
         name: Bytes,
-        /// Its proof.
-        name_proof: [u8; 64],
+        /// Over [`secure::name_proof_statement`] of `name`.
+        name_proof: [u8; secure::SIGNATURE_LEN],
     },
     /// Secure extension (`82`): asks for a DM key shared with `target`.
     DmKeyRequest {
@@ -222,14 +223,8 @@ impl ClientMessage {
                 ClientMessage::RegisterKey(secure::parse_register_key(payload)?)
             }
             secure::opcode::SIGNED_NICK => {
-                let (_, (name, proof)) =
-                    all_consuming((short_field, nom::bytes::complete::take(64usize)))
-                        .parse(payload)
-                        .map_err(bad("SIGNED_NICK"))?;
-                ClientMessage::SignedNick {
-                    name: sub(name),
-                    name_proof: proof.try_into().unwrap(),
-                }
+                let (name, name_proof) = secure::parse_signed_nick(payload)?;
+                ClientMessage::SignedNick { name, name_proof }
             }
             secure::opcode::DM_KEY_REQUEST => ClientMessage::DmKeyRequest {
                 target: secure::parse_dm_key_request(payload)?,

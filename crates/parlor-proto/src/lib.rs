@@ -9,8 +9,6 @@
 //! out as [`ServerMessage`]s encoded once into [`bytes::Bytes`].
 
 #![warn(missing_docs)]
-// TEMPORARY with the v2 wire shim of parlor-client's branch.
-#![allow(dead_code, clippy::type_complexity, clippy::large_enum_variant)]
 
 pub mod frame;
 #[cfg(any(fuzzing, feature = "fuzzing"))]

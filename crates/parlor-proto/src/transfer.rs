@@ -20,7 +20,6 @@
 //! [`ServerMessage::File`]: super::ServerMessage::File
 
 use bytes::{BufMut, Bytes, BytesMut};
-use nom::bytes::complete::take;
 use nom::combinator::{all_consuming, rest};
 use nom::multi::length_count;
 use nom::number::complete::{be_u16, be_u32, be_u64, be_u8};
@@ -28,6 +27,7 @@ use nom::{IResult, Parser};
 
 use super::frame::{put_header, Frame, HEADER_LEN};
 use super::legacy::{long_field, put_long, put_short, short_field, ParseError};
+use super::secure::{array, identity_block, Identity, SIGNATURE_LEN};
 
 /// Opcodes of file transfer.
 pub mod opcode {
@@ -68,7 +68,8 @@ pub const FILE_FLAG_ENCRYPTED: u8 = 0x01;
 
 /// Length of the sender's per-file random nonce.
 pub const NONCE_LEN: usize = 16;
-/// Length of the SHA-256 digest of the whole file.
+/// Length of the SHA-256 digest of the whole file, which travels only
+/// inside the sealed manifest.
 pub const DIGEST_LEN: usize = 32;
 /// Length of a resume token.
 pub const TOKEN_LEN: usize = 16;
@@ -97,23 +98,36 @@ pub struct FileMeta {
     pub key_id: u32,
     /// Random per file; salts the chunk keys.
     pub nonce: [u8; NONCE_LEN],
-    /// SHA-256 of the whole plaintext file.
+    /// The file's SHA-256 and size, sealed under the file's keys: the
+    /// server relays it unread, so neither it nor the network learns a
+    /// digest of the plaintext.
     pub manifest: Bytes,
-    /// The sender's counter.
+    /// The sender's counter under the room or DM key, shared with its
+    /// messages, so a replayed offer fails the recipient's counter check.
     pub counter: u64,
-    /// The sender's Ed25519 signature.
-    pub signature: [u8; 64],
+    /// The sender's Ed25519 signature over every field of the offer the
+    /// server relays (PROTOCOL.md §14.6).
+    pub signature: [u8; SIGNATURE_LEN],
 }
 
 impl FileMeta {
-    /// Whether the chunks are sealed ([`FILE_FLAG_ENCRYPTED`]); a file in a
-    /// plaintext room travels unsealed, protected by the signed digest only.
+    /// Whether the chunks are sealed ([`FILE_FLAG_ENCRYPTED`]).
     pub fn encrypted(&self) -> bool {
         self.flags & FILE_FLAG_ENCRYPTED != 0
     }
 
     fn wire_len(&self) -> usize {
-        1 + self.name.len() + 8 + 4 + 4 + 1 + 4 + NONCE_LEN + 2 + self.manifest.len() + 8 + 64
+        1 + self.name.len()
+            + 8
+            + 4
+            + 4
+            + 1
+            + 4
+            + NONCE_LEN
+            + 2
+            + self.manifest.len()
+            + 8
+            + SIGNATURE_LEN
     }
 
     fn put(&self, dst: &mut BytesMut) {
@@ -175,16 +189,18 @@ pub enum FileRequest {
         /// The transfer finished sending.
         id: u32,
     },
-    /// `8c u32 id, [16] token`: a recipient back on a new connection asks
-    /// for the chunks it lacks.
+    /// `8c u32 id, [16] token, [64] proof`: a recipient back on a new
+    /// connection asks for the chunks it lacks.
     Resume {
         /// The transfer to rejoin.
         id: u32,
-        /// The token of the recipient's FILE_ACCEPTED: it proves who is
-        /// resuming, whatever connection it comes from.
+        /// The token of the recipient's FILE_ACCEPTED: which recipient is
+        /// resuming.
         token: [u8; TOKEN_LEN],
-        /// The resume proof.
-        proof: [u8; 64],
+        /// Over [`resume_statement`](crate::secure::resume_statement) of
+        /// `id`, `token` and this connection's channel binding, by the
+        /// recipient's key: only the recipient itself can resume.
+        proof: [u8; SIGNATURE_LEN],
     },
     /// `8f u32 id`: the sender withdraws the file, or a recipient gives up.
     Cancel {
@@ -247,17 +263,23 @@ impl EndReason {
 }
 
 /// A file frame the server sends (to secure connections only).
+// An offer carries the sender's identity and a signature inline (some 300
+// bytes); boxing them would cost an allocation per offer to save a copy of
+// that size when a notice is moved, which chunks, the frequent notice, are
+// not (the server encodes them straight from the sender's frame).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileNotice {
-    /// `83 u32 id, short sender, long sender_key, short room, meta`: an offer
+    /// `83 u32 id, short sender, identity, short room, meta`: an offer
     /// forwarded to a recipient; `room` is empty for a file sent to you alone.
     Offered {
         /// The transfer's id, which the recipient's replies name.
         id: u32,
         /// The sender's name when the offer was made.
         sender: Bytes,
-        /// The sender's identity.
-        sender_identity: super::secure::Identity,
+        /// The sender's identity block, so that the signature can be checked
+        /// by a recipient that has no `81` for the sender.
+        sender_identity: Identity,
         /// The room the file was offered to; empty for a file to one user.
         room: Bytes,
         /// The description exactly as the sender sent it.
@@ -377,7 +399,7 @@ fn meta(input: &[u8]) -> Parsed<'_, FileMetaFields<'_>> {
     let (input, (name, size, chunk_size, chunk_count, flags, key_id)) =
         (short_field, be_u64, be_u32, be_u32, be_u8, be_u32).parse(input)?;
     let (input, (nonce, manifest, counter, signature)) =
-        (take(NONCE_LEN), long_field, be_u64, take(64usize)).parse(input)?;
+        (array, long_field, be_u64, array).parse(input)?;
     Ok((
         input,
         FileMetaFields {
@@ -403,10 +425,10 @@ struct FileMetaFields<'a> {
     chunk_count: u32,
     flags: u8,
     key_id: u32,
-    nonce: &'a [u8],
+    nonce: [u8; NONCE_LEN],
     manifest: &'a [u8],
     counter: u64,
-    signature: &'a [u8],
+    signature: [u8; SIGNATURE_LEN],
 }
 
 impl FileMetaFields<'_> {
@@ -418,10 +440,10 @@ impl FileMetaFields<'_> {
             chunk_count: self.chunk_count,
             flags: self.flags,
             key_id: self.key_id,
-            nonce: self.nonce.try_into().expect("took NONCE_LEN bytes"),
+            nonce: self.nonce,
             manifest: payload.slice_ref(self.manifest),
             counter: self.counter,
-            signature: self.signature.try_into().expect("took 64 bytes"),
+            signature: self.signature,
         }
     }
 }
@@ -493,7 +515,7 @@ impl FileRequest {
             FileRequest::Decision { .. } => 5,
             FileRequest::Ack { .. } => 8,
             FileRequest::Done { .. } | FileRequest::Cancel { .. } => 4,
-            FileRequest::Resume { .. } => 4 + TOKEN_LEN + 64,
+            FileRequest::Resume { .. } => 4 + TOKEN_LEN + SIGNATURE_LEN,
             FileRequest::Chunk { .. } => unreachable!("encoded above"),
         };
         dst.reserve(HEADER_LEN + payload_len);
@@ -576,15 +598,10 @@ impl FileRequest {
                 id: only_id(&payload[..]).map_err(bad("FILE_DONE"))?.1,
             },
             FILE_RESUME => {
-                let (_, (id, token, proof)) =
-                    all_consuming((be_u32, take(TOKEN_LEN), take(64usize)))
-                        .parse(&payload[..])
-                        .map_err(bad("FILE_RESUME"))?;
-                FileRequest::Resume {
-                    id,
-                    token: token.try_into().expect("took TOKEN_LEN bytes"),
-                    proof: proof.try_into().expect("took 64 bytes"),
-                }
+                let (_, (id, token, proof)) = all_consuming((be_u32, array, array))
+                    .parse(&payload[..])
+                    .map_err(bad("FILE_RESUME"))?;
+                FileRequest::Resume { id, token, proof }
             }
             FILE_CANCEL => FileRequest::Cancel {
                 id: only_id(&payload[..]).map_err(bad("FILE_CANCEL"))?.1,
@@ -716,19 +733,14 @@ impl FileNotice {
         let bad = |name| move |_| ParseError::BadLengths { name };
         let notice = match frame.opcode {
             FILE_OFFER => {
-                let (_, (id, sender, identity, room, fields)) = all_consuming((
-                    be_u32,
-                    short_field,
-                    super::secure::identity,
-                    short_field,
-                    meta,
-                ))
-                .parse(&payload[..])
-                .map_err(bad("FILE_OFFER"))?;
+                let (_, (id, sender, identity, room, fields)) =
+                    all_consuming((be_u32, short_field, identity_block, short_field, meta))
+                        .parse(&payload[..])
+                        .map_err(bad("FILE_OFFER"))?;
                 FileNotice::Offered {
                     id,
                     sender: sub(sender),
-                    sender_identity: super::secure::to_identity(payload, identity),
+                    sender_identity: identity.to_identity(payload),
                     room: sub(room),
                     meta: fields.to_meta(payload),
                 }
@@ -743,13 +755,10 @@ impl FileNotice {
                 }
             }
             FILE_ACCEPTED => {
-                let (_, (id, token)) = all_consuming((be_u32, take(TOKEN_LEN)))
+                let (_, (id, token)) = all_consuming((be_u32, array))
                     .parse(&payload[..])
                     .map_err(bad("FILE_ACCEPTED"))?;
-                FileNotice::Accepted {
-                    id,
-                    token: token.try_into().expect("took TOKEN_LEN bytes"),
-                }
+                FileNotice::Accepted { id, token }
             }
             FILE_START => {
                 let (_, (id, window, recipients)) = all_consuming((be_u32, be_u8, names))
@@ -803,5 +812,246 @@ impl FileNotice {
             other => return Err(ParseError::UnknownOpcode(other)),
         };
         Ok(notice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FrameCodec;
+
+    fn decode(wire: &[u8]) -> Frame {
+        let mut buffer = BytesMut::from(wire);
+        let mut codec = FrameCodec::default();
+        codec.allow_chunks(1 << 20);
+        let frame = codec.decode(&mut buffer).unwrap().unwrap();
+        assert!(buffer.is_empty());
+        frame
+    }
+
+    fn sample_meta() -> FileMeta {
+        FileMeta {
+            name: Bytes::from_static(b"a.txt"),
+            size: 5,
+            chunk_size: 262_144,
+            chunk_count: 1,
+            flags: FILE_FLAG_ENCRYPTED,
+            key_id: 2,
+            nonce: [0x11; NONCE_LEN],
+            manifest: Bytes::from_static(&[0x22; 96]),
+            counter: 3,
+            signature: [0x33; SIGNATURE_LEN],
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = [
+            FileRequest::Offer {
+                target: Bytes::new(),
+                meta: sample_meta(),
+                window: 8,
+            },
+            FileRequest::Decision {
+                id: 7,
+                accept: true,
+            },
+            FileRequest::Decision {
+                id: 7,
+                accept: false,
+            },
+            FileRequest::Chunk {
+                id: 7,
+                index: 3,
+                data: Bytes::from(vec![9; 100_000]),
+            },
+            FileRequest::Ack { id: 7, index: 3 },
+            FileRequest::Done { id: 7 },
+            FileRequest::Resume {
+                id: 7,
+                token: [5; TOKEN_LEN],
+                proof: [6; SIGNATURE_LEN],
+            },
+            FileRequest::Cancel { id: 7 },
+        ];
+        for request in requests {
+            let frame = decode(&request.encode());
+            assert_eq!(FileRequest::parse(&frame).unwrap(), request);
+        }
+    }
+
+    #[test]
+    fn notices_round_trip() {
+        let names = vec![Bytes::from_static(b"bob"), Bytes::from_static(b"carol")];
+        let notices = [
+            FileNotice::Offered {
+                id: 1,
+                sender: Bytes::from_static(b"alice"),
+                sender_identity: Identity {
+                    signing_key: [1; 32],
+                    rsa_der: Bytes::from_static(b"DER"),
+                    key_binding: [2; SIGNATURE_LEN],
+                    name_proof: [3; SIGNATURE_LEN],
+                },
+                room: Bytes::from_static(b"vault"),
+                meta: sample_meta(),
+            },
+            FileNotice::Pending {
+                id: 1,
+                skipped: names.clone(),
+            },
+            FileNotice::Accepted {
+                id: 1,
+                token: [0xab; TOKEN_LEN],
+            },
+            FileNotice::Start {
+                id: 1,
+                window: 8,
+                recipients: names.clone(),
+            },
+            FileNotice::Chunk {
+                id: 1,
+                index: 0,
+                data: Bytes::new(),
+            },
+            FileNotice::Done { id: 1 },
+            FileNotice::Window { id: 1, acked: 4 },
+            FileNotice::Finished {
+                id: 1,
+                delivered: names,
+            },
+            FileNotice::Ended {
+                id: 1,
+                who: Bytes::new(),
+                reason: EndReason::SenderLeft,
+                text: Bytes::from_static(b"alice left."),
+            },
+        ];
+        for notice in notices {
+            let frame = decode(&notice.encode());
+            assert_eq!(FileNotice::parse(&frame).unwrap(), notice);
+        }
+    }
+
+    /// The byte examples of PROTOCOL.md §14.
+    #[test]
+    fn matches_the_documented_bytes() {
+        assert_eq!(
+            &FileRequest::Decision {
+                id: 1,
+                accept: true
+            }
+            .encode()[..],
+            [0, 0, 0, 5, 4, 0x17, 0x85, 0, 0, 0, 1, 1]
+        );
+        assert_eq!(
+            &FileRequest::Ack { id: 1, index: 2 }.encode()[..],
+            [0, 0, 0, 8, 4, 0x17, 0x87, 0, 0, 0, 1, 0, 0, 0, 2]
+        );
+        assert_eq!(
+            &FileNotice::Window { id: 1, acked: 3 }.encode()[..],
+            [0, 0, 0, 8, 4, 0x17, 0x8d, 0, 0, 0, 1, 0, 0, 0, 3]
+        );
+        assert_eq!(
+            &FileRequest::Chunk {
+                id: 1,
+                index: 0,
+                data: Bytes::from_static(b"hi")
+            }
+            .encode()[..],
+            [0, 0, 0, 10, 4, 0x17, 0x86, 0, 0, 0, 1, 0, 0, 0, 0, b'h', b'i']
+        );
+        assert_eq!(
+            &FileNotice::Pending {
+                id: 1,
+                skipped: vec![Bytes::from_static(b"lee")]
+            }
+            .encode()[..],
+            [0, 0, 0, 10, 4, 0x17, 0x8a, 0, 0, 0, 1, 0, 1, 3, b'l', b'e', b'e']
+        );
+    }
+
+    #[test]
+    fn matches_the_documented_notices() {
+        let names = || vec![Bytes::from_static(b"bob"), Bytes::from_static(b"carol")];
+        let start = FileNotice::Start {
+            id: 1,
+            window: 8,
+            recipients: names(),
+        };
+        assert_eq!(
+            &start.encode()[..],
+            b"\0\0\0\x11\x04\x17\x85\0\0\0\x01\x08\0\x02\x03bob\x05carol"
+        );
+        let finished = FileNotice::Finished {
+            id: 1,
+            delivered: names(),
+        };
+        assert_eq!(
+            &finished.encode()[..],
+            b"\0\0\0\x10\x04\x17\x8e\0\0\0\x01\0\x02\x03bob\x05carol"
+        );
+        let ended = FileNotice::Ended {
+            id: 1,
+            who: Bytes::from_static(b"carol"),
+            reason: EndReason::TooSlow,
+            text: Bytes::from_static(b"No acknowledgement within the chunk timeout."),
+        };
+        assert_eq!(
+            &ended.encode()[..20],
+            b"\0\0\0\x39\x04\x17\x8f\0\0\0\x01\x05carol\x05\0\x2c"
+        );
+        let offer = FileRequest::Offer {
+            target: Bytes::new(),
+            meta: FileMeta {
+                name: Bytes::from_static(b"a.txt"),
+                size: 5,
+                chunk_size: 262_144,
+                chunk_count: 1,
+                flags: FILE_FLAG_ENCRYPTED,
+                key_id: 2,
+                nonce: [0x11; NONCE_LEN],
+                manifest: Bytes::from(vec![0x22; 96]),
+                counter: 0x0102_0304_0506_0708,
+                signature: [0x33; SIGNATURE_LEN],
+            },
+            window: 8,
+        };
+        // 1 + 6 + 8 + 4 + 4 + 1 + 4 + 16 + (2 + 96) + 8 + 64 + 1 = 215 = 0xd7.
+        let expected = [
+            &b"\0\0\0\xd7\x04\x17\x83\0\x05a.txt\0\0\0\0\0\0\0\x05\0\x04\0\0\0\0\0\x01\x01\0\0\0\x02"[..],
+            &[0x11; 16],
+            b"\0\x60",
+            &[0x22; 96],
+            b"\x01\x02\x03\x04\x05\x06\x07\x08",
+            &[0x33; 64],
+            b"\x08",
+        ]
+        .concat();
+        assert_eq!(offer.encode().to_vec(), expected);
+        let resume = FileRequest::Resume {
+            id: 1,
+            token: [0xab; TOKEN_LEN],
+            proof: [0xcd; SIGNATURE_LEN],
+        };
+        let expected = [
+            &b"\0\0\0\x54\x04\x17\x8c\0\0\0\x01"[..],
+            &[0xab; 16],
+            &[0xcd; 64],
+        ]
+        .concat();
+        assert_eq!(resume.encode().to_vec(), expected);
+    }
+
+    #[test]
+    fn refuses_bad_decisions_and_short_frames() {
+        let decision = Frame::new(opcode::FILE_DECISION, &[0, 0, 0, 1, 2][..]);
+        assert!(FileRequest::parse(&decision).is_err());
+        let ack = Frame::new(opcode::FILE_ACK, &[0, 0, 0, 1][..]);
+        assert!(FileRequest::parse(&ack).is_err());
+        let chunk = Frame::new(opcode::FILE_CHUNK, &[0, 0, 0, 1, 0, 0][..]);
+        assert!(FileRequest::parse(&chunk).is_err());
+        let ended = Frame::new(opcode::FILE_ENDED, &[0, 0, 0, 1, 0, 99, 0, 0][..]);
+        assert!(FileNotice::parse(&ended).is_err());
     }
 }

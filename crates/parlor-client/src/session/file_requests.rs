@@ -12,11 +12,10 @@
 
 use std::time::Instant;
 
-use super::{
-    no_key_text, ClientSession, InFlight, Output, Outputs, QueuedRequest, NO_CHANNEL_BINDING,
-};
+use super::{no_key_text, ClientSession, InFlight, Output, Outputs, QueuedRequest};
 use crate::event::{show, Direction, UserEvent};
 use crate::transfer::{part_path, FileOp, InStage};
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::transfer::FileRequest;
 use parlor_proto::ClientMessage;
 
@@ -70,7 +69,7 @@ impl ClientSession {
                 // the original recipient holds it, on this connection.
                 let identity = self.identity.as_ref().expect("files need an identity");
                 let connection = self.connection.as_ref().expect("dispatching");
-                let binding = connection.channel_binding.unwrap_or(NO_CHANNEL_BINDING);
+                let binding = connection.channel_binding.unwrap_or(PLAIN_CHANNEL_BINDING);
                 let proof = identity.resume_proof(id, &token, &binding);
                 (
                     FileRequest::Resume { id, token, proof },

@@ -471,12 +471,7 @@ fn registration_proves_possession_over_the_channel_binding_and_the_nick() {
     let [ClientMessage::RegisterKey(registration)] = &sent(&outputs)[..] else {
         panic!("REGISTER_KEY: {outputs:?}");
     };
-    let block = secure::Identity {
-        signing_key: registration.signing_key,
-        rsa_der: registration.rsa_der.clone(),
-        key_binding: registration.key_binding,
-        name_proof: registration.name_proof,
-    };
+    let block = registration.identity();
     assert_eq!(block, kat::identity_block(), "what peers will receive");
     let me = PeerIdentity::from_block(&block, b"alice").unwrap();
     let possession = secure::possession_statement(&binding, b"alice");
