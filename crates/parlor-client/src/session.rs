@@ -44,7 +44,7 @@ use parlor_crypto::envelope::{Kind, VERSION};
 use parlor_crypto::identity::display_fingerprint;
 use parlor_crypto::keyring::SealError;
 use parlor_crypto::{Identity, Keyring};
-use parlor_proto::secure::{Registration, PLAIN_CHANNEL_BINDING};
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::{ClientMessage, Frame, ServerMessage};
 
 /// The legacy client heartbeats after about 6 s without socket traffic; the
@@ -472,13 +472,8 @@ impl ClientSession {
                     .as_ref()
                     .expect("queued only with an identity");
                 let binding = connection.channel_binding.unwrap_or(PLAIN_CHANNEL_BINDING);
-                let message = ClientMessage::RegisterKey(Registration {
-                    signing_key: identity.signing_key(),
-                    rsa_der: Bytes::copy_from_slice(identity.rsa_der()),
-                    key_binding: identity.key_binding(),
-                    name_proof: identity.name_proof(&connection.name),
-                    possession: identity.possession_proof(&binding, &connection.name),
-                });
+                let registration = identity.registration(&binding, &connection.name);
+                let message = ClientMessage::RegisterKey(registration);
                 (message, InFlight::RegisterKey)
             }
             QueuedRequest::Nick(name) => {

@@ -43,6 +43,17 @@ pub struct Limits {
     /// The server's TLS port, named to a client that tries the secure
     /// extension on a plain connection; `None` when the server has none.
     pub tls_port: Option<u16>,
+    /// How long a secure room keeps one key when nobody comes or goes;
+    /// then it rotates anyway, so that a quiet room's key is not used
+    /// without end.
+    pub room_key_lifetime: Duration,
+    /// How long after a failed room key rotation (its wrap job refused or
+    /// broken) the hub tries again. Meanwhile the room fails closed: its
+    /// members hold their sends.
+    pub rotation_retry: Duration,
+    /// DM keys issued naming one user as the target: each costs the target
+    /// a private-key operation, so nobody may push them without end.
+    pub dm_keys_per_target: Rate,
 }
 
 impl Default for Limits {
@@ -72,6 +83,9 @@ impl Default for Limits {
             },
             allow_secure_on_plain: false,
             tls_port: None,
+            room_key_lifetime: Duration::from_secs(3600),
+            rotation_retry: Duration::from_secs(1),
+            dm_keys_per_target: per(10, 60),
         }
     }
 }

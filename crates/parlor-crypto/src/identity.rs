@@ -308,6 +308,20 @@ impl Identity {
         }
     }
 
+    /// REGISTER_KEY for this identity, under the connection's current nick
+    /// `nick`, on the connection whose channel binding this is
+    /// ([`secure::PLAIN_CHANNEL_BINDING`] on plain TCP).
+    pub fn registration(&self, channel_binding: &[u8; 32], nick: &[u8]) -> secure::Registration {
+        let block = self.block(nick);
+        secure::Registration {
+            signing_key: block.signing_key,
+            rsa_der: block.rsa_der,
+            key_binding: block.key_binding,
+            name_proof: block.name_proof,
+            possession: self.possession_proof(channel_binding, nick),
+        }
+    }
+
     /// FILE_RESUME's proof that the original recipient of transfer `id`
     /// is the one resuming, on this connection.
     pub fn resume_proof(

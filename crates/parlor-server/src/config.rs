@@ -407,6 +407,8 @@ impl Config {
             },
             allow_secure_on_plain: self.allow_secure_on_plain,
             tls_port: self.tls_listen.map(|addr| addr.port()),
+            // No settings of their own yet: the hub's defaults.
+            ..Limits::default()
         }
     }
 

@@ -175,12 +175,11 @@ pub fn wrap_keys(job: &KeyWrapJob) -> KeyWrapOutcome {
     let mut rng = rand::rng();
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     rng.fill_bytes(&mut key[..]);
-    let label = job.key_use.oaep_label();
     let wrapped = job
         .recipients
         .iter()
         .filter_map(|recipient| {
-            let padding = Oaep::<Sha256>::new_with_label(label);
+            let padding = Oaep::<Sha256>::new_with_label(recipient.label.clone());
             match recipient.key.encrypt(&mut rng, padding, &key[..]) {
                 Ok(wrapped) => Some((recipient.conn, Bytes::from(wrapped))),
                 Err(err) => {
