@@ -829,10 +829,12 @@ impl Hub {
             match (keys.rotating, keys.deadline) {
                 (true, None) => {}
                 (false, Some(at)) if self.room_timers.contains(at, name) => timed += 1,
-                state => return Err(format!(
+                state => {
+                    return Err(format!(
                     "room {} has (rotating, deadline) {state:?}, or a deadline not in the timers",
                     Printable(name)
-                )),
+                ))
+                }
             }
         }
         if timed != self.room_timers.len() {

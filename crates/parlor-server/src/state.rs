@@ -158,9 +158,10 @@ impl Shared {
 
     /// Reports a finished key wrap job (a DM key or a rotation) to the hub.
     pub(crate) fn keys_wrapped(&self, ticket: u64, outcome: KeyWrapOutcome) -> Fed {
+        let now = self.clock.now();
         let mut state = self.lock();
         self.run_hub(&mut state, |hub, out| {
-            hub.keys_wrapped(ticket, outcome, out)
+            hub.keys_wrapped(ticket, outcome, now, out)
         })
     }
 
