@@ -30,7 +30,8 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 ///
 /// No TLS port (tests that want one say so, with a state directory of their
 /// own), and the secure extension allowed on the plain port, which is where
-/// the tests of the extension itself speak it.
+/// the tests of the extension itself speak it (their channel binding is then
+/// `PLAIN_CHANNEL_BINDING`).
 pub(crate) fn test_config() -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

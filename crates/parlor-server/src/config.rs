@@ -103,6 +103,14 @@ pub struct Config {
     /// DM key requests waiting for a key-wrapping thread before they are told
     /// to try later. Room key rotations are never refused.
     pub key_wrap_queue: usize,
+    /// Seconds a secure room keeps one key when nobody joins or leaves;
+    /// then the key is replaced anyway.
+    pub room_key_lifetime_secs: f64,
+    /// DM keys that may be issued naming one user as the target per window,
+    /// whoever asks: each costs the target a private-key operation.
+    pub dm_keys_per_target: usize,
+    /// Length of the sliding window of `dm_keys_per_target`, in seconds.
+    pub dm_keys_per_target_window_secs: f64,
     /// Seconds a closing connection (or the whole server, at shutdown) may
     /// spend flushing what is queued for it.
     pub flush_timeout_secs: f64,
@@ -172,6 +180,9 @@ impl Default for Config {
             password_queue: 32,
             key_wrap_threads: 2,
             key_wrap_queue: 64,
+            room_key_lifetime_secs: secs(hub.room_key_lifetime),
+            dm_keys_per_target: hub.dm_keys_per_target.limit,
+            dm_keys_per_target_window_secs: secs(hub.dm_keys_per_target.window),
             flush_timeout_secs: 3.0,
             max_file_bytes: hub.transfers.max_file_bytes,
             max_chunk_bytes: hub.transfers.max_chunk_bytes,
@@ -256,6 +267,11 @@ impl Config {
                 self.file_decision_timeout_secs,
             ),
             ("file_ack_timeout_secs", self.file_ack_timeout_secs),
+            ("room_key_lifetime_secs", self.room_key_lifetime_secs),
+            (
+                "dm_keys_per_target_window_secs",
+                self.dm_keys_per_target_window_secs,
+            ),
         ];
         for (key, secs) in positive_secs {
             if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
@@ -280,6 +296,7 @@ impl Config {
             ("rate_limit_messages", self.rate_limit_messages),
             ("password_hash_threads", self.password_hash_threads),
             ("key_wrap_threads", self.key_wrap_threads),
+            ("dm_keys_per_target", self.dm_keys_per_target),
             ("max_chunk_bytes", self.max_chunk_bytes as usize),
             ("max_transfers_per_user", self.max_transfers_per_user),
             ("max_transfers", self.max_transfers),
@@ -407,8 +424,10 @@ impl Config {
             },
             allow_secure_on_plain: self.allow_secure_on_plain,
             tls_port: self.tls_listen.map(|addr| addr.port()),
-            // No settings of their own yet: the hub's defaults.
-            ..Limits::default()
+            room_key_lifetime: Duration::from_secs_f64(self.room_key_lifetime_secs),
+            // Not a setting: a retry soon after a failure, never a storm.
+            rotation_retry: Limits::default().rotation_retry,
+            dm_keys_per_target: rate(self.dm_keys_per_target, self.dm_keys_per_target_window_secs),
         }
     }
 

@@ -241,6 +241,9 @@ async fn run_timers(shared: Arc<Shared>) {
         config.idle_timeout(),
         config.file_decision_timeout(),
         config.file_ack_timeout(),
+        // A failed rotation's retry is set when its wrap comes back, after
+        // the check below: waking this often finds it in time.
+        config.hub_limits().rotation_retry,
     ]
     .into_iter()
     .min()
