@@ -554,12 +554,15 @@ impl Messages for Sealed {
         })
     }
 
-    /// New room keys: a member that leaves a secure room rotates its key
-    /// (§12.2), so when the run ends and members close, the others get
-    /// keys. (Before that, a member leaves only when its connection fails,
+    /// New room keys and the rekeying notices before them: a member that
+    /// leaves a secure room rotates its key (§12.2), so when the run ends
+    /// and members close, the others get both. (Before that, a member leaves only when its connection fails,
     /// which the run counts as a disconnect.)
     fn expects(&self, notice: &SecureMessage) -> bool {
-        matches!(notice, SecureMessage::RoomKey { .. })
+        matches!(
+            notice,
+            SecureMessage::RoomKey { .. } | SecureMessage::RoomRekeying { .. }
+        )
     }
 }
 
