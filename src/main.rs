@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use parlor_server::config::Config;
+use parlor_server::config::{parse_listen_or_off, Config};
 use parlor_server::{BusyPause, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -53,6 +53,13 @@ struct ServeArgs {
     /// Address to listen on [default: 0.0.0.0:4170].
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Address of the TLS port, or `off` [default: 0.0.0.0:4171].
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_listen_or_off)]
+    tls_listen: Option<TlsListen>,
+    /// Where the self-signed TLS certificate is kept
+    /// [default: $XDG_STATE_HOME/parlor, else ~/.local/state/parlor].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -63,6 +70,11 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
+
+/// What `--tls-listen` gives: an address, or none for `off`. A name of its
+/// own, because clap reads a literal `Option<Option<_>>` as a flag whose
+/// value may be left out.
+type TlsListen = Option<SocketAddr>;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -120,6 +132,12 @@ fn load_config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error>> {
     }
     if let Some(port) = args.port {
         config.listen.set_port(port);
+    }
+    if let Some(tls_listen) = args.tls_listen {
+        config.tls_listen = tls_listen;
+    }
+    if let Some(state_dir) = &args.state_dir {
+        config.state_dir = Some(state_dir.clone());
     }
     if let Some(metrics) = args.metrics {
         config.metrics_listen = Some(metrics);

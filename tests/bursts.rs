@@ -19,6 +19,7 @@ fn config(worker_threads: usize, busy_pause_min_reads: u32) -> Config {
         worker_threads,
         busy_pause_micros: 50,
         busy_pause_min_reads,
+        tls_listen: None,
         ..Config::default()
     }
 }

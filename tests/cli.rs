@@ -40,13 +40,18 @@ fn start(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
     start_command(command)
 }
 
-/// [`start`] for a command set up by the caller.
+/// [`start`] for a command set up by the caller. The TLS port goes on a
+/// free loopback port, and the certificate the server makes for it into a
+/// state directory of this test binary's, not the user's.
 #[allow(
     clippy::zombie_processes,
     reason = "the caller waits for the returned child"
 )]
 fn start_command(mut command: Command) -> (Child, BufReader<std::process::ChildStderr>) {
+    let state = std::env::temp_dir().join(format!("parlor-test-{}-state", std::process::id()));
     let mut child = command
+        .args(["--tls-listen", "127.0.0.1:0"])
+        .env("XDG_STATE_HOME", state)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -117,6 +122,8 @@ fn help_documents_every_flag() {
         "--port",
         "-p",
         "--listen",
+        "--tls-listen",
+        "--state-dir",
         "--config",
         "--log-format",
         "RUST_LOG",
@@ -141,6 +148,10 @@ fn bad_flags_exit_2_with_a_message() {
         "{}",
         stderr(&output)
     );
+
+    let output = run(&["serve", "--tls-listen", "on"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("\"off\""), "{}", stderr(&output));
 }
 
 #[test]
@@ -152,6 +163,7 @@ fn bad_config_files_exit_2_naming_the_problem() {
         (Some("max_frame_bytes = 70000\n"), "max_frame_bytes"),
         (Some("max_connections = \"many\"\n"), "max_connections"),
         (Some("argon2_iterations = 0\n"), "argon2_iterations"),
+        (Some("tls_key = \"key.pem\"\n"), "tls_cert"),
     ];
     for (index, (contents, named)) in cases.into_iter().enumerate() {
         let path = match contents {

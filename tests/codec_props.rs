@@ -3,6 +3,9 @@
 //! (`tests/fuzz_bodies.rs`).
 
 use bytes::{Bytes, BytesMut};
+use parlor_proto::secure::{
+    Identity, Registration, FINGERPRINT_LEN, SIGNATURE_LEN, SIGNING_KEY_LEN,
+};
 use parlor_proto::{
     ClientMessage, Frame, FrameCodec, SecureMessage, ServerMessage, MAX_CLIENT_PAYLOAD,
 };
@@ -31,41 +34,102 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         Just(ClientMessage::ListRooms),
         (short(), long()).prop_map(|(target, text)| ClientMessage::DirectMessage { target, text }),
         (short(), long()).prop_map(|(room, text)| ClientMessage::RoomMessage { room, text }),
-        long().prop_map(|key| ClientMessage::RegisterKey { key }),
+        (any::<[u8; SIGNING_KEY_LEN]>(), long(), signatures::<3>()).prop_map(
+            |(signing_key, rsa_der, [key_binding, name_proof, possession])| {
+                ClientMessage::RegisterKey(Registration {
+                    signing_key,
+                    rsa_der,
+                    key_binding,
+                    name_proof,
+                    possession,
+                })
+            }
+        ),
+        (short(), signatures::<1>())
+            .prop_map(|(name, [name_proof])| ClientMessage::SignedNick { name, name_proof }),
         short().prop_map(|target| ClientMessage::DmKeyRequest { target }),
     ]
 }
 
+/// `N` arbitrary Ed25519-sized signatures: the codec carries them opaquely.
+fn signatures<const N: usize>() -> impl Strategy<Value = [[u8; SIGNATURE_LEN]; N]> {
+    proptest::collection::vec(proptest::collection::vec(any::<u8>(), SIGNATURE_LEN), N).prop_map(
+        |all| std::array::from_fn(|i| all[i].as_slice().try_into().expect("SIGNATURE_LEN bytes")),
+    )
+}
+
+fn identity() -> impl Strategy<Value = Identity> {
+    (any::<[u8; SIGNING_KEY_LEN]>(), long(), signatures::<2>()).prop_map(
+        |(signing_key, rsa_der, [key_binding, name_proof])| Identity {
+            signing_key,
+            rsa_der,
+            key_binding,
+            name_proof,
+        },
+    )
+}
+
 fn secure_message() -> impl Strategy<Value = SecureMessage> {
     prop_oneof![
-        (short(), long()).prop_map(|(name, key)| SecureMessage::PeerKey { name, key }),
-        (short(), any::<u32>(), long()).prop_map(|(room, epoch, wrapped)| {
-            SecureMessage::RoomKey {
+        (short(), short(), identity()).prop_map(|(name, renamed_from, identity)| {
+            SecureMessage::PeerKey {
+                name,
+                renamed_from,
+                identity,
+            }
+        }),
+        (short(), any::<u64>(), any::<u32>(), long()).prop_map(
+            |(room, incarnation, epoch, wrapped)| SecureMessage::RoomKey {
                 room,
+                incarnation,
                 epoch,
                 wrapped,
             }
-        }),
-        (short(), any::<u32>(), long()).prop_map(|(peer, key_id, wrapped)| {
-            SecureMessage::DmKey {
-                peer,
-                key_id,
-                wrapped,
+        ),
+        (short(), any::<u64>(), any::<u32>()).prop_map(|(room, incarnation, next_epoch)| {
+            SecureMessage::RoomRekeying {
+                room,
+                incarnation,
+                next_epoch,
             }
         }),
-        (short(), long(), any::<u32>(), long()).prop_map(|(target, key, key_id, wrapped)| {
-            SecureMessage::DmKeyIssued {
+        (
+            short(),
+            any::<[u8; FINGERPRINT_LEN]>(),
+            any::<u32>(),
+            long()
+        )
+            .prop_map(
+                |(peer, peer_fingerprint, key_id, wrapped)| SecureMessage::DmKey {
+                    peer,
+                    peer_fingerprint,
+                    key_id,
+                    wrapped,
+                }
+            ),
+        (short(), identity(), any::<u32>(), long()).prop_map(
+            |(target, identity, key_id, wrapped)| SecureMessage::DmKeyIssued {
                 target,
-                key,
+                identity,
                 key_id,
                 wrapped,
             }
-        }),
+        ),
         short().prop_map(|name| SecureMessage::NickSet { name }),
-        (short(), any::<bool>())
-            .prop_map(|(room, secure)| SecureMessage::RoomJoined { room, secure }),
-        (short(), any::<bool>())
-            .prop_map(|(room, secure)| SecureMessage::RoomCreated { room, secure }),
+        (short(), any::<bool>(), any::<u64>()).prop_map(|(room, secure, incarnation)| {
+            SecureMessage::RoomJoined {
+                room,
+                secure,
+                incarnation,
+            }
+        }),
+        (short(), any::<bool>(), any::<u64>()).prop_map(|(room, secure, incarnation)| {
+            SecureMessage::RoomCreated {
+                room,
+                secure,
+                incarnation,
+            }
+        }),
         short().prop_map(|room| SecureMessage::RoomLeft { room }),
         short().prop_map(|name| SecureMessage::NoSuchUser { name }),
     ]

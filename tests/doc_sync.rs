@@ -32,7 +32,7 @@ macro_rules! texts {
 /// Every constant of `parlor_proto::text`, as (name, text).
 /// [`the_list_of_texts_here_names_every_constant_of_parlor_proto_text`] keeps
 /// this list complete.
-const TEXTS: [(&str, &str); 22] = texts![
+const TEXTS: [(&str, &str); 26] = texts![
     NICK_TAKEN,
     NICK_EMPTY,
     NICK_INVALID,
@@ -48,11 +48,15 @@ const TEXTS: [(&str, &str); 22] = texts![
     PASSWORD_FAILED,
     REQUEST_PENDING,
     BAD_PUBLIC_KEY,
+    KEY_PROOF_FAILED,
+    SIGNED_NICK_NEEDED,
+    RESUME_PROOF_FAILED,
     KEY_ALREADY_REGISTERED,
     REGISTER_KEY_FIRST,
     DM_KEY_WITH_YOURSELF,
     KEYS_BUSY,
     KEY_WRAP_FAILED,
+    SECURE_NEEDS_TLS_NO_PORT,
     FILE_TO_YOURSELF,
     FILE_NOT_SEALED,
 ];

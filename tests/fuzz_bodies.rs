@@ -57,16 +57,8 @@ fn seeds_match_the_captures() {
     pcaps.sort();
     assert!(!pcaps.is_empty());
     let mut seeds = vec![
-        (
-            "session",
-            "secure".to_owned(),
-            secure_session_seed(&public_key()),
-        ),
-        (
-            "session",
-            "file".to_owned(),
-            file_session_seed(&public_key()),
-        ),
+        ("session", "secure".to_owned(), secure_session_seed()),
+        ("session", "file".to_owned(), file_session_seed()),
     ];
     for pcap in pcaps {
         let capture = Capture::read(&pcap).unwrap();
@@ -153,27 +145,31 @@ pub fn session_seed(capture: &Capture) -> Vec<u8> {
     SessionEvent::encode(&events)
 }
 
-/// The public half of the fixed test key the crypto known-answer tests use.
-fn public_key() -> Vec<u8> {
-    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey};
-    let private = include_bytes!("../crates/parlor-crypto/src/testdata/kat-rsa-2048.der");
-    let private = rsa::PrivateKey::from_pkcs8_der(private).unwrap();
-    private
-        .to_public_key()
-        .to_public_key_der()
-        .unwrap()
-        .into_vec()
-}
-
-/// The secure seed is only worth its place if the hub accepts its key, so
-/// that fuzzing starts from inside the secure extension.
+/// The secure seed is only worth its place if the hub accepts its
+/// registrations, so that fuzzing starts from inside the secure extension:
+/// its first client's frames, up to its REGISTER_KEY, make a connection
+/// secure.
 #[test]
-fn the_secure_seed_registers_a_key_the_hub_accepts() {
-    let mut harness = parlor_core::harness::Harness::new(parlor_core::Limits::default());
+fn the_secure_seed_registers_an_identity_the_hub_accepts() {
+    let limits = parlor_core::fuzzing::session_limits();
+    let mut harness = parlor_core::harness::Harness::new(limits);
     let conn = parlor_core::ConnId(1);
     harness.connect(conn);
-    let key = Bytes::from(public_key());
-    harness.handle(conn, ClientMessage::RegisterKey { key });
+    let first_client = SessionEvent::decode(&secure_session_seed())
+        .into_iter()
+        .filter(|event| event.client == 0);
+    for event in first_client {
+        let EventKind::Frame { opcode, payload } = event.what else {
+            continue;
+        };
+        let frame = parlor_proto::Frame::new(opcode, payload);
+        let message = ClientMessage::parse(&frame).unwrap();
+        let registered = matches!(message, ClientMessage::RegisterKey(_));
+        harness.handle(conn, message);
+        if registered {
+            break;
+        }
+    }
     assert!(harness.hub.is_secure(conn));
 }
 

@@ -29,6 +29,7 @@ fn hostile_config() -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         rate_limit_messages: 10_000,
         max_connections_per_ip: 2_000,
+        tls_listen: None,
         ..Config::default()
     }
 }

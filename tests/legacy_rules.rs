@@ -648,6 +648,7 @@ mod s4_4_join {
     async fn default_argon2_parameters_work_end_to_end() {
         let config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_listen: None,
             ..Config::default()
         };
         assert_eq!(
@@ -680,6 +681,7 @@ mod s4_4_join {
     async fn join_flood_on_a_full_hash_queue_gets_one_reply_each_and_busy() {
         let config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_listen: None,
             password_hash_threads: 1,
             password_queue: 1,
             ..Config::default()

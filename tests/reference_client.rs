@@ -1,7 +1,10 @@
 //! The reference client against the real server, over real TCP: secure
-//! `parlor client` processes driven through stdin with `--json`, a legacy
-//! client that reads raw frames, and a relay between the server and each
-//! secure client that records what crosses it and can tamper with it.
+//! `parlor client` processes driven through stdin with `--json` (each with
+//! an identity file and a data directory of its own, over plain TCP, which
+//! the test server allows the secure extension on), a legacy client that
+//! reads raw frames, and a relay between the server and each secure client
+//! that records what crosses it and can tamper with it, as someone on the
+//! path could.
 //!
 //! Every frame the legacy client reads goes through the support client's
 //! `check_legacy_frame`, so it never receives a `8x`/`9x` frame unnoticed;
@@ -24,9 +27,11 @@ use parlor_server::config::Config;
 use process::ClientProcess;
 use relay::{Relay, Tamper};
 use serde_json::Value;
+use sha2::Digest;
 
-/// Small keys keep key generation and RSA operations fast.
-const SECURE: &[&str] = &["--rsa-bits", "2048"];
+/// The clients' identities are made with 2048-bit RSA keys
+/// (`process::write_identity`): RSA operations stay fast.
+const SECURE: &[&str] = &[];
 
 /// The test config, with a rate limit no test comes near: each test says
 /// more than 5 things in 5 seconds.
@@ -108,6 +113,11 @@ fn secure(event: &Value) -> bool {
     event["secure"] == true
 }
 
+/// A `message` or `sent` event that was sealed (and, received, opened).
+fn encrypted(event: &Value) -> bool {
+    event["encrypted"] == true
+}
+
 /// The secure messages among `frames`, in order.
 fn secure_messages(frames: &[Frame]) -> Vec<SecureMessage> {
     frames
@@ -180,7 +190,7 @@ async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
     let echo = alice
         .expect(&[("event", "sent"), ("text", "hello bob")])
         .await;
-    assert!(secure(&echo));
+    assert!(encrypted(&echo));
     let got = bob
         .expect(&[
             ("event", "message"),
@@ -188,7 +198,7 @@ async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
             ("text", "hello bob"),
         ])
         .await;
-    assert!(secure(&got));
+    assert!(encrypted(&got) && got["verified"] == true);
     let relayed = bob_relay.to_client();
     let last = relayed
         .iter()
@@ -200,16 +210,16 @@ async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
     let got = alice
         .expect(&[("event", "message"), ("from", "bob"), ("text", "hi alice")])
         .await;
-    assert!(secure(&got));
+    assert!(encrypted(&got));
 
     // A byte flipped on the way to bob fails verification.
-    bob_relay.tamper_next_room_message(Tamper::FlipCiphertextByte);
+    bob_relay.tamper_next(0x15, Tamper::FlipCiphertextByte);
     alice.line("tampered").await;
     bob.expect(&[("event", "rejected"), ("from", "alice"), ("room", "vault")])
         .await;
 
     // A frame delivered twice: the copy is a replay.
-    bob_relay.tamper_next_room_message(Tamper::Duplicate);
+    bob_relay.tamper_next(0x15, Tamper::Duplicate);
     alice.line("only once").await;
     bob.expect(&[("event", "message"), ("text", "only once")])
         .await;
@@ -267,7 +277,7 @@ async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
     let got = bob
         .expect(&[("event", "message"), ("text", "welcome back")])
         .await;
-    assert!(secure(&got));
+    assert!(encrypted(&got));
 
     // What failed verification was never shown as said.
     for event in &bob.seen {
@@ -297,53 +307,54 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
     // The first DM to a secure user asks for a key, then goes out sealed.
     alice.line("\\msg bob psst").await;
     let echo = alice.expect(&[("event", "sent"), ("to", "bob")]).await;
-    assert!(secure(&echo));
+    assert!(encrypted(&echo));
     let got = bob
         .expect(&[("event", "message"), ("kind", "dm"), ("from", "alice")])
         .await;
-    assert_eq!((got["text"].as_str(), secure(&got)), (Some("psst"), true));
+    assert_eq!(
+        (got["text"].as_str(), encrypted(&got)),
+        (Some("psst"), true)
+    );
 
     // On the wire: alice's 82 was answered with 89; bob got 81, then 80.
     let alice_sent = requests(&alice_relay.to_server());
     assert!(alice_sent.contains(&ClientMessage::DmKeyRequest {
         target: Bytes::from_static(b"bob"),
     }));
-    let bob_key = requests(&bob_relay.to_server())
-        .into_iter()
-        .find_map(|request| match request {
-            ClientMessage::RegisterKey { key } => Some(key),
-            _ => None,
-        })
-        .unwrap();
-    let alice_key = alice_sent
-        .iter()
-        .find_map(|request| match request {
-            ClientMessage::RegisterKey { key } => Some(key.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let registered = |frames: &[Frame]| {
+        requests(frames)
+            .into_iter()
+            .find_map(|request| match request {
+                ClientMessage::RegisterKey(registration) => Some(registration),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let bob_key = registered(&bob_relay.to_server());
+    let alice_key = registered(&alice_relay.to_server());
     let issued = secure_messages(&alice_relay.to_client())
         .into_iter()
         .find_map(|message| match message {
             SecureMessage::DmKeyIssued {
                 target,
-                key,
+                identity,
                 key_id,
                 wrapped,
-            } => Some((target, key, key_id, wrapped)),
+            } => Some((target, identity, key_id, wrapped)),
             _ => None,
         })
         .expect("alice received DM_KEY_ISSUED");
-    let (target, key, key_id, wrapped) = issued;
-    assert_eq!((&target[..], &key), (&b"bob"[..], &bob_key));
+    let (target, identity, key_id, wrapped) = issued;
+    assert_eq!(&target[..], b"bob");
+    assert_eq!(
+        (identity.signing_key, &identity.rsa_der),
+        (bob_key.signing_key, &bob_key.rsa_der)
+    );
     assert_eq!(wrapped.len(), 256, "OAEP under a 2048-bit key");
     let to_bob = secure_messages(&bob_relay.to_client());
     let peer_key = to_bob.iter().position(|message| {
-        *message
-            == SecureMessage::PeerKey {
-                name: Bytes::from_static(b"alice"),
-                key: alice_key.clone(),
-            }
+        matches!(message, SecureMessage::PeerKey { name, identity, .. }
+            if &name[..] == b"alice" && identity.signing_key == alice_key.signing_key)
     });
     let dm_key = to_bob.iter().position(|message| {
         matches!(message, SecureMessage::DmKey { peer, key_id: id, .. }
@@ -367,7 +378,10 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
     let got = alice
         .expect(&[("event", "message"), ("kind", "dm"), ("from", "bob")])
         .await;
-    assert_eq!((got["text"].as_str(), secure(&got)), (Some("got it"), true));
+    assert_eq!(
+        (got["text"].as_str(), encrypted(&got)),
+        (Some("got it"), true)
+    );
     // Renamed where alice cannot see it, bob still writes under that key.
     bob.line("\\nick robert").await;
     bob.expect(&[("event", "nick"), ("name", "robert")]).await;
@@ -376,21 +390,36 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
         .expect(&[("event", "message"), ("kind", "dm"), ("from", "robert")])
         .await;
     assert_eq!(
-        (got["text"].as_str(), secure(&got)),
+        (got["text"].as_str(), encrypted(&got)),
         (Some("new name"), true)
     );
     assert!(!requests(&bob_relay.to_server())
         .iter()
         .any(|request| matches!(request, ClientMessage::DmKeyRequest { .. })));
 
-    // A user without a key: a warning, then plaintext.
+    // A user without a key: nothing is sent, and alice is told how to
+    // send it in clear; then she does, and it is marked.
     alice.line("\\msg legacy hello legacy").await;
-    alice.expect(&[("event", "warning")]).await;
+    let refused = alice.expect(&[("event", "error")]).await;
+    assert!(refused["text"]
+        .as_str()
+        .unwrap()
+        .contains("\\plainmsg legacy TEXT"));
+    alice.line("\\plainmsg legacy in clear, as asked").await;
     let echo = alice.expect(&[("event", "sent"), ("to", "legacy")]).await;
-    assert!(!secure(&echo));
+    assert!(!encrypted(&echo));
     legacy
-        .expect(&encode_direct_message(b"alice", b"hello legacy"))
+        .expect(&encode_direct_message(b"alice", b"in clear, as asked"))
         .await;
+    let in_clear: Vec<ClientMessage> = requests(&alice_relay.to_server())
+        .into_iter()
+        .filter(|request| matches!(request, ClientMessage::DirectMessage { .. }))
+        .collect();
+    assert!(
+        !in_clear.iter().any(|request| matches!(request,
+            ClientMessage::DirectMessage { text, .. } if contains(text, b"hello legacy"))),
+        "the line alice did not ask to send in clear never left: {in_clear:?}"
+    );
     let answer = ClientMessage::DirectMessage {
         target: Bytes::from_static(b"alice"),
         text: Bytes::from_static(b"hi alice"),
@@ -403,7 +432,7 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
             ("text", "hi alice"),
         ])
         .await;
-    assert!(!secure(&got));
+    assert!(!encrypted(&got));
 
     alice.line("\\msg nobody hello?").await;
     alice
@@ -438,7 +467,11 @@ async fn legacy_mode_speaks_only_the_plain_protocol() {
     plain
         .expect(&[("event", "sent"), ("text", "hello lobby")])
         .await;
-    let name = plain.seen[0]["name"].as_str().unwrap().to_string();
+    let connected = plain
+        .seen
+        .iter()
+        .find(|event| event["event"] == "connected");
+    let name = connected.unwrap()["name"].as_str().unwrap().to_string();
     legacy
         .expect(&encode_room_message(
             b"lobby",
@@ -480,6 +513,8 @@ fn bad_flags_exit_with_status_2() {
         &["client", "--rsa-bits", "1024"][..],
         &["client", "--rsa-bits", "lots"],
         &["client", "--legacy", "--rsa-bits", "2048"],
+        &["client", "--legacy", "--ca", "ca.pem"],
+        &["client", "--insecure-transport", "--ca", "ca.pem"],
         &["client", "--frobnicate"],
     ] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
@@ -489,4 +524,473 @@ fn bad_flags_exit_with_status_2() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(!output.stderr.is_empty(), "{args:?}");
     }
+}
+
+/// The frames among `frames` of one opcode.
+fn of_opcode(frames: &[Frame], opcode: u8) -> Vec<Frame> {
+    frames
+        .iter()
+        .filter(|frame| frame.opcode == opcode)
+        .cloned()
+        .collect()
+}
+
+/// The epochs of the room messages among `requests`, as their envelopes
+/// name them.
+fn sealed_epochs(requests: &[ClientMessage]) -> Vec<u32> {
+    requests
+        .iter()
+        .filter_map(|request| match request {
+            ClientMessage::RoomMessage { text, .. } => {
+                Some(Envelope::parse(text).expect("an envelope").header.epoch)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_changed_key_for_a_known_nick_is_loud_unverified_and_dms_wait_for_trust() {
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        mut bob,
+        bob_relay,
+    } = Cast::start().await;
+    alice.line("\\join vault").await;
+    alice.expect(&[("event", "room_key")]).await;
+    bob.line("\\join vault").await;
+    let first = alice
+        .expect(&[("event", "peer_key"), ("name", "bob")])
+        .await;
+    assert_eq!(first["trust"], "new", "first sight, recorded");
+    let bobs_fingerprint = first["fingerprint"].as_str().unwrap().to_string();
+    bob.expect(&[("event", "room_key")]).await;
+    bob.quit().await;
+    drop(bob_relay);
+
+    // Mallory, with a key of her own, takes the name bob left and joins.
+    let (mut mallory, mallory_relay) = secure_client(&server, "mallory").await;
+    mallory.line("\\nick bob").await;
+    mallory.expect(&[("event", "nick"), ("name", "bob")]).await;
+    mallory.line("\\join vault").await;
+    let changed = alice
+        .expect(&[("event", "key_changed"), ("name", "bob")])
+        .await;
+    assert_eq!(changed["before"], bobs_fingerprint.as_str());
+    assert_ne!(changed["now"], bobs_fingerprint.as_str());
+    let joined = epoch(&mallory.expect(&[("event", "room_key")]).await);
+    alice
+        .expect_where(&[("event", "room_key")], |event| epoch(event) == joined)
+        .await;
+
+    // What she says under the name is marked unverified.
+    mallory.line("it's me, bob").await;
+    let heard = alice
+        .expect(&[("event", "message"), ("text", "it's me, bob")])
+        .await;
+    assert_eq!(
+        (encrypted(&heard), heard["verified"].clone()),
+        (true, Value::Bool(false))
+    );
+    let whois = {
+        alice.line("\\whois bob").await;
+        alice.expect(&[("event", "whois")]).await
+    };
+    assert_eq!(whois["trust"], "changed");
+
+    // A DM to "bob" waits for \trust; nothing of it goes out.
+    alice.line("\\msg bob the launch codes").await;
+    alice.expect(&[("event", "dm_held"), ("to", "bob")]).await;
+    alice.line("\\list users").await;
+    alice.expect(&[("event", "users")]).await;
+    assert!(!requests(&alice_relay.to_server())
+        .iter()
+        .any(|request| matches!(
+            request,
+            ClientMessage::DmKeyRequest { .. } | ClientMessage::DirectMessage { .. }
+        )));
+    alice.line("\\trust bob").await;
+    alice.expect(&[("event", "trusted"), ("name", "bob")]).await;
+    let got = mallory
+        .expect(&[("event", "message"), ("kind", "dm"), ("from", "alice")])
+        .await;
+    assert_eq!(
+        (got["text"].as_str(), encrypted(&got)),
+        (Some("the launch codes"), true)
+    );
+    drop(mallory_relay);
+    legacy
+        .request(&ClientMessage::ListRooms, &names(&["vault"]))
+        .await;
+    alice.quit().await;
+    mallory.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn registering_someone_elses_public_key_is_refused() {
+    let Cast {
+        server,
+        mut legacy,
+        alice,
+        alice_relay,
+        bob,
+        bob_relay: _bob_relay,
+    } = Cast::start().await;
+    let Some(ClientMessage::RegisterKey(alices)) = requests(&alice_relay.to_server())
+        .into_iter()
+        .find(|request| matches!(request, ClientMessage::RegisterKey(_)))
+    else {
+        panic!("alice registered");
+    };
+    // Mallory has everything public of alice's, but not her private key:
+    // she replays alice's possession proof, or makes one with her own key.
+    let mallory = process::identity_of("mallory");
+    let (mut raw, name) = server.greeted().await;
+    let own_proof = mallory.possession_proof(&[0; 32], &name);
+    for possession in [alices.possession, own_proof] {
+        let stolen = parlor_proto::secure::Registration {
+            possession,
+            ..alices.clone()
+        };
+        let refusal = parlor_proto::text::KEY_PROOF_FAILED.as_bytes();
+        raw.request(
+            &ClientMessage::RegisterKey(stolen),
+            &response_bytes(1, refusal),
+        )
+        .await;
+    }
+    // Nor can she pair alice's signing key with her own RSA key.
+    let swapped = parlor_proto::secure::Registration {
+        rsa_der: Bytes::copy_from_slice(mallory.rsa_der()),
+        possession: mallory.possession_proof(&[0; 32], &name),
+        ..alices
+    };
+    let refusal = parlor_proto::text::KEY_PROOF_FAILED.as_bytes();
+    raw.request(
+        &ClientMessage::RegisterKey(swapped),
+        &response_bytes(1, refusal),
+    )
+    .await;
+    legacy.request(&ClientMessage::ListRooms, &names(&[])).await;
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_known_secure_that_comes_back_plaintext_is_left() {
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        bob,
+        bob_relay: _bob_relay,
+    } = Cast::start().await;
+    alice.line("\\join vault").await;
+    assert!(secure(&alice.expect(&[("event", "joined")]).await));
+    alice.line("\\leave").await;
+    alice.expect(&[("event", "left")]).await;
+    // The room emptied and went; a legacy user makes one of that name.
+    legacy.request(&join("vault"), &ok_bytes()).await;
+    alice.line("\\join vault").await;
+    let joined = alice
+        .expect(&[("event", "joined"), ("room", "vault")])
+        .await;
+    assert!(!secure(&joined));
+    let warning = alice.expect(&[("event", "warning")]).await;
+    assert!(warning["text"]
+        .as_str()
+        .unwrap()
+        .contains("was end-to-end encrypted"));
+    alice.expect(&[("event", "left"), ("room", "vault")]).await;
+    alice.line("the plan is in the safe").await;
+    alice.expect(&[("event", "error")]).await;
+    assert!(!requests(&alice_relay.to_server())
+        .iter()
+        .any(|request| matches!(
+            request,
+            ClientMessage::RoomMessage { text, .. } if contains(text, b"the plan")
+        )));
+    // The legacy member heard nothing: its next reply is its own.
+    legacy
+        .request(&ClientMessage::ListUsers, &names(&["legacy"]))
+        .await;
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrap_moved_to_another_epoch_or_room_does_not_open() {
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        mut bob,
+        bob_relay,
+    } = Cast::start().await;
+    alice.line("\\join vault").await;
+    alice.expect(&[("event", "room_key")]).await;
+    let first = of_opcode(&alice_relay.to_client(), 0x84).pop().unwrap();
+
+    // Bob's join rotates the key; alice's wrap of it is replaced by her
+    // genuine wrap of the epoch before, relabelled as the new epoch.
+    alice_relay.tamper_next(0x84, Tamper::WrapOf(first.clone()));
+    bob.line("\\join vault").await;
+    bob.expect(&[("event", "room_key")]).await;
+    let refused = alice
+        .expect_where(&[("event", "warning")], |event| {
+            event["text"]
+                .as_str()
+                .unwrap()
+                .contains("refused a key for room 'vault'")
+        })
+        .await;
+    assert!(refused["text"]
+        .as_str()
+        .unwrap()
+        .contains("does not unwrap"));
+
+    // And moved to another room: alice's vault wrap as the first key of
+    // a room she makes.
+    alice_relay.tamper_next(0x84, Tamper::WrapOf(first));
+    alice.line("\\join annex").await;
+    alice
+        .expect(&[("event", "joined"), ("room", "annex")])
+        .await;
+    let refused = alice
+        .expect_where(&[("event", "warning")], |event| {
+            event["text"]
+                .as_str()
+                .unwrap()
+                .contains("refused a key for room 'annex'")
+        })
+        .await;
+    assert!(refused["text"]
+        .as_str()
+        .unwrap()
+        .contains("does not unwrap"));
+    alice.line("waits for a real key").await;
+    alice.expect(&[("event", "held"), ("room", "annex")]).await;
+    // \quit would wait for the held line; leaving drops it.
+    alice.line("\\leave").await;
+    alice.expect(&[("event", "left"), ("room", "annex")]).await;
+    drop(bob_relay);
+    legacy
+        .request(&ClientMessage::ListRooms, &names(&["vault"]))
+        .await;
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_offer_shows_no_digest_and_a_replayed_offer_is_refused() {
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        mut bob,
+        bob_relay,
+    } = Cast::start().await;
+    alice.line("\\join vault").await;
+    alice.expect(&[("event", "room_key")]).await;
+    bob.line("\\join vault").await;
+    let epoch = epoch(&bob.expect(&[("event", "room_key")]).await);
+    alice
+        .expect_where(&[("event", "room_key")], |event| {
+            self::epoch(event) == epoch
+        })
+        .await;
+
+    let dir = std::env::temp_dir().join(format!("parlor-offer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("plans.txt");
+    let content: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let digest: [u8; 32] = sha2::Sha256::digest(&content).into();
+
+    // The offer reaches bob twice: the copy is a replay.
+    bob_relay.tamper_next(0x83, Tamper::Duplicate);
+    alice.line(&format!("\\file send {}", path.display())).await;
+    let offered = bob.expect(&[("event", "file_offered")]).await;
+    let failed = bob.expect(&[("event", "file_failed")]).await;
+    assert!(
+        failed["problem"].as_str().unwrap().contains("replay"),
+        "{failed}"
+    );
+    assert_eq!(failed["id"], offered["id"]);
+    bob.line(&format!("\\file accept {}", offered["id"])).await;
+    let received = bob.expect(&[("event", "file_received")]).await;
+    assert_eq!(
+        received["sha256"],
+        parlor_client::transfer::hex(&digest).as_str()
+    );
+    alice.expect(&[("event", "file_sent")]).await;
+
+    // The file's SHA-256 crossed neither relay, either way.
+    for frames in [
+        alice_relay.to_server(),
+        alice_relay.to_client(),
+        bob_relay.to_server(),
+        bob_relay.to_client(),
+    ] {
+        for frame in frames {
+            assert!(!contains(&frame.to_bytes(), &digest), "{frame:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    legacy
+        .request(&ClientMessage::ListRooms, &names(&["vault"]))
+        .await;
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_departure_nothing_is_sealed_under_the_epoch_the_leaver_holds() {
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        mut bob,
+        bob_relay: _bob_relay,
+    } = Cast::start().await;
+    let (mut carol, _carol_relay) = secure_client(&server, "carol").await;
+    alice.line("\\join vault").await;
+    alice.expect(&[("event", "room_key")]).await;
+    bob.line("\\join vault").await;
+    bob.expect(&[("event", "room_key")]).await;
+    carol.line("\\join vault").await;
+    let held_by_carol = epoch(&carol.expect(&[("event", "room_key")]).await);
+    alice
+        .expect_where(&[("event", "room_key")], |event| {
+            epoch(event) == held_by_carol
+        })
+        .await;
+
+    carol.line("\\leave").await;
+    let rekeying = alice
+        .expect(&[("event", "rekeying"), ("room", "vault")])
+        .await;
+    let next = rekeying["next_epoch"].as_u64().unwrap() as u32;
+    assert!(next > held_by_carol);
+    let sent_before = alice_relay.to_server().len();
+    for line in ["right after carol left", "and again", "and once more"] {
+        alice.line(line).await;
+    }
+    for line in ["right after carol left", "and again", "and once more"] {
+        let got = bob.expect(&[("event", "message"), ("text", line)]).await;
+        assert!(encrypted(&got));
+    }
+    let after = requests(&alice_relay.to_server()[sent_before..]);
+    let epochs = sealed_epochs(&after);
+    assert_eq!(epochs.len(), 3, "{after:?}");
+    assert!(
+        epochs.iter().all(|epoch| *epoch >= next),
+        "{epochs:?} after {held_by_carol}"
+    );
+    legacy
+        .request(&ClientMessage::ListRooms, &names(&["vault"]))
+        .await;
+    alice.quit().await;
+    bob.quit().await;
+    carol.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_identity_with_exponent_3_is_refused() {
+    let Cast {
+        server,
+        mut legacy,
+        mut alice,
+        alice_relay,
+        bob,
+        bob_relay: _bob_relay,
+    } = Cast::start().await;
+    // Eve's RSA key has e = 3, properly bound by her own signing key.
+    use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
+    use rsa::traits::PublicKeyParts;
+    let eve = process::identity_of("eve");
+    let public = rsa::PublicKey::from_public_key_der(eve.rsa_der()).unwrap();
+    let three =
+        rsa::PublicKey::new_unchecked(public.n().as_ref().clone(), rsa::BoxedUint::from(3u64));
+    let der = three.to_public_key_der().unwrap().into_vec();
+    let identity = parlor_proto::secure::Identity {
+        key_binding: eve.sign(&parlor_proto::secure::key_binding_statement(&der)),
+        rsa_der: der.into(),
+        ..eve.block(b"eve")
+    };
+    let announced = SecureMessage::PeerKey {
+        name: Bytes::from_static(b"eve"),
+        renamed_from: Bytes::new(),
+        identity,
+    };
+    alice_relay.inject(announced.encode().to_vec());
+    let refused = alice.expect(&[("event", "warning")]).await;
+    let text = refused["text"].as_str().unwrap();
+    assert!(
+        text.contains("refused the identity") && text.contains("'eve'"),
+        "{text}"
+    );
+    alice.line("\\whois eve").await;
+    alice.expect(&[("event", "error")]).await;
+    legacy.request(&ClientMessage::ListRooms, &names(&[])).await;
+    alice.quit().await;
+    bob.quit().await;
+    server.stop().await;
+}
+
+/// Runs `parlor client` with `args` and no server, its input closed at
+/// once: for what it says at start.
+fn client_at_start(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .arg("client")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn identity_files_others_can_read_or_with_small_rsa_keys_are_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("parlor-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("identity");
+    process::write_identity(&path, "alice");
+    let shown = path.display().to_string();
+    let data_dir = ["--data-dir", dir.to_str().unwrap(), "--identity", &shown];
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = client_at_start(&data_dir);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("chmod 600 {shown}")), "{stderr}");
+
+    // An identity whose RSA key has 1024 bits: the Ed25519 block of a good
+    // one, and a small RSA key after it.
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+    let small = rsa::PrivateKey::new(&mut rand::rng(), 1024).unwrap();
+    let pem = std::fs::read_to_string(&path).unwrap();
+    let end = "-----END PRIVATE KEY-----\n";
+    let ed25519 = &pem[..pem.find(end).unwrap() + end.len()];
+    let small = small.to_pkcs8_pem(LineEnding::LF).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, [ed25519, small.as_str()].concat()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = client_at_start(&data_dir);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("2048 to 4096 bits, not 1024"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,11 +1,14 @@
 //! The secure extension over real TCP (PROTOCOL.md §12): raw frames in,
-//! exact frames out, and wrapped keys opened with test-side private keys.
-//! One module per subsection (`s12_3_direct_messages` is §12.3); what
-//! §13's threat model promises is checked where it shows on the wire.
+//! exact frames out, and wrapped keys opened with the test identities'
+//! private key under the label each recipient's wrap must carry. One module
+//! per subsection (`s12_3_direct_messages` is §12.3); what §13's threat
+//! model promises is checked where it shows on the wire.
 //!
-//! Every frame a legacy client reads is checked against the legacy client's
-//! rules (`support::check_legacy_frame`), so no test here can hand a legacy
-//! client an opcode from `80` to `9f` unnoticed.
+//! The clients speak the extension over plain TCP, which `test_config`
+//! allows (their channel binding is all zeros); TLS is tested in
+//! `tests/tls.rs`. Every frame a legacy client reads is checked against the
+//! legacy client's rules (`support::check_legacy_frame`), so no test here
+//! can hand a legacy client an opcode from `80` to `9f` unnoticed.
 
 mod support;
 use support::*;
@@ -14,43 +17,41 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parlor_core::KeyUse;
+use parlor_core::harness::TestIdentity;
 use parlor_proto::legacy::{encode_direct_message, encode_room_message};
+use parlor_proto::secure::{dm_key_label, room_key_label, Fingerprint, PLAIN_CHANNEL_BINDING};
 use parlor_proto::text;
 use parlor_proto::{ClientMessage, SecureMessage, ServerMessage};
-use rsa::pkcs8::EncodePublicKey;
+use rsa::pkcs8::DecodePrivateKey;
 use rsa::{Oaep, PrivateKey};
 use sha2::Sha256;
 
 /// How long a test listens to be sure that nothing arrives.
 const SILENCE: Duration = Duration::from_millis(300);
 
-/// Three 2048-bit keys, made once for the whole test binary: key generation
-/// takes tens of milliseconds per key.
-fn private_key(index: usize) -> &'static PrivateKey {
-    static KEYS: OnceLock<Vec<PrivateKey>> = OnceLock::new();
-    &KEYS.get_or_init(|| {
-        let mut rng = rand::rng();
-        (0..3)
-            .map(|_| PrivateKey::new(&mut rng, 2048).unwrap())
-            .collect()
-    })[index]
+/// Test user `index`: its own Ed25519 key, and the RSA key every test
+/// identity shares (`parlor_core::harness::TEST_RSA_DER`), whose private
+/// half is the fixed key of parlor-crypto's known-answer tests.
+fn identity(index: usize) -> TestIdentity {
+    TestIdentity::new(index as u8 + 1)
 }
 
-/// The DER SubjectPublicKeyInfo of a private key's public half.
-fn der_of(key: &PrivateKey) -> Bytes {
-    let der = key.to_public_key().to_public_key_der().unwrap();
-    Bytes::from(der.into_vec())
+fn fingerprint(index: usize) -> Fingerprint {
+    identity(index).fingerprint()
 }
 
-fn der(index: usize) -> Bytes {
-    der_of(private_key(index))
+/// The private half of every test identity's RSA key.
+fn private_key() -> &'static PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let der = include_bytes!("../crates/parlor-crypto/src/testdata/kat-rsa-2048.der");
+        PrivateKey::from_pkcs8_der(der).unwrap()
+    })
 }
 
-/// Opens a wrapped key as a client does.
-fn unwrap_key(index: usize, key_use: KeyUse, wrapped: &[u8]) -> rsa::Result<Vec<u8>> {
-    let padding = Oaep::<Sha256>::new_with_label(key_use.oaep_label());
-    private_key(index).decrypt(padding, wrapped)
+/// Opens a wrapped key as a client does, under `label`.
+fn unwrap_key(label: Vec<u8>, wrapped: &[u8]) -> rsa::Result<Vec<u8>> {
+    private_key().decrypt(Oaep::<Sha256>::new_with_label(label), wrapped)
 }
 
 fn bytes(x: impl AsRef<[u8]>) -> Bytes {
@@ -96,39 +97,65 @@ fn wire(message: SecureMessage) -> Vec<u8> {
     message.encode().to_vec()
 }
 
+/// PEER_KEY for user `index`, called `name`.
 fn peer_key(name: &str, index: usize) -> Vec<u8> {
+    renamed(name, "", index)
+}
+
+/// PEER_KEY saying that user `index` renamed from `from` to `name`.
+fn renamed(name: &str, from: &str, index: usize) -> Vec<u8> {
     wire(SecureMessage::PeerKey {
         name: bytes(name),
-        key: der(index),
+        renamed_from: bytes(from),
+        identity: identity(index).block(name.as_bytes()),
     })
 }
 
-fn joined(room: &str, secure: bool) -> Vec<u8> {
-    wire(SecureMessage::RoomJoined {
+fn rekeying(room: &str, incarnation: u64, next_epoch: u32) -> Vec<u8> {
+    wire(SecureMessage::RoomRekeying {
         room: bytes(room),
-        secure,
+        incarnation,
+        next_epoch,
     })
 }
 
-fn created(room: &str, secure: bool) -> Vec<u8> {
-    wire(SecureMessage::RoomCreated {
-        room: bytes(room),
-        secure,
-    })
+/// Reads a JOIN's confirmation (`93` when `created`, else `91`) for
+/// `room`, of the kind `secure`; returns the room's incarnation, which is
+/// 0 exactly for a plaintext room.
+async fn confirmed(client: &mut Client, room: &str, created: bool, secure: bool) -> u64 {
+    let (got, flag, incarnation) = match (next(client).await, created) {
+        (
+            ServerMessage::Secure(SecureMessage::RoomCreated {
+                room,
+                secure,
+                incarnation,
+            }),
+            true,
+        )
+        | (
+            ServerMessage::Secure(SecureMessage::RoomJoined {
+                room,
+                secure,
+                incarnation,
+            }),
+            false,
+        ) => (room, secure, incarnation),
+        (other, _) => panic!("expected the confirmation of {room}, got {other:?}"),
+    };
+    assert_eq!((&got[..], flag), (room.as_bytes(), secure));
+    assert_eq!(incarnation == 0, !secure, "incarnation {incarnation}");
+    incarnation
 }
 
-/// A greeted client that registered `private_key(index)` and is named
-/// `name`.
+/// A greeted client named `name` (a legacy NICK first), then registered as
+/// user `index`, its proofs over that name and a plain connection's
+/// binding.
 async fn secure_client(server: &TestServer, index: usize, name: &str) -> Client {
     let (mut client, _) = server.greeted().await;
-    let register = ClientMessage::RegisterKey { key: der(index) };
+    client.request(&nick(name), &ok_bytes()).await;
+    let register = identity(index).register(name.as_bytes(), &PLAIN_CHANNEL_BINDING);
     client.request(&register, &ok_bytes()).await;
     client.secure = true;
-    client.send(&nick(name)).await;
-    client
-        .expect(&wire(SecureMessage::NickSet { name: bytes(name) }))
-        .await;
-    client.expect(&ok_bytes()).await;
     client
 }
 
@@ -136,30 +163,49 @@ async fn next(client: &mut Client) -> ServerMessage {
     ServerMessage::parse(&client.recv().await).unwrap()
 }
 
-/// Reads a ROOM_KEY for `room` and opens it; returns the epoch and the key.
-async fn room_key(client: &mut Client, index: usize, room: &str) -> (u32, Vec<u8>) {
+/// Reads a ROOM_KEY for `room` of `incarnation` and opens it as user
+/// `index`; returns the epoch and the key.
+async fn room_key(
+    client: &mut Client,
+    index: usize,
+    room: &str,
+    incarnation: u64,
+) -> (u32, Vec<u8>) {
     match next(client).await {
         ServerMessage::Secure(SecureMessage::RoomKey {
             room: got,
+            incarnation: got_incarnation,
             epoch,
             wrapped,
         }) => {
-            assert_eq!(got, room.as_bytes());
+            assert_eq!((&got[..], got_incarnation), (room.as_bytes(), incarnation));
             assert_eq!(wrapped.len(), 256, "a 2048-bit modulus");
-            let key = unwrap_key(index, KeyUse::Room, &wrapped).expect("opens");
+            let label = room_key_label(room.as_bytes(), incarnation, epoch, &fingerprint(index));
+            let key = unwrap_key(label, &wrapped).expect("opens under its own label");
             assert_eq!(key.len(), 32);
+            for other in [
+                room_key_label(room.as_bytes(), incarnation, epoch + 1, &fingerprint(index)),
+                room_key_label(room.as_bytes(), incarnation ^ 1, epoch, &fingerprint(index)),
+                room_key_label(room.as_bytes(), incarnation, epoch, &fingerprint(index + 1)),
+            ] {
+                assert!(unwrap_key(other, &wrapped).is_err(), "only under its own");
+            }
             (epoch, key)
         }
         other => panic!("expected a room key, got {other:?}"),
     }
 }
 
-/// Reads one ROOM_KEY for `room` on each client (`(client, key index)`)
+/// Reads one ROOM_KEY for `room` on each client (`(client, user index)`)
 /// and checks that all hold the same key of the same epoch; returns both.
-async fn same_room_key(members: &mut [(&mut Client, usize)], room: &str) -> (u32, Vec<u8>) {
+async fn same_room_key(
+    members: &mut [(&mut Client, usize)],
+    room: &str,
+    incarnation: u64,
+) -> (u32, Vec<u8>) {
     let mut keys = Vec::new();
     for (client, index) in members.iter_mut() {
-        keys.push(room_key(client, *index, room).await);
+        keys.push(room_key(client, *index, room, incarnation).await);
     }
     assert!(
         keys.windows(2).all(|pair| pair[0] == pair[1]),
@@ -171,7 +217,8 @@ async fn same_room_key(members: &mut [(&mut Client, usize)], room: &str) -> (u32
 // ===========================================================================
 
 /// PROTOCOL.md §12.1: a legacy connection is never sent a frame of the
-/// extension; also §12.2's refusal of its JOIN to a secure room.
+/// extension; also §12.2's refusal of its JOIN to a secure room, and the
+/// plain port's refusal of the extension unless the server allows it.
 mod s12_1_secure_connections {
     use super::*;
 
@@ -182,9 +229,9 @@ mod s12_1_secure_connections {
         legacy.request(&nick("lee"), &ok_bytes()).await;
         let mut alice = secure_client(&server, 0, "alice").await;
         alice.send(&join("vault", "pw")).await;
-        alice.expect(&created("vault", true)).await;
+        let vault = confirmed(&mut alice, "vault", true, true).await;
         alice.expect(&ok_bytes()).await;
-        room_key(&mut alice, 0, "vault").await;
+        room_key(&mut alice, 0, "vault", vault).await;
 
         let refused = error("Room 'vault' is end-to-end encrypted; your client cannot join it.");
         legacy.request(&join("vault", "pw"), &refused).await;
@@ -194,7 +241,7 @@ mod s12_1_secure_connections {
         legacy.request(&join("open", ""), &ok_bytes()).await;
         let mut bob = secure_client(&server, 1, "bob").await;
         bob.send(&join("open", "")).await;
-        bob.expect(&joined("open", false)).await;
+        confirmed(&mut bob, "open", false, false).await;
         bob.expect(&ok_bytes()).await;
         bob.request(&room_msg("open", "hello lee"), &ok_bytes())
             .await;
@@ -221,19 +268,22 @@ mod s12_1_secure_connections {
             ServerMessage::Secure(SecureMessage::DmKey { .. })
         ));
         bob.send(&join("vault", "pw")).await;
-        bob.expect(&joined("vault", true)).await;
+        assert_eq!(confirmed(&mut bob, "vault", false, true).await, vault);
         bob.expect(&peer_key("alice", 0)).await;
         bob.expect(&ok_bytes()).await;
         alice.expect(&peer_key("bob", 1)).await;
-        same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault", vault).await;
+        alice
+            .request(&nick("ann"), &error(text::SIGNED_NICK_NEEDED))
+            .await;
         alice
             .request(
-                &nick("ann"),
+                &identity(0).signed_nick(b"ann"),
                 &wire(SecureMessage::NickSet { name: bytes("ann") }),
             )
             .await;
         alice.expect(&ok_bytes()).await;
-        bob.expect(&peer_key("ann", 0)).await;
+        bob.expect(&renamed("ann", "alice", 0)).await;
 
         // The legacy client's own requests get legacy answers only.
         legacy
@@ -251,13 +301,30 @@ mod s12_1_secure_connections {
         legacy.expect_silence(SILENCE).await;
         server.stop().await;
     }
+
+    #[tokio::test]
+    async fn a_plain_connection_cannot_register_unless_the_server_allows_it() {
+        let config = parlor_server::config::Config {
+            allow_secure_on_plain: false,
+            ..test_config()
+        };
+        let server = TestServer::start(config).await;
+        let (mut client, name) = server.greeted().await;
+        let register = identity(0).register(&name, &PLAIN_CHANNEL_BINDING);
+        client
+            .request(&register, &error(text::SECURE_NEEDS_TLS_NO_PORT))
+            .await;
+        // Still a legacy connection: no confirmation for its NICK.
+        client.request(&nick("lee"), &ok_bytes()).await;
+        server.stop().await;
+    }
 }
 
 // ===========================================================================
 
 /// PROTOCOL.md §12.2: confirmations, PEER_KEYs and key rotation, with what
 /// §13 promises of them: a leaver cannot read what follows, nor a joiner
-/// what came before.
+/// what came before, and those who stay are told to hold at once.
 mod s12_2_rooms {
     use super::*;
 
@@ -266,42 +333,44 @@ mod s12_2_rooms {
         let server = TestServer::start(test_config()).await;
         let mut alice = secure_client(&server, 0, "alice").await;
         alice.send(&join("vault", "")).await;
-        alice.expect(&created("vault", true)).await;
+        let vault = confirmed(&mut alice, "vault", true, true).await;
         alice.expect(&ok_bytes()).await;
-        let (epoch, first) = same_room_key(&mut [(&mut alice, 0)], "vault").await;
+        let (epoch, first) = same_room_key(&mut [(&mut alice, 0)], "vault", vault).await;
         assert_eq!(epoch, 1);
 
         let mut bob = secure_client(&server, 1, "bob").await;
         bob.send(&join("vault", "")).await;
-        bob.expect(&joined("vault", true)).await;
+        confirmed(&mut bob, "vault", false, true).await;
         bob.expect(&peer_key("alice", 0)).await;
         bob.expect(&ok_bytes()).await;
         alice.expect(&peer_key("bob", 1)).await;
-        let (epoch, second) = same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        let (epoch, second) =
+            same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault", vault).await;
         assert_eq!(epoch, 2);
         assert_ne!(second, first, "a joiner cannot read what came before");
 
         let mut carol = secure_client(&server, 2, "carol").await;
         carol.send(&join("vault", "")).await;
-        carol.expect(&joined("vault", true)).await;
+        confirmed(&mut carol, "vault", false, true).await;
         carol.expect(&peer_key("alice", 0)).await;
         carol.expect(&peer_key("bob", 1)).await;
         carol.expect(&ok_bytes()).await;
         alice.expect(&peer_key("carol", 2)).await;
         bob.expect(&peer_key("carol", 2)).await;
         let members = &mut [(&mut alice, 0), (&mut bob, 1), (&mut carol, 2)];
-        let (epoch, third) = same_room_key(members, "vault").await;
+        let (epoch, third) = same_room_key(members, "vault", vault).await;
         assert_eq!(epoch, 3);
 
-        // A rename tells the others the new name with the key; no rotation.
-        bob.send(&nick("robert")).await;
+        // A rename tells the others the new name and the old one with the
+        // identity; no rotation.
+        bob.send(&identity(1).signed_nick(b"robert")).await;
         bob.expect(&wire(SecureMessage::NickSet {
             name: bytes("robert"),
         }))
         .await;
         bob.expect(&ok_bytes()).await;
-        alice.expect(&peer_key("robert", 1)).await;
-        carol.expect(&peer_key("robert", 1)).await;
+        alice.expect(&renamed("robert", "bob", 1)).await;
+        carol.expect(&renamed("robert", "bob", 1)).await;
 
         carol.send(&ClientMessage::Leave).await;
         carol
@@ -310,15 +379,32 @@ mod s12_2_rooms {
             }))
             .await;
         carol.expect(&ok_bytes()).await;
-        let (epoch, fourth) = same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        // Those who stay hold before any new key arrives.
+        alice.expect(&rekeying("vault", vault, 4)).await;
+        bob.expect(&rekeying("vault", vault, 4)).await;
+        let (epoch, fourth) =
+            same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault", vault).await;
         assert_eq!(epoch, 4);
         assert_ne!(fourth, third, "a leaver cannot read what follows");
         carol.expect_silence(SILENCE).await;
 
         bob.close().await;
-        let (epoch, _) = same_room_key(&mut [(&mut alice, 0)], "vault").await;
+        alice.expect(&rekeying("vault", vault, 5)).await;
+        let (epoch, _) = same_room_key(&mut [(&mut alice, 0)], "vault", vault).await;
         assert_eq!(epoch, 5, "a disconnect rotates the key too");
         carol.expect_silence(SILENCE).await;
+
+        // The room emptied and made again is another incarnation.
+        alice.send(&ClientMessage::Leave).await;
+        for _ in 0..2 {
+            alice.recv().await;
+        }
+        alice.send(&join("vault", "")).await;
+        let again = confirmed(&mut alice, "vault", true, true).await;
+        assert_ne!(again, vault);
+        alice.expect(&ok_bytes()).await;
+        let (epoch, _) = same_room_key(&mut [(&mut alice, 0)], "vault", again).await;
+        assert_eq!(epoch, 1);
         server.stop().await;
     }
 }
@@ -338,32 +424,49 @@ mod s12_3_direct_messages {
         alice.send(&dm_key_request("bob")).await;
         let ServerMessage::Secure(SecureMessage::DmKeyIssued {
             target,
-            key,
+            identity: bobs,
             key_id,
             wrapped: for_alice,
         }) = next(&mut alice).await
         else {
             panic!("expected DM_KEY_ISSUED first")
         };
-        assert_eq!((&target[..], &key), (&b"bob"[..], &der(1)));
+        assert_eq!(
+            (&target[..], &bobs),
+            (&b"bob"[..], &identity(1).block(b"bob"))
+        );
         alice.expect(&ok_bytes()).await;
         bob.expect(&peer_key("alice", 0)).await;
         let ServerMessage::Secure(SecureMessage::DmKey {
             peer,
+            peer_fingerprint,
             key_id: bobs_key_id,
             wrapped: for_bob,
         }) = next(&mut bob).await
         else {
             panic!("expected DM_KEY after PEER_KEY")
         };
-        assert_eq!((&peer[..], bobs_key_id), (&b"alice"[..], key_id));
-        let shared = unwrap_key(0, KeyUse::Dm, &for_alice).unwrap();
-        assert_eq!(shared.len(), 32);
-        assert_eq!(unwrap_key(1, KeyUse::Dm, &for_bob).unwrap(), shared);
-        assert!(
-            unwrap_key(0, KeyUse::Room, &for_alice).is_err(),
-            "a DM key does not pass as a room key"
+        assert_eq!(
+            (&peer[..], peer_fingerprint, bobs_key_id),
+            (&b"alice"[..], fingerprint(0), key_id)
         );
+        let (a, b) = (fingerprint(0), fingerprint(1));
+        let shared = unwrap_key(dm_key_label(key_id, &a, &b), &for_alice).unwrap();
+        assert_eq!(shared.len(), 32);
+        assert_eq!(
+            unwrap_key(dm_key_label(key_id, &b, &a), &for_bob).unwrap(),
+            shared
+        );
+        for other in [
+            dm_key_label(key_id, &b, &a),
+            dm_key_label(key_id + 1, &a, &b),
+            room_key_label(b"", 0, key_id, &a),
+        ] {
+            assert!(
+                unwrap_key(other, &for_alice).is_err(),
+                "a DM key opens under its own label only"
+            );
+        }
 
         // The server relays a sealed DM as it relays any text.
         let sealed: Vec<u8> = (0..=255u8).cycle().take(1_000).collect();
@@ -408,6 +511,32 @@ mod s12_3_direct_messages {
         alice.expect(&error(text::NICK_NOT_PRESENT)).await;
         server.stop().await;
     }
+
+    #[tokio::test]
+    async fn dm_keys_naming_one_user_are_bounded() {
+        let config = parlor_server::config::Config {
+            dm_keys_per_target: 2,
+            rate_limit_messages: 1_000,
+            ..test_config()
+        };
+        let server = TestServer::start(config).await;
+        let mut alice = secure_client(&server, 0, "alice").await;
+        let mut bob = secure_client(&server, 1, "bob").await;
+        for _ in 0..2 {
+            alice.send(&dm_key_request("bob")).await;
+            next(&mut alice).await;
+            alice.expect(&ok_bytes()).await;
+            bob.recv().await;
+            bob.recv().await;
+        }
+        let over = response_bytes(
+            0x02,
+            b"Too many DM keys were issued for 'bob' lately, try again later.",
+        );
+        alice.request(&dm_key_request("bob"), &over).await;
+        bob.expect_silence(SILENCE).await;
+        server.stop().await;
+    }
 }
 
 // ===========================================================================
@@ -422,15 +551,15 @@ mod s12_4_relaying_sealed_messages {
         let mut alice = secure_client(&server, 0, "alice").await;
         let mut bob = secure_client(&server, 1, "bob").await;
         alice.send(&join("vault", "")).await;
-        alice.expect(&created("vault", true)).await;
+        let vault = confirmed(&mut alice, "vault", true, true).await;
         alice.expect(&ok_bytes()).await;
-        room_key(&mut alice, 0, "vault").await;
+        room_key(&mut alice, 0, "vault", vault).await;
         bob.send(&join("vault", "")).await;
         for _ in 0..3 {
             bob.recv().await;
         }
         alice.expect(&peer_key("bob", 1)).await;
-        same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault").await;
+        same_room_key(&mut [(&mut alice, 0), (&mut bob, 1)], "vault", vault).await;
 
         let every_byte: Vec<u8> = (0..=255u8).collect();
         let longest: Vec<u8> = (0..=255u8).cycle().take(65_535).collect();
@@ -446,29 +575,43 @@ mod s12_4_relaying_sealed_messages {
 
 // ===========================================================================
 
-/// PROTOCOL.md §12.5: REGISTER_KEY and DM_KEY_REQUEST, their errors and
-/// their malformed forms (§8).
+/// PROTOCOL.md §12.5: REGISTER_KEY, SIGNED_NICK and DM_KEY_REQUEST, their
+/// errors and their malformed forms (§8).
 mod s12_5_client_to_server_messages {
     use super::*;
 
     #[tokio::test]
-    async fn bad_keys_get_a_clear_error_and_malformed_secure_requests_close() {
+    async fn bad_keys_and_bad_proofs_get_a_clear_error_and_malformed_secure_requests_close() {
         let server = TestServer::start(test_config()).await;
-        let (mut client, _) = server.greeted().await;
-        let weak = PrivateKey::new(&mut rand::rng(), 1024).unwrap();
-        for key in [der_of(&weak), bytes("not a key"), Bytes::new()] {
+        let (mut client, name) = server.greeted().await;
+        let weak = rsa::PrivateKey::new(&mut rand::rng(), 1024).unwrap();
+        let weak = {
+            use rsa::pkcs8::EncodePublicKey;
+            weak.to_public_key().to_public_key_der().unwrap().into_vec()
+        };
+        for der in [weak, b"not a key".to_vec(), Vec::new()] {
+            let register =
+                TestIdentity::with_rsa(1, der.into()).register(&name, &PLAIN_CHANNEL_BINDING);
             client
-                .request(
-                    &ClientMessage::RegisterKey { key },
-                    &error(text::BAD_PUBLIC_KEY),
-                )
+                .request(&register, &error(text::BAD_PUBLIC_KEY))
                 .await;
         }
-        let register = ClientMessage::RegisterKey { key: der(0) };
+        // Proofs over another name: refused; over this one: registered.
+        let elsewhere = identity(0).register(b"someone", &PLAIN_CHANNEL_BINDING);
+        client
+            .request(&elsewhere, &error(text::KEY_PROOF_FAILED))
+            .await;
+        let register = identity(0).register(&name, &PLAIN_CHANNEL_BINDING);
         client.request(&register, &ok_bytes()).await;
         client.secure = true;
         client
             .request(&register, &error(text::KEY_ALREADY_REGISTERED))
+            .await;
+        client
+            .request(
+                &identity(1).signed_nick(b"mallory"),
+                &error(text::KEY_PROOF_FAILED),
+            )
             .await;
 
         let malformed = [
@@ -477,10 +620,15 @@ mod s12_5_client_to_server_messages {
                 "malformed REGISTER_KEY payload: inner lengths do not match the frame length",
             ),
             (
+                frame_bytes(0x96, b"\x03bob"),
+                "malformed SIGNED_NICK payload: inner lengths do not match the frame length",
+            ),
+            (
                 frame_bytes(0x82, b"\x03bo"),
                 "malformed DM_KEY_REQUEST payload: inner lengths do not match the frame length",
             ),
             (frame_bytes(0x84, b""), "unknown opcode 0x84"),
+            (frame_bytes(0x95, b""), "unknown opcode 0x95"),
         ];
         for (frame, reason) in malformed {
             let (mut client, _) = server.greeted().await;
@@ -517,6 +665,7 @@ mod rotation_measurement {
     use parlor_proto::FrameCodec;
     use parlor_server::config::Config;
     use rand::Rng;
+    use rsa::pkcs8::EncodePublicKey;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::tcp::OwnedWriteHalf;
     use tokio::net::TcpStream;
@@ -556,11 +705,13 @@ mod rotation_measurement {
         Bytes::from(key.to_public_key_der().unwrap().into_vec())
     }
 
-    /// Connects, registers `key` and joins the room; a task then reads
+    /// Connects as member `number`, takes a name, registers an identity
+    /// with `key` for its RSA key and joins the room; a task then reads
     /// everything the member receives and notes keys and messages in
     /// `seen`. Returns the writing half once the JOIN is answered.
     async fn member(
         addr: SocketAddr,
+        number: usize,
         key: Bytes,
         seen: Arc<Mutex<Seen>>,
         base: Instant,
@@ -568,9 +719,17 @@ mod rotation_measurement {
         let stream = TcpStream::connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         let (mut reader, mut writer) = stream.into_split();
-        let register = ClientMessage::RegisterKey { key }.to_frame().to_bytes();
+        let name = format!("m{number}");
+        let nick = nick(&name).to_frame().to_bytes();
+        let register = TestIdentity::with_rsa(number as u8, key)
+            .register(name.as_bytes(), &PLAIN_CHANNEL_BINDING)
+            .to_frame()
+            .to_bytes();
         let join = join(ROOM, "").to_frame().to_bytes();
-        writer.write_all(&[register, join].concat()).await.unwrap();
+        writer
+            .write_all(&[nick, register, join].concat())
+            .await
+            .unwrap();
         let (joined, answered) = oneshot::channel();
         tokio::spawn(async move {
             let mut joined = Some(joined);
@@ -587,7 +746,7 @@ mod rotation_measurement {
                     match ServerMessage::parse(&frame).unwrap() {
                         ServerMessage::Response { status: 0, .. } => {
                             replies += 1;
-                            if replies == 2 {
+                            if replies == 3 {
                                 let _ = joined.take().map(|joined| joined.send(()));
                             }
                         }
@@ -678,9 +837,9 @@ mod rotation_measurement {
 
         let started = Instant::now();
         let mut joining = tokio::task::JoinSet::new();
-        for _ in 0..MEMBERS - 1 {
+        for number in 0..MEMBERS - 1 {
             let seen = Arc::clone(&seen);
-            joining.spawn(member(server.addr, fake_3072_bit_key(), seen, base));
+            joining.spawn(member(server.addr, number, fake_3072_bit_key(), seen, base));
         }
         let mut writers = joining.join_all().await;
         let (epoch, _) = settled(&seen, MEMBERS - 1).await;
@@ -702,7 +861,14 @@ mod rotation_measurement {
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
         let join_sent = Instant::now();
-        let _joiner = member(server.addr, fake_3072_bit_key(), Arc::clone(&seen), base).await;
+        let _joiner = member(
+            server.addr,
+            MEMBERS - 1,
+            fake_3072_bit_key(),
+            Arc::clone(&seen),
+            base,
+        )
+        .await;
         let (rotated, last_key) = settled(&seen, MEMBERS).await;
         assert_eq!(rotated, epoch + 1, "one rotation for one join");
         let _talker = talking.await.unwrap();

@@ -10,10 +10,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parlor_crypto::envelope::Kind;
 use parlor_crypto::file::{chunk_count, chunk_span, sign_offer, FileKeys, OfferContext};
-use parlor_crypto::{Identity, IssuedKey, WrapLabel};
+use parlor_crypto::identity::SIGNATURE_LEN;
+use parlor_crypto::{Identity, IssuedKey};
+use parlor_proto::secure::{room_key_label, PLAIN_CHANNEL_BINDING};
 use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest, FILE_FLAG_ENCRYPTED};
 use parlor_proto::{ClientMessage, FrameCodec, SecureMessage, ServerMessage};
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,6 +33,8 @@ pub(crate) struct Raw {
     /// Frames read but not asked for yet, in order.
     backlog: VecDeque<ServerMessage>,
     room_keys: HashMap<(Vec<u8>, u32), IssuedKey>,
+    /// The counter of the last offer: offers count like messages.
+    counter: Cell<u64>,
 }
 
 /// A file as a raw sender offers it.
@@ -52,8 +57,8 @@ impl RawFile {
 }
 
 impl Raw {
-    /// Connects, says HELLO, registers a fresh 2048-bit key and takes
-    /// `nick`.
+    /// Connects, says HELLO, takes `nick` and registers a fresh identity
+    /// (over plain TCP, which the test server allows).
     pub(crate) async fn connect(addr: SocketAddr, nick: &str) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).unwrap();
@@ -68,19 +73,22 @@ impl Raw {
             codec: FrameCodec::new(16 << 20),
             backlog: VecDeque::new(),
             room_keys: HashMap::new(),
+            counter: Cell::new(0),
         };
         let hello = ClientMessage::Hello {
             greeting: Bytes::from_static(b"raw test client"),
         };
         assert_eq!(raw.request(&hello).await.0, 0);
-        let key = Bytes::copy_from_slice(raw.identity.public_key_der());
-        let (status, text) = raw.request(&ClientMessage::RegisterKey { key }).await;
-        assert_eq!(status, 0, "{text:?}");
         let nick_request = ClientMessage::Nick {
             name: Bytes::copy_from_slice(nick.as_bytes()),
         };
         assert_eq!(raw.request(&nick_request).await.0, 0);
         raw.name = nick.as_bytes().to_vec();
+        let registration = raw
+            .identity
+            .registration(&PLAIN_CHANNEL_BINDING, nick.as_bytes());
+        let (status, text) = raw.request(&ClientMessage::RegisterKey(registration)).await;
+        assert_eq!(status, 0, "{text:?}");
         raw
     }
 
@@ -195,6 +203,12 @@ impl Raw {
     ) -> RawFile {
         let mut nonce = [0; 16];
         rand::fill(&mut nonce);
+        let keys = key.map(|(_, key)| FileKeys::derive(key, &nonce));
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        let manifest = keys.as_ref().map_or(Bytes::new(), |keys| {
+            Bytes::copy_from_slice(&keys.seal_manifest(&digest, data.len() as u64))
+        });
+        self.counter.set(self.counter.get() + 1);
         let mut meta = FileMeta {
             name: Bytes::copy_from_slice(name.as_bytes()),
             size: data.len() as u64,
@@ -207,16 +221,16 @@ impl Raw {
             },
             key_id: key.map_or(0, |(epoch, _)| epoch),
             nonce,
-            digest: Sha256::digest(&data).into(),
-            signature: Bytes::new(),
+            manifest,
+            counter: self.counter.get(),
+            signature: [0; SIGNATURE_LEN],
         };
         let place = OfferContext {
             kind: Kind::Room,
             context: room.as_bytes(),
             sender: &self.name,
         };
-        meta.signature = sign_offer(&self.identity, &place, &meta).into();
-        let keys = key.map(|(_, key)| FileKeys::derive(key, &nonce));
+        meta.signature = sign_offer(&self.identity, &place, &meta);
         RawFile { meta, keys, data }
     }
 
@@ -259,11 +273,14 @@ impl Raw {
                 let message = ServerMessage::parse(&frame).expect("a known server message");
                 if let ServerMessage::Secure(SecureMessage::RoomKey {
                     room,
+                    incarnation,
                     epoch,
                     wrapped,
                 }) = &message
                 {
-                    let key = self.identity.unwrap_key(wrapped, WrapLabel::Room).unwrap();
+                    let label =
+                        room_key_label(room, *incarnation, *epoch, self.identity.fingerprint());
+                    let key = self.identity.unwrap_key(wrapped, &label).unwrap();
                     self.room_keys.insert((room.to_vec(), *epoch), key);
                 }
                 return Some(message);

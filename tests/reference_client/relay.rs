@@ -6,19 +6,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
+use parlor_proto::secure::SecureMessage;
 use parlor_proto::{Frame, FrameCodec, FrameError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// What to do to the next ROOM_MSG (`15`) from the server.
-#[derive(Clone, Copy, Debug)]
+/// What to do to the next frame of one opcode from the server.
+#[derive(Clone, Debug)]
 pub(crate) enum Tamper {
-    /// Flip one bit of the envelope's first ciphertext byte.
+    /// A ROOM_MSG (`15`): flip one bit of the envelope's first ciphertext
+    /// byte.
     FlipCiphertextByte,
     /// Deliver it twice.
     Duplicate,
+    /// A ROOM_KEY (`84`): keep its room, incarnation and epoch, but carry
+    /// the wrapped key of this earlier `84` instead: a genuine wrap, moved.
+    WrapOf(Frame),
 }
 
 pub(crate) struct Relay {
@@ -31,7 +36,8 @@ pub(crate) struct Relay {
 struct Log {
     to_client: Vec<Frame>,
     to_server: Vec<Frame>,
-    tamper: Option<Tamper>,
+    /// The opcode whose next frame to tamper with, and how.
+    tamper: Option<(u8, Tamper)>,
 }
 
 impl Relay {
@@ -46,8 +52,9 @@ impl Relay {
         Relay { addr, log, inject }
     }
 
-    pub(crate) fn tamper_next_room_message(&self, tamper: Tamper) {
-        self.log.lock().unwrap().tamper = Some(tamper);
+    /// Tampers with the next frame of `opcode` the server sends.
+    pub(crate) fn tamper_next(&self, opcode: u8, tamper: Tamper) {
+        self.log.lock().unwrap().tamper = Some((opcode, tamper));
     }
 
     /// Sends `bytes` to the client as if the server had.
@@ -123,9 +130,12 @@ async fn server_to_client(
 
 /// The frames to deliver for one from the server.
 fn tampered(mut frame: Frame, log: &Mutex<Log>) -> Vec<Frame> {
-    let tamper = match frame.opcode {
-        0x15 => log.lock().unwrap().tamper.take(),
-        _ => None,
+    let tamper = {
+        let mut log = log.lock().unwrap();
+        match &log.tamper {
+            Some((opcode, _)) if *opcode == frame.opcode => log.tamper.take().map(|(_, t)| t),
+            _ => None,
+        }
     };
     match tamper {
         None => vec![frame],
@@ -136,6 +146,32 @@ fn tampered(mut frame: Frame, log: &Mutex<Log>) -> Vec<Frame> {
             payload[offset] ^= 0x01;
             frame.payload = payload.into();
             vec![frame]
+        }
+        Some(Tamper::WrapOf(earlier)) => {
+            let Ok(SecureMessage::RoomKey { wrapped, .. }) = SecureMessage::parse(&earlier) else {
+                panic!("relay: not a ROOM_KEY: {earlier:?}");
+            };
+            let Ok(SecureMessage::RoomKey {
+                room,
+                incarnation,
+                epoch,
+                ..
+            }) = SecureMessage::parse(&frame)
+            else {
+                panic!("relay: not a ROOM_KEY: {frame:?}");
+            };
+            let moved = SecureMessage::RoomKey {
+                room,
+                incarnation,
+                epoch,
+                wrapped,
+            };
+            let bytes = moved.encode();
+            let mut buffer = BytesMut::from(&bytes[..]);
+            vec![FrameCodec::new(usize::MAX)
+                .decode(&mut buffer)
+                .unwrap()
+                .unwrap()]
         }
     }
 }

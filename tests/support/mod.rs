@@ -27,9 +27,16 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 /// Settings for tests: loopback, any free port, and argon2 parameters cheap
 /// enough that a debug build hashes in microseconds. Tests that need the
 /// real defaults set them explicitly.
+///
+/// No TLS port (tests that want one say so, with a state directory of their
+/// own), and the secure extension allowed on the plain port, which is where
+/// the tests of the extension itself speak it (their channel binding is then
+/// `PLAIN_CHANNEL_BINDING`).
 pub(crate) fn test_config() -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls_listen: None,
+        allow_secure_on_plain: true,
         argon2_memory_kib: 64,
         argon2_iterations: 1,
         ..Config::default()
@@ -38,6 +45,8 @@ pub(crate) fn test_config() -> Config {
 
 pub(crate) struct TestServer {
     pub addr: SocketAddr,
+    /// The TLS port, when the config has one.
+    pub tls_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -46,12 +55,14 @@ impl TestServer {
     pub(crate) async fn start(config: Config) -> TestServer {
         let server = Server::bind(config).await.expect("bind test server");
         let addr = server.local_addr().unwrap();
+        let tls_addr = server.tls_addr();
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stop.await;
         }));
         TestServer {
             addr,
+            tls_addr,
             shutdown: Some(shutdown),
             task,
         }

@@ -12,6 +12,8 @@ use parlor_server::config::Config;
 
 pub(crate) struct ServerProcess {
     pub addr: SocketAddr,
+    /// The TLS port, when the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
     child: Child,
     logs: Arc<Mutex<String>>,
@@ -21,7 +23,8 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts `parlor serve` with `config` (written to a temporary TOML
     /// file) on a free loopback port, JSON logs, and the metrics endpoint on
-    /// a free port when `metrics` is set.
+    /// a free port when `metrics` is set. The TLS port is the config's
+    /// (give `127.0.0.1:0` for a free one, and a `state_dir`).
     pub(crate) fn start(config: &Config, metrics: bool) -> ServerProcess {
         let config_path = std::env::temp_dir().join(format!(
             "parlor-test-{}-{}.toml",
@@ -55,12 +58,16 @@ impl ServerProcess {
         });
         let mut server = ServerProcess {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_addr: None,
             metrics_addr: None,
             child,
             logs,
             config_path,
         };
         server.addr = server.wait_for_addr("listening");
+        if config.tls_listen.is_some() {
+            server.tls_addr = Some(server.wait_for_addr("listening for TLS"));
+        }
         if metrics {
             server.metrics_addr = Some(server.wait_for_addr("serving metrics"));
         }
@@ -83,6 +90,19 @@ impl ServerProcess {
             assert!(Instant::now() < deadline, "parlor never said {message:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The TLS key fingerprint the server logged at start,
+    /// `SHA256:<hex>`.
+    pub(crate) fn tls_fingerprint(&self) -> String {
+        let needle = "\"message\":\"TLS key fingerprint ";
+        let logs = self.logs();
+        let start = logs
+            .find(needle)
+            .expect("the server logs its TLS key fingerprint")
+            + needle.len();
+        let end = logs[start..].find('"').unwrap();
+        logs[start..start + end].to_owned()
     }
 
     /// Everything logged so far.

@@ -16,8 +16,6 @@
 //! the stream fails them), and with `--verify-all` the fill is compared too,
 //! which makes every byte checked.
 
-use sha2::{Digest, Sha256};
-
 /// Bytes of a mark: the chunk index as a big-endian u64.
 pub(crate) const MARK_LEN: usize = 8;
 /// Chunks shorter than this hold only their repeated mark.
@@ -108,19 +106,6 @@ impl FilePattern {
             tail: mark,
             tail_len: MARK_LEN,
         }
-    }
-
-    /// SHA-256 of the whole file, for the offer. Reads the pattern once,
-    /// chunk by chunk: about a second per GiB.
-    pub(crate) fn digest(&self) -> [u8; 32] {
-        let mut hash = Sha256::new();
-        for index in 0..self.chunk_count {
-            let pieces = self.pieces(index);
-            hash.update(pieces.head());
-            hash.update(pieces.middle);
-            hash.update(pieces.tail());
-        }
-        hash.finalize().into()
     }
 
     /// A check of chunk `index`, fed its data as it arrives.
@@ -268,13 +253,5 @@ mod tests {
             !checked(&pattern, 3, &short, 1, false),
             "a short chunk is all marks"
         );
-    }
-
-    #[test]
-    fn the_digest_is_that_of_the_concatenated_chunks() {
-        let pattern = FilePattern::new(305, 100);
-        let file: Vec<u8> = (0..4).flat_map(|i| chunk(&pattern, i)).collect();
-        assert_eq!(file.len(), 305);
-        assert_eq!(pattern.digest(), <[u8; 32]>::from(Sha256::digest(&file)));
     }
 }

@@ -96,7 +96,8 @@ use super::target::TargetArgs;
 use super::traffic::{self, Endpoint, Messages, RecognisedDelivery, TrafficReport};
 use parlor_crypto::envelope::{max_plaintext, Envelope};
 use parlor_crypto::identity::KEY_BITS;
-use parlor_crypto::{Identity, Keyring, PeerKey, WrapLabel};
+use parlor_crypto::{Identity, Keyring, PeerIdentity};
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::{ClientMessage, SecureMessage, ServerMessage};
 
 /// Fewer envelopes than this would make the cycle too short to tell a
@@ -157,7 +158,7 @@ impl SecureFanoutArgs {
         }
         let longest_room = room_name(rooms - 1).len();
         let longest_nick = target.nick(connections as usize - 1).len();
-        let max = max_plaintext(longest_room, longest_nick, self.rsa_bits / 8);
+        let max = max_plaintext(longest_room, longest_nick);
         if load.message_bytes > max {
             return Err(format!(
                 "--message-bytes: at most {max} here, or the envelope does not fit a message"
@@ -333,7 +334,7 @@ fn open_kept(members: Vec<Member>, target: &TargetArgs, message_bytes: usize) ->
                 now,
             );
             match opened {
-                Ok(plaintext) if *plaintext == sealed => verified += 1,
+                Ok(opened) if *opened.plaintext == sealed => verified += 1,
                 _ => rejected += 1,
             }
         }
@@ -461,7 +462,7 @@ impl Messages for Sealed {
                 Ok((session, keyring))
             })
             .await?;
-        let (epoch, wrapped) = self
+        let (incarnation, epoch, wrapped) = self
             .final_room_key(&mut session, &mut keyring, index, &room)
             .await?;
         let job = SealJob {
@@ -470,6 +471,7 @@ impl Messages for Sealed {
             keyring,
             nick: endpoint.nick.clone(),
             room: room.clone(),
+            incarnation,
             epoch,
             wrapped,
             pool_len: self.pool_len,
@@ -552,12 +554,15 @@ impl Messages for Sealed {
         })
     }
 
-    /// New room keys: a member that leaves a secure room rotates its key
-    /// (§12.2), so when the run ends and members close, the others get
-    /// keys. (Before that, a member leaves only when its connection fails,
+    /// New room keys and the rekeying notices before them: a member that
+    /// leaves a secure room rotates its key (§12.2), so when the run ends
+    /// and members close, the others get both. (Before that, a member leaves only when its connection fails,
     /// which the run counts as a disconnect.)
     fn expects(&self, notice: &SecureMessage) -> bool {
-        matches!(notice, SecureMessage::RoomKey { .. })
+        matches!(
+            notice,
+            SecureMessage::RoomKey { .. } | SecureMessage::RoomRekeying { .. }
+        )
     }
 }
 
@@ -570,7 +575,8 @@ impl Sealed {
 
     /// Reads a member's keys until the key of `room` stops changing: until
     /// every member of the room holds the same epoch (see the module
-    /// documentation). Returns that epoch and its key, still wrapped.
+    /// documentation). Returns the room's incarnation, that epoch and its
+    /// key, still wrapped.
     /// Gives up when nothing in the room changes for the setup timeout.
     async fn final_room_key(
         &self,
@@ -578,11 +584,11 @@ impl Sealed {
         keyring: &mut Keyring,
         index: u32,
         room: &str,
-    ) -> anyhow::Result<(u32, Bytes)> {
+    ) -> anyhow::Result<(u64, u32, Bytes)> {
         let epochs = &self.rooms[(index / self.members) as usize];
         let me = (index % self.members) as usize;
         let mut changes = epochs.subscribe();
-        let mut newest: Option<(u32, Bytes)> = None;
+        let mut newest: Option<(u64, u32, Bytes)> = None;
         let mut heartbeat =
             tokio::time::interval_at((Instant::now() + KEEPALIVE).into(), KEEPALIVE);
         let stalled = tokio::time::sleep(self.settle_timeout);
@@ -590,7 +596,7 @@ impl Sealed {
         loop {
             if let Some(epoch) = settled(&changes.borrow_and_update()) {
                 return newest
-                    .filter(|(held, _)| *held == epoch)
+                    .filter(|(_, held, _)| *held == epoch)
                     .ok_or_else(|| anyhow!("settled on epoch {epoch} of {room} without its key"));
             }
             tokio::select! {
@@ -599,14 +605,14 @@ impl Sealed {
                         anyhow!("server closed the connection while the key of {room} was settling")
                     })?;
                     match ServerMessage::parse(&frame) {
-                        Ok(ServerMessage::Secure(SecureMessage::PeerKey { name, key })) => {
-                            add_peer(keyring, &name, &key)?;
+                        Ok(ServerMessage::Secure(SecureMessage::PeerKey { name, identity, .. })) => {
+                            add_peer(keyring, &name, &identity)?;
                         }
-                        Ok(ServerMessage::Secure(SecureMessage::RoomKey { room: of, epoch, wrapped }))
+                        Ok(ServerMessage::Secure(SecureMessage::RoomKey { room: of, incarnation, epoch, wrapped }))
                             if of == room.as_bytes() =>
                         {
-                            if newest.as_ref().is_none_or(|(held, _)| epoch > *held) {
-                                newest = Some((epoch, wrapped));
+                            if newest.as_ref().is_none_or(|(_, held, _)| epoch > *held) {
+                                newest = Some((incarnation, epoch, wrapped));
                                 epochs.send_modify(|held| held[me] = epoch);
                             }
                         }
@@ -657,9 +663,10 @@ async fn join_securely(
     identity: &Identity,
 ) -> anyhow::Result<Keyring> {
     session.register(nick).await?;
-    let register = ClientMessage::RegisterKey {
-        key: Bytes::copy_from_slice(identity.public_key_der()),
-    };
+    // The bench speaks plain TCP, to a server that allows the extension
+    // there (allow_secure_on_plain).
+    let registration = identity.registration(&PLAIN_CHANNEL_BINDING, nick.as_bytes());
+    let register = ClientMessage::RegisterKey(registration);
     session.expect_ok(&register, "REGISTER_KEY").await?;
     let join = ClientMessage::Join {
         room: Bytes::copy_from_slice(room.as_bytes()),
@@ -667,23 +674,33 @@ async fn join_securely(
     };
     let reply = session.request(&join, "JOIN").await?;
     let mut reply = reply.iter().map(ServerMessage::parse);
+    let mut keyring = Keyring::default();
     match reply.next() {
         Some(Ok(ServerMessage::Secure(
-            SecureMessage::RoomCreated { secure, .. } | SecureMessage::RoomJoined { secure, .. },
+            SecureMessage::RoomCreated {
+                secure,
+                incarnation,
+                ..
+            }
+            | SecureMessage::RoomJoined {
+                secure,
+                incarnation,
+                ..
+            },
         ))) => {
             if !secure {
                 bail!("{room} is a plaintext room (a legacy client created it); secure-fanout needs secure rooms");
             }
+            keyring.enter_room(room.as_bytes(), incarnation);
         }
         _ => bail!(
             "the JOIN reply does not confirm {room}: is this a server of the secure extension?"
         ),
     }
-    let mut keyring = Keyring::default();
     for message in reply {
         match message {
-            Ok(ServerMessage::Secure(SecureMessage::PeerKey { name, key })) => {
-                add_peer(&mut keyring, &name, &key)?;
+            Ok(ServerMessage::Secure(SecureMessage::PeerKey { name, identity, .. })) => {
+                add_peer(&mut keyring, &name, &identity)?;
             }
             _ => bail!("unexpected frame in the JOIN reply to {room}"),
         }
@@ -691,14 +708,18 @@ async fn join_securely(
     Ok(keyring)
 }
 
-fn add_peer(keyring: &mut Keyring, name: &[u8], key: &[u8]) -> anyhow::Result<()> {
-    let key = PeerKey::from_der(key).map_err(|_| {
+fn add_peer(
+    keyring: &mut Keyring,
+    name: &[u8],
+    identity: &parlor_proto::secure::Identity,
+) -> anyhow::Result<()> {
+    let peer = PeerIdentity::from_block(identity, name).map_err(|problem| {
         anyhow!(
-            "the key of {} is not an RSA public key",
+            "the identity of {} does not check out: {problem}",
             String::from_utf8_lossy(name)
         )
     })?;
-    keyring.add_peer(name, key);
+    keyring.add_peer(name, None, peer, None);
     Ok(())
 }
 
@@ -709,6 +730,7 @@ struct SealJob {
     keyring: Keyring,
     nick: String,
     room: String,
+    incarnation: u64,
     epoch: u32,
     wrapped: Bytes,
     pool_len: u64,
@@ -722,18 +744,17 @@ impl SealJob {
     fn seal(mut self) -> anyhow::Result<(Keyring, Pool, Duration)> {
         let started = process::thread_cpu_time();
         let room = self.room.as_bytes();
-        let key = self
-            .identity
-            .unwrap_key(&self.wrapped, WrapLabel::Room)
-            .map_err(|_| {
-                anyhow!(
-                    "cannot unwrap the key of {}, epoch {}",
-                    self.room,
-                    self.epoch
-                )
-            })?;
+        let (incarnation, epoch) = (self.incarnation, self.epoch);
         self.keyring
-            .add_room_key(room, self.epoch, &key, Instant::now());
+            .add_room_key(
+                &self.identity,
+                room,
+                incarnation,
+                epoch,
+                &self.wrapped,
+                Instant::now(),
+            )
+            .map_err(|refused| anyhow!("the key of {}, epoch {epoch}: {refused}", self.room))?;
         let entries = (0..self.pool_len)
             .map(|position| {
                 let plaintext = stamp_text(self.index, position, self.message_bytes);

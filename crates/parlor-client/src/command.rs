@@ -35,6 +35,24 @@ pub enum UserCommand {
     },
     /// A line not starting with `\`: said in the current room.
     Say(Vec<u8>),
+    /// `\plain TEXT`: one line said in clear in a room that has no key.
+    /// Ordinary lines never go out in clear unasked (unless
+    /// `--allow-plaintext`).
+    Plain(Vec<u8>),
+    /// `\plainmsg USER TEXT`: one DM in clear, to a user we share no key
+    /// with.
+    PlainDm {
+        /// Who the message is for.
+        target: Vec<u8>,
+        /// What to say, spaces and all.
+        text: Vec<u8>,
+    },
+    /// `\trust USER`: the key now under that name is theirs; record it, and
+    /// send the DMs held for it.
+    Trust(Vec<u8>),
+    /// `\whois USER`: shows the key under that name and how far it is
+    /// trusted.
+    Whois(Vec<u8>),
     /// `\file ...`: file transfer.
     File(FileCommand),
     /// `\disconnect`: closes the connection once what was typed before has
@@ -125,21 +143,35 @@ pub fn parse(line: &str) -> Result<Option<UserCommand>, InputError> {
             password: short(password, InputError::PasswordTooLong)?,
         },
         ("file", args) => UserCommand::File(file(args)?),
+        ("trust", [name]) if word(name) => {
+            UserCommand::Trust(short(name, InputError::NickTooLong)?)
+        }
+        ("whois", [name]) if word(name) => {
+            UserCommand::Whois(short(name, InputError::NickTooLong)?)
+        }
+        ("plain", _) => {
+            let text = rest
+                .filter(|text| !text.is_empty())
+                .ok_or(InputError::Invalid)?;
+            UserCommand::Plain(self::text(text.as_bytes(), InputError::MessageTooLong)?)
+        }
         ("list", ["users"]) => UserCommand::ListUsers,
         ("list", ["rooms"]) => UserCommand::ListRooms,
         ("list", [kind]) if word(kind) => return Err(InputError::ListType),
         // Everything after the space that follows the target is the text,
         // spaces and all.
-        ("msg", _) => {
+        ("msg" | "plainmsg", _) => {
             let (target, text) = rest
                 .and_then(|rest| rest.split_once(' '))
                 .ok_or(InputError::Invalid)?;
             if !word(target) || text.is_empty() {
                 return Err(InputError::Invalid);
             }
-            UserCommand::Dm {
-                target: short(target, InputError::NickTooLong)?,
-                text: self::text(text.as_bytes(), InputError::MessageTooLong)?,
+            let target = short(target, InputError::NickTooLong)?;
+            let text = self::text(text.as_bytes(), InputError::MessageTooLong)?;
+            match verb {
+                "msg" => UserCommand::Dm { target, text },
+                _ => UserCommand::PlainDm { target, text },
             }
         }
         _ => return Err(InputError::Invalid),
@@ -257,6 +289,19 @@ mod tests {
             UserCommand::File(FileCommand::Cancel(7))
         );
         assert_eq!(ok("\\file list"), UserCommand::File(FileCommand::List));
+        assert_eq!(ok("\\trust bob"), UserCommand::Trust(b"bob".to_vec()));
+        assert_eq!(ok("\\whois bob"), UserCommand::Whois(b"bob".to_vec()));
+        assert_eq!(
+            ok("\\plain  in the clear "),
+            UserCommand::Plain(b" in the clear ".to_vec())
+        );
+        assert_eq!(
+            ok("\\plainmsg leg hi there"),
+            UserCommand::PlainDm {
+                target: b"leg".to_vec(),
+                text: b"hi there".to_vec()
+            }
+        );
         assert_eq!(ok("\\disconnect"), UserCommand::Disconnect);
         assert_eq!(ok("\\quit"), UserCommand::Quit);
         assert_eq!(parse(""), Ok(None));
@@ -288,6 +333,12 @@ mod tests {
             "\\file accept -1",
             "\\file list all",
             "\\file open 1",
+            "\\trust",
+            "\\trust a b",
+            "\\whois",
+            "\\plain",
+            "\\plain ",
+            "\\plainmsg bob",
         ] {
             assert_eq!(parse(line), Err(InputError::Invalid), "{line:?}");
         }

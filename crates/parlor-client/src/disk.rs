@@ -1,6 +1,7 @@
 //! The file operations the shell carries out for the session
-//! ([`super::FileOp`]), with `std::fs`. They block: hashing a whole file
-//! runs on a blocking thread; the rest touch one chunk at a time.
+//! ([`super::FileOp`], [`Record`]), with `std::fs`. They block: hashing a
+//! whole file runs on a blocking thread; the rest touch one chunk or one
+//! line at a time.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::memory::{Memory, MemoryFile, Record};
 use super::transfer::numbered_name;
 
 /// How much is read at a time while hashing.
@@ -89,6 +91,41 @@ pub(crate) fn save(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
     )))
 }
 
+/// What the data directory remembers; nothing if it has no files yet.
+pub(crate) fn load_memory(data_dir: &Path) -> io::Result<Memory> {
+    let read = |file: MemoryFile| {
+        let path = data_dir.join(file.file_name());
+        match fs::read_to_string(&path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            read => {
+                read.map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))
+            }
+        }
+    };
+    Ok(Memory::parse(
+        &read(MemoryFile::KnownPeers)?,
+        &read(MemoryFile::SecureRooms)?,
+    ))
+}
+
+/// Appends `record` as one line to its file in the data directory, made
+/// (mode 0600, in a directory of mode 0700) if need be. One `write` of a
+/// whole line with `O_APPEND`: two clients appending at once do not
+/// interleave within a line.
+pub(crate) fn remember(data_dir: &Path, record: &Record) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(data_dir.join(record.file.file_name()))?;
+    file.write_all(format!("{}\n", record.line).as_bytes())
+}
+
 /// Deletes a file that may not be there.
 pub(crate) fn delete(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
@@ -128,6 +165,28 @@ mod tests {
         write_at(&part, 3, b"def").unwrap();
         assert_eq!(fs::read(&part).unwrap(), b"abcdef");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remembers_by_appending_lines_to_private_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = scratch("memory").join("data");
+        assert_eq!(load_memory(&dir).unwrap(), Memory::default(), "nothing yet");
+        let mut memory = Memory::default();
+        let records = [
+            memory.pin("h:1", b"bob", &[1; 32]),
+            memory.mark_secure("h:1", b"vault").unwrap(),
+            memory.pin("h:1", b"bob", &[2; 32]),
+        ];
+        for record in &records {
+            remember(&dir, record).unwrap();
+        }
+        assert_eq!(load_memory(&dir).unwrap(), memory);
+        let peers = dir.join(MemoryFile::KnownPeers.file_name());
+        assert_eq!(fs::read_to_string(&peers).unwrap().lines().count(), 2);
+        assert_eq!(fs::metadata(&peers).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]

@@ -54,15 +54,46 @@ pub struct FileStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum UserEvent {
+    /// The connection is open, before HELLO: over TLS, with the server's
+    /// key and how it was trusted, or over plain TCP.
+    Transport {
+        /// The connection is TLS.
+        tls: bool,
+        /// The server's key (TLS only): `SHA256:<hex>` of its certificate's
+        /// SubjectPublicKeyInfo, as the server logs it at start.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        /// How the key was trusted (TLS only): `ca` (`--ca`), `system` (the
+        /// system's roots), `known` (the key pinned in `known_servers`) or
+        /// `first_use` (nothing was pinned: it is now).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trust: Option<&'static str>,
+        /// The `known_servers` file, when the key is pinned there.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        known_servers: Option<String>,
+        /// Why the connection is plain (plain only): `legacy` or
+        /// `insecure_transport`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
     /// The server answered HELLO with our name.
     Connected {
         /// The name the server gave us (`rand0`, ...).
         name: String,
     },
-    /// The server accepted our public key: the connection is secure.
+    /// The identity file did not exist and was made, at `path`.
+    IdentityCreated {
+        /// Where it is kept.
+        path: String,
+        /// Its fingerprint, as people compare it.
+        fingerprint: String,
+    },
+    /// The server accepted our keys: the connection is secure.
     KeyRegistered {
-        /// The key's size in bits.
+        /// The RSA key's size in bits.
         bits: usize,
+        /// Our fingerprint, as people compare it.
+        fingerprint: String,
     },
     /// A `\nick` succeeded.
     Nick {
@@ -98,8 +129,7 @@ pub enum UserEvent {
         /// Every room on the server.
         names: Vec<String>,
     },
-    /// A message from someone else. `secure`: it was sealed and passed every
-    /// check of PROTOCOL.md §12.7.
+    /// A message from someone else.
     Message {
         /// Said in a room, or to us alone.
         kind: MessageKind,
@@ -110,8 +140,13 @@ pub enum UserEvent {
         from: String,
         /// What was said, opened if it was sealed.
         text: String,
-        /// It was sealed and opened; a plaintext DM is marked as such.
-        secure: bool,
+        /// It was sealed and passed every check of the envelope; a
+        /// plaintext line is marked as such.
+        encrypted: bool,
+        /// It was signed by the key last seen under `from`'s name (or
+        /// trusted since): false for plaintext, and for a name whose key
+        /// changed.
+        verified: bool,
     },
     /// The server accepted our message (the legacy client's local echo).
     Sent {
@@ -127,8 +162,8 @@ pub enum UserEvent {
         to: Option<String>,
         /// What we said, as typed (not as sealed).
         text: String,
-        /// It went out sealed.
-        secure: bool,
+        /// It went out sealed; a plaintext line is marked as such.
+        encrypted: bool,
     },
     /// A sealed message that failed verification and was discarded.
     Rejected {
@@ -141,18 +176,67 @@ pub enum UserEvent {
         /// verify.
         from: String,
     },
-    /// A message waits for the room key before it can be sent.
+    /// A message waits for the room's key before it can be sent: the
+    /// first one, or the one after a member left.
     Held {
         /// The room whose key it waits for.
         room: String,
     },
-    /// A user's public key arrived, or arrived again under a new name.
+    /// A DM waits until the user trusts the recipient's changed key.
+    DmHeld {
+        /// The recipient.
+        to: String,
+    },
+    /// A user's identity arrived, checked: under a name first seen, or a
+    /// new name of someone known.
     PeerKey {
         /// The user's name now.
         name: String,
-        /// The name the same key was known under before a `\nick`.
+        /// The name the same key was known under before its `\nick`.
         #[serde(skip_serializing_if = "Option::is_none")]
         renamed_from: Option<String>,
+        /// Its fingerprint, as people compare it.
+        fingerprint: String,
+        /// `new` (first sight, now recorded), `trusted` (the key seen
+        /// under this name before) or `changed` (see [`UserEvent::KeyChanged`]).
+        trust: &'static str,
+    },
+    /// The key under a name is not the one seen under it before: someone
+    /// else may have the name. Its messages are marked unverified and DMs
+    /// to it held until `\trust`.
+    KeyChanged {
+        /// The name.
+        name: String,
+        /// The key seen under it before, as people compare it.
+        before: String,
+        /// The key under it now.
+        now: String,
+    },
+    /// The reply to `\whois`.
+    Whois {
+        /// The name asked about.
+        name: String,
+        /// Its key's fingerprint, as people compare it.
+        fingerprint: String,
+        /// The fingerprint in full, hex.
+        sha256: String,
+        /// `new`, `trusted` or `changed`, as in [`UserEvent::PeerKey`].
+        trust: &'static str,
+    },
+    /// `\trust` took the key now under `name` as its key.
+    Trusted {
+        /// The name.
+        name: String,
+        /// The key now trusted under it.
+        fingerprint: String,
+    },
+    /// A member left the room: what is said there waits for the key of
+    /// `next_epoch`, which the member who left will not have.
+    Rekeying {
+        /// The room.
+        room: String,
+        /// The epoch awaited.
+        next_epoch: u32,
     },
     /// A room key arrived, on joining or after the room's membership
     /// changed: what is said there from now on is sealed under its epoch.
@@ -192,7 +276,7 @@ pub enum UserEvent {
         reason: Option<String>,
     },
     /// The server took our offer (`8a`); `skipped` members cannot receive
-    /// files and were not asked.
+    /// files and were not asked. Files are always sealed.
     FileOffer {
         /// The transfer id the server gave the file.
         id: u32,
@@ -206,13 +290,12 @@ pub enum UserEvent {
         /// The one user it was offered to; absent in a room.
         #[serde(skip_serializing_if = "Option::is_none")]
         to: Option<String>,
-        /// Its chunks are sealed; false only in a plaintext room.
-        encrypted: bool,
         /// Members without a key, named so the sender knows who will not
         /// get it.
         skipped: Vec<String>,
     },
-    /// Someone offers us a file; its signature checked out.
+    /// Someone offers us a file; its signature checked out, and it is
+    /// sealed.
     FileOffered {
         /// The transfer id, for `\file accept` and `\file decline`.
         id: u32,
@@ -225,9 +308,6 @@ pub enum UserEvent {
         name: String,
         /// Its size in bytes, as signed by the sender.
         size: u64,
-        /// Its chunks are sealed; an unencrypted file comes after a
-        /// warning.
-        encrypted: bool,
     },
     /// The server took our accept: the file goes to `part` until verified.
     FileAccepted {
@@ -280,7 +360,7 @@ pub enum UserEvent {
         name: String,
         /// The recipients that have all of it.
         delivered: Vec<String>,
-        /// The SHA-256 we signed, in hex, to compare with the recipients'.
+        /// The SHA-256 we sealed in the offer, in hex, to compare with the recipients'.
         sha256: String,
     },
     /// A file arrived whole, its digest and signature verified, and was
@@ -297,7 +377,7 @@ pub enum UserEvent {
         path: String,
         /// Its size in bytes.
         size: u64,
-        /// Its SHA-256 in hex, the one its sender signed.
+        /// Its SHA-256 in hex, the one its sender sealed in the offer.
         sha256: String,
     },
     /// A transfer ended for everyone (`who` absent) or for the recipient
@@ -367,6 +447,16 @@ pub enum UserEvent {
     },
 }
 
+/// What a line's text form says about it: nothing for a sealed line from
+/// the key known under its name.
+fn mark(encrypted: bool, verified: bool) -> &'static str {
+    match (encrypted, verified) {
+        (false, _) => " (plaintext)",
+        (true, false) => " (unverified)",
+        (true, true) => "",
+    }
+}
+
 /// Bytes from the wire as display text.
 pub fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -382,11 +472,41 @@ impl UserEvent {
     /// scripts want to see.
     pub fn to_text(&self) -> Option<String> {
         let text = match self {
+            UserEvent::Transport {
+                tls: true,
+                fingerprint,
+                trust,
+                known_servers,
+                ..
+            } => {
+                let key = fingerprint.as_deref().unwrap_or_default();
+                let file = known_servers.as_deref().unwrap_or_default();
+                match trust.unwrap_or_default() {
+                    "ca" => format!("TLS: the server's certificate is signed by the --ca authority (key {key})."),
+                    "system" => format!("TLS: the server's certificate is signed by an authority this system trusts (key {key})."),
+                    "known" => format!("TLS: the server's key {key} is the one recorded in {file}."),
+                    _ => format!(
+                        "TLS: first connection to this server; its key {key} is now recorded in {file}. \
+                         Compare it with the fingerprint the server logs at start."
+                    ),
+                }
+            }
+            UserEvent::Transport {
+                reason: Some("legacy"),
+                ..
+            } => "Plain TCP (--legacy): nothing is encrypted, not even the connection.".to_string(),
+            UserEvent::Transport { .. } => "Warning: plain TCP (--insecure-transport): the connection is \
+                 neither encrypted nor authenticated, and a key registered over it can be replayed by \
+                 whoever relays it."
+                .to_string(),
             UserEvent::Connected { name } => {
                 format!("Connected to the chat server. Your name is '{name}'.")
             }
-            UserEvent::KeyRegistered { bits } => format!(
-                "Registered a {bits}-bit RSA key: rooms you create and DMs to users with keys are end-to-end encrypted."
+            UserEvent::IdentityCreated { path, fingerprint } => format!(
+                "Made a new identity in {path}. Your fingerprint is {fingerprint}: others can compare it with what their client shows for you."
+            ),
+            UserEvent::KeyRegistered { bits, fingerprint } => format!(
+                "Registered your keys (RSA {bits} bits, fingerprint {fingerprint}): rooms you create and DMs to users with keys are end-to-end encrypted."
             ),
             UserEvent::Nick { name } => format!("Changed nick to '{name}'."),
             UserEvent::Joined { room, secure: true } => {
@@ -405,35 +525,37 @@ impl UserEvent {
             }
             UserEvent::Rooms { names } => format!("List of rooms: {}", names.join(" ")),
             UserEvent::Message {
-                kind: MessageKind::Room,
+                kind,
                 room,
                 from,
                 text,
-                ..
-            } => format!("[{}] {from}: {text}", room.as_deref().unwrap_or_default()),
-            UserEvent::Message {
-                kind: MessageKind::Dm,
-                from,
-                text,
-                secure,
-                ..
+                encrypted,
+                verified,
             } => {
-                let mark = if *secure { "" } else { " (not encrypted)" };
-                format!("< {from}{mark}: {text}")
+                let mark = mark(*encrypted, *verified);
+                match (kind, room) {
+                    (MessageKind::Room, room) => {
+                        format!("[{}] {from}{mark}: {text}", room.as_deref().unwrap_or_default())
+                    }
+                    (MessageKind::Dm, _) => format!("< {from}{mark}: {text}"),
+                }
             }
             UserEvent::Sent {
-                kind: MessageKind::Room,
+                kind,
                 room,
                 from,
-                text,
-                ..
-            } => format!("[{}] {from}: {text}", room.as_deref().unwrap_or_default()),
-            UserEvent::Sent {
-                kind: MessageKind::Dm,
                 to,
                 text,
-                ..
-            } => format!("> {}: {text}", to.as_deref().unwrap_or_default()),
+                encrypted,
+            } => {
+                let mark = mark(*encrypted, true);
+                match kind {
+                    MessageKind::Room => {
+                        format!("[{}] {from}{mark}: {text}", room.as_deref().unwrap_or_default())
+                    }
+                    MessageKind::Dm => format!("> {}{mark}: {text}", to.as_deref().unwrap_or_default()),
+                }
+            }
             UserEvent::Rejected {
                 kind: MessageKind::Room,
                 room,
@@ -450,13 +572,38 @@ impl UserEvent {
             UserEvent::Held { room } => {
                 format!("Waiting for the key of room '{room}'; the message goes out when it arrives.")
             }
+            UserEvent::DmHeld { to } => format!(
+                "Not sent yet: '{to}' has a different key than before. Compare fingerprints (\\whois {to}) and type \\trust {to} to send what waits."
+            ),
             UserEvent::PeerKey {
                 name,
                 renamed_from: Some(old),
+                ..
             } => format!("'{old}' is now '{name}' (same key)."),
-            UserEvent::PeerKey { .. } | UserEvent::RoomKey { .. } | UserEvent::DmKey { .. } => {
-                return None
+            UserEvent::PeerKey {
+                name,
+                fingerprint,
+                trust: "new",
+                ..
+            } => format!("First sight of '{name}' on this server; key fingerprint {fingerprint} (recorded)."),
+            UserEvent::KeyChanged { name, before, now } => format!(
+                "!! WARNING: '{name}' HAS A DIFFERENT KEY THAN BEFORE. Before: {before}. Now: {now}. \
+                 Someone else may be using the name: their messages are marked unverified, and DMs to '{name}' are held. \
+                 Compare the fingerprint with {name} in person, then type \\trust {name} if it is theirs."
+            ),
+            UserEvent::Whois {
+                name,
+                fingerprint,
+                trust,
+                ..
+            } => format!("'{name}': key fingerprint {fingerprint} ({trust})."),
+            UserEvent::Trusted { name, fingerprint } => {
+                format!("Trusting {fingerprint} as the key of '{name}'.")
             }
+            UserEvent::PeerKey { .. }
+            | UserEvent::RoomKey { .. }
+            | UserEvent::DmKey { .. }
+            | UserEvent::Rekeying { .. } => return None,
             UserEvent::Warning { text } => format!("Warning: {text}"),
             UserEvent::Failed { text } => format!("Command failed. ({text})"),
             UserEvent::Error { text } => text.clone(),
@@ -496,14 +643,12 @@ impl UserEvent {
                 room,
                 name,
                 size,
-                encrypted,
             } => {
                 let place = room
                     .as_ref()
                     .map_or(String::new(), |room| format!(" in room '{room}'"));
-                let mark = if *encrypted { "" } else { ", not encrypted" };
                 format!(
-                    "{from} offers file {id}{place}: '{name}' ({size} bytes{mark}). Type \\file accept {id} or \\file decline {id}."
+                    "{from} offers file {id}{place}: '{name}' ({size} bytes). Type \\file accept {id} or \\file decline {id}."
                 )
             }
             UserEvent::FileAccepted { id, name, part } => {
@@ -616,11 +761,16 @@ mod tests {
             room: None,
             from: "bob".into(),
             text: "hi \"there\"".into(),
-            secure: true,
+            encrypted: true,
+            verified: false,
         };
         assert_eq!(
             message.to_json(),
-            r#"{"event":"message","kind":"dm","from":"bob","text":"hi \"there\"","secure":true}"#
+            r#"{"event":"message","kind":"dm","from":"bob","text":"hi \"there\"","encrypted":true,"verified":false}"#
+        );
+        assert_eq!(
+            message.to_text().unwrap(),
+            "< bob (unverified): hi \"there\""
         );
         assert_eq!(
             UserEvent::LeftServer.to_json(),

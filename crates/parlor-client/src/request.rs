@@ -21,7 +21,7 @@ pub enum QueuedRequest {
     Hello,
     /// REGISTER_KEY (`81`), right after HELLO unless `--legacy`.
     RegisterKey,
-    /// NICK.
+    /// NICK, or SIGNED_NICK (`96`) once the connection is secure.
     Nick(Vec<u8>),
     /// JOIN.
     Join {
@@ -36,17 +36,22 @@ pub enum QueuedRequest {
     ListUsers,
     /// LIST_ROOMS.
     ListRooms,
-    /// `plaintext`: the user was warned that `target` has no key.
+    /// A DM, sealed when it is sent.
     Dm {
         /// Who it is for.
         target: Vec<u8>,
-        /// What to say, sealed when it is sent if a DM key is shared.
+        /// What to say.
         text: Vec<u8>,
-        /// Send it unsealed, without asking for a key again.
+        /// The user asked for it in clear (`\plainmsg`).
         plaintext: bool,
     },
     /// A room message, sealed when it is sent in a secure room.
-    Say(Vec<u8>),
+    Say {
+        /// What to say.
+        text: Vec<u8>,
+        /// The user asked for it in clear (`\plain`).
+        plaintext: bool,
+    },
     /// A file hashed and ready to offer; signed when it is sent, under the
     /// key current at that moment.
     FileOffer(Box<PreparedFile>),
@@ -92,12 +97,15 @@ pub enum InFlight {
     RegisterKey,
     /// The name asked for, ours once the server agrees.
     Nick(Vec<u8>),
-    /// `secure` is learned from the `91`/`93` that precedes the `9a 00`.
+    /// `secure` and `incarnation` are learned from the `91`/`93` that
+    /// precedes the `9a 00`.
     Join {
         /// The room asked for.
         room: Vec<u8>,
         /// The room is a secure one, as far as the server has said yet.
         secure: bool,
+        /// Which room of that name it is (0 for a plaintext room).
+        incarnation: u64,
     },
     /// Its success says whether we left a room or the server.
     Leave,
@@ -112,7 +120,7 @@ pub enum InFlight {
         /// What was said, as typed, for the echo.
         text: Vec<u8>,
         /// It went out sealed.
-        secure: bool,
+        encrypted: bool,
     },
     /// A DM_KEY_REQUEST sent on behalf of a DM, which goes out once the key
     /// is here.
@@ -129,7 +137,7 @@ pub enum InFlight {
         /// What was said, as typed, for the echo.
         text: Vec<u8>,
         /// It went out sealed.
-        secure: bool,
+        encrypted: bool,
     },
     /// The offer being made is kept by the session's file state; its id
     /// comes with the `8a` before the `9a 00`.

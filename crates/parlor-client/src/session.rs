@@ -1,16 +1,28 @@
 //! The client without I/O: typed lines, server frames and the current time
 //! go in; frames to send, events to show and connection changes come out.
 //!
-//! The [`ClientSession`] never touches a socket or a clock, so every
+//! The [`ClientSession`] never touches a socket, a clock or a file, so every
 //! behaviour of the client, the secure parts included, is tested by feeding
 //! it frames (see `tests.rs`). The tokio shell in `shell.rs` only moves
-//! bytes and lines; the contract between the two ("Driving the session")
-//! is in the documentation of [`ClientSession`].
+//! bytes, lines and files; the contract between the two ("Driving the
+//! session") is in the documentation of [`ClientSession`].
 //!
-//! Secure by default: with an [`Identity`], each connection registers the
-//! public key right after HELLO, seals what it says in secure rooms and to
-//! users with keys, and opens what it receives. Without one (`--legacy`) it
-//! speaks the plain protocol, exactly like the legacy client.
+//! Secure by default: with an [`Identity`], each connection registers its
+//! keys right after HELLO, with proofs bound to the connection and the
+//! current nick; it seals what it says in secure rooms and to users with
+//! keys, and opens what it receives. Without one (`--legacy`) it speaks
+//! the plain protocol, exactly like the legacy client.
+//!
+//! **Fail closed.** A secure client sends nothing in clear that the user did
+//! not ask to send in clear: a line in a plaintext room, a DM to a user
+//! without a key, anything on a connection whose key the server refused,
+//! is not sent, and the user is told the explicit way (`\plain`,
+//! `\plainmsg`, or `--allow-plaintext` for every such line). Every line
+//! sent or received in clear is marked. Peers are trusted on first use
+//! per server ([`crate::memory`]); a changed key is announced loudly, its
+//! messages are marked unverified and DMs to it wait for `\trust`. A room
+//! once seen end-to-end encrypted that comes back in plaintext is left.
+//! The peer, key and trust handling is in `secure.rs`.
 //!
 //! File transfer follows the same rule for disk: the session asks for file
 //! reads and writes with [`Output::File`] and the shell reports back; see
@@ -18,22 +30,31 @@
 //! map of the rest), `send_file.rs`, `receive_file.rs` and
 //! `file_requests.rs`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::command::{self, UserCommand};
 use super::event::{show, MessageKind, UserEvent};
+use super::memory::{Memory, Record};
 use super::request::{InFlight, QueuedRequest};
 use super::transfer::{FileOp, Files, TransferProgress};
+use parlor_crypto::envelope::{Kind, VERSION};
+use parlor_crypto::identity::display_fingerprint;
 use parlor_crypto::keyring::SealError;
-use parlor_crypto::{Identity, Keyring, PeerKey, WrapLabel};
-use parlor_proto::{ClientMessage, Frame, SecureMessage, ServerMessage};
+use parlor_crypto::{Identity, Keyring};
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
+use parlor_proto::{ClientMessage, Frame, ServerMessage};
 
 /// The legacy client heartbeats after about 6 s without socket traffic; the
 /// server cuts a connection off after 30 s without a frame.
 pub const HEARTBEAT_AFTER: Duration = Duration::from_secs(6);
+
+/// How many room lines may wait for a key (the first, or the next after a
+/// member left), and how many DMs for `\trust`: past it a line is refused
+/// with a clear error rather than held without bound.
+pub const MAX_HELD: usize = 64;
 
 /// What the client sends as HELLO. The server never looks at it.
 const GREETING: &[u8] = b"parlor reference client";
@@ -61,6 +82,9 @@ pub enum Output {
     File(FileOp),
     /// Show how far a file transfer has got.
     Progress(TransferProgress),
+    /// Append this line to the data directory's file (see
+    /// [`crate::memory`]).
+    Remember(Record),
 }
 
 /// The whole client but its I/O. Everything it must remember across
@@ -82,7 +106,7 @@ pub enum Output {
 /// | [`ClientSession::handle_line`] | the user typed a line |
 /// | [`ClientSession::handle_command`] | a command, as if typed (`parlor client ADDR`: a `\connect`) |
 /// | [`ClientSession::handle_end_of_input`] | the input ended; no line comes after |
-/// | [`ClientSession::handle_connected`] | the connection asked for with [`Output::Connect`] is open |
+/// | [`ClientSession::handle_connected`] | the connection asked for with [`Output::Connect`] is open, with its TLS channel binding if it has one |
 /// | [`ClientSession::handle_connect_failed`] | that connection could not be opened |
 /// | [`ClientSession::handle_frame`] | a whole frame arrived on the open connection |
 /// | [`ClientSession::handle_closed`] | the server closed the connection, or reading or writing it failed |
@@ -93,7 +117,8 @@ pub enum Output {
 /// | [`ClientSession::handle_file_saved`] | a [`FileOp::Save`] finished |
 ///
 /// A session starts unconnected ([`ClientSession::new`], then
-/// [`ClientSession::with_file_settings`]) and opens a connection only when
+/// [`ClientSession::with_file_settings`], [`ClientSession::with_memory`]
+/// and [`ClientSession::allow_plaintext`]) and opens a connection only when
 /// told to (`\connect`). `handle_connected` and `handle_connect_failed`
 /// only answer an [`Output::Connect`]; `handle_frame` and `handle_closed`
 /// only concern the connection opened since, until it is closed either
@@ -110,6 +135,8 @@ pub enum Output {
 ///   connection: drop it and report [`ClientSession::handle_closed`].
 /// - [`Output::Event`] and [`Output::Progress`]: show the event; draw the
 ///   progress, or not. Neither is reported.
+/// - [`Output::Remember`]: append the line to its file in the data
+///   directory. Not reported; a failure is the shell's to show.
 /// - [`Output::Connect`]: open a connection to the address, and report
 ///   [`ClientSession::handle_connected`] or
 ///   [`ClientSession::handle_connect_failed`].
@@ -134,26 +161,55 @@ pub struct ClientSession {
     /// Files being sent and received; they outlive a connection, so that
     /// a file being received resumes on the next one.
     files: Files,
+    /// What the data directory remembers; kept up to date here, written by
+    /// the shell ([`Output::Remember`]).
+    memory: Memory,
+    /// `--allow-plaintext`: lines that cannot be encrypted go in clear
+    /// (marked) instead of not at all.
+    allow_plaintext: bool,
+    /// The address of the last [`Output::Connect`]: the server the next
+    /// connection is to.
+    connecting: String,
 }
 
 /// The state of one connection; a new connection starts from nothing, as
 /// the server forgets a user who logs off.
 struct ConnectionState {
+    /// The address connected to, as given to `\connect`: what the memory
+    /// of peers and secure rooms is kept under.
+    server: String,
+    /// The TLS exporter value of the connection, which our proofs sign;
+    /// `None` on plain TCP.
+    channel_binding: Option<[u8; 32]>,
     name: Vec<u8>,
-    /// The server accepted our key.
+    /// The server accepted our keys.
     secure: bool,
     room: Option<CurrentRoom>,
     keyring: Keyring,
     queue: VecDeque<QueuedRequest>,
     pending: Option<InFlight>,
-    /// What was said in a secure room before its key arrived.
+    /// What was said in the secure room while no key could seal it: before
+    /// the first, or after a member left and before the next.
     held: VecDeque<Vec<u8>>,
+    /// DMs to peers whose key changed, until `\trust`.
+    held_dms: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     last_traffic: Instant,
 }
 
 struct CurrentRoom {
     name: Vec<u8>,
     secure: bool,
+}
+
+/// Why a line cannot go out sealed, for the error that says how to send
+/// it in clear.
+enum Unsealable<'a> {
+    /// A room without a key.
+    PlaintextRoom(&'a [u8]),
+    /// Outside any room.
+    NoRoom,
+    /// The server refused our keys.
+    NoKey,
 }
 
 impl ClientSession {
@@ -164,7 +220,24 @@ impl ClientSession {
             identity,
             connection: None,
             files: Files::default(),
+            memory: Memory::default(),
+            allow_plaintext: false,
+            connecting: String::new(),
         }
+    }
+
+    /// The same session, remembering what `memory` holds (read by the
+    /// shell from the data directory).
+    pub fn with_memory(mut self, memory: Memory) -> ClientSession {
+        self.memory = memory;
+        self
+    }
+
+    /// The same session, sending lines that cannot be encrypted in clear
+    /// (marked) instead of refusing them: `--allow-plaintext`.
+    pub fn allow_plaintext(mut self, allow: bool) -> ClientSession {
+        self.allow_plaintext = allow;
+        self
     }
 
     /// Whether a connection is open (or being greeted), as far as the
@@ -209,6 +282,8 @@ impl ClientSession {
         };
         let request = match command {
             UserCommand::Connect(_) => return out.error("Already connected to a chat server."),
+            UserCommand::Trust(name) => return self.trust(&name, now, out),
+            UserCommand::Whois(name) => return self.whois(&name, out),
             UserCommand::Nick(name) => QueuedRequest::Nick(name),
             UserCommand::Join { room, password } => QueuedRequest::Join { room, password },
             UserCommand::Leave => QueuedRequest::Leave,
@@ -219,7 +294,19 @@ impl ClientSession {
                 text,
                 plaintext: false,
             },
-            UserCommand::Say(text) => QueuedRequest::Say(text),
+            UserCommand::PlainDm { target, text } => QueuedRequest::Dm {
+                target,
+                text,
+                plaintext: true,
+            },
+            UserCommand::Say(text) => QueuedRequest::Say {
+                text,
+                plaintext: false,
+            },
+            UserCommand::Plain(text) => QueuedRequest::Say {
+                text,
+                plaintext: true,
+            },
             UserCommand::File(_) => unreachable!("handled above"),
             UserCommand::Disconnect => QueuedRequest::Disconnect,
             UserCommand::Quit => QueuedRequest::Quit,
@@ -233,18 +320,32 @@ impl ClientSession {
             .rsplit_once(':')
             .map(|(_, port)| port.parse::<u16>());
         match port {
-            Some(Ok(port)) if port != 0 => out.push(Output::Connect(address)),
+            Some(Ok(port)) if port != 0 => {
+                self.connecting.clone_from(&address);
+                out.push(Output::Connect(address));
+            }
             _ => out.error("Could not connect to the chat server. (Invalid port)"),
         }
     }
 
     /// The connection asked for with [`Output::Connect`] is open.
-    pub fn handle_connected(&mut self, now: Instant, out: &mut Vec<Output>) {
+    /// `channel_binding` is its TLS exporter value
+    /// ([`CHANNEL_BINDING_LABEL`](parlor_proto::secure::CHANNEL_BINDING_LABEL)),
+    /// or `None` for a plain TCP connection; the proofs of REGISTER_KEY and
+    /// FILE_RESUME sign it.
+    pub fn handle_connected(
+        &mut self,
+        channel_binding: Option<[u8; 32]>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
         let mut queue = VecDeque::from([QueuedRequest::Hello]);
         if self.identity.is_some() {
             queue.push_back(QueuedRequest::RegisterKey);
         }
         self.connection = Some(ConnectionState {
+            server: self.connecting.clone(),
+            channel_binding,
             name: Vec::new(),
             secure: false,
             room: None,
@@ -252,6 +353,7 @@ impl ClientSession {
             queue,
             pending: None,
             held: VecDeque::new(),
+            held_dms: HashMap::new(),
             last_traffic: now,
         });
         self.dispatch(now, out);
@@ -369,15 +471,25 @@ impl ClientSession {
                     .identity
                     .as_ref()
                     .expect("queued only with an identity");
-                let key = Bytes::copy_from_slice(identity.public_key_der());
-                (ClientMessage::RegisterKey { key }, InFlight::RegisterKey)
+                let binding = connection.channel_binding.unwrap_or(PLAIN_CHANNEL_BINDING);
+                let registration = identity.registration(&binding, &connection.name);
+                let message = ClientMessage::RegisterKey(registration);
+                (message, InFlight::RegisterKey)
             }
-            QueuedRequest::Nick(name) => (
-                ClientMessage::Nick {
-                    name: Bytes::from(name.clone()),
-                },
-                InFlight::Nick(name),
-            ),
+            QueuedRequest::Nick(name) => {
+                // A secure connection renames with a signed name, which
+                // peers check; the server refuses a plain NICK from it.
+                let message = match &self.identity {
+                    Some(identity) if connection.secure => ClientMessage::SignedNick {
+                        name: Bytes::from(name.clone()),
+                        name_proof: identity.name_proof(&name),
+                    },
+                    _ => ClientMessage::Nick {
+                        name: Bytes::from(name.clone()),
+                    },
+                };
+                (message, InFlight::Nick(name))
+            }
             QueuedRequest::Join { room, password } => (
                 ClientMessage::Join {
                     room: Bytes::from(room.clone()),
@@ -386,6 +498,7 @@ impl ClientSession {
                 InFlight::Join {
                     room,
                     secure: false,
+                    incarnation: 0,
                 },
             ),
             QueuedRequest::Leave => (ClientMessage::Leave, InFlight::Leave),
@@ -396,7 +509,9 @@ impl ClientSession {
                 text,
                 plaintext,
             } => return self.start_dm(target, text, plaintext, now, out),
-            QueuedRequest::Say(text) => return self.start_say(text, now, out),
+            QueuedRequest::Say { text, plaintext } => {
+                return self.start_say(text, plaintext, now, out)
+            }
             QueuedRequest::FileOffer(file) => return self.start_file_offer(*file, now, out),
             QueuedRequest::FileDecision { .. }
             | QueuedRequest::FileDone { .. }
@@ -411,6 +526,13 @@ impl ClientSession {
         self.send(&message, now, out);
     }
 
+    /// Whether a line that cannot be sealed may go in clear: the user
+    /// asked for this one (`explicit`), or for all (`--allow-plaintext`),
+    /// or this is a legacy client, which has no other way.
+    fn plaintext_allowed(&self, explicit: bool) -> bool {
+        explicit || self.allow_plaintext || self.identity.is_none()
+    }
+
     fn start_dm(
         &mut self,
         target: Vec<u8>,
@@ -419,36 +541,67 @@ impl ClientSession {
         now: Instant,
         out: &mut Vec<Output>,
     ) {
+        let allowed = self.plaintext_allowed(plaintext);
         let connection = self.connection.as_mut().expect("dispatching");
         let sealer = match &self.identity {
-            Some(identity) if connection.secure && !plaintext => Some(identity),
-            _ => None,
-        };
-        let sealed = match sealer {
-            None => None,
-            Some(_) if target == connection.name => {
-                out.push(Output::Event(UserEvent::Warning {
-                    text: "DMs to yourself are not encrypted.".to_string(),
-                }));
-                None
-            }
-            Some(_) if connection.keyring.dm_key_id(&target).is_none() => {
-                // Ask for a key first; the DM goes out after the reply.
-                let request = ClientMessage::DmKeyRequest {
-                    target: Bytes::from(target.clone()),
-                };
-                connection.pending = Some(InFlight::DmKey { target, text });
-                return self.send(&request, now, out);
-            }
-            Some(identity) => {
-                let name = connection.name.clone();
-                match connection.keyring.seal_dm(&target, &name, identity, &text) {
-                    Ok(sealed) => Some(sealed),
-                    Err(err) => return self.seal_failed(err, out),
-                }
+            Some(identity) if connection.secure && !plaintext => identity,
+            _ if allowed => return self.send_dm(target, text, None, now, out),
+            _ => {
+                let why = format!(
+                    "this connection has no key, so nothing to '{}' can be encrypted",
+                    show(&target)
+                );
+                return not_sent(&why, &format!("\\plainmsg {} TEXT", show(&target)), out);
             }
         };
-        let secure = sealed.is_some();
+        if target == connection.name {
+            if allowed {
+                return self.send_dm(target, text, None, now, out);
+            }
+            let why = "DMs to yourself cannot be encrypted";
+            return not_sent(why, &format!("\\plainmsg {} TEXT", show(&target)), out);
+        }
+        if connection
+            .keyring
+            .peer(&target)
+            .is_some_and(|(_, trust)| !trust.verified())
+        {
+            let held = connection.held_dms.entry(target.clone()).or_default();
+            if held.len() >= MAX_HELD {
+                return out.error(&format!(
+                    "Not sent: {MAX_HELD} DMs to '{}' already wait for \\trust.",
+                    show(&target)
+                ));
+            }
+            held.push(text);
+            return out.event(UserEvent::DmHeld { to: show(&target) });
+        }
+        if connection.keyring.dm_key_id(&target).is_none() {
+            // Ask for a key first; the DM goes out after the reply.
+            let request = ClientMessage::DmKeyRequest {
+                target: Bytes::from(target.clone()),
+            };
+            connection.pending = Some(InFlight::DmKey { target, text });
+            return self.send(&request, now, out);
+        }
+        let name = connection.name.clone();
+        match connection.keyring.seal_dm(&target, &name, sealer, &text) {
+            Ok(sealed) => self.send_dm(target, text, Some(sealed), now, out),
+            Err(err) => out.error(&format!("Not sent: {err}.")),
+        }
+    }
+
+    /// Sends a DM, `sealed` or in clear.
+    fn send_dm(
+        &mut self,
+        target: Vec<u8>,
+        text: Vec<u8>,
+        sealed: Option<Vec<u8>>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let connection = self.connection.as_mut().expect("dispatching");
+        let encrypted = sealed.is_some();
         let message = ClientMessage::DirectMessage {
             target: Bytes::from(target.clone()),
             text: Bytes::from(sealed.unwrap_or_else(|| text.clone())),
@@ -456,34 +609,72 @@ impl ClientSession {
         connection.pending = Some(InFlight::Dm {
             target,
             text,
-            secure,
+            encrypted,
         });
         self.send(&message, now, out);
     }
 
-    fn start_say(&mut self, text: Vec<u8>, now: Instant, out: &mut Vec<Output>) {
+    fn start_say(&mut self, text: Vec<u8>, plaintext: bool, now: Instant, out: &mut Vec<Output>) {
+        let allowed = self.plaintext_allowed(plaintext);
         let connection = self.connection.as_mut().expect("dispatching");
-        // Outside a room the legacy client still sends, with an empty room,
-        // and lets the server say why not.
         let (room, secure_room) = match &connection.room {
             Some(room) => (room.name.clone(), room.secure && connection.secure),
             None => (Vec::new(), false),
         };
-        let sealed = match &self.identity {
-            Some(identity) if secure_room => {
+        let unsealable = match (&self.identity, secure_room) {
+            (Some(_), true) if plaintext => {
+                return out.error(&format!(
+                    "Not sent: room '{}' is end-to-end encrypted; \\plain is for rooms that are not.",
+                    show(&room)
+                ));
+            }
+            (Some(identity), true) => {
                 let name = connection.name.clone();
                 match connection.keyring.seal_room(&room, &name, identity, &text) {
-                    Ok(sealed) => Some(sealed),
-                    Err(SealError::NoKey) => {
+                    Ok(sealed) => return self.send_say(room, text, Some(sealed), now, out),
+                    Err(SealError::NoKey | SealError::Rekeying) => {
+                        if connection.held.len() >= MAX_HELD {
+                            return out.error(&format!(
+                                "Not sent: {MAX_HELD} messages already wait for the key of room '{}'.",
+                                show(&room)
+                            ));
+                        }
                         connection.held.push_back(text);
-                        let room = show(&room);
-                        return out.event(UserEvent::Held { room });
+                        return out.event(UserEvent::Held { room: show(&room) });
                     }
-                    Err(err) => return self.seal_failed(err, out),
+                    Err(err) => return out.error(&format!("Not sent: {err}.")),
                 }
             }
-            _ => None,
+            _ if allowed => return self.send_say(room, text, None, now, out),
+            _ if !connection.secure => Unsealable::NoKey,
+            _ if connection.room.is_none() => Unsealable::NoRoom,
+            _ => Unsealable::PlaintextRoom(&room),
         };
+        let why = match unsealable {
+            Unsealable::PlaintextRoom(room) => {
+                format!("room '{}' is not end-to-end encrypted", show(room))
+            }
+            Unsealable::NoRoom => "you are in no room".to_string(),
+            Unsealable::NoKey => {
+                "this connection has no key, so nothing said here can be encrypted".to_string()
+            }
+        };
+        not_sent(&why, "\\plain TEXT", out);
+    }
+
+    /// Sends a room message, `sealed` or in clear. Outside a room the
+    /// legacy client still sends, with an empty room, and lets the server
+    /// say why not.
+    fn send_say(
+        &mut self,
+        room: Vec<u8>,
+        text: Vec<u8>,
+        sealed: Option<Vec<u8>>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let connection = self.connection.as_mut().expect("dispatching");
+        let encrypted = sealed.is_some();
         let message = ClientMessage::RoomMessage {
             room: Bytes::from(room.clone()),
             text: Bytes::from(sealed.unwrap_or_else(|| text.clone())),
@@ -491,13 +682,9 @@ impl ClientSession {
         connection.pending = Some(InFlight::Say {
             room,
             text,
-            secure: secure_room,
+            encrypted,
         });
         self.send(&message, now, out);
-    }
-
-    fn seal_failed(&mut self, err: SealError, out: &mut Vec<Output>) {
-        out.error(&format!("Not sent: {err}."));
     }
 
     fn disconnect(&mut self, quit: bool, out: &mut Vec<Output>) {
@@ -528,7 +715,7 @@ impl ClientSession {
         if status == 0 {
             self.succeeded(pending, data, out);
         } else {
-            self.failed(pending, data, out);
+            self.failed(pending, data, now, out);
         }
         self.dispatch(now, out);
     }
@@ -542,11 +729,11 @@ impl ClientSession {
             }
             InFlight::RegisterKey => {
                 connection.secure = true;
-                let bits = self
-                    .identity
-                    .as_ref()
-                    .map_or(0, |id| id.signature_len() * 8);
-                out.event(UserEvent::KeyRegistered { bits });
+                let identity = self.identity.as_ref().expect("registered");
+                out.event(UserEvent::KeyRegistered {
+                    bits: identity.rsa_bits(),
+                    fingerprint: display_fingerprint(identity.fingerprint()),
+                });
                 // Files cut off with the last connection go on.
                 return self.resume_files();
             }
@@ -556,24 +743,11 @@ impl ClientSession {
                     name: show(&connection.name),
                 }
             }
-            InFlight::Join { room, secure } => {
-                connection.leave_room();
-                let shown = show(&room);
-                let unprotected = connection.secure && !secure;
-                connection.room = Some(CurrentRoom { name: room, secure });
-                out.event(UserEvent::Joined {
-                    room: shown.clone(),
-                    secure,
-                });
-                if unprotected {
-                    out.event(UserEvent::Warning {
-                        text: format!(
-                            "room '{shown}' is not end-to-end encrypted: the server and anyone on the path can read what is said here."
-                        ),
-                    });
-                }
-                return;
-            }
+            InFlight::Join {
+                room,
+                secure,
+                incarnation,
+            } => return self.joined(room, secure, incarnation, out),
             InFlight::Leave => match connection.leave_room() {
                 Some(room) => UserEvent::Left { room: show(&room) },
                 None => UserEvent::LeftServer,
@@ -586,14 +760,14 @@ impl ClientSession {
             InFlight::Dm {
                 target,
                 text,
-                secure,
+                encrypted,
             } => UserEvent::Sent {
                 kind: MessageKind::Dm,
                 room: None,
                 from: show(&connection.name),
                 to: Some(show(&target)),
                 text: show(&text),
-                secure,
+                encrypted,
             },
             InFlight::DmKey { target, text } => {
                 if connection.keyring.dm_key_id(&target).is_none() {
@@ -610,13 +784,17 @@ impl ClientSession {
                 connection.queue.push_front(dm);
                 return;
             }
-            InFlight::Say { room, text, secure } => UserEvent::Sent {
+            InFlight::Say {
+                room,
+                text,
+                encrypted,
+            } => UserEvent::Sent {
                 kind: MessageKind::Room,
                 room: Some(show(&room)),
                 from: show(&connection.name),
                 to: None,
                 text: show(&text),
-                secure,
+                encrypted,
             },
             file @ (InFlight::FileOffer
             | InFlight::FileDmKey(_)
@@ -628,29 +806,63 @@ impl ClientSession {
         out.event(event);
     }
 
-    fn failed(&mut self, pending: InFlight, data: &[u8], out: &mut Vec<Output>) {
+    /// A JOIN succeeded: we are in `room` now.
+    fn joined(&mut self, room: Vec<u8>, secure: bool, incarnation: u64, out: &mut Vec<Output>) {
+        let connection = self.connection.as_mut().expect("a frame arrived");
+        connection.leave_room();
+        let shown = show(&room);
+        let server = connection.server.clone();
+        out.event(UserEvent::Joined {
+            room: shown.clone(),
+            secure,
+        });
+        if secure {
+            connection.keyring.enter_room(&room, incarnation);
+            if let Some(record) = self.memory.mark_secure(&server, &room) {
+                out.push(Output::Remember(record));
+            }
+        } else if connection.secure && self.memory.was_secure(&server, &room) {
+            // Someone may have taken the name after the secure room
+            // emptied: what we say here would go to them in clear.
+            out.event(UserEvent::Warning {
+                text: format!(
+                    "room '{shown}' was end-to-end encrypted when you were last in it, and is plaintext now: someone else may have made a room of that name. Leaving it."
+                ),
+            });
+            connection.queue.push_front(QueuedRequest::Leave);
+        } else if connection.secure {
+            out.event(UserEvent::Warning {
+                text: format!(
+                    "room '{shown}' is not end-to-end encrypted: the server and anyone on the path can read what is said here. Your lines are not sent here unless you ask: \\plain TEXT (or --allow-plaintext)."
+                ),
+            });
+        }
+        connection.room = Some(CurrentRoom { name: room, secure });
+    }
+
+    fn failed(&mut self, pending: InFlight, data: &[u8], now: Instant, out: &mut Vec<Output>) {
         match pending {
-            // A user without a key gets the DM in plaintext, after a warning.
+            // A user without a key: the DM goes in clear only if asked.
             InFlight::DmKey { target, text } if data == no_key_text(&target) => {
+                if !self.allow_plaintext {
+                    let why = format!(
+                        "'{}' has no key, so DMs to them cannot be encrypted",
+                        show(&target)
+                    );
+                    return not_sent(&why, &format!("\\plainmsg {} TEXT", show(&target)), out);
+                }
                 out.event(UserEvent::Warning {
                     text: format!(
-                        "'{}' has no key; the message is sent unencrypted.",
+                        "'{}' has no key; the message is sent in clear (--allow-plaintext).",
                         show(&target)
                     ),
                 });
-                let dm = QueuedRequest::Dm {
-                    target,
-                    text,
-                    plaintext: true,
-                };
-                let connection = self.connection.as_mut().expect("a frame arrived");
-                connection.queue.push_front(dm);
+                self.send_dm(target, text, None, now, out);
             }
             InFlight::RegisterKey => {
                 out.event(UserEvent::Failed { text: show(data) });
                 out.event(UserEvent::Warning {
-                    text: "the server refused the key; nothing on this connection is encrypted."
-                        .to_string(),
+                    text: "the server refused your keys: nothing on this connection can be encrypted, so nothing is sent unless you ask (\\plain, \\plainmsg, or --allow-plaintext).".to_string(),
                 });
             }
             file @ (InFlight::FileOffer
@@ -663,109 +875,6 @@ impl ClientSession {
         }
     }
 
-    fn secure_message(&mut self, message: SecureMessage, now: Instant, out: &mut Vec<Output>) {
-        let connection = self.connection.as_mut().expect("a frame arrived");
-        let Some(identity) = &self.identity else {
-            // A server must never send these to a legacy connection.
-            return out.event(UserEvent::Warning {
-                text: "ignored a secure-extension frame on a legacy connection.".to_string(),
-            });
-        };
-        match message {
-            SecureMessage::PeerKey { name, key } => self.peer_key(&name, &key, out),
-            SecureMessage::RoomKey {
-                room,
-                epoch,
-                wrapped,
-            } => {
-                let Ok(key) = identity.unwrap_key(&wrapped, WrapLabel::Room) else {
-                    return self.key_unusable(&format!("room '{}'", show(&room)), out);
-                };
-                if !connection.keyring.add_room_key(&room, epoch, &key, now) {
-                    return;
-                }
-                // Messages said before the key came go out now, first.
-                if connection
-                    .room
-                    .as_ref()
-                    .is_some_and(|current| current.name == room)
-                {
-                    for text in connection.held.drain(..).rev() {
-                        connection.queue.push_front(QueuedRequest::Say(text));
-                    }
-                }
-                out.event(UserEvent::RoomKey {
-                    room: show(&room),
-                    epoch,
-                });
-                self.dispatch(now, out);
-            }
-            SecureMessage::DmKey {
-                peer,
-                key_id,
-                wrapped,
-            } => self.dm_key(&peer, key_id, &wrapped, out),
-            SecureMessage::DmKeyIssued {
-                target,
-                key,
-                key_id,
-                wrapped,
-            } => {
-                self.peer_key(&target, &key, out);
-                self.dm_key(&target, key_id, &wrapped, out);
-            }
-            SecureMessage::RoomJoined { room, secure }
-            | SecureMessage::RoomCreated { room, secure } => {
-                if let Some(InFlight::Join {
-                    room: joining,
-                    secure: joined_secure,
-                }) = &mut connection.pending
-                {
-                    if *joining == room {
-                        *joined_secure = secure;
-                    }
-                }
-            }
-            // The `9a` that follows says all the user needs.
-            SecureMessage::NickSet { .. }
-            | SecureMessage::RoomLeft { .. }
-            | SecureMessage::NoSuchUser { .. } => {}
-        }
-    }
-
-    fn peer_key(&mut self, name: &[u8], der: &[u8], out: &mut Vec<Output>) {
-        let connection = self.connection.as_mut().expect("a frame arrived");
-        let Ok(key) = PeerKey::from_der(der) else {
-            return self.key_unusable(&format!("the public key of '{}'", show(name)), out);
-        };
-        let renamed_from = connection.keyring.add_peer(name, key);
-        out.event(UserEvent::PeerKey {
-            name: show(name),
-            renamed_from: renamed_from.as_deref().map(show),
-        });
-    }
-
-    fn dm_key(&mut self, peer: &[u8], key_id: u32, wrapped: &[u8], out: &mut Vec<Output>) {
-        let connection = self.connection.as_mut().expect("a frame arrived");
-        let identity = self.identity.as_ref().expect("checked by the caller");
-        let added = identity
-            .unwrap_key(wrapped, WrapLabel::Direct)
-            .and_then(|key| connection.keyring.add_dm_key(key_id, peer, &key));
-        match added {
-            Ok(()) => out.event(UserEvent::DmKey {
-                peer: show(peer),
-                key_id,
-            }),
-            Err(_) => self.key_unusable(&format!("the DM key for '{}'", show(peer)), out),
-        }
-    }
-
-    fn key_unusable(&mut self, what: &str, out: &mut Vec<Output>) {
-        out.event(UserEvent::Warning {
-            text: format!("could not use {what} sent by the server; ignored."),
-        });
-    }
-
     fn room_message(
         &mut self,
         room: &[u8],
@@ -775,24 +884,24 @@ impl ClientSession {
         out: &mut Vec<Output>,
     ) {
         let connection = self.connection.as_mut().expect("a frame arrived");
-        let in_secure_room = connection
-            .room
-            .as_ref()
-            .is_some_and(|current| current.name == room && current.secure);
-        // Everything said in a secure room is sealed; elsewhere, an envelope
-        // is recognised by its version and kind bytes.
-        let sealed = connection.secure && (in_secure_room || text.starts_with(&[1, 1]));
+        // Everything said in a secure room is sealed, and only there.
+        let sealed = connection.secure
+            && connection
+                .room
+                .as_ref()
+                .is_some_and(|current| current.name == room && current.secure);
         let shown_room = Some(show(room));
         let event = if !sealed {
             plain_message(MessageKind::Room, shown_room, sender, text)
         } else {
             match connection.keyring.open_room(room, sender, text, now) {
-                Ok(plaintext) => UserEvent::Message {
+                Ok(opened) => UserEvent::Message {
                     kind: MessageKind::Room,
                     room: shown_room,
                     from: show(sender),
-                    text: show(&plaintext),
-                    secure: true,
+                    text: show(&opened.plaintext),
+                    encrypted: true,
+                    verified: opened.trust.verified(),
                 },
                 Err(_) => UserEvent::Rejected {
                     kind: MessageKind::Room,
@@ -806,27 +915,40 @@ impl ClientSession {
 
     fn direct_message(&mut self, sender: &[u8], text: &[u8], now: Instant, out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
-        let sealed = connection.secure && text.starts_with(&[1, 2]);
-        let event = if !sealed {
-            plain_message(MessageKind::Dm, None, sender, text)
-        } else {
-            match connection
-                .keyring
-                .open_dm(&connection.name, sender, text, now)
-            {
-                Ok(plaintext) => UserEvent::Message {
-                    kind: MessageKind::Dm,
-                    room: None,
-                    from: show(sender),
-                    text: show(&plaintext),
-                    secure: true,
-                },
-                Err(_) => UserEvent::Rejected {
-                    kind: MessageKind::Dm,
-                    room: None,
-                    from: show(sender),
-                },
+        let sealed = connection.secure && text.starts_with(&[VERSION, Kind::Direct as u8]);
+        if !sealed {
+            if connection.keyring.peer(sender).is_some() {
+                out.event(UserEvent::Warning {
+                    text: format!(
+                        "'{}' has a key, but this DM came in clear: it may not be from them.",
+                        show(sender)
+                    ),
+                });
             }
+            return out.event(plain_message(MessageKind::Dm, None, sender, text));
+        }
+        let opened = connection
+            .keyring
+            .open_dm(&connection.name, sender, text, now);
+        let event = match opened {
+            Ok(opened) => {
+                // A DM key belongs to the peer's key, not its name: the
+                // signature just proved who wrote under this name.
+                let trust = self.dm_sender(sender, &opened.signer, opened.trust, out);
+                UserEvent::Message {
+                    kind: MessageKind::Dm,
+                    room: None,
+                    from: show(sender),
+                    text: show(&opened.plaintext),
+                    encrypted: true,
+                    verified: trust.verified(),
+                }
+            }
+            Err(_) => UserEvent::Rejected {
+                kind: MessageKind::Dm,
+                room: None,
+                from: show(sender),
+            },
         };
         out.event(event);
     }
@@ -837,6 +959,14 @@ impl ClientSession {
         }
         out.push(Output::Send(message.to_frame().to_bytes()));
     }
+}
+
+/// Tells the user a line was not sent, why, and the command that would
+/// send it in clear.
+fn not_sent(why: &str, command: &str, out: &mut Vec<Output>) {
+    out.error(&format!(
+        "Not sent: {why}. To send it in clear anyway: {command} (or start with --allow-plaintext)."
+    ));
 }
 
 /// Shorthands for what the session appends to the shell's buffer.
@@ -863,7 +993,7 @@ impl ConnectionState {
     /// Leaves the current room locally: its keys and held messages go.
     fn leave_room(&mut self) -> Option<Vec<u8>> {
         let room = self.room.take()?;
-        self.keyring.forget_room(&room.name);
+        self.keyring.leave_room();
         self.held.clear();
         Some(room.name)
     }
@@ -875,11 +1005,12 @@ fn plain_message(kind: MessageKind, room: Option<String>, sender: &[u8], text: &
         room,
         from: show(sender),
         text: show(text),
-        secure: false,
+        encrypted: false,
+        verified: false,
     }
 }
 
-/// The `9a 01` text for a DM_KEY_REQUEST to a user without a key (§12.3),
+/// The `9a 01` text for a DM_KEY_REQUEST to a user without a key,
 /// as the server words it.
 fn no_key_text(target: &[u8]) -> Vec<u8> {
     parlor_proto::text::has_no_key(target).concat()
@@ -901,6 +1032,7 @@ fn names(mut data: &[u8]) -> Vec<String> {
 mod file_requests;
 mod files;
 mod receive_file;
+mod secure;
 mod send_file;
 
 #[cfg(test)]

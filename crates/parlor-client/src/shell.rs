@@ -4,9 +4,18 @@
 //! for: frames to write, events to show, file operations ([`FileOp`]) and
 //! progress to draw.
 //!
+//! The connection itself is [`Transport`]'s: TLS unless the options say
+//! otherwise. What it learned (TLS or not, the server's key) is shown before
+//! the session hears that the connection is open.
+//!
 //! File operations are done in the order asked, right away, except hashing
 //! a whole file, which runs on a blocking thread and reports back through
 //! the event loop.
+//!
+//! At start it loads the identity (making it on first run, off the event
+//! loop: RSA key generation is slow) and what the data directory remembers
+//! ([`Memory`]); it appends what the session asks to remember
+//! ([`Output::Remember`]).
 //!
 //! It keeps the driver contract stated on [`ClientSession`]: one output
 //! buffer for every input, carried out in order and then cleared.
@@ -19,8 +28,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::command::UserCommand;
@@ -29,7 +36,9 @@ use super::event::{Direction, UserEvent};
 use super::session::{ClientSession, Output};
 use super::terminal::{self, Printer};
 use super::transfer::{FileOp, FileSettings, TransferProgress};
+use super::transport::{self, Connected, ServerStream, Transport};
 use super::Options;
+use parlor_crypto::identity::display_fingerprint;
 use parlor_crypto::Identity;
 use parlor_proto::{Frame, FrameCodec, FrameError};
 
@@ -38,23 +47,27 @@ use parlor_proto::{Frame, FrameCodec, FrameError};
 /// from making the client reserve gigabytes.
 const MAX_SERVER_PAYLOAD: usize = 16 << 20;
 
-/// An open connection.
+/// An open connection. Reading and writing never overlap (the shell writes
+/// only between reads), so one stream serves both.
 struct ServerLink {
-    reader: OwnedReadHalf,
+    stream: Box<dyn ServerStream>,
     buffer: BytesMut,
     codec: FrameCodec,
-    writer: OwnedWriteHalf,
 }
 
 impl ServerLink {
-    fn new(stream: TcpStream) -> ServerLink {
-        let (reader, writer) = stream.into_split();
+    fn new(stream: Box<dyn ServerStream>) -> ServerLink {
         ServerLink {
-            reader,
+            stream,
             buffer: BytesMut::new(),
             codec: FrameCodec::new(MAX_SERVER_PAYLOAD),
-            writer,
         }
+    }
+
+    /// Writes a frame and pushes it out (TLS holds records back otherwise).
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
     }
 
     /// The next whole frame; `None` when the server closed cleanly.
@@ -66,7 +79,7 @@ impl ServerLink {
                 Ok(None) => {}
                 Err(err) => return Some(Err(err)),
             }
-            match self.reader.read_buf(&mut self.buffer).await {
+            match self.stream.read_buf(&mut self.buffer).await {
                 Ok(0) => return self.codec.decode_eof(&mut self.buffer).transpose(),
                 Ok(_) => {}
                 Err(err) => return Some(Err(err.into())),
@@ -76,15 +89,28 @@ impl ServerLink {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
-    let identity = if options.legacy {
-        None
+    let transport = Transport::new(&options)?;
+    let data_dir = options.data_dir()?;
+    let (identity, created) = if options.legacy {
+        (None, None)
     } else {
+        let path = options
+            .identity
+            .clone()
+            .unwrap_or_else(|| data_dir.join("identity"));
         let bits = options.rsa_bits;
-        let identity = tokio::task::spawn_blocking(move || Identity::generate(bits))
-            .await
-            .context("key generation stopped")?;
-        Some(identity?)
+        let shown = path.display().to_string();
+        let (identity, created) =
+            tokio::task::spawn_blocking(move || Identity::load_or_create(&path, bits))
+                .await
+                .context("key generation stopped")??;
+        let created = created.then(|| UserEvent::IdentityCreated {
+            path: shown,
+            fingerprint: display_fingerprint(identity.fingerprint()),
+        });
+        (Some(identity), created)
     };
+    let memory = disk::load_memory(&data_dir)?;
     let (mut lines, printer) = terminal::start(options.json);
     let settings = FileSettings {
         download_dir: options.download_dir.clone(),
@@ -93,13 +119,22 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     };
     let (hashed_tx, mut hashed) = mpsc::unbounded_channel();
     let bars = !options.json && std::io::stdout().is_terminal();
+    let session = ClientSession::new(identity)
+        .with_file_settings(settings)
+        .with_memory(memory)
+        .allow_plaintext(options.allow_plaintext);
     let mut shell = Shell {
-        session: ClientSession::new(identity).with_file_settings(settings),
+        session,
+        transport,
         link: None,
         printer,
         progress: ProgressView::new(bars),
         hashed: hashed_tx,
+        data_dir,
     };
+    if let Some(created) = created {
+        shell.show(&created);
+    }
     // The one buffer every input of the session appends to.
     let mut out = Vec::new();
     if let Some(address) = options.address {
@@ -138,11 +173,14 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
 
 struct Shell {
     session: ClientSession,
+    transport: Transport,
     link: Option<ServerLink>,
     printer: Printer,
     progress: ProgressView,
     /// Where hashing threads report.
     hashed: mpsc::UnboundedSender<(u32, Hashed)>,
+    /// Where [`Memory`] is kept.
+    data_dir: PathBuf,
 }
 
 type Hashed = Result<(u64, [u8; 32]), String>;
@@ -150,8 +188,15 @@ type Hashed = Result<(u64, [u8; 32]), String>;
 impl Shell {
     fn received(&mut self, frame: Option<Result<Frame, FrameError>>, out: &mut Vec<Output>) {
         let now = Instant::now();
+        let answered_in_tls = self
+            .link
+            .as_ref()
+            .is_some_and(|link| transport::is_tls_record(&link.buffer));
         let reason = match frame {
             Some(Ok(frame)) => return self.session.handle_frame(&frame, now, out),
+            Some(Err(_)) if answered_in_tls => "The server answered in TLS: this is its TLS port. \
+                 Connect without --insecure-transport, or (for --legacy) to its plain port"
+                .to_string(),
             None | Some(Err(FrameError::Truncated)) => "Server closed the connection".to_string(),
             Some(Err(FrameError::BadMagic(_))) => "Server sent an invalid magic number".to_string(),
             Some(Err(FrameError::Io(_))) => "Server hung up".to_string(),
@@ -174,12 +219,18 @@ impl Shell {
             match output {
                 Output::Send(bytes) => {
                     let Some(link) = &mut self.link else { continue };
-                    if let Err(err) = link.writer.write_all(bytes).await {
+                    if let Err(err) = link.send(bytes).await {
                         self.link = None;
                         self.session.handle_closed(&err.to_string(), out);
                     }
                 }
                 Output::Event(event) => self.show(event),
+                Output::Remember(record) => {
+                    if let Err(err) = disk::remember(&self.data_dir, record) {
+                        let text = format!("Could not remember {}: {err}", record.line);
+                        self.show(&UserEvent::Error { text });
+                    }
+                }
                 Output::File(op) => {
                     let now = Instant::now();
                     if let Some(outcome) = self.file(op) {
@@ -191,18 +242,22 @@ impl Shell {
                         self.show(&event);
                     }
                 }
-                Output::Connect(address) => match TcpStream::connect(address.as_str()).await {
-                    Ok(stream) => {
-                        // Requests are small and interactive.
-                        let _ = stream.set_nodelay(true);
+                Output::Connect(address) => match self.transport.connect(address).await {
+                    Ok(Connected {
+                        stream,
+                        channel_binding,
+                        shown,
+                    }) => {
+                        self.show(&shown);
                         self.link = Some(ServerLink::new(stream));
-                        self.session.handle_connected(Instant::now(), out);
+                        let now = Instant::now();
+                        self.session.handle_connected(channel_binding, now, out);
                     }
-                    Err(err) => self.session.handle_connect_failed(&err.to_string(), out),
+                    Err(reason) => self.session.handle_connect_failed(&reason, out),
                 },
                 Output::Close => {
                     if let Some(mut link) = self.link.take() {
-                        let _ = link.writer.shutdown().await;
+                        let _ = link.stream.shutdown().await;
                     }
                 }
                 Output::Quit => {

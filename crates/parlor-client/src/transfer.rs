@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::event::{show, Direction, FileStatus};
 use parlor_crypto::file::{FileKeys, DEFAULT_CHUNK_SIZE, DEFAULT_WINDOW};
-use parlor_crypto::PeerKey;
+use parlor_crypto::PeerIdentity;
 use parlor_proto::transfer::{FileMeta, TOKEN_LEN};
 
 /// How this client sends and where it keeps what it receives.
@@ -205,8 +205,7 @@ pub(super) struct OutboundFile {
     pub chunk_size: u32,
     pub chunk_count: u32,
     pub digest: [u8; 32],
-    /// `None` for a file sent unencrypted in a plaintext room.
-    pub keys: Option<FileKeys>,
+    pub keys: FileKeys,
     pub stage: OutStage,
     /// Who accepted and has not dropped out.
     pub recipients: Vec<String>,
@@ -275,12 +274,19 @@ impl OutboundFile {
     }
 }
 
-/// Where the key of an encrypted file we receive comes from.
+/// Where the key of a file we receive comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum KeySource {
-    Plaintext,
     Room { room: Vec<u8>, epoch: u32 },
     Dm { key_id: u32 },
+}
+
+/// What the file's key opened: its chunk keys, and the SHA-256 its sealed
+/// manifest holds.
+#[derive(Debug)]
+pub(super) struct Unsealed {
+    pub keys: FileKeys,
+    pub digest: [u8; 32],
 }
 
 /// A file offered to us.
@@ -291,12 +297,12 @@ pub(super) struct InboundFile {
     pub name: String,
     pub meta: FileMeta,
     pub source: KeySource,
-    /// The key that signed the offer: a DM key found later must be shared
-    /// with it.
-    pub sender_key: PeerKey,
-    /// Derived as soon as the issued key is at hand, and kept: the keyring
+    /// Who signed the offer: a DM key found later must be shared with
+    /// them, and the offer's counter is theirs.
+    pub sender: PeerIdentity,
+    /// Opened as soon as the issued key is at hand, and kept: the keyring
     /// goes with the connection, the file may outlive it.
-    pub keys: Option<FileKeys>,
+    pub unsealed: Option<Unsealed>,
     pub stage: InStage,
     pub token: Option<[u8; TOKEN_LEN]>,
     pub part: Option<PathBuf>,

@@ -60,6 +60,11 @@ impl Room {
     pub(crate) fn keys_mut(&mut self) -> Option<&mut RoomKeyState> {
         self.keys.as_mut()
     }
+
+    /// What is left of a deleted room that matters: its key state.
+    pub(crate) fn into_keys(self) -> Option<RoomKeyState> {
+        self.keys
+    }
 }
 
 #[derive(Debug, Default)]
@@ -108,14 +113,20 @@ impl Directory {
         self.rooms.len()
     }
 
-    /// Creates an empty room; the caller adds its creator right away.
-    pub(crate) fn create_room(&mut self, name: Bytes, password: Option<Arc<str>>, secure: bool) {
+    /// Creates an empty room, secure when it has `keys`; the caller adds
+    /// its creator right away.
+    pub(crate) fn create_room(
+        &mut self,
+        name: Bytes,
+        password: Option<Arc<str>>,
+        keys: Option<RoomKeyState>,
+    ) {
         self.next_generation += 1;
         let room = Room {
             members: Arc::default(),
             password,
             generation: self.next_generation,
-            keys: secure.then(RoomKeyState::default),
+            keys,
         };
         self.rooms.insert(name, room);
     }
@@ -127,16 +138,13 @@ impl Directory {
     }
 
     /// Takes `conn` out of `room`, deleting the room when it empties.
-    /// Returns whether the room was deleted.
-    pub(crate) fn remove_member(&mut self, room: &[u8], conn: ConnId) -> bool {
-        let Some(entry) = self.rooms.get_mut(room) else {
-            return false;
-        };
+    /// Returns the room if it was deleted.
+    pub(crate) fn remove_member(&mut self, room: &[u8], conn: ConnId) -> Option<Room> {
+        let entry = self.rooms.get_mut(room)?;
         Arc::make_mut(&mut entry.members).retain(|member| *member != conn);
         if entry.members.is_empty() {
-            self.rooms.remove(room);
-            return true;
+            return self.rooms.remove(room);
         }
-        false
+        None
     }
 }

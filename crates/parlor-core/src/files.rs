@@ -6,13 +6,20 @@
 //! one, so a legacy client is never offered a file (it would abort on the
 //! unknown opcode). In a room, its legacy members are skipped and named to
 //! the sender.
+//!
+//! The offer's description (the sealed manifest, the sender's counter and
+//! its signature among it) is relayed as sent: checking it is for the
+//! recipients. A resume is checked here, against the resuming connection's
+//! own key, before the transfer hears of it.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::transfer::Offer;
+use super::secure::binding_of;
+use super::transfer::{Offer, OfferRecipient};
 use super::{respond, respond_naming, Action, ConnId, Hub, Room};
+use parlor_proto::secure::{resume_statement, SIGNATURE_LEN};
 use parlor_proto::text;
 use parlor_proto::transfer::{FileMeta, FileRequest};
 use parlor_proto::Status;
@@ -46,7 +53,9 @@ impl Hub {
             }
             FileRequest::Ack { id, index } => transfers.ack(conn, id, index, now, out),
             FileRequest::Done { id } => transfers.done(conn, id, now, out),
-            FileRequest::Resume { id, token } => transfers.resume(conn, id, &token, now, out),
+            FileRequest::Resume { id, token, proof } => {
+                self.resume_file(conn, id, &token, &proof, now, out)
+            }
             FileRequest::Cancel { id } => transfers.cancel(conn, id, now, out),
         }
     }
@@ -80,11 +89,9 @@ impl Hub {
             let members = self.directory.room(&room).map_or(&[][..], Room::members);
             let (mut recipients, mut skipped) = (Vec::new(), Vec::new());
             for &member in members.iter().filter(|member| **member != conn) {
-                let name = self.users[&member].name.clone();
-                if self.is_secure(member) {
-                    recipients.push((member, name));
-                } else {
-                    skipped.push(name);
+                match self.offer_recipient(member) {
+                    Some(recipient) => recipients.push(recipient),
+                    None => skipped.push(self.users[&member].name.clone()),
                 }
             }
             (Some(room), recipients, skipped)
@@ -95,18 +102,22 @@ impl Hub {
             if recipient == conn {
                 return respond(out, conn, Status::Error, text::FILE_TO_YOURSELF);
             }
-            if !self.is_secure(recipient) {
+            let Some(recipient) = self.offer_recipient(recipient) else {
                 let reply = text::cannot_receive_files(&target);
                 return respond_naming(out, conn, Status::Error, reply);
-            }
-            let name = self.users[&recipient].name.clone();
-            (None, vec![(recipient, name)], Vec::new())
+            };
+            (None, vec![recipient], Vec::new())
         };
         let sender = &self.users[&conn];
         let offer = Offer {
             sender: conn,
             sender_name: sender.name.clone(),
-            sender_key: sender.key.as_ref().expect("checked secure").der(),
+            sender_identity: sender
+                .identity
+                .as_ref()
+                .expect("checked secure")
+                .block()
+                .clone(),
             room,
             recipients,
             skipped,
@@ -116,5 +127,39 @@ impl Hub {
         if let Err(refusal) = self.transfers.offer(offer, now, out) {
             respond(out, conn, refusal.status, refusal.text);
         }
+    }
+
+    /// `conn` as the recipient of an offer, if it is secure.
+    fn offer_recipient(&self, conn: ConnId) -> Option<OfferRecipient> {
+        let user = &self.users[&conn];
+        let identity = user.identity.as_ref()?;
+        Some(OfferRecipient {
+            conn,
+            name: user.name.clone(),
+            fingerprint: *identity.fingerprint(),
+        })
+    }
+
+    /// FILE_RESUME: the proof must be this connection's key's, over the
+    /// transfer, the token and this connection's channel binding; the
+    /// transfer then checks that the key is the original recipient's.
+    fn resume_file(
+        &mut self,
+        conn: ConnId,
+        id: u32,
+        token: &[u8; parlor_proto::transfer::TOKEN_LEN],
+        proof: &[u8; SIGNATURE_LEN],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let user = &self.users[&conn];
+        let identity = user.identity.as_ref().expect("checked secure");
+        let statement = resume_statement(id, token, &binding_of(user));
+        if !identity.verifies(&statement, proof) {
+            return respond(out, conn, Status::Error, text::RESUME_PROOF_FAILED);
+        }
+        let fingerprint = *identity.fingerprint();
+        self.transfers
+            .resume(conn, id, token, &fingerprint, now, out);
     }
 }

@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::harness::{fake_wrap, Harness};
-use crate::{Action, CloseReason, ConnId, Limits, PasswordJob};
+use crate::harness::{fake_wrap, Harness, TestIdentity};
+use crate::{Action, CloseReason, ConnId, KeyWrapJob, Limits, PasswordJob};
 use parlor_proto::rules::{self, Conversation, Delivery, Reader};
-use parlor_proto::secure::opcode as secure_opcode;
+use parlor_proto::secure::{opcode as secure_opcode, PLAIN_CHANNEL_BINDING};
 use parlor_proto::transfer::is_transfer_news;
 use parlor_proto::{ClientMessage, Frame, FrameCodec, HEADER_LEN, MAX_CLIENT_PAYLOAD};
 
@@ -132,7 +132,9 @@ impl SessionEvent {
 }
 
 /// The limits sessions run with: the defaults, with limits small enough
-/// for a short input to reach them (a full server, the rate limit).
+/// for a short input to reach them (a full server, the rate limit, a room
+/// key's lifetime), and the secure extension allowed on the fuzzer's plain
+/// connections (whose channel binding is then all zeros).
 pub fn session_limits() -> Limits {
     let defaults = Limits::default();
     Limits {
@@ -141,6 +143,8 @@ pub fn session_limits() -> Limits {
             limit: 3,
             ..defaults.message_rate
         },
+        allow_secure_on_plain: true,
+        room_key_lifetime: Duration::from_secs(120),
         ..defaults
     }
 }
@@ -210,21 +214,32 @@ impl SessionDriver {
     fn step(&mut self, event: SessionEvent) {
         let waited = u64::from(event.wait);
         let timers = self.harness.advance(Duration::from_millis(waited * waited));
+        // News is what may reach anyone at any time: a transfer's, and a
+        // secure room's ROOM_REKEYING when a member is cut off.
+        let news = |frame: &Bytes| {
+            let opcode = frame[HEADER_LEN - 1];
+            is_transfer_news(opcode) || opcode == secure_opcode::ROOM_REKEYING
+        };
         let only_cutoffs_and_news = timers.iter().all(|action| match action {
             Action::Close { reason, .. } => matches!(
                 reason,
                 CloseReason::IdleTimeout | CloseReason::HandshakeTimeout
             ),
-            Action::Send { frame, .. } => split_frames(frame)
-                .iter()
-                .all(|frame| is_transfer_news(frame[HEADER_LEN - 1])),
+            Action::Send { frame, .. } | Action::Broadcast { frame, .. } => {
+                split_frames(frame).iter().all(news)
+            }
             _ => false,
         });
         assert!(
             only_cutoffs_and_news,
-            "timers did more than cut idle or silent connections and end file transfers: {timers:?}"
+            "timers did more than cut idle or silent connections, end file transfers and \
+             start key rotations: {timers:?}"
         );
         self.apply(None, timers);
+        // The rotations the timers started (retries, keys at the end of
+        // their life, rooms someone was cut off from) finish now.
+        let rotations = std::mem::take(&mut self.harness.rotations);
+        self.finish_wraps(rotations);
         let slot = usize::from(event.client % SESSION_CLIENTS);
         match event.what {
             EventKind::Frame { opcode, payload } => {
@@ -424,21 +439,32 @@ impl SessionDriver {
                 Action::WrapKeys(job) => wraps.push(job),
             }
         }
+        self.finish_wraps(wraps);
+        for conn in self.slots.iter().filter_map(Option::as_ref) {
+            conn.check_counts("open");
+        }
+    }
+
+    /// Finishes key wraps with stand-in keys; a rotation's wrap fails when
+    /// its ticket is odd, so that failed rotations and their retries are
+    /// fuzzed too.
+    fn finish_wraps(&mut self, wraps: Vec<KeyWrapJob>) {
         for job in wraps {
             let mut more = Vec::new();
-            let outcome = fake_wrap(&job);
+            let outcome = match job.requester {
+                None if job.ticket % 2 == 1 => crate::KeyWrapOutcome::Failed,
+                _ => fake_wrap(&job),
+            };
+            let now = self.harness.now;
             self.harness
                 .hub
-                .keys_wrapped(job.ticket, outcome, &mut more);
+                .keys_wrapped(job.ticket, outcome, now, &mut more);
             let requester = job.requester.and_then(|conn| self.slot_of(conn));
             self.apply(requester, more);
             // As the server does once an owed reply is out: read on.
             if let Some(slot) = requester {
                 self.receive(slot);
             }
-        }
-        for conn in self.slots.iter().filter_map(Option::as_ref) {
-            conn.check_counts("open");
         }
     }
 
@@ -504,29 +530,34 @@ fn check_frame(wire: &Bytes, reader: Reader) -> Delivery {
     rules::check(wire, reader).unwrap_or_else(|broken| panic!("{broken}"))
 }
 
+/// What client `client` of a seed sends to take the name `name` and become
+/// secure: a legacy NICK, then REGISTER_KEY by [`TestIdentity`] `client`
+/// with its proofs over that name and a plain connection's binding.
+fn become_secure(client: u8, name: &str) -> [(u8, ClientMessage); 2] {
+    let nick = ClientMessage::Nick {
+        name: Bytes::copy_from_slice(name.as_bytes()),
+    };
+    let identity = TestIdentity::new(client);
+    let register = identity.register(name.as_bytes(), &PLAIN_CHANNEL_BINDING);
+    [(client, nick), (client, register)]
+}
+
 /// A `session` seed that reaches the secure extension, which random bytes
-/// almost never do (they would have to be a valid RSA key): two clients
-/// register `public_key` (DER SubjectPublicKeyInfo) and share a secure room,
-/// a legacy client is refused from it, a DM key is asked for, and members
+/// never do (they would have to be signed registrations): two clients
+/// register and share a secure room, a legacy client is refused from it, a
+/// DM key is asked for, a member renames with SIGNED_NICK, and members
 /// leave, which rotates the room key.
-pub fn secure_session_seed(public_key: &[u8]) -> Vec<u8> {
+pub fn secure_session_seed() -> Vec<u8> {
     let text = |text: &str| Bytes::copy_from_slice(text.as_bytes());
-    let key = Bytes::copy_from_slice(public_key);
     let join = || ClientMessage::Join {
         room: text("vault"),
         password: Bytes::new(),
     };
-    let script = [
-        (0, ClientMessage::RegisterKey { key: key.clone() }),
-        (
-            0,
-            ClientMessage::Nick {
-                name: text("alice"),
-            },
-        ),
-        (0, join()),
-        (1, ClientMessage::RegisterKey { key }),
-        (1, ClientMessage::Nick { name: text("bob") }),
+    let mut script = Vec::new();
+    script.extend(become_secure(0, "alice"));
+    script.push((0, join()));
+    script.extend(become_secure(1, "bob"));
+    script.extend([
         (1, join()),
         (2, join()),
         (
@@ -542,16 +573,17 @@ pub fn secure_session_seed(public_key: &[u8]) -> Vec<u8> {
                 target: text("bob"),
             },
         ),
+        (1, TestIdentity::new(1).signed_nick(b"robert")),
         (1, ClientMessage::Leave),
-    ];
+    ]);
     scripted_seed(script)
 }
 
-/// A `session` seed in which a file moves: three clients register
-/// `public_key` and share a secure room; alice offers a three-chunk file
-/// with a window of two, bob accepts, carol declines, and the chunks,
-/// acknowledgements and FILE_DONE follow, until bob has the whole file.
-pub fn file_session_seed(public_key: &[u8]) -> Vec<u8> {
+/// A `session` seed in which a file moves: three clients register and
+/// share a secure room; alice offers a three-chunk file with a window of
+/// two, bob accepts, carol declines, and the chunks, acknowledgements and
+/// FILE_DONE follow, until bob has the whole file.
+pub fn file_session_seed() -> Vec<u8> {
     use parlor_proto::transfer::{FileMeta, FileRequest, FILE_FLAG_ENCRYPTED};
     let text = |text: &str| Bytes::copy_from_slice(text.as_bytes());
     let file = |request| ClientMessage::File(request);
@@ -565,9 +597,7 @@ pub fn file_session_seed(public_key: &[u8]) -> Vec<u8> {
     let ack = |index| file(FileRequest::Ack { id: 1, index });
     let mut script = Vec::new();
     for (client, name) in [(0, "alice"), (1, "bob"), (2, "carol")] {
-        let key = Bytes::copy_from_slice(public_key);
-        script.push((client, ClientMessage::RegisterKey { key }));
-        script.push((client, ClientMessage::Nick { name: text(name) }));
+        script.extend(become_secure(client, name));
         let join = ClientMessage::Join {
             room: text("vault"),
             password: Bytes::new(),
@@ -582,8 +612,9 @@ pub fn file_session_seed(public_key: &[u8]) -> Vec<u8> {
         flags: FILE_FLAG_ENCRYPTED,
         key_id: 3,
         nonce: [1; 16],
-        digest: [2; 32],
-        signature: Bytes::from(vec![3; 256]),
+        manifest: Bytes::from(vec![2; 96]),
+        counter: 1,
+        signature: [3; 64],
     };
     let offer = FileRequest::Offer {
         target: Bytes::new(),

@@ -1,14 +1,17 @@
-//! The legacy protocol's requests (PROTOCOL.md §4): NICK, JOIN with its
-//! password round trip, LEAVE, the two lists, room messages and DMs. The
-//! secure side of a JOIN (keys, rotation) is in `secure.rs`.
+//! The legacy protocol's requests (PROTOCOL.md §4): NICK (and its signed
+//! form for secure connections), JOIN with its password round trip, LEAVE,
+//! the two lists, room messages and DMs. The secure side of a JOIN (keys,
+//! rotation) is in `secure.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use rand::Rng;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::secure::{Change, RoomKeyState};
 use crate::{
     check_name, respond, respond_naming, send, Action, CloseReason, ConnId, Hub, PasswordJob,
     PasswordTask, Pending, PendingJoin, Rejection, Relayed,
@@ -17,24 +20,68 @@ use parlor_proto::legacy::{
     encode_direct_message, encode_name_list, encode_response, encode_room_message, OK_RESPONSE,
 };
 use parlor_proto::printable::Printable;
+use parlor_proto::secure::SIGNATURE_LEN;
 use parlor_proto::text;
 use parlor_proto::{SecureMessage, Status};
 
 impl Hub {
+    /// NICK (`0f`). A secure connection must rename with SIGNED_NICK, whose
+    /// proof its peers check; its legacy NICK changes nothing.
     pub(crate) fn nick(&mut self, conn: ConnId, name: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if self.is_secure(conn) {
+            return respond(out, conn, Status::Error, text::SIGNED_NICK_NEEDED);
+        }
+        self.rename(conn, name, None, now, out);
+    }
+
+    /// SIGNED_NICK (`96`): NICK for a secure connection, with the name
+    /// proof for the new name. A connection without a key has nothing to
+    /// sign with.
+    pub(crate) fn signed_nick(
+        &mut self,
+        conn: ConnId,
+        name: &[u8],
+        proof: &[u8; SIGNATURE_LEN],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.is_secure(conn) {
+            return respond(out, conn, Status::Error, text::REGISTER_KEY_FIRST);
+        }
+        self.rename(conn, name, Some(proof), now, out);
+    }
+
+    /// The rules NICK and SIGNED_NICK share; `proof` is SIGNED_NICK's. A
+    /// proof is checked after the rate limit (every attempt counts) and
+    /// before the name is claimed, and kept only once it is, even for one's
+    /// own name (which refreshes it).
+    fn rename(
+        &mut self,
+        conn: ConnId,
+        name: &[u8],
+        proof: Option<&[u8; SIGNATURE_LEN]>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if let Err(problem) = check_name(name, text::NICK_EMPTY, text::NICK_INVALID) {
             return respond(out, conn, Status::Error, problem);
         }
         let user = self.users.get_mut(&conn).expect("caller checked");
         let renamed = user.name != name;
-        if renamed {
-            // Every attempt counts, taken names too: probing for free names
-            // is as cheap for a spammer as changing.
-            if !user.rates().nick.try_acquire(now, self.limits.nick_rate) {
-                warn!(peer = %user.peer, nick = %Printable(&user.name), "nick rate limit hit");
-                self.stats.reject(Rejection::NickRateLimited);
-                return respond(out, conn, Status::TryLater, &self.nick_rate_limit_text);
+        // Every attempt counts, taken names too: probing for free names is
+        // as cheap for a spammer as changing.
+        if renamed && !user.rates().nick.try_acquire(now, self.limits.nick_rate) {
+            warn!(peer = %user.peer, nick = %Printable(&user.name), "nick rate limit hit");
+            self.stats.reject(Rejection::NickRateLimited);
+            return respond(out, conn, Status::TryLater, &self.nick_rate_limit_text);
+        }
+        if let (Some(proof), Some(identity)) = (proof, &user.identity) {
+            if !identity.proves_name(name, proof) {
+                return respond(out, conn, Status::Error, text::KEY_PROOF_FAILED);
             }
+        }
+        let old = user.name.clone();
+        if renamed {
             let name = Bytes::copy_from_slice(name);
             if !self.directory.claim_name(&name, conn) {
                 return respond(out, conn, Status::Error, text::NICK_TAKEN);
@@ -43,7 +90,10 @@ impl Hub {
             info!(peer = %user.peer, old = %Printable(&user.name), new = %Printable(&name), "nick changed");
             user.name = name;
         }
-        if user.key.is_some() {
+        if let (Some(proof), Some(identity)) = (proof, &mut user.identity) {
+            identity.set_name_proof(proof);
+        }
+        if user.identity.is_some() {
             let confirmation = SecureMessage::NickSet {
                 name: user.name.clone(),
             };
@@ -51,7 +101,7 @@ impl Hub {
         }
         out.push(send(conn, OK_RESPONSE));
         if renamed {
-            self.announce_key(conn, out);
+            self.announce_identity(conn, old, out);
         }
     }
 
@@ -171,13 +221,22 @@ impl Hub {
         self.next_ticket
     }
 
-    /// Creates a room, secure when its creator is.
+    /// Creates a room, secure when its creator is, with a fresh random
+    /// incarnation (never 0) for a secure room: a room deleted and created
+    /// again under the same name is another room, whose keys no label of
+    /// the old one matches.
     pub(crate) fn create_room(&mut self, conn: ConnId, room: Bytes, password: Option<Arc<str>>) {
         let user = &self.users[&conn];
-        let secure = user.key.is_some();
+        let secure = user.identity.is_some();
         info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room),
               protected = password.is_some(), secure, "room created");
-        self.directory.create_room(room, password, secure);
+        let keys = secure.then(|| {
+            let incarnation = std::iter::repeat_with(|| self.rng.next_u64())
+                .find(|incarnation| *incarnation != 0)
+                .expect("an endless stream");
+            RoomKeyState::new(incarnation)
+        });
+        self.directory.create_room(room, password, keys);
     }
 
     /// Moves the user into `room` (which exists) and answers its JOIN. A
@@ -208,11 +267,11 @@ impl Hub {
             reply.extend_from_slice(&OK_RESPONSE);
             out.push(send(conn, reply.freeze()));
         }
-        self.announce_key(conn, out);
+        self.announce_identity(conn, Bytes::new(), out);
         if let Some(left) = left {
-            self.membership_changed(&left, out);
+            self.membership_changed(&left, Change::Departure(conn), out);
         }
-        self.membership_changed(&room, out);
+        self.membership_changed(&room, Change::Arrival, out);
     }
 
     /// Takes the user out of its room, if any, and returns that room. The
@@ -220,8 +279,9 @@ impl Hub {
     pub(crate) fn leave_room(&mut self, conn: ConnId) -> Option<Bytes> {
         let user = self.users.get_mut(&conn)?;
         let room = user.room.take()?;
-        if self.directory.remove_member(&room, conn) {
+        if let Some(deleted) = self.directory.remove_member(&room, conn) {
             info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room), "room deleted");
+            self.room_deleted(&room, deleted);
         }
         Some(room)
     }
@@ -237,7 +297,7 @@ impl Hub {
             out.push(send(conn, confirmation.encode()));
         }
         out.push(send(conn, OK_RESPONSE));
-        self.membership_changed(&room, out);
+        self.membership_changed(&room, Change::Departure(conn), out);
     }
 
     pub(crate) fn list_users(&self, conn: ConnId, out: &mut Vec<Action>) {

@@ -17,6 +17,7 @@
 //! | call | when |
 //! |---|---|
 //! | [`Hub::connect`] | a connection was accepted |
+//! | [`Hub::channel_bound`] | right after `connect`, before any frame, for a connection over TLS: its channel binding |
 //! | [`Hub::receive`] | bytes arrived: it decodes every whole frame and handles it |
 //! | [`Hub::handle`] | one message arrived, already decoded (tests, tools) |
 //! | [`Hub::disconnect`] | the connection ended on its side, or the driver cut it off |
@@ -44,7 +45,9 @@
 //!
 //! **Time.** After every call, ask [`Hub::poll_timeout`] for the next
 //! deadline, and call [`Hub::handle_timeout`] once it has passed. A driver
-//! may pass any `now` that never goes back.
+//! may pass any `now` that never goes back. The hub's timers are the idle
+//! and handshake cutoffs, the file transfers' timeouts, and the secure
+//! rooms' key rotations (a retry after a failed wrap, a key's end of life).
 //!
 //! **Promises to the client.** Every request gets exactly one `9a`
 //! response, a success (`9a 00`) is only ever a response, and a legacy
@@ -56,7 +59,8 @@
 //! **State invariants**, checked by [`Hub::check_invariants`]: names are
 //! unique, rooms are never empty, every room member is a connected user who
 //! knows it is in that room, every member of a secure room is secure, and
-//! every secure room has a rotation in flight exactly when it says so.
+//! every secure room has either a rotation in flight (exactly when it says
+//! so) or one entry in the rotation timers, never both.
 //!
 //! The secure extension (registered keys, key rotation, DM keys) lives in
 //! `secure.rs`, file transfer in `transfer.rs` and `files.rs`; this file
@@ -86,11 +90,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use parlor_proto::legacy::encode_response;
 use parlor_proto::printable::Printable;
+use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::text;
 use parlor_proto::{ClientMessage, FrameCodec, Status};
 
@@ -100,8 +107,8 @@ use idle::IdleTimers;
 pub use limits::Limits;
 pub use rate::Rate;
 use rate::SlidingWindow;
-pub use secure::{KeyRecipient, KeyUse, KeyWrapJob, KeyWrapOutcome};
-use secure::{RegisteredKey, WrapPurpose};
+use secure::{Change, RegisteredIdentity, RoomTimers, WrapPurpose};
+pub use secure::{KeyRecipient, KeyWrapJob, KeyWrapOutcome};
 pub use stats::{Rejection, Relayed, Stats};
 use transfer::Transfers;
 
@@ -130,8 +137,11 @@ struct User {
     rates: Option<Box<RateWindows>>,
     /// Boxed because it is rare, and users are many.
     pending: Option<Box<Pending>>,
-    /// The registered RSA key; `Some` makes the connection secure.
-    key: Option<Box<RegisteredKey>>,
+    /// The registered identity; `Some` makes the connection secure.
+    identity: Option<Box<RegisteredIdentity>>,
+    /// The TLS exporter value of the connection ([`Hub::channel_bound`]);
+    /// `None` for a plain TCP connection.
+    channel_binding: Option<[u8; CHANNEL_BINDING_LEN]>,
 }
 
 impl User {
@@ -146,6 +156,8 @@ struct RateWindows {
     message: SlidingWindow,
     nick: SlidingWindow,
     password_join: SlidingWindow,
+    /// DM keys issued naming this user as the target.
+    dm_keys: SlidingWindow,
 }
 
 /// A request whose reply waits for work done off the event loop.
@@ -186,19 +198,30 @@ pub struct Hub {
     wraps: HashMap<u64, WrapPurpose>,
     /// The last DM key id handed out.
     last_key_id: u32,
+    /// When each secure room that is not rotating must rotate.
+    room_timers: RoomTimers,
+    /// The hub's one source of randomness (room incarnations), seeded by
+    /// the driver.
+    rng: StdRng,
     /// File transfers in progress.
     transfers: Transfers,
 }
 
 impl Hub {
     /// A hub enforcing `limits`. `rng_seed` seeds the one source of
-    /// randomness the hub has (file-transfer resume tokens): the same seed
-    /// and the same inputs give the same outputs.
+    /// randomness the hub has (room incarnations, and file-transfer resume
+    /// tokens from a seed of its own): the same seed and the same inputs
+    /// give the same outputs.
     pub fn new(mut limits: Limits, rng_seed: [u8; 32]) -> Hub {
         // A handshake never gets longer than the idle timeout.
         limits.handshake_timeout = limits.handshake_timeout.min(limits.idle_timeout);
         let slow_down =
             |rate: Rate, what| Bytes::from(text::slow_down(rate.limit, what, rate.window));
+        let mut rng = StdRng::from_seed(rng_seed);
+        // Tokens come from a stream of their own, which the incarnations
+        // that every member sees say nothing about.
+        let mut transfer_seed = [0; 32];
+        rng.fill_bytes(&mut transfer_seed);
         Hub {
             rate_limit_text: slow_down(limits.message_rate, "messages"),
             nick_rate_limit_text: slow_down(limits.nick_rate, "nick changes"),
@@ -215,7 +238,9 @@ impl Hub {
             stats: Stats::default(),
             wraps: HashMap::new(),
             last_key_id: 0,
-            transfers: Transfers::new(limits.transfers.clone(), rng_seed),
+            room_timers: RoomTimers::default(),
+            rng,
+            transfers: Transfers::new(limits.transfers.clone(), transfer_seed),
             limits,
         }
     }
@@ -274,11 +299,30 @@ impl Hub {
                 heard_frame: false,
                 rates: None,
                 pending: None,
-                key: None,
+                identity: None,
+                channel_binding: None,
             }),
         );
         self.idle
             .schedule(conn, now + self.limits.handshake_timeout);
+    }
+
+    /// The connection runs over TLS, and `binding` is its channel binding:
+    /// the exporter value of
+    /// [`CHANNEL_BINDING_LABEL`](parlor_proto::secure::CHANNEL_BINDING_LABEL)
+    /// that both ends of its TLS session compute. Call it once, right after
+    /// [`Hub::connect`] and before the connection's first frame; a
+    /// connection the hub refused, or has already closed, is ignored. A
+    /// connection never told this is a plain TCP connection.
+    ///
+    /// The hub never sees TLS itself: the binding is how it knows a
+    /// connection is encrypted, and what a client's proof of key
+    /// possession must be made over, so that it is good for this one
+    /// connection only.
+    pub fn channel_bound(&mut self, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
+        if let Some(user) = self.users.get_mut(&conn) {
+            user.channel_binding = Some(binding);
+        }
     }
 
     /// `rand0`, `rand1`, ...: numbers only go up, and a number whose name
@@ -320,6 +364,9 @@ impl Hub {
             }
             ClientMessage::Heartbeat { .. } => {}
             ClientMessage::Nick { name } => self.nick(conn, &name, now, out),
+            ClientMessage::SignedNick { name, name_proof } => {
+                self.signed_nick(conn, &name, &name_proof, now, out)
+            }
             ClientMessage::Join { room, password } => self.join(conn, &room, &password, now, out),
             ClientMessage::Leave => self.leave(conn, now, out),
             ClientMessage::ListUsers => self.list_users(conn, out),
@@ -330,7 +377,7 @@ impl Hub {
             ClientMessage::RoomMessage { room, text } => {
                 self.room_message(conn, &room, &text, now, out)
             }
-            ClientMessage::RegisterKey { key } => self.register_key(conn, &key, out),
+            ClientMessage::RegisterKey(registration) => self.register_key(conn, &registration, out),
             ClientMessage::DmKeyRequest { target } => self.dm_key_request(conn, &target, now, out),
             ClientMessage::File(request) => self.file_request(conn, request, now, out),
         }
@@ -398,9 +445,9 @@ impl Hub {
     }
 
     /// The connection is gone (closed by the client, a socket error, its
-    /// send queue overflowed, or shutdown). Idempotent. The actions are key
-    /// rotations for the secure room it was in, and news of the file
-    /// transfers it took part in.
+    /// send queue overflowed, or shutdown). Idempotent. The actions are
+    /// ROOM_REKEYING and a key rotation for the secure room it was in, and
+    /// news of the file transfers it took part in.
     pub fn disconnect(
         &mut self,
         conn: ConnId,
@@ -413,15 +460,20 @@ impl Hub {
 
     /// The earliest time at which [`Hub::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.idle.next(), self.transfers.next_deadline()) {
-            (Some(idle), Some(transfer)) => Some(idle.min(transfer)),
-            (idle, transfer) => idle.or(transfer),
-        }
+        [
+            self.idle.next(),
+            self.transfers.next_deadline(),
+            self.room_timers.next(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Closes connections that have been silent for the idle timeout, or
     /// that have not completed a first frame within the handshake timeout,
-    /// and runs the file transfers' timers.
+    /// runs the file transfers' timers, and starts the room key rotations
+    /// that are due.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Action>) {
         while let Some(conn) = self.idle.pop_due(now) {
             let Some(user) = self.users.get(&conn) else {
@@ -447,6 +499,7 @@ impl Hub {
             }
         }
         self.transfers.handle_timeout(now, out);
+        self.rotate_due_rooms(now, out);
     }
 
     /// A [`PasswordJob`] finished at `now`.
@@ -513,7 +566,8 @@ impl Hub {
     }
 
     /// Removes every trace of the user, its key included, and rotates the
-    /// key of the secure room it was in. Returns whether it was known.
+    /// key of the secure room it was in (telling those who stay first).
+    /// Returns whether it was known.
     fn forget(
         &mut self,
         conn: ConnId,
@@ -527,7 +581,7 @@ impl Hub {
         };
         self.transfers.disconnected(conn, now, out);
         if let Some(left) = left {
-            self.membership_changed(&left, out);
+            self.membership_changed(&left, Change::Departure(conn), out);
         }
         self.directory.release_name(&user.name);
         if let Some(count) = self.connections_per_ip.get_mut(&user.peer.ip()) {
@@ -561,7 +615,15 @@ impl Hub {
 
     /// Whether the connection registered a key (speaks the secure extension).
     pub fn is_secure(&self, conn: ConnId) -> bool {
-        self.users.get(&conn).is_some_and(|user| user.key.is_some())
+        self.users
+            .get(&conn)
+            .is_some_and(|user| user.identity.is_some())
+    }
+
+    /// The connection's channel binding, given by [`Hub::channel_bound`];
+    /// `None` for a plain connection (or one the hub does not know).
+    pub fn channel_binding(&self, conn: ConnId) -> Option<&[u8; CHANNEL_BINDING_LEN]> {
+        self.users.get(&conn)?.channel_binding.as_ref()
     }
 
     /// Whether the connection is known to the hub.

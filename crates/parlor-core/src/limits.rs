@@ -34,6 +34,26 @@ pub struct Limits {
     pub max_room_members: usize,
     /// File transfer's limits.
     pub transfers: TransferLimits,
+    /// Whether a plain TCP connection (one without a channel binding, see
+    /// `Hub::channel_bound`) may register a key and speak the secure
+    /// extension. Off by default: a key proof made without TLS binds to
+    /// nothing and can be replayed by whoever relays the connection. For
+    /// tests and benchmarks.
+    pub allow_secure_on_plain: bool,
+    /// The server's TLS port, named to a client that tries the secure
+    /// extension on a plain connection; `None` when the server has none.
+    pub tls_port: Option<u16>,
+    /// How long a secure room keeps one key when nobody comes or goes;
+    /// then it rotates anyway, so that a quiet room's key is not used
+    /// without end.
+    pub room_key_lifetime: Duration,
+    /// How long after a failed room key rotation (its wrap job refused or
+    /// broken) the hub tries again. Meanwhile the room fails closed: its
+    /// members hold their sends.
+    pub rotation_retry: Duration,
+    /// DM keys issued naming one user as the target: each costs the target
+    /// a private-key operation, so nobody may push them without end.
+    pub dm_keys_per_target: Rate,
 }
 
 impl Default for Limits {
@@ -61,6 +81,11 @@ impl Default for Limits {
                 decision_timeout: Duration::from_secs(30),
                 ack_timeout: Duration::from_secs(10),
             },
+            allow_secure_on_plain: false,
+            tls_port: None,
+            room_key_lifetime: Duration::from_secs(3600),
+            rotation_retry: Duration::from_secs(1),
+            dm_keys_per_target: per(10, 60),
         }
     }
 }

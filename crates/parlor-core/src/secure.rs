@@ -1,91 +1,189 @@
-//! The hub's part of the secure extension (PROTOCOL.md §12): registered
-//! keys, room key rotation and DM key requests.
+//! The hub's part of the secure extension, version 2 (PROTOCOL.md §12):
+//! registered identities and their proofs, signed renames, room key
+//! rotation with its timers, and DM key requests.
+//!
+//! # Identities
+//!
+//! A connection becomes secure with REGISTER_KEY, which carries an identity
+//! block ([`Identity`]: an Ed25519 signing key, an RSA key and two
+//! signatures) and a proof of possession. The hub checks the keys'
+//! parameters, then three Ed25519 signatures, all strictly
+//! (`verify_strict`): the key binding (the signing key signed the RSA key),
+//! the name proof (it chose the connection's current name) and possession
+//! (it signed this connection's channel binding and name), so a client that
+//! holds only someone else's public keys cannot register them. Peers get the
+//! block exactly as registered and check it themselves; the hub keeps it,
+//! refreshing the name proof at each SIGNED_NICK.
+//!
+//! # Room keys
 //!
 //! The hub never sees a symmetric key. It only decides *who* gets a fresh
 //! key, and asks its driver to run a [`KeyWrapJob`] off the event loop, where
-//! the key is generated, wrapped for each recipient and zeroized. The answer
-//! comes back through [`Hub::keys_wrapped`], and only then are the wrapped
-//! keys sent, to the recipients that are still entitled to them.
+//! the key is generated, wrapped for each recipient under that recipient's
+//! OAEP label and zeroized. The answer comes back through
+//! [`Hub::keys_wrapped`], and only then are the wrapped keys sent, to the
+//! recipients that are still members.
 //!
-//! Rotations are coalesced: a room has at most one rotation in flight, and a
-//! membership change meanwhile only marks the room stale, so a burst of joins
-//! to a big room costs two rotations, not one per join.
+//! Each secure room has a random **incarnation** and an **epoch** that goes
+//! up by exactly 1 with each key delivered. Rotations are coalesced: a room
+//! has at most one in flight, and a membership change meanwhile only marks
+//! the room stale, so a burst of joins to a big room costs two rotations,
+//! not one per join. On a departure the remaining members are told at once
+//! (ROOM_REKEYING) to hold their sends until the next key. A rotation whose
+//! wrap fails delivers nothing (the room fails closed: its members keep
+//! holding) and is retried after [`Limits::rotation_retry`], under the same
+//! epoch; a key older than [`Limits::room_key_lifetime`] is replaced even if
+//! nobody came or went. Both timers live in one [`RoomTimers`], at most one
+//! entry per room.
+//!
+//! [`Limits::rotation_retry`]: crate::Limits::rotation_retry
+//! [`Limits::room_key_lifetime`]: crate::Limits::room_key_lifetime
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use rsa::pkcs8::DecodePublicKey;
+use ed25519_dalek::{Signature, VerifyingKey};
+use rsa::pkcs8::der::Decode;
+use rsa::pkcs8::SubjectPublicKeyInfoRef;
 use rsa::traits::PublicKeyParts;
+use rsa::BoxedUint;
 use tracing::{error, info};
 
-use super::{respond, respond_naming, send, Action, ConnId, Hub, Pending, Room};
+use super::{respond, respond_naming, send, Action, ConnId, Hub, Pending, Room, User};
 use parlor_proto::legacy::OK_RESPONSE;
 use parlor_proto::printable::Printable;
-use parlor_proto::secure::{DM_KEY_OAEP_LABEL, KEY_BITS, ROOM_KEY_OAEP_LABEL};
+use parlor_proto::secure::{
+    dm_key_label, key_binding_statement, name_proof_statement, possession_statement,
+    room_key_label, Fingerprint, Identity, Registration, CHANNEL_BINDING_LEN, KEY_BITS,
+    PLAIN_CHANNEL_BINDING, RSA_PUBLIC_EXPONENT, SIGNATURE_LEN,
+};
 use parlor_proto::text;
 use parlor_proto::{SecureMessage, Status};
 
-/// A connection's registered RSA public key.
+/// A connection's registered identity, its keys parsed once.
 ///
-/// Parsed once, at registration: parsing costs 10–20 µs and a wrap 60–150
-/// µs, so parsing again for every wrap would add a sixth to each rotation.
-/// The DER is kept exactly as its owner sent it, because that is what its
-/// peers receive in PEER_KEY.
-#[derive(Clone)]
-pub(crate) struct RegisteredKey {
-    der: Bytes,
-    public: Arc<rsa::PublicKey>,
+/// Parsing an RSA key costs 10–20 µs and a wrap 60–150 µs, so parsing again
+/// for every wrap would add a sixth to each rotation. The block is kept as
+/// its owner sent it, because that is what its peers receive.
+pub(crate) struct RegisteredIdentity {
+    /// What peers receive: as registered, the name proof refreshed by each
+    /// SIGNED_NICK.
+    block: Identity,
+    fingerprint: Fingerprint,
+    verifying: VerifyingKey,
+    rsa: Arc<rsa::PublicKey>,
 }
 
-impl RegisteredKey {
-    /// Parses a DER SubjectPublicKeyInfo; `None` unless it holds an RSA key
-    /// whose modulus has [`KEY_BITS`] bits.
-    pub(crate) fn parse(der: &[u8]) -> Option<RegisteredKey> {
-        let public = rsa::PublicKey::from_public_key_der(der).ok()?;
-        KEY_BITS
-            .contains(&(public.n().bit_width() as usize))
-            .then(|| RegisteredKey {
-                der: Bytes::copy_from_slice(der),
-                public: Arc::new(public),
-            })
-    }
-
-    /// The key exactly as its owner registered it.
-    pub(crate) fn der(&self) -> Bytes {
-        self.der.clone()
-    }
-
-    pub(crate) fn bits(&self) -> u32 {
-        self.public.n().bit_width()
-    }
+/// Why a REGISTER_KEY was refused, once its connection may register at all.
+enum Refused {
+    /// [`text::BAD_PUBLIC_KEY`].
+    BadKeys,
+    /// [`text::KEY_PROOF_FAILED`].
+    BadProof,
 }
 
-impl fmt::Debug for RegisteredKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RegisteredKey({} bits)", self.bits())
-    }
-}
-
-/// What a key is for. Each use has its own OAEP label, so a wrapped room
-/// key can never be passed off as a DM key or the other way round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyUse {
-    /// A room key, for every member of a secure room.
-    Room,
-    /// A DM key, for two users.
-    Dm,
-}
-
-impl KeyUse {
-    /// The OAEP label wraps of this use are made and opened with.
-    pub fn oaep_label(self) -> &'static [u8] {
-        match self {
-            KeyUse::Room => ROOM_KEY_OAEP_LABEL,
-            KeyUse::Dm => DM_KEY_OAEP_LABEL,
+impl RegisteredIdentity {
+    /// Checks a registration made by a connection called `nick` whose
+    /// channel binding is `binding`: the keys' parameters, then the three
+    /// proofs.
+    fn check(
+        registration: &Registration,
+        nick: &[u8],
+        binding: &[u8; CHANNEL_BINDING_LEN],
+    ) -> Result<RegisteredIdentity, Refused> {
+        let verifying = VerifyingKey::from_bytes(&registration.signing_key)
+            .ok()
+            // A point of small order would let anyone sign for it.
+            .filter(|key| !key.is_weak())
+            .ok_or(Refused::BadKeys)?;
+        let rsa = parse_rsa(&registration.rsa_der).ok_or(Refused::BadKeys)?;
+        let identity = RegisteredIdentity {
+            block: registration.identity(),
+            fingerprint: registration.identity().fingerprint(),
+            verifying,
+            rsa: Arc::new(rsa),
+        };
+        let proofs = [
+            (
+                key_binding_statement(&registration.rsa_der),
+                &registration.key_binding,
+            ),
+            (name_proof_statement(nick), &registration.name_proof),
+            (
+                possession_statement(binding, nick),
+                &registration.possession,
+            ),
+        ];
+        if proofs
+            .iter()
+            .all(|(statement, signature)| identity.verifies(statement, signature))
+        {
+            Ok(identity)
+        } else {
+            Err(Refused::BadProof)
         }
     }
+
+    /// Whether `signature` is this identity's, over `statement`: strict
+    /// Ed25519, which refuses malleable encodings.
+    pub(crate) fn verifies(&self, statement: &[u8], signature: &[u8; SIGNATURE_LEN]) -> bool {
+        self.verifying
+            .verify_strict(statement, &Signature::from_bytes(signature))
+            .is_ok()
+    }
+
+    /// Whether `proof` is this identity's name proof for `name`.
+    pub(crate) fn proves_name(&self, name: &[u8], proof: &[u8; SIGNATURE_LEN]) -> bool {
+        self.verifies(&name_proof_statement(name), proof)
+    }
+
+    /// Keeps the name proof of a rename: peers receive it with the block
+    /// from now on.
+    pub(crate) fn set_name_proof(&mut self, proof: &[u8; SIGNATURE_LEN]) {
+        self.block.name_proof = *proof;
+    }
+
+    /// The block peers receive.
+    pub(crate) fn block(&self) -> &Identity {
+        &self.block
+    }
+
+    /// Who this is.
+    pub(crate) fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+}
+
+impl fmt::Debug for RegisteredIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short: String = self.fingerprint[..4]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        write!(
+            f,
+            "Identity({short}…, RSA {} bits)",
+            self.rsa.n().bit_width()
+        )
+    }
+}
+
+/// The RSA key of a registration: exactly one DER SubjectPublicKeyInfo (no
+/// bytes after it) with the rsaEncryption algorithm (an RSASSA-PSS key must
+/// not be used to encrypt, RFC 4055), [`KEY_BITS`] bits and the exponent
+/// [`RSA_PUBLIC_EXPONENT`].
+fn parse_rsa(der: &[u8]) -> Option<rsa::PublicKey> {
+    let info = SubjectPublicKeyInfoRef::from_der(der).ok()?;
+    if info.algorithm.oid != rsa::pkcs1::ALGORITHM_OID {
+        return None;
+    }
+    let key = rsa::PublicKey::try_from(info).ok()?;
+    let bits = key.n().bit_width() as usize;
+    let exponent = BoxedUint::from(u64::from(RSA_PUBLIC_EXPONENT));
+    (KEY_BITS.contains(&bits) && *key.e() == exponent).then_some(key)
 }
 
 /// One recipient of a wrapped key.
@@ -93,17 +191,12 @@ impl KeyUse {
 pub struct KeyRecipient {
     /// The recipient's connection.
     pub conn: ConnId,
-    /// Its registered key, parsed once at registration.
+    /// Its registered RSA key, parsed once at registration.
     pub key: Arc<rsa::PublicKey>,
-}
-
-impl KeyRecipient {
-    fn of(conn: ConnId, key: &RegisteredKey) -> KeyRecipient {
-        KeyRecipient {
-            conn,
-            key: Arc::clone(&key.public),
-        }
-    }
+    /// The OAEP label to wrap with: [`room_key_label`] or
+    /// [`dm_key_label`], naming this recipient, so that its wrap opens for
+    /// this purpose only.
+    pub label: Vec<u8>,
 }
 
 impl fmt::Debug for KeyRecipient {
@@ -113,15 +206,13 @@ impl fmt::Debug for KeyRecipient {
 }
 
 /// A fresh 32-byte key to generate, wrap for every recipient with
-/// RSA-OAEP-SHA256 and forget, off the event loop. The driver reports the
-/// result with [`Hub::keys_wrapped`].
+/// RSA-OAEP-SHA256 under the recipient's label, and forget, off the event
+/// loop. The driver reports the result with [`Hub::keys_wrapped`].
 #[derive(Debug)]
 pub struct KeyWrapJob {
     /// Echoed back in [`Hub::keys_wrapped`], which looks the job up by it.
     pub ticket: u64,
-    /// A room key or a DM key.
-    pub key_use: KeyUse,
-    /// Who gets the key, each wrapped with its own public key.
+    /// Who gets the key, each wrapped with its own public key and label.
     pub recipients: Vec<KeyRecipient>,
     /// The connection whose reply is owed until the job is done (a
     /// DM_KEY_REQUEST): the driver reads no further requests from it
@@ -133,26 +224,104 @@ pub struct KeyWrapJob {
 #[derive(Debug)]
 pub enum KeyWrapOutcome {
     /// The key wrapped for each recipient. A recipient whose wrap failed
-    /// (which the worker logs) is missing.
+    /// (which the worker logs) is missing, and the hub treats the job as
+    /// failed: a rotation must reach every member or none.
     Wrapped(Vec<(ConnId, Bytes)>),
-    /// The queue was full. Only DM key requests are ever refused: a room
-    /// has at most one rotation in flight, so rotations are bounded by the
-    /// number of rooms and always queued.
+    /// The queue was full.
     Busy,
     /// The workers are gone (a bug); logged by the driver.
     Failed,
 }
 
 /// The key state of a secure room.
-#[derive(Debug, Default)]
+///
+/// At any moment a secure room either has a rotation in flight or a
+/// deadline in [`RoomTimers`] (its retry, or its key's end of life), never
+/// both and never neither: [`Hub::check_invariants`] checks it.
+#[derive(Debug)]
 pub(crate) struct RoomKeyState {
-    /// The epoch of the newest key made for the room; 0 before the first.
+    /// Which room of this name: random, never 0.
+    incarnation: u64,
+    /// The epoch of the newest key delivered; 0 before the first. The next
+    /// rotation makes `epoch + 1`, and a failed one makes it again.
     epoch: u32,
     /// A rotation is in flight.
     rotating: bool,
     /// The membership changed while the rotation was in flight: another
     /// rotation follows it.
     stale: bool,
+    /// When the room's entry in [`RoomTimers`] comes due.
+    deadline: Option<Instant>,
+}
+
+impl RoomKeyState {
+    pub(crate) fn new(incarnation: u64) -> RoomKeyState {
+        RoomKeyState {
+            incarnation,
+            epoch: 0,
+            rotating: false,
+            stale: false,
+            deadline: None,
+        }
+    }
+
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The epoch of the key the next delivery carries. 2^32 rotations of
+    /// one room would take decades of constant churn; saturating keeps
+    /// "never goes back" even then.
+    fn next_epoch(&self) -> u32 {
+        self.epoch.saturating_add(1)
+    }
+}
+
+/// The one deadline structure of room keys: every secure room that is not
+/// rotating, by when it must rotate (a retry after a failed wrap, or its
+/// key's end of life). At most one entry per room, removed when the room
+/// rotates or is deleted, so it never holds more than there are rooms, and
+/// [`Hub::poll_timeout`] reads its first entry without a scan.
+#[derive(Debug, Default)]
+pub(crate) struct RoomTimers {
+    due: BTreeSet<(Instant, Bytes)>,
+}
+
+impl RoomTimers {
+    /// Schedules `room`, whose state is `keys`, at `at`.
+    fn set(&mut self, room: &Bytes, keys: &mut RoomKeyState, at: Instant) {
+        self.clear(room, keys);
+        keys.deadline = Some(at);
+        self.due.insert((at, room.clone()));
+    }
+
+    /// Removes `room`'s entry, if it has one.
+    pub(crate) fn clear(&mut self, room: &[u8], keys: &mut RoomKeyState) {
+        if let Some(at) = keys.deadline.take() {
+            self.due.remove(&(at, Bytes::copy_from_slice(room)));
+        }
+    }
+
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns a room due at or before `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<Bytes> {
+        let (at, _) = self.due.first()?;
+        if *at > now {
+            return None;
+        }
+        self.due.pop_first().map(|(_, room)| room)
+    }
+
+    fn len(&self) -> usize {
+        self.due.len()
+    }
+
+    fn contains(&self, at: Instant, room: &Bytes) -> bool {
+        self.due.contains(&(at, room.clone()))
+    }
 }
 
 /// What an in-flight [`KeyWrapJob`] is for; looked up by its ticket.
@@ -160,8 +329,10 @@ pub(crate) struct RoomKeyState {
 pub(super) enum WrapPurpose {
     Room {
         room: Bytes,
-        generation: u64,
+        incarnation: u64,
         epoch: u32,
+        /// The members it was made for, every one of whom must get a wrap.
+        recipients: Vec<ConnId>,
     },
     Dm {
         requester: ConnId,
@@ -171,18 +342,52 @@ pub(super) enum WrapPurpose {
     },
 }
 
+/// Why a membership changed, for [`Hub::membership_changed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Someone joined (or created the room).
+    Arrival,
+    /// Someone left: the remaining members hold their sends until the next
+    /// key.
+    Departure(ConnId),
+}
+
+/// The channel binding a secure connection's proofs are made over: its TLS
+/// exporter value, or zeros for a plain connection the server lets be
+/// secure.
+pub(crate) fn binding_of(user: &User) -> [u8; CHANNEL_BINDING_LEN] {
+    user.channel_binding.unwrap_or(PLAIN_CHANNEL_BINDING)
+}
+
 impl Hub {
     /// REGISTER_KEY: makes the connection secure, once.
-    pub(super) fn register_key(&mut self, conn: ConnId, der: &[u8], out: &mut Vec<Action>) {
+    pub(super) fn register_key(
+        &mut self,
+        conn: ConnId,
+        registration: &Registration,
+        out: &mut Vec<Action>,
+    ) {
         let user = self.users.get_mut(&conn).expect("caller checked");
-        if user.key.is_some() {
+        if user.channel_binding.is_none() && !self.limits.allow_secure_on_plain {
+            let reply = text::secure_needs_tls(self.limits.tls_port);
+            return respond(out, conn, Status::Error, reply);
+        }
+        if user.identity.is_some() {
             return respond(out, conn, Status::Error, text::KEY_ALREADY_REGISTERED);
         }
-        let Some(key) = RegisteredKey::parse(der) else {
-            return respond(out, conn, Status::Error, text::BAD_PUBLIC_KEY);
+        let identity = match RegisteredIdentity::check(registration, &user.name, &binding_of(user))
+        {
+            Ok(identity) => identity,
+            Err(Refused::BadKeys) => {
+                return respond(out, conn, Status::Error, text::BAD_PUBLIC_KEY)
+            }
+            Err(Refused::BadProof) => {
+                return respond(out, conn, Status::Error, text::KEY_PROOF_FAILED)
+            }
         };
-        info!(peer = %user.peer, nick = %Printable(&user.name), bits = key.bits(), "key registered");
-        user.key = Some(Box::new(key));
+        info!(peer = %user.peer, nick = %Printable(&user.name), ?identity,
+              tls = user.channel_binding.is_some(), "key registered");
+        user.identity = Some(Box::new(identity));
         out.push(send(conn, OK_RESPONSE));
     }
 
@@ -198,8 +403,9 @@ impl Hub {
     }
 
     /// Appends to a JOIN's reply what a secure joiner gets before its
-    /// `9a 00`: the confirmation, then the key of every other member if the
-    /// room is secure. Nothing for a legacy joiner.
+    /// `9a 00`: the confirmation with the room's incarnation, then the
+    /// identity of every other member if the room is secure. Nothing for a
+    /// legacy joiner.
     pub(super) fn join_notices(
         &self,
         conn: ConnId,
@@ -214,10 +420,19 @@ impl Hub {
             return;
         }
         let (room, secure) = (room.clone(), entry.is_secure());
+        let incarnation = entry.keys().map_or(0, RoomKeyState::incarnation);
         let confirmation = if created {
-            SecureMessage::RoomCreated { room, secure }
+            SecureMessage::RoomCreated {
+                room,
+                secure,
+                incarnation,
+            }
         } else {
-            SecureMessage::RoomJoined { room, secure }
+            SecureMessage::RoomJoined {
+                room,
+                secure,
+                incarnation,
+            }
         };
         confirmation.encode_into(dst);
         if !secure {
@@ -225,21 +440,28 @@ impl Hub {
         }
         for member in entry.members().iter().filter(|member| **member != conn) {
             let user = &self.users[member];
-            if let Some(key) = &user.key {
+            if let Some(identity) = &user.identity {
                 let notice = SecureMessage::PeerKey {
                     name: user.name.clone(),
-                    key: key.der.clone(),
+                    renamed_from: Bytes::new(),
+                    identity: identity.block.clone(),
                 };
                 notice.encode_into(dst);
             }
         }
     }
 
-    /// Sends the user's key, under its current name, to every other member
-    /// of its room if that room is secure: after a join and after a rename.
-    pub(super) fn announce_key(&self, conn: ConnId, out: &mut Vec<Action>) {
+    /// Sends the user's identity, under its current name, to every other
+    /// member of its room if that room is secure: after a join
+    /// (`renamed_from` empty) and after a rename (the old name).
+    pub(super) fn announce_identity(
+        &self,
+        conn: ConnId,
+        renamed_from: Bytes,
+        out: &mut Vec<Action>,
+    ) {
         let user = &self.users[&conn];
-        let (Some(key), Some(room)) = (&user.key, &user.room) else {
+        let (Some(identity), Some(room)) = (&user.identity, &user.room) else {
             return;
         };
         let Some(entry) = self.directory.room(room).filter(|room| room.is_secure()) else {
@@ -247,7 +469,8 @@ impl Hub {
         };
         let notice = SecureMessage::PeerKey {
             name: user.name.clone(),
-            key: key.der.clone(),
+            renamed_from,
+            identity: identity.block.clone(),
         }
         .encode();
         out.push(Action::Broadcast {
@@ -258,12 +481,35 @@ impl Hub {
     }
 
     /// The membership of `room` changed: rotate its key, or, if a rotation
-    /// is already in flight, make sure another one follows it. Nothing for a
-    /// plaintext room or one that was deleted with its last member.
-    pub(super) fn membership_changed(&mut self, room: &Bytes, out: &mut Vec<Action>) {
-        let Some(keys) = self.directory.room_mut(room).and_then(Room::keys_mut) else {
+    /// is already in flight, make sure another one follows it. On a
+    /// departure the remaining members first hear ROOM_REKEYING, in this
+    /// same event. Nothing for a plaintext room or one that was deleted with
+    /// its last member.
+    pub(super) fn membership_changed(
+        &mut self,
+        room: &Bytes,
+        change: Change,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self.directory.room_mut(room) else {
             return;
         };
+        let members = entry.members_now();
+        let Some(keys) = entry.keys_mut() else {
+            return;
+        };
+        if let Change::Departure(left) = change {
+            let notice = SecureMessage::RoomRekeying {
+                room: room.clone(),
+                incarnation: keys.incarnation,
+                next_epoch: keys.next_epoch(),
+            };
+            out.push(Action::Broadcast {
+                to: members,
+                except: left,
+                frame: notice.encode(),
+            });
+        }
         if keys.rotating {
             keys.stale = true;
         } else {
@@ -271,52 +517,80 @@ impl Hub {
         }
     }
 
-    /// Starts a rotation: the next epoch, for the members of this moment.
+    /// Starts a rotation: the next epoch, for the members of this moment,
+    /// each with the label that names the room, its incarnation, the epoch
+    /// and the member.
     fn rotate(&mut self, room: &Bytes, out: &mut Vec<Action>) {
         let entry = self.directory.room_mut(room).expect("caller checked");
-        let generation = entry.generation();
-        let recipients: Vec<KeyRecipient> = entry
-            .members()
-            .iter()
-            .filter_map(|member| {
-                let key = self.users.get(member)?.key.as_ref()?;
-                Some(KeyRecipient::of(*member, key))
-            })
-            .collect();
+        let members = entry.members_now();
         let keys = entry.keys_mut().expect("caller checked");
-        // 2^32 rotations of one room would take decades of constant churn;
-        // saturating keeps "never goes back" even then.
-        keys.epoch = keys.epoch.saturating_add(1);
+        self.room_timers.clear(room, keys);
         keys.rotating = true;
         keys.stale = false;
-        let epoch = keys.epoch;
+        let (incarnation, epoch) = (keys.incarnation, keys.next_epoch());
+        let recipients: Vec<KeyRecipient> = members
+            .iter()
+            .map(|member| {
+                let identity = self.users[member]
+                    .identity
+                    .as_ref()
+                    .expect("members of a secure room are secure");
+                KeyRecipient {
+                    conn: *member,
+                    key: Arc::clone(&identity.rsa),
+                    label: room_key_label(room, incarnation, epoch, &identity.fingerprint),
+                }
+            })
+            .collect();
         let ticket = self.new_ticket();
         let purpose = WrapPurpose::Room {
             room: room.clone(),
-            generation,
+            incarnation,
             epoch,
+            recipients: members.to_vec(),
         };
         self.wraps.insert(ticket, purpose);
         out.push(Action::WrapKeys(KeyWrapJob {
             ticket,
-            key_use: KeyUse::Room,
             recipients,
             requester: None,
         }));
     }
 
-    /// DM_KEY_REQUEST: checks both ends, then has a DM key made for them.
+    /// Starts the rotations whose time has come: retries of failed wraps,
+    /// and keys at the end of their lifetime.
+    pub(super) fn rotate_due_rooms(&mut self, now: Instant, out: &mut Vec<Action>) {
+        while let Some(room) = self.room_timers.pop_due(now) {
+            let keys = self
+                .directory
+                .room_mut(&room)
+                .and_then(Room::keys_mut)
+                .expect("a room's timer goes with the room");
+            keys.deadline = None;
+            self.rotate(&room, out);
+        }
+    }
+
+    /// The room `name` was deleted with its last member: its timer goes too.
+    pub(super) fn room_deleted(&mut self, name: &[u8], room: Room) {
+        if let Some(mut keys) = room.into_keys() {
+            self.room_timers.clear(name, &mut keys);
+        }
+    }
+
+    /// DM_KEY_REQUEST: checks both ends, then has a DM key made for them,
+    /// each half wrapped under a label naming both fingerprints.
     pub(super) fn dm_key_request(
         &mut self,
         conn: ConnId,
         target: &[u8],
-        now: std::time::Instant,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         if !self.admit_message(conn, now, out) {
             return;
         }
-        let Some(own_key) = &self.users[&conn].key else {
+        let Some(own) = &self.users[&conn].identity else {
             return respond(out, conn, Status::Error, text::REGISTER_KEY_FIRST);
         };
         let Some(peer) = self.directory.find_user(target) else {
@@ -325,42 +599,73 @@ impl Hub {
         if peer == conn {
             return respond(out, conn, Status::Error, text::DM_KEY_WITH_YOURSELF);
         }
-        let Some(peer_key) = &self.users[&peer].key else {
+        let Some(theirs) = &self.users[&peer].identity else {
             return respond_naming(out, conn, Status::Error, text::has_no_key(target));
         };
+        let key_id = self.last_key_id.checked_add(1).unwrap_or(1);
         let recipients = vec![
-            KeyRecipient::of(conn, own_key),
-            KeyRecipient::of(peer, peer_key),
+            KeyRecipient {
+                conn,
+                key: Arc::clone(&own.rsa),
+                label: dm_key_label(key_id, &own.fingerprint, &theirs.fingerprint),
+            },
+            KeyRecipient {
+                conn: peer,
+                key: Arc::clone(&theirs.rsa),
+                label: dm_key_label(key_id, &theirs.fingerprint, &own.fingerprint),
+            },
         ];
+        // Each key issued costs its target a private-key operation: nobody
+        // may have keys pushed onto a user without end.
+        let peer_user = self.users.get_mut(&peer).expect("found by name");
+        let rate = self.limits.dm_keys_per_target;
+        if !peer_user.rates().dm_keys.try_acquire(now, rate) {
+            let reply = text::dm_keys_for_target(target);
+            return respond_naming(out, conn, Status::TryLater, reply);
+        }
         // Key ids count up from 1 and are never 0.
-        self.last_key_id = self.last_key_id.checked_add(1).unwrap_or(1);
+        self.last_key_id = key_id;
         let ticket = self.new_ticket();
         let purpose = WrapPurpose::Dm {
             requester: conn,
             target: peer,
             target_name: Bytes::copy_from_slice(target),
-            key_id: self.last_key_id,
+            key_id,
         };
         self.wraps.insert(ticket, purpose);
         self.users.get_mut(&conn).expect("caller checked").pending = Some(Box::new(Pending::DmKey));
         out.push(Action::WrapKeys(KeyWrapJob {
             ticket,
-            key_use: KeyUse::Dm,
             recipients,
             requester: Some(conn),
         }));
     }
 
-    /// A [`KeyWrapJob`] finished. An answer for an unknown ticket, or for
-    /// a room or requester that is gone, is dropped.
-    pub fn keys_wrapped(&mut self, ticket: u64, outcome: KeyWrapOutcome, out: &mut Vec<Action>) {
+    /// A [`KeyWrapJob`] finished at `now`. An answer for an unknown ticket,
+    /// or for a room or requester that is gone, is dropped.
+    pub fn keys_wrapped(
+        &mut self,
+        ticket: u64,
+        outcome: KeyWrapOutcome,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         match self.wraps.remove(&ticket) {
             None => {}
             Some(WrapPurpose::Room {
                 room,
-                generation,
+                incarnation,
                 epoch,
-            }) => self.room_key_wrapped(room, generation, epoch, outcome, out),
+                recipients,
+            }) => {
+                let wrapped = match outcome {
+                    KeyWrapOutcome::Wrapped(wrapped) if wrapped.len() == recipients.len() => {
+                        Some(wrapped)
+                    }
+                    _ => None,
+                };
+                self.room_key_wrapped(room, incarnation, epoch, wrapped, now, out);
+            }
             Some(WrapPurpose::Dm {
                 requester,
                 target,
@@ -370,14 +675,17 @@ impl Hub {
         }
     }
 
-    /// Hands a rotation's keys to the recipients that are still members, and
-    /// starts the next rotation if the membership changed meanwhile.
+    /// Hands a rotation's keys to the recipients that are still members and
+    /// schedules the key's end of life; or, if the wrap failed, delivers
+    /// nothing and schedules a retry. Starts the next rotation at once if
+    /// the membership changed meanwhile.
     fn room_key_wrapped(
         &mut self,
         room: Bytes,
-        generation: u64,
+        incarnation: u64,
         epoch: u32,
-        outcome: KeyWrapOutcome,
+        wrapped: Option<Vec<(ConnId, Bytes)>>,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         // A room deleted (and perhaps recreated) meanwhile has nobody, or
@@ -385,16 +693,17 @@ impl Hub {
         let Some(entry) = self
             .directory
             .room_mut(&room)
-            .filter(|entry| entry.generation() == generation)
+            .filter(|entry| entry.keys().map(RoomKeyState::incarnation) == Some(incarnation))
         else {
             return;
         };
         let members: HashSet<ConnId> = entry.members().iter().copied().collect();
-        let keys = entry.keys_mut().expect("a secure room stays secure");
+        let keys = entry.keys_mut().expect("matched its incarnation");
         keys.rotating = false;
         let again = std::mem::take(&mut keys.stale);
-        match outcome {
-            KeyWrapOutcome::Wrapped(wrapped) => {
+        let next = match wrapped {
+            Some(wrapped) => {
+                keys.epoch = epoch;
                 out.extend(
                     wrapped
                         .into_iter()
@@ -402,19 +711,25 @@ impl Hub {
                         .map(|(conn, wrapped)| {
                             let message = SecureMessage::RoomKey {
                                 room: room.clone(),
+                                incarnation,
                                 epoch,
                                 wrapped,
                             };
                             send(conn, message.encode())
                         }),
                 );
+                now + self.limits.room_key_lifetime
             }
-            KeyWrapOutcome::Busy | KeyWrapOutcome::Failed => {
-                error!(room = %Printable(&room), epoch, "room key rotation failed; the room keeps its previous key until its membership changes");
+            None => {
+                error!(room = %Printable(&room), epoch, retry = ?self.limits.rotation_retry,
+                       "room key rotation failed; its members hold their sends until the retry");
+                now + self.limits.rotation_retry
             }
-        }
+        };
         if again {
             self.rotate(&room, out);
+        } else {
+            self.room_timers.set(&room, keys, next);
         }
     }
 
@@ -457,12 +772,12 @@ impl Hub {
             return respond(out, requester, Status::Error, text::KEY_WRAP_FAILED);
         };
         let user = &self.users[&requester];
-        let (Some(own_key), Some(peer_key)) = (&user.key, &peer.key) else {
-            unreachable!("a registered key is never removed");
+        let (Some(own), Some(theirs)) = (&user.identity, &peer.identity) else {
+            unreachable!("a registered identity is never removed");
         };
         let issued = SecureMessage::DmKeyIssued {
             target: peer.name.clone(),
-            key: peer_key.der.clone(),
+            identity: theirs.block.clone(),
             key_id,
             wrapped: for_requester,
         };
@@ -470,11 +785,13 @@ impl Hub {
         out.push(send(requester, OK_RESPONSE));
         let introduction = SecureMessage::PeerKey {
             name: user.name.clone(),
-            key: own_key.der.clone(),
+            renamed_from: Bytes::new(),
+            identity: own.block.clone(),
         };
         out.push(send(target, introduction.encode()));
         let dm_key = SecureMessage::DmKey {
             peer: user.name.clone(),
+            peer_fingerprint: own.fingerprint,
             key_id,
             wrapped: for_target,
         };
@@ -483,10 +800,14 @@ impl Hub {
 
     /// The secure extension's share of [`Hub::check_invariants`].
     pub(super) fn check_secure_invariants(&self) -> Result<(), String> {
+        let mut timed = 0;
         for (name, room) in self.directory.rooms() {
             let Some(keys) = room.keys() else {
                 continue;
             };
+            if keys.incarnation == 0 {
+                return Err(format!("secure room {} has incarnation 0", Printable(name)));
+            }
             if let Some(member) = room.members().iter().find(|m| !self.is_secure(**m)) {
                 return Err(format!(
                     "legacy {member} in secure room {}",
@@ -494,8 +815,8 @@ impl Hub {
                 ));
             }
             let in_flight = self.wraps.values().filter(|purpose| {
-                matches!(purpose, WrapPurpose::Room { room: r, generation, .. }
-                    if r == name && *generation == room.generation())
+                matches!(purpose, WrapPurpose::Room { room: r, incarnation, .. }
+                    if r == name && *incarnation == keys.incarnation)
             });
             let count = in_flight.count();
             if count != usize::from(keys.rotating) {
@@ -505,6 +826,22 @@ impl Hub {
                     keys.rotating
                 ));
             }
+            match (keys.rotating, keys.deadline) {
+                (true, None) => {}
+                (false, Some(at)) if self.room_timers.contains(at, name) => timed += 1,
+                state => {
+                    return Err(format!(
+                    "room {} has (rotating, deadline) {state:?}, or a deadline not in the timers",
+                    Printable(name)
+                ))
+                }
+            }
+        }
+        if timed != self.room_timers.len() {
+            return Err(format!(
+                "{} room timers for {timed} rooms waiting on one",
+                self.room_timers.len()
+            ));
         }
         for (conn, user) in &self.users {
             let waiting = self.wraps.values().filter(

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::harness::{fake_password_check, fake_wrap, Harness};
+use super::harness::{fake_password_check, fake_wrap, Harness, TestIdentity};
 use super::*;
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::{Frame, ServerMessage, HEADER_LEN};
 
 /// Shorthands for the tests below.
@@ -61,10 +62,11 @@ impl Harness {
 }
 
 /// The DER SubjectPublicKeyInfo of an RSA public key whose modulus has
-/// `bits` bits. The modulus is no product of two primes, so nobody holds a
-/// private key for it; but the hub only parses public keys, and any odd
-/// modulus will do for that, so keys of any size cost nothing to make.
-fn public_key_der(bits: usize, seed: u8) -> Bytes {
+/// `bits` bits and whose public exponent is `exponent`. The modulus is no
+/// product of two primes, so nobody holds a private key for it; but the hub
+/// only parses public keys, and any odd modulus will do for that, so keys
+/// of any size cost nothing to make.
+fn rsa_der(bits: usize, exponent: u32, seed: u8) -> Bytes {
     use rsa::pkcs8::EncodePublicKey;
     let len = bits.div_ceil(8);
     let mut modulus: Vec<u8> = (0..len).map(|i| seed ^ (i as u8)).collect();
@@ -72,9 +74,33 @@ fn public_key_der(bits: usize, seed: u8) -> Bytes {
     modulus[len - 1] |= 1;
     let precision = (len as u32 * 8).next_multiple_of(64);
     let n = rsa::BoxedUint::from_be_slice(&modulus, precision).unwrap();
-    let e = rsa::BoxedUint::from_be_slice(&[1, 0, 1], 64).unwrap();
+    let e = rsa::BoxedUint::from_be_slice(&exponent.to_be_bytes(), 64).unwrap();
     let key = rsa::PublicKey::new(n, e).unwrap();
     Bytes::from(key.to_public_key_der().unwrap().into_vec())
+}
+
+/// The test identity of the user first connected as `id`.
+fn identity(id: u64) -> TestIdentity {
+    TestIdentity::new(id as u8)
+}
+
+/// The channel binding of connection `id`, as if over TLS.
+fn binding(id: u64) -> [u8; 32] {
+    [0xb0 ^ id as u8; 32]
+}
+
+impl Harness {
+    /// Connection `id` over "TLS" (its channel binding [`binding`]),
+    /// renamed `name` with a legacy NICK, then registered by
+    /// [`identity`]`(id)`.
+    fn secure(&mut self, id: u64, name: &str) -> ConnId {
+        let conn = self.connected(id);
+        self.hub.channel_bound(conn, binding(id));
+        assert_eq!(sent(&self.nick(conn, name)), [(conn, ok())]);
+        let register = identity(id).register(name.as_bytes(), &binding(id));
+        assert_eq!(sent(&self.send(conn, register)), [(conn, ok())]);
+        conn
+    }
 }
 
 fn bytes(text: &str) -> Bytes {
@@ -509,6 +535,26 @@ fn connections_without_a_complete_frame_go_at_the_handshake_timeout() {
 }
 
 #[test]
+fn a_channel_binding_is_kept_for_its_connection_only_and_ignored_for_unknown_ones() {
+    let mut h = Harness::with(Limits {
+        max_connections: 2,
+        ..Limits::default()
+    });
+    let (tls, plain) = (h.connected(1), h.connected(2));
+    h.hub.channel_bound(tls, [7; 32]);
+    assert_eq!(h.hub.channel_binding(tls), Some(&[7; 32]));
+    assert_eq!(h.hub.channel_binding(plain), None, "never bound: plain");
+    // Refused for being one too many: the hub forgot it at once.
+    let refused = ConnId(3);
+    assert!(!h.connect(refused).is_empty());
+    h.hub.channel_bound(refused, [9; 32]);
+    assert_eq!(h.hub.channel_binding(refused), None);
+    h.disconnect(tls);
+    assert_eq!(h.hub.channel_binding(tls), None);
+    h.hub.check_invariants().unwrap();
+}
+
+#[test]
 fn the_per_address_limit_refuses_with_try_later_and_frees_on_disconnect() {
     let mut h = Harness::with(Limits {
         max_connections_per_ip: 2,
@@ -676,17 +722,33 @@ mod random_sessions {
     use proptest::prelude::*;
 
     use super::*;
-    use parlor_proto::secure::is_secure_only;
+    use parlor_proto::secure::{is_secure_only, opcode as secure_opcode};
     use parlor_proto::transfer::{is_transfer_news, FileMeta, FileRequest};
 
+    // A test's ops are few; their size does not matter.
+    #[allow(clippy::large_enum_variant)]
     #[derive(Clone, Debug)]
     enum Op {
-        /// A new connection, secure from the start when it comes with a key.
-        Connect(Option<u8>),
+        /// A new connection, secure from the start when it comes with an
+        /// identity seed, over "TLS" (a channel binding) when the flag says.
+        Connect(Option<u8>, bool),
         Disconnect(usize),
         Send(usize, ClientMessage),
+        /// REGISTER_KEY by the identity of a seed, its proofs over the
+        /// connection's name and binding; seed 0 signs another name, so
+        /// its proof fails.
+        Register(usize, u8),
+        /// SIGNED_NICK by the identity of a seed, which may not be the
+        /// connection's.
+        SignedNick(usize, u8, Bytes),
         Wait(u64),
         FinishRotations,
+    }
+
+    /// What a departure or a timer may send: news of a file transfer, and a
+    /// secure room's ROOM_REKEYING.
+    fn is_news(opcode: u8) -> bool {
+        is_transfer_news(opcode) || opcode == secure_opcode::ROOM_REKEYING
     }
 
     fn name() -> impl Strategy<Value = Bytes> {
@@ -709,14 +771,6 @@ mod random_sessions {
 
     fn password() -> impl Strategy<Value = Bytes> {
         prop_oneof![3 => Just(""), 1 => Just("pw"), 1 => Just("other")].prop_map(bytes)
-    }
-
-    /// Two valid keys and one that is not a key.
-    fn key() -> impl Strategy<Value = Bytes> {
-        prop_oneof![
-            3 => (1..=2u8).prop_map(|seed| public_key_der(2048, seed)),
-            1 => Just(bytes("not a key")),
-        ]
     }
 
     /// Weighted towards joining and talking, so that rooms fill up; a LEAVE
@@ -743,7 +797,6 @@ mod random_sessions {
                 room,
                 text: bytes("hi")
             }),
-            2 => key().prop_map(|key| ClientMessage::RegisterKey { key }),
             2 => name().prop_map(|target| ClientMessage::DmKeyRequest { target }),
             4 => file_request().prop_map(ClientMessage::File),
         ]
@@ -766,8 +819,9 @@ mod random_sessions {
                         flags: 1,
                         key_id: 1,
                         nonce: [0; 16],
-                        digest: [0; 32],
-                        signature: bytes("sig"),
+                        manifest: bytes("sealed manifest"),
+                        counter: 1,
+                        signature: [0; 64],
                     },
                     window,
                 }
@@ -777,16 +831,18 @@ mod random_sessions {
                 .prop_map(|(id, index, len)| FileRequest::Chunk { id, index, data: Bytes::from(vec![7; len]) }),
             3 => (id.clone(), index).prop_map(|(id, index)| FileRequest::Ack { id, index }),
             1 => id.clone().prop_map(|id| FileRequest::Done { id }),
-            1 => id.clone().prop_map(|id| FileRequest::Resume { id, token: [0; 16] }),
+            1 => id.clone().prop_map(|id| FileRequest::Resume { id, token: [0; 16], proof: [0; 64] }),
             1 => id.prop_map(|id| FileRequest::Cancel { id }),
         ]
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            2 => prop::option::of(1..=2u8).prop_map(Op::Connect),
+            2 => (prop::option::of(1..=2u8), any::<bool>()).prop_map(|(seed, tls)| Op::Connect(seed, tls)),
             1 => (0..6usize).prop_map(Op::Disconnect),
             12 => (0..6usize, message()).prop_map(|(client, message)| Op::Send(client, message)),
+            2 => (0..6usize, 0..=2u8).prop_map(|(client, seed)| Op::Register(client, seed)),
+            2 => (0..6usize, 1..=2u8, name()).prop_map(|(client, seed, name)| Op::SignedNick(client, seed, name)),
             // Mostly short waits, so that sessions live long enough to fill
             // rooms; sometimes past the idle timeout.
             2 => prop_oneof![4 => 0..5_000u64, 1 => 0..40_000u64].prop_map(Op::Wait),
@@ -798,7 +854,7 @@ mod random_sessions {
     /// those of [`file_prelude`], and most of what they send is about files.
     fn file_op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            1 => Just(Op::Connect(Some(1))),
+            1 => Just(Op::Connect(Some(1), false)),
             1 => (0..6usize).prop_map(Op::Disconnect),
             12 => (0..5usize, file_request()).prop_map(|(client, request)| Op::Send(client, ClientMessage::File(request))),
             1 => (0..6usize).prop_map(|client| Op::Send(client, ClientMessage::Leave)),
@@ -812,11 +868,10 @@ mod random_sessions {
             .map(|id| {
                 let conn = h.connected(id);
                 if id < 4 {
-                    let key = public_key_der(2048, 1);
-                    assert_eq!(
-                        sent(&h.send(conn, ClientMessage::RegisterKey { key })),
-                        [(conn, ok())]
-                    );
+                    let name = h.hub.name_of(conn).unwrap().to_vec();
+                    let register =
+                        TestIdentity::new(id as u8).register(&name, &PLAIN_CHANNEL_BINDING);
+                    assert_eq!(sent(&h.send(conn, register)), [(conn, ok())]);
                 }
                 h.join(conn, "lobby", "");
                 conn
@@ -849,6 +904,8 @@ mod random_sessions {
                     ..defaults.message_rate
                 },
                 idle_timeout: Duration::from_secs(30),
+                allow_secure_on_plain: true,
+                room_key_lifetime: Duration::from_secs(50),
                 ..defaults
             };
             let mut h = Harness::with(config);
@@ -865,13 +922,55 @@ mod random_sessions {
                 .filter(|conn| h.hub.is_secure(*conn))
                 .collect();
             for op in ops {
+                // Registrations and signed renames are signed for the
+                // connection as it is when they are sent.
+                let op = match op {
+                    Op::Register(index, seed) => {
+                        let Some(&conn) = conns.get(index) else {
+                            continue;
+                        };
+                        let name = h.hub.name_of(conn).map_or_else(Vec::new, <[u8]>::to_vec);
+                        let binding = h
+                            .hub
+                            .channel_binding(conn)
+                            .copied()
+                            .unwrap_or(PLAIN_CHANNEL_BINDING);
+                        let signed_for = if seed == 0 {
+                            b"someone else".to_vec()
+                        } else {
+                            name.clone()
+                        };
+                        let mut register =
+                            TestIdentity::new(seed.max(1)).register(&signed_for, &binding);
+                        if let ClientMessage::RegisterKey(registration) = &mut register {
+                            // The name proof over the right name; possession
+                            // over the wrong one when seed is 0.
+                            registration.name_proof =
+                                TestIdentity::new(seed.max(1)).block(&name).name_proof;
+                        }
+                        Op::Send(index, register)
+                    }
+                    Op::SignedNick(index, seed, name) => {
+                        Op::Send(index, TestIdentity::new(seed).signed_nick(&name))
+                    }
+                    op => op,
+                };
                 let out = match op {
-                    Op::Connect(key_seed) => {
+                    Op::Register(..) | Op::SignedNick(..) => unreachable!("made a Send above"),
+                    Op::Connect(key_seed, tls) => {
                         let conn = h.connected(conns.len() as u64 + 1);
                         conns.push(conn);
+                        let binding = if tls {
+                            [conn.0 as u8; 32]
+                        } else {
+                            PLAIN_CHANNEL_BINDING
+                        };
+                        if tls {
+                            h.hub.channel_bound(conn, binding);
+                        }
                         let Some(seed) = key_seed else { continue };
-                        let key = public_key_der(2048, seed);
-                        let out = h.send(conn, ClientMessage::RegisterKey { key });
+                        let name = h.hub.name_of(conn).unwrap().to_vec();
+                        let out = h.send(conn, TestIdentity::new(seed).register(&name, &binding));
                         prop_assert_eq!(sent(&out), [(conn, ok())]);
                         out
                     }
@@ -880,18 +979,14 @@ mod random_sessions {
                             continue;
                         };
                         let out = h.disconnect(conn);
-                        let news_only = sent(&out)
-                            .iter()
-                            .all(|(_, frame)| is_transfer_news(frame[6]));
-                        prop_assert!(news_only, "a departure sends only news of file transfers");
+                        let news_only = sent(&out).iter().all(|(_, frame)| is_news(frame[6]));
+                        prop_assert!(news_only, "a departure sends only news");
                         out
                     }
                     Op::Wait(ms) => {
                         let out = h.advance(Duration::from_millis(ms));
-                        let news_only = sent(&out)
-                            .iter()
-                            .all(|(_, frame)| is_transfer_news(frame[6]));
-                        prop_assert!(news_only, "timers send only news of file transfers");
+                        let news_only = sent(&out).iter().all(|(_, frame)| is_news(frame[6]));
+                        prop_assert!(news_only, "timers send only news");
                         out
                     }
                     Op::FinishRotations => {

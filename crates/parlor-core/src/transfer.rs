@@ -43,6 +43,8 @@ use tracing::{debug, info};
 use super::{send, Action, ConnId};
 use parlor_proto::legacy::OK_RESPONSE;
 use parlor_proto::printable::Printable;
+use parlor_proto::secure::{Fingerprint, Identity};
+use parlor_proto::text;
 use parlor_proto::transfer::opcode::FILE_CHUNK;
 use parlor_proto::transfer::{
     encode_chunk, EndReason, FileMeta, FileNotice, CHUNK_HEADER_LEN, TOKEN_LEN,
@@ -80,18 +82,30 @@ pub struct Offer {
     pub sender: ConnId,
     /// The sender's nick, for the recipients' FILE_OFFERED.
     pub sender_name: Bytes,
-    /// The sender's registered key (DER), for checking the signature.
-    pub sender_key: Bytes,
+    /// The sender's identity block, for checking the signature.
+    pub sender_identity: Identity,
     /// The room it is offered in; `None` for a file to one user.
     pub room: Option<Bytes>,
-    /// Secure connections asked to accept, with their names.
-    pub recipients: Vec<(ConnId, Bytes)>,
+    /// Secure connections asked to accept.
+    pub recipients: Vec<OfferRecipient>,
     /// Members who cannot receive files (legacy connections).
     pub skipped: Vec<Bytes>,
     /// The file as the sender describes it.
     pub meta: FileMeta,
     /// The window the sender asked for.
     pub window: u8,
+}
+
+/// A secure connection asked to accept an offer.
+#[derive(Debug)]
+pub struct OfferRecipient {
+    /// Its connection.
+    pub conn: ConnId,
+    /// Its name, in the notices about it.
+    pub name: Bytes,
+    /// Its identity: only a connection with this fingerprint may resume in
+    /// its place.
+    pub fingerprint: Fingerprint,
 }
 
 /// Why an offer was refused: the status and text of its `9a`.
@@ -162,6 +176,8 @@ struct Recipient {
     name: Bytes,
     /// `None` while detached.
     conn: Option<ConnId>,
+    /// Whose key may resume for it.
+    fingerprint: Fingerprint,
     token: [u8; TOKEN_LEN],
     stage: Stage,
 }
@@ -355,19 +371,20 @@ impl Transfers {
         let forwarded = FileNotice::Offered {
             id,
             sender: offer.sender_name.clone(),
-            sender_key: offer.sender_key,
+            sender_identity: offer.sender_identity,
             room: offer.room.clone().unwrap_or_default(),
             meta: offer.meta.clone(),
         }
         .encode();
         let mut recipients = Vec::with_capacity(offer.recipients.len());
-        for (conn, name) in offer.recipients {
-            out.push(send(conn, forwarded.clone()));
+        for invited in offer.recipients {
+            out.push(send(invited.conn, forwarded.clone()));
             let mut token = [0; TOKEN_LEN];
             self.rng.fill_bytes(&mut token);
             recipients.push(Recipient {
-                name,
-                conn: Some(conn),
+                name: invited.name,
+                conn: Some(invited.conn),
+                fingerprint: invited.fingerprint,
                 token,
                 stage: Stage::Undecided,
             });
@@ -671,14 +688,17 @@ impl Transfers {
         self.settle(id, now, out);
     }
 
-    /// FILE_RESUME from a reconnected recipient: `9a 00`, then the chunks
-    /// it lacks, if the window still holds them; otherwise it is out and
-    /// told to have the file sent again.
+    /// FILE_RESUME from a reconnected recipient whose key has the
+    /// `fingerprint` given (the hub checked the proof): `9a 00`, then the
+    /// chunks it lacks, if the window still holds them; otherwise it is out
+    /// and told to have the file sent again. The token says which recipient
+    /// is resuming; a key other than that recipient's is refused.
     pub fn resume(
         &mut self,
         conn: ConnId,
         id: u32,
         token: &[u8; TOKEN_LEN],
+        fingerprint: &Fingerprint,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
@@ -696,9 +716,12 @@ impl Transfers {
         let Some(at) = found else {
             return reply_error(out, conn, &unknown);
         };
-        // The token proves who this is. If its old connection still looks
-        // alive (the server has not noticed it drop yet), the new one takes
-        // over: nothing more goes to the old one.
+        if transfer.recipients[at].fingerprint != *fingerprint {
+            return reply_error(out, conn, text::RESUME_PROOF_FAILED);
+        }
+        // The token and the key prove who this is. If its old connection
+        // still looks alive (the server has not noticed it drop yet), the
+        // new one takes over: nothing more goes to the old one.
         let (Stage::Detached { progress, .. } | Stage::Receiving(progress)) =
             transfer.recipients[at].stage
         else {

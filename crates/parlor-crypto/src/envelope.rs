@@ -1,9 +1,9 @@
-//! The sealed envelope of PROTOCOL.md §12.7: what a secure client puts in the
-//! text field of a ROOM_MSG or DM.
+//! The sealed envelope (secure extension v2): what a secure client puts in
+//! the text field of a ROOM_MSG or DM.
 //!
 //! ```text
-//! u8 version | u8 kind | short context | short sender | u32 epoch | u64 counter   (the header)
-//! [16] iv | long ciphertext | [32] mac | long signature
+//! u8 version (2) | u8 kind | short context | short sender | u32 epoch | u64 counter   (the header)
+//! [16] iv | long ciphertext | [32] mac | [64] signature
 //! ```
 //!
 //! Encrypt-then-MAC: AES-256-CBC hides the text, and an HMAC over everything
@@ -14,9 +14,11 @@
 //! labels, so the cipher key never doubles as the MAC key.
 //!
 //! The MAC proves only that a holder of the key wrote the envelope, and every
-//! member of a room holds it; the RSA-PSS signature says *which* member. It
-//! covers the header and a hash of IV and ciphertext, so a member cannot lift
-//! someone else's signature onto a different message.
+//! member of a room holds it; the sender's Ed25519 signature says *which*
+//! member. It covers the header and a hash of IV and ciphertext, so a member
+//! cannot lift someone else's signature onto a different message. The
+//! `sender` name is for display: who signed is the key, looked up by the
+//! keyring.
 //!
 //! The types enforce the order of checks: [`Envelope::parse`] gives an
 //! envelope that can only be MAC-checked, and only the [`Authenticated`] it
@@ -34,21 +36,21 @@ use nom::Parser;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::identity::{Identity, PeerKey};
+use super::identity::{Identity, PeerIdentity, SIGNATURE_LEN};
 use super::{VerificationFailed, ISSUED_KEY_LEN};
 
 /// The only envelope version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the random AES-CBC IV that starts the sealed part.
 pub const IV_LEN: usize = 16;
 /// Length of the HMAC-SHA256 tag after the ciphertext.
 pub const MAC_LEN: usize = 32;
 
-const ENC_INFO: &[u8] = b"parlor v1 aes-256-cbc";
-const MAC_INFO: &[u8] = b"parlor v1 hmac-sha256";
+const ENC_INFO: &[u8] = b"parlor v2 aes-256-cbc";
+const MAC_INFO: &[u8] = b"parlor v2 hmac-sha256";
 /// Prefixed to what is signed, so that a signature made for an envelope can
 /// never pass for a signature over anything else made with the same key.
-const SIGNATURE_CONTEXT: &[u8] = b"parlor v1 signature";
+const SIGNATURE_CONTEXT: &[u8] = b"parlor v2 signature";
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -75,8 +77,8 @@ pub struct Header<'a> {
     /// The room's name, or the DM recipient's: a message cannot be moved
     /// to another room or recipient.
     pub context: &'a [u8],
-    /// The sender's name when it sealed the message; the server's relay
-    /// must name the same sender.
+    /// The sender's name when it sealed the message, for display; the
+    /// server's relay must name the same sender.
     pub sender: &'a [u8],
     /// The room key's epoch, or the DM key's id.
     pub epoch: u32,
@@ -131,10 +133,10 @@ pub struct TooLong {
 }
 
 /// The longest plaintext whose envelope still fits a 65,535-byte text field,
-/// for these name lengths and a signature of `signature_len` bytes.
-pub fn max_plaintext(context_len: usize, sender_len: usize, signature_len: usize) -> usize {
+/// for these name lengths.
+pub fn max_plaintext(context_len: usize, sender_len: usize) -> usize {
     let header = 1 + 1 + 1 + context_len + 1 + sender_len + 4 + 8;
-    let fixed = header + IV_LEN + 2 + MAC_LEN + 2 + signature_len;
+    let fixed = header + IV_LEN + 2 + MAC_LEN + SIGNATURE_LEN;
     let ciphertext_room = (u16::MAX as usize).saturating_sub(fixed);
     // PKCS#7 always adds 1 to 16 bytes: the largest whole number of blocks
     // that fits, minus the one byte of padding it must hold at least.
@@ -162,11 +164,7 @@ fn seal_with_iv(
     plaintext: &[u8],
     signer: &Identity,
 ) -> Result<Vec<u8>, TooLong> {
-    let max = max_plaintext(
-        header.context.len(),
-        header.sender.len(),
-        signer.signature_len(),
-    );
+    let max = max_plaintext(header.context.len(), header.sender.len());
     if plaintext.len() > max {
         return Err(TooLong { max });
     }
@@ -178,12 +176,11 @@ fn seal_with_iv(
     put_long(&mut text, &ciphertext);
     let mac = keys.hmac().chain_update(&text).finalize().into_bytes();
     text.extend_from_slice(&mac);
-    let signature = signer.sign(&signed_message(&header_bytes, iv, &ciphertext));
-    put_long(&mut text, &signature);
+    text.extend_from_slice(&signer.sign(&signed_message(&header_bytes, iv, &ciphertext)));
     Ok(text)
 }
 
-/// `"parlor v1 signature" || header || SHA-256(iv || ciphertext)`: what the
+/// `"parlor v2 signature" || header || SHA-256(iv || ciphertext)`: what the
 /// sender signs.
 fn signed_message(header: &[u8], iv: &[u8], ciphertext: &[u8]) -> Vec<u8> {
     let digest = Sha256::new()
@@ -205,12 +202,12 @@ pub struct Envelope<'a> {
     /// Header through ciphertext: what the MAC covers.
     authenticated: &'a [u8],
     mac: &'a [u8],
-    signature: &'a [u8],
+    signature: &'a [u8; SIGNATURE_LEN],
 }
 
 impl<'a> Envelope<'a> {
     /// Splits a text field into its parts. The lengths must fill it exactly
-    /// and the version must be 1.
+    /// and the version must be [`VERSION`].
     pub fn parse(text: &'a [u8]) -> Result<Envelope<'a>, VerificationFailed> {
         let consumed = |rest: &[u8]| &text[..text.len() - rest.len()];
         let (rest, (version, kind, context, sender, epoch, counter)) = (
@@ -228,9 +225,10 @@ impl<'a> Envelope<'a> {
             .parse(rest)
             .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| VerificationFailed)?;
         let authenticated = consumed(rest);
-        let (_, (mac, signature)) = all_consuming((take(MAC_LEN), length_data(be_u16)))
+        let (_, (mac, signature)) = all_consuming((take(MAC_LEN), take(SIGNATURE_LEN)))
             .parse(rest)
             .map_err(|_: nom::Err<nom::error::Error<&[u8]>>| VerificationFailed)?;
+        let signature: &[u8; SIGNATURE_LEN] = signature.try_into().expect("took SIGNATURE_LEN");
         let kind = match kind {
             1 => Kind::Room,
             2 => Kind::Direct,
@@ -288,8 +286,8 @@ impl<'a> Authenticated<'a, '_> {
         &self.envelope.header
     }
 
-    /// Checks that the holder of `sender`'s private key signed this envelope.
-    pub fn check_signature(&self, sender: &PeerKey) -> Result<(), VerificationFailed> {
+    /// Checks that the holder of `sender`'s signing key signed this envelope.
+    pub fn check_signature(&self, sender: &PeerIdentity) -> Result<(), VerificationFailed> {
         let envelope = &self.envelope;
         let message = signed_message(envelope.header_bytes, envelope.iv, envelope.ciphertext);
         sender.verify(&message, envelope.signature)
@@ -336,18 +334,18 @@ mod tests {
     }
 
     #[test]
-    fn seals_the_known_answer_bytes() {
+    fn seals_the_known_answer_bytes_signature_and_all() {
         let keys = MessageKeys::derive(&kat::issued_key());
         let identity = kat::identity();
         let text =
             seal_with_iv(&kat::header(), &keys, &kat::IV, kat::PLAINTEXT, &identity).unwrap();
-        let unsigned = kat::hex(kat::SEALED_UNSIGNED);
-        assert_eq!(text[..unsigned.len()], unsigned);
-        // PSS signatures are randomised: check what is signed, and the length.
-        let signature = &text[unsigned.len() + 2..];
-        assert_eq!(text[unsigned.len()..unsigned.len() + 2], [0x01, 0x00]);
-        let signed = kat::hex(kat::SIGNED_MESSAGE);
-        assert_eq!(kat::peer_key().verify(&signed, signature), Ok(()));
+        // Ed25519 is deterministic, so the whole envelope is known.
+        assert_eq!(text, kat::openssl_envelope());
+        assert_eq!(
+            text.len(),
+            172,
+            "the worked example's length, for PROTOCOL.md"
+        );
     }
 
     #[test]
@@ -357,7 +355,7 @@ mod tests {
         let envelope = Envelope::parse(&text).unwrap();
         assert_eq!(envelope.header, kat::header());
         let authenticated = envelope.check_mac(&keys).unwrap();
-        assert_eq!(authenticated.check_signature(&kat::peer_key()), Ok(()));
+        assert_eq!(authenticated.check_signature(&kat::peer()), Ok(()));
         assert_eq!(authenticated.decrypt().unwrap().as_slice(), kat::PLAINTEXT);
     }
 
@@ -372,12 +370,12 @@ mod tests {
     }
 
     #[test]
-    fn only_whole_version_1_envelopes_parse() {
+    fn only_whole_version_2_envelopes_parse() {
         let text = kat::openssl_envelope();
         assert!(Envelope::parse(&text[..text.len() - 1]).is_err());
         assert!(Envelope::parse(&[&text[..], &[0]].concat()).is_err());
         assert!(Envelope::parse(&[]).is_err());
-        for (offset, value) in [(0, 2), (1, 0), (1, 3)] {
+        for (offset, value) in [(0, 1), (0, 3), (1, 0), (1, 3)] {
             let mut changed = text.clone();
             changed[offset] = value;
             assert!(
@@ -392,9 +390,9 @@ mod tests {
         let keys = MessageKeys::derive(&kat::issued_key());
         let identity = kat::identity();
         let header = kat::header();
-        let max = max_plaintext(ROOM_LEN, SENDER_LEN, identity.signature_len());
-        assert_eq!(max, 65_199, "the figure in PROTOCOL.md §12.7");
-        assert_eq!(max_plaintext(255, 255, 512), 64_431, "likewise");
+        let max = max_plaintext(ROOM_LEN, SENDER_LEN);
+        assert_eq!(max, 65_391, "the longest plaintext, for PROTOCOL.md");
+        assert_eq!(max_plaintext(255, 255), 64_879, "likewise");
         let text = seal(&header, &keys, &vec![b'x'; max], &identity).unwrap();
         assert!(text.len() <= u16::MAX as usize);
         assert!(

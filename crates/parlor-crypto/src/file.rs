@@ -1,31 +1,34 @@
-//! The client's cryptography of file transfer: sealed chunks and the
-//! sender's signature over an offer.
+//! The client's cryptography of file transfer: sealed chunks, the sealed
+//! manifest and the sender's signature over an offer.
 //!
 //! A file is cut into chunks of `chunk_size` plaintext bytes (the last one
-//! shorter, an empty file has none). When the offer's flags say it is
-//! encrypted, every chunk is sealed under keys that belong to this one file:
+//! shorter, an empty file has none). Every chunk is sealed under keys that
+//! belong to this one file:
 //!
 //! ```text
-//! enc_key = HKDF-SHA256(ikm = K, salt = nonce, info = "parlor v1 file aes-256-cbc")
-//! mac_key = HKDF-SHA256(ikm = K, salt = nonce, info = "parlor v1 file hmac-sha256")
+//! enc_key = HKDF-SHA256(ikm = K, salt = nonce, info = "parlor v2 file aes-256-cbc")
+//! mac_key = HKDF-SHA256(ikm = K, salt = nonce, info = "parlor v2 file hmac-sha256")
 //! chunk   = iv[16] || AES-256-CBC(enc_key, iv, PKCS#7(plaintext))
 //!                  || HMAC-SHA256(mac_key, u32 index || u32 chunk_count || iv || ciphertext)
 //! ```
 //!
 //! `K` is the issued room key of the offer's epoch, or the DM key of its id,
 //! and `nonce` the offer's random 16 bytes, so two files never share chunk
-//! keys even under one room key. As in the envelope (§12.7) the MAC is
-//! checked, in constant time, before the ciphertext is decrypted; it covers
-//! the chunk's index and the chunk count, so a chunk cannot be moved to
-//! another place in the file, and the file cannot be cut short unnoticed
-//! (the count is fixed by the signed offer).
+//! keys even under one room key. As in the envelope the MAC is checked, in
+//! constant time, before the ciphertext is decrypted; it covers the chunk's
+//! index and the chunk count, so a chunk cannot be moved to another place
+//! in the file, and the file cannot be cut short unnoticed (the count is
+//! fixed by the signed offer).
 //!
-//! The MAC proves only that some holder of `K` wrote the chunk. The sender's
-//! RSA-PSS signature over the offer ([`signed_offer`]) binds the file's
-//! SHA-256 digest to the sender, and the recipient checks the digest of
-//! what it received before it keeps the file: together they say who sent
-//! these exact bytes.
-
+//! The file's SHA-256 never travels in clear: it would let anyone on the
+//! path, and the server, confirm that a known document is being sent. It
+//! travels in the **sealed manifest** (SHA-256 and size, sealed like a
+//! chunk under keys of their own), which the recipient opens with the file
+//! key and compares with what it assembled. The sender's Ed25519 signature
+//! covers every field of the offer the server relays, manifest and counter
+//! included ([`signed_offer`]): together with the manifest check it says who
+//! sent these exact bytes. The counter is the sender's message counter
+//! under the same key, so an offer played again fails like a message.
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
 use hkdf::Hkdf;
@@ -34,9 +37,9 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::envelope::{Kind, IV_LEN, MAC_LEN};
-use super::identity::{Identity, PeerKey};
+use super::identity::{Identity, PeerIdentity, SIGNATURE_LEN};
 use super::{VerificationFailed, ISSUED_KEY_LEN};
-use parlor_proto::transfer::{FileMeta, NONCE_LEN};
+use parlor_proto::transfer::{FileMeta, DIGEST_LEN, NONCE_LEN};
 
 /// The plaintext bytes in every chunk but the last, unless the sender
 /// chooses otherwise.
@@ -45,11 +48,19 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
 /// How many chunks a sender asks to have in flight.
 pub const DEFAULT_WINDOW: u8 = 8;
 
-const ENC_INFO: &[u8] = b"parlor v1 file aes-256-cbc";
-const MAC_INFO: &[u8] = b"parlor v1 file hmac-sha256";
+/// The sealed manifest's length: IV, the 48-byte ciphertext of `digest ||
+/// u64 size` (40 bytes and their padding), MAC.
+pub const MANIFEST_LEN: usize = IV_LEN + 48 + MAC_LEN;
+
+const ENC_INFO: &[u8] = b"parlor v2 file aes-256-cbc";
+const MAC_INFO: &[u8] = b"parlor v2 file hmac-sha256";
+/// The manifest has keys of its own, so that no manifest can pass for a
+/// chunk or the other way round.
+const MANIFEST_ENC_INFO: &[u8] = b"parlor v2 file manifest aes-256-cbc";
+const MANIFEST_MAC_INFO: &[u8] = b"parlor v2 file manifest hmac-sha256";
 /// Prefixed to a signed offer, so that it can never pass for an envelope's
-/// signature (`"parlor v1 signature"`) or the other way round.
-const SIGNATURE_CONTEXT: &[u8] = b"parlor v1 file";
+/// signature (`"parlor v2 signature"`) or the other way round.
+const SIGNATURE_CONTEXT: &[u8] = b"parlor v2 file";
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -72,55 +83,38 @@ pub fn chunk_span(size: u64, chunk_size: u32, index: u32) -> (u64, usize) {
     (offset, len as usize)
 }
 
-/// The cipher and MAC keys of one file.
-pub struct FileKeys {
+/// One cipher key and one MAC key.
+struct KeyPair {
     enc: Zeroizing<[u8; 32]>,
     mac: Zeroizing<[u8; 32]>,
 }
 
-impl FileKeys {
-    /// Derives the keys of the file with this `nonce` from the issued key.
-    pub fn derive(issued: &[u8; ISSUED_KEY_LEN], nonce: &[u8; NONCE_LEN]) -> FileKeys {
-        let hkdf = Hkdf::<Sha256>::new(Some(nonce), issued);
+impl KeyPair {
+    fn expand(hkdf: &Hkdf<Sha256>, enc_info: &[u8], mac_info: &[u8]) -> KeyPair {
         let mut enc = Zeroizing::new([0; 32]);
         let mut mac = Zeroizing::new([0; 32]);
-        hkdf.expand(ENC_INFO, enc.as_mut())
+        hkdf.expand(enc_info, enc.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        hkdf.expand(MAC_INFO, mac.as_mut())
+        hkdf.expand(mac_info, mac.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
-        FileKeys { enc, mac }
+        KeyPair { enc, mac }
     }
 
-    fn hmac(&self, index: u32, chunk_count: u32) -> HmacSha256 {
+    fn hmac(&self, prefix: &[u8]) -> HmacSha256 {
         HmacSha256::new_from_slice(self.mac.as_ref())
             .expect("HMAC takes keys of any length")
-            .chain_update(index.to_be_bytes())
-            .chain_update(chunk_count.to_be_bytes())
+            .chain_update(prefix)
     }
 
-    /// Seals chunk `index` of `chunk_count` with a fresh random IV.
-    pub fn seal_chunk(&self, index: u32, chunk_count: u32, plaintext: &[u8]) -> Vec<u8> {
-        let mut iv = [0; IV_LEN];
-        rand::fill(&mut iv);
-        self.seal_chunk_with_iv(index, chunk_count, &iv, plaintext)
-    }
-
-    /// [`FileKeys::seal_chunk`] with a chosen IV, for the known-answer
-    /// tests. An IV must never repeat under one key.
-    fn seal_chunk_with_iv(
-        &self,
-        index: u32,
-        chunk_count: u32,
-        iv: &[u8; IV_LEN],
-        plaintext: &[u8],
-    ) -> Vec<u8> {
+    /// `iv || AES-256-CBC(plaintext) || HMAC(prefix || iv || ciphertext)`.
+    fn seal(&self, prefix: &[u8], iv: &[u8; IV_LEN], plaintext: &[u8]) -> Vec<u8> {
         let ciphertext = Aes256CbcEnc::new((&*self.enc).into(), iv.into())
             .encrypt_padded_vec::<Pkcs7>(plaintext);
         let mut data = Vec::with_capacity(IV_LEN + ciphertext.len() + MAC_LEN);
         data.extend_from_slice(iv);
         data.extend_from_slice(&ciphertext);
         let mac = self
-            .hmac(index, chunk_count)
+            .hmac(prefix)
             .chain_update(&data)
             .finalize()
             .into_bytes();
@@ -128,14 +122,8 @@ impl FileKeys {
         data
     }
 
-    /// Checks a sealed chunk's MAC for its place in the file (in constant
-    /// time), and only then decrypts it.
-    pub fn open_chunk(
-        &self,
-        index: u32,
-        chunk_count: u32,
-        data: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
+    /// Checks the MAC (in constant time), and only then decrypts.
+    fn open(&self, prefix: &[u8], data: &[u8]) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
         // At least an IV, one block and a MAC, in whole blocks.
         let ciphertext_len = data
             .len()
@@ -143,7 +131,7 @@ impl FileKeys {
             .filter(|len| *len > 0 && len % 16 == 0)
             .ok_or(VerificationFailed)?;
         let (authenticated, mac) = data.split_at(IV_LEN + ciphertext_len);
-        self.hmac(index, chunk_count)
+        self.hmac(prefix)
             .chain_update(authenticated)
             .verify_slice(mac)
             .map_err(|_| VerificationFailed)?;
@@ -156,10 +144,100 @@ impl FileKeys {
     }
 }
 
+/// The keys of one file: for its chunks, and for its manifest.
+pub struct FileKeys {
+    chunks: KeyPair,
+    manifest: KeyPair,
+}
+
+impl FileKeys {
+    /// Derives the keys of the file with this `nonce` from the issued key.
+    pub fn derive(issued: &[u8; ISSUED_KEY_LEN], nonce: &[u8; NONCE_LEN]) -> FileKeys {
+        let hkdf = Hkdf::<Sha256>::new(Some(nonce), issued);
+        FileKeys {
+            chunks: KeyPair::expand(&hkdf, ENC_INFO, MAC_INFO),
+            manifest: KeyPair::expand(&hkdf, MANIFEST_ENC_INFO, MANIFEST_MAC_INFO),
+        }
+    }
+
+    /// Seals chunk `index` of `chunk_count` with a fresh random IV.
+    pub fn seal_chunk(&self, index: u32, chunk_count: u32, plaintext: &[u8]) -> Vec<u8> {
+        self.seal_chunk_with_iv(index, chunk_count, &random_iv(), plaintext)
+    }
+
+    /// [`FileKeys::seal_chunk`] with a chosen IV, for the known-answer
+    /// tests. An IV must never repeat under one key.
+    fn seal_chunk_with_iv(
+        &self,
+        index: u32,
+        chunk_count: u32,
+        iv: &[u8; IV_LEN],
+        plaintext: &[u8],
+    ) -> Vec<u8> {
+        self.chunks
+            .seal(&chunk_prefix(index, chunk_count), iv, plaintext)
+    }
+
+    /// Checks a sealed chunk's MAC for its place in the file (in constant
+    /// time), and only then decrypts it.
+    pub fn open_chunk(
+        &self,
+        index: u32,
+        chunk_count: u32,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
+        self.chunks.open(&chunk_prefix(index, chunk_count), data)
+    }
+
+    /// Seals the file's SHA-256 and size, for the offer.
+    pub fn seal_manifest(&self, digest: &[u8; DIGEST_LEN], size: u64) -> [u8; MANIFEST_LEN] {
+        self.seal_manifest_with_iv(&random_iv(), digest, size)
+    }
+
+    fn seal_manifest_with_iv(
+        &self,
+        iv: &[u8; IV_LEN],
+        digest: &[u8; DIGEST_LEN],
+        size: u64,
+    ) -> [u8; MANIFEST_LEN] {
+        let plaintext = [&digest[..], &size.to_be_bytes()].concat();
+        let sealed = self.manifest.seal(&[], iv, &plaintext);
+        sealed.try_into().expect("40 bytes seal to MANIFEST_LEN")
+    }
+
+    /// Opens a sealed manifest: the file's SHA-256 and size, as the sender
+    /// sealed them.
+    pub fn open_manifest(
+        &self,
+        manifest: &[u8],
+    ) -> Result<([u8; DIGEST_LEN], u64), VerificationFailed> {
+        let plaintext = self.manifest.open(&[], manifest)?;
+        let (digest, size) = plaintext
+            .split_first_chunk::<DIGEST_LEN>()
+            .ok_or(VerificationFailed)?;
+        let size: [u8; 8] = size.try_into().map_err(|_| VerificationFailed)?;
+        Ok((*digest, u64::from_be_bytes(size)))
+    }
+}
+
 impl std::fmt::Debug for FileKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("FileKeys(..)")
     }
+}
+
+/// What a chunk's MAC covers before its IV: `u32 index || u32 chunk_count`.
+fn chunk_prefix(index: u32, chunk_count: u32) -> [u8; 8] {
+    let mut prefix = [0; 8];
+    prefix[..4].copy_from_slice(&index.to_be_bytes());
+    prefix[4..].copy_from_slice(&chunk_count.to_be_bytes());
+    prefix
+}
+
+fn random_iv() -> [u8; IV_LEN] {
+    let mut iv = [0; IV_LEN];
+    rand::fill(&mut iv);
+    iv
 }
 
 /// Where a file is offered and by whom: what the signature binds besides
@@ -176,19 +254,25 @@ pub struct OfferContext<'a> {
     pub sender: &'a [u8],
 }
 
-/// What the sender signs:
+/// What the sender signs: every field of the offer that the server relays.
 ///
 /// ```text
-/// "parlor v1 file" || u8 kind || short context || short sender || short name
+/// "parlor v2 file" || u8 kind || short context || short sender || short name
 ///   || u64 size || u32 chunk_size || u32 chunk_count || u8 flags || u32 key_id
-///   || nonce[16] || digest[32]
+///   || nonce[16] || long manifest || u64 counter
 /// ```
 ///
 /// # Panics
-/// If a name is over 255 bytes (the wire cannot carry one).
+/// If a name is over 255 bytes or the manifest over 65,535 (the wire
+/// cannot carry them).
 pub fn signed_offer(offer: &OfferContext, meta: &FileMeta) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        SIGNATURE_CONTEXT.len() + 1 + 3 + offer.context.len() + offer.sender.len() + 100,
+        SIGNATURE_CONTEXT.len()
+            + 64
+            + offer.context.len()
+            + offer.sender.len()
+            + meta.name.len()
+            + meta.manifest.len(),
     );
     out.extend_from_slice(SIGNATURE_CONTEXT);
     out.push(offer.kind as u8);
@@ -201,19 +285,26 @@ pub fn signed_offer(offer: &OfferContext, meta: &FileMeta) -> Vec<u8> {
     out.push(meta.flags);
     out.extend_from_slice(&meta.key_id.to_be_bytes());
     out.extend_from_slice(&meta.nonce);
-    out.extend_from_slice(&meta.digest);
+    let manifest_len = u16::try_from(meta.manifest.len()).expect("a manifest fits a long field");
+    out.extend_from_slice(&manifest_len.to_be_bytes());
+    out.extend_from_slice(&meta.manifest);
+    out.extend_from_slice(&meta.counter.to_be_bytes());
     out
 }
 
-/// The sender's RSA-PSS-SHA256 signature over [`signed_offer`]; the
-/// signature already in `meta` is not part of it.
-pub fn sign_offer(identity: &Identity, offer: &OfferContext, meta: &FileMeta) -> Vec<u8> {
+/// The sender's Ed25519 signature over [`signed_offer`]; the signature
+/// already in `meta` is not part of it.
+pub fn sign_offer(
+    identity: &Identity,
+    offer: &OfferContext,
+    meta: &FileMeta,
+) -> [u8; SIGNATURE_LEN] {
     identity.sign(&signed_offer(offer, meta))
 }
 
 /// Checks `meta.signature` against the sender's key.
 pub fn verify_offer(
-    sender: &PeerKey,
+    sender: &PeerIdentity,
     offer: &OfferContext,
     meta: &FileMeta,
 ) -> Result<(), VerificationFailed> {
@@ -226,236 +317,4 @@ fn put_short(out: &mut Vec<u8>, field: &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-    use sha2::Digest;
-
-    use super::*;
-    use crate::kat;
-    use parlor_proto::transfer::FILE_FLAG_ENCRYPTED;
-
-    // The constants of testdata/derive-file-kat.sh.
-    const NONCE: [u8; NONCE_LEN] = [
-        0xb0, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5, 0xb6, 0xb7, 0xb8, 0xb9, 0xba, 0xbb, 0xbc, 0xbd, 0xbe,
-        0xbf,
-    ];
-    const FILE: &[u8] = b"AAAAAAAAAAAAAAAAhello file chunktail";
-    const CHUNK: &[u8] = b"hello file chunk";
-    const ENC_KEY: &str = "892e86cef8fbd379f3d7351c1c6b7caab96e795de8d15bb9370651836445599f";
-    const MAC_KEY: &str = "3aad95c71906e273ee70b2a99023ff011cc8a86d0325a2c40e3e4392ee574724";
-    const SEALED_CHUNK: &str = concat!(
-        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf", // iv
-        "a85ed8871b810996903433a5a1a82d007750535fade5ab69c921a78d9da08f6d", // ciphertext
-        "156707f76720b275b0ade3eb6615fc36ea4dcad54c0b1402e18cde7ed5aee72a", // mac
-    );
-    const DIGEST: &str = "5a085dfc847bf4185fec9ffc411b85cfa67054523fff3d23fcc213c98c61d557";
-    const SIGNED_OFFER: &str = concat!(
-        "7061726c6f722076312066696c65",                   // "parlor v1 file"
-        "01057661756c7405616c696365096e6f7465732e747874", // kind, room, sender, name
-        "0000000000000024000000100000000301",             // size, chunk size, count, flags
-        "00000003b0b1b2b3b4b5b6b7b8b9babbbcbdbebf",       // key id, nonce
-        "5a085dfc847bf4185fec9ffc411b85cfa67054523fff3d23fcc213c98c61d557",
-    );
-
-    fn keys() -> FileKeys {
-        FileKeys::derive(&kat::issued_key(), &NONCE)
-    }
-
-    fn room_offer() -> OfferContext<'static> {
-        OfferContext {
-            kind: Kind::Room,
-            context: kat::ROOM,
-            sender: kat::SENDER,
-        }
-    }
-
-    fn meta() -> FileMeta {
-        FileMeta {
-            name: Bytes::from_static(b"notes.txt"),
-            size: FILE.len() as u64,
-            chunk_size: 16,
-            chunk_count: 3,
-            flags: FILE_FLAG_ENCRYPTED,
-            key_id: kat::EPOCH,
-            nonce: NONCE,
-            digest: Sha256::digest(FILE).into(),
-            signature: Bytes::from_static(include_bytes!("testdata/kat-file-signature.bin")),
-        }
-    }
-
-    #[test]
-    fn derives_the_keys_openssl_derives() {
-        let keys = keys();
-        assert_eq!(keys.enc.as_slice(), kat::hex(ENC_KEY));
-        assert_eq!(keys.mac.as_slice(), kat::hex(MAC_KEY));
-        // The nonce salts them: another file under the same key differs.
-        let other = FileKeys::derive(&kat::issued_key(), &[0; NONCE_LEN]);
-        assert_ne!(other.enc.as_slice(), keys.enc.as_slice());
-        assert_ne!(other.mac.as_slice(), keys.mac.as_slice());
-    }
-
-    #[test]
-    fn seals_the_known_answer_chunk_and_opens_it() {
-        let keys = keys();
-        let sealed = keys.seal_chunk_with_iv(1, 3, &kat::IV, CHUNK);
-        assert_eq!(sealed, kat::hex(SEALED_CHUNK));
-        assert_eq!(keys.open_chunk(1, 3, &sealed).unwrap().as_slice(), CHUNK);
-        // A random IV: two seals differ, and both open.
-        let (one, two) = (keys.seal_chunk(0, 1, b"x"), keys.seal_chunk(0, 1, b"x"));
-        assert_ne!(one, two);
-        assert_eq!(keys.open_chunk(0, 1, &two).unwrap().as_slice(), b"x");
-        // An empty plaintext is one block of padding.
-        let empty = keys.seal_chunk(0, 1, b"");
-        assert_eq!(empty.len(), IV_LEN + 16 + MAC_LEN);
-        assert!(keys.open_chunk(0, 1, &empty).unwrap().is_empty());
-    }
-
-    #[test]
-    fn any_changed_byte_or_another_place_in_the_file_fails() {
-        let keys = keys();
-        let sealed = kat::hex(SEALED_CHUNK);
-        for offset in 0..sealed.len() {
-            let mut changed = sealed.clone();
-            changed[offset] ^= 0x01;
-            assert_eq!(
-                keys.open_chunk(1, 3, &changed),
-                Err(VerificationFailed),
-                "byte {offset}"
-            );
-        }
-        assert!(keys.open_chunk(0, 3, &sealed).is_err(), "moved to chunk 0");
-        assert!(keys.open_chunk(1, 2, &sealed).is_err(), "in a shorter file");
-        assert!(keys.open_chunk(1, 3, &sealed[..sealed.len() - 1]).is_err());
-        assert!(keys.open_chunk(1, 3, &sealed[..IV_LEN + MAC_LEN]).is_err());
-        assert!(keys.open_chunk(1, 3, &[]).is_err());
-        let mut other_key = *kat::issued_key();
-        other_key[0] ^= 1;
-        let wrong = FileKeys::derive(&other_key, &NONCE);
-        assert!(wrong.open_chunk(1, 3, &sealed).is_err());
-    }
-
-    #[test]
-    fn signs_what_openssl_signs() {
-        let meta = meta();
-        assert_eq!(hex_of(&meta.digest), DIGEST);
-        assert_eq!(signed_offer(&room_offer(), &meta), kat::hex(SIGNED_OFFER));
-        // openssl's signature verifies...
-        assert_eq!(verify_offer(&kat::peer_key(), &room_offer(), &meta), Ok(()));
-        // ...and so does ours (PSS is randomised: check it verifies).
-        let ours = FileMeta {
-            signature: sign_offer(&kat::identity(), &room_offer(), &meta).into(),
-            ..meta.clone()
-        };
-        assert_eq!(verify_offer(&kat::peer_key(), &room_offer(), &ours), Ok(()));
-    }
-
-    #[test]
-    fn the_signature_binds_every_field_and_the_place() {
-        let meta = meta();
-        let key = kat::peer_key();
-        let offer = room_offer();
-        let changes: [(&str, FileMeta); 8] = [
-            (
-                "name",
-                FileMeta {
-                    name: Bytes::from_static(b"notes.exe"),
-                    ..meta.clone()
-                },
-            ),
-            (
-                "size",
-                FileMeta {
-                    size: 35,
-                    ..meta.clone()
-                },
-            ),
-            (
-                "chunk size",
-                FileMeta {
-                    chunk_size: 32,
-                    ..meta.clone()
-                },
-            ),
-            (
-                "chunk count",
-                FileMeta {
-                    chunk_count: 2,
-                    ..meta.clone()
-                },
-            ),
-            (
-                "flags",
-                FileMeta {
-                    flags: 0,
-                    ..meta.clone()
-                },
-            ),
-            (
-                "key id",
-                FileMeta {
-                    key_id: 4,
-                    ..meta.clone()
-                },
-            ),
-            (
-                "nonce",
-                FileMeta {
-                    nonce: [0; NONCE_LEN],
-                    ..meta.clone()
-                },
-            ),
-            (
-                "digest",
-                FileMeta {
-                    digest: [0; 32],
-                    ..meta.clone()
-                },
-            ),
-        ];
-        for (field, changed) in changes {
-            assert!(verify_offer(&key, &offer, &changed).is_err(), "{field}");
-        }
-        let places = [
-            OfferContext {
-                kind: Kind::Direct,
-                ..offer
-            },
-            OfferContext {
-                context: b"other",
-                ..offer
-            },
-            OfferContext {
-                sender: b"mallory",
-                ..offer
-            },
-        ];
-        for place in places {
-            assert!(verify_offer(&key, &place, &meta).is_err(), "{place:?}");
-        }
-        let mallory = Identity::generate(2048).unwrap();
-        let forged = FileMeta {
-            signature: sign_offer(&mallory, &offer, &meta).into(),
-            ..meta
-        };
-        assert!(verify_offer(&key, &offer, &forged).is_err());
-    }
-
-    #[test]
-    fn counts_and_spans_chunks() {
-        assert_eq!(chunk_count(0, 16), Some(0));
-        assert_eq!(chunk_count(1, 16), Some(1));
-        assert_eq!(chunk_count(16, 16), Some(1));
-        assert_eq!(chunk_count(17, 16), Some(2));
-        assert_eq!(chunk_count(36, 16), Some(3));
-        assert_eq!(chunk_count(5, 0), None);
-        assert_eq!(chunk_count(u64::MAX, 1), None);
-        assert_eq!(chunk_span(36, 16, 0), (0, 16));
-        assert_eq!(chunk_span(36, 16, 1), (16, 16));
-        assert_eq!(chunk_span(36, 16, 2), (32, 4));
-        assert_eq!(&FILE[16..32], CHUNK);
-    }
-
-    fn hex_of(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
+mod tests;

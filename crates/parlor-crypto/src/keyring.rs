@@ -1,80 +1,251 @@
-//! The keys a client holds, and the bookkeeping that turns "the MAC matched"
-//! into "this is a new message from who it says, under a key still in force".
+//! The keys a client holds on one connection, and the bookkeeping that turns
+//! "the MAC matched" into "this is a new message from this person, under a
+//! key still in force".
 //!
-//! - Room keys are kept per room and epoch. A new epoch replaces the current
-//!   one at once for sending; the one it replaced still opens messages for
-//!   [`EPOCH_GRACE`], because members who sent just before the rotation could
-//!   not know about it. After that, an old-epoch envelope is a replay.
-//! - DM keys are kept by key id and bound to the peer's public key, not its
-//!   name: either end may use a key that either of them requested, and a
-//!   rename does not orphan it.
-//! - Under each key, each sender's counter must go up. The highest counter
-//!   accepted is remembered per sender, so an envelope played again fails.
+//! - **Peers** are kept by fingerprint, the SHA-256 of their signing key;
+//!   names are only a map to them, since a name is whatever its holder
+//!   chose last. Each peer has a [`Trust`]: the caller says which key it
+//!   last saw under that name (trust on first use), and a different one is
+//!   [`Trust::Changed`] until the user says otherwise. A rename is believed
+//!   only when the key under the new name is the one under the old.
+//! - **The room key** is kept for the one room (and incarnation) the client
+//!   is in; another room's key, or an epoch other than the next, is
+//!   refused, so nobody can install a key for a room we are not in or
+//!   freeze us on a forged epoch. The key it replaced still opens messages
+//!   for [`EPOCH_GRACE`], because members who sent just before the rotation
+//!   could not know about it. After a member leaves, sealing waits for the
+//!   next key ([`Keyring::rekeying`]).
+//! - **DM keys** are kept by key id and bound to the peer's fingerprint:
+//!   either end may use a key that either of them requested, a rename does
+//!   not orphan it, and at most [`DM_KEYS_PER_PEER`] are kept per peer.
+//! - Under each key, each signer's counter must go up. The highest counter
+//!   accepted is remembered per signer (by fingerprint), so an envelope or
+//!   a file offer played again fails.
+//!
+//! Every issued key is unwrapped here, with the label that names its exact
+//! use (room, incarnation, epoch and recipient; or key id and both ends).
 //!
 //! Time is passed in; nothing here reads a clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
 use super::envelope::{self, Envelope, Header, Kind, MessageKeys, TooLong};
-use super::identity::{Identity, PeerKey};
+use super::identity::{Fingerprint, Identity, PeerIdentity};
 use super::{IssuedKey, VerificationFailed};
+use parlor_proto::secure;
 
 /// How long a superseded room key still opens messages.
 pub const EPOCH_GRACE: Duration = Duration::from_secs(10);
 
-/// All the keys of one connection. A new connection starts an empty one:
-/// the server forgets everything about a user who logs off.
-#[derive(Debug, Default)]
-pub struct Keyring {
-    peers: HashMap<Vec<u8>, PeerKey>,
-    rooms: HashMap<Vec<u8>, RoomKeys>,
-    dms: HashMap<u32, DmKey>,
+/// How many DM keys are kept per peer: the newest by key id. Each costs the
+/// server's work and our memory, and one is all a conversation needs; a few
+/// more cover both ends asking at once.
+pub const DM_KEYS_PER_PEER: usize = 4;
+
+/// How far a peer's key is trusted to be the one its name stood for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// First sight: nothing was known under this name before. Trust on
+    /// first use takes it, and the caller records it.
+    New,
+    /// The key seen under this name before, or one the user trusted.
+    Trusted,
+    /// A different key than the one seen under this name before: someone
+    /// else may have the name now. Its messages still verify against this
+    /// key, but are not the old holder's.
+    Changed {
+        /// The key seen under the name before.
+        before: Fingerprint,
+    },
+}
+
+impl Trust {
+    /// Whether its messages may be shown as from the person the name meant.
+    pub fn verified(&self) -> bool {
+        !matches!(self, Trust::Changed { .. })
+    }
+}
+
+/// What announcing a peer under a name came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAdded {
+    /// Who it is.
+    pub fingerprint: Fingerprint,
+    /// How far to trust it under this name.
+    pub trust: Trust,
+    /// What is new about it.
+    pub sighting: Sighting,
+}
+
+/// What an announcement told that was not known already.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sighting {
+    /// Already known under this name: nothing new.
+    Again,
+    /// Not known under this name before (on this connection).
+    New,
+    /// The same person, renamed from `from`: the key under the old name
+    /// was this one.
+    Renamed {
+        /// The name it had.
+        from: Vec<u8>,
+    },
+    /// Announced as renamed from `from`, but the key under that name was
+    /// another (or none): not believed; taken as a new name.
+    RenameRefused {
+        /// The name it claimed to have had.
+        from: Vec<u8>,
+    },
 }
 
 /// Why a message could not be sealed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
-    /// No key for this room or peer has arrived yet; the client holds the
-    /// message until one does.
+    /// No key for this room or peer has arrived yet.
     #[error("no key yet")]
     NoKey,
+    /// A member left: the key now held is one they hold too, and the next
+    /// one is on its way.
+    #[error("the room's key is being replaced")]
+    Rekeying,
     /// The plaintext would not fit a text field once sealed.
     #[error(transparent)]
     TooLong(#[from] TooLong),
 }
 
+/// Why an issued key or a ROOM_REKEYING was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefused {
+    /// For a room (or an incarnation of it) we are not in.
+    #[error("it is for a room this client is not in")]
+    NotOurRoom,
+    /// Not the epoch after the current one.
+    #[error("epoch {offered} does not follow the current epoch {current}")]
+    BadEpoch {
+        /// The epoch held.
+        current: u32,
+        /// The epoch offered.
+        offered: u32,
+    },
+    /// From or with a peer whose identity was never announced.
+    #[error("it names a peer whose key was never announced")]
+    UnknownPeer,
+    /// A key id already held: accepting it again would reset its counters
+    /// and let old messages be replayed.
+    #[error("key id {0} is already held")]
+    Duplicate(u32),
+    /// The wrap did not open under its label: not for us, or not for this.
+    #[error("it does not unwrap for this use")]
+    Unwrap,
+}
+
+/// A message opened: what it says and who signed it.
+#[derive(Debug)]
+pub struct Opened {
+    /// The plaintext, wiped when dropped.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The signer.
+    pub signer: Fingerprint,
+    /// How far the signer is trusted under the name it wrote under.
+    pub trust: Trust,
+}
+
+/// The key to seal something under, with the counter it takes.
+#[derive(Debug)]
+pub struct SendKey {
+    /// The room epoch or DM key id.
+    pub key_id: u32,
+    /// The issued key: files derive their keys from it.
+    pub issued: IssuedKey,
+    /// The next counter under this key, now taken.
+    pub counter: u64,
+}
+
+/// Which issued key something names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRef<'a> {
+    /// The key of this room epoch.
+    Room {
+        /// The room.
+        room: &'a [u8],
+        /// Its epoch.
+        epoch: u32,
+    },
+    /// The DM key of this id.
+    Dm {
+        /// The key id.
+        key_id: u32,
+    },
+}
+
+/// All the keys of one connection. A new connection starts an empty one:
+/// the server forgets everything about a user who logs off.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    peers: HashMap<Fingerprint, Peer>,
+    names: HashMap<Vec<u8>, Fingerprint>,
+    room: Option<RoomKeys>,
+    dms: BTreeMap<u32, DmKey>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    identity: PeerIdentity,
+    trust: Trust,
+}
+
 /// One issued key with its counters.
 #[derive(Debug)]
 struct KeyState {
-    /// The issued key itself: files derive their own keys from it
-    /// ([`super::file::FileKeys`]).
     issued: IssuedKey,
     keys: MessageKeys,
-    /// The counter of our last message under this key.
+    /// The counter of our last message or offer under this key.
     sent: u64,
-    /// The highest counter accepted from each sender under this key.
-    seen: HashMap<Vec<u8>, u64>,
+    /// The highest counter accepted from each signer under this key.
+    seen: HashMap<Fingerprint, u64>,
 }
 
 impl KeyState {
-    fn new(issued: &IssuedKey) -> KeyState {
+    fn new(issued: IssuedKey) -> KeyState {
         KeyState {
-            issued: issued.clone(),
-            keys: MessageKeys::derive(issued),
+            keys: MessageKeys::derive(&issued),
+            issued,
             sent: 0,
             seen: HashMap::new(),
         }
+    }
+
+    fn take_counter(&mut self) -> u64 {
+        self.sent += 1;
+        self.sent
+    }
+
+    /// Records `counter` from `signer` if it is above the last accepted.
+    fn accept(&mut self, signer: &Fingerprint, counter: u64) -> Result<(), VerificationFailed> {
+        let last = self.seen.entry(*signer).or_insert(0);
+        if counter <= *last {
+            return Err(VerificationFailed);
+        }
+        *last = counter;
+        Ok(())
+    }
+
+    fn fresh(&self, signer: &Fingerprint, counter: u64) -> bool {
+        counter > self.seen.get(signer).copied().unwrap_or(0)
     }
 }
 
 #[derive(Debug)]
 struct RoomKeys {
-    epoch: u32,
-    current: KeyState,
-    superseded: Vec<Superseded>,
+    room: Vec<u8>,
+    incarnation: u64,
+    current: Option<(u32, KeyState)>,
+    previous: Option<Superseded>,
+    /// After a departure: sealing waits until the epoch is at least this.
+    hold_until: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -86,132 +257,281 @@ struct Superseded {
 }
 
 impl RoomKeys {
-    fn forget_expired(&mut self, now: Instant) {
-        self.superseded
-            .retain(|old| now.saturating_duration_since(old.since) < EPOCH_GRACE);
+    fn is(&self, room: &[u8], incarnation: u64) -> bool {
+        self.room == room && self.incarnation == incarnation
+    }
+
+    /// The key of `epoch` if it still opens things at `now`.
+    fn state(&mut self, epoch: u32, now: Instant) -> Option<&mut KeyState> {
+        match (&mut self.current, &mut self.previous) {
+            (Some((current, state)), _) if *current == epoch => Some(state),
+            (_, Some(old)) if old.epoch == epoch && now.duration_since(old.since) < EPOCH_GRACE => {
+                Some(&mut old.state)
+            }
+            _ => None,
+        }
+    }
+
+    /// The epoch to seal under now, unless there is none or a rekeying
+    /// holds it.
+    fn sealing_epoch(&self) -> Result<u32, SealError> {
+        let (epoch, _) = self.current.as_ref().ok_or(SealError::NoKey)?;
+        if self.hold_until.is_some_and(|next| *epoch < next) {
+            return Err(SealError::Rekeying);
+        }
+        Ok(*epoch)
+    }
+
+    /// The key to seal under now, with its epoch.
+    fn sealing(&mut self) -> Result<(u32, &mut KeyState), SealError> {
+        let epoch = self.sealing_epoch()?;
+        let (_, state) = self.current.as_mut().expect("sealing_epoch found it");
+        Ok((epoch, state))
     }
 }
 
 #[derive(Debug)]
 struct DmKey {
-    peer: PeerKey,
+    peer: Fingerprint,
     state: KeyState,
 }
 
 impl Keyring {
-    /// Records a user's public key. A known key under a new name is a rename,
-    /// so the old name is dropped and returned.
-    pub fn add_peer(&mut self, name: &[u8], key: PeerKey) -> Option<Vec<u8>> {
-        let old_name = self
-            .peers
-            .iter()
-            .find(|(known, known_key)| known.as_slice() != name && known_key.same_key(&key))
-            .map(|(known, _)| known.clone());
-        if let Some(old) = &old_name {
-            self.peers.remove(old);
+    // ---------------------------------------------------------------
+    // Peers
+
+    /// Records that `identity` is announced under `name`, `renamed_from`
+    /// another name if the announcement says so. `pinned` is the
+    /// fingerprint last seen under `name` (trust on first use: the caller
+    /// keeps these across runs, and records a [`Trust::New`] one).
+    pub fn add_peer(
+        &mut self,
+        name: &[u8],
+        renamed_from: Option<&[u8]>,
+        identity: PeerIdentity,
+        pinned: Option<&Fingerprint>,
+    ) -> PeerAdded {
+        let fingerprint = *identity.fingerprint();
+        let was = self.names.get(name).copied();
+        let sighting = match renamed_from {
+            Some(from) if self.names.get(from) == Some(&fingerprint) => {
+                self.names.remove(from);
+                Sighting::Renamed {
+                    from: from.to_vec(),
+                }
+            }
+            Some(from) => Sighting::RenameRefused {
+                from: from.to_vec(),
+            },
+            None if was == Some(fingerprint) => Sighting::Again,
+            None => Sighting::New,
+        };
+        let trust = match pinned {
+            None => Trust::New,
+            Some(pinned) if *pinned == fingerprint => Trust::Trusted,
+            Some(&before) => Trust::Changed { before },
+        };
+        self.names.insert(name.to_vec(), fingerprint);
+        self.peers
+            .entry(fingerprint)
+            .and_modify(|peer| peer.trust = trust)
+            .or_insert(Peer { identity, trust });
+        PeerAdded {
+            fingerprint,
+            trust,
+            sighting,
         }
-        self.peers.insert(name.to_vec(), key);
-        old_name
     }
 
-    /// Whether a key for `name` was announced: a DM to a user without one
-    /// goes out in plaintext.
-    pub fn has_peer(&self, name: &[u8]) -> bool {
-        self.peers.contains_key(name)
+    /// The peer now called `name`, and how far it is trusted.
+    pub fn peer(&self, name: &[u8]) -> Option<(&PeerIdentity, Trust)> {
+        let peer = self.peers.get(self.names.get(name)?)?;
+        Some((&peer.identity, peer.trust))
     }
 
-    /// The public key of the user now called `name`, if it was announced.
-    pub fn peer(&self, name: &[u8]) -> Option<&PeerKey> {
-        self.peers.get(name)
+    /// The peer with this fingerprint, whatever its name.
+    pub fn peer_by_fingerprint(&self, fingerprint: &Fingerprint) -> Option<&PeerIdentity> {
+        self.peers.get(fingerprint).map(|peer| &peer.identity)
     }
 
-    /// Installs a room key. A newer epoch becomes current and the one it
-    /// replaces starts its grace period; an epoch not above the current one
-    /// changes nothing and returns false.
+    /// The name a peer was last announced under, if it still has it.
+    pub fn name_of(&self, fingerprint: &Fingerprint) -> Option<&[u8]> {
+        self.names
+            .iter()
+            .find(|(_, known)| *known == fingerprint)
+            .map(|(name, _)| name.as_slice())
+    }
+
+    /// The user trusts the key now under `name`: returns it, to be
+    /// recorded as the name's key.
+    pub fn trust(&mut self, name: &[u8]) -> Option<Fingerprint> {
+        let fingerprint = *self.names.get(name)?;
+        self.peers.get_mut(&fingerprint)?.trust = Trust::Trusted;
+        Some(fingerprint)
+    }
+
+    // ---------------------------------------------------------------
+    // The room
+
+    /// We are in `room` now, this incarnation of it: the keys of any other
+    /// room go, and only this room's are accepted from now on.
+    pub fn enter_room(&mut self, room: &[u8], incarnation: u64) {
+        self.room = Some(RoomKeys {
+            room: room.to_vec(),
+            incarnation,
+            current: None,
+            previous: None,
+            hold_until: None,
+        });
+    }
+
+    /// We left the room: its keys go.
+    pub fn leave_room(&mut self) {
+        self.room = None;
+    }
+
+    /// Installs a room key (ROOM_KEY, `84`): only for the room and
+    /// incarnation we are in, and after the first one only for the epoch
+    /// after the current one; returns the epoch. The superseded key keeps
+    /// opening messages for [`EPOCH_GRACE`] from `now`.
     pub fn add_room_key(
         &mut self,
+        identity: &Identity,
         room: &[u8],
+        incarnation: u64,
         epoch: u32,
-        issued: &IssuedKey,
+        wrapped: &[u8],
         now: Instant,
-    ) -> bool {
-        let Some(keys) = self.rooms.get_mut(room) else {
-            self.rooms.insert(
-                room.to_vec(),
-                RoomKeys {
-                    epoch,
-                    current: KeyState::new(issued),
-                    superseded: Vec::new(),
-                },
-            );
-            return true;
-        };
-        if epoch <= keys.epoch {
-            return false;
+    ) -> Result<(), KeyRefused> {
+        let keys = self
+            .room
+            .as_mut()
+            .filter(|keys| keys.is(room, incarnation))
+            .ok_or(KeyRefused::NotOurRoom)?;
+        if let Some((current, _)) = &keys.current {
+            if current.checked_add(1) != Some(epoch) {
+                return Err(KeyRefused::BadEpoch {
+                    current: *current,
+                    offered: epoch,
+                });
+            }
         }
-        let old = std::mem::replace(&mut keys.current, KeyState::new(issued));
-        keys.superseded.push(Superseded {
-            epoch: keys.epoch,
-            state: old,
-            since: now,
-        });
-        keys.epoch = epoch;
-        keys.forget_expired(now);
-        true
-    }
-
-    /// The current epoch of a room, if we hold a key for it.
-    pub fn room_epoch(&self, room: &[u8]) -> Option<u32> {
-        self.rooms.get(room).map(|keys| keys.epoch)
-    }
-
-    /// The issued key of a room epoch, current or superseded, while we
-    /// hold it: a file offered under it derives its chunk keys from it.
-    pub fn room_key(&self, room: &[u8], epoch: u32) -> Option<&IssuedKey> {
-        let keys = self.rooms.get(room)?;
-        if keys.epoch == epoch {
-            return Some(&keys.current.issued);
+        let label = secure::room_key_label(room, incarnation, epoch, identity.fingerprint());
+        let issued = identity
+            .unwrap_key(wrapped, &label)
+            .map_err(|_| KeyRefused::Unwrap)?;
+        let new = (epoch, KeyState::new(issued));
+        if let Some((old, state)) = keys.current.replace(new) {
+            keys.previous = Some(Superseded {
+                epoch: old,
+                state,
+                since: now,
+            });
         }
-        keys.superseded
-            .iter()
-            .find(|old| old.epoch == epoch)
-            .map(|old| &old.state.issued)
-    }
-
-    /// Drops every key of a room we left.
-    pub fn forget_room(&mut self, room: &[u8]) {
-        self.rooms.remove(room);
-    }
-
-    /// Installs a DM key shared with `peer`, whose public key must already be
-    /// known (the server sends it first, in `81` or `89`).
-    pub fn add_dm_key(
-        &mut self,
-        key_id: u32,
-        peer: &[u8],
-        issued: &IssuedKey,
-    ) -> Result<(), VerificationFailed> {
-        let peer = self.peers.get(peer).ok_or(VerificationFailed)?.clone();
-        let state = KeyState::new(issued);
-        self.dms.insert(key_id, DmKey { peer, state });
+        if keys.hold_until.is_some_and(|next| epoch >= next) {
+            keys.hold_until = None;
+        }
         Ok(())
     }
 
-    /// The newest DM key shared with the user now called `peer`.
-    pub fn dm_key_id(&self, peer: &[u8]) -> Option<u32> {
-        let peer = self.peers.get(peer)?;
-        self.dms
-            .iter()
-            .filter(|(_, dm)| dm.peer.same_key(peer))
-            .map(|(&id, _)| id)
-            .max()
+    /// ROOM_REKEYING (`95`): a member left, and the key of `next_epoch`
+    /// will not be theirs. Until it arrives nothing is sealed under the
+    /// current one ([`SealError::Rekeying`]), which they hold.
+    pub fn rekeying(
+        &mut self,
+        room: &[u8],
+        incarnation: u64,
+        next_epoch: u32,
+    ) -> Result<(), KeyRefused> {
+        let keys = self
+            .room
+            .as_mut()
+            .filter(|keys| keys.is(room, incarnation))
+            .ok_or(KeyRefused::NotOurRoom)?;
+        let current = keys.current.as_ref().map_or(0, |(epoch, _)| *epoch);
+        if next_epoch > current {
+            keys.hold_until = keys.hold_until.max(Some(next_epoch));
+        }
+        Ok(())
     }
 
-    /// The issued DM key with this id and the public key of the peer it is
-    /// shared with.
-    pub fn dm_key(&self, key_id: u32) -> Option<(&PeerKey, &IssuedKey)> {
-        self.dms.get(&key_id).map(|dm| (&dm.peer, &dm.state.issued))
+    /// The epoch sealing uses now in `room`, unless there is none or a
+    /// rekeying holds it.
+    pub fn room_epoch(&self, room: &[u8]) -> Result<u32, SealError> {
+        let keys = self.room.as_ref().filter(|keys| keys.room == room);
+        keys.ok_or(SealError::NoKey)?.sealing_epoch()
     }
+
+    /// The issued key of a room epoch while it opens things: the current
+    /// one, or the one before it within [`EPOCH_GRACE`] of being replaced.
+    pub fn room_key(&mut self, room: &[u8], epoch: u32, now: Instant) -> Option<&IssuedKey> {
+        let state = self.our_room(room)?.state(epoch, now)?;
+        Some(&state.issued)
+    }
+
+    fn our_room(&mut self, room: &[u8]) -> Option<&mut RoomKeys> {
+        self.room.as_mut().filter(|keys| keys.room == room)
+    }
+
+    // ---------------------------------------------------------------
+    // DMs
+
+    /// Installs a DM key shared with the peer `peer` (DM_KEY, `80`, or
+    /// DM_KEY_ISSUED, `89`), whose identity must be known. A key id
+    /// already held is refused; past [`DM_KEYS_PER_PEER`] keys with one
+    /// peer, the oldest go.
+    pub fn add_dm_key(
+        &mut self,
+        identity: &Identity,
+        key_id: u32,
+        peer: &Fingerprint,
+        wrapped: &[u8],
+    ) -> Result<(), KeyRefused> {
+        if !self.peers.contains_key(peer) {
+            return Err(KeyRefused::UnknownPeer);
+        }
+        if self.dms.contains_key(&key_id) {
+            return Err(KeyRefused::Duplicate(key_id));
+        }
+        let label = secure::dm_key_label(key_id, identity.fingerprint(), peer);
+        let issued = identity
+            .unwrap_key(wrapped, &label)
+            .map_err(|_| KeyRefused::Unwrap)?;
+        self.dms.insert(
+            key_id,
+            DmKey {
+                peer: *peer,
+                state: KeyState::new(issued),
+            },
+        );
+        let held: Vec<u32> = self.dm_key_ids(peer).collect();
+        for old in &held[..held.len().saturating_sub(DM_KEYS_PER_PEER)] {
+            self.dms.remove(old);
+        }
+        Ok(())
+    }
+
+    /// The ids of the DM keys shared with `peer`, oldest first.
+    fn dm_key_ids<'a>(&'a self, peer: &'a Fingerprint) -> impl Iterator<Item = u32> + 'a {
+        self.dms
+            .iter()
+            .filter(move |(_, dm)| dm.peer == *peer)
+            .map(|(&id, _)| id)
+    }
+
+    /// The newest DM key shared with the peer now called `name`.
+    pub fn dm_key_id(&self, name: &[u8]) -> Option<u32> {
+        self.dm_key_ids(self.names.get(name)?).last()
+    }
+
+    /// The issued DM key with this id and the peer it is shared with.
+    pub fn dm_key(&self, key_id: u32) -> Option<(&PeerIdentity, &IssuedKey)> {
+        let dm = self.dms.get(&key_id)?;
+        Some((&self.peers.get(&dm.peer)?.identity, &dm.state.issued))
+    }
+
+    // ---------------------------------------------------------------
+    // Sealing and opening
 
     /// Seals a message to `room` under its current epoch.
     pub fn seal_room(
@@ -221,19 +541,13 @@ impl Keyring {
         identity: &Identity,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, SealError> {
-        let keys = self.rooms.get_mut(room).ok_or(SealError::NoKey)?;
-        seal(
-            Kind::Room,
-            room,
-            me,
-            keys.epoch,
-            &mut keys.current,
-            identity,
-            plaintext,
-        )
+        let keys = self.our_room(room).ok_or(SealError::NoKey)?;
+        let (epoch, state) = keys.sealing()?;
+        seal(Kind::Room, room, me, epoch, state, identity, plaintext)
     }
 
-    /// Seals a DM to `peer` under the newest key shared with it.
+    /// Seals a DM to the peer now called `peer` under the newest key
+    /// shared with it.
     pub fn seal_dm(
         &mut self,
         peer: &[u8],
@@ -257,6 +571,48 @@ impl Keyring {
         )
     }
 
+    /// The current room key and the next counter under it, for a file
+    /// offer: offers and messages share one counter, so a replayed offer
+    /// fails like a replayed message.
+    pub fn room_send_key(&mut self, room: &[u8]) -> Result<SendKey, SealError> {
+        let keys = self.our_room(room).ok_or(SealError::NoKey)?;
+        let (epoch, state) = keys.sealing()?;
+        Ok(send_key(epoch, state))
+    }
+
+    /// [`Keyring::room_send_key`] for the newest DM key shared with `peer`.
+    pub fn dm_send_key(&mut self, peer: &[u8]) -> Result<SendKey, SealError> {
+        let key_id = self.dm_key_id(peer).ok_or(SealError::NoKey)?;
+        let dm = self
+            .dms
+            .get_mut(&key_id)
+            .expect("dm_key_id returns held keys");
+        Ok(send_key(key_id, &mut dm.state))
+    }
+
+    /// Accepts `counter` from `signer` under `key` (a file offer's, once
+    /// its signature checked out): it must be above every counter accepted
+    /// from that signer under that key, messages included.
+    pub fn accept_counter(
+        &mut self,
+        key: KeyRef,
+        signer: &Fingerprint,
+        counter: u64,
+        now: Instant,
+    ) -> Result<(), VerificationFailed> {
+        let state = match key {
+            KeyRef::Room { room, epoch } => {
+                self.our_room(room).and_then(|keys| keys.state(epoch, now))
+            }
+            KeyRef::Dm { key_id } => self
+                .dms
+                .get_mut(&key_id)
+                .filter(|dm| dm.peer == *signer)
+                .map(|dm| &mut dm.state),
+        };
+        state.ok_or(VerificationFailed)?.accept(signer, counter)
+    }
+
     /// Opens a ROOM_MSG relayed in `room` from `sender`.
     pub fn open_room(
         &mut self,
@@ -264,7 +620,7 @@ impl Keyring {
         sender: &[u8],
         text: &[u8],
         now: Instant,
-    ) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
+    ) -> Result<Opened, VerificationFailed> {
         self.open(Kind::Room, room, sender, text, now)
     }
 
@@ -275,11 +631,13 @@ impl Keyring {
         sender: &[u8],
         text: &[u8],
         now: Instant,
-    ) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
+    ) -> Result<Opened, VerificationFailed> {
         self.open(Kind::Direct, me, sender, text, now)
     }
 
-    /// The checks of PROTOCOL.md §12.7, in its order.
+    /// The checks of the envelope, in order: parse; the envelope agrees
+    /// with its frame; the key is held (and an older room epoch is within
+    /// its grace); the MAC; the signature; the counter; decrypt.
     fn open(
         &mut self,
         kind: Kind,
@@ -287,63 +645,49 @@ impl Keyring {
         sender: &[u8],
         text: &[u8],
         now: Instant,
-    ) -> Result<Zeroizing<Vec<u8>>, VerificationFailed> {
-        // 1. parse; 2. version, and the envelope agrees with its frame.
+    ) -> Result<Opened, VerificationFailed> {
         let envelope = Envelope::parse(text)?;
         let header = envelope.header;
         if header.kind != kind || header.context != context || header.sender != sender {
             return Err(VerificationFailed);
         }
-        // 3. the key, and for an older room epoch, its grace period. A room
-        // message is signed by whoever the sender's name belongs to; a DM
-        // only by the other end of its key, under whatever name it has now.
+        // A room message is signed by whoever the sender's name belongs to
+        // now; a DM only by the other end of its key, whatever its name.
         let (state, signer) = match kind {
             Kind::Room => {
-                let signer = self.peers.get(sender).ok_or(VerificationFailed)?;
-                let keys = self.rooms.get_mut(context).ok_or(VerificationFailed)?;
-                keys.forget_expired(now);
-                let state = if header.epoch == keys.epoch {
-                    &mut keys.current
-                } else {
-                    let old = keys
-                        .superseded
-                        .iter_mut()
-                        .find(|old| old.epoch == header.epoch);
-                    &mut old.ok_or(VerificationFailed)?.state
-                };
+                let signer = *self.names.get(sender).ok_or(VerificationFailed)?;
+                let keys = self.room.as_mut().filter(|keys| keys.room == context);
+                let state = keys
+                    .and_then(|keys| keys.state(header.epoch, now))
+                    .ok_or(VerificationFailed)?;
                 (state, signer)
             }
             Kind::Direct => {
-                let DmKey { peer, state } =
-                    self.dms.get_mut(&header.epoch).ok_or(VerificationFailed)?;
-                (state, &*peer)
+                let dm = self.dms.get_mut(&header.epoch).ok_or(VerificationFailed)?;
+                (&mut dm.state, dm.peer)
             }
         };
-        // 4. the MAC, before anything touches the ciphertext.
+        let peer = self.peers.get(&signer).ok_or(VerificationFailed)?;
         let authenticated = envelope.check_mac(&state.keys)?;
-        // 5. the signature.
-        authenticated.check_signature(signer)?;
-        // 6. the counter.
-        let last = state.seen.get(sender).copied().unwrap_or(0);
-        if header.counter <= last {
+        authenticated.check_signature(&peer.identity)?;
+        if !state.fresh(&signer, header.counter) {
             return Err(VerificationFailed);
         }
-        // 7. decrypt and unpad.
         let plaintext = authenticated.decrypt()?;
-        state.seen.insert(sender.to_vec(), header.counter);
-        // A DM peer who renamed outside any shared secure room is announced
-        // to nobody (PROTOCOL.md §12.2); its signature just proved the new
-        // name, so replies find the key under it.
-        if kind == Kind::Direct
-            && !self
-                .peers
-                .get(sender)
-                .is_some_and(|key| key.same_key(signer))
-        {
-            let signer = signer.clone();
-            self.add_peer(sender, signer);
-        }
-        Ok(plaintext)
+        state.accept(&signer, header.counter)?;
+        Ok(Opened {
+            plaintext,
+            signer,
+            trust: peer.trust,
+        })
+    }
+}
+
+fn send_key(key_id: u32, state: &mut KeyState) -> SendKey {
+    SendKey {
+        key_id,
+        issued: state.issued.clone(),
+        counter: state.take_counter(),
     }
 }
 
@@ -369,345 +713,4 @@ fn seal(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kat;
-
-    /// Bob's keyring: he knows alice's key and holds vault's epoch 3 key
-    /// since `now`.
-    fn bob_in_vault(now: Instant) -> Keyring {
-        let mut keyring = Keyring::default();
-        keyring.add_peer(kat::SENDER, kat::peer_key());
-        assert!(keyring.add_room_key(kat::ROOM, kat::EPOCH, &kat::issued_key(), now));
-        keyring
-    }
-
-    fn alice_in_vault(now: Instant) -> Keyring {
-        let mut keyring = Keyring::default();
-        keyring.add_room_key(kat::ROOM, kat::EPOCH, &kat::issued_key(), now);
-        keyring
-    }
-
-    fn other_key(seed: u8) -> IssuedKey {
-        IssuedKey::new([seed; 32])
-    }
-
-    /// The envelope field that holds byte `offset` of the KAT envelope.
-    fn field_at(offset: usize) -> &'static str {
-        match offset {
-            0 => "version",
-            1 => "kind",
-            2..=7 => "context",
-            8..=13 => "sender",
-            14..=17 => "epoch",
-            18..=25 => "counter",
-            26..=41 => "iv",
-            42..=75 => "ciphertext",
-            76..=107 => "mac",
-            _ => "signature",
-        }
-    }
-
-    #[test]
-    fn opens_the_known_answer_envelope_once() {
-        let now = Instant::now();
-        let mut bob = bob_in_vault(now);
-        let text = kat::openssl_envelope();
-        let plaintext = bob.open_room(kat::ROOM, kat::SENDER, &text, now).unwrap();
-        assert_eq!(plaintext.as_slice(), kat::PLAINTEXT);
-        assert_eq!(
-            bob.open_room(kat::ROOM, kat::SENDER, &text, now),
-            Err(VerificationFailed),
-            "a replay"
-        );
-    }
-
-    #[test]
-    fn any_changed_byte_in_any_field_fails() {
-        let now = Instant::now();
-        let mut bob = bob_in_vault(now);
-        let text = kat::openssl_envelope();
-        for offset in 0..text.len() {
-            for flip in [0x01, 0x80] {
-                let mut changed = text.clone();
-                changed[offset] ^= flip;
-                assert_eq!(
-                    bob.open_room(kat::ROOM, kat::SENDER, &changed, now),
-                    Err(VerificationFailed),
-                    "{} byte {offset} ^ {flip:02x}",
-                    field_at(offset)
-                );
-            }
-        }
-        // The failures left no trace: the genuine envelope still opens.
-        assert!(bob.open_room(kat::ROOM, kat::SENDER, &text, now).is_ok());
-    }
-
-    #[test]
-    fn the_envelope_must_agree_with_its_frame() {
-        let now = Instant::now();
-        let mut bob = bob_in_vault(now);
-        bob.add_peer(
-            b"carol",
-            PeerKey::from_der(Identity::generate(2048).unwrap().public_key_der()).unwrap(),
-        );
-        bob.add_room_key(b"other", kat::EPOCH, &kat::issued_key(), now);
-        let text = kat::openssl_envelope();
-        assert!(
-            bob.open_room(kat::ROOM, b"carol", &text, now).is_err(),
-            "relayed as carol's"
-        );
-        assert!(
-            bob.open_room(b"other", kat::SENDER, &text, now).is_err(),
-            "relayed in another room"
-        );
-        assert!(
-            bob.open_dm(kat::ROOM, kat::SENDER, &text, now).is_err(),
-            "relayed as a DM"
-        );
-        assert!(bob.open_room(kat::ROOM, kat::SENDER, &text, now).is_ok());
-    }
-
-    #[test]
-    fn a_different_key_under_the_same_epoch_fails() {
-        let now = Instant::now();
-        let mut eve = Keyring::default();
-        eve.add_peer(kat::SENDER, kat::peer_key());
-        eve.add_room_key(kat::ROOM, kat::EPOCH, &other_key(7), now);
-        let text = kat::openssl_envelope();
-        assert!(eve.open_room(kat::ROOM, kat::SENDER, &text, now).is_err());
-    }
-
-    #[test]
-    fn a_member_cannot_write_in_another_members_name() {
-        let now = Instant::now();
-        let mut bob = bob_in_vault(now);
-        // Mallory holds the room key, so her MAC is good; her signature is not alice's.
-        let mallory = Identity::generate(2048).unwrap();
-        let header = Header {
-            counter: 2,
-            ..kat::header()
-        };
-        let keys = MessageKeys::derive(&kat::issued_key());
-        let forged = envelope::seal(&header, &keys, b"send the codes", &mallory).unwrap();
-        assert!(bob.open_room(kat::ROOM, kat::SENDER, &forged, now).is_err());
-    }
-
-    #[test]
-    fn counters_must_go_up_per_sender() {
-        let now = Instant::now();
-        let identity = kat::identity();
-        let mut alice = alice_in_vault(now);
-        let mut bob = bob_in_vault(now);
-        let seal = |alice: &mut Keyring, text: &[u8]| {
-            alice
-                .seal_room(kat::ROOM, kat::SENDER, &identity, text)
-                .unwrap()
-        };
-        let first = seal(&mut alice, b"one");
-        let second = seal(&mut alice, b"two");
-        let third = seal(&mut alice, b"three");
-        assert_eq!(Envelope::parse(&third).unwrap().header.counter, 3);
-        let open =
-            |bob: &mut Keyring, text: &[u8]| bob.open_room(kat::ROOM, kat::SENDER, text, now);
-        assert_eq!(open(&mut bob, &second).unwrap().as_slice(), b"two");
-        assert!(
-            open(&mut bob, &first).is_err(),
-            "below the last counter accepted"
-        );
-        assert!(open(&mut bob, &second).is_err(), "equal to it");
-        assert_eq!(open(&mut bob, &third).unwrap().as_slice(), b"three");
-    }
-
-    #[test]
-    fn a_superseded_epoch_opens_only_within_the_grace_period() {
-        let start = Instant::now();
-        let identity = kat::identity();
-        let mut alice = alice_in_vault(start);
-        let late = alice
-            .seal_room(kat::ROOM, kat::SENDER, &identity, b"late")
-            .unwrap();
-        let too_late = alice
-            .seal_room(kat::ROOM, kat::SENDER, &identity, b"too late")
-            .unwrap();
-
-        let mut bob = bob_in_vault(start);
-        let rotated = start + Duration::from_secs(60);
-        assert!(bob.add_room_key(kat::ROOM, kat::EPOCH + 1, &other_key(4), rotated));
-        assert_eq!(bob.room_epoch(kat::ROOM), Some(kat::EPOCH + 1));
-        let just_in = rotated + EPOCH_GRACE - Duration::from_millis(1);
-        let open =
-            |bob: &mut Keyring, text: &[u8], now| bob.open_room(kat::ROOM, kat::SENDER, text, now);
-        assert_eq!(open(&mut bob, &late, just_in).unwrap().as_slice(), b"late");
-        assert!(open(&mut bob, &too_late, rotated + EPOCH_GRACE).is_err());
-    }
-
-    #[test]
-    fn epochs_never_held_do_not_open_even_between_held_ones() {
-        let now = Instant::now();
-        let identity = kat::identity();
-        // Alice was in the room at epochs 3, 4 and 5; bob left after 3 and
-        // came back at 5, so he never received the key of epoch 4.
-        let mut alice = alice_in_vault(now);
-        alice.add_room_key(kat::ROOM, 4, &other_key(4), now);
-        let while_away = alice
-            .seal_room(kat::ROOM, kat::SENDER, &identity, b"while away")
-            .unwrap();
-        alice.add_room_key(kat::ROOM, 5, &other_key(5), now);
-        let mut bob = bob_in_vault(now);
-        bob.add_room_key(kat::ROOM, 5, &other_key(5), now);
-        assert!(bob
-            .open_room(kat::ROOM, kat::SENDER, &while_away, now)
-            .is_err());
-        // And sealing uses the current epoch.
-        let back = alice
-            .seal_room(kat::ROOM, kat::SENDER, &identity, b"back")
-            .unwrap();
-        assert_eq!(
-            bob.open_room(kat::ROOM, kat::SENDER, &back, now)
-                .unwrap()
-                .as_slice(),
-            b"back"
-        );
-    }
-
-    #[test]
-    fn stale_room_keys_change_nothing_and_leaving_forgets_them() {
-        let now = Instant::now();
-        let mut bob = bob_in_vault(now);
-        assert!(!bob.add_room_key(kat::ROOM, kat::EPOCH, &other_key(1), now));
-        assert!(!bob.add_room_key(kat::ROOM, kat::EPOCH - 1, &other_key(1), now));
-        let text = kat::openssl_envelope();
-        assert!(bob.open_room(kat::ROOM, kat::SENDER, &text, now).is_ok());
-        bob.forget_room(kat::ROOM);
-        assert_eq!(bob.room_epoch(kat::ROOM), None);
-        let identity = kat::identity();
-        assert_eq!(
-            bob.seal_room(kat::ROOM, b"bob", &identity, b"x"),
-            Err(SealError::NoKey)
-        );
-    }
-
-    #[test]
-    fn both_ends_of_a_dm_key_use_it_and_only_they_can() {
-        let now = Instant::now();
-        let (alice_id, bob_id) = (kat::identity(), Identity::generate(2048).unwrap());
-        let bob_key = PeerKey::from_der(bob_id.public_key_der()).unwrap();
-        let dm_key = other_key(9);
-        let mut alice = Keyring::default();
-        alice.add_peer(b"bob", bob_key.clone());
-        alice.add_dm_key(7, b"bob", &dm_key).unwrap();
-        let mut bob = Keyring::default();
-        bob.add_peer(b"alice", kat::peer_key());
-        bob.add_dm_key(7, b"alice", &dm_key).unwrap();
-
-        let hello = alice
-            .seal_dm(b"bob", b"alice", &alice_id, b"hi bob")
-            .unwrap();
-        assert_eq!(
-            bob.open_dm(b"bob", b"alice", &hello, now)
-                .unwrap()
-                .as_slice(),
-            b"hi bob"
-        );
-        assert!(
-            bob.open_dm(b"bob", b"alice", &hello, now).is_err(),
-            "a replay"
-        );
-        let reply = bob.seal_dm(b"alice", b"bob", &bob_id, b"hi alice").unwrap();
-        assert!(
-            alice.open_dm(b"carol", b"bob", &reply, now).is_err(),
-            "addressed to alice"
-        );
-        assert_eq!(
-            alice
-                .open_dm(b"alice", b"bob", &reply, now)
-                .unwrap()
-                .as_slice(),
-            b"hi alice"
-        );
-
-        // Were the key to leak to mallory, her DMs under it would still fail:
-        // key 7 belongs to alice and bob.
-        let mallory = Identity::generate(2048).unwrap();
-        bob.add_peer(
-            b"mallory",
-            PeerKey::from_der(mallory.public_key_der()).unwrap(),
-        );
-        let header = Header {
-            kind: Kind::Direct,
-            context: b"bob",
-            sender: b"mallory",
-            epoch: 7,
-            counter: 1,
-        };
-        let forged =
-            envelope::seal(&header, &MessageKeys::derive(&dm_key), b"hi", &mallory).unwrap();
-        assert!(bob.open_dm(b"bob", b"mallory", &forged, now).is_err());
-    }
-
-    #[test]
-    fn a_dm_from_a_peer_renamed_out_of_sight_opens_and_teaches_the_name() {
-        let now = Instant::now();
-        let bob_key =
-            PeerKey::from_der(Identity::generate(2048).unwrap().public_key_der()).unwrap();
-        let mut alice = Keyring::default();
-        alice.add_peer(b"bob", bob_key);
-        alice.add_dm_key(3, b"bob", &other_key(3)).unwrap();
-        let mut bob = Keyring::default();
-        bob.add_peer(b"alice", kat::peer_key());
-        bob.add_dm_key(3, b"alice", &other_key(3)).unwrap();
-
-        // Alice is "alicia" now, and nothing told bob.
-        let text = alice
-            .seal_dm(b"bob", b"alicia", &kat::identity(), b"new name")
-            .unwrap();
-        let opened = bob.open_dm(b"bob", b"alicia", &text, now).unwrap();
-        assert_eq!(opened.as_slice(), b"new name");
-        assert!(bob.has_peer(b"alicia") && !bob.has_peer(b"alice"));
-        assert_eq!(bob.dm_key_id(b"alicia"), Some(3));
-    }
-
-    #[test]
-    fn issued_keys_are_there_for_files_while_held() {
-        let now = Instant::now();
-        let mut bob = bob_in_vault(now);
-        assert_eq!(
-            bob.room_key(kat::ROOM, kat::EPOCH),
-            Some(&kat::issued_key())
-        );
-        bob.add_room_key(kat::ROOM, kat::EPOCH + 1, &other_key(4), now);
-        assert_eq!(bob.room_key(kat::ROOM, kat::EPOCH + 1), Some(&other_key(4)));
-        assert_eq!(
-            bob.room_key(kat::ROOM, kat::EPOCH),
-            Some(&kat::issued_key())
-        );
-        assert_eq!(bob.room_key(kat::ROOM, kat::EPOCH + 2), None);
-        assert_eq!(bob.room_key(b"other", kat::EPOCH), None);
-        assert!(bob.dm_key(1).is_none());
-        bob.add_dm_key(1, kat::SENDER, &other_key(1)).unwrap();
-        let (peer, key) = bob.dm_key(1).unwrap();
-        assert!(peer.same_key(bob.peer(kat::SENDER).unwrap()));
-        assert_eq!(key, &other_key(1));
-    }
-
-    #[test]
-    fn dm_keys_need_the_peers_public_key_and_survive_a_rename() {
-        let mut alice = Keyring::default();
-        assert_eq!(
-            alice.add_dm_key(1, b"bob", &other_key(1)),
-            Err(VerificationFailed)
-        );
-        alice.add_peer(b"bob", kat::peer_key());
-        alice.add_dm_key(1, b"bob", &other_key(1)).unwrap();
-        alice.add_dm_key(4, b"bob", &other_key(4)).unwrap();
-        assert_eq!(alice.dm_key_id(b"bob"), Some(4), "the newest key");
-        assert_eq!(
-            alice.add_peer(b"robert", kat::peer_key()),
-            Some(b"bob".to_vec())
-        );
-        assert!(!alice.has_peer(b"bob"));
-        assert_eq!(alice.dm_key_id(b"bob"), None);
-        assert_eq!(alice.dm_key_id(b"robert"), Some(4));
-    }
-}
+mod tests;

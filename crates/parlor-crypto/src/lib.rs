@@ -1,13 +1,15 @@
-//! The client side of the secure extension (PROTOCOL.md §12): everything a
-//! client does with keys, and nothing the server does.
+//! The client side of the secure extension: everything a client does with
+//! keys, and nothing the server does.
 //!
-//! - [`identity`]: the user's own RSA key pair, which signs envelopes and
-//!   unwraps the keys the server issues; and other users' public keys.
-//! - [`envelope`]: the sealed envelope of §12.7, bytes in and bytes out.
-//! - [`keyring`]: the issued room and DM keys a client holds, which epoch is
+//! - [`identity`]: the user's own long-term keys (Ed25519 to sign, RSA to
+//!   unwrap issued keys) kept in an identity file, and other users'
+//!   identities, checked as they arrive.
+//! - [`envelope`]: the sealed envelope, bytes in and bytes out.
+//! - [`keyring`]: the peers and issued room and DM keys a client holds,
+//!   whom it trusts (first sight, or a key that changed), which epoch is
 //!   current, and the counters that make replays fail.
-//! - [`file`](mod@file): sealed file chunks and the signed file offer of file
-//!   transfer.
+//! - [`file`](mod@file): sealed file chunks, the sealed manifest and the
+//!   signed file offer of file transfer.
 //!
 //! Every way a received message can fail to open is the same
 //! [`VerificationFailed`], on purpose: an error that said *which* check
@@ -25,7 +27,7 @@ pub mod keyring;
 pub mod kat;
 
 pub use envelope::{Header, Kind, MessageKeys};
-pub use identity::{Identity, PeerKey, WrapLabel};
+pub use identity::{Identity, PeerIdentity};
 pub use keyring::Keyring;
 
 /// The one error for a message that cannot be trusted, whatever the reason.

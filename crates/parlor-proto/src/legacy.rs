@@ -102,11 +102,16 @@ pub enum ClientMessage {
         /// The message, up to 65,535 bytes.
         text: Bytes,
     },
-    /// Secure extension (`81`): the connection's RSA public key as DER
-    /// SubjectPublicKeyInfo. Makes the connection secure.
-    RegisterKey {
-        /// The DER, kept as sent: peers receive exactly these bytes.
-        key: Bytes,
+    /// Secure extension (`81`): the connection's identity and the proofs
+    /// that it holds it. Makes the connection secure.
+    RegisterKey(secure::Registration),
+    /// Secure extension (`96`): a secure connection's NICK, with the name
+    /// proof for the new name that peers will check.
+    SignedNick {
+        /// The name asked for, as raw bytes.
+        name: Bytes,
+        /// Over [`secure::name_proof_statement`] of `name`.
+        name_proof: [u8; secure::SIGNATURE_LEN],
     },
     /// Secure extension (`82`): asks for a DM key shared with `target`.
     DmKeyRequest {
@@ -214,9 +219,13 @@ impl ClientMessage {
                     text: sub(text),
                 }
             }
-            secure::opcode::REGISTER_KEY => ClientMessage::RegisterKey {
-                key: secure::parse_register_key(payload)?,
-            },
+            secure::opcode::REGISTER_KEY => {
+                ClientMessage::RegisterKey(secure::parse_register_key(payload)?)
+            }
+            secure::opcode::SIGNED_NICK => {
+                let (name, name_proof) = secure::parse_signed_nick(payload)?;
+                ClientMessage::SignedNick { name, name_proof }
+            }
             secure::opcode::DM_KEY_REQUEST => ClientMessage::DmKeyRequest {
                 target: secure::parse_dm_key_request(payload)?,
             },
@@ -277,9 +286,14 @@ impl ClientMessage {
                 put_long(&mut payload, text);
                 opcode::ROOM_MESSAGE
             }
-            ClientMessage::RegisterKey { key } => {
-                put_long(&mut payload, key);
+            ClientMessage::RegisterKey(registration) => {
+                registration.put(&mut payload);
                 secure::opcode::REGISTER_KEY
+            }
+            ClientMessage::SignedNick { name, name_proof } => {
+                put_short(&mut payload, name);
+                payload.extend_from_slice(name_proof);
+                secure::opcode::SIGNED_NICK
             }
             ClientMessage::DmKeyRequest { target } => {
                 put_short(&mut payload, target);

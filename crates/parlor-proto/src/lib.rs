@@ -1,6 +1,8 @@
 //! The wire, and nothing else: framing ([`frame`]), the typed legacy
 //! messages carried inside frames ([`legacy`]) and the messages of the
-//! secure extension ([`secure`]), file transfer among them ([`transfer`]).
+//! secure extension ([`secure`]), file transfer among them ([`transfer`]);
+//! and the one thing the TLS transport's two ends share beyond TLS itself,
+//! the way a server's key is named ([`tls`]).
 //!
 //! Nothing here knows about users, rooms or sockets. Data flows one way:
 //! bytes → [`FrameCodec`] → [`Frame`] → [`ClientMessage`] → the hub, and back
@@ -16,6 +18,7 @@ pub mod printable;
 pub mod rules;
 pub mod secure;
 pub mod text;
+pub mod tls;
 pub mod transfer;
 
 pub use frame::{Frame, FrameCodec, FrameError, HEADER_LEN, MAGIC, MAX_CLIENT_PAYLOAD};

@@ -279,6 +279,7 @@ mod tests {
         );
         let room_key = SecureMessage::RoomKey {
             room: Bytes::from_static(b"vault"),
+            incarnation: 1,
             epoch: 1,
             wrapped: Bytes::from_static(b"key"),
         }
@@ -311,6 +312,48 @@ mod tests {
         assert_eq!(conversation.pending(), 2);
         assert_eq!(conversation.answered(0), Ok(Some(opcode::NICK)));
         assert_eq!(conversation.answered(2), Ok(None));
+    }
+
+    /// ROOM_REKEYING is a frame of the extension like ROOM_KEY: fine for a
+    /// secure reader, fatal to a legacy one.
+    #[test]
+    fn room_rekeying_is_for_secure_readers_only() {
+        let rekeying = SecureMessage::RoomRekeying {
+            room: Bytes::from_static(b"vault"),
+            incarnation: 1,
+            next_epoch: 2,
+        }
+        .encode();
+        assert_eq!(check(&rekeying, Reader::Secure), Ok(Delivery::Secure));
+        assert_eq!(
+            check(&rekeying, Reader::Legacy),
+            Err(RuleBreak::SecureToLegacy(0x95).into())
+        );
+        let cut = &rekeying[..rekeying.len() - 1];
+        let mut cut = cut.to_vec();
+        cut[3] -= 1;
+        assert_eq!(
+            check(&cut, Reader::Secure),
+            Err(RuleBreak::Unparsable.into())
+        );
+    }
+
+    /// SIGNED_NICK is a request like NICK: it is owed exactly one `9a`.
+    #[test]
+    fn a_signed_nick_is_a_request() {
+        let signed_nick = crate::ClientMessage::SignedNick {
+            name: Bytes::from_static(b"bob"),
+            name_proof: [0; 64],
+        }
+        .to_frame();
+        assert!(is_request(&signed_nick));
+        let mut conversation = Conversation::default();
+        conversation.asked(Some(signed_nick.opcode));
+        assert_eq!(
+            conversation.answered(0),
+            Ok(Some(crate::secure::opcode::SIGNED_NICK))
+        );
+        assert_eq!(conversation.answered(0), Err(RuleBreak::UnsolicitedSuccess));
     }
 
     #[test]

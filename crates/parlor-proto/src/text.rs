@@ -34,9 +34,24 @@ pub const PASSWORDS_BUSY: &str = "Server busy checking passwords, try again late
 pub const PASSWORD_FAILED: &str = "Internal error while checking the password.";
 /// A request while the connection's previous one waits for a job.
 pub const REQUEST_PENDING: &str = "Previous request still in progress.";
-/// REGISTER_KEY with a key that is not a 2048- to 4096-bit RSA key.
-pub const BAD_PUBLIC_KEY: &str =
-    "Public key must be an RSA SubjectPublicKeyInfo (DER) of 2048 to 4096 bits.";
+/// REGISTER_KEY whose keys are unusable: a signing key that is no valid
+/// Ed25519 point (or one of small order), or an RSA key that is not an
+/// rsaEncryption SubjectPublicKeyInfo of 2048 to 4096 bits with exponent
+/// 65537 and nothing after it.
+pub const BAD_PUBLIC_KEY: &str = "Keys must be an Ed25519 key and an RSA SubjectPublicKeyInfo (DER) of 2048 to 4096 bits with exponent 65537.";
+/// REGISTER_KEY whose key binding, name proof or possession proof does not
+/// verify, or SIGNED_NICK whose name proof does not: the client does not
+/// hold the signing key, or signed another name or another connection.
+pub const KEY_PROOF_FAILED: &str =
+    "Key proof failed: sign with your own key, over your current name and this connection.";
+/// A legacy NICK (`0f`) from a connection with a key: peers could not check
+/// the new name, so the rename must come with a proof.
+pub const SIGNED_NICK_NEEDED: &str =
+    "A connection with a key renames with SIGNED_NICK (96), which proves the new name.";
+/// FILE_RESUME whose proof is not by the original recipient's key, over
+/// this transfer, token and connection.
+pub const RESUME_PROOF_FAILED: &str =
+    "Resume proof failed: only the recipient's own key can resume its file.";
 /// A second REGISTER_KEY on one connection.
 pub const KEY_ALREADY_REGISTERED: &str = "A key is already registered on this connection.";
 /// DM_KEY_REQUEST from a connection without a key.
@@ -47,6 +62,9 @@ pub const DM_KEY_WITH_YOURSELF: &str = "You cannot open an encrypted DM with you
 pub const KEYS_BUSY: &str = "Server busy issuing keys, try again later.";
 /// DM_KEY_REQUEST whose wrap failed (a bug).
 pub const KEY_WRAP_FAILED: &str = "Internal error while issuing keys.";
+/// REGISTER_KEY on a plain connection of a server that has no TLS port;
+/// see [`secure_needs_tls`].
+pub const SECURE_NEEDS_TLS_NO_PORT: &str = "Secure connections need TLS, and this server has none.";
 /// FILE_OFFER naming yourself.
 pub const FILE_TO_YOURSELF: &str = "You cannot send a file to yourself.";
 /// FILE_OFFER to a secure room without the encrypted flag.
@@ -86,6 +104,16 @@ pub fn has_no_key(user: &[u8]) -> [&[u8]; 3] {
     ]
 }
 
+/// DM_KEY_REQUEST naming a user for whom `dm_keys_per_target` keys were
+/// issued within its window: nobody can make a user unwrap keys without end.
+pub fn dm_keys_for_target(user: &[u8]) -> [&[u8]; 3] {
+    [
+        b"Too many DM keys were issued for '",
+        user,
+        b"' lately, try again later.",
+    ]
+}
+
 /// FILE_OFFER to a legacy connection.
 pub fn cannot_receive_files(user: &[u8]) -> [&[u8]; 3] {
     [
@@ -93,6 +121,26 @@ pub fn cannot_receive_files(user: &[u8]) -> [&[u8]; 3] {
         user,
         b"' cannot receive files: their client does not support them.",
     ]
+}
+
+/// REGISTER_KEY on a plain connection, where the server does not allow the
+/// secure extension (`allow_secure_on_plain` is off): names the server's
+/// TLS port, or says it has none. A key proof made on a plain connection
+/// binds to no TLS session, so whoever relays the connection could replay it.
+///
+/// ```
+/// use parlor_proto::text::{secure_needs_tls, SECURE_NEEDS_TLS_NO_PORT};
+/// assert_eq!(
+///     secure_needs_tls(Some(4171)),
+///     "Secure connections need TLS: connect to port 4171."
+/// );
+/// assert_eq!(secure_needs_tls(None), SECURE_NEEDS_TLS_NO_PORT);
+/// ```
+pub fn secure_needs_tls(tls_port: Option<u16>) -> String {
+    match tls_port {
+        Some(port) => format!("Secure connections need TLS: connect to port {port}."),
+        None => SECURE_NEEDS_TLS_NO_PORT.to_owned(),
+    }
 }
 
 /// A frame or message that breaks the protocol; the server then closes the

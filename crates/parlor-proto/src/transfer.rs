@@ -20,7 +20,6 @@
 //! [`ServerMessage::File`]: super::ServerMessage::File
 
 use bytes::{BufMut, Bytes, BytesMut};
-use nom::bytes::complete::take;
 use nom::combinator::{all_consuming, rest};
 use nom::multi::length_count;
 use nom::number::complete::{be_u16, be_u32, be_u64, be_u8};
@@ -28,6 +27,7 @@ use nom::{IResult, Parser};
 
 use super::frame::{put_header, Frame, HEADER_LEN};
 use super::legacy::{long_field, put_long, put_short, short_field, ParseError};
+use super::secure::{array, identity_block, Identity, SIGNATURE_LEN};
 
 /// Opcodes of file transfer.
 pub mod opcode {
@@ -68,7 +68,8 @@ pub const FILE_FLAG_ENCRYPTED: u8 = 0x01;
 
 /// Length of the sender's per-file random nonce.
 pub const NONCE_LEN: usize = 16;
-/// Length of the SHA-256 digest of the whole file.
+/// Length of the SHA-256 digest of the whole file, which travels only
+/// inside the sealed manifest.
 pub const DIGEST_LEN: usize = 32;
 /// Length of a resume token.
 pub const TOKEN_LEN: usize = 16;
@@ -97,21 +98,36 @@ pub struct FileMeta {
     pub key_id: u32,
     /// Random per file; salts the chunk keys.
     pub nonce: [u8; NONCE_LEN],
-    /// SHA-256 of the whole plaintext file.
-    pub digest: [u8; DIGEST_LEN],
-    /// The sender's RSA-PSS signature (PROTOCOL.md §14.6).
-    pub signature: Bytes,
+    /// The file's SHA-256 and size, sealed under the file's keys: the
+    /// server relays it unread, so neither it nor the network learns a
+    /// digest of the plaintext.
+    pub manifest: Bytes,
+    /// The sender's counter under the room or DM key, shared with its
+    /// messages, so a replayed offer fails the recipient's counter check.
+    pub counter: u64,
+    /// The sender's Ed25519 signature over every field of the offer the
+    /// server relays (PROTOCOL.md §14.6).
+    pub signature: [u8; SIGNATURE_LEN],
 }
 
 impl FileMeta {
-    /// Whether the chunks are sealed ([`FILE_FLAG_ENCRYPTED`]); a file in a
-    /// plaintext room travels unsealed, protected by the signed digest only.
+    /// Whether the chunks are sealed ([`FILE_FLAG_ENCRYPTED`]).
     pub fn encrypted(&self) -> bool {
         self.flags & FILE_FLAG_ENCRYPTED != 0
     }
 
     fn wire_len(&self) -> usize {
-        1 + self.name.len() + 8 + 4 + 4 + 1 + 4 + NONCE_LEN + DIGEST_LEN + 2 + self.signature.len()
+        1 + self.name.len()
+            + 8
+            + 4
+            + 4
+            + 1
+            + 4
+            + NONCE_LEN
+            + 2
+            + self.manifest.len()
+            + 8
+            + SIGNATURE_LEN
     }
 
     fn put(&self, dst: &mut BytesMut) {
@@ -122,8 +138,9 @@ impl FileMeta {
         dst.put_u8(self.flags);
         dst.put_u32(self.key_id);
         dst.put_slice(&self.nonce);
-        dst.put_slice(&self.digest);
-        put_long(dst, &self.signature);
+        put_long(dst, &self.manifest);
+        dst.put_u64(self.counter);
+        dst.put_slice(&self.signature);
     }
 }
 
@@ -172,14 +189,18 @@ pub enum FileRequest {
         /// The transfer finished sending.
         id: u32,
     },
-    /// `8c u32 id, [16] token`: a recipient back on a new connection asks
-    /// for the chunks it lacks.
+    /// `8c u32 id, [16] token, [64] proof`: a recipient back on a new
+    /// connection asks for the chunks it lacks.
     Resume {
         /// The transfer to rejoin.
         id: u32,
-        /// The token of the recipient's FILE_ACCEPTED: it proves who is
-        /// resuming, whatever connection it comes from.
+        /// The token of the recipient's FILE_ACCEPTED: which recipient is
+        /// resuming.
         token: [u8; TOKEN_LEN],
+        /// Over [`resume_statement`](crate::secure::resume_statement) of
+        /// `id`, `token` and this connection's channel binding, by the
+        /// recipient's key: only the recipient itself can resume.
+        proof: [u8; SIGNATURE_LEN],
     },
     /// `8f u32 id`: the sender withdraws the file, or a recipient gives up.
     Cancel {
@@ -242,18 +263,23 @@ impl EndReason {
 }
 
 /// A file frame the server sends (to secure connections only).
+// An offer carries the sender's identity and a signature inline (some 300
+// bytes); boxing them would cost an allocation per offer to save a copy of
+// that size when a notice is moved, which chunks, the frequent notice, are
+// not (the server encodes them straight from the sender's frame).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileNotice {
-    /// `83 u32 id, short sender, long sender_key, short room, meta`: an offer
+    /// `83 u32 id, short sender, identity, short room, meta`: an offer
     /// forwarded to a recipient; `room` is empty for a file sent to you alone.
     Offered {
         /// The transfer's id, which the recipient's replies name.
         id: u32,
         /// The sender's name when the offer was made.
         sender: Bytes,
-        /// The sender's registered key, so that the signature can be checked
+        /// The sender's identity block, so that the signature can be checked
         /// by a recipient that has no `81` for the sender.
-        sender_key: Bytes,
+        sender_identity: Identity,
         /// The room the file was offered to; empty for a file to one user.
         room: Bytes,
         /// The description exactly as the sender sent it.
@@ -372,8 +398,8 @@ type Parsed<'a, T> = IResult<&'a [u8], T>;
 fn meta(input: &[u8]) -> Parsed<'_, FileMetaFields<'_>> {
     let (input, (name, size, chunk_size, chunk_count, flags, key_id)) =
         (short_field, be_u64, be_u32, be_u32, be_u8, be_u32).parse(input)?;
-    let (input, (nonce, digest, signature)) =
-        (take(NONCE_LEN), take(DIGEST_LEN), long_field).parse(input)?;
+    let (input, (nonce, manifest, counter, signature)) =
+        (array, long_field, be_u64, array).parse(input)?;
     Ok((
         input,
         FileMetaFields {
@@ -384,7 +410,8 @@ fn meta(input: &[u8]) -> Parsed<'_, FileMetaFields<'_>> {
             flags,
             key_id,
             nonce,
-            digest,
+            manifest,
+            counter,
             signature,
         },
     ))
@@ -398,9 +425,10 @@ struct FileMetaFields<'a> {
     chunk_count: u32,
     flags: u8,
     key_id: u32,
-    nonce: &'a [u8],
-    digest: &'a [u8],
-    signature: &'a [u8],
+    nonce: [u8; NONCE_LEN],
+    manifest: &'a [u8],
+    counter: u64,
+    signature: [u8; SIGNATURE_LEN],
 }
 
 impl FileMetaFields<'_> {
@@ -412,9 +440,10 @@ impl FileMetaFields<'_> {
             chunk_count: self.chunk_count,
             flags: self.flags,
             key_id: self.key_id,
-            nonce: self.nonce.try_into().expect("took NONCE_LEN bytes"),
-            digest: self.digest.try_into().expect("took DIGEST_LEN bytes"),
-            signature: payload.slice_ref(self.signature),
+            nonce: self.nonce,
+            manifest: payload.slice_ref(self.manifest),
+            counter: self.counter,
+            signature: self.signature,
         }
     }
 }
@@ -486,7 +515,7 @@ impl FileRequest {
             FileRequest::Decision { .. } => 5,
             FileRequest::Ack { .. } => 8,
             FileRequest::Done { .. } | FileRequest::Cancel { .. } => 4,
-            FileRequest::Resume { .. } => 4 + TOKEN_LEN,
+            FileRequest::Resume { .. } => 4 + TOKEN_LEN + SIGNATURE_LEN,
             FileRequest::Chunk { .. } => unreachable!("encoded above"),
         };
         dst.reserve(HEADER_LEN + payload_len);
@@ -510,9 +539,10 @@ impl FileRequest {
                 dst.put_u32(*index);
             }
             FileRequest::Done { id } | FileRequest::Cancel { id } => dst.put_u32(*id),
-            FileRequest::Resume { id, token } => {
+            FileRequest::Resume { id, token, proof } => {
                 dst.put_u32(*id);
                 dst.put_slice(token);
+                dst.put_slice(proof);
             }
             FileRequest::Chunk { .. } => unreachable!("encoded above"),
         }
@@ -568,13 +598,10 @@ impl FileRequest {
                 id: only_id(&payload[..]).map_err(bad("FILE_DONE"))?.1,
             },
             FILE_RESUME => {
-                let (_, (id, token)) = all_consuming((be_u32, take(TOKEN_LEN)))
+                let (_, (id, token, proof)) = all_consuming((be_u32, array, array))
                     .parse(&payload[..])
                     .map_err(bad("FILE_RESUME"))?;
-                FileRequest::Resume {
-                    id,
-                    token: token.try_into().expect("took TOKEN_LEN bytes"),
-                }
+                FileRequest::Resume { id, token, proof }
             }
             FILE_CANCEL => FileRequest::Cancel {
                 id: only_id(&payload[..]).map_err(bad("FILE_CANCEL"))?.1,
@@ -620,11 +647,13 @@ impl FileNotice {
         let payload_len = match self {
             FileNotice::Offered {
                 sender,
-                sender_key,
+                sender_identity,
                 room,
                 meta,
                 ..
-            } => 4 + 1 + sender.len() + 2 + sender_key.len() + 1 + room.len() + meta.wire_len(),
+            } => {
+                4 + 1 + sender.len() + sender_identity.wire_len() + 1 + room.len() + meta.wire_len()
+            }
             FileNotice::Pending { skipped: names, .. }
             | FileNotice::Finished {
                 delivered: names, ..
@@ -642,13 +671,13 @@ impl FileNotice {
             FileNotice::Offered {
                 id,
                 sender,
-                sender_key,
+                sender_identity,
                 room,
                 meta,
             } => {
                 dst.put_u32(*id);
                 put_short(&mut dst, sender);
-                put_long(&mut dst, sender_key);
+                sender_identity.put(&mut dst);
                 put_short(&mut dst, room);
                 meta.put(&mut dst);
             }
@@ -704,14 +733,14 @@ impl FileNotice {
         let bad = |name| move |_| ParseError::BadLengths { name };
         let notice = match frame.opcode {
             FILE_OFFER => {
-                let (_, (id, sender, sender_key, room, fields)) =
-                    all_consuming((be_u32, short_field, long_field, short_field, meta))
+                let (_, (id, sender, identity, room, fields)) =
+                    all_consuming((be_u32, short_field, identity_block, short_field, meta))
                         .parse(&payload[..])
                         .map_err(bad("FILE_OFFER"))?;
                 FileNotice::Offered {
                     id,
                     sender: sub(sender),
-                    sender_key: sub(sender_key),
+                    sender_identity: identity.to_identity(payload),
                     room: sub(room),
                     meta: fields.to_meta(payload),
                 }
@@ -726,13 +755,10 @@ impl FileNotice {
                 }
             }
             FILE_ACCEPTED => {
-                let (_, (id, token)) = all_consuming((be_u32, take(TOKEN_LEN)))
+                let (_, (id, token)) = all_consuming((be_u32, array))
                     .parse(&payload[..])
                     .map_err(bad("FILE_ACCEPTED"))?;
-                FileNotice::Accepted {
-                    id,
-                    token: token.try_into().expect("took TOKEN_LEN bytes"),
-                }
+                FileNotice::Accepted { id, token }
             }
             FILE_START => {
                 let (_, (id, window, recipients)) = all_consuming((be_u32, be_u8, names))
@@ -812,8 +838,9 @@ mod tests {
             flags: FILE_FLAG_ENCRYPTED,
             key_id: 2,
             nonce: [0x11; NONCE_LEN],
-            digest: [0x22; DIGEST_LEN],
-            signature: Bytes::from_static(&[0x33; 4]),
+            manifest: Bytes::from_static(&[0x22; 96]),
+            counter: 3,
+            signature: [0x33; SIGNATURE_LEN],
         }
     }
 
@@ -843,6 +870,7 @@ mod tests {
             FileRequest::Resume {
                 id: 7,
                 token: [5; TOKEN_LEN],
+                proof: [6; SIGNATURE_LEN],
             },
             FileRequest::Cancel { id: 7 },
         ];
@@ -859,7 +887,12 @@ mod tests {
             FileNotice::Offered {
                 id: 1,
                 sender: Bytes::from_static(b"alice"),
-                sender_key: Bytes::from_static(b"DER"),
+                sender_identity: Identity {
+                    signing_key: [1; 32],
+                    rsa_der: Bytes::from_static(b"DER"),
+                    key_binding: [2; SIGNATURE_LEN],
+                    name_proof: [3; SIGNATURE_LEN],
+                },
                 room: Bytes::from_static(b"vault"),
                 meta: sample_meta(),
             },
@@ -977,18 +1010,37 @@ mod tests {
                 chunk_count: 1,
                 flags: FILE_FLAG_ENCRYPTED,
                 key_id: 2,
-                nonce: [0; NONCE_LEN],
-                digest: [0; DIGEST_LEN],
-                signature: Bytes::from(vec![0; 256]),
+                nonce: [0x11; NONCE_LEN],
+                manifest: Bytes::from(vec![0x22; 96]),
+                counter: 0x0102_0304_0506_0708,
+                signature: [0x33; SIGNATURE_LEN],
             },
             window: 8,
         };
-        let wire = offer.encode();
-        assert_eq!(
-            &wire[..35],
-            b"\0\0\x01\x4f\x04\x17\x83\0\x05a.txt\0\0\0\0\0\0\0\x05\0\x04\0\0\0\0\0\x01\x01\0\0\0\x02"
-        );
-        assert_eq!(wire[wire.len() - 1], 8);
+        // 1 + 6 + 8 + 4 + 4 + 1 + 4 + 16 + (2 + 96) + 8 + 64 + 1 = 215 = 0xd7.
+        let expected = [
+            &b"\0\0\0\xd7\x04\x17\x83\0\x05a.txt\0\0\0\0\0\0\0\x05\0\x04\0\0\0\0\0\x01\x01\0\0\0\x02"[..],
+            &[0x11; 16],
+            b"\0\x60",
+            &[0x22; 96],
+            b"\x01\x02\x03\x04\x05\x06\x07\x08",
+            &[0x33; 64],
+            b"\x08",
+        ]
+        .concat();
+        assert_eq!(offer.encode().to_vec(), expected);
+        let resume = FileRequest::Resume {
+            id: 1,
+            token: [0xab; TOKEN_LEN],
+            proof: [0xcd; SIGNATURE_LEN],
+        };
+        let expected = [
+            &b"\0\0\0\x54\x04\x17\x8c\0\0\0\x01"[..],
+            &[0xab; 16],
+            &[0xcd; 64],
+        ]
+        .concat();
+        assert_eq!(resume.encode().to_vec(), expected);
     }
 
     #[test]

@@ -161,8 +161,11 @@ fn replay(
         match server {
             Some(addr) => play(capture, addr, pace, &mut stdout).await,
             None => {
+                // Captures are of the plain protocol: no TLS port, and so no
+                // certificate made in the state directory.
                 let config = Config {
                     listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    tls_listen: None,
                     ..Config::default()
                 };
                 play_in_process(capture, config, pace, &mut stdout).await

@@ -162,7 +162,10 @@ pub fn describe_sent(bytes: &[u8], frame: Option<&Frame>) -> String {
         Ok(ClientMessage::RoomMessage { room, text }) => {
             format!("ROOM_MSG {} {}", short(&room), short(&text))
         }
-        Ok(ClientMessage::RegisterKey { key }) => format!("REGISTER_KEY {}", short(&key)),
+        Ok(ClientMessage::RegisterKey(registration)) => {
+            format!("REGISTER_KEY {}", short(&registration.rsa_der))
+        }
+        Ok(ClientMessage::SignedNick { name, .. }) => format!("SIGNED_NICK {}", short(&name)),
         Ok(ClientMessage::DmKeyRequest { target }) => format!("DM_KEY_REQUEST {}", short(&target)),
         Ok(ClientMessage::File(request)) => describe_file_request(&request),
         Err(err) => format!("frame {:02x} ({err})", frame.opcode),

@@ -6,7 +6,7 @@
 //! leaves a limit at its default.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +26,31 @@ const MAX_BUSY_PAUSE_MICROS: u64 = 1_000;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address to listen on: the plain TCP port, which the legacy client
+    /// speaks to.
     pub listen: SocketAddr,
+    /// Address of the TLS listener, which feeds the same hub: legacy frames
+    /// and the secure extension over TLS. `"off"` in the file (and on the
+    /// command line) for none.
+    #[serde(with = "listen_or_off")]
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM file of the TLS certificate chain, the server's own certificate
+    /// first; set with `tls_key`, or neither.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the TLS certificate's private key (PKCS#8, PKCS#1 or
+    /// SEC1). Without `tls_cert` and `tls_key`, the server makes a
+    /// self-signed certificate in `state_dir` on first start and keeps
+    /// using it.
+    pub tls_key: Option<PathBuf>,
+    /// Where the server keeps what it makes itself: the self-signed TLS
+    /// certificate (`tls-cert.pem`) and its key (`tls-key.pem`, mode 0600).
+    /// Unset: `$XDG_STATE_HOME/parlor`, else `$HOME/.local/state/parlor`.
+    pub state_dir: Option<PathBuf>,
+    /// Lets plain TCP connections register keys and speak the secure
+    /// extension. Their key proofs bind to no TLS session and can be
+    /// replayed by whoever relays the connection: for tests and benchmarks
+    /// only.
+    pub allow_secure_on_plain: bool,
     /// Largest client frame payload accepted, in bytes. The protocol's own
     /// maximum (65,793) is also the default; a smaller value refuses long
     /// messages.
@@ -80,6 +103,14 @@ pub struct Config {
     /// DM key requests waiting for a key-wrapping thread before they are told
     /// to try later. Room key rotations are never refused.
     pub key_wrap_queue: usize,
+    /// Seconds a secure room keeps one key when nobody joins or leaves;
+    /// then the key is replaced anyway.
+    pub room_key_lifetime_secs: f64,
+    /// DM keys that may be issued naming one user as the target per window,
+    /// whoever asks: each costs the target a private-key operation.
+    pub dm_keys_per_target: usize,
+    /// Length of the sliding window of `dm_keys_per_target`, in seconds.
+    pub dm_keys_per_target_window_secs: f64,
     /// Seconds a closing connection (or the whole server, at shutdown) may
     /// spend flushing what is queued for it.
     pub flush_timeout_secs: f64,
@@ -123,6 +154,11 @@ impl Default for Config {
         let secs = |duration: Duration| duration.as_secs_f64();
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 4170)),
+            tls_listen: Some(SocketAddr::from(([0, 0, 0, 0], 4171))),
+            tls_cert: None,
+            tls_key: None,
+            state_dir: None,
+            allow_secure_on_plain: hub.allow_secure_on_plain,
             max_frame_bytes: MAX_CLIENT_PAYLOAD,
             max_connections: hub.max_connections,
             max_connections_per_ip: hub.max_connections_per_ip,
@@ -144,6 +180,9 @@ impl Default for Config {
             password_queue: 32,
             key_wrap_threads: 2,
             key_wrap_queue: 64,
+            room_key_lifetime_secs: secs(hub.room_key_lifetime),
+            dm_keys_per_target: hub.dm_keys_per_target.limit,
+            dm_keys_per_target_window_secs: secs(hub.dm_keys_per_target.window),
             flush_timeout_secs: 3.0,
             max_file_bytes: hub.transfers.max_file_bytes,
             max_chunk_bytes: hub.transfers.max_chunk_bytes,
@@ -228,6 +267,11 @@ impl Config {
                 self.file_decision_timeout_secs,
             ),
             ("file_ack_timeout_secs", self.file_ack_timeout_secs),
+            ("room_key_lifetime_secs", self.room_key_lifetime_secs),
+            (
+                "dm_keys_per_target_window_secs",
+                self.dm_keys_per_target_window_secs,
+            ),
         ];
         for (key, secs) in positive_secs {
             if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
@@ -252,6 +296,7 @@ impl Config {
             ("rate_limit_messages", self.rate_limit_messages),
             ("password_hash_threads", self.password_hash_threads),
             ("key_wrap_threads", self.key_wrap_threads),
+            ("dm_keys_per_target", self.dm_keys_per_target),
             ("max_chunk_bytes", self.max_chunk_bytes as usize),
             ("max_transfers_per_user", self.max_transfers_per_user),
             ("max_transfers", self.max_transfers),
@@ -280,6 +325,21 @@ impl Config {
                 &format!("at most {MAX_CHUNK_BYTES} (16 MiB)"),
             );
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let key = if self.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            return invalid(
+                key,
+                "`tls_cert` and `tls_key` go together: set both, or neither for a \
+                 self-signed certificate kept in `state_dir`",
+            );
+        }
+        if self.tls_listen == Some(self.listen) && self.listen.port() != 0 {
+            return invalid("tls_listen", "must not be the address of `listen`");
+        }
         if let Err(err) = self.argon2_params() {
             use argon2::Error;
             let key = match err {
@@ -296,7 +356,31 @@ impl Config {
     pub fn defaults_toml() -> String {
         let mut shown = toml::to_string(&Config::default()).expect("settings always serialize");
         shown.push_str("# metrics_listen = \"127.0.0.1:9464\"  (unset by default: no endpoint)\n");
+        shown.push_str(
+            "# tls_cert = \"/etc/parlor/cert.pem\"  (unset by default: a self-signed certificate)\n\
+             # tls_key = \"/etc/parlor/key.pem\"\n\
+             # state_dir = \"/var/lib/parlor\"  (unset by default: $XDG_STATE_HOME/parlor, \
+             else $HOME/.local/state/parlor)\n",
+        );
         shown
+    }
+
+    /// The directory of [`Config::state_dir`]: as set, else
+    /// `$XDG_STATE_HOME/parlor`, else `$HOME/.local/state/parlor` (the XDG
+    /// base directory rules: a relative `XDG_STATE_HOME` is ignored).
+    /// `None` when it is unset and neither variable helps.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.state_dir {
+            return Some(dir.clone());
+        }
+        let absolute = |name| {
+            std::env::var_os(name)
+                .map(PathBuf::from)
+                .filter(|dir| dir.is_absolute())
+        };
+        absolute("XDG_STATE_HOME")
+            .or_else(|| Some(absolute("HOME")?.join(".local/state")))
+            .map(|dir| dir.join("parlor"))
     }
 
     /// The argon2id parameters of the three `argon2_*` settings; an error
@@ -338,6 +422,12 @@ impl Config {
                 decision_timeout: self.file_decision_timeout(),
                 ack_timeout: self.file_ack_timeout(),
             },
+            allow_secure_on_plain: self.allow_secure_on_plain,
+            tls_port: self.tls_listen.map(|addr| addr.port()),
+            room_key_lifetime: Duration::from_secs_f64(self.room_key_lifetime_secs),
+            // Not a setting: a retry soon after a failure, never a storm.
+            rotation_retry: Limits::default().rotation_retry,
+            dm_keys_per_target: rate(self.dm_keys_per_target, self.dm_keys_per_target_window_secs),
         }
     }
 
@@ -367,6 +457,42 @@ impl Config {
     }
 }
 
+/// Reads an address, or `off` for none: the form of `tls_listen`, in the
+/// file and on the command line.
+pub fn parse_listen_or_off(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("`{text}` is neither an address (IP:PORT) nor \"off\""))
+}
+
+/// `tls_listen` in TOML: an address as a string, or `"off"`.
+mod listen_or_off {
+    use std::net::SocketAddr;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        listen: &Option<SocketAddr>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match listen {
+            Some(addr) => serializer.collect_str(addr),
+            None => serializer.serialize_str("off"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_listen_or_off(&text).map_err(D::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +512,33 @@ mod tests {
     fn the_defaults_shown_in_help_read_back_as_the_defaults() {
         let shown = Config::defaults_toml();
         assert_eq!(toml::from_str::<Config>(&shown).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn tls_listen_is_an_address_or_off_and_the_tls_port_reaches_the_hub() {
+        let config: Config = toml::from_str("tls_listen = \"off\"").unwrap();
+        assert_eq!(config.tls_listen, None);
+        assert_eq!(config.hub_limits().tls_port, None);
+        let config: Config = toml::from_str("tls_listen = \"127.0.0.1:5000\"").unwrap();
+        assert_eq!(config.hub_limits().tls_port, Some(5000));
+        assert!(!config.hub_limits().allow_secure_on_plain);
+        let err = toml::from_str::<Config>("tls_listen = \"on\"").unwrap_err();
+        assert!(err.to_string().contains("neither an address"), "{err}");
+        let shown = toml::to_string(&Config {
+            tls_listen: None,
+            ..Config::default()
+        })
+        .unwrap();
+        assert!(shown.contains("tls_listen = \"off\""), "{shown}");
+    }
+
+    #[test]
+    fn the_state_dir_is_the_setting_when_set() {
+        let config = Config {
+            state_dir: Some(PathBuf::from("/srv/parlor")),
+            ..Config::default()
+        };
+        assert_eq!(config.state_dir(), Some(PathBuf::from("/srv/parlor")));
     }
 
     #[test]
@@ -438,6 +591,20 @@ mod tests {
                     ..Config::default()
                 },
                 "busy_pause_min_reads",
+            ),
+            (
+                Config {
+                    tls_cert: Some(PathBuf::from("cert.pem")),
+                    ..Config::default()
+                },
+                "tls_key",
+            ),
+            (
+                Config {
+                    tls_listen: Some(Config::default().listen),
+                    ..Config::default()
+                },
+                "tls_listen",
             ),
         ] {
             let err = config.validate().unwrap_err().to_string();

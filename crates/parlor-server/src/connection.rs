@@ -10,6 +10,15 @@
 //! `TCP_NODELAY`, at once). Rare work (a password check, a DM key, the final flush)
 //! lives on the heap only while it happens.
 //!
+//! The same task serves the plain port and the TLS port: it is generic over
+//! its [`Transport`], a `TcpStream` or a TLS session over one. A TLS
+//! connection is registered with the hub as soon as it is accepted, so it
+//! counts against the connection limits (and the hub's handshake timer)
+//! from the start; its task then runs the TLS handshake, tells the hub the
+//! connection's channel binding, and goes on as any other. A batch of
+//! frames goes to TLS in one vectored write, which rustls seals into as few
+//! records as the batch fits, and is then flushed.
+//!
 //! [`Outbox`]: super::outbox::Outbox
 
 use std::future::{poll_fn, Future};
@@ -22,16 +31,20 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio_rustls::server::TlsStream;
 use tokio_util::io::poll_read_buf;
 use tracing::{debug, warn};
 
 use super::busy_pause;
 use super::outbox::{OutboxEvent, Queued};
 use super::state::{Fed, Shared};
+use crate::tls::Tls;
 use crate::{keywrap, password};
 use parlor_core::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
+use parlor_proto::secure::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 
 /// Bytes read per `read` call; frames larger than this grow the buffer to
 /// their exact size (bounded by the frame limit).
@@ -44,6 +57,12 @@ const MAX_BATCH: usize = 1024;
 /// that unread input does not turn our FIN into a reset that could destroy
 /// the final reply before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
+/// How much longer than `handshake_timeout` a TLS handshake may take before
+/// its task gives up by itself. The hub's handshake timer, which runs from
+/// the accept, closes a connection that stays silent first (and counts it);
+/// this bounds the handshakes of connections the hub has already refused,
+/// which wait for theirs to be told why.
+const TLS_HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
 /// Registers a new client and returns the task that serves it until either
 /// side ends the connection.
@@ -56,19 +75,9 @@ pub(crate) fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    if let Err(err) = stream.set_nodelay(true) {
-        debug!(%peer, %err, "cannot set TCP_NODELAY");
-    }
+    set_nodelay(&stream, peer);
     let conn = shared.register(peer);
-    let mut connection = Connection {
-        shared,
-        stream,
-        conn,
-        buffer: BytesMut::new(),
-        write_blocked: false,
-        flush: Flush::Idle,
-        owed: None,
-    };
+    let mut connection = Connection::new(shared, stream, conn);
     // An `async` block rather than an `async fn` taking the connection: a
     // by-value argument would be stored twice in the future.
     async move {
@@ -77,13 +86,204 @@ pub(crate) fn serve(
     }
 }
 
+/// [`serve`] for a connection to the TLS port: registers it at once, then
+/// returns the task that runs its handshake and serves it.
+pub(crate) fn serve_tls(
+    shared: Arc<Shared>,
+    tls: Tls,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send {
+    set_nodelay(&stream, peer);
+    let conn = shared.register(peer);
+    async move {
+        let Some((stream, binding)) = handshake(&shared, conn, tls, stream, peer).await else {
+            return;
+        };
+        shared.channel_bound(conn, binding);
+        let mut connection = Connection::new(shared, stream, conn);
+        let reason = connection.run().await;
+        connection.finish(reason).await;
+    }
+}
+
+/// Runs the TLS handshake of a registered connection and derives its channel
+/// binding. On failure the connection is closed and forgotten, the failure
+/// logged, and `None` returned.
+///
+/// The handshake gives way when the server closes the connection (the
+/// hub's handshake timer, shutdown); a connection the hub refused at once
+/// keeps its handshake, so that its refusal (`9a 02 Server full, ...`) can
+/// be sent over TLS, but never for longer than the handshake timeout and
+/// [`TLS_HANDSHAKE_GRACE`].
+async fn handshake(
+    shared: &Shared,
+    conn: ConnId,
+    tls: Tls,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, [u8; CHANNEL_BINDING_LEN])> {
+    let mut accept = tls.acceptor.accept(stream);
+    let deadline = shared.config().handshake_timeout() + TLS_HANDSHAKE_GRACE;
+    let handshake = poll_fn(|cx| {
+        if let Poll::Ready(done) = Pin::new(&mut accept).poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        match shared.poll_wake(conn, cx) {
+            Poll::Ready(OutboxEvent::Closing(reason)) if !is_refusal(reason) => {
+                Poll::Ready(Err(reason))
+            }
+            _ => Poll::Pending,
+        }
+    });
+    let failed = match tokio::time::timeout(deadline, handshake).await {
+        Ok(Ok(Ok(stream))) => {
+            let exported = stream.get_ref().1.export_keying_material(
+                [0; CHANNEL_BINDING_LEN],
+                CHANNEL_BINDING_LABEL,
+                None,
+            );
+            match exported {
+                Ok(binding) => return Some((stream, binding)),
+                Err(err) => {
+                    warn!(%peer, %conn, %err, "TLS: cannot derive the channel binding");
+                    CloseReason::Internal
+                }
+            }
+        }
+        Ok(Ok(Err(err))) => {
+            // Scanners, clients speaking plain TCP to the TLS port, and
+            // clients that refuse our certificate all end here.
+            warn!(%peer, %conn, %err, "TLS handshake failed");
+            CloseReason::IoError
+        }
+        Ok(Err(reason)) => reason,
+        Err(_) => {
+            warn!(%peer, %conn, "TLS handshake timed out");
+            CloseReason::HandshakeTimeout
+        }
+    };
+    shared.disconnect(conn, failed);
+    shared.forget(conn);
+    None
+}
+
+/// The hub refused the connection when it was accepted (a connection
+/// limit): it is told why, once it can be.
+fn is_refusal(reason: CloseReason) -> bool {
+    matches!(
+        reason,
+        CloseReason::ServerFull | CloseReason::TooManyFromAddress
+    )
+}
+
+fn set_nodelay(stream: &TcpStream, peer: SocketAddr) {
+    // Replies are small and must leave at once; batching is done here.
+    if let Err(err) = stream.set_nodelay(true) {
+        debug!(%peer, %err, "cannot set TCP_NODELAY");
+    }
+}
+
+/// The byte stream under a connection: the plain port's [`TcpStream`], or
+/// a TLS session over one. The connection's loop is the same for both; this
+/// is what differs.
+pub(crate) trait Transport: AsyncRead + Unpin + Send + 'static {
+    /// Whether the stream may hold bytes already read from the socket
+    /// (TLS records decrypted ahead) that the socket's readiness no longer
+    /// shows. Without such a buffer, the task waits for the socket to be
+    /// readable before it takes a read buffer, so an idle connection holds
+    /// none; with one, it reads whenever it is woken.
+    const BUFFERS_INPUT: bool;
+
+    /// The TCP socket underneath, for write readiness.
+    fn tcp(&self) -> &TcpStream;
+
+    /// Writes as much of `slices` as can go now, without waiting: 0 when
+    /// the socket takes nothing.
+    fn write_now(&mut self, cx: &mut Context<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Pushes what the stream itself holds back (sealed TLS records) onto
+    /// the socket; `false` when the socket is full before all of it went.
+    fn flush_now(&mut self, cx: &mut Context<'_>) -> io::Result<bool>;
+
+    /// Ends our side politely after what was written (see
+    /// [`close_gracefully`]).
+    fn close_gracefully(&mut self) -> impl Future<Output = ()> + Send + '_;
+}
+
+impl Transport for TcpStream {
+    const BUFFERS_INPUT: bool = false;
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn write_now(&mut self, _: &mut Context<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self.try_write_vectored(slices) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => Ok(written),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn flush_now(&mut self, _: &mut Context<'_>) -> io::Result<bool> {
+        Ok(true)
+    }
+
+    fn close_gracefully(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        close_gracefully(self)
+    }
+}
+
+impl Transport for TlsStream<TcpStream> {
+    const BUFFERS_INPUT: bool = true;
+
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    /// rustls takes the slices into its send buffer (up to its limit) as
+    /// one run of plaintext, and seals it in records of up to 16 KiB, not
+    /// one record per slice; what it took counts as written.
+    fn write_now(&mut self, cx: &mut Context<'_>, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(self).poll_write_vectored(cx, slices) {
+            Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(0),
+        }
+    }
+
+    fn flush_now(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        match Pin::new(self).poll_flush(cx) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// Sends TLS's close_notify and the FIN after it, then waits briefly for
+    /// the client to close too, as [`close_gracefully`] does.
+    async fn close_gracefully(&mut self) {
+        // One deadline for both: close_notify waits for room on the socket
+        // like any write, and a client that reads nothing must not hold
+        // the task.
+        let close = async {
+            if self.shutdown().await.is_ok() {
+                let mut sink = vec![0u8; 1024];
+                while matches!(self.read(&mut sink).await, Ok(read) if read > 0) {}
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, close).await;
+    }
+}
+
 /// Everything an idle connection's task holds. Kept small on purpose: the
 /// task's allocation is rounded up to a multiple of 128 bytes, and this is
 /// most of it. Frames waiting to be written stay in the connection's
 /// [`Outbox`](super::outbox::Outbox), in the shared state.
-struct Connection {
+struct Connection<S> {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     conn: ConnId,
     /// Bytes read and not yet decoded; empty (no allocation) when idle.
     buffer: BytesMut,
@@ -133,7 +333,19 @@ enum Event {
     Closing(CloseReason),
 }
 
-impl Connection {
+impl<S: Transport> Connection<S> {
+    fn new(shared: Arc<Shared>, stream: S, conn: ConnId) -> Connection<S> {
+        Connection {
+            shared,
+            stream,
+            conn,
+            buffer: BytesMut::new(),
+            write_blocked: false,
+            flush: Flush::Idle,
+            owed: None,
+        }
+    }
+
     /// Tells the hub the connection is gone, then flushes what is queued and
     /// closes politely, unless the socket is already broken.
     ///
@@ -152,7 +364,7 @@ impl Connection {
         let deadline = self.shared.config().flush_timeout();
         let flushed = tokio::time::timeout(deadline, self.flush()).await;
         if reason != CloseReason::ClientClosed && matches!(flushed, Ok(Ok(()))) {
-            close_gracefully(&self.stream).await;
+            self.stream.close_gracefully().await;
         }
     }
 
@@ -163,10 +375,12 @@ impl Connection {
             let outcome = match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Closing(reason) => return reason,
                 Event::Read(result) => self.read(result),
-                Event::Writable => self.write().map_err(|err| {
-                    warn_unless_reset(&err);
-                    CloseReason::IoError
-                }),
+                Event::Writable => poll_fn(|cx| Poll::Ready(self.write(cx)))
+                    .await
+                    .map_err(|err| {
+                        warn_unless_reset(&err);
+                        CloseReason::IoError
+                    }),
                 Event::PasswordChecked(ticket, outcome) => {
                     let fed = self.shared.password_checked(self.conn, ticket, outcome);
                     self.resume(fed);
@@ -212,7 +426,7 @@ impl Connection {
     /// Whether the socket, or work off the event loop, has something for
     /// the task.
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if self.write_blocked && self.stream.poll_write_ready(cx).is_ready() {
+        if self.write_blocked && self.stream.tcp().poll_write_ready(cx).is_ready() {
             self.write_blocked = false;
             return Poll::Ready(Event::Writable);
         }
@@ -236,7 +450,7 @@ impl Connection {
             }
             return event;
         }
-        if self.stream.poll_read_ready(cx).is_pending() {
+        if !S::BUFFERS_INPUT && self.stream.tcp().poll_read_ready(cx).is_pending() {
             return Poll::Pending;
         }
         // Read through `AsyncRead` rather than `try_read`: a read that does
@@ -324,21 +538,20 @@ impl Connection {
     }
 
     /// Writes as much of what is queued as the socket takes now, in
-    /// batches of up to [`MAX_BATCH`] frames per vectored write.
-    fn write(&mut self) -> io::Result<()> {
+    /// batches of up to [`MAX_BATCH`] frames per vectored write, then
+    /// flushes what the transport held back.
+    fn write(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let mut batch = Vec::new();
         loop {
             let offset = self.shared.take_batch(self.conn, &mut batch, MAX_BATCH);
             if batch.is_empty() {
+                if !self.stream.flush_now(cx)? {
+                    self.write_blocked = true;
+                }
                 return Ok(());
             }
             let slices = io_slices(&batch, offset);
-            let written = match self.stream.try_write_vectored(&slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => written,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(err) => return Err(err),
-            };
+            let written = self.stream.write_now(cx, &slices)?;
             // Frames written completely are dropped; the rest go back.
             let (mut done, mut offset, mut left) = (0, offset, written);
             while done < batch.len() && left >= batch[done].len() - offset {
@@ -359,17 +572,17 @@ impl Connection {
 
     /// Writes everything still queued, waiting for the socket as needed.
     async fn flush(&mut self) -> io::Result<()> {
-        self.write()?;
+        poll_fn(|cx| Poll::Ready(self.write(cx))).await?;
         while self.write_blocked {
-            self.stream.writable().await?;
+            self.stream.tcp().writable().await?;
             self.write_blocked = false;
-            self.write()?;
+            poll_fn(|cx| Poll::Ready(self.write(cx))).await?;
         }
         Ok(())
     }
 }
 
-impl Drop for Connection {
+impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         self.shared.forget(self.conn);
     }

@@ -8,16 +8,20 @@
 //! messages keep flowing meanwhile.
 //!
 //! Each job makes one fresh 32-byte key in a zeroizing buffer, wraps it for
-//! every recipient and drops it: the key exists nowhere else, and only while
-//! the job runs. The server holds no private key and never decrypts.
+//! every recipient under the OAEP label the hub gave that recipient (which
+//! names the room, incarnation and epoch, or the DM key id, and the
+//! recipient: `parlor_proto::secure::room_key_label` and `dm_key_label`),
+//! and drops it: the key exists nowhere else, and only while the job runs.
+//! The server holds no private key and never decrypts.
 //!
 //! Two kinds of job share the threads, and are queued differently:
 //! - A DM key request has a client waiting for its reply. At most
 //!   `key_wrap_queue` of them wait; past that the client is told to try
 //!   later, as with password checks.
-//! - A room key rotation is never refused: refusing it would leave a member
-//!   who left holding the key of the room. It needs no bound of its own,
-//!   because the hub keeps at most one rotation per room in flight.
+//! - A room key rotation is never refused: the hub would have to retry it,
+//!   and meanwhile the room's members hold their sends. It needs no bound
+//!   of its own, because the hub keeps at most one rotation per room in
+//!   flight.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -170,17 +174,17 @@ fn serve(queue: &Mutex<Receiver<WrapRequest>>, waiting_requests: &AtomicUsize) {
 }
 
 /// Runs one job on this thread: a fresh key, wrapped with RSA-OAEP-SHA256
-/// and the job's label for every recipient, then zeroized.
+/// and each recipient's own label, then zeroized. A recipient whose wrap
+/// fails is left out (and logged); the hub then treats a rotation as failed.
 pub fn wrap_keys(job: &KeyWrapJob) -> KeyWrapOutcome {
     let mut rng = rand::rng();
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     rng.fill_bytes(&mut key[..]);
-    let label = job.key_use.oaep_label();
     let wrapped = job
         .recipients
         .iter()
         .filter_map(|recipient| {
-            let padding = Oaep::<Sha256>::new_with_label(label);
+            let padding = Oaep::<Sha256>::new_with_label(recipient.label.as_slice());
             match recipient.key.encrypt(&mut rng, padding, &key[..]) {
                 Ok(wrapped) => Some((recipient.conn, Bytes::from(wrapped))),
                 Err(err) => {
@@ -200,7 +204,8 @@ mod tests {
     use rsa::traits::PublicKeyParts;
 
     use super::*;
-    use parlor_core::{ConnId, KeyRecipient, KeyUse};
+    use parlor_core::{ConnId, KeyRecipient};
+    use parlor_proto::secure::{dm_key_label, room_key_label};
 
     /// Two 2048-bit keys, made once for all the tests here.
     fn private_keys() -> &'static [rsa::PrivateKey; 2] {
@@ -211,60 +216,90 @@ mod tests {
         })
     }
 
-    fn job(key_use: KeyUse, ticket: u64) -> KeyWrapJob {
+    /// The fingerprint standing for recipient `index`.
+    fn fingerprint(index: usize) -> [u8; 32] {
+        [index as u8 + 1; 32]
+    }
+
+    /// The label of recipient `index`'s wrap of room "r", incarnation 9,
+    /// `epoch`.
+    fn room_label(index: usize, epoch: u32) -> Vec<u8> {
+        room_key_label(b"r", 9, epoch, &fingerprint(index))
+    }
+
+    /// A job for both keys, each recipient labelled by `label`.
+    fn job(ticket: u64, label: impl Fn(usize) -> Vec<u8>) -> KeyWrapJob {
         let recipients = private_keys()
             .iter()
             .enumerate()
             .map(|(index, key)| KeyRecipient {
                 conn: ConnId(index as u64 + 1),
                 key: Arc::new(key.to_public_key()),
+                label: label(index),
             })
             .collect();
         KeyWrapJob {
             ticket,
-            key_use,
             recipients,
             requester: None,
         }
     }
 
-    fn unwrap(key_use: KeyUse, index: usize, wrapped: &[u8]) -> rsa::Result<Vec<u8>> {
-        let padding = Oaep::<Sha256>::new_with_label(key_use.oaep_label());
+    fn unwrap(index: usize, label: Vec<u8>, wrapped: &[u8]) -> rsa::Result<Vec<u8>> {
+        let padding = Oaep::<Sha256>::new_with_label(label);
         private_keys()[index].decrypt(padding, wrapped)
     }
 
     #[test]
-    fn every_recipient_unwraps_the_same_fresh_key_under_the_right_label() {
-        let KeyWrapOutcome::Wrapped(first) = wrap_keys(&job(KeyUse::Room, 1)) else {
+    fn every_recipient_unwraps_the_same_fresh_key_under_its_own_label_only() {
+        let KeyWrapOutcome::Wrapped(first) = wrap_keys(&job(1, |index| room_label(index, 3)))
+        else {
             panic!("wrapping failed")
         };
         assert_eq!(first.len(), 2);
         let size = private_keys()[0].size();
         assert!(first.iter().all(|(_, wrapped)| wrapped.len() == size));
-        let key = unwrap(KeyUse::Room, 0, &first[0].1).unwrap();
+        let key = unwrap(0, room_label(0, 3), &first[0].1).unwrap();
         assert_eq!(key.len(), KEY_LEN);
-        assert_eq!(unwrap(KeyUse::Room, 1, &first[1].1).unwrap(), key);
-        assert!(
-            unwrap(KeyUse::Dm, 0, &first[0].1).is_err(),
-            "a room key does not pass as a DM key"
-        );
-        let KeyWrapOutcome::Wrapped(second) = wrap_keys(&job(KeyUse::Room, 2)) else {
+        assert_eq!(unwrap(1, room_label(1, 3), &first[1].1).unwrap(), key);
+        let elsewhere = [
+            room_label(0, 4),
+            room_key_label(b"s", 9, 3, &fingerprint(0)),
+            room_key_label(b"r", 8, 3, &fingerprint(0)),
+            room_label(1, 3),
+            dm_key_label(3, &fingerprint(0), &fingerprint(1)),
+        ];
+        for label in elsewhere {
+            assert!(
+                unwrap(0, label.clone(), &first[0].1).is_err(),
+                "the wrap opens under no other room, incarnation, epoch, recipient or use: {label:?}"
+            );
+        }
+        let KeyWrapOutcome::Wrapped(second) = wrap_keys(&job(2, |index| room_label(index, 4)))
+        else {
             panic!("wrapping failed")
         };
-        assert_ne!(unwrap(KeyUse::Room, 0, &second[0].1).unwrap(), key);
+        assert_ne!(unwrap(0, room_label(0, 4), &second[0].1).unwrap(), key);
     }
 
     #[test]
     fn the_pool_answers_requests_and_rotations_and_refuses_requests_past_the_queue() {
+        let dm_label = |index: usize| dm_key_label(8, &fingerprint(index), &fingerprint(1 - index));
         let (pool, mut rotations) = KeyWrapPool::start(1, 1).unwrap();
-        pool.rotate(job(KeyUse::Room, 7));
+        pool.rotate(job(7, |index| room_label(index, 1)));
         // One thread and room for one waiting request: of three requests
         // submitted within microseconds, at least one finds the queue full.
-        let answers: Vec<_> = (0..3).map(|_| pool.submit(job(KeyUse::Dm, 8))).collect();
+        let answers: Vec<_> = (0..3).map(|_| pool.submit(job(8, dm_label))).collect();
         assert!(answers.iter().any(Result::is_err), "one request refused");
         for answer in answers.into_iter().flatten() {
             let outcome = answer.blocking_recv().unwrap();
-            assert!(matches!(outcome, KeyWrapOutcome::Wrapped(ref w) if w.len() == 2));
+            let KeyWrapOutcome::Wrapped(wrapped) = outcome else {
+                panic!("{outcome:?}")
+            };
+            assert_eq!(
+                unwrap(1, dm_label(1), &wrapped[1].1).unwrap().len(),
+                KEY_LEN
+            );
         }
         let rotated = rotations.blocking_recv().unwrap();
         assert_eq!(rotated.ticket, 7);
@@ -272,11 +307,11 @@ mod tests {
             panic!("rotation failed")
         };
         assert_eq!(
-            unwrap(KeyUse::Room, 1, &wrapped[1].1).unwrap().len(),
+            unwrap(1, room_label(1, 1), &wrapped[1].1).unwrap().len(),
             KEY_LEN
         );
         assert!(
-            pool.submit(job(KeyUse::Dm, 9)).is_ok(),
+            pool.submit(job(9, dm_label)).is_ok(),
             "the queue empties again"
         );
     }

@@ -24,6 +24,7 @@ use crate::password::PasswordPool;
 use parlor_core::{
     Action, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, PasswordJob, PasswordOutcome,
 };
+use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::FrameCodec;
 
 struct State {
@@ -124,6 +125,18 @@ impl Shared {
         conn
     }
 
+    /// Tells the hub that the connection runs over TLS, with this channel
+    /// binding (see [`Hub::channel_bound`]).
+    pub(crate) fn channel_bound(&self, conn: ConnId, binding: [u8; CHANNEL_BINDING_LEN]) {
+        self.lock().hub.channel_bound(conn, binding);
+    }
+
+    /// What the hub holds as the connection's channel binding.
+    #[cfg(test)]
+    pub(crate) fn channel_binding(&self, conn: ConnId) -> Option<[u8; CHANNEL_BINDING_LEN]> {
+        self.lock().hub.channel_binding(conn).copied()
+    }
+
     /// Feeds the bytes in `buffer` to the hub (see [`Hub::receive`]).
     pub(crate) fn feed(&self, conn: ConnId, buffer: &mut BytesMut) -> Fed {
         // The codec keeps no state between calls, so it is made here rather
@@ -158,9 +171,10 @@ impl Shared {
 
     /// Reports a finished key wrap job (a DM key or a rotation) to the hub.
     pub(crate) fn keys_wrapped(&self, ticket: u64, outcome: KeyWrapOutcome) -> Fed {
+        let now = self.clock.now();
         let mut state = self.lock();
         self.run_hub(&mut state, |hub, out| {
-            hub.keys_wrapped(ticket, outcome, out)
+            hub.keys_wrapped(ticket, outcome, now, out)
         })
     }
 

@@ -92,6 +92,8 @@ use crate::process::{self, CpuMeter};
 use crate::server_sample::ServerWatch;
 use crate::session::{BenchConnection, Setup};
 use crate::target::TargetArgs;
+use parlor_crypto::Identity;
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest};
 use parlor_proto::{ClientMessage, Frame};
 
@@ -112,8 +114,9 @@ struct TransferRun {
     meta: FileMeta,
     /// The whole `83` request.
     offer: Bytes,
-    /// The key every connection registered, as DER.
-    key: Bytes,
+    /// The identity every connection registers (one for all: the
+    /// server does not care, and only the sender signs).
+    identity: Arc<Identity>,
     sender_nick: String,
     room: String,
     files: u32,
@@ -159,7 +162,7 @@ pub(crate) async fn run(args: &TransferArgs) -> anyhow::Result<TransferReport> {
         pattern,
         meta,
         offer,
-        key: Bytes::copy_from_slice(identity.public_key_der()),
+        identity: Arc::new(identity),
         sender_nick,
         room: args.room.clone(),
         files: args.files,
@@ -275,14 +278,16 @@ async fn open(
     setup: &Setup,
     nick: &str,
     room: &str,
-    key: &Bytes,
+    identity: &Identity,
 ) -> anyhow::Result<BenchConnection> {
     setup
         .within_limits(async {
             let mut connection = BenchConnection::connect(setup.server()).await?;
             connection.register(nick).await?;
             connection.join(room).await?;
-            let register = ClientMessage::RegisterKey { key: key.clone() };
+            // Plain TCP, to a server that allows the extension there.
+            let registration = identity.registration(&PLAIN_CHANNEL_BINDING, nick.as_bytes());
+            let register = ClientMessage::RegisterKey(registration);
             connection.expect_ok(&register, "REGISTER_KEY").await?;
             Ok(connection)
         })

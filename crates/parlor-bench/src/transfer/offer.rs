@@ -1,11 +1,13 @@
 //! The file's offer: made and signed once before the run, and checked by
 //! every recipient as a real client checks one.
 //!
-//! The signature is PROTOCOL.md §14.6's, made and checked by
-//! `parlor_crypto::file` as `parlor client` makes and checks it: over the
-//! kind (a room file), the room, the sender's name and the file's
-//! description, so the bench's offers would verify in a real client and
-//! cost the recipients what a real client's check costs.
+//! The signature is the one `parlor_crypto::file` makes and checks as
+//! `parlor client` does: over the kind (a room file), the room, the
+//! sender's name and every relayed field of the file's description, so
+//! the bench's offers verify as a real client verifies them and cost the
+//! recipients what a real client's check costs. The bench's files travel
+//! unsealed in a plaintext room, so their offers carry no manifest (a real
+//! client sends no file unsealed).
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -14,7 +16,9 @@ use super::{TransferArgs, TransferRun};
 use crate::file_pattern::FilePattern;
 use parlor_crypto::envelope::Kind;
 use parlor_crypto::file::{sign_offer, verify_offer, OfferContext};
-use parlor_crypto::{Identity, PeerKey};
+use parlor_crypto::identity::SIGNATURE_LEN;
+use parlor_crypto::{Identity, PeerIdentity};
+use parlor_proto::secure::Identity as IdentityBlock;
 use parlor_proto::transfer::{FileMeta, NONCE_LEN};
 
 /// Size of every bench key. The server does not use it for files, so the
@@ -42,11 +46,12 @@ pub(super) fn prepare(
         flags: 0,
         key_id: 0,
         nonce,
-        digest: pattern.digest(),
-        signature: Bytes::new(),
+        manifest: Bytes::new(),
+        counter: 0,
+        signature: [0; SIGNATURE_LEN],
     };
     let place = room_offer(args.room.as_bytes(), sender.as_bytes());
-    meta.signature = Bytes::from(sign_offer(&identity, &place, &meta));
+    meta.signature = sign_offer(&identity, &place, &meta);
     Ok((identity, pattern, meta))
 }
 
@@ -62,12 +67,12 @@ fn room_offer<'a>(room: &'a [u8], sender: &'a [u8]) -> OfferContext<'a> {
 
 /// What is wrong with an offer as it reached a recipient, if anything: it
 /// must be the sender's offer, byte for byte, and its signature must
-/// verify, as a real client verifies it, with the key the server relayed
-/// and the room and sender the server named.
+/// verify, as a real client verifies it, with the identity the server
+/// relayed and the room and sender the server named.
 pub(super) fn offer_problem(
     run: &TransferRun,
     sender: &[u8],
-    sender_key: &[u8],
+    sender_identity: &IdentityBlock,
     room: &[u8],
     meta: &FileMeta,
 ) -> Option<String> {
@@ -80,12 +85,13 @@ pub(super) fn offer_problem(
             run.room
         ));
     }
-    if sender_key != run.key || *meta != run.meta {
+    if *sender_identity != run.identity.block(sender) || *meta != run.meta {
         return Some("the key or the file's description differs from what was sent".into());
     }
-    let verified = PeerKey::from_der(sender_key)
-        .and_then(|key| verify_offer(&key, &room_offer(room, sender), meta));
-    verified
+    let Ok(peer) = PeerIdentity::from_block(sender_identity, sender) else {
+        return Some("the sender's identity does not check out".into());
+    };
+    verify_offer(&peer, &room_offer(room, sender), meta)
         .is_err()
         .then(|| "the signature does not verify".into())
 }
@@ -110,7 +116,8 @@ mod tests {
     fn offers_verify_as_a_real_client_verifies_them() {
         let args = Command::parse_from(["transfer", "--size", "1000", "--chunk-bytes", "300"]).args;
         let (identity, pattern, meta) = prepare(&args, "u00000").unwrap();
-        let key = PeerKey::from_der(identity.public_key_der()).unwrap();
+        let block = identity.block(b"u00000");
+        let key = PeerIdentity::from_block(&block, b"u00000").unwrap();
         let client_check = |room: &[u8], sender: &[u8]| {
             let place = OfferContext {
                 kind: Kind::Room,
@@ -123,12 +130,11 @@ mod tests {
         assert!(client_check(b"other", b"u00000").is_err());
         assert!(client_check(b"files", b"u00001").is_err());
 
-        let der = Bytes::copy_from_slice(identity.public_key_der());
         let run = TransferRun {
             pattern,
             meta: meta.clone(),
             offer: Bytes::new(),
-            key: der.clone(),
+            identity: std::sync::Arc::new(identity),
             sender_nick: "u00000".into(),
             room: "files".into(),
             files: 1,
@@ -136,17 +142,20 @@ mod tests {
             verify_all: false,
             clock: BenchClock::start(),
         };
-        assert_eq!(offer_problem(&run, b"u00000", &der, b"files", &meta), None);
-        let problem = offer_problem(&run, b"u00001", &der, b"files", &meta).unwrap();
+        assert_eq!(
+            offer_problem(&run, b"u00000", &block, b"files", &meta),
+            None
+        );
+        let problem = offer_problem(&run, b"u00001", &block, b"files", &meta).unwrap();
         assert!(problem.starts_with("from u00001 in files"), "{problem}");
         let mut forged = meta.clone();
-        forged.signature = Bytes::from(vec![0; meta.signature.len()]);
+        forged.signature = [0; SIGNATURE_LEN];
         let run = TransferRun {
             meta: forged.clone(),
             ..run
         };
         assert_eq!(
-            offer_problem(&run, b"u00000", &der, b"files", &forged).as_deref(),
+            offer_problem(&run, b"u00000", &block, b"files", &forged).as_deref(),
             Some("the signature does not verify")
         );
     }

@@ -94,7 +94,7 @@ pub(super) async fn recipient_task(
     ready: mpsc::UnboundedSender<Result<(), String>>,
     mut phase: watch::Receiver<TransferPhase>,
 ) -> RecipientTally {
-    let mut connection = match open(&setup, &nick, &run.room, &run.key).await {
+    let mut connection = match open(&setup, &nick, &run.room, &run.identity).await {
         Ok(connection) => connection,
         Err(err) => {
             let _ = ready.send(Err(format!("{nick}: {err:#}")));
@@ -256,11 +256,12 @@ impl RecipientState {
             FileNotice::Offered {
                 id,
                 sender,
-                sender_key,
+                sender_identity,
                 room,
                 meta,
             } => {
-                if let Some(problem) = offer_problem(&run, &sender, &sender_key, &room, &meta) {
+                if let Some(problem) = offer_problem(&run, &sender, &sender_identity, &room, &meta)
+                {
                     self.tally
                         .failures
                         .push(format!("{}: offer {id}: {problem}", self.nick));

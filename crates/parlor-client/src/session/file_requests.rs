@@ -5,7 +5,8 @@
 //!
 //! Resume: when the connection drops, a file being received keeps its
 //! partial file, running hash, keys and resume token. After the next
-//! connection registers its key, the session sends FILE_RESUME for each;
+//! connection registers its key, the session sends FILE_RESUME for each,
+//! signed for this connection;
 //! the server resends what was not acknowledged (a chunk received whose
 //! ack was lost comes again, and is acknowledged again, not rewritten).
 
@@ -14,6 +15,7 @@ use std::time::Instant;
 use super::{no_key_text, ClientSession, InFlight, Output, Outputs, QueuedRequest};
 use crate::event::{show, Direction, UserEvent};
 use crate::transfer::{part_path, FileOp, InStage};
+use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::transfer::FileRequest;
 use parlor_proto::ClientMessage;
 
@@ -63,8 +65,14 @@ impl ClientSession {
                 let Some(token) = self.files.incoming.get(&id).and_then(|file| file.token) else {
                     return;
                 };
+                // The token alone is a bearer secret; the proof says that
+                // the original recipient holds it, on this connection.
+                let identity = self.identity.as_ref().expect("files need an identity");
+                let connection = self.connection.as_ref().expect("dispatching");
+                let binding = connection.channel_binding.unwrap_or(PLAIN_CHANNEL_BINDING);
+                let proof = identity.resume_proof(id, &token, &binding);
                 (
-                    FileRequest::Resume { id, token },
+                    FileRequest::Resume { id, token, proof },
                     InFlight::FileResume { id },
                 )
             }
@@ -94,7 +102,6 @@ impl ClientSession {
                     size: file.size,
                     room: file.room.clone(),
                     to: file.to.clone(),
-                    encrypted: file.keys.is_some(),
                     skipped: offering.skipped.iter().map(|name| show(name)).collect(),
                 });
                 self.files.outgoing.insert(id, file);

@@ -87,14 +87,14 @@ impl ClientSession {
             FileNotice::Offered {
                 id,
                 sender,
-                sender_key,
+                sender_identity,
                 room,
                 meta,
             } => {
                 let offer = Offer {
                     id,
                     sender,
-                    sender_key,
+                    sender_identity,
                     room,
                     meta,
                 };

@@ -1,13 +1,17 @@
 //! Receiving a file (PROTOCOL.md §14), from its offer (`83`) to the file
 //! saved under its name.
 //!
-//! An offer is checked before it is shown: the sender's signature, that the
-//! chunk count matches the size, and that a file in a secure room or to us
-//! alone is encrypted. Chunks must arrive in order; each is checked (MAC,
-//! then decryption, then its length), hashed, written to `NAME.part` and
-//! acknowledged. With the last chunk the SHA-256 of the whole must be the
-//! signed one; only then is the file moved into place. Any failure deletes
-//! the partial file, says so loudly and gives the file up (`8f`).
+//! An offer is checked before it is shown: the sender's identity and
+//! signature, that the chunk count matches the size, and that it is
+//! sealed (a file in clear is declined: nothing is received in clear).
+//! Once the file's key is here (at once, or by the time it is accepted),
+//! the offer's counter must be new under it, so a replayed offer fails,
+//! and the sealed manifest must open: it holds the file's SHA-256, which
+//! never travels in clear. Chunks must arrive in order; each is checked
+//! (MAC, then decryption, then its length), hashed, written to `NAME.part`
+//! and acknowledged. With the last chunk the SHA-256 of the whole must be
+//! the manifest's; only then is the file moved into place. Any failure
+//! deletes the partial file, says so loudly and gives the file up (`8f`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,26 +23,30 @@ use subtle::ConstantTimeEq;
 
 use super::{ClientSession, Output, Outputs, QueuedRequest};
 use crate::event::{show, UserEvent};
-use crate::transfer::{empty_digest, hex, safe_name, FileOp, InStage, InboundFile, KeySource};
+use crate::transfer::{
+    empty_digest, hex, safe_name, FileOp, InStage, InboundFile, KeySource, Unsealed,
+};
 use parlor_crypto::envelope::Kind;
 use parlor_crypto::file::{chunk_count, chunk_span, verify_offer, FileKeys, OfferContext};
-use parlor_crypto::PeerKey;
+use parlor_crypto::keyring::KeyRef;
+use parlor_crypto::PeerIdentity;
+use parlor_proto::secure::Identity as IdentityBlock;
 use parlor_proto::transfer::{FileMeta, FileRequest};
 
-/// What looking up the key of a file we receive found.
+/// What looking up the key of a file we receive came to.
 enum KeyLookup {
-    Found(Option<FileKeys>),
+    Found(Unsealed),
     /// Not (yet) here: a room key may still be on its way.
     Missing,
-    /// The DM key of that id belongs to someone other than the sender.
-    NotTheSenders,
+    /// The key is here, and the offer fails with it: `problem`.
+    Refused(&'static str),
 }
 
 /// A file offered to us (`83`), as its notice has it.
 pub(super) struct Offer {
     pub(super) id: u32,
     pub(super) sender: Bytes,
-    pub(super) sender_key: Bytes,
+    pub(super) sender_identity: IdentityBlock,
     /// Empty for a file to us alone.
     pub(super) room: Bytes,
     pub(super) meta: FileMeta,
@@ -49,57 +57,57 @@ impl ClientSession {
         let Offer {
             id,
             sender,
-            sender_key,
+            sender_identity,
             room,
             meta,
         } = offer;
-        let connection = self.connection.as_ref().expect("a frame arrived");
         let name = safe_name(&meta.name);
         let from = show(&sender);
         let room = (!room.is_empty()).then(|| room.to_vec());
-        let checked = check_offer(connection, &sender, &sender_key, room.as_deref(), &meta);
-        let (key, source) = match checked {
-            Ok(checked) => checked,
-            Err(problem) => {
+        // The server never offers one id twice: a second offer under it is
+        // a copy, and answering it would answer the first.
+        let copy = self.files.incoming.contains_key(&id);
+        let connection = self.connection.as_mut().expect("a frame arrived");
+        let checked = check_offer(
+            connection,
+            &sender,
+            &sender_identity,
+            room.as_deref(),
+            &meta,
+        );
+        let checked = checked.and_then(|(signer, source)| {
+            match unseal(connection, &source, &signer, &meta, now) {
+                KeyLookup::Refused(problem) => Err(problem),
+                KeyLookup::Found(unsealed) => Ok((signer, source, Some(unsealed))),
+                KeyLookup::Missing => Ok((signer, source, None)),
+            }
+        });
+        let (sender_identity, source, unsealed) = match checked {
+            Ok(checked) if !copy => checked,
+            failed => {
+                let problem = failed
+                    .err()
+                    .unwrap_or("it repeats an offer already made (a replay)");
+                let answer = if copy { "ignored" } else { "declined" };
                 out.event(UserEvent::FileFailed {
                     id,
                     name,
                     from,
-                    problem: format!("{problem}; the offer was declined"),
+                    problem: format!("{problem}; the offer was {answer}"),
                 });
-                let decline = QueuedRequest::FileDecision { id, accept: false };
-                return self.queue_file_request(decline, now, out);
+                if !copy {
+                    let decline = QueuedRequest::FileDecision { id, accept: false };
+                    self.queue_file_request(decline, now, out);
+                }
+                return;
             }
         };
-        let keys = match lookup_keys(connection, &source, &key, &meta) {
-            KeyLookup::Found(keys) => keys,
-            KeyLookup::Missing => None,
-            KeyLookup::NotTheSenders => {
-                out.event(UserEvent::FileFailed {
-                    id,
-                    name,
-                    from,
-                    problem: "it is sealed with a DM key not shared with its sender; the offer was declined".into(),
-                });
-                let decline = QueuedRequest::FileDecision { id, accept: false };
-                return self.queue_file_request(decline, now, out);
-            }
-        };
-        let encrypted = meta.encrypted();
-        if !encrypted {
-            out.event(UserEvent::Warning {
-                text: format!(
-                    "file {id} '{name}' from {from} is not encrypted: the server and anyone on the path can read it."
-                ),
-            });
-        }
         out.event(UserEvent::FileOffered {
             id,
             from,
             room: room.as_deref().map(show),
             name: name.clone(),
             size: meta.size,
-            encrypted,
         });
         self.files.incoming.insert(
             id,
@@ -108,8 +116,8 @@ impl ClientSession {
                 name,
                 meta,
                 source,
-                sender_key: key,
-                keys,
+                sender: sender_identity,
+                unsealed,
                 stage: InStage::Offered,
                 token: None,
                 part: None,
@@ -130,7 +138,7 @@ impl ClientSession {
         if !self.files_possible(out) {
             return;
         }
-        let connection = self.connection.as_ref().expect("checked");
+        let connection = self.connection.as_mut().expect("checked");
         let Some(file) = self
             .files
             .incoming
@@ -139,18 +147,17 @@ impl ClientSession {
         else {
             return out.error(&format!("No file {id} is waiting for your answer."));
         };
-        if accept && file.keys.is_none() && file.source != KeySource::Plaintext {
-            match lookup_keys(connection, &file.source, &file.sender_key, &file.meta) {
-                KeyLookup::Found(keys) => file.keys = keys,
+        if accept && file.unsealed.is_none() {
+            match unseal(connection, &file.source, &file.sender, &file.meta, now) {
+                KeyLookup::Found(unsealed) => file.unsealed = Some(unsealed),
                 KeyLookup::Missing => {
                     let text = format!(
                         "Cannot open file {id} yet: the key it is sealed with has not arrived. Try again in a moment."
                     );
                     return out.error(&text);
                 }
-                KeyLookup::NotTheSenders => {
-                    let text = "it is sealed with a DM key not shared with its sender";
-                    return self.integrity_failure(id, text, now, out);
+                KeyLookup::Refused(problem) => {
+                    return self.integrity_failure(id, problem, now, out)
                 }
             }
         }
@@ -183,16 +190,17 @@ impl ClientSession {
             return self.integrity_failure(id, &text, now, out);
         }
         let meta = &file.meta;
-        let plaintext = match &file.keys {
-            Some(keys) => match keys.open_chunk(index, meta.chunk_count, &data) {
-                Ok(plaintext) => Bytes::copy_from_slice(&plaintext),
-                Err(_) => {
-                    let text = format!("chunk {index} failed its integrity check (MAC)");
-                    return self.integrity_failure(id, &text, now, out);
-                }
-            },
-            None if file.source == KeySource::Plaintext => data,
-            None => unreachable!("accepted only with its keys"),
+        let keys = &file
+            .unsealed
+            .as_ref()
+            .expect("accepted only with its keys")
+            .keys;
+        let plaintext = match keys.open_chunk(index, meta.chunk_count, &data) {
+            Ok(plaintext) => Bytes::copy_from_slice(&plaintext),
+            Err(_) => {
+                let text = format!("chunk {index} failed its integrity check (MAC)");
+                return self.integrity_failure(id, &text, now, out);
+            }
         };
         let (offset, len) = chunk_span(meta.size, meta.chunk_size, index);
         if plaintext.len() != len {
@@ -245,8 +253,13 @@ impl ClientSession {
         let file = self.files.incoming.get_mut(&id).expect("caller checked");
         let digest: [u8; 32] = file.hasher.clone().finalize().into();
         debug_assert!(file.meta.size != 0 || digest == empty_digest());
-        if !bool::from(digest.ct_eq(&file.meta.digest)) {
-            let text = "the file's SHA-256 is not the one its sender signed";
+        let sealed = &file
+            .unsealed
+            .as_ref()
+            .expect("received only with its keys")
+            .digest;
+        if !bool::from(digest.ct_eq(sealed)) {
+            let text = "the file's SHA-256 is not the one its sender sealed in the offer";
             return self.integrity_failure(id, text, now, out);
         }
         file.stage = InStage::Saving;
@@ -278,7 +291,7 @@ impl ClientSession {
                     name: file.name,
                     path: path.display().to_string(),
                     size: file.meta.size,
-                    sha256: hex(&file.meta.digest),
+                    sha256: hex(&file.unsealed.as_ref().expect("saved only verified").digest),
                 }),
                 Err(err) => {
                     if let Some(part) = file.part {
@@ -360,18 +373,19 @@ impl ClientSession {
 }
 
 /// Checks an offer before it is shown: who signed it, that its numbers add
-/// up, and that it is encrypted where it must be. Returns the sender's key
-/// and where the file's key comes from.
+/// up, and that it is sealed (nothing is received in clear). Returns the
+/// signer and where the file's key comes from.
 fn check_offer(
     connection: &super::ConnectionState,
     sender: &[u8],
-    sender_key: &[u8],
+    identity: &IdentityBlock,
     room: Option<&[u8]>,
     meta: &FileMeta,
-) -> Result<(PeerKey, KeySource), &'static str> {
-    let key = PeerKey::from_der(sender_key).map_err(|_| "the sender's key is unusable")?;
-    if let Some(known) = connection.keyring.peer(sender) {
-        if !known.same_key(&key) {
+) -> Result<(PeerIdentity, KeySource), &'static str> {
+    let signer = PeerIdentity::from_block(identity, sender)
+        .map_err(|_| "the sender's identity does not check out")?;
+    if let Some((known, _)) = connection.keyring.peer(sender) {
+        if known.fingerprint() != signer.fingerprint() {
             return Err("it is signed with a key that is not the one the sender registered");
         }
     }
@@ -387,53 +401,70 @@ fn check_offer(
             sender,
         },
     };
-    verify_offer(&key, &place, meta).map_err(|_| "its signature does not verify")?;
+    verify_offer(&signer, &place, meta).map_err(|_| "its signature does not verify")?;
     if chunk_count(meta.size, meta.chunk_size) != Some(meta.chunk_count) {
         return Err("its chunk count does not match its size");
     }
+    if !meta.encrypted() {
+        return Err("it is not encrypted");
+    }
     let source = match room {
-        _ if meta.encrypted() => match room {
-            Some(room) => KeySource::Room {
-                room: room.to_vec(),
-                epoch: meta.key_id,
-            },
-            None => KeySource::Dm {
-                key_id: meta.key_id,
-            },
+        Some(room) => KeySource::Room {
+            room: room.to_vec(),
+            epoch: meta.key_id,
         },
-        None => return Err("it is sent to you alone, unencrypted"),
-        Some(room) => {
-            let secure_room = connection
-                .room
-                .as_ref()
-                .is_some_and(|current| current.name == room && current.secure);
-            if secure_room {
-                return Err("it is sent unencrypted in an encrypted room");
-            }
-            KeySource::Plaintext
-        }
+        None => KeySource::Dm {
+            key_id: meta.key_id,
+        },
     };
-    Ok((key, source))
+    Ok((signer, source))
 }
 
-/// The chunk keys of a file we receive, if its issued key is here.
-fn lookup_keys(
-    connection: &super::ConnectionState,
+/// With the file's issued key, if it is here: the offer's counter must be
+/// new under it (a replayed offer fails here, as a replayed message
+/// would), and the manifest must open and name the offered size.
+fn unseal(
+    connection: &mut super::ConnectionState,
     source: &KeySource,
-    sender: &PeerKey,
+    signer: &PeerIdentity,
     meta: &FileMeta,
+    now: Instant,
 ) -> KeyLookup {
-    let issued = match source {
-        KeySource::Plaintext => return KeyLookup::Found(None),
-        KeySource::Room { room, epoch } => connection.keyring.room_key(room, *epoch),
+    let (key, issued) = match source {
+        KeySource::Room { room, epoch } => {
+            let key = KeyRef::Room {
+                room,
+                epoch: *epoch,
+            };
+            (key, connection.keyring.room_key(room, *epoch, now).cloned())
+        }
         KeySource::Dm { key_id } => match connection.keyring.dm_key(*key_id) {
-            Some((peer, _)) if !peer.same_key(sender) => return KeyLookup::NotTheSenders,
-            Some((_, key)) => Some(key),
-            None => None,
+            Some((peer, _)) if peer.fingerprint() != signer.fingerprint() => {
+                return KeyLookup::Refused("it is sealed with a DM key not shared with its sender")
+            }
+            found => (
+                KeyRef::Dm { key_id: *key_id },
+                found.map(|(_, key)| key.clone()),
+            ),
         },
     };
-    match issued {
-        Some(issued) => KeyLookup::Found(Some(FileKeys::derive(issued, &meta.nonce))),
-        None => KeyLookup::Missing,
+    let Some(issued) = issued else {
+        return KeyLookup::Missing;
+    };
+    let keys = FileKeys::derive(&issued, &meta.nonce);
+    let Ok((digest, size)) = keys.open_manifest(&meta.manifest) else {
+        return KeyLookup::Refused("its manifest does not open with the file's key");
+    };
+    if size != meta.size {
+        return KeyLookup::Refused("its manifest names another size than its offer");
     }
+    let signer = signer.fingerprint();
+    if connection
+        .keyring
+        .accept_counter(key, signer, meta.counter, now)
+        .is_err()
+    {
+        return KeyLookup::Refused("it repeats an offer already made (a replay)");
+    }
+    KeyLookup::Found(Unsealed { keys, digest })
 }

@@ -2,7 +2,8 @@
 //!
 //! `\file send` asks the shell to hash the file; the hashed file waits its
 //! turn as a request, and is sealed and signed when it goes out, under the
-//! room key (or DM key) current then. Once everyone has answered (`85`),
+//! room key (or DM key) current then: its SHA-256 and size go in the
+//! sealed manifest, and the offer takes the next counter under that key. Once everyone has answered (`85`),
 //! the session asks the shell for chunks up to the window, seals each as it
 //! is read and sends it, and asks for more as `8d` moves the window;
 //! FILE_DONE goes after the last chunk. A chunk that cannot be read, or
@@ -21,6 +22,7 @@ use crate::transfer::{
 };
 use parlor_crypto::envelope::Kind;
 use parlor_crypto::file::{chunk_count, chunk_span, sign_offer, FileKeys, OfferContext};
+use parlor_crypto::identity::SIGNATURE_LEN;
 use parlor_proto::transfer::{
     encode_chunk, opcode, FileMeta, FileRequest, FILE_FLAG_ENCRYPTED, NONCE_LEN,
 };
@@ -110,7 +112,8 @@ impl ClientSession {
     }
 
     /// Seals and signs the offer under the key current now, and sends it;
-    /// to a user we share no DM key with, asks for one first.
+    /// to a user we share no DM key with, asks for one first. Files go
+    /// only sealed: there is no file in clear.
     pub(super) fn start_file_offer(
         &mut self,
         file: PreparedFile,
@@ -123,43 +126,39 @@ impl ClientSession {
         let identity = self.identity.as_ref().expect("checked");
         let connection = self.connection.as_mut().expect("checked");
         let shown_name = show(&file.name);
-        let (kind, context, issued, key_id, room) = match &file.target {
+        let (kind, context, send_key, room) = match &file.target {
             None => {
-                let Some(room) = &connection.room else {
-                    return out.error(
-                        "You are not in a room: \\file send PATH USER sends a file to one user.",
-                    );
+                let Some(room) = connection.room.as_ref().filter(|room| room.secure) else {
+                    return out.error(&format!(
+                        "'{shown_name}' was not offered: files go only sealed, and you are in no end-to-end encrypted room (\\file send PATH USER sends a file to one user)."
+                    ));
                 };
-                if room.secure {
-                    let current = connection.keyring.room_epoch(&room.name).and_then(|epoch| {
-                        let key = connection.keyring.room_key(&room.name, epoch)?;
-                        Some((epoch, key.clone()))
-                    });
-                    let Some((epoch, key)) = current else {
-                        let text = format!(
-                            "The key of room '{}' has not arrived yet; '{shown_name}' was not offered. Try again in a moment.",
-                            show(&room.name)
-                        );
-                        return out.error(&text);
-                    };
-                    let name = room.name.clone();
-                    (Kind::Room, name.clone(), Some(key), epoch, Some(name))
-                } else {
-                    let name = room.name.clone();
-                    out.push(Output::Event(UserEvent::Warning {
-                        text: format!(
-                            "room '{}' is not end-to-end encrypted: '{shown_name}' is sent unencrypted, and the server and anyone on the path can read it.",
+                let name = room.name.clone();
+                match connection.keyring.room_send_key(&name) {
+                    Ok(key) => (Kind::Room, name.clone(), key, Some(name)),
+                    Err(err) => {
+                        return out.error(&format!(
+                            "'{shown_name}' was not offered: {err} for room '{}'. Try again in a moment.",
                             show(&name)
-                        ),
-                    }));
-                    (Kind::Room, name.clone(), None, 0, Some(name))
+                        ));
+                    }
                 }
             }
             Some(target) => {
                 if *target == connection.name {
                     return out.error("You cannot send a file to yourself.");
                 }
-                let Some(key_id) = connection.keyring.dm_key_id(target) else {
+                if connection
+                    .keyring
+                    .peer(target)
+                    .is_some_and(|(_, trust)| !trust.verified())
+                {
+                    return out.error(&format!(
+                        "'{shown_name}' was not offered: '{}' has a different key than before; compare fingerprints (\\whois) and \\trust them first.",
+                        show(target)
+                    ));
+                }
+                let Ok(key) = connection.keyring.dm_send_key(target) else {
                     // Ask for a key first; the offer goes out after the reply.
                     let request = ClientMessage::DmKeyRequest {
                         target: Bytes::from(target.clone()),
@@ -167,41 +166,31 @@ impl ClientSession {
                     connection.pending = Some(InFlight::FileDmKey(Box::new(file)));
                     return self.send(&request, now, out);
                 };
-                let (_, key) = connection.keyring.dm_key(key_id).expect("held");
-                (
-                    Kind::Direct,
-                    target.clone(),
-                    Some(key.clone()),
-                    key_id,
-                    None,
-                )
+                (Kind::Direct, target.clone(), key, None)
             }
         };
         let chunk_size = self.files.settings.chunk_size;
         let mut nonce = [0; NONCE_LEN];
         rand::fill(&mut nonce);
-        let keys = issued.map(|issued| FileKeys::derive(&issued, &nonce));
+        let keys = FileKeys::derive(&send_key.issued, &nonce);
         let mut meta = FileMeta {
             name: Bytes::from(file.name.clone()),
             size: file.size,
             chunk_size,
             chunk_count: chunk_count(file.size, chunk_size).expect("checked when hashed"),
-            flags: if keys.is_some() {
-                FILE_FLAG_ENCRYPTED
-            } else {
-                0
-            },
-            key_id,
+            flags: FILE_FLAG_ENCRYPTED,
+            key_id: send_key.key_id,
             nonce,
-            digest: file.digest,
-            signature: Bytes::new(),
+            manifest: Bytes::copy_from_slice(&keys.seal_manifest(&file.digest, file.size)),
+            counter: send_key.counter,
+            signature: [0; SIGNATURE_LEN],
         };
         let place = OfferContext {
             kind,
             context: &context,
             sender: &connection.name,
         };
-        meta.signature = sign_offer(identity, &place, &meta).into();
+        meta.signature = sign_offer(identity, &place, &meta);
         let outgoing = OutboundFile {
             name: safe_name(&file.name),
             path: file.path,
@@ -210,7 +199,7 @@ impl ClientSession {
             size: meta.size,
             chunk_size,
             chunk_count: meta.chunk_count,
-            digest: meta.digest,
+            digest: file.digest,
             keys,
             stage: OutStage::Offered,
             recipients: Vec::new(),
@@ -337,11 +326,8 @@ impl ClientSession {
             }
             Ok(data) => data,
         };
-        let sealed = match &file.keys {
-            Some(keys) => &keys.seal_chunk(index, file.chunk_count, &data)[..],
-            None => &data[..],
-        };
-        let frame = encode_chunk(opcode::FILE_CHUNK, id, index, sealed);
+        let sealed = file.keys.seal_chunk(index, file.chunk_count, &data);
+        let frame = encode_chunk(opcode::FILE_CHUNK, id, index, &sealed);
         *sent += 1;
         let last = *sent == file.chunk_count;
         if last {

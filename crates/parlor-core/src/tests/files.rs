@@ -9,15 +9,13 @@ use parlor_proto::{FrameCodec, MAX_CLIENT_PAYLOAD};
 impl Harness {
     /// Connection `id`, secure (when `secure`), named `name`, in `room`.
     fn member(&mut self, id: u64, name: &str, room: &str, secure: bool) -> ConnId {
-        let conn = self.connected(id);
-        if secure {
-            let key = public_key_der(2048, id as u8);
-            assert_eq!(
-                sent(&self.send(conn, ClientMessage::RegisterKey { key })),
-                [(conn, ok())]
-            );
-        }
-        self.nick(conn, name);
+        let conn = if secure {
+            self.secure(id, name)
+        } else {
+            let conn = self.connected(id);
+            self.nick(conn, name);
+            conn
+        };
         self.join(conn, room, "");
         self.finish_rotations();
         conn
@@ -36,8 +34,9 @@ impl Harness {
             flags: 1,
             key_id: 1,
             nonce: [1; 16],
-            digest: [2; 32],
-            signature: bytes("signature"),
+            manifest: bytes("sealed manifest"),
+            counter: 1,
+            signature: [3; 64],
         };
         let request = FileRequest::Offer {
             target: bytes(target),
@@ -89,8 +88,9 @@ fn a_room_offer_goes_to_secure_members_and_names_the_legacy_ones_skipped() {
         to,
         ServerMessage::File(FileNotice::Offered {
             sender,
-            sender_key,
+            sender_identity,
             room,
+            meta,
             ..
         }),
     ) = &messages[2]
@@ -102,9 +102,14 @@ fn a_room_offer_goes_to_secure_members_and_names_the_legacy_ones_skipped() {
         (bob, &b"alice"[..], &b"open"[..])
     );
     assert_eq!(
-        *sender_key,
-        public_key_der(2048, 1),
-        "the key alice registered"
+        *sender_identity,
+        identity(1).block(b"alice"),
+        "the identity alice registered"
+    );
+    assert_eq!(
+        (&meta.manifest[..], meta.counter, meta.signature),
+        (&b"sealed manifest"[..], 1, [3; 64]),
+        "relayed as sent"
     );
     assert!(
         sent(&out).iter().all(|(to, _)| *to != lee),
@@ -174,13 +179,7 @@ fn a_room_offer_outside_a_room_shouts_into_the_void_and_offers_are_rate_limited(
         ..defaults
     };
     let mut h = Harness::with(config);
-    let alice = h.connected(1);
-    h.send(
-        alice,
-        ClientMessage::RegisterKey {
-            key: public_key_der(2048, 1),
-        },
-    );
+    let alice = h.secure(1, "alice");
     assert_eq!(
         decoded(&h.offer(alice, "", 10)),
         [(alice, error(text::VOID))]
@@ -325,8 +324,9 @@ fn files_in_a_secure_room_must_be_sealed() {
         flags: 0,
         key_id: 0,
         nonce: [0; 16],
-        digest: [0; 32],
-        signature: bytes("signature"),
+        manifest: Bytes::new(),
+        counter: 1,
+        signature: [0; 64],
     };
     let offer = FileRequest::Offer {
         target: Bytes::new(),
@@ -337,4 +337,66 @@ fn files_in_a_secure_room_must_be_sealed() {
         decoded(&h.file(alice, offer)),
         [(alice, error(text::FILE_NOT_SEALED))]
     );
+}
+
+/// The token `conn` got when it accepted transfer 1.
+fn token_of(out: &[Action], conn: ConnId) -> [u8; 16] {
+    decoded(out)
+        .into_iter()
+        .find_map(|(to, message)| match message {
+            ServerMessage::File(FileNotice::Accepted { token, .. }) if to == conn => Some(token),
+            _ => None,
+        })
+        .expect("an accept answered with a token")
+}
+
+#[test]
+fn only_the_recipients_own_key_on_this_connection_resumes_its_file() {
+    let mut h = Harness::with_defaults();
+    let alice = h.member(1, "alice", "vault", true);
+    let bob = h.member(2, "bob", "vault", true);
+    let carol = h.member(3, "carol", "vault", true);
+    // Mallory takes no part in the transfer.
+    let mallory = h.member(5, "mallory", "lobby", true);
+    h.offer(alice, "", 250_000);
+    let accept = FileRequest::Decision {
+        id: 1,
+        accept: true,
+    };
+    let token = token_of(&h.file(bob, accept.clone()), bob);
+    h.file(carol, accept);
+    h.disconnect(bob);
+    // Bob is back on a new TLS connection, under a new name.
+    let new_bob = h.connected(12);
+    h.hub.channel_bound(new_bob, binding(12));
+    h.nick(new_bob, "bobby");
+    let register = identity(2).register(b"bobby", &binding(12));
+    assert_eq!(sent(&h.send(new_bob, register)), [(new_bob, ok())]);
+    let refused = |h: &mut Harness, conn, resume| {
+        assert_eq!(
+            decoded(&h.send(conn, resume)),
+            [(conn, error(text::RESUME_PROOF_FAILED))]
+        );
+    };
+    // The token alone, with a proof by another key (mallory saw the token
+    // go by): refused, however well mallory signs.
+    refused(&mut h, mallory, identity(5).resume(1, token, &binding(5)));
+    // Bob's key, but over another connection's binding (a proof replayed
+    // from elsewhere), or over another transfer or token.
+    refused(&mut h, new_bob, identity(2).resume(1, token, &binding(2)));
+    let mut other_token = token;
+    other_token[0] ^= 1;
+    let forged = match identity(2).resume(1, other_token, &binding(12)) {
+        ClientMessage::File(FileRequest::Resume { proof, .. }) => proof,
+        other => unreachable!("{other:?}"),
+    };
+    let mismatched = FileRequest::Resume {
+        id: 1,
+        token,
+        proof: forged,
+    };
+    refused(&mut h, new_bob, ClientMessage::File(mismatched));
+    // Bob's key over this connection: resumed.
+    let out = h.send(new_bob, identity(2).resume(1, token, &binding(12)));
+    assert_eq!(decoded(&out)[0], (new_bob, okay()));
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
-use parlor_proto::transfer::{FileMeta, FileNotice, DIGEST_LEN, FILE_FLAG_ENCRYPTED, NONCE_LEN};
+use parlor_proto::transfer::{FileMeta, FileNotice, FILE_FLAG_ENCRYPTED, NONCE_LEN};
 use parlor_proto::{Frame, ServerMessage};
 
 const SENDER: ConnId = ConnId(1);
@@ -36,13 +36,37 @@ fn meta(size: u64) -> FileMeta {
         flags: FILE_FLAG_ENCRYPTED,
         key_id: 1,
         nonce: [7; NONCE_LEN],
-        digest: [9; DIGEST_LEN],
-        signature: Bytes::from_static(b"sig"),
+        manifest: Bytes::from_static(&[9; 96]),
+        counter: 1,
+        signature: [3; 64],
     }
 }
 
 fn name(conn: ConnId) -> Bytes {
     Bytes::from(format!("user{}", conn.0))
+}
+
+/// The fingerprint of the user first connected as `conn`.
+fn fingerprint(conn: ConnId) -> Fingerprint {
+    [conn.0 as u8; 32]
+}
+
+fn invited(conn: ConnId) -> OfferRecipient {
+    OfferRecipient {
+        conn,
+        name: name(conn),
+        fingerprint: fingerprint(conn),
+    }
+}
+
+/// A sender's identity block; the transfer relays it untouched.
+fn sender_identity() -> Identity {
+    Identity {
+        signing_key: [1; 32],
+        rsa_der: Bytes::from_static(b"DER"),
+        key_binding: [2; 64],
+        name_proof: [3; 64],
+    }
 }
 
 /// What was sent, decoded: (recipient, message).
@@ -143,9 +167,9 @@ impl Fixture {
         let offer = Offer {
             sender: SENDER,
             sender_name: name(SENDER),
-            sender_key: Bytes::from_static(b"DER"),
+            sender_identity: sender_identity(),
             room: Some(Bytes::from_static(b"lobby")),
-            recipients: recipients.iter().map(|&conn| (conn, name(conn))).collect(),
+            recipients: recipients.iter().map(|&conn| invited(conn)).collect(),
             skipped: vec![Bytes::from_static(b"lee")],
             meta: meta(size),
             window,
@@ -681,7 +705,7 @@ fn a_reconnected_recipient_resumes_with_the_chunks_it_lacks() {
     // it, and nothing is dropped.
     bench.chunk(2);
     let new_bob = ConnId(12);
-    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, now, out));
+    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, &fingerprint(BOB), now, out));
     assert_eq!(decoded(&out)[0], (new_bob, ok()));
     assert_eq!(
         chunks(&out),
@@ -702,13 +726,22 @@ fn resume_needs_the_right_token_and_a_detached_recipient() {
     let mut wrong = token;
     wrong[0] ^= 1;
     let intruder = ConnId(13);
-    let out = bench.run(|t, now, out| t.resume(intruder, 1, &wrong, now, out));
+    let out = bench.run(|t, now, out| t.resume(intruder, 1, &wrong, &fingerprint(BOB), now, out));
     assert_eq!(decoded(&out), [(intruder, error("No file 1 to resume."))]);
-    let out = bench.run(|t, now, out| t.resume(intruder, 2, &token, now, out));
+    let out = bench.run(|t, now, out| t.resume(intruder, 2, &token, &fingerprint(BOB), now, out));
     assert_eq!(decoded(&out), [(intruder, error("No file 2 to resume."))]);
-    let out = bench.run(|t, now, out| t.resume(SENDER, 1, &token, now, out));
+    let out = bench.run(|t, now, out| t.resume(SENDER, 1, &token, &fingerprint(BOB), now, out));
     assert_eq!(decoded(&out), [(SENDER, error("No file 1 to resume."))]);
+    // The right token from someone else's key: the token alone proves
+    // nothing.
+    let out = bench.run(|t, now, out| t.resume(intruder, 1, &token, &fingerprint(CAROL), now, out));
+    assert_eq!(
+        decoded(&out),
+        [(intruder, error(parlor_proto::text::RESUME_PROOF_FAILED))]
+    );
     assert!(bench.active());
+    let out = bench.run(|t, now, out| t.resume(intruder, 1, &token, &fingerprint(BOB), now, out));
+    assert_eq!(decoded(&out)[0], (intruder, ok()), "bob's own key resumes");
 }
 
 #[test]
@@ -719,12 +752,12 @@ fn resume_after_the_window_moved_on_is_refused_cleanly() {
     bench.chunk(2);
     bench.ack(CAROL, 2);
     let new_bob = ConnId(12);
-    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, now, out));
+    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, &fingerprint(BOB), now, out));
     assert_eq!(
         decoded(&out),
         [(new_bob, error("File 1 cannot be resumed: chunks you lack were already dropped. Ask the sender to send it again."))]
     );
-    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, now, out));
+    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, &fingerprint(BOB), now, out));
     assert_eq!(
         decoded(&out),
         [(new_bob, error("No file 1 to resume."))],
@@ -898,9 +931,9 @@ fn offer_to_bob(sender: ConnId) -> Offer {
     Offer {
         sender,
         sender_name: name(sender),
-        sender_key: Bytes::new(),
+        sender_identity: sender_identity(),
         room: None,
-        recipients: vec![(BOB, name(BOB))],
+        recipients: vec![invited(BOB)],
         skipped: Vec::new(),
         meta: meta(2500),
         window: 4,
@@ -985,7 +1018,7 @@ fn a_resume_from_a_new_connection_takes_over_before_the_old_one_is_noticed_gone(
     bench.chunk(1);
     bench.ack(BOB, 0);
     let new_bob = ConnId(12);
-    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, now, out));
+    let out = bench.run(|t, now, out| t.resume(new_bob, 1, &token, &fingerprint(BOB), now, out));
     assert_eq!(decoded(&out)[0], (new_bob, ok()));
     assert_eq!(chunks(&out), [(new_bob, 1)]);
     assert_eq!(

@@ -10,6 +10,7 @@ use super::*;
 use crate::event::Direction;
 use crate::transfer::{FileOp, FileSettings};
 use parlor_crypto::file::{sign_offer, verify_offer, FileKeys, OfferContext};
+use parlor_crypto::identity::SIGNATURE_LEN;
 use parlor_crypto::Kind as EnvelopeKind;
 use parlor_proto::transfer::{EndReason, FileMeta, FileNotice, FileRequest, FILE_FLAG_ENCRYPTED};
 
@@ -32,10 +33,7 @@ fn alice_in_vault(bob: &Peer) -> Alice {
         .with_file_settings(settings());
     alice.join("vault", true);
     alice.secure(room_key_for_alice("vault", 1, &ROOM_KEY));
-    alice.secure(SecureMessage::PeerKey {
-        name: "bob".into(),
-        key: bob.key_der(),
-    });
+    alice.peer_key(bob, "bob", "");
     alice
 }
 
@@ -130,59 +128,61 @@ fn digest(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// Bob's offer of `data` as `name`, signed by him, sealed under the room
-/// key when `encrypted`; with the keys to seal its chunks.
-fn bob_offers(
+/// Bob's offer of `data` as `name` in vault, sealed under `key` of epoch
+/// `key_id`, with his counter `counter`; with the keys to seal its chunks.
+fn bob_offers_under(
     bob: &Peer,
     name: &str,
     data: &[u8],
-    encrypted: bool,
-) -> (FileMeta, Option<FileKeys>) {
+    (key_id, key): (u32, &[u8; 32]),
+    counter: u64,
+) -> (FileMeta, FileKeys) {
     let nonce = [3; 16];
+    let keys = FileKeys::derive(key, &nonce);
     let mut meta = FileMeta {
         name: Bytes::copy_from_slice(name.as_bytes()),
         size: data.len() as u64,
         chunk_size: CHUNK,
         chunk_count: data.len().div_ceil(CHUNK as usize) as u32,
-        flags: if encrypted { FILE_FLAG_ENCRYPTED } else { 0 },
-        key_id: if encrypted { 1 } else { 0 },
+        flags: FILE_FLAG_ENCRYPTED,
+        key_id,
         nonce,
-        digest: digest(data),
-        signature: Bytes::new(),
+        manifest: Bytes::copy_from_slice(&keys.seal_manifest(&digest(data), data.len() as u64)),
+        counter,
+        signature: [0; SIGNATURE_LEN],
     };
+    sign_in_vault(bob, &mut meta);
+    (meta, keys)
+}
+
+/// [`bob_offers_under`] the room key of epoch 1, counter 1.
+fn bob_offers(bob: &Peer, name: &str, data: &[u8]) -> (FileMeta, FileKeys) {
+    bob_offers_under(bob, name, data, (1, &ROOM_KEY), 1)
+}
+
+fn sign_in_vault(bob: &Peer, meta: &mut FileMeta) {
     let place = OfferContext {
         kind: EnvelopeKind::Room,
         context: b"vault",
         sender: b"bob",
     };
-    meta.signature = sign_offer(&bob.identity, &place, &meta).into();
-    let keys = encrypted.then(|| FileKeys::derive(&ROOM_KEY, &nonce));
-    (meta, keys)
+    meta.signature = sign_offer(bob.identity, &place, meta);
 }
 
 fn offered(bob: &Peer, id: u32, room: &str, meta: FileMeta) -> FileNotice {
     FileNotice::Offered {
         id,
         sender: "bob".into(),
-        sender_key: bob.key_der(),
+        sender_identity: bob.identity.block(b"bob"),
         room: Bytes::copy_from_slice(room.as_bytes()),
         meta,
     }
 }
 
-fn chunk_of(
-    meta: &FileMeta,
-    keys: Option<&FileKeys>,
-    data: &[u8],
-    id: u32,
-    index: u32,
-) -> FileNotice {
+fn chunk_of(meta: &FileMeta, keys: &FileKeys, data: &[u8], id: u32, index: u32) -> FileNotice {
     let start = (index * CHUNK) as usize;
     let plain = &data[start..(start + CHUNK as usize).min(data.len())];
-    let data = match keys {
-        Some(keys) => keys.seal_chunk(index, meta.chunk_count, plain).into(),
-        None => Bytes::copy_from_slice(plain),
-    };
+    let data = keys.seal_chunk(index, meta.chunk_count, plain).into();
     FileNotice::Chunk { id, index, data }
 }
 
@@ -247,14 +247,23 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
         (50, CHUNK, 4)
     );
     assert_eq!((meta.flags, meta.key_id), (FILE_FLAG_ENCRYPTED, 1));
-    assert_eq!(meta.digest, digest(&data));
     let place = OfferContext {
         kind: EnvelopeKind::Room,
         context: b"vault",
         sender: b"alice",
     };
-    assert_eq!(verify_offer(&kat::peer_key(), &place, meta), Ok(()));
+    assert_eq!(verify_offer(&kat::peer(), &place, meta), Ok(()));
     let keys = FileKeys::derive(&ROOM_KEY, &meta.nonce);
+    // The digest travels only sealed, and the offer takes alice's first
+    // counter under the room key.
+    assert_eq!(keys.open_manifest(&meta.manifest), Ok((digest(&data), 50)));
+    let offer_bytes = ClientMessage::File(sent_files(&outputs)[0].clone())
+        .to_frame()
+        .to_bytes();
+    assert!(!offer_bytes
+        .windows(32)
+        .any(|window| window == digest(&data)));
+    assert_eq!(meta.counter, 1);
 
     notice(
         &mut alice,
@@ -272,7 +281,6 @@ fn a_file_to_the_room_is_offered_signed_and_sent_sealed_within_the_window() {
             size: 50,
             room: Some("vault".into()),
             to: None,
-            encrypted: true,
             skipped: vec!["leg".into()],
         }]
     );
@@ -386,17 +394,7 @@ fn a_file_to_one_user_gets_a_dm_key_first_and_an_empty_file_is_done_at_once() {
             target: "bob".into()
         }]
     );
-    let dm_key = [5; 32];
-    alice.secure(SecureMessage::DmKeyIssued {
-        target: "bob".into(),
-        key: bob.key_der(),
-        key_id: 42,
-        wrapped: wrap(
-            kat::identity().public_key_der(),
-            &dm_key,
-            secure::DM_KEY_OAEP_LABEL,
-        ),
-    });
+    alice.secure(dm_key_issued(&bob, "bob", 42, &[5; 32]));
     let outputs = alice.reply(0, b"");
     let [FileRequest::Offer { target, meta, .. }] = &sent_files(&outputs)[..] else {
         panic!("the offer goes out once the key is here: {outputs:?}");
@@ -408,7 +406,7 @@ fn a_file_to_one_user_gets_a_dm_key_first_and_an_empty_file_is_done_at_once() {
         context: b"bob",
         sender: b"alice",
     };
-    assert_eq!(verify_offer(&kat::peer_key(), &place, meta), Ok(()));
+    assert_eq!(verify_offer(&kat::peer(), &place, meta), Ok(()));
     notice(
         &mut alice,
         FileNotice::Pending {
@@ -442,7 +440,7 @@ fn files_need_a_key_a_room_and_a_name() {
     alice.line("\\file send a.txt");
     let outputs = alice.file_hashed(0, Ok((1, digest(b"a"))));
     assert!(
-        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("not in a room")),
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("in no end-to-end encrypted room")),
         "{outputs:?}"
     );
     let outputs = alice.line("\\file send /");
@@ -462,7 +460,8 @@ fn files_need_a_key_a_room_and_a_name() {
     let outputs = alice.file_hashed(1, Ok((1, digest(b"a"))));
     assert_eq!(sent(&outputs), []);
     assert!(
-        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("has not arrived"))
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("no key yet")),
+        "{outputs:?}"
     );
     // A file that cannot be read.
     let outputs = alice.line("\\file send nothing.txt");
@@ -477,48 +476,16 @@ fn files_need_a_key_a_room_and_a_name() {
 }
 
 #[test]
-fn a_plaintext_room_gets_its_file_unencrypted_after_a_warning() {
+fn no_file_goes_in_clear() {
     let mut alice = Alice::connected(true);
     alice.session = std::mem::replace(&mut alice.session, ClientSession::new(None))
         .with_file_settings(settings());
     alice.join("lobby", false);
     alice.line("\\file send a.txt");
     let outputs = alice.file_hashed(0, Ok((3, digest(b"abc"))));
+    assert_eq!(sent(&outputs), []);
     assert!(
-        matches!(&events(&outputs)[..], [UserEvent::Warning { text }] if text.contains("sent unencrypted"))
-    );
-    let [FileRequest::Offer { meta, .. }] = &sent_files(&outputs)[..] else {
-        panic!("{outputs:?}");
-    };
-    assert_eq!((meta.flags, meta.key_id), (0, 0));
-    notice(
-        &mut alice,
-        FileNotice::Pending {
-            id: 1,
-            skipped: Vec::new(),
-        },
-    );
-    alice.reply(0, b"");
-    let outputs = notice(
-        &mut alice,
-        FileNotice::Start {
-            id: 1,
-            window: 8,
-            recipients: vec!["bob".into()],
-        },
-    );
-    let disk = HashMap::from([(PathBuf::from("a.txt"), b"abc".to_vec())]);
-    let outputs = with_reads(&mut alice, &disk, outputs);
-    assert_eq!(
-        sent_files(&outputs),
-        [
-            FileRequest::Chunk {
-                id: 1,
-                index: 0,
-                data: "abc".into()
-            },
-            FileRequest::Done { id: 1 }
-        ]
+        matches!(&events(&outputs)[..], [UserEvent::Error { text }] if text.contains("files go only sealed"))
     );
 }
 
@@ -527,7 +494,7 @@ fn an_offer_is_checked_then_received_verified_and_saved() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data: Vec<u8> = (0..40u8).rev().collect();
-    let (meta, keys) = bob_offers(&bob, "../../etc/report.pdf", &data, true);
+    let (meta, keys) = bob_offers(&bob, "../../etc/report.pdf", &data);
     let outputs = notice(&mut alice, offered(&bob, 9, "vault", meta.clone()));
     assert_eq!(
         events(&outputs),
@@ -537,7 +504,6 @@ fn an_offer_is_checked_then_received_verified_and_saved() {
             room: Some("vault".into()),
             name: "report.pdf".into(),
             size: 40,
-            encrypted: true,
         }]
     );
     let part = accept(&mut alice, 9);
@@ -545,7 +511,7 @@ fn an_offer_is_checked_then_received_verified_and_saved() {
 
     let mut written = Vec::new();
     for index in 0..3 {
-        let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 9, index));
+        let outputs = notice(&mut alice, chunk_of(&meta, &keys, &data, 9, index));
         assert_eq!(sent_files(&outputs), [FileRequest::Ack { id: 9, index }]);
         let ops = file_ops(&outputs);
         let FileOp::Write {
@@ -592,15 +558,15 @@ fn a_tampered_chunk_deletes_the_partial_file_and_gives_the_file_up() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data = vec![b'x'; 40];
-    let (meta, keys) = bob_offers(&bob, "x.bin", &data, true);
+    let (meta, keys) = bob_offers(&bob, "x.bin", &data);
     notice(&mut alice, offered(&bob, 2, "vault", meta.clone()));
     let part = accept(&mut alice, 2);
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 2, 0));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 2, 0));
     let FileNotice::Chunk {
         id,
         index,
         data: sealed,
-    } = chunk_of(&meta, keys.as_ref(), &data, 2, 1)
+    } = chunk_of(&meta, &keys, &data, 2, 1)
     else {
         unreachable!()
     };
@@ -622,10 +588,7 @@ fn a_tampered_chunk_deletes_the_partial_file_and_gives_the_file_up() {
     assert_eq!(file_ops(&outputs), [FileOp::Delete { path: part }]);
     assert_eq!(sent_files(&outputs), [FileRequest::Cancel { id: 2 }]);
     // What follows for that file is ignored, and the cancel's answer is quiet.
-    assert_eq!(
-        notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 2, 2)),
-        []
-    );
+    assert_eq!(notice(&mut alice, chunk_of(&meta, &keys, &data, 2, 2)), []);
     assert_eq!(events(&alice.reply(1, b"No file 2.")), []);
 }
 
@@ -634,23 +597,12 @@ fn a_wrong_digest_fails_at_the_end() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data = vec![b'y'; 20];
-    // Signed for other content: every chunk is fine, the whole is not.
-    let (mut meta, keys) = bob_offers(&bob, "y.bin", &[b'z'; 20], true);
-    meta.signature = Bytes::new();
-    meta.signature = sign_offer(
-        &bob.identity,
-        &OfferContext {
-            kind: EnvelopeKind::Room,
-            context: b"vault",
-            sender: b"bob",
-        },
-        &meta,
-    )
-    .into();
+    // Sealed for other content: every chunk is fine, the whole is not.
+    let (meta, keys) = bob_offers(&bob, "y.bin", &[b'z'; 20]);
     notice(&mut alice, offered(&bob, 3, "vault", meta.clone()));
     let part = accept(&mut alice, 3);
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 3, 0));
-    let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 3, 1));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 3, 0));
+    let outputs = notice(&mut alice, chunk_of(&meta, &keys, &data, 3, 1));
     assert!(file_failed(&outputs).unwrap().contains("SHA-256"));
     assert!(file_ops(&outputs).contains(&FileOp::Delete { path: part }));
     assert!(!file_ops(&outputs)
@@ -663,11 +615,18 @@ fn offers_that_fail_their_checks_are_declined() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data = b"secret".to_vec();
-    let (meta, _) = bob_offers(&bob, "s.txt", &data, true);
+    let (meta, _) = bob_offers(&bob, "s.txt", &data);
     let mut forged = meta.clone();
     forged.size += 1;
-    let (plain, _) = bob_offers(&bob, "s.txt", &data, false);
-    let mallory = Peer::new(b"mallory");
+    let mut plain = meta.clone();
+    plain.flags = 0;
+    sign_in_vault(&bob, &mut plain);
+    let mut wrong_size = meta.clone();
+    wrong_size.manifest = Bytes::copy_from_slice(
+        &FileKeys::derive(&ROOM_KEY, &meta.nonce).seal_manifest(&digest(&data), 99),
+    );
+    sign_in_vault(&bob, &mut wrong_size);
+    let mallory = Peer::with_identity(b"bob", identity(1));
     let cases = [
         (
             "a changed field",
@@ -675,22 +634,25 @@ fn offers_that_fail_their_checks_are_declined() {
             "signature",
         ),
         (
-            "plaintext in a secure room",
+            "in clear",
             offered(&bob, 2, "vault", plain),
-            "unencrypted",
+            "not encrypted",
         ),
         (
             "another key than bob's",
-            FileNotice::Offered {
-                id: 3,
-                sender: "bob".into(),
-                sender_key: mallory.key_der(),
-                room: "vault".into(),
-                meta: meta.clone(),
-            },
+            offered(&mallory, 3, "vault", meta.clone()),
             "not the one",
         ),
-        ("another room", offered(&bob, 4, "lobby", meta), "signature"),
+        (
+            "another room",
+            offered(&bob, 4, "lobby", meta.clone()),
+            "signature",
+        ),
+        (
+            "a manifest for another size",
+            offered(&bob, 5, "vault", wrong_size),
+            "size",
+        ),
     ];
     for (case, offer, words) in cases {
         let id = match &offer {
@@ -710,15 +672,60 @@ fn offers_that_fail_their_checks_are_declined() {
 }
 
 #[test]
+fn a_replayed_offer_is_refused() {
+    let bob = Peer::new(b"bob");
+    let mut alice = alice_in_vault(&bob);
+    let (meta, _) = bob_offers(&bob, "s.txt", b"secret");
+    let outputs = notice(&mut alice, offered(&bob, 1, "vault", meta.clone()));
+    assert!(matches!(
+        &events(&outputs)[..],
+        [UserEvent::FileOffered { .. }]
+    ));
+    // The same frame again: ignored, the first offer untouched.
+    let outputs = notice(&mut alice, offered(&bob, 1, "vault", meta.clone()));
+    assert!(file_failed(&outputs).unwrap().contains("replay"));
+    assert_eq!(sent_files(&outputs), []);
+    // Offered again under another id: its counter is spent.
+    let outputs = notice(&mut alice, offered(&bob, 2, "vault", meta));
+    assert!(file_failed(&outputs).unwrap().contains("replay"));
+    assert_eq!(
+        sent_files(&outputs),
+        [FileRequest::Decision {
+            id: 2,
+            accept: false
+        }]
+    );
+    alice.reply(0, b"");
+    // And so is a message under that counter: offers and messages share it.
+    let mut bobs = Peer::new(b"bob");
+    bobs.in_vault(1, &ROOM_KEY);
+    let sealed = bobs.seal_room(b"counter 1 again");
+    let outputs = alice.receive(&encode_room_message(b"vault", b"bob", &sealed));
+    assert!(matches!(
+        &events(&outputs)[..],
+        [UserEvent::Rejected { .. }]
+    ));
+    // The first offer is still there to accept.
+    let outputs = alice.line("\\file accept 1");
+    assert_eq!(
+        sent_files(&outputs),
+        [FileRequest::Decision {
+            id: 1,
+            accept: true
+        }]
+    );
+}
+
+#[test]
 fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data: Vec<u8> = (0..64u8).collect();
-    let (meta, keys) = bob_offers(&bob, "big.bin", &data, true);
+    let (meta, keys) = bob_offers(&bob, "big.bin", &data);
     notice(&mut alice, offered(&bob, 4, "vault", meta.clone()));
     let part = accept(&mut alice, 4);
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 0));
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 1));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 4, 0));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 4, 1));
 
     let outputs = alice.closed("Server hung up");
     assert!(events(&outputs).contains(&UserEvent::FilePaused {
@@ -729,16 +736,22 @@ fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
 
     // A new connection: once the key is registered, the file resumes.
     alice.line("\\connect 127.0.0.1:4170");
-    alice.opened();
+    let binding = [0x3c; 32];
+    alice.opened(Some(binding));
     alice.reply(0, b"alice2");
     let outputs = alice.reply(0, b"");
-    assert_eq!(
-        sent_files(&outputs),
-        [FileRequest::Resume {
-            id: 4,
-            token: [0xaa; 16]
-        }]
-    );
+    let [FileRequest::Resume {
+        id: 4,
+        token,
+        proof,
+    }] = &sent_files(&outputs)[..]
+    else {
+        panic!("FILE_RESUME: {outputs:?}");
+    };
+    assert_eq!(token, &[0xaa; 16]);
+    // Signed by alice's identity, for this connection.
+    let statement = secure::resume_statement(4, token, &binding);
+    assert_eq!(kat::peer().verify(&statement, proof), Ok(()));
     let outputs = alice.reply(0, b"");
     assert_eq!(
         events(&outputs),
@@ -749,11 +762,11 @@ fn a_file_cut_off_by_a_dropped_connection_resumes_on_the_next() {
         }]
     );
     // Chunk 1's ack was lost: it comes again and is acknowledged again.
-    let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 1));
+    let outputs = notice(&mut alice, chunk_of(&meta, &keys, &data, 4, 1));
     assert_eq!(sent_files(&outputs), [FileRequest::Ack { id: 4, index: 1 }]);
     assert_eq!(file_ops(&outputs), []);
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 2));
-    let outputs = notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 4, 3));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 4, 2));
+    let outputs = notice(&mut alice, chunk_of(&meta, &keys, &data, 4, 3));
     assert!(file_ops(&outputs).contains(&FileOp::Save {
         id: 4,
         part,
@@ -767,13 +780,13 @@ fn a_resume_refused_deletes_the_partial_file() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data = vec![1; 64];
-    let (meta, keys) = bob_offers(&bob, "f", &data, true);
+    let (meta, keys) = bob_offers(&bob, "f", &data);
     notice(&mut alice, offered(&bob, 6, "vault", meta.clone()));
     let part = accept(&mut alice, 6);
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 6, 0));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 6, 0));
     alice.line("\\disconnect");
     alice.line("\\connect 127.0.0.1:4170");
-    alice.opened();
+    alice.opened(None);
     alice.reply(0, b"alice");
     alice.reply(0, b"");
     let text = b"File 6 cannot be resumed: chunks you lack were already dropped. Ask the sender to send it again.";
@@ -795,10 +808,10 @@ fn an_ended_transfer_deletes_the_partial_file_and_quitting_drops_paused_ones() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data = vec![2; 64];
-    let (meta, keys) = bob_offers(&bob, "g", &data, true);
+    let (meta, keys) = bob_offers(&bob, "g", &data);
     notice(&mut alice, offered(&bob, 7, "vault", meta.clone()));
     let part = accept(&mut alice, 7);
-    notice(&mut alice, chunk_of(&meta, keys.as_ref(), &data, 7, 0));
+    notice(&mut alice, chunk_of(&meta, &keys, &data, 7, 0));
     let ended = FileNotice::Ended {
         id: 7,
         who: Bytes::new(),
@@ -820,7 +833,8 @@ fn an_ended_transfer_deletes_the_partial_file_and_quitting_drops_paused_ones() {
     );
 
     // Paused by a drop, then \quit while offline: the partial file goes.
-    notice(&mut alice, offered(&bob, 8, "vault", meta.clone()));
+    let (meta, _) = bob_offers_under(&bob, "g", &data, (1, &ROOM_KEY), 2);
+    notice(&mut alice, offered(&bob, 8, "vault", meta));
     let part = accept(&mut alice, 8);
     alice.closed("Server hung up");
     let outputs = alice.line("\\quit");
@@ -833,18 +847,7 @@ fn a_key_that_has_not_arrived_holds_the_accept_and_the_list_shows_it_all() {
     let bob = Peer::new(b"bob");
     let mut alice = alice_in_vault(&bob);
     let data = vec![3; 20];
-    let (mut meta, _) = bob_offers(&bob, "h", &data, true);
-    meta.key_id = 2;
-    meta.signature = sign_offer(
-        &bob.identity,
-        &OfferContext {
-            kind: EnvelopeKind::Room,
-            context: b"vault",
-            sender: b"bob",
-        },
-        &meta,
-    )
-    .into();
+    let (meta, _) = bob_offers_under(&bob, "h", &data, (2, &[8; 32]), 1);
     notice(&mut alice, offered(&bob, 1, "vault", meta));
     let outputs = alice.line("\\file accept 1");
     assert_eq!(sent(&outputs), []);
