@@ -27,7 +27,9 @@
 //! - `process.rs`: CPU, memory and file limits from the OS;
 //! - `server_sample.rs`: the server figures every report carries;
 //! - `target.rs`: the options every workload shares (loopback only), and
-//!   the parsers of option values.
+//!   the parsers of option values;
+//! - `tls.rs`: TLS under the same non-waiting reads and writes
+//!   (`--tls-pin`).
 //!
 //! A new workload is one more module and one more [`Workload`] variant.
 //!
@@ -49,6 +51,7 @@ mod sequence;
 mod server_sample;
 mod session;
 mod target;
+mod tls;
 mod traffic;
 mod transfer;
 
@@ -88,8 +91,8 @@ pub enum Workload {
     /// R rooms x M members, every member sending to its room.
     Fanout(FanoutArgs),
     /// The same as fanout through the secure extension: every member
-    /// registers an RSA key, and every message is an envelope sealed
-    /// before the run.
+    /// registers an identity, and every message is an envelope sealed
+    /// before the run. Over TLS with `--tls-pin`.
     SecureFanout(SecureFanoutArgs),
     /// P pairs of users sending each other direct messages.
     Dm(DmArgs),

@@ -24,11 +24,11 @@
 //! 4. Each member seals its **pool**: `--pool` envelopes (or `--messages`,
 //!    if fewer) under the final key, counters 1, 2, 3, …, each holding the
 //!    plaintext stamp `L<sender>:<position>:0:` padded to
-//!    `--message-bytes`. RSA-PSS signing costs milliseconds per envelope, far
-//!    more than the server spends relaying one, so it is all done here, on a
-//!    blocking thread per core, and the timed phase only copies finished
-//!    frames: what is measured is the server's relay, not the bench's
-//!    signing.
+//!    `--message-bytes`. Sealing and signing (Ed25519) cost the bench some
+//!    microseconds per envelope, more than the server spends relaying one,
+//!    so it is all done here, on a blocking thread per core, and the timed
+//!    phase only copies finished frames: what is measured is the server's
+//!    relay, not the bench's cryptography.
 //!
 //! # Sequence numbers and latency
 //!
@@ -97,7 +97,6 @@ use super::traffic::{self, Endpoint, Messages, RecognisedDelivery, TrafficReport
 use parlor_crypto::envelope::{max_plaintext, Envelope};
 use parlor_crypto::identity::KEY_BITS;
 use parlor_crypto::{Identity, Keyring, PeerIdentity};
-use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::{ClientMessage, SecureMessage, ServerMessage};
 
 /// Fewer envelopes than this would make the cycle too short to tell a
@@ -457,7 +456,7 @@ impl Messages for Sealed {
         let identity = Arc::clone(&self.identities[index as usize]);
         let (mut session, mut keyring) = setup
             .within_limits(async {
-                let mut session = BenchConnection::connect(setup.server()).await?;
+                let mut session = setup.connect().await?;
                 let keyring = join_securely(&mut session, &endpoint.nick, &room, &identity).await?;
                 Ok((session, keyring))
             })
@@ -663,9 +662,10 @@ async fn join_securely(
     identity: &Identity,
 ) -> anyhow::Result<Keyring> {
     session.register(nick).await?;
-    // The bench speaks plain TCP, to a server that allows the extension
-    // there (allow_secure_on_plain).
-    let registration = identity.registration(&PLAIN_CHANNEL_BINDING, nick.as_bytes());
+    // Over TLS the proof signs this session's exporter value; over plain
+    // TCP, to a server that allows the extension there
+    // (allow_secure_on_plain), the plain binding.
+    let registration = identity.registration(&session.channel_binding()?, nick.as_bytes());
     let register = ClientMessage::RegisterKey(registration);
     session.expect_ok(&register, "REGISTER_KEY").await?;
     let join = ClientMessage::Join {
