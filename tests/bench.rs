@@ -293,6 +293,26 @@ async fn secure_fanout_over_tls_proves_possession_on_that_session_and_every_enve
 }
 
 #[tokio::test]
+async fn joins_during_secure_fanout_each_get_a_key_that_opens_and_nothing_is_lost() {
+    let server = TestServer::start(bench_config()).await;
+    // Each join and each departure rotates room0's key: the members get the
+    // joiner's identity, the rekeying notice and new keys among their
+    // deliveries, and must count none of them as unexpected.
+    let report = secure_fanout(&format!(
+        "secure-fanout --server {} --rooms 2 --members 3 --pool 8 --rate 40 --messages 1000 --duration 2 --join-every 0.25",
+        server.addr
+    ))
+    .await;
+    assert_clean(&report.traffic);
+    assert!(report.traffic.failures.is_empty(), "{report:#?}");
+    let joins = report.joins.as_ref().expect("a join report");
+    assert!(joins.joins >= 2, "{joins:?}");
+    assert!(joins.join_to_key_ms_p50 > 0.0 && joins.join_to_key_ms_p50 <= joins.join_to_key_ms_max);
+    assert_eq!(report.envelopes_rejected, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn secure_fanout_counts_faults_exactly_across_pool_cycles() {
     let server = TestServer::start(bench_config()).await;
     // A pool of 8, so ordinal n is pool entry n % 8: the faults fall in the
@@ -556,6 +576,10 @@ fn nonsense_options_are_refused_before_connecting() {
         (
             "bench secure-fanout --rooms 200 --members 100",
             "--rooms × --members: at most 10000",
+        ),
+        (
+            "bench secure-fanout --join-every 0",
+            "--join-every: a positive number of seconds",
         ),
         (
             "bench secure-fanout --message-bytes 65400",

@@ -14,7 +14,7 @@
 //! options; the shared machinery does the rest:
 //!
 //! - `fanout.rs`, `dm.rs`, `secure_fanout.rs`: message workloads, run by
-//!   `traffic.rs`;
+//!   `traffic.rs`; `joiner.rs`: secure-fanout's joins during the run;
 //! - `idle.rs`: connections that only keep alive, then a probe;
 //! - `transfer/`: chunked file transfer from one sender to N recipients
 //!   (options, offer, sender, recipients and report, one file each), with
@@ -44,6 +44,7 @@ mod fanout;
 mod file_pattern;
 mod frame_stream;
 mod idle;
+mod joiner;
 mod latency;
 mod process;
 mod secure_fanout;
@@ -63,6 +64,7 @@ use serde::Serialize;
 pub use dm::DmArgs;
 pub use fanout::FanoutArgs;
 pub use idle::{IdleArgs, IdleReport};
+pub use joiner::JoinReport;
 pub use latency::LatencySummary;
 pub use secure_fanout::{SecureFanoutArgs, SecureFanoutReport};
 pub use server_sample::ServerSample;
