@@ -19,6 +19,7 @@ use clap::Parser;
 use parlor_bench::{
     run, IdleReport, Report, SecureFanoutReport, TrafficReport, TransferReport, Workload,
 };
+use parlor_proto::tls::TlsFingerprint;
 use parlor_proto::{opcode, ClientMessage, Frame, FrameCodec, ServerMessage};
 use parlor_server::config::Config;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -230,6 +231,84 @@ async fn secure_fanout_against_parlor_delivers_every_envelope_once_and_each_open
         (64 + 64..256).contains(&report.envelope_bytes),
         "{report:#?}"
     );
+    server.stop().await;
+}
+
+/// A server with a TLS port on a free loopback port, its certificate made
+/// here and written into `dir`; returns the config and the key's pin.
+fn tls_bench_config(dir: &std::path::Path) -> (Config, TlsFingerprint) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let config = Config {
+        tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        tls_cert: Some(dir.join("cert.pem")),
+        tls_key: Some(dir.join("key.pem")),
+        allow_secure_on_plain: false,
+        ..bench_config()
+    };
+    (
+        config,
+        TlsFingerprint::of_spki(&rcgen::PublicKeyData::subject_public_key_info(&key)),
+    )
+}
+
+#[tokio::test]
+async fn secure_fanout_over_tls_proves_possession_on_that_session_and_every_envelope_opens() {
+    let dir = std::env::temp_dir().join(format!("parlor-bench-tls-{}", std::process::id()));
+    let (config, pin) = tls_bench_config(&dir);
+    let server = TestServer::start(config).await;
+    let tls = server.tls_addr.expect("a TLS port");
+    // The plain port refuses the extension here: registrations succeed only
+    // over TLS, with the proof signing that session's exporter value.
+    let report = secure_fanout(&format!(
+        "secure-fanout --server {tls} --tls-pin {pin} --rooms 2 --members 3 --pool 8 --window 4 --messages 40 --duration 60"
+    ))
+    .await;
+    assert_clean(&report.traffic);
+    assert_eq!(report.traffic.expected_deliveries, 6 * 40 * 2);
+    assert_eq!(
+        report.traffic.latency_ms.as_ref().unwrap().count,
+        6 * 40 * 2
+    );
+    assert_eq!(
+        (report.envelopes_verified, report.envelopes_rejected),
+        (6 * 8, 0)
+    );
+    // Another key under the same address is refused at the handshake.
+    let wrong = TlsFingerprint([0x5a; 32]);
+    let refused = run(&workload(&format!(
+        "secure-fanout --server {tls} --tls-pin {wrong} --rooms 1 --members 2 --messages 8 --pool 8"
+    )))
+    .await
+    .expect_err("a key that is not the pinned one");
+    assert!(format!("{refused}").contains("TLS handshake"), "{refused}");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn joins_during_secure_fanout_each_get_a_key_that_opens_and_nothing_is_lost() {
+    let server = TestServer::start(bench_config()).await;
+    // Each join and each departure rotates room0's key: the members get the
+    // joiner's identity, the rekeying notice and new keys among their
+    // deliveries, and must count none of them as unexpected.
+    let report = secure_fanout(&format!(
+        "secure-fanout --server {} --rooms 2 --members 3 --pool 8 --rate 40 --messages 1000 --duration 2 --join-every 0.25",
+        server.addr
+    ))
+    .await;
+    assert_clean(&report.traffic);
+    assert!(report.traffic.failures.is_empty(), "{report:#?}");
+    let joins = report.joins.as_ref().expect("a join report");
+    assert!(joins.joins >= 2, "{joins:?}");
+    assert!(joins.join_to_key_ms_p50 > 0.0 && joins.join_to_key_ms_p50 <= joins.join_to_key_ms_max);
+    assert_eq!(report.envelopes_rejected, 0);
     server.stop().await;
 }
 
@@ -499,6 +578,10 @@ fn nonsense_options_are_refused_before_connecting() {
             "--rooms × --members: at most 10000",
         ),
         (
+            "bench secure-fanout --join-every 0",
+            "--join-every: a positive number of seconds",
+        ),
+        (
             "bench secure-fanout --message-bytes 65400",
             "--message-bytes: at most 65391",
         ),
@@ -509,6 +592,10 @@ fn nonsense_options_are_refused_before_connecting() {
         ("bench transfer --chunk-bytes 0", "--chunk-bytes: from 1"),
         ("bench transfer --size 1G", "unknown unit `G`"),
         ("bench transfer --window 0", "--window: from 1 to 64"),
+        (
+            "bench transfer --tls-pin SHA256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "--tls-pin: transfer runs over plain TCP only",
+        ),
     ] {
         let output = parlor(args);
         assert_eq!(output.status.code(), Some(2), "{args}");

@@ -190,7 +190,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
         .to_bytes(),
         counters: Counters::default(),
     });
-    let setup = Setup::new(&args.target);
+    let setup = Setup::new(&args.target)?;
     let (phase_tx, phase_rx) = watch::channel(HoldPhase::Hold);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let setup_cpu = CpuMeter::start(server.pid());
@@ -283,7 +283,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
 
 /// A fresh connection's HELLO, which must be answered `9a 00`.
 async fn probe(args: &IdleArgs) -> anyhow::Result<()> {
-    let mut session = BenchConnection::connect(args.target.server).await?;
+    let mut session = Setup::new(&args.target)?.connect().await?;
     let hello = ClientMessage::Hello {
         greeting: Bytes::from_static(GREETING),
     };

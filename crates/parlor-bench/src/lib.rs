@@ -14,7 +14,7 @@
 //! options; the shared machinery does the rest:
 //!
 //! - `fanout.rs`, `dm.rs`, `secure_fanout.rs`: message workloads, run by
-//!   `traffic.rs`;
+//!   `traffic.rs`; `joiner.rs`: secure-fanout's joins during the run;
 //! - `idle.rs`: connections that only keep alive, then a probe;
 //! - `transfer/`: chunked file transfer from one sender to N recipients
 //!   (options, offer, sender, recipients and report, one file each), with
@@ -27,7 +27,9 @@
 //! - `process.rs`: CPU, memory and file limits from the OS;
 //! - `server_sample.rs`: the server figures every report carries;
 //! - `target.rs`: the options every workload shares (loopback only), and
-//!   the parsers of option values.
+//!   the parsers of option values;
+//! - `tls.rs`: TLS under the same non-waiting reads and writes
+//!   (`--tls-pin`).
 //!
 //! A new workload is one more module and one more [`Workload`] variant.
 //!
@@ -42,6 +44,7 @@ mod fanout;
 mod file_pattern;
 mod frame_stream;
 mod idle;
+mod joiner;
 mod latency;
 mod process;
 mod secure_fanout;
@@ -49,6 +52,7 @@ mod sequence;
 mod server_sample;
 mod session;
 mod target;
+mod tls;
 mod traffic;
 mod transfer;
 
@@ -60,6 +64,7 @@ use serde::Serialize;
 pub use dm::DmArgs;
 pub use fanout::FanoutArgs;
 pub use idle::{IdleArgs, IdleReport};
+pub use joiner::JoinReport;
 pub use latency::LatencySummary;
 pub use secure_fanout::{SecureFanoutArgs, SecureFanoutReport};
 pub use server_sample::ServerSample;
@@ -88,8 +93,8 @@ pub enum Workload {
     /// R rooms x M members, every member sending to its room.
     Fanout(FanoutArgs),
     /// The same as fanout through the secure extension: every member
-    /// registers an RSA key, and every message is an envelope sealed
-    /// before the run.
+    /// registers an identity, and every message is an envelope sealed
+    /// before the run. Over TLS with `--tls-pin`.
     SecureFanout(SecureFanoutArgs),
     /// P pairs of users sending each other direct messages.
     Dm(DmArgs),

@@ -24,11 +24,11 @@
 //! 4. Each member seals its **pool**: `--pool` envelopes (or `--messages`,
 //!    if fewer) under the final key, counters 1, 2, 3, …, each holding the
 //!    plaintext stamp `L<sender>:<position>:0:` padded to
-//!    `--message-bytes`. RSA-PSS signing costs milliseconds per envelope, far
-//!    more than the server spends relaying one, so it is all done here, on a
-//!    blocking thread per core, and the timed phase only copies finished
-//!    frames: what is measured is the server's relay, not the bench's
-//!    signing.
+//!    `--message-bytes`. Sealing and signing (Ed25519) cost the bench some
+//!    microseconds per envelope, more than the server spends relaying one,
+//!    so it is all done here, on a blocking thread per core, and the timed
+//!    phase only copies finished frames: what is measured is the server's
+//!    relay, not the bench's cryptography.
 //!
 //! # Sequence numbers and latency
 //!
@@ -75,9 +75,10 @@
 //! spends no CPU on cryptography: `bench_cpu_pct` is the cost of copying,
 //! reading and comparing, and says whether the bench kept up.
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -88,16 +89,17 @@ use tokio::sync::{watch, Semaphore};
 
 use super::body::{self, Stamp};
 use super::fanout::FanoutArgs;
+use super::joiner::{self, JoinReport, Joins};
 use super::latency::{round1, round3};
 use super::process;
 use super::sequence::seq_from_position;
 use super::session::{BenchConnection, Setup, KEEPALIVE};
-use super::target::TargetArgs;
+use super::target::{seconds, TargetArgs};
 use super::traffic::{self, Endpoint, Messages, RecognisedDelivery, TrafficReport};
 use parlor_crypto::envelope::{max_plaintext, Envelope};
 use parlor_crypto::identity::KEY_BITS;
 use parlor_crypto::{Identity, Keyring, PeerIdentity};
-use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
+use parlor_proto::secure;
 use parlor_proto::{ClientMessage, SecureMessage, ServerMessage};
 
 /// Fewer envelopes than this would make the cycle too short to tell a
@@ -125,6 +127,11 @@ pub struct SecureFanoutArgs {
     /// Envelopes each member seals before the run and then sends in turn.
     #[arg(long, value_name = "P", default_value_t = 64)]
     pub pool: u64,
+    /// While the members send, one more user joins room0 every S seconds,
+    /// waits for its room key and leaves: what joins into a big secure room
+    /// cost the members already there.
+    #[arg(long, value_name = "S")]
+    pub join_every: Option<f64>,
 }
 
 impl SecureFanoutArgs {
@@ -149,6 +156,9 @@ impl SecureFanoutArgs {
             return Err(format!(
                 "--pool: from {MIN_POOL} (a shorter cycle hides reordering) to {MAX_POOL}"
             ));
+        }
+        if let Some(every) = self.join_every {
+            seconds("--join-every", every)?;
         }
         let connections = u64::from(*rooms) * u64::from(*members);
         if connections > MAX_CONNECTIONS {
@@ -199,6 +209,9 @@ pub struct SecureFanoutReport {
     pub envelopes_rejected: u64,
     /// Deliveries whose send time was no longer kept: not in `latency_ms`.
     pub deliveries_untimed: u64,
+    /// With `--join-every`: the joins made during the run.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub joins: Option<JoinReport>,
 }
 
 impl SecureFanoutReport {
@@ -216,6 +229,9 @@ impl SecureFanoutReport {
             self.envelopes_verified,
             self.envelopes_rejected,
         );
+        if let Some(joins) = &self.joins {
+            text += &joins.summary();
+        }
         if self.deliveries_untimed > 0 {
             text += &format!(
                 "  untimed     {} deliveries arrived after their send time was dropped: not in the latency\n",
@@ -235,14 +251,30 @@ pub(crate) async fn run(args: &SecureFanoutArgs) -> anyhow::Result<SecureFanoutR
 
     let keygen_started = Instant::now();
     let bits = args.rsa_bits;
-    let identities = tokio::task::spawn_blocking(move || make_identities(connections, bits))
+    let joiners = usize::from(args.join_every.is_some());
+    let made = tokio::task::spawn_blocking(move || make_identities(connections + joiners, bits))
         .await
         .context("key generation")??;
     let keygen_s = keygen_started.elapsed().as_secs_f64();
+    let mut identities: Vec<_> = made.into_iter().map(Arc::new).collect();
 
     let load = &args.fanout.load;
+    let (ready, ready_rx) = watch::channel(0);
+    let joins = args.join_every.map(|every| {
+        let joins = Joins {
+            every: Duration::from_secs_f64(every),
+            lasting: Duration::from_secs_f64(load.warmup + load.duration),
+            first_index: connections,
+            identity: identities.pop().expect("one identity more for the joins"),
+        };
+        joiner::start(joins, args.target().clone(), ready_rx, connections)
+    });
+    let joins = joins.transpose().context("cannot start the joins")?;
     let sealed = Sealed {
-        identities: identities.into_iter().map(Arc::new).collect(),
+        identities,
+        joining: joins.is_some(),
+        ready,
+        checked: CheckedPeers::default(),
         rooms: (0..args.fanout.rooms)
             .map(|_| watch::Sender::new(vec![0; args.fanout.members as usize]))
             .collect(),
@@ -256,7 +288,21 @@ pub(crate) async fn run(args: &SecureFanoutArgs) -> anyhow::Result<SecureFanoutR
         pools: (0..connections).map(|_| OnceLock::new()).collect(),
         send_times: (0..connections).map(|_| SendTimes::new()).collect(),
     };
-    let (traffic, members) = traffic::run(args.target(), load, plan, sealed).await?;
+    let (mut traffic, members) = traffic::run(args.target(), load, plan, sealed).await?;
+    let joins = match joins {
+        Some(thread) => match tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .context("the joins")?
+            .map_err(|_| anyhow!("the joins' thread panicked"))?
+        {
+            Ok(report) => Some(report),
+            Err(err) => {
+                traffic.failures.push(format!("joins: {err:#}"));
+                None
+            }
+        },
+        None => None,
+    };
 
     let envelopes_sealed = members.iter().map(|m| m.sealed).sum();
     let seal_cpu_s = members.iter().map(|m| m.seal_cpu.as_secs_f64()).sum();
@@ -278,6 +324,7 @@ pub(crate) async fn run(args: &SecureFanoutArgs) -> anyhow::Result<SecureFanoutR
         envelopes_verified: verified,
         envelopes_rejected: rejected,
         deliveries_untimed,
+        joins,
     };
     if rejected > 0 {
         report
@@ -361,6 +408,13 @@ fn stamp_text(sender: u32, position: u64, message_bytes: usize) -> Vec<u8> {
 struct Sealed {
     /// By plan index.
     identities: Vec<Arc<Identity>>,
+    /// Whether `--join-every` joins come during the run, whose identities
+    /// the members are then sent.
+    joining: bool,
+    /// How many members have sealed their pools: the joins wait for all.
+    ready: watch::Sender<usize>,
+    /// The peers' identity blocks, each checked once for all members.
+    checked: CheckedPeers,
     /// Per room, the epoch each member holds (0: none yet).
     rooms: Vec<watch::Sender<Vec<u32>>>,
     /// Members per room (M).
@@ -457,8 +511,15 @@ impl Messages for Sealed {
         let identity = Arc::clone(&self.identities[index as usize]);
         let (mut session, mut keyring) = setup
             .within_limits(async {
-                let mut session = BenchConnection::connect(setup.server()).await?;
-                let keyring = join_securely(&mut session, &endpoint.nick, &room, &identity).await?;
+                let mut session = setup.connect().await?;
+                let keyring = join_securely(
+                    &mut session,
+                    &endpoint.nick,
+                    &room,
+                    &identity,
+                    &self.checked,
+                )
+                .await?;
                 Ok((session, keyring))
             })
             .await?;
@@ -489,6 +550,7 @@ impl Messages for Sealed {
         if self.pools[index as usize].set(pool).is_err() {
             bail!("connection {index} was set up twice");
         }
+        self.ready.send_modify(|sealed| *sealed += 1);
         let first = index - index % self.members;
         let member = Member {
             index,
@@ -558,11 +620,14 @@ impl Messages for Sealed {
     /// leaves a secure room rotates its key (§12.2), so when the run ends
     /// and members close, the others get both. (Before that, a member leaves only when its connection fails,
     /// which the run counts as a disconnect.)
+    ///
+    /// With `--join-every`, every join also brings the joiner's identity.
     fn expects(&self, notice: &SecureMessage) -> bool {
-        matches!(
-            notice,
-            SecureMessage::RoomKey { .. } | SecureMessage::RoomRekeying { .. }
-        )
+        match notice {
+            SecureMessage::RoomKey { .. } | SecureMessage::RoomRekeying { .. } => true,
+            SecureMessage::PeerKey { .. } => self.joining,
+            _ => false,
+        }
     }
 }
 
@@ -606,7 +671,7 @@ impl Sealed {
                     })?;
                     match ServerMessage::parse(&frame) {
                         Ok(ServerMessage::Secure(SecureMessage::PeerKey { name, identity, .. })) => {
-                            add_peer(keyring, &name, &identity)?;
+                            add_peer(keyring, &self.checked, &name, &identity)?;
                         }
                         Ok(ServerMessage::Secure(SecureMessage::RoomKey { room: of, incarnation, epoch, wrapped }))
                             if of == room.as_bytes() =>
@@ -656,16 +721,18 @@ fn settled(held: &[u32]) -> Option<u32> {
 /// takes it at any time, §12.5) and JOIN, which for a secure connection
 /// confirms the room and brings the keys of the members already in it.
 /// Returns the keyring that holds those keys.
-async fn join_securely(
+pub(crate) async fn join_securely(
     session: &mut BenchConnection,
     nick: &str,
     room: &str,
     identity: &Identity,
+    checked: &CheckedPeers,
 ) -> anyhow::Result<Keyring> {
     session.register(nick).await?;
-    // The bench speaks plain TCP, to a server that allows the extension
-    // there (allow_secure_on_plain).
-    let registration = identity.registration(&PLAIN_CHANNEL_BINDING, nick.as_bytes());
+    // Over TLS the proof signs this session's exporter value; over plain
+    // TCP, to a server that allows the extension there
+    // (allow_secure_on_plain), the plain binding.
+    let registration = identity.registration(&session.channel_binding()?, nick.as_bytes());
     let register = ClientMessage::RegisterKey(registration);
     session.expect_ok(&register, "REGISTER_KEY").await?;
     let join = ClientMessage::Join {
@@ -700,7 +767,7 @@ async fn join_securely(
     for message in reply {
         match message {
             Ok(ServerMessage::Secure(SecureMessage::PeerKey { name, identity, .. })) => {
-                add_peer(&mut keyring, &name, &identity)?;
+                add_peer(&mut keyring, checked, &name, &identity)?;
             }
             _ => bail!("unexpected frame in the JOIN reply to {room}"),
         }
@@ -708,18 +775,51 @@ async fn join_securely(
     Ok(keyring)
 }
 
+/// Identity blocks already checked, shared by the members of a run.
+///
+/// Every member is sent the same block for each peer. Checking it (two
+/// Ed25519 signatures and the RSA key) once, rather than once per member,
+/// keeps setup linear in the members instead of quadratic: a room of 1,000
+/// brings 999,000 blocks, 100 s of checks on the bench's one thread, during
+/// which the connections still to be set up would miss the server's
+/// handshake timeout.
+#[derive(Default)]
+pub(crate) struct CheckedPeers(Mutex<HashMap<Vec<u8>, (secure::Identity, PeerIdentity)>>);
+
+impl CheckedPeers {
+    /// The peer `identity` names under `name`, checked unless this very
+    /// block was checked under that name before.
+    fn check(&self, name: &[u8], identity: &secure::Identity) -> anyhow::Result<PeerIdentity> {
+        let checked = |peers: &HashMap<_, (secure::Identity, PeerIdentity)>| {
+            peers
+                .get(name)
+                .filter(|(block, _)| block == identity)
+                .map(|(_, peer)| peer.clone())
+        };
+        if let Some(peer) = checked(&self.0.lock().expect("never poisoned")) {
+            return Ok(peer);
+        }
+        let peer = PeerIdentity::from_block(identity, name).map_err(|problem| {
+            anyhow!(
+                "the identity of {} does not check out: {problem}",
+                String::from_utf8_lossy(name)
+            )
+        })?;
+        self.0
+            .lock()
+            .expect("never poisoned")
+            .insert(name.to_vec(), (identity.clone(), peer.clone()));
+        Ok(peer)
+    }
+}
+
 fn add_peer(
     keyring: &mut Keyring,
+    checked: &CheckedPeers,
     name: &[u8],
-    identity: &parlor_proto::secure::Identity,
+    identity: &secure::Identity,
 ) -> anyhow::Result<()> {
-    let peer = PeerIdentity::from_block(identity, name).map_err(|problem| {
-        anyhow!(
-            "the identity of {} does not check out: {problem}",
-            String::from_utf8_lossy(name)
-        )
-    })?;
-    keyring.add_peer(name, None, peer, None);
+    keyring.add_peer(name, None, checked.check(name, identity)?, None);
     Ok(())
 }
 

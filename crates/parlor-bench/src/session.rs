@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::target::TargetArgs;
+use super::tls::{self, TlsSession};
+use parlor_proto::secure::{CHANNEL_BINDING_LEN, PLAIN_CHANNEL_BINDING};
 use parlor_proto::{opcode, ClientMessage, Frame, FrameCodec, FrameError, Status};
 
 /// The largest server frame the bench accepts. Deliveries top out at
@@ -45,21 +47,20 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub(crate) struct Setup {
     server: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
 }
 
 impl Setup {
-    pub(crate) fn new(target: &TargetArgs) -> Setup {
-        Setup {
+    pub(crate) fn new(target: &TargetArgs) -> anyhow::Result<Setup> {
+        let tls = target.tls_pin.map(tls::client_config).transpose()?;
+        Ok(Setup {
             server: target.server,
+            tls,
             timeout: target.setup_timeout(),
             permits: Arc::new(Semaphore::new(target.connect_concurrency)),
-        }
-    }
-
-    pub(crate) fn server(&self) -> SocketAddr {
-        self.server
+        })
     }
 
     /// Connects, registers as `nick` and joins `room`, as the legacy client
@@ -70,7 +71,7 @@ impl Setup {
         room: Option<&str>,
     ) -> anyhow::Result<BenchConnection> {
         self.within_limits(async {
-            let mut session = BenchConnection::connect(self.server).await?;
+            let mut session = self.connect().await?;
             session.register(nick).await?;
             if let Some(room) = room {
                 session.join(room).await?;
@@ -78,6 +79,11 @@ impl Setup {
             Ok(session)
         })
         .await
+    }
+
+    /// Connects to the server, over TLS when `--tls-pin` asks for it.
+    pub(crate) async fn connect(&self) -> anyhow::Result<BenchConnection> {
+        BenchConnection::connect(self.server, self.tls.as_ref()).await
     }
 
     /// Runs the setup `steps` of one connection once a permit is free, so
@@ -100,22 +106,49 @@ impl Setup {
 /// `Session`: this one only sets up and then hands the socket over.)
 pub(crate) struct BenchConnection {
     stream: TcpStream,
+    /// The TLS session over `stream`, with `--tls-pin`.
+    tls: Option<Box<TlsSession>>,
     input: BytesMut,
     codec: FrameCodec,
 }
 
 impl BenchConnection {
-    /// Connects with `TCP_NODELAY`, as the real client's small writes need.
-    pub(crate) async fn connect(server: SocketAddr) -> anyhow::Result<BenchConnection> {
+    /// Connects with `TCP_NODELAY`, as the real client's small writes need,
+    /// and runs the TLS handshake when `tls` is given.
+    pub(crate) async fn connect(
+        server: SocketAddr,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<BenchConnection> {
         let stream = TcpStream::connect(server)
             .await
             .with_context(|| format!("cannot connect to {server}"))?;
         stream.set_nodelay(true)?;
+        let tls = match tls {
+            Some(config) => {
+                let mut session = TlsSession::new(config, server)?;
+                session
+                    .handshake(&stream)
+                    .await
+                    .with_context(|| format!("TLS handshake with {server}"))?;
+                Some(Box::new(session))
+            }
+            None => None,
+        };
         Ok(BenchConnection {
             stream,
+            tls,
             input: BytesMut::new(),
             codec: FrameCodec::new(MAX_SERVER_PAYLOAD),
         })
+    }
+
+    /// What a registration's possession proof signs: the TLS exporter
+    /// value, or the plain connection's zeros.
+    pub(crate) fn channel_binding(&self) -> io::Result<[u8; CHANNEL_BINDING_LEN]> {
+        match &self.tls {
+            Some(tls) => tls.channel_binding(),
+            None => Ok(PLAIN_CHANNEL_BINDING),
+        }
     }
 
     /// HELLO, then NICK `nick`; both must be answered `9a 00`.
@@ -220,7 +253,20 @@ impl BenchConnection {
     }
 
     pub(crate) async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        let Some(tls) = &mut self.tls else {
+            return self.stream.write_all(bytes).await;
+        };
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match tls.write(&self.stream, rest) {
+                Ok(taken) => rest = &rest[taken..],
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.stream.writable().await?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tls.flush_all(&self.stream).await
     }
 
     /// The next whole frame; `None` when the server closed the connection.
@@ -247,13 +293,36 @@ impl BenchConnection {
     /// Reads what the socket has, up to `chunk` bytes, without waiting.
     /// `Ok(0)` is the end of the stream.
     pub(crate) fn try_read(&mut self, chunk: usize) -> io::Result<usize> {
+        if let Some(tls) = &mut self.tls {
+            return tls.read(&self.stream, &mut self.input, chunk);
+        }
         self.input.reserve(chunk);
         self.stream.try_read_buf(&mut self.input)
     }
 
-    /// Writes what the socket takes of `bytes`, without waiting.
-    pub(crate) fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
-        self.stream.try_write(bytes)
+    /// Writes what the socket takes of `bytes`, without waiting. Over TLS,
+    /// records the socket did not take wait inside the session:
+    /// [`BenchConnection::has_unsent`] says so, and [`BenchConnection::flush`]
+    /// writes them once the socket is writable.
+    pub(crate) fn try_write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            Some(tls) => tls.write(&self.stream, bytes),
+            None => self.stream.try_write(bytes),
+        }
+    }
+
+    /// Writes TLS records that wait, without waiting; `Ok` also when the
+    /// socket takes none now.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            Some(tls) => tls.flush(&self.stream).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether TLS records wait for the socket to become writable.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.has_unsent())
     }
 
     /// The next whole frame already read, if any.
@@ -262,13 +331,19 @@ impl BenchConnection {
     }
 
     /// The socket and the bytes already read from it but not yet taken as
-    /// frames, for a workload that reads the stream its own way.
+    /// frames, for a workload that reads the stream its own way; plain TCP
+    /// only (`transfer` refuses `--tls-pin`).
     pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+        assert!(self.tls.is_none(), "into_parts is for plain connections");
         (self.stream, self.input)
     }
 
-    /// Closes our side of the connection (FIN); reading goes on.
+    /// Closes our side of the connection (`close_notify`, then FIN);
+    /// reading goes on.
     pub(crate) async fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            tls.close(&self.stream).await?;
+        }
         self.stream.shutdown().await
     }
 }

@@ -8,6 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::process;
+use parlor_proto::tls::TlsFingerprint;
 
 /// The options every workload shares: which server, how to watch it, and
 /// how its connections are named and set up.
@@ -31,6 +32,23 @@ pub struct TargetArgs {
     /// Seconds one connection may take to be set up.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     pub setup_timeout: f64,
+    /// Connect over TLS (to parlor's TLS port, 4171 by default) and accept
+    /// only the server key with this fingerprint, the `SHA256:…` that
+    /// `parlor serve` logs at every start.
+    #[arg(long, value_name = "SHA256:HEX")]
+    #[serde(serialize_with = "display")]
+    pub tls_pin: Option<TlsFingerprint>,
+}
+
+/// Writes an option as it is shown, the fingerprint as `SHA256:…`.
+fn display<S: serde::Serializer, T: std::fmt::Display>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.collect_str(value),
+        None => serializer.serialize_none(),
+    }
 }
 
 impl TargetArgs {

@@ -407,7 +407,7 @@ async fn set_up<M: Messages>(
     phase_rx: watch::Receiver<TrafficPhase>,
 ) -> anyhow::Result<Vec<JoinHandle<(TrafficTally, Option<M::Conn>)>>> {
     let connections = shared.plan.endpoints.len();
-    let setup = Setup::new(target);
+    let setup = Setup::new(target)?;
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let tasks: Vec<_> = (0..connections as u32)
         .map(|index| {
@@ -855,7 +855,8 @@ impl<M: Messages> Driver<M> {
                         self.send_due();
                     }
                 }
-                ready = self.session.stream().writable(), if self.written < self.out.len() => {
+                ready = self.session.stream().writable(),
+                    if self.written < self.out.len() || self.session.has_unsent() => {
                     if ready.is_err() {
                         break Some(Ended::ByServer);
                     }
@@ -959,6 +960,7 @@ impl<M: Messages> Driver<M> {
     /// Writes what the socket takes without waiting; the rest waits for
     /// the socket to become writable.
     fn flush(&mut self) -> io::Result<()> {
+        self.session.flush()?;
         while self.written < self.out.len() {
             match self.session.try_write(&self.out[self.written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

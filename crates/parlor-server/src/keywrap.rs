@@ -5,7 +5,11 @@
 //! rotation for a 1,000-member room is 60–150 ms of CPU: on the event loop it
 //! would stall every other connection for that long. [`KeyWrapPool`] runs
 //! [`KeyWrapJob`]s on `key_wrap_threads` threads instead, and members'
-//! messages keep flowing meanwhile.
+//! messages keep flowing meanwhile. Those threads run at the lowest normal
+//! priority (nice 19), so that where the server is confined to one core
+//! the event loop preempts a rotation in progress instead of taking turns
+//! with it; under full load they still get a share of the core (a weight
+//! of 15 against the loop's 1,024), so rotations finish.
 //!
 //! Each job makes one fresh 32-byte key in a zeroizing buffer, wraps it for
 //! every recipient under the OAEP label the hub gave that recipient (which
@@ -33,7 +37,7 @@ use rand::Rng;
 use rsa::Oaep;
 use sha2::Sha256;
 use tokio::sync::{mpsc as async_mpsc, oneshot};
-use tracing::error;
+use tracing::{error, warn};
 use zeroize::Zeroizing;
 
 use parlor_core::{KeyWrapJob, KeyWrapOutcome};
@@ -96,7 +100,10 @@ impl KeyWrapPool {
             let waiting_requests = Arc::clone(&waiting_requests);
             thread::Builder::new()
                 .name(format!("parlor-keywrap-{index}"))
-                .spawn(move || serve(&receiver, &waiting_requests))?;
+                .spawn(move || {
+                    yield_to_the_event_loop();
+                    serve(&receiver, &waiting_requests)
+                })?;
         }
         let (rotated, rotations) = async_mpsc::unbounded_channel();
         let pool = KeyWrapPool {
@@ -142,6 +149,24 @@ impl KeyWrapPool {
             };
             let _ = self.rotated.send(failed);
         }
+    }
+}
+
+/// Lowers the calling thread to nice 19 (see the module documentation). A
+/// server that may not do so keeps wrapping at normal priority, and says
+/// so once per thread.
+fn yield_to_the_event_loop() {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS
+    // and a thread id changes that thread alone on Linux.
+    let lowered = unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, thread, 19)
+    };
+    if lowered != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "key-wrap thread keeps normal priority"
+        );
     }
 }
 

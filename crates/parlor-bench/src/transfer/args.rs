@@ -55,6 +55,9 @@ impl TransferArgs {
     /// what it takes, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
         self.target.validate()?;
+        if self.target.tls_pin.is_some() {
+            return Err("--tls-pin: transfer runs over plain TCP only".into());
+        }
         if !(1..=MAX_RECIPIENTS).contains(&self.recipients) {
             return Err(format!("--recipients: from 1 to {MAX_RECIPIENTS}"));
         }

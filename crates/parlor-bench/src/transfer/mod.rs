@@ -93,7 +93,6 @@ use crate::server_sample::ServerWatch;
 use crate::session::{BenchConnection, Setup};
 use crate::target::TargetArgs;
 use parlor_crypto::Identity;
-use parlor_proto::secure::PLAIN_CHANNEL_BINDING;
 use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest};
 use parlor_proto::{ClientMessage, Frame};
 
@@ -230,7 +229,7 @@ async fn set_up(
     phase: &watch::Sender<TransferPhase>,
     phase_rx: watch::Receiver<TransferPhase>,
 ) -> anyhow::Result<Tasks> {
-    let setup = Setup::new(target);
+    let setup = Setup::new(target)?;
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
     let sender = tokio::spawn(sender_task(
         Arc::clone(run),
@@ -282,11 +281,12 @@ async fn open(
 ) -> anyhow::Result<BenchConnection> {
     setup
         .within_limits(async {
-            let mut connection = BenchConnection::connect(setup.server()).await?;
+            let mut connection = setup.connect().await?;
             connection.register(nick).await?;
             connection.join(room).await?;
             // Plain TCP, to a server that allows the extension there.
-            let registration = identity.registration(&PLAIN_CHANNEL_BINDING, nick.as_bytes());
+            let registration =
+                identity.registration(&connection.channel_binding()?, nick.as_bytes());
             let register = ClientMessage::RegisterKey(registration);
             connection.expect_ok(&register, "REGISTER_KEY").await?;
             Ok(connection)
