@@ -56,6 +56,13 @@ pub const HEARTBEAT_AFTER: Duration = Duration::from_secs(6);
 /// with a clear error rather than held without bound.
 pub const MAX_HELD: usize = 64;
 
+/// How long room lines may wait for a key before they are given up, with an
+/// error that says so: a key that has not come by then is not coming soon
+/// (the server wraps one for 1,000 members in well under a second, and
+/// retries a failed rotation every second), and a script that ends its
+/// input must not wait for ever to quit.
+pub const HOLD_FOR: Duration = Duration::from_secs(15);
+
 /// What the client sends as HELLO. The server never looks at it.
 const GREETING: &[u8] = b"parlor reference client";
 
@@ -191,6 +198,8 @@ struct ConnectionState {
     /// What was said in the secure room while no key could seal it: before
     /// the first, or after a member left and before the next.
     held: VecDeque<Vec<u8>>,
+    /// When the oldest of `held` was said.
+    held_since: Option<Instant>,
     /// DMs to peers whose key changed, until `\trust`.
     held_dms: HashMap<Vec<u8>, Vec<Vec<u8>>>,
     last_traffic: Instant,
@@ -353,6 +362,7 @@ impl ClientSession {
             queue,
             pending: None,
             held: VecDeque::new(),
+            held_since: None,
             held_dms: HashMap::new(),
             last_traffic: now,
         });
@@ -380,18 +390,25 @@ impl ClientSession {
     }
 
     /// When [`ClientSession::handle_timeout`] has work to do: the heartbeat
-    /// due after [`HEARTBEAT_AFTER`] without traffic. `None` while not
-    /// connected.
+    /// due after [`HEARTBEAT_AFTER`] without traffic, or room lines held
+    /// for [`HOLD_FOR`]. `None` while not connected.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let connection = self.connection.as_ref()?;
-        Some(connection.last_traffic + HEARTBEAT_AFTER)
+        let heartbeat = connection.last_traffic + HEARTBEAT_AFTER;
+        let given_up = connection.held_since.map(|since| since + HOLD_FOR);
+        Some(given_up.map_or(heartbeat, |given_up| given_up.min(heartbeat)))
     }
 
-    /// The time is `now`: sends a heartbeat if one is due. Call it at
-    /// [`ClientSession::poll_timeout`], or at any time; early calls do
-    /// nothing.
+    /// The time is `now`: gives up room lines held too long and sends a
+    /// heartbeat if one is due. Call it at [`ClientSession::poll_timeout`],
+    /// or at any time; early calls do nothing.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
-        if self.poll_timeout().is_some_and(|due| now >= due) {
+        self.give_up_held(now, out);
+        let heartbeat_due = self
+            .connection
+            .as_ref()
+            .is_some_and(|connection| now >= connection.last_traffic + HEARTBEAT_AFTER);
+        if heartbeat_due {
             // Heartbeats bypass the queue, as in the legacy client.
             let heartbeat = ClientMessage::Heartbeat {
                 payload: Bytes::from_static(HEARTBEAT),
@@ -640,6 +657,7 @@ impl ClientSession {
                             ));
                         }
                         connection.held.push_back(text);
+                        connection.held_since.get_or_insert(now);
                         return out.event(UserEvent::Held { room: show(&room) });
                     }
                     Err(err) => return out.error(&format!("Not sent: {err}.")),
@@ -995,6 +1013,7 @@ impl ConnectionState {
         let room = self.room.take()?;
         self.keyring.leave_room();
         self.held.clear();
+        self.held_since = None;
         Some(room.name)
     }
 }

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use super::{ClientSession, InFlight, Output, Outputs, QueuedRequest};
+use super::{ClientSession, InFlight, Output, Outputs, QueuedRequest, HOLD_FOR};
 use crate::event::{show, UserEvent};
 use parlor_crypto::identity::{display_fingerprint, Fingerprint, PeerIdentity};
 use parlor_crypto::keyring::{Sighting, Trust};
@@ -254,6 +254,34 @@ impl ClientSession {
         }
     }
 
+    /// Room lines held for [`HOLD_FOR`] without a key are not sent, and
+    /// the user is told; a `\quit` or `\disconnect` waiting behind them
+    /// goes ahead.
+    pub(super) fn give_up_held(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Some(connection) = self.connection.as_mut() else {
+            return;
+        };
+        if connection
+            .held_since
+            .is_none_or(|since| now < since + HOLD_FOR)
+        {
+            return;
+        }
+        let room = connection
+            .room
+            .as_ref()
+            .map_or_else(String::new, |room| show(&room.name));
+        let count = connection.held.len();
+        connection.held.clear();
+        connection.held_since = None;
+        let messages = if count == 1 { "message" } else { "messages" };
+        out.error(&format!(
+            "Not sent: {count} {messages} to room '{room}': no key came within {} s.",
+            HOLD_FOR.as_secs()
+        ));
+        self.dispatch(now, out);
+    }
+
     /// A room key arrived: what was held for it goes out now, first.
     fn release_held(&mut self, now: Instant, out: &mut Vec<Output>) {
         let connection = self.connection.as_mut().expect("a frame arrived");
@@ -263,6 +291,7 @@ impl ClientSession {
         if connection.keyring.room_epoch(&room.name).is_err() {
             return;
         }
+        connection.held_since = None;
         for text in connection.held.drain(..).rev() {
             connection.queue.push_front(QueuedRequest::Say {
                 text,

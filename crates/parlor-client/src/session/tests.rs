@@ -585,6 +585,40 @@ fn room_text_waits_for_the_key_and_goes_out_sealed() {
 }
 
 #[test]
+fn room_text_held_without_a_key_is_given_up_after_a_while_and_quitting_goes_ahead() {
+    let mut alice = Alice::connected(true);
+    alice.join("vault", true);
+    let said = alice.now;
+    alice.line("said into the void");
+    alice.line("and again");
+    assert_eq!(
+        alice.line("\\quit"),
+        [],
+        "quitting waits for the held lines"
+    );
+    let mut outputs = Vec::new();
+    alice
+        .session
+        .handle_timeout(said + HOLD_FOR - Duration::from_millis(1), &mut outputs);
+    // Only the heartbeat due by then.
+    assert_eq!(events(&outputs), []);
+    assert!(!outputs.contains(&Output::Quit));
+    outputs.clear();
+    alice.session.handle_timeout(said + HOLD_FOR, &mut outputs);
+    assert_eq!(
+        events(&outputs),
+        [
+            UserEvent::Error {
+                text: "Not sent: 2 messages to room 'vault': no key came within 15 s.".into()
+            },
+            UserEvent::Disconnected { reason: None }
+        ]
+    );
+    assert_eq!(sent(&outputs), [], "nothing goes out in clear or at all");
+    assert!(outputs.contains(&Output::Quit), "{outputs:?}");
+}
+
+#[test]
 fn keys_for_another_room_or_a_forged_epoch_are_refused() {
     let mut alice = Alice::connected(true);
     alice.join("vault", true);
