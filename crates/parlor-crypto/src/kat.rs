@@ -1,7 +1,7 @@
 //! Known-answer fixtures, derived with the openssl CLI by
 //! `testdata/derive-kat.sh` (no code shared with the implementation): the
 //! test identity, an envelope, and two key wraps. The envelope's bytes are
-//! meant as the worked example of PROTOCOL.md's envelope section (v2).
+//! the worked example of PROTOCOL.md §12.7.
 
 use super::envelope::{Header, Kind};
 use super::identity::{Fingerprint, Identity, PeerIdentity};
