@@ -34,6 +34,9 @@ use parlor_proto::tls::TlsFingerprint;
 pub const CERT_FILE: &str = "tls-cert.pem";
 /// Its private key's file in `state_dir`, readable by the owner only.
 pub const KEY_FILE: &str = "tls-key.pem";
+/// Held locked while a server looks for or makes its certificate in the
+/// state directory.
+const LOCK_FILE: &str = "tls.lock";
 
 /// What every TLS connection of one server shares.
 #[derive(Clone)]
@@ -90,6 +93,14 @@ impl Tls {
 
 /// The certificate and key in `dir`, made there first if neither exists.
 fn kept_or_made(dir: &Path) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let mut state_dir = DirBuilder::new();
+    state_dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut state_dir, 0o700);
+    state_dir
+        .create(dir)
+        .map_err(|err| about(err, "cannot create the state directory", dir))?;
+    let _lock = lock_state(dir)?;
     let (cert, key) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
     match (cert.exists(), key.exists()) {
         (true, true) => return Ok((read_chain(&cert)?, read_key(&key)?)),
@@ -109,13 +120,6 @@ fn kept_or_made(dir: &Path) -> io::Result<(Vec<CertificateDer<'static>>, Private
         }
     }
     let (cert_pem, key_pem) = self_signed()?;
-    let mut state_dir = DirBuilder::new();
-    state_dir.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut state_dir, 0o700);
-    state_dir
-        .create(dir)
-        .map_err(|err| about(err, "cannot create the state directory", dir))?;
     // The key first: a crash in between leaves a key without a
     // certificate, which the next start reports instead of making a new key
     // behind the operator's back.
@@ -123,6 +127,30 @@ fn kept_or_made(dir: &Path) -> io::Result<(Vec<CertificateDer<'static>>, Private
     write_new(&cert, cert_pem.as_bytes(), 0o644)?;
     info!(cert = %cert.display(), key = %key.display(), "made a self-signed TLS certificate");
     Ok((read_chain(&cert)?, read_key(&key)?))
+}
+
+/// Locks `dir` against other servers looking for or making their
+/// certificate there until the returned file is dropped, so that servers
+/// started together with one state directory make one certificate and
+/// share it, instead of one failing on the other's half-made pair.
+fn lock_state(dir: &Path) -> io::Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| about(err, "cannot create", &path))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for as long as `file` lives; flock
+        // only reads it. The lock goes with the descriptor on drop.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(about(io::Error::last_os_error(), "cannot lock", &path));
+        }
+    }
+    Ok(file)
 }
 
 /// A fresh ECDSA P-256 key and a self-signed certificate for it, as PEM.
@@ -219,6 +247,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("parlor-tls-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn servers_started_together_with_one_state_dir_make_one_certificate() {
+        let dir = scratch("together").join("state");
+        let config = Config {
+            state_dir: Some(dir.clone()),
+            ..Config::default()
+        };
+        let fingerprints: Vec<_> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| Tls::load(&config).map(|tls| tls.fingerprint)))
+                .collect();
+            starts
+                .into_iter()
+                .map(|start| start.join().unwrap())
+                .collect()
+        });
+        let first = *fingerprints[0].as_ref().expect("the first start");
+        for fingerprint in &fingerprints {
+            assert_eq!(fingerprint.as_ref().ok(), Some(&first), "{fingerprints:?}");
+        }
+        fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
     #[test]
