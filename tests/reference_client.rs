@@ -105,6 +105,24 @@ impl Cast {
     }
 }
 
+/// The end of every test with a legacy bystander: it still sees exactly
+/// `rooms` (the secure traffic left the server's state straight), every
+/// client quits cleanly, and the server stops.
+async fn curtain<const N: usize>(
+    server: TestServer,
+    legacy: &mut Client,
+    rooms: &[&str],
+    clients: [ClientProcess; N],
+) {
+    legacy
+        .request(&ClientMessage::ListRooms, &names(rooms))
+        .await;
+    for client in clients {
+        client.quit().await;
+    }
+    server.stop().await;
+}
+
 fn epoch(event: &Value) -> u32 {
     event["epoch"].as_u64().expect("an epoch") as u32
 }
@@ -285,12 +303,7 @@ async fn secure_room_round_trip_tampering_replay_and_key_rotation() {
             assert!(!["tampered", "after bob left"].contains(&event["text"].as_str().unwrap()));
         }
     }
-    legacy
-        .request(&ClientMessage::ListRooms, &names(&["vault"]))
-        .await;
-    alice.quit().await;
-    bob.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &["vault"], [alice, bob]).await;
 }
 
 #[tokio::test]
@@ -622,12 +635,7 @@ async fn a_changed_key_for_a_known_nick_is_loud_unverified_and_dms_wait_for_trus
         (Some("the launch codes"), true)
     );
     drop(mallory_relay);
-    legacy
-        .request(&ClientMessage::ListRooms, &names(&["vault"]))
-        .await;
-    alice.quit().await;
-    mallory.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &["vault"], [alice, mallory]).await;
 }
 
 #[tokio::test]
@@ -675,10 +683,7 @@ async fn registering_someone_elses_public_key_is_refused() {
         &response_bytes(1, refusal),
     )
     .await;
-    legacy.request(&ClientMessage::ListRooms, &names(&[])).await;
-    alice.quit().await;
-    bob.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &[], [alice, bob]).await;
 }
 
 #[tokio::test]
@@ -782,12 +787,7 @@ async fn a_wrap_moved_to_another_epoch_or_room_does_not_open() {
     alice.line("\\leave").await;
     alice.expect(&[("event", "left"), ("room", "annex")]).await;
     drop(bob_relay);
-    legacy
-        .request(&ClientMessage::ListRooms, &names(&["vault"]))
-        .await;
-    alice.quit().await;
-    bob.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &["vault"], [alice, bob]).await;
 }
 
 #[tokio::test]
@@ -847,12 +847,7 @@ async fn a_file_offer_shows_no_digest_and_a_replayed_offer_is_refused() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    legacy
-        .request(&ClientMessage::ListRooms, &names(&["vault"]))
-        .await;
-    alice.quit().await;
-    bob.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &["vault"], [alice, bob]).await;
 }
 
 #[tokio::test]
@@ -899,13 +894,7 @@ async fn after_a_departure_nothing_is_sealed_under_the_epoch_the_leaver_holds() 
         epochs.iter().all(|epoch| *epoch >= next),
         "{epochs:?} after {held_by_carol}"
     );
-    legacy
-        .request(&ClientMessage::ListRooms, &names(&["vault"]))
-        .await;
-    alice.quit().await;
-    bob.quit().await;
-    carol.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &["vault"], [alice, bob, carol]).await;
 }
 
 #[tokio::test]
@@ -945,10 +934,7 @@ async fn a_peer_identity_with_exponent_3_is_refused() {
     );
     alice.line("\\whois eve").await;
     alice.expect(&[("event", "error")]).await;
-    legacy.request(&ClientMessage::ListRooms, &names(&[])).await;
-    alice.quit().await;
-    bob.quit().await;
-    server.stop().await;
+    curtain(server, &mut legacy, &[], [alice, bob]).await;
 }
 
 /// Runs `parlor client` with `args` and no server, its input closed at
