@@ -34,9 +34,6 @@ use parlor_proto::tls::TlsFingerprint;
 pub const CERT_FILE: &str = "tls-cert.pem";
 /// Its private key's file in `state_dir`, readable by the owner only.
 pub const KEY_FILE: &str = "tls-key.pem";
-/// Held locked while a server looks for or makes its certificate in the
-/// state directory.
-const LOCK_FILE: &str = "tls.lock";
 
 /// What every TLS connection of one server shares.
 #[derive(Clone)]
@@ -129,28 +126,24 @@ fn kept_or_made(dir: &Path) -> io::Result<(Vec<CertificateDer<'static>>, Private
     Ok((read_chain(&cert)?, read_key(&key)?))
 }
 
-/// Locks `dir` against other servers looking for or making their
-/// certificate there until the returned file is dropped, so that servers
-/// started together with one state directory make one certificate and
-/// share it, instead of one failing on the other's half-made pair.
+/// Locks `dir` itself (no file of its own: the state directory holds the
+/// certificate and key and nothing else) against other servers looking for
+/// or making their certificate there, until the returned handle is
+/// dropped, so that servers started together with one state directory make
+/// one certificate and share it, instead of one failing on the other's
+/// half-made pair.
 fn lock_state(dir: &Path) -> io::Result<std::fs::File> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|err| about(err, "cannot create", &path))?;
+    let handle = std::fs::File::open(dir).map_err(|err| about(err, "cannot open", dir))?;
     #[cfg(unix)]
     {
         use std::os::fd::AsRawFd;
-        // SAFETY: the descriptor is open for as long as `file` lives; flock
-        // only reads it. The lock goes with the descriptor on drop.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(about(io::Error::last_os_error(), "cannot lock", &path));
+        // SAFETY: the descriptor is open for as long as `handle` lives;
+        // flock only reads it. The lock goes with the descriptor on drop.
+        if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(about(io::Error::last_os_error(), "cannot lock", dir));
         }
     }
-    Ok(file)
+    Ok(handle)
 }
 
 /// A fresh ECDSA P-256 key and a self-signed certificate for it, as PEM.
