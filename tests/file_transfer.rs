@@ -148,7 +148,8 @@ mod s14_2_offering_a_file {
     use super::*;
 
     /// §14.2: legacy members are skipped and named in `8a`; §14.1: no file
-    /// frame ever reaches them; §14.6: a plaintext room's file is unsealed.
+    /// frame ever reaches them; §14.6: the reference client sends files only
+    /// sealed, so in a plaintext room it offers none.
     #[tokio::test]
     async fn in_a_plaintext_room_no_file_is_offered() {
         let server = ServerProcess::start(&config(), false);

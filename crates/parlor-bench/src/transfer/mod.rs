@@ -11,10 +11,11 @@
 //!
 //! # Setup
 //!
-//! 1. One 2048-bit RSA key is made, and the file is prepared: its SHA-256
-//!    digest (about a second per GiB) and the offer's RSA-PSS signature,
-//!    made as `parlor client` makes it (PROTOCOL.md §14.6: over the room,
-//!    the sender's name and the file's description). The server checks
+//! 1. One identity (an Ed25519 key and a 2048-bit RSA key) is made, and
+//!    the offer's Ed25519 signature, made as `parlor client` makes it
+//!    (PROTOCOL.md §14.6: over the room, the sender's name and every field
+//!    of the description). The file travels unsealed, with an empty
+//!    manifest, so no digest is made. The server checks
 //!    neither; the recipients check the signature, once per file, as a real
 //!    client would. All of this happens before the timed phase, which
 //!    spends nothing on cryptography.

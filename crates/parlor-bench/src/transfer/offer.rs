@@ -27,8 +27,8 @@ const RSA_BITS: usize = 2048;
 /// The file's name in every offer.
 const FILE_NAME: &str = "parlor-bench.bin";
 
-/// Makes the key, digests the file and signs the offer that `sender` makes
-/// to `args.room`.
+/// Makes the identity and signs the offer, unsealed and with an empty
+/// manifest, that `sender` makes to `args.room`.
 pub(super) fn prepare(
     args: &TransferArgs,
     sender: &str,

@@ -61,7 +61,7 @@ pub struct TransferReport {
     pub chunks_per_file: u32,
     /// The window the server granted (`85`), at most `--window`.
     pub window_granted: Option<u8>,
-    /// Key generation, digest and signature, before connecting.
+    /// Key generation and the offer's signature, before connecting.
     pub prepare_s: f64,
     /// Connecting, registering, joining and registering the key, for every
     /// connection.
