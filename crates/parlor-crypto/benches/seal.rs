@@ -1,5 +1,5 @@
 //! What one room message costs its sender: signing and sealing 64 bytes
-//! (HKDF-derived keys held, AES-256-CBC, HMAC-SHA256, Ed25519). The target
+//! (HKDF-derived keys held, AES-256-CTR, HMAC-SHA256, Ed25519). The target
 //! is at most 0.1 ms, so that sealing never shows in a chat's latency.
 //!
 //! `cargo bench -p parlor-crypto --bench seal` (pin it, e.g. `taskset -c 1`).

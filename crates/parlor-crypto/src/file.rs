@@ -36,10 +36,17 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::envelope::{Kind, IV_LEN, MAC_LEN};
+use super::envelope::Kind;
 use super::identity::{Identity, PeerIdentity, SIGNATURE_LEN};
 use super::{VerificationFailed, ISSUED_KEY_LEN};
 use parlor_proto::transfer::{FileMeta, DIGEST_LEN, NONCE_LEN};
+
+/// Length of the random AES-CBC IV that starts a chunk and the manifest.
+pub const IV_LEN: usize = 16;
+/// Length of the whole HMAC-SHA256 tag that ends them. Unlike the
+/// envelope's, it is not cut short: a chunk is up to hundreds of KiB, so
+/// 16 more bytes cost nothing.
+pub const MAC_LEN: usize = 32;
 
 /// The plaintext bytes in every chunk but the last, unless the sender
 /// chooses otherwise.

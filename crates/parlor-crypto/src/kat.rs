@@ -46,7 +46,7 @@ pub fn header() -> Header<'static> {
 }
 
 /// The AES-256 key HKDF derives from [`issued_key`], in hex.
-pub const ENC_KEY: &str = "9d2d48d2e28a6c5f155411ead1a899e3c307b0d5903fdd30ac3ab879ccf971ee";
+pub const ENC_KEY: &str = "27e4bd2ee632f3630938cec5c40c89c4a7fd1c6f36fceac252f1f43799670471";
 /// The HMAC-SHA256 key HKDF derives from [`issued_key`], in hex.
 pub const MAC_KEY: &str = "665e2561b9b3721263e1ce02f8c86999d7ffae85cb401e8da24021ebc20c372a";
 
@@ -54,23 +54,23 @@ pub const MAC_KEY: &str = "665e2561b9b3721263e1ce02f8c86999d7ffae85cb401e8da2402
 pub const SEALED_UNSIGNED: &str = concat!(
     "0201057661756c7405616c696365000000030000000000000001", // header
     "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf",                     // iv
-    "0020",                                                 // ciphertext length
-    "d6d8d5a2211dc7f36f37f92c7082b3e483b4a335da7fedbc54fd7671fdcd23f7",
-    "28b0f9dfc0cfc7acdc57f6f87ffb4ff2bf23a19b4e139ff7db453bc6533ed6e6", // mac
+    "0010",                                                 // ciphertext length
+    "011f70fbf680c11222eade6784ff1fa4",                     // ciphertext
+    "f7bac13e44c99c15e30b31b27a442a29",                     // mac
 );
 
 /// `"parlor v2 signature" || header || SHA-256(iv || ciphertext)`.
 pub const SIGNED_MESSAGE: &str = concat!(
     "7061726c6f72207632207369676e6174757265",
     "0201057661756c7405616c696365000000030000000000000001",
-    "7de637b4a8706e947db237a121394e47864c2592dd0b28c26bae9fffddb36d80",
+    "eef303627b3a13a0e84493ef22a5b98083bfc4e40e1cd96cdc60b224c425de75",
 );
 
 /// The test identity's Ed25519 signature over [`SIGNED_MESSAGE`]; the
 /// envelope's last 64 bytes.
 pub const SIGNATURE: &str = concat!(
-    "67cc84e1762d9c8844d58fadd61e46f92c1b27289cb506b122fa7adffe630e63",
-    "ea8934ba648f9f410e035e4d45e9274e63c335b8ef43cf14410ce54be9051c05",
+    "7a54745ae7bda806c38359d1ae0bd1715dbc51e60e41f6358bf7e49e6092e067",
+    "e736a0c932a9146b931ddd994b617afe2bf242b5a6cff6ab3ea347fc5c9ec00e",
 );
 
 /// The test identity's Ed25519 public key.

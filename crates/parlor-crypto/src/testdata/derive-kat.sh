@@ -43,12 +43,13 @@ plaintext='hello from alice'
 # version 02, kind 01 (room), "vault", "alice", epoch 3, counter 1
 header=$(printf '\x02\x01\x05vault\x05alice' | hex)00000003$(printf '%016x' 1)
 
-enc_key=$(hkdf "$key" 'parlor v2 aes-256-cbc')
+enc_key=$(hkdf "$key" 'parlor v2 aes-256-ctr')
 mac_key=$(hkdf "$key" 'parlor v2 hmac-sha256')
-ciphertext=$(printf '%s' "$plaintext" | openssl enc -aes-256-cbc -K "$enc_key" -iv "$iv" | hex)
+ciphertext=$(printf '%s' "$plaintext" | openssl enc -aes-256-ctr -K "$enc_key" -iv "$iv" | hex)
 ciphertext_len=$(printf '%04x' $((${#ciphertext} / 2)))
 authenticated=$header$iv$ciphertext_len$ciphertext
-mac=$(echo -n "$authenticated" | unhex | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$mac_key" -binary | hex)
+# HMAC-SHA256 cut to its first 16 bytes (32 hex digits)
+mac=$(echo -n "$authenticated" | unhex | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$mac_key" -binary | hex | head -c 32)
 digest=$(echo -n "$iv$ciphertext" | unhex | openssl dgst -sha256 -binary | hex)
 signed=$(printf 'parlor v2 signature' | hex)$header$digest
 signature=$(ed25519_sign "$signed")
