@@ -583,7 +583,7 @@ fn nonsense_options_are_refused_before_connecting() {
         ),
         (
             "bench secure-fanout --message-bytes 65420",
-            "--message-bytes: at most 65411",
+            "--message-bytes: at most 65410",
         ),
         (
             "bench transfer --recipients 0",
