@@ -32,7 +32,7 @@ macro_rules! texts {
 /// Every constant of `parlor_proto::text`, as (name, text).
 /// [`the_list_of_texts_here_names_every_constant_of_parlor_proto_text`] keeps
 /// this list complete.
-const TEXTS: [(&str, &str); 26] = texts![
+const TEXTS: [(&str, &str); 27] = texts![
     NICK_TAKEN,
     NICK_EMPTY,
     NICK_INVALID,
@@ -43,6 +43,7 @@ const TEXTS: [(&str, &str); 26] = texts![
     NICK_NOT_PRESENT,
     SERVER_FULL,
     TOO_MANY_FROM_ADDRESS,
+    CLUSTER_UNAVAILABLE,
     TOO_MANY_ROOMS,
     PASSWORDS_BUSY,
     PASSWORD_FAILED,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use zeroize::Zeroizing;
 
-use crate::{ConnId, KeyWrapJob};
+use crate::{ConnId, KeyWrapJob, NameClaim};
 
 /// What the hub asks its driver to do.
 #[derive(Debug)]
@@ -51,6 +51,15 @@ pub enum Action {
     /// then report back with [`Hub::keys_wrapped`](crate::Hub::keys_wrapped). A job with a requester
     /// owes that connection its reply, as a password job does.
     WrapKeys(KeyWrapJob),
+    /// Claim a name in the cluster's store and report back with
+    /// [`Hub::name_claimed`](crate::Hub::name_claimed); the connection's
+    /// reply waits for it, as for a password job. Only a
+    /// [`Hub::clustered`](crate::Hub::clustered) hub asks for it.
+    ClaimName(NameClaim),
+    /// Release a name in the cluster's store: nobody here holds it any
+    /// more. Carried out after every claim asked for before it, so a name
+    /// released and claimed again goes to its new holder.
+    ReleaseName(Bytes),
 }
 
 impl Action {
@@ -71,9 +80,12 @@ impl Action {
     /// the driver reads no further request from it until the work is done.
     pub fn owes_reply(&self) -> bool {
         match self {
-            Action::Password(_) => true,
+            Action::Password(_) | Action::ClaimName(_) => true,
             Action::WrapKeys(job) => job.requester.is_some(),
-            Action::Send { .. } | Action::Broadcast { .. } | Action::Close { .. } => false,
+            Action::Send { .. }
+            | Action::Broadcast { .. }
+            | Action::Close { .. }
+            | Action::ReleaseName(_) => false,
         }
     }
 }
@@ -103,6 +115,9 @@ pub enum CloseReason {
     IoError,
     /// The driver found the hub breaking its own contract (a bug); logged.
     Internal,
+    /// Cluster mode: the cluster's store did not answer, so the connection
+    /// could get no name, or the node lost its lease and let everyone go.
+    ClusterUnavailable,
 }
 
 impl fmt::Display for CloseReason {
@@ -119,6 +134,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => "server shutdown",
             CloseReason::IoError => "socket error",
             CloseReason::Internal => "internal error",
+            CloseReason::ClusterUnavailable => "the cluster is unavailable",
         })
     }
 }

@@ -6,7 +6,7 @@
 //! struct with one that also claims names and publishes room messages through
 //! a message bus (NATS or Redis), leaving the rest of the hub unchanged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -72,6 +72,9 @@ pub(crate) struct Directory {
     names: HashMap<Bytes, ConnId>,
     rooms: HashMap<Bytes, Room>,
     next_generation: u64,
+    /// Cluster mode: names held by users of other nodes, as the driver's
+    /// copy of the cluster's store last said.
+    remote_names: HashSet<Bytes>,
 }
 
 impl Directory {
@@ -91,6 +94,25 @@ impl Directory {
 
     pub(crate) fn user_names(&self) -> impl Iterator<Item = (&Bytes, ConnId)> + '_ {
         self.names.iter().map(|(name, conn)| (name, *conn))
+    }
+
+    /// Every name held on every node: this node's and the remote ones. A
+    /// name can show up in both for a moment (the copy of the store lags),
+    /// so a caller that lists them removes duplicates.
+    pub(crate) fn all_names(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.names.keys().chain(&self.remote_names)
+    }
+
+    pub(crate) fn add_remote_name(&mut self, name: Bytes) {
+        self.remote_names.insert(name);
+    }
+
+    pub(crate) fn remove_remote_name(&mut self, name: &[u8]) {
+        self.remote_names.remove(name);
+    }
+
+    pub(crate) fn clear_remote_names(&mut self) {
+        self.remote_names.clear();
     }
 
     pub(crate) fn room(&self, name: &[u8]) -> Option<&Room> {

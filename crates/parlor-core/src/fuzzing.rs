@@ -437,6 +437,9 @@ impl SessionDriver {
                 // Key wraps (for connections that registered a valid key)
                 // finish once this batch is applied, with stand-in keys.
                 Action::WrapKeys(job) => wraps.push(job),
+                Action::ClaimName(_) | Action::ReleaseName(_) => {
+                    panic!("a hub made with Hub::new asked the cluster for a name")
+                }
             }
         }
         self.finish_wraps(wraps);

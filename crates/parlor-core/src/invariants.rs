@@ -19,7 +19,10 @@ impl Hub {
             }
         }
         for (conn, user) in &self.users {
-            if self.directory.find_user(&user.name) != Some(*conn) {
+            // A new connection of a clustered hub has no name until the
+            // cluster gives it one.
+            let unnamed = user.name.is_empty() && self.claims_names();
+            if !unnamed && self.directory.find_user(&user.name) != Some(*conn) {
                 return Err(format!(
                     "{conn} does not hold its name {}",
                     Printable(&user.name)

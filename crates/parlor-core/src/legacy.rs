@@ -11,6 +11,7 @@ use rand::Rng;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::claims::{NamePurpose, NameRequest};
 use crate::secure::{Change, RoomKeyState};
 use crate::{
     check_name, respond, respond_naming, send, Action, CloseReason, ConnId, Hub, PasswordJob,
@@ -80,15 +81,39 @@ impl Hub {
                 return respond(out, conn, Status::Error, text::KEY_PROOF_FAILED);
             }
         }
-        let old = user.name.clone();
+        if !renamed {
+            let name = user.name.clone();
+            return self.renamed(conn, name, proof, out);
+        }
+        // Held here: no need to ask the cluster.
+        if self.directory.find_user(name).is_some() {
+            return respond(out, conn, Status::Error, text::NICK_TAKEN);
+        }
+        let name = Bytes::copy_from_slice(name);
+        if self.claims_names() {
+            let purpose = NamePurpose::Rename {
+                proof: proof.map(|proof| Box::new(*proof)),
+            };
+            return self.claim_name(conn, NameRequest::Exactly(name), purpose, out);
+        }
+        self.directory.claim_name(&name, conn);
+        self.renamed(conn, name, proof, out);
+    }
+
+    /// Gives the user `name`, which is now claimed for it (or is already
+    /// its own), lets go of the old one, and answers the NICK.
+    pub(crate) fn renamed(
+        &mut self,
+        conn: ConnId,
+        name: Bytes,
+        proof: Option<&[u8; SIGNATURE_LEN]>,
+        out: &mut Vec<Action>,
+    ) {
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        let old = std::mem::replace(&mut user.name, name);
+        let renamed = old != user.name;
         if renamed {
-            let name = Bytes::copy_from_slice(name);
-            if !self.directory.claim_name(&name, conn) {
-                return respond(out, conn, Status::Error, text::NICK_TAKEN);
-            }
-            self.directory.release_name(&user.name);
-            info!(peer = %user.peer, old = %Printable(&user.name), new = %Printable(&name), "nick changed");
-            user.name = name;
+            info!(peer = %user.peer, old = %Printable(&old), new = %Printable(&user.name), "nick changed");
         }
         if let (Some(proof), Some(identity)) = (proof, &mut user.identity) {
             identity.set_name_proof(proof);
@@ -101,6 +126,7 @@ impl Hub {
         }
         out.push(send(conn, OK_RESPONSE));
         if renamed {
+            self.release_name(&old, out);
             self.announce_identity(conn, old, out);
         }
     }
@@ -308,13 +334,10 @@ impl Hub {
                     .map(|member| &self.users[member].name[..])
                     .collect()
             }),
-            None => self
-                .directory
-                .user_names()
-                .map(|(name, _)| &name[..])
-                .collect(),
+            None => self.directory.all_names().map(|name| &name[..]).collect(),
         };
         names.sort_unstable();
+        names.dedup();
         out.push(send(conn, encode_name_list(names.into_iter())));
     }
 

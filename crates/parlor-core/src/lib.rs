@@ -24,6 +24,8 @@
 //! | [`Hub::handle_timeout`] | the time from [`Hub::poll_timeout`] has come |
 //! | [`Hub::password_checked`] | a [`PasswordJob`] finished |
 //! | [`Hub::keys_wrapped`] | a [`KeyWrapJob`] finished |
+//! | [`Hub::name_claimed`] | a [`NameClaim`] finished (cluster mode) |
+//! | [`Hub::remote_name_held`], [`Hub::remote_name_released`], [`Hub::remote_names_cleared`] | the cluster's names changed on another node (cluster mode) |
 //!
 //! **Outputs**, which the driver must carry out in the order given:
 //!
@@ -33,8 +35,9 @@
 //! - [`Action::Close`]: flush what is queued for the connection, then close
 //!   it. The hub has already forgotten the user, so a later
 //!   [`Hub::disconnect`] for it does nothing.
-//! - [`Action::Password`] and a [`Action::WrapKeys`] with a requester
-//!   ([`Action::owes_reply`]): the connection's reply is owed. Run the job
+//! - [`Action::Password`], [`Action::ClaimName`] and a
+//!   [`Action::WrapKeys`] with a requester ([`Action::owes_reply`]): the
+//!   connection's reply is owed. Run the job
 //!   off the event loop and **read nothing more from that connection** until
 //!   its outcome has been reported; its next requests wait behind the
 //!   answer. One call owes at most one job, always for the calling
@@ -42,6 +45,12 @@
 //!   keep one.
 //! - A [`Action::WrapKeys`] without a requester is a room key rotation: run
 //!   it and report it whenever it is done; nobody waits for it.
+//! - [`Action::ReleaseName`] (cluster mode): release the name in the
+//!   cluster's store, after every claim asked for before it.
+//!
+//! A hub made with [`Hub::new`] is a whole server and never asks for a
+//! claim or a release; one made with [`Hub::clustered`] is one node of a
+//! cluster (`claims.rs` says how its names work).
 //!
 //! **Time.** After every call, ask [`Hub::poll_timeout`] for the next
 //! deadline, and call [`Hub::handle_timeout`] once it has passed. A driver
@@ -69,6 +78,7 @@
 #![warn(missing_docs)]
 
 mod action;
+mod claims;
 mod directory;
 mod files;
 #[cfg(any(fuzzing, feature = "fuzzing"))]
@@ -102,6 +112,8 @@ use parlor_proto::text;
 use parlor_proto::{ClientMessage, FrameCodec, Status};
 
 pub use action::{Action, CloseReason, PasswordJob, PasswordOutcome, PasswordTask};
+pub use claims::{ClaimOutcome, NameClaim, NameRequest};
+use claims::{NamePurpose, PendingName};
 use directory::{Directory, Room};
 use idle::IdleTimers;
 pub use limits::Limits;
@@ -166,6 +178,8 @@ enum Pending {
     Join(PendingJoin),
     /// A DM_KEY_REQUEST waiting for its key to be wrapped.
     DmKey,
+    /// A guest name or a NICK waiting for the cluster's store.
+    Name(PendingName),
 }
 
 /// A JOIN waiting for its password to be hashed or checked.
@@ -205,6 +219,8 @@ pub struct Hub {
     rng: StdRng,
     /// File transfers in progress.
     transfers: Transfers,
+    /// Whether names are claimed through the driver ([`Hub::clustered`]).
+    clustered: bool,
 }
 
 impl Hub {
@@ -242,6 +258,17 @@ impl Hub {
             rng,
             transfers: Transfers::new(limits.transfers.clone(), transfer_seed),
             limits,
+            clustered: false,
+        }
+    }
+
+    /// A hub that is one node of a cluster: like [`Hub::new`], but every
+    /// name it gives out is claimed through the driver, so that it is
+    /// unique across the cluster (see [`NameClaim`]).
+    pub fn clustered(limits: Limits, rng_seed: [u8; 32]) -> Hub {
+        Hub {
+            clustered: true,
+            ..Hub::new(limits, rng_seed)
         }
     }
 
@@ -257,8 +284,9 @@ impl Hub {
         }
     }
 
-    /// A connection was accepted. It is named `randN` at once; the name is
-    /// sent as the reply to its HELLO.
+    /// A connection was accepted. It is named `randN` at once (in cluster
+    /// mode, once the driver has claimed a guest name); the name is sent as
+    /// the reply to its HELLO.
     pub fn connect(&mut self, conn: ConnId, peer: SocketAddr, now: Instant, out: &mut Vec<Action>) {
         let from_address = self.connections_per_ip.entry(peer.ip()).or_default();
         let refusal = if self.users.len() >= self.limits.max_connections {
@@ -287,8 +315,13 @@ impl Hub {
             return;
         }
         *from_address += 1;
-        let name = self.fresh_guest_name(conn);
-        info!(%peer, nick = %Printable(&name), %conn, "connected");
+        let name = if self.claims_names() {
+            Bytes::new()
+        } else {
+            let name = self.fresh_guest_name(conn);
+            info!(%peer, nick = %Printable(&name), %conn, "connected");
+            name
+        };
         self.users.insert(
             conn,
             Box::new(User {
@@ -305,6 +338,9 @@ impl Hub {
         );
         self.idle
             .schedule(conn, now + self.limits.handshake_timeout);
+        if self.claims_names() {
+            self.claim_name(conn, NameRequest::Guest, NamePurpose::Guest, out);
+        }
     }
 
     /// The connection runs over TLS, and `binding` is its channel binding:
@@ -583,7 +619,7 @@ impl Hub {
         if let Some(left) = left {
             self.membership_changed(&left, Change::Departure(conn), out);
         }
-        self.directory.release_name(&user.name);
+        self.release_name(&user.name, out);
         if let Some(count) = self.connections_per_ip.get_mut(&user.peer.ip()) {
             *count -= 1;
             if *count == 0 {

@@ -1,6 +1,7 @@
 //! The hub driven directly, with a fake clock: every timer is exact and
 //! instant. The secure extension's tests are in `tests/secure.rs`.
 
+mod claims;
 mod files;
 mod secure;
 

@@ -26,6 +26,10 @@ pub const NICK_NOT_PRESENT: &str = "Nick not present";
 pub const SERVER_FULL: &str = "Server full, try again later.";
 /// A connection past `max_connections_per_ip`; then the server closes it.
 pub const TOO_MANY_FROM_ADDRESS: &str = "Too many connections from your address, try again later.";
+/// In cluster mode, a name could not be claimed because the cluster's
+/// shared store did not answer: a new connection is then closed, a NICK
+/// leaves the old name in place.
+pub const CLUSTER_UNAVAILABLE: &str = "The chat network is unavailable, try again later.";
 /// A JOIN that would create a room past `max_rooms`.
 pub const TOO_MANY_ROOMS: &str = "The server has too many rooms, try again later.";
 /// A password JOIN while the hashing queue is full.
