@@ -1,0 +1,599 @@
+//! The tokio side of the cluster: one queue of claims and releases, the
+//! lease loop, the two watches and the sweep. Every decision is made in
+//! `lease.rs` and `liveness.rs`; this file only talks to NATS.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Entry, Operation, Store};
+use async_nats::jetstream::{self, stream::StorageType};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::keys::{name_key, name_of_key, Run, GUEST_COUNTER, NAME_PREFIX};
+use crate::lease::Lease;
+use crate::liveness::Liveness;
+use crate::{JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET};
+use parlor_core::{ClaimOutcome, NameRequest};
+
+/// How long a purge marker stays in the names bucket. Long enough for
+/// every watcher to see it; after it, the bucket holds nothing of the name.
+const MARKER_TTL: Duration = Duration::from_secs(60);
+/// How often a lost compare-and-set on the guest counter is tried again
+/// before the claim gives up.
+const GUEST_COUNTER_TRIES: usize = 16;
+/// The longest wait between two attempts to watch a bucket again.
+const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
+
+/// This node's membership of the cluster. Made by [`Cluster::join`]; ended
+/// by [`Cluster::leave`].
+pub struct Cluster {
+    ops: mpsc::UnboundedSender<Op>,
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterStats {
+    /// Lease renewals that failed or timed out.
+    pub renewals_failed: u64,
+    /// Times this node fenced itself.
+    pub fences: u64,
+    /// Names of runs that were over, freed by this node.
+    pub names_swept: u64,
+    /// Nodes whose records this node sees renewing, itself included.
+    pub nodes: usize,
+    /// How long the last lease renewal took to be acknowledged.
+    pub nats_round_trip: Duration,
+}
+
+struct Inner {
+    settings: Settings,
+    names: Store,
+    nodes: Store,
+    node: Arc<dyn Node>,
+    state: Mutex<State>,
+    renewals_failed: AtomicU64,
+    fences: AtomicU64,
+    names_swept: AtomicU64,
+    /// The last renewal's round trip, in microseconds.
+    round_trip_micros: AtomicU64,
+}
+
+struct State {
+    run: Run,
+    lease: Lease,
+    liveness: Liveness,
+}
+
+/// What the queue carries out, in order.
+enum Op {
+    Claim {
+        request: NameRequest,
+        reply: oneshot::Sender<ClaimOutcome>,
+    },
+    Release(Bytes),
+    /// Answered once everything queued before it is done.
+    Flush(oneshot::Sender<()>),
+    /// The lease was lost and every connection closed: the names this run
+    /// held are left to the sweep.
+    Fenced,
+}
+
+impl Cluster {
+    /// Connects to NATS, opens (or creates) the buckets, writes this node's
+    /// first lease record and starts the tasks that keep it.
+    pub async fn join(settings: Settings, node: Arc<dyn Node>) -> Result<Cluster, JoinError> {
+        let lease = Lease::new(settings.lease);
+        let client = connect(&settings, lease.renew_every()).await?;
+        let context = jetstream::ContextBuilder::new()
+            .timeout(lease.renew_every())
+            .build(client);
+        let names = open_bucket(&context, NAMES_BUCKET, &settings, None).await?;
+        let nodes =
+            open_bucket(&context, NODES_BUCKET, &settings, Some(lease.record_ttl())).await?;
+        let run = Run {
+            node: settings.node_id.clone(),
+            incarnation: rand::random(),
+        };
+        let sent = Instant::now();
+        nodes
+            .put(&run.node, run.encode())
+            .await
+            .map_err(|err| JoinError::Lease(err.to_string()))?;
+        let mut lease = lease;
+        lease.renewed(sent);
+        info!(node = %run.node, incarnation = %format_args!("{:016x}", run.incarnation),
+              "joined the cluster");
+        let liveness = Liveness::new(run.clone(), lease.record_ttl());
+        let inner = Arc::new(Inner {
+            settings,
+            names,
+            nodes,
+            node,
+            state: Mutex::new(State {
+                run,
+                lease,
+                liveness,
+            }),
+            renewals_failed: AtomicU64::new(0),
+            fences: AtomicU64::new(0),
+            names_swept: AtomicU64::new(0),
+            round_trip_micros: AtomicU64::new(0),
+        });
+        let (ops, queue) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&inner).run_queue(queue)),
+            tokio::spawn(Arc::clone(&inner).keep_lease(ops.clone())),
+            tokio::spawn(Arc::clone(&inner).watch_names()),
+            tokio::spawn(Arc::clone(&inner).watch_nodes()),
+            tokio::spawn(Arc::clone(&inner).sweep()),
+        ];
+        Ok(Cluster { ops, inner, tasks })
+    }
+
+    /// Claims a name (see [`NameRequest`]); the outcome comes on the
+    /// receiver. If the receiver is dropped first, a name won is released.
+    ///
+    /// The queue is unbounded, but what is in it is bounded all the same:
+    /// each connection has at most one claim in flight (its reply waits
+    /// for it) and holds one name, so releases come one per rename or
+    /// departure.
+    pub fn claim(&self, request: NameRequest) -> oneshot::Receiver<ClaimOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        // Fails only once the queue has stopped, at shutdown: the dropped
+        // reply then reads as unavailable.
+        let _ = self.ops.send(Op::Claim { request, reply });
+        outcome
+    }
+
+    /// Releases a name this node held, after every claim queued before.
+    pub fn release(&self, name: Bytes) {
+        let _ = self.ops.send(Op::Release(name));
+    }
+
+    /// What the cluster has counted.
+    pub fn stats(&self) -> ClusterStats {
+        let nodes = self.inner.state().liveness.nodes_heard(Instant::now());
+        ClusterStats {
+            renewals_failed: self.inner.renewals_failed.load(Ordering::Relaxed),
+            fences: self.inner.fences.load(Ordering::Relaxed),
+            names_swept: self.inner.names_swept.load(Ordering::Relaxed),
+            nodes,
+            nats_round_trip: Duration::from_micros(
+                self.inner.round_trip_micros.load(Ordering::Relaxed),
+            ),
+        }
+    }
+
+    /// Leaves the cluster after a drain: waits (at most `within`) until
+    /// every release queued so far is done, then deletes this node's record
+    /// and stops.
+    pub async fn leave(&self, within: Duration) {
+        let (done, flushed) = oneshot::channel();
+        let _ = self.ops.send(Op::Flush(done));
+        if tokio::time::timeout(within, flushed).await.is_err() {
+            warn!("names still being released at shutdown; the sweep will free them");
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        let node = &self.inner.settings.node_id;
+        match self.inner.nodes.delete(node).await {
+            Ok(()) => info!(%node, "left the cluster"),
+            Err(err) => warn!(%node, %err, "cannot delete this node's record"),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn connect(settings: &Settings, timeout: Duration) -> Result<async_nats::Client, JoinError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("parlor {}", settings.node_id))
+        .connection_timeout(timeout.max(Duration::from_secs(1)))
+        // A dead connection must be noticed well within the lease; the
+        // lease itself is what fences the node, this only speeds up the
+        // reconnect.
+        .ping_interval(timeout.max(Duration::from_secs(1)))
+        .max_reconnects(None);
+    if let Some(path) = &settings.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| JoinError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    if let Some(path) = &settings.tls_ca_file {
+        options = options.add_root_certificates(path.clone());
+    }
+    options
+        .connect(&settings.servers)
+        .await
+        .map_err(|source| JoinError::Connect {
+            servers: settings.servers.join(","),
+            source,
+        })
+}
+
+/// Opens a bucket, creating it (or updating its settings) as needed. Every
+/// node asks for the same settings, so whichever comes first makes it.
+async fn open_bucket(
+    context: &jetstream::Context,
+    bucket: &'static str,
+    settings: &Settings,
+    max_age: Option<Duration>,
+) -> Result<Store, JoinError> {
+    let config = kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        max_age: max_age.unwrap_or_default(),
+        storage: StorageType::File,
+        num_replicas: settings.replicas,
+        // Allows a TTL per entry: the purge markers of released names.
+        limit_markers: Some(MARKER_TTL),
+        ..kv::Config::default()
+    };
+    context
+        .create_or_update_key_value(config)
+        .await
+        .map_err(|err| JoinError::Bucket {
+            bucket,
+            reason: err.to_string(),
+        })
+}
+
+/// Why a claim failed.
+enum Refused {
+    Taken,
+    Unavailable,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Carries out claims and releases one at a time, in order.
+    async fn run_queue(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Op>) {
+        // The names this run holds, with the revision each was won at.
+        let mut held: HashMap<Bytes, u64> = HashMap::new();
+        let mut guests: Range<u64> = 0..0;
+        while let Some(op) = queue.recv().await {
+            match op {
+                Op::Claim { request, reply } => {
+                    let (value, holds) = {
+                        let state = self.state();
+                        (state.run.encode(), state.lease.holds(Instant::now()))
+                    };
+                    let won = if !holds {
+                        Err(Refused::Unavailable)
+                    } else {
+                        match request {
+                            NameRequest::Guest => self.claim_guest(&mut guests, &value).await,
+                            NameRequest::Exactly(name) => self
+                                .claim(&name, &value)
+                                .await
+                                .map(|revision| (name, revision)),
+                        }
+                    };
+                    let outcome = match won {
+                        Ok((name, revision)) => {
+                            held.insert(name.clone(), revision);
+                            ClaimOutcome::Claimed(name)
+                        }
+                        Err(Refused::Taken) => ClaimOutcome::Taken,
+                        Err(Refused::Unavailable) => ClaimOutcome::Unavailable,
+                    };
+                    // The connection went while its claim ran.
+                    if let Err(ClaimOutcome::Claimed(name)) = reply.send(outcome) {
+                        if let Some(revision) = held.remove(&name) {
+                            self.purge(&name, revision).await;
+                        }
+                    }
+                }
+                Op::Release(name) => {
+                    if let Some(revision) = held.remove(&name) {
+                        self.purge(&name, revision).await;
+                    }
+                }
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Op::Fenced => held.clear(),
+            }
+        }
+    }
+
+    /// Creates the name's key: only the first node to do so wins it.
+    async fn claim(&self, name: &[u8], value: &Bytes) -> Result<u64, Refused> {
+        match self.names.create(name_key(name), value.clone()).await {
+            Ok(revision) => Ok(revision),
+            // Also what a create that races a delete can report: the name
+            // was held a moment ago, and the legacy text says no more.
+            Err(err) if err.kind() == CreateErrorKind::AlreadyExists => Err(Refused::Taken),
+            Err(err) => {
+                warn!(%err, "cannot claim a name");
+                Err(Refused::Unavailable)
+            }
+        }
+    }
+
+    /// Claims `randN` for the next number of this node's block that nobody
+    /// holds, taking a new block when it runs out.
+    async fn claim_guest(
+        &self,
+        guests: &mut Range<u64>,
+        value: &Bytes,
+    ) -> Result<(Bytes, u64), Refused> {
+        loop {
+            let number = match guests.next() {
+                Some(number) => number,
+                None => {
+                    *guests = self.take_guest_block().await?;
+                    continue;
+                }
+            };
+            let name = Bytes::from(format!("rand{number}"));
+            match self.claim(&name, value).await {
+                Ok(revision) => return Ok((name, revision)),
+                Err(Refused::Taken) => continue,
+                Err(refused) => return Err(refused),
+            }
+        }
+    }
+
+    /// Moves the shared guest counter on by a block, and returns the block.
+    async fn take_guest_block(&self) -> Result<Range<u64>, Refused> {
+        for _ in 0..GUEST_COUNTER_TRIES {
+            let entry = self.names.entry(GUEST_COUNTER).await.map_err(|err| {
+                warn!(%err, "cannot read the guest counter");
+                Refused::Unavailable
+            })?;
+            let (start, revision) = match entry {
+                Some(entry) if entry.operation == Operation::Put => {
+                    let start = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|text| text.parse::<u64>().ok());
+                    let Some(start) = start else {
+                        error!("the guest counter holds no number");
+                        return Err(Refused::Unavailable);
+                    };
+                    (start, Some(entry.revision))
+                }
+                _ => (0, None),
+            };
+            let end = start.saturating_add(GUEST_BLOCK);
+            let value = Bytes::from(end.to_string());
+            let written = match revision {
+                Some(revision) => self
+                    .names
+                    .update(GUEST_COUNTER, value, revision)
+                    .await
+                    .map_err(|err| err.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                None => self
+                    .names
+                    .create(GUEST_COUNTER, value)
+                    .await
+                    .map_err(|err| err.kind() == CreateErrorKind::AlreadyExists),
+            };
+            match written {
+                Ok(_) => return Ok(start..end),
+                // Another node took a block first: read again.
+                Err(true) => continue,
+                Err(false) => {
+                    warn!("cannot move the guest counter on");
+                    return Err(Refused::Unavailable);
+                }
+            }
+        }
+        warn!("the guest counter is too contended");
+        Err(Refused::Unavailable)
+    }
+
+    /// Frees a name, on the condition that it still has `revision`; leaves
+    /// a marker that expires.
+    async fn purge(&self, name: &[u8], revision: u64) -> bool {
+        let key = name_key(name);
+        match self
+            .names
+            .purge_expect_revision_with_ttl(&key, revision, MARKER_TTL)
+            .await
+        {
+            Ok(()) => true,
+            Err(err) => {
+                debug!(%key, %err, "name not purged (changed since, or unavailable)");
+                false
+            }
+        }
+    }
+
+    /// Renews the lease every quarter TTL; fences the node when it cannot,
+    /// and starts a new run once it can again.
+    async fn keep_lease(self: Arc<Self>, ops: mpsc::UnboundedSender<Op>) {
+        let every = self.state().lease.renew_every();
+        let mut next = Instant::now() + every;
+        loop {
+            tokio::time::sleep_until(next.into()).await;
+            let sent = Instant::now();
+            next = sent + every;
+            let run = {
+                let state = self.state();
+                if state.lease.is_fenced() {
+                    Run {
+                        node: state.run.node.clone(),
+                        incarnation: rand::random(),
+                    }
+                } else {
+                    state.run.clone()
+                }
+            };
+            let put = tokio::time::timeout(every, self.nodes.put(&run.node, run.encode())).await;
+            let mut state = self.state();
+            match put {
+                Ok(Ok(_)) => {
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.round_trip_micros.store(micros, Ordering::Relaxed);
+                    if state.lease.is_fenced() {
+                        info!(node = %run.node, incarnation = %format_args!("{:016x}", run.incarnation),
+                              "the lease is back: rejoined the cluster as a new run");
+                        state.liveness.restarted(run.clone());
+                        state.run = run;
+                        state.lease.unfence();
+                    }
+                    state.lease.renewed(sent);
+                }
+                Ok(Err(err)) => {
+                    self.renewals_failed.fetch_add(1, Ordering::Relaxed);
+                    warn!(%err, "lease renewal failed");
+                }
+                Err(_) => {
+                    self.renewals_failed.fetch_add(1, Ordering::Relaxed);
+                    warn!("lease renewal timed out");
+                }
+            }
+            if state.lease.must_fence(Instant::now()) {
+                drop(state);
+                self.fences.fetch_add(1, Ordering::Relaxed);
+                error!("lease lost: closing every connection until NATS answers again");
+                self.node.fence();
+                let _ = ops.send(Op::Fenced);
+            }
+        }
+    }
+
+    /// Keeps the copy of the names bucket, and tells the server about
+    /// remote names.
+    async fn watch_names(self: Arc<Self>) {
+        let subjects = format!("{NAME_PREFIX}>");
+        self.watch(&self.names, &subjects, |inner, entry| inner.saw_name(entry))
+            .await;
+    }
+
+    fn saw_name(&self, entry: Entry) {
+        let Some(name) = name_of_key(&entry.key) else {
+            return;
+        };
+        let now = Instant::now();
+        if entry.operation != Operation::Put {
+            self.state().liveness.name_released(&name);
+            self.node.remote_name_released(&name);
+            return;
+        }
+        let Some(owner) = Run::decode(&entry.value) else {
+            warn!(key = %entry.key, "a name held by no node's run; left alone");
+            return;
+        };
+        let mine = {
+            let mut state = self.state();
+            let mine = owner == state.run;
+            state
+                .liveness
+                .name_held(name.clone(), owner, entry.revision, now);
+            mine
+        };
+        if !mine {
+            self.node.remote_name_held(name);
+        }
+    }
+
+    /// Keeps the copy of the nodes bucket: when each run was last renewed.
+    async fn watch_nodes(self: Arc<Self>) {
+        self.watch(&self.nodes, ">", |inner, entry| {
+            if entry.operation != Operation::Put {
+                return;
+            }
+            if let Some(run) = Run::decode(&entry.value) {
+                inner
+                    .state()
+                    .liveness
+                    .node_renewed(&run.node, run.incarnation, Instant::now());
+            }
+        })
+        .await;
+    }
+
+    /// Watches `subjects` of `store` from its current values on, for ever:
+    /// after an error the watch is made again, with backoff, and reads the
+    /// current values again (what happened meanwhile was not delivered).
+    async fn watch(&self, store: &Store, subjects: &str, saw: impl Fn(&Self, Entry)) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match store.watch_with_history(subjects).await {
+                Ok(mut watch) => {
+                    backoff = Duration::from_millis(50);
+                    while let Some(entry) = watch.next().await {
+                        match entry {
+                            Ok(entry) => saw(self, entry),
+                            Err(err) => {
+                                warn!(bucket = %store.name, %err, "watch failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(err) => warn!(bucket = %store.name, %err, "cannot watch"),
+            }
+            if store.name == self.names.name {
+                self.node.remote_names_cleared();
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_WATCH_BACKOFF);
+        }
+    }
+
+    /// Frees the names of runs that are over.
+    async fn sweep(self: Arc<Self>) {
+        let every = self.state().lease.sweep_every();
+        loop {
+            tokio::time::sleep(every).await;
+            let sweep = {
+                let state = self.state();
+                // A fenced node's copy may be stale: it judges nobody.
+                if !state.lease.holds(Instant::now()) {
+                    continue;
+                }
+                state.liveness.sweep(Instant::now())
+            };
+            let mut names = sweep.names;
+            for run in sweep.suspects {
+                match self.nodes.entry(&run.node).await {
+                    // Still there: not expired yet, or renewed, which the
+                    // watch will say.
+                    Ok(Some(entry))
+                        if entry.operation == Operation::Put
+                            && Run::decode(&entry.value).as_ref() == Some(&run) => {}
+                    Ok(_) => {
+                        let over = self.state().liveness.run_over(&run);
+                        info!(node = %run.node, names = over.len(),
+                              "a node's lease expired: freeing its names");
+                        names.extend(over);
+                    }
+                    Err(err) => warn!(node = %run.node, %err, "cannot read a node's record"),
+                }
+            }
+            for (name, revision) in names {
+                if self.purge(&name, revision).await {
+                    self.names_swept.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

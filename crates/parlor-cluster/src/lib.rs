@@ -1,0 +1,121 @@
+//! Cluster mode: several parlor nodes acting as one server, on NATS.
+//!
+//! Each node runs its own hub; what must be agreed between them lives in
+//! JetStream key-value buckets, which a NATS cluster replicates with RAFT:
+//!
+//! | bucket | key | value | written by |
+//! |---|---|---|---|
+//! | `parlor_names` | `n.<name in hex>` | the owning run | the node that won the name, with *create* (compare-and-set on "no such key") |
+//! | `parlor_names` | `guests` | the next guest number not handed out | any node taking a block of guest numbers (compare-and-set on its revision) |
+//! | `parlor_nodes` | the node id | its current run | the node, every quarter lease; entries expire a lease after they were written |
+//!
+//! A *run* is one node id with an incarnation drawn at random when the node
+//! starts and again after it lost its lease. Only the store's
+//! compare-and-set decides who holds a name; a node's copy of the buckets
+//! (from watches) only lists and sweeps.
+//!
+//! **Names.** A hub made with `Hub::clustered` claims every name through
+//! [`Cluster::claim`] and releases it through [`Cluster::release`]; both go
+//! through one queue, in order, so a name released and claimed again on one
+//! node goes to its new holder. A guest name is `randN` for a number from a
+//! block of [`GUEST_BLOCK`] that the node takes from the `guests` counter:
+//! unique across the cluster, and increasing on each node, but not one
+//! sequence across nodes. A number whose name somebody took with NICK is
+//! skipped, as on a single server.
+//!
+//! **Leases and the sweep.** `liveness.rs` says when a name is nobody's (its
+//! run is over); `lease.rs` when a node must fence itself (close every
+//! connection and claim nothing) because it could not renew its record.
+//! Released names are purged with a marker that expires, so that the bucket
+//! does not keep one tombstone per name ever used.
+//!
+//! The driver contract is the hub's; this crate adds the [`Node`] trait,
+//! through which the cluster tells the server what it saw.
+
+#![warn(missing_docs)]
+
+mod driver;
+mod keys;
+mod lease;
+mod liveness;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use driver::{Cluster, ClusterStats};
+
+/// How many guest numbers a node takes from the shared counter at a time.
+pub const GUEST_BLOCK: u64 = 256;
+
+/// The name of the bucket of names (and the guest counter).
+pub const NAMES_BUCKET: &str = "parlor_names";
+/// The name of the bucket of node records.
+pub const NODES_BUCKET: &str = "parlor_nodes";
+
+/// How this node joins the cluster.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// NATS servers to connect to, `nats://HOST:PORT` (or `tls://`); the
+    /// client moves between them as they come and go.
+    pub servers: Vec<String>,
+    /// This node's id: unique among the nodes, the same across restarts.
+    pub node_id: String,
+    /// How long a node's record outlives its last renewal; a killed node's
+    /// names are free within about this long.
+    pub lease: Duration,
+    /// Copies JetStream keeps of each bucket: 1 for one NATS server, 3 for
+    /// a cluster of three (which then survives the loss of one).
+    pub replicas: usize,
+    /// A NATS credentials file (`.creds`: a user JWT and its nkey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for `tls://` servers.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// What the cluster tells the server it runs in.
+pub trait Node: Send + Sync + 'static {
+    /// A user of another node holds `name`.
+    fn remote_name_held(&self, name: Bytes);
+    /// No user of another node holds `name` any more.
+    fn remote_name_released(&self, name: &[u8]);
+    /// The copy of the names bucket is being read again from the start.
+    fn remote_names_cleared(&self);
+    /// The lease is lost: close every connection now, before other nodes
+    /// can give their names away.
+    fn fence(&self);
+}
+
+/// Why a node could not join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// No NATS server answered.
+    #[error("cannot connect to NATS at {servers}: {source}")]
+    Connect {
+        /// The servers tried, as given.
+        servers: String,
+        /// What the client said.
+        source: async_nats::ConnectError,
+    },
+    /// The credentials or CA file could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file, as given.
+        path: String,
+        /// Why not.
+        source: std::io::Error,
+    },
+    /// JetStream refused to open or create a bucket (is JetStream on, and
+    /// the server at least 2.11?).
+    #[error("cannot open the key-value bucket {bucket}: {reason}")]
+    Bucket {
+        /// The bucket.
+        bucket: &'static str,
+        /// What JetStream said.
+        reason: String,
+    },
+    /// The first lease could not be written.
+    #[error("cannot write this node's lease record: {0}")]
+    Lease(String),
+}
