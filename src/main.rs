@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use parlor_server::config::{parse_listen_or_off, Config};
+use parlor_server::config::{parse_listen_or_off, ClusterConfig, Config};
 use parlor_server::{BusyPause, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -63,6 +63,14 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Cluster mode: join the nodes on these NATS servers, comma-separated
+    /// (nats://HOST:PORT,...) [default: off, one node by itself].
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    cluster: Option<Vec<String>>,
+    /// This node's id in the cluster: unique among the nodes, the same
+    /// across restarts.
+    #[arg(long, value_name = "NAME")]
+    node_id: Option<String>,
     /// TOML file with settings; see README.md for every key and default.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -141,6 +149,18 @@ fn load_config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error>> {
     }
     if let Some(metrics) = args.metrics {
         config.metrics_listen = Some(metrics);
+    }
+    // Either flag makes a node of a cluster; validation names what is missing.
+    if args.cluster.is_some() || args.node_id.is_some() {
+        let cluster = config
+            .cluster
+            .get_or_insert_with(|| ClusterConfig::new(Vec::new(), String::new()));
+        if let Some(servers) = &args.cluster {
+            cluster.servers = servers.clone();
+        }
+        if let Some(node_id) = &args.node_id {
+            cluster.node_id = node_id.clone();
+        }
     }
     config.validate()?;
     Ok(config)

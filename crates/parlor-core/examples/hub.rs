@@ -64,6 +64,9 @@ fn show(what: &str, out: &mut Vec<Action>) {
             Action::Password(_) | Action::WrapKeys(_) => {
                 println!("  a job to run off the event loop")
             }
+            // Only a hub made with Hub::clustered asks for these.
+            Action::ClaimName(claim) => println!("  claim a name for {}", claim.conn),
+            Action::ReleaseName(name) => println!("  release {:02x?}", &name[..]),
         }
     }
 }

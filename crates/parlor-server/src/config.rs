@@ -144,6 +144,105 @@ pub struct Config {
     pub busy_pause_min_reads: u32,
     /// Address of the Prometheus metrics endpoint; off when absent.
     pub metrics_listen: Option<SocketAddr>,
+    /// Cluster mode: this server is one node of several, on NATS. Absent
+    /// (the default), the server is whole by itself and needs nothing else.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[cluster]` table: how this node joins its cluster.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers, `nats://HOST:PORT` (or `tls://`); at least one.
+    pub servers: Vec<String>,
+    /// This node's id: letters, digits, `-` and `_`, up to 64; unique among
+    /// the nodes and the same across restarts.
+    pub node_id: String,
+    /// Seconds within which a node that dies has its names free on the
+    /// others; a node that cannot reach NATS closes its connections before.
+    #[serde(default = "ClusterConfig::default_lease_secs")]
+    pub lease_secs: f64,
+    /// Copies JetStream keeps of parlor's buckets: 1 for one NATS server,
+    /// 3 for a cluster of three.
+    #[serde(default = "ClusterConfig::default_replicas")]
+    pub replicas: usize,
+    /// A NATS credentials file (`.creds`).
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// PEM file of CA certificates for `tls://` NATS servers.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// The longest node id: it is a key in the nodes bucket and goes in logs.
+const MAX_NODE_ID: usize = 64;
+
+impl ClusterConfig {
+    fn default_lease_secs() -> f64 {
+        8.0
+    }
+
+    fn default_replicas() -> usize {
+        1
+    }
+
+    /// A cluster of `servers`, this node being `node_id`, with the default
+    /// lease and one copy of each bucket.
+    pub fn new(servers: Vec<String>, node_id: String) -> ClusterConfig {
+        ClusterConfig {
+            servers,
+            node_id,
+            lease_secs: ClusterConfig::default_lease_secs(),
+            replicas: ClusterConfig::default_replicas(),
+            credentials_file: None,
+            tls_ca_file: None,
+        }
+    }
+
+    /// What the cluster crate takes.
+    pub fn settings(&self) -> parlor_cluster::Settings {
+        parlor_cluster::Settings {
+            servers: self.servers.clone(),
+            node_id: self.node_id.clone(),
+            lease: Duration::from_secs_f64(self.lease_secs),
+            replicas: self.replicas,
+            credentials_file: self.credentials_file.clone(),
+            tls_ca_file: self.tls_ca_file.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.servers.is_empty() || self.servers.iter().any(|server| server.trim().is_empty()) {
+            return invalid(
+                "cluster.servers",
+                "name at least one NATS server, nats://HOST:PORT",
+            );
+        }
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if self.node_id.is_empty()
+            || self.node_id.len() > MAX_NODE_ID
+            || !self.node_id.chars().all(id_ok)
+        {
+            return invalid(
+                "cluster.node_id",
+                &format!("1 to {MAX_NODE_ID} letters, digits, `-` or `_`"),
+            );
+        }
+        // Below a second, one slow NATS round trip would fence the node.
+        if !(self.lease_secs.is_finite() && (1.0..=3600.0).contains(&self.lease_secs)) {
+            return invalid("cluster.lease_secs", "must be 1 to 3600 seconds");
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return invalid("cluster.replicas", "must be 1 to 5 (JetStream's limit)");
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -195,6 +294,7 @@ impl Default for Config {
             busy_pause_micros: 50,
             busy_pause_min_reads: 8,
             metrics_listen: None,
+            cluster: None,
         }
     }
 }
@@ -340,6 +440,9 @@ impl Config {
         if self.tls_listen == Some(self.listen) && self.listen.port() != 0 {
             return invalid("tls_listen", "must not be the address of `listen`");
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         if let Err(err) = self.argon2_params() {
             use argon2::Error;
             let key = match err {
@@ -361,6 +464,14 @@ impl Config {
              # tls_key = \"/etc/parlor/key.pem\"\n\
              # state_dir = \"/var/lib/parlor\"  (unset by default: $XDG_STATE_HOME/parlor, \
              else $HOME/.local/state/parlor)\n",
+        );
+        shown.push_str(
+            "# cluster.servers = [\"nats://127.0.0.1:4222\"]  (unset by default: one node, no NATS)\n\
+             # cluster.node_id = \"node-a\"\n\
+             # cluster.lease_secs = 8\n\
+             # cluster.replicas = 1\n\
+             # cluster.credentials_file = \"/etc/parlor/nats.creds\"\n\
+             # cluster.tls_ca_file = \"/etc/parlor/nats-ca.pem\"\n",
         );
         shown
     }

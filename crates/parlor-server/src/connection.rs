@@ -43,7 +43,7 @@ use super::outbox::{OutboxEvent, Queued};
 use super::state::{Fed, Shared};
 use crate::tls::Tls;
 use crate::{keywrap, password};
-use parlor_core::{CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
+use parlor_core::{ClaimOutcome, CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
 use parlor_proto::secure::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 
 /// Bytes read per `read` call; frames larger than this grow the buffer to
@@ -76,8 +76,9 @@ pub(crate) fn serve(
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
     set_nodelay(&stream, peer);
-    let conn = shared.register(peer);
+    let (conn, fed) = shared.register(peer);
     let mut connection = Connection::new(shared, stream, conn);
+    connection.after_feed(fed);
     // An `async` block rather than an `async fn` taking the connection: a
     // by-value argument would be stored twice in the future.
     async move {
@@ -95,13 +96,14 @@ pub(crate) fn serve_tls(
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
     set_nodelay(&stream, peer);
-    let conn = shared.register(peer);
+    let (conn, fed) = shared.register(peer);
     async move {
         let Some((stream, binding)) = handshake(&shared, conn, tls, stream, peer).await else {
             return;
         };
         shared.channel_bound(conn, binding);
         let mut connection = Connection::new(shared, stream, conn);
+        connection.after_feed(fed);
         let reason = connection.run().await;
         connection.finish(reason).await;
     }
@@ -305,6 +307,10 @@ enum OwedReply {
         ticket: u64,
         answer: oneshot::Receiver<KeyWrapOutcome>,
     },
+    Name {
+        ticket: u64,
+        answer: oneshot::Receiver<ClaimOutcome>,
+    },
 }
 
 /// Output queued for the connection is written on the task's next turn,
@@ -330,6 +336,7 @@ enum Event {
     Writable,
     PasswordChecked(u64, PasswordOutcome),
     KeysWrapped(u64, KeyWrapOutcome),
+    NameClaimed(u64, ClaimOutcome),
     Closing(CloseReason),
 }
 
@@ -356,6 +363,14 @@ impl<S: Transport> Connection<S> {
     }
 
     async fn flush_and_close(&mut self, reason: CloseReason) {
+        // A name won just now is the user's, so that leaving releases it.
+        if let Some(owed) = self.owed.take() {
+            if let OwedReply::Name { ticket, mut answer } = *owed {
+                if let Ok(outcome) = answer.try_recv() {
+                    self.shared.name_claimed(self.conn, ticket, outcome);
+                }
+            }
+        }
         self.shared.disconnect(self.conn, reason);
         if matches!(reason, CloseReason::SlowConsumer | CloseReason::IoError) {
             return;
@@ -388,6 +403,11 @@ impl<S: Transport> Connection<S> {
                 }
                 Event::KeysWrapped(ticket, outcome) => {
                     let fed = self.shared.keys_wrapped(ticket, outcome);
+                    self.resume(fed);
+                    Ok(())
+                }
+                Event::NameClaimed(ticket, outcome) => {
+                    let fed = self.shared.name_claimed(self.conn, ticket, outcome);
                     self.resume(fed);
                     Ok(())
                 }
@@ -442,6 +462,12 @@ impl<S: Transport> Connection<S> {
                     let ticket = *ticket;
                     Pin::new(answer).poll(cx).map(|outcome| {
                         Event::KeysWrapped(ticket, outcome.unwrap_or(KeyWrapOutcome::Failed))
+                    })
+                }
+                OwedReply::Name { ticket, answer } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|outcome| {
+                        Event::NameClaimed(ticket, outcome.unwrap_or(ClaimOutcome::Unavailable))
                     })
                 }
             };
@@ -500,6 +526,20 @@ impl<S: Transport> Connection<S> {
                     Err(password::QueueFull(_)) => {
                         let busy = PasswordOutcome::Busy;
                         let fed = self.shared.password_checked(self.conn, job.ticket, busy);
+                        self.continue_after_reply(fed)
+                    }
+                },
+                Fed::Name(claim) => match self.shared.claim_name(claim.name) {
+                    Some(answer) => {
+                        let ticket = claim.ticket;
+                        self.owed = Some(Box::new(OwedReply::Name { ticket, answer }));
+                        return;
+                    }
+                    None => {
+                        let unavailable = ClaimOutcome::Unavailable;
+                        let fed = self
+                            .shared
+                            .name_claimed(self.conn, claim.ticket, unavailable);
                         self.continue_after_reply(fed)
                     }
                 },

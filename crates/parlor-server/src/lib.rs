@@ -49,7 +49,8 @@ use crate::tls::Tls;
 pub use busy_pause::BusyPause;
 pub use clock::Clock;
 pub use config::Config;
-use state::Shared;
+use parlor_cluster::Cluster;
+use state::{ServerNode, Shared};
 
 /// A bound, not yet running, server.
 pub struct Server {
@@ -107,9 +108,23 @@ impl Server {
             listener,
             tls,
             metrics_listener,
-            shared: Arc::new(Shared::new(config, passwords, key_wraps, clock)),
+            shared: Server::join_cluster(Shared::new(config, passwords, key_wraps, clock)).await?,
             rotations,
         })
+    }
+
+    /// In cluster mode, joins the cluster: a node that cannot reach NATS
+    /// does not start.
+    async fn join_cluster(shared: Shared) -> io::Result<Arc<Shared>> {
+        let shared = Arc::new(shared);
+        if let Some(cluster) = &shared.config().cluster {
+            let node = Arc::new(ServerNode(Arc::downgrade(&shared)));
+            let cluster = Cluster::join(cluster.settings(), node)
+                .await
+                .map_err(|err| io::Error::other(format!("cannot join the cluster: {err}")))?;
+            shared.set_cluster(cluster);
+        }
+        Ok(shared)
     }
 
     /// The address the server listens on: with port 0 in the settings, the
@@ -192,6 +207,10 @@ impl Server {
             .is_err()
         {
             error!("connections still open after the flush timeout; exiting anyway");
+        }
+        // After the connections: their names are released first.
+        if let Some(cluster) = shared.cluster() {
+            cluster.leave(shared.config().flush_timeout()).await;
         }
         timers.abort();
         if let Some(metrics) = metrics {

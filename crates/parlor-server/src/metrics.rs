@@ -7,7 +7,9 @@
 //! core knows nothing of Prometheus.
 
 use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
+use parlor_cluster::ClusterStats;
 use parlor_core::{Rejection, Relayed, Stats};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -48,11 +50,16 @@ struct RelayedLabels {
 
 /// Renders the hub's counters and the workers' busy pauses in the
 /// Prometheus text exposition format.
-pub fn render(stats: &Stats, busy_pauses: u64) -> String {
+pub fn render(stats: &Stats, busy_pauses: u64, cluster: Option<&ClusterStats>) -> String {
     let counter = |total: u64| {
         let counter = Counter::<u64>::default();
         counter.inc_by(total);
         counter
+    };
+    let seconds = |duration: std::time::Duration| {
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        gauge.set(duration.as_secs_f64());
+        gauge
     };
     let gauge = |now: usize| {
         let gauge = Gauge::<i64>::default();
@@ -114,6 +121,34 @@ pub fn render(stats: &Stats, busy_pauses: u64) -> String {
         "Pauses workers took before waiting, after a busy round",
         counter(busy_pauses),
     );
+    if let Some(cluster) = cluster {
+        let cluster_registry = registry.sub_registry_with_prefix("cluster");
+        cluster_registry.register(
+            "nodes",
+            "Nodes whose lease this node saw renewed within its TTL, itself included",
+            gauge(cluster.nodes),
+        );
+        cluster_registry.register(
+            "nats_round_trip_seconds",
+            "How long the last lease renewal took: a JetStream write, acknowledged",
+            seconds(cluster.nats_round_trip),
+        );
+        cluster_registry.register(
+            "lease_renewals_failed",
+            "Lease renewals that failed or timed out",
+            counter(cluster.renewals_failed),
+        );
+        cluster_registry.register(
+            "fences",
+            "Times this node lost its lease and closed every connection",
+            counter(cluster.fences),
+        );
+        cluster_registry.register(
+            "names_swept",
+            "Names of nodes whose lease expired, freed by this node",
+            counter(cluster.names_swept),
+        );
+    }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
@@ -136,7 +171,7 @@ mod tests {
         };
         stats.rejections[Rejection::SlowConsumer as usize] = 2;
         stats.messages[Relayed::Room as usize] = 1;
-        let text = render(&stats, 7);
+        let text = render(&stats, 7, None);
         for line in [
             "parlor_rejections_total{kind=\"slow_consumer\"} 2",
             "parlor_messages_relayed_total{kind=\"room\"} 1",

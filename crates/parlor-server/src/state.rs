@@ -7,7 +7,7 @@
 //! off at `send_queue_bytes` instead of growing without bound.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -21,11 +21,14 @@ use super::Clock;
 use crate::config::Config;
 use crate::keywrap::KeyWrapPool;
 use crate::password::PasswordPool;
+use parlor_cluster::Cluster;
 use parlor_core::{
-    Action, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, PasswordJob, PasswordOutcome,
+    Action, ClaimOutcome, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim,
+    NameRequest, PasswordJob, PasswordOutcome,
 };
 use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::FrameCodec;
+use tokio::sync::oneshot;
 
 struct State {
     hub: Hub,
@@ -47,6 +50,9 @@ pub(crate) struct Shared {
     key_wraps: KeyWrapPool,
     config: Config,
     clock: Clock,
+    /// Cluster mode: this node's membership, set once right after the
+    /// state is made (the cluster reports to it).
+    cluster: OnceLock<Cluster>,
 }
 
 /// What [`Shared::feed`] left the connection to do.
@@ -58,6 +64,9 @@ pub(crate) enum Fed {
     Password(PasswordJob),
     /// Run this DM key job, then report with [`Shared::keys_wrapped`].
     Keys(KeyWrapJob),
+    /// Claim this name in the cluster ([`Shared::claim_name`]), then report
+    /// with [`Shared::name_claimed`].
+    Name(NameClaim),
 }
 
 impl Shared {
@@ -67,8 +76,12 @@ impl Shared {
         key_wraps: KeyWrapPool,
         clock: Clock,
     ) -> Shared {
+        let hub = match config.cluster {
+            Some(_) => Hub::clustered(config.hub_limits(), rand::random()),
+            None => Hub::new(config.hub_limits(), rand::random()),
+        };
         let state = State {
-            hub: Hub::new(config.hub_limits(), rand::random()),
+            hub,
             outboxes: FxHashMap::default(),
             next_conn: 0,
             accepting: true,
@@ -80,6 +93,43 @@ impl Shared {
             key_wraps,
             config,
             clock,
+            cluster: OnceLock::new(),
+        }
+    }
+
+    /// Makes this server a node of `cluster`; once, before serving.
+    pub(crate) fn set_cluster(&self, cluster: Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            error!("joined a cluster twice; keeping the first");
+        }
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// Starts a name claim in the cluster; `None` without one (a hub made
+    /// for one node never asks).
+    pub(crate) fn claim_name(
+        &self,
+        request: NameRequest,
+    ) -> Option<oneshot::Receiver<ClaimOutcome>> {
+        Some(self.cluster.get()?.claim(request))
+    }
+
+    /// Reports a finished name claim to the hub.
+    pub(crate) fn name_claimed(&self, conn: ConnId, ticket: u64, outcome: ClaimOutcome) -> Fed {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.name_claimed(conn, ticket, outcome, now, out)
+        })
+    }
+
+    fn release_name(&self, name: Bytes) {
+        match self.cluster.get() {
+            Some(cluster) => cluster.release(name),
+            None => error!("the hub released a name, but this server is in no cluster"),
         }
     }
 
@@ -108,8 +158,9 @@ impl Shared {
     }
 
     /// Registers a new connection with the hub. Its task must call
-    /// [`Shared::forget`] when it ends.
-    pub(crate) fn register(&self, peer: SocketAddr) -> ConnId {
+    /// [`Shared::forget`] when it ends, and first carry out what is returned
+    /// (in cluster mode, the claim of its guest name).
+    pub(crate) fn register(&self, peer: SocketAddr) -> (ConnId, Fed) {
         let mut state = self.lock();
         state.next_conn += 1;
         let conn = ConnId(state.next_conn);
@@ -117,12 +168,12 @@ impl Shared {
         let outbox = state.outboxes.entry(conn).or_default();
         if !accepting {
             let _ = outbox.close(CloseReason::Shutdown);
-            return conn;
+            return (conn, Fed::More);
         }
-        self.run_hub(&mut state, |hub, out| {
+        let fed = self.run_hub(&mut state, |hub, out| {
             hub.connect(conn, peer, self.clock.now(), out)
         });
-        conn
+        (conn, fed)
     }
 
     /// Tells the hub that the connection runs over TLS, with this channel
@@ -152,7 +203,8 @@ impl Shared {
     /// The server's counters in the Prometheus text format.
     pub(crate) fn render_metrics(&self) -> String {
         let stats = self.lock().hub.stats();
-        crate::metrics::render(&stats, busy_pause::pauses())
+        let cluster = self.cluster().map(Cluster::stats);
+        crate::metrics::render(&stats, busy_pause::pauses(), cluster.as_ref())
     }
 
     /// Reports a finished password job to the hub.
@@ -238,18 +290,30 @@ impl Shared {
         self.run_hub(&mut state, |hub, out| hub.handle_timeout(now, out));
     }
 
-    /// Shutdown: every connection flushes what it has and closes. Key
-    /// rotations that the departures would start are dropped: everyone is
-    /// leaving, so they would have nobody to go to.
+    /// Shutdown: every connection flushes what it has and closes, and no
+    /// new one is served.
     pub(crate) fn close_all(&self) {
+        self.lock().accepting = false;
+        self.close_everyone(CloseReason::Shutdown);
+    }
+
+    /// Every connection flushes what it has and closes. Key rotations that
+    /// the departures would start are dropped, and so are the frames they
+    /// would send: everyone is leaving, so they would have nobody to go to.
+    /// The names they held are released.
+    pub(crate) fn close_everyone(&self, reason: CloseReason) {
         let mut state = self.lock();
-        state.accepting = false;
         let now = self.clock.now();
-        let mut dropped = Vec::new();
+        let mut departures = Vec::new();
         let State { hub, outboxes, .. } = &mut *state;
         for (conn, outbox) in outboxes.iter_mut() {
-            hub.disconnect(*conn, CloseReason::Shutdown, now, &mut dropped);
-            wake(outbox.close(CloseReason::Shutdown));
+            hub.disconnect(*conn, reason, now, &mut departures);
+            wake(outbox.close(reason));
+        }
+        for action in departures {
+            if let Action::ReleaseName(name) = action {
+                self.release_name(name);
+            }
         }
     }
 
@@ -314,6 +378,10 @@ impl Shared {
                         Some(conn) => self.owe(state, &mut fed, conn, Fed::Keys(job)),
                         None => self.key_wraps.rotate(job),
                     },
+                    Action::ClaimName(claim) => {
+                        self.owe(state, &mut fed, claim.conn, Fed::Name(claim))
+                    }
+                    Action::ReleaseName(name) => self.release_name(name),
                 }
             }
             self.deliver_run(state, run.take(), &mut too_slow);
@@ -419,6 +487,36 @@ fn wake(waker: Option<Waker>) {
     }
 }
 
+/// What the cluster tells the server, passed on to the hub. Holds the
+/// shared state weakly: the cluster lives inside it.
+pub(crate) struct ServerNode(pub(crate) Weak<Shared>);
+
+impl parlor_cluster::Node for ServerNode {
+    fn remote_name_held(&self, name: Bytes) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().hub.remote_name_held(name);
+        }
+    }
+
+    fn remote_name_released(&self, name: &[u8]) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().hub.remote_name_released(name);
+        }
+    }
+
+    fn remote_names_cleared(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().hub.remote_names_cleared();
+        }
+    }
+
+    fn fence(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.close_everyone(CloseReason::ClusterUnavailable);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -438,7 +536,7 @@ mod tests {
         let (key_wraps, _rotations) = KeyWrapPool::start(1, 1).unwrap();
         let shared = Shared::new(Config::default(), passwords, key_wraps, Clock::real());
         let peer = SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000));
-        let conns = [(); 3].map(|()| shared.register(peer));
+        let conns = [(); 3].map(|()| shared.register(peer).0);
         (shared, conns)
     }
 
