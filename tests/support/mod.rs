@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)] // each test binary uses its own subset of the helpers
 
 pub(crate) mod messages;
+pub(crate) mod nats;
 pub(crate) mod process;
 
 pub(crate) use messages::*;

@@ -121,6 +121,31 @@ impl ServerProcess {
             .expect("VmRSS line")
     }
 
+    /// Kills the server outright (SIGKILL): it releases nothing.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM, as an operator or systemd does to stop the server,
+    /// and waits for it to exit; panics if it takes longer than `within`.
+    pub(crate) fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) with a pid this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "parlor still running after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Asserts the process is still running.
     pub(crate) fn assert_alive(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
