@@ -1,5 +1,5 @@
 //! Real nats-server processes on loopback ports, for the cluster tests:
-//! one server, or a cluster of three with JetStream replicated over them.
+//! JetStream servers, which a test may kill and start again.
 //! The binary comes from `scripts/nats-server`, which installs the pinned
 //! release when the machine has none recent enough.
 
@@ -37,16 +37,6 @@ fn binary() -> &'static Path {
     })
 }
 
-/// A port nobody listens on now (for a cluster's routes, which must be
-/// known before the servers start).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn fresh_store(name: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let serial = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -59,58 +49,30 @@ fn fresh_store(name: &str) -> PathBuf {
     dir
 }
 
+/// A JetStream server on loopback port `port`, storing in `store`.
+fn jetstream_args(port: u16, store: &Path) -> Vec<String> {
+    let listen = ["-a", "127.0.0.1", "-p"].map(String::from);
+    let jetstream = ["-js", "-sd"].map(String::from);
+    let (port, store) = (port.to_string(), store.display().to_string());
+    listen
+        .into_iter()
+        .chain([port])
+        .chain(jetstream)
+        .chain([store])
+        .collect()
+}
+
 impl NatsServer {
     /// One JetStream server on a free loopback port.
     pub(crate) fn start() -> NatsServer {
-        let port = free_port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let store = fresh_store("single");
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            store.display().to_string(),
-        ];
+        let args = jetstream_args(port, &store);
         NatsServer::spawn(port, store, args)
-    }
-
-    /// Three JetStream servers routed to each other, ready once they have
-    /// elected a JetStream leader.
-    pub(crate) fn cluster_of_three() -> Vec<NatsServer> {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let routes = ports
-            .iter()
-            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        ports
-            .iter()
-            .enumerate()
-            .map(|(index, &(port, route))| {
-                let name = format!("n{index}");
-                let store = fresh_store(&name);
-                let args = vec![
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.to_string(),
-                    "-js".into(),
-                    "-sd".into(),
-                    store.display().to_string(),
-                    "--name".into(),
-                    name,
-                    "--cluster_name".into(),
-                    "parlor-test".into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{route}"),
-                    "--routes".into(),
-                    routes.clone(),
-                ];
-                NatsServer::spawn(port, store, args)
-            })
-            .collect()
     }
 
     fn spawn(port: u16, store: PathBuf, args: Vec<String>) -> NatsServer {
