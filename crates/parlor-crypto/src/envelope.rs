@@ -16,7 +16,7 @@
 //! The envelope is the unit the server relays to every member, so it is
 //! kept small: counter mode needs no padding (the ciphertext is as long as
 //! the text), and the HMAC-SHA256 tag is cut to its first 16 bytes, as
-//! IPsec and TLS's truncated-HMAC suites do, which leaves a forger one
+//! IPsec's HMAC-SHA-256-128 (RFC 4868) is, which leaves a forger one
 //! chance in 2^128 per try. Together that is 32 bytes off every envelope
 //! of a short message, against CBC and the whole tag.
 //!
@@ -188,9 +188,9 @@ fn seal_with_iv(
     text.extend_from_slice(&header_bytes);
     text.extend_from_slice(iv);
     put_long(&mut text, plaintext);
-    let ciphertext = text.len() - plaintext.len()..text.len();
-    keys.apply_cipher(iv, &mut text[ciphertext.clone()]);
-    let signed = signed_message(&header_bytes, iv, &text[ciphertext]);
+    let ciphertext = text.len() - plaintext.len();
+    keys.apply_cipher(iv, &mut text[ciphertext..]);
+    let signed = signed_message(&header_bytes, iv, &text[ciphertext..]);
     let mac = keys.hmac().chain_update(&text).finalize().into_bytes();
     text.extend_from_slice(&mac[..MAC_LEN]);
     text.extend_from_slice(&signer.sign(&signed));

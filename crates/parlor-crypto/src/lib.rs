@@ -13,8 +13,8 @@
 //!
 //! Every way a received message can fail to open is the same
 //! [`VerificationFailed`], on purpose: an error that said *which* check
-//! failed (say, a file chunk's padding after its MAC) would tell an attacker what to try
-//! next.
+//! failed (say, a file chunk's padding after its MAC) would tell an
+//! attacker what to try next.
 
 #![warn(missing_docs)]
 
