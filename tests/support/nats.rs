@@ -49,19 +49,6 @@ fn fresh_store(name: &str) -> PathBuf {
     dir
 }
 
-/// A JetStream server on loopback port `port`, storing in `store`.
-fn jetstream_args(port: u16, store: &Path) -> Vec<String> {
-    let listen = ["-a", "127.0.0.1", "-p"].map(String::from);
-    let jetstream = ["-js", "-sd"].map(String::from);
-    let (port, store) = (port.to_string(), store.display().to_string());
-    listen
-        .into_iter()
-        .chain([port])
-        .chain(jetstream)
-        .chain([store])
-        .collect()
-}
-
 impl NatsServer {
     /// One JetStream server on a free loopback port.
     pub(crate) fn start() -> NatsServer {
@@ -71,7 +58,11 @@ impl NatsServer {
             .unwrap()
             .port();
         let store = fresh_store("single");
-        let args = jetstream_args(port, &store);
+        let args = ["-a", "127.0.0.1", "-js", "-p", &port.to_string(), "-sd"]
+            .map(String::from)
+            .into_iter()
+            .chain([store.display().to_string()])
+            .collect();
         NatsServer::spawn(port, store, args)
     }
 

@@ -483,8 +483,9 @@ impl Inner {
     /// remote names.
     async fn watch_names(self: Arc<Self>) {
         let subjects = format!("{NAME_PREFIX}>");
-        self.watch(&self.names, &subjects, |inner, entry| inner.saw_name(entry))
-            .await;
+        let saw = |inner: &Self, entry| inner.saw_name(entry);
+        let lost = |inner: &Self| inner.node.remote_names_cleared();
+        self.watch(&self.names, &subjects, saw, lost).await;
     }
 
     fn saw_name(&self, entry: Entry) {
@@ -516,7 +517,7 @@ impl Inner {
 
     /// Keeps the copy of the nodes bucket: when each run was last renewed.
     async fn watch_nodes(self: Arc<Self>) {
-        self.watch(&self.nodes, ">", |inner, entry| {
+        let saw = |inner: &Self, entry: Entry| {
             if entry.operation != Operation::Put {
                 return;
             }
@@ -526,14 +527,22 @@ impl Inner {
                     .liveness
                     .node_renewed(&run.node, run.incarnation, Instant::now());
             }
-        })
-        .await;
+        };
+        // Renewals come again within a quarter TTL: nothing to forget.
+        self.watch(&self.nodes, ">", saw, |_| {}).await;
     }
 
     /// Watches `subjects` of `store` from its current values on, for ever:
-    /// after an error the watch is made again, with backoff, and reads the
-    /// current values again (what happened meanwhile was not delivered).
-    async fn watch(&self, store: &Store, subjects: &str, saw: impl Fn(&Self, Entry)) {
+    /// after an error, `lost` is called, and the watch is made again, with
+    /// backoff, reading the current values again (what happened meanwhile
+    /// was not delivered).
+    async fn watch(
+        &self,
+        store: &Store,
+        subjects: &str,
+        saw: impl Fn(&Self, Entry),
+        lost: impl Fn(&Self),
+    ) {
         let mut backoff = Duration::from_millis(50);
         loop {
             match store.watch_with_history(subjects).await {
@@ -551,9 +560,7 @@ impl Inner {
                 }
                 Err(err) => warn!(bucket = %store.name, %err, "cannot watch"),
             }
-            if store.name == self.names.name {
-                self.node.remote_names_cleared();
-            }
+            lost(self);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_WATCH_BACKOFF);
         }

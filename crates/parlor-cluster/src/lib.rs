@@ -26,8 +26,9 @@
 //! **Leases and the sweep.** `liveness.rs` says when a name is nobody's (its
 //! run is over); `lease.rs` when a node must fence itself (close every
 //! connection and claim nothing) because it could not renew its record.
-//! Released names are purged with a marker that expires, so that the bucket
-//! does not keep one tombstone per name ever used.
+//! Released names are purged with a marker set to expire after a minute
+//! (a JetStream 2.11 per-entry TTL), meant to keep the bucket from holding
+//! one tombstone per name ever used; no test waits for a marker to expire.
 //!
 //! The driver contract is the hub's; this crate adds the [`Node`] trait,
 //! through which the cluster tells the server what it saw.
