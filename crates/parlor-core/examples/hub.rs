@@ -65,8 +65,15 @@ fn show(what: &str, out: &mut Vec<Action>) {
                 println!("  a job to run off the event loop")
             }
             // Only a hub made with Hub::clustered asks for these.
-            Action::ClaimName(claim) => println!("  claim a name for {}", claim.conn),
-            Action::ReleaseName(name) => println!("  release {:02x?}", &name[..]),
+            Action::ClaimName(_)
+            | Action::ReleaseName(_)
+            | Action::EnterRoom(_)
+            | Action::LeaveRoom { .. }
+            | Action::RenameMember { .. }
+            | Action::Relay { .. }
+            | Action::RelayDirect(_)
+            | Action::RelayDmKey(_)
+            | Action::AnswerDmKey { .. } => println!("  work for the cluster's driver"),
         }
     }
 }

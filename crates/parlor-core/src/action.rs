@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use zeroize::Zeroizing;
 
-use crate::{ConnId, KeyWrapJob, NameClaim};
+use crate::{
+    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, KeyWrapJob, NameClaim, NodeId, RoomEntry,
+};
 
 /// What the hub asks its driver to do.
 #[derive(Debug)]
@@ -30,8 +32,9 @@ pub enum Action {
         /// the room until its membership changes, so a shell can tell a run
         /// of broadcasts to the same members by pointer.
         to: Arc<Vec<ConnId>>,
-        /// The sender, who gets no copy (PROTOCOL.md §2, rule 6).
-        except: ConnId,
+        /// The sender, who gets no copy (PROTOCOL.md §2, rule 6); `None`
+        /// for a message relayed from another node, whose sender is there.
+        except: Option<ConnId>,
         /// The frame, encoded once for all of them.
         frame: Bytes,
     },
@@ -60,6 +63,58 @@ pub enum Action {
     /// more. Carried out after every claim asked for before it, so a name
     /// released and claimed again goes to its new holder.
     ReleaseName(Bytes),
+    /// Enter a room in the cluster's store (creating it, or joining it as
+    /// the hub judged it), and report back with
+    /// [`Hub::room_entered`](crate::Hub::room_entered); the connection's
+    /// reply waits for it. Cluster mode only.
+    EnterRoom(RoomEntry),
+    /// Take `member` out of `room` in the cluster's store, deleting the
+    /// room if it was the last member anywhere; after every entry asked for
+    /// before. Cluster mode only.
+    LeaveRoom {
+        /// The room.
+        room: Bytes,
+        /// The member's name.
+        member: Bytes,
+    },
+    /// A member of `room` was renamed: change its name in the room's
+    /// record, after every entry asked for before. Cluster mode only.
+    RenameMember {
+        /// The room.
+        room: Bytes,
+        /// The name it had.
+        old: Bytes,
+        /// The name it has now.
+        new: Bytes,
+    },
+    /// Relay a room message to the other nodes serving members of `room`:
+    /// one copy per node, which queues it for its own members. Cluster
+    /// mode only.
+    Relay {
+        /// The nodes, never this one.
+        nodes: Arc<[NodeId]>,
+        /// The room, which the receiving node looks its members up by.
+        room: Bytes,
+        /// The frame, as encoded for the members here.
+        frame: Bytes,
+    },
+    /// Hand a DM to the node serving its target, and report back with
+    /// [`Hub::direct_relayed`](crate::Hub::direct_relayed); the sender's
+    /// reply waits for it. Cluster mode only.
+    RelayDirect(DirectRelay),
+    /// Send a DM_KEY_REQUEST to the node serving its target, and report
+    /// back with [`Hub::dm_key_relayed`](crate::Hub::dm_key_relayed); the
+    /// requester's reply waits for it. Cluster mode only.
+    RelayDmKey(DmKeyRelay),
+    /// Answer the DM_KEY_REQUEST that another node sent as `ask`
+    /// ([`Hub::relayed_dm_key_request`](crate::Hub::relayed_dm_key_request)).
+    /// Cluster mode only.
+    AnswerDmKey {
+        /// The request's number, as the driver gave it.
+        ask: u64,
+        /// What its requester is to be told.
+        answer: DmKeyAnswer,
+    },
 }
 
 impl Action {
@@ -68,7 +123,7 @@ impl Action {
         let (one, many) = match self {
             Action::Send { to, frame } => (Some((*to, frame)), None),
             Action::Broadcast { to, except, frame } => {
-                let others = to.iter().filter(move |member| *member != except);
+                let others = to.iter().filter(move |member| Some(**member) != *except);
                 (None, Some(others.map(move |member| (*member, frame))))
             }
             _ => (None, None),
@@ -80,12 +135,20 @@ impl Action {
     /// the driver reads no further request from it until the work is done.
     pub fn owes_reply(&self) -> bool {
         match self {
-            Action::Password(_) | Action::ClaimName(_) => true,
+            Action::Password(_)
+            | Action::ClaimName(_)
+            | Action::EnterRoom(_)
+            | Action::RelayDirect(_)
+            | Action::RelayDmKey(_) => true,
             Action::WrapKeys(job) => job.requester.is_some(),
             Action::Send { .. }
             | Action::Broadcast { .. }
             | Action::Close { .. }
-            | Action::ReleaseName(_) => false,
+            | Action::ReleaseName(_)
+            | Action::LeaveRoom { .. }
+            | Action::RenameMember { .. }
+            | Action::Relay { .. }
+            | Action::AnswerDmKey { .. } => false,
         }
     }
 }

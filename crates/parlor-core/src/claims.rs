@@ -28,7 +28,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{error, info, warn};
 
-use crate::{respond, Action, CloseReason, ConnId, Hub, Pending};
+use crate::{respond, Action, CloseReason, ConnId, Hub, NodeId, Pending};
 use parlor_proto::printable::Printable;
 use parlor_proto::secure::SIGNATURE_LEN;
 use parlor_proto::text;
@@ -168,10 +168,10 @@ impl Hub {
         }
     }
 
-    /// A user of another node holds `name` (the driver's copy of the
-    /// cluster's store says so).
-    pub fn remote_name_held(&mut self, name: Bytes) {
-        self.directory.add_remote_name(name);
+    /// A user of `node`, another node, holds `name` (the driver's copy of
+    /// the cluster's store says so).
+    pub fn remote_name_held(&mut self, name: Bytes, node: NodeId) {
+        self.directory.add_remote_name(name, node);
     }
 
     /// No user of another node holds `name` any more.

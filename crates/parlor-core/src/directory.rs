@@ -1,18 +1,18 @@
 //! Who is called what, and who is in which room.
 //!
-//! This is the seam for running parlor on more than one machine: every name
-//! claim and every room fan-out goes through [`Directory`], and nothing else
-//! in the hub keeps a copy of that state. A cluster mode would replace this
-//! struct with one that also claims names and publishes room messages through
-//! a message bus (NATS or Redis), leaving the rest of the hub unchanged.
+//! Every name and every room the hub knows goes through [`Directory`], and
+//! nothing else in the hub keeps a copy of that state. A hub on its own
+//! knows everything here; a clustered hub also keeps its copy of what the
+//! other nodes hold (their names, and every room's record), which the
+//! driver feeds it from the cluster's store (`nodes.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::secure::RoomKeyState;
-use super::ConnId;
+use super::{ConnId, NodeId, RoomRecord};
 
 /// A chat room: its members, in order of joining, its password, and for a
 /// secure room the state of its key.
@@ -72,9 +72,35 @@ pub(crate) struct Directory {
     names: HashMap<Bytes, ConnId>,
     rooms: HashMap<Bytes, Room>,
     next_generation: u64,
-    /// Cluster mode: names held by users of other nodes, as the driver's
-    /// copy of the cluster's store last said.
-    remote_names: HashSet<Bytes>,
+    /// Cluster mode: names held by users of other nodes, with the node
+    /// serving each, as the driver's copy of the cluster's store last said.
+    remote_names: HashMap<Bytes, NodeId>,
+    /// Cluster mode: every room of the cluster, this node's included, as
+    /// its record in the store last said.
+    records: HashMap<Bytes, SharedRoom>,
+}
+
+/// A room's record in the cluster's store, and the nodes other than this
+/// one that serve its members: where its messages are relayed.
+#[derive(Debug)]
+pub(crate) struct SharedRoom {
+    pub(crate) record: RoomRecord,
+    /// Made once per record, so a relay shares it instead of copying.
+    pub(crate) nodes: Arc<[NodeId]>,
+}
+
+/// What a JOIN is judged against: the room's password, kind and size,
+/// wherever the room is kept.
+#[derive(Debug)]
+pub(crate) struct RoomTerms {
+    pub(crate) password: Option<Arc<str>>,
+    pub(crate) secure: bool,
+    /// Changes when the room is deleted and created again, so a password
+    /// checked against one room is not taken for the next.
+    pub(crate) version: u64,
+    pub(crate) members: usize,
+    /// Whether members of the room are served by another node.
+    pub(crate) elsewhere: bool,
 }
 
 impl Directory {
@@ -100,11 +126,16 @@ impl Directory {
     /// name can show up in both for a moment (the copy of the store lags),
     /// so a caller that lists them removes duplicates.
     pub(crate) fn all_names(&self) -> impl Iterator<Item = &Bytes> + '_ {
-        self.names.keys().chain(&self.remote_names)
+        self.names.keys().chain(self.remote_names.keys())
     }
 
-    pub(crate) fn add_remote_name(&mut self, name: Bytes) {
-        self.remote_names.insert(name);
+    pub(crate) fn add_remote_name(&mut self, name: Bytes, node: NodeId) {
+        self.remote_names.insert(name, node);
+    }
+
+    /// The node serving the user of another node called `name`.
+    pub(crate) fn remote_node_of(&self, name: &[u8]) -> Option<&NodeId> {
+        self.remote_names.get(name)
     }
 
     pub(crate) fn remove_remote_name(&mut self, name: &[u8]) {
@@ -113,6 +144,45 @@ impl Directory {
 
     pub(crate) fn clear_remote_names(&mut self) {
         self.remote_names.clear();
+    }
+
+    /// Takes in a room's record, unless the copy has a later one.
+    pub(crate) fn record_room(&mut self, record: RoomRecord) {
+        if let Some(known) = self.records.get(&record.room) {
+            if known.record.revision >= record.revision {
+                return;
+            }
+        }
+        let nodes = record
+            .elsewhere
+            .iter()
+            .map(|(node, _)| node.clone())
+            .collect();
+        self.records
+            .insert(record.room.clone(), SharedRoom { record, nodes });
+    }
+
+    /// The room's record was deleted at `revision`.
+    pub(crate) fn forget_record(&mut self, room: &[u8], revision: u64) {
+        if self
+            .records
+            .get(room)
+            .is_some_and(|known| known.record.revision < revision)
+        {
+            self.records.remove(room);
+        }
+    }
+
+    pub(crate) fn clear_records(&mut self) {
+        self.records.clear();
+    }
+
+    pub(crate) fn record(&self, room: &[u8]) -> Option<&SharedRoom> {
+        self.records.get(room)
+    }
+
+    pub(crate) fn records(&self) -> impl Iterator<Item = &SharedRoom> + '_ {
+        self.records.values()
     }
 
     pub(crate) fn room(&self, name: &[u8]) -> Option<&Room> {

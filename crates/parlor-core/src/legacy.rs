@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use rand::Rng;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -126,6 +125,7 @@ impl Hub {
         }
         out.push(send(conn, OK_RESPONSE));
         if renamed {
+            self.renamed_in_shared_room(conn, &old, out);
             self.release_name(&old, out);
             self.announce_identity(conn, old, out);
         }
@@ -166,28 +166,33 @@ impl Hub {
             self.stats.reject(Rejection::RoomLimit);
             return respond(out, conn, Status::TryLater, refusal);
         }
-        let (task, room_generation) = match self.directory.room(&room) {
+        let (task, room_generation) = match self.room_terms(&room) {
             // Before any password work: a legacy client could never enter.
-            Some(existing) if existing.is_secure() && !self.is_secure(conn) => {
+            Some(terms) if terms.secure && !self.is_secure(conn) => {
                 let reply = text::room_is_secure(&room);
                 return respond_naming(out, conn, Status::Error, reply);
             }
-            Some(existing) => match existing.password_hash() {
+            Some(terms) if terms.secure && terms.elsewhere => {
+                let reply = text::secure_room_elsewhere(&room);
+                return respond_naming(out, conn, Status::Error, reply);
+            }
+            Some(terms) => match terms.password {
                 // An empty password never matches a set one, and a room
                 // without a password only takes an empty one: no hash needed.
-                None if password.is_empty() => return self.admit(conn, room, false, now, out),
+                None if password.is_empty() => {
+                    return self.enter_room(conn, room, password, terms.version, now, out)
+                }
                 Some(phc) if !password.is_empty() => (
                     PasswordTask::Verify {
                         password: password.clone(),
-                        phc: phc.clone(),
+                        phc,
                     },
-                    Some(existing.generation()),
+                    Some(terms.version),
                 ),
                 _ => return self.wrong_password(conn, &room, out),
             },
             None if password.is_empty() => {
-                self.create_room(conn, room.clone(), None);
-                return self.admit(conn, room, true, now, out);
+                return self.found_room(conn, room, password, None, now, out);
             }
             None => (
                 PasswordTask::Hash {
@@ -224,11 +229,11 @@ impl Hub {
 
     /// Why joining `room` would break a capacity limit, if it would.
     pub(crate) fn room_capacity_refusal(&self, room: &[u8]) -> Option<Vec<u8>> {
-        match self.directory.room(room) {
-            Some(existing) if existing.members().len() >= self.limits.max_room_members => {
+        match self.room_terms(room) {
+            Some(terms) if terms.members >= self.limits.max_room_members => {
                 Some(text::room_is_full(room).concat())
             }
-            None if self.directory.room_count() >= self.limits.max_rooms => {
+            None if self.rooms_everywhere() >= self.limits.max_rooms => {
                 Some(text::TOO_MANY_ROOMS.as_bytes().to_vec())
             }
             _ => None,
@@ -247,21 +252,22 @@ impl Hub {
         self.next_ticket
     }
 
-    /// Creates a room, secure when its creator is, with a fresh random
-    /// incarnation (never 0) for a secure room: a room deleted and created
-    /// again under the same name is another room, whose keys no label of
-    /// the old one matches.
-    pub(crate) fn create_room(&mut self, conn: ConnId, room: Bytes, password: Option<Arc<str>>) {
+    /// Creates a room, secure when its creator is, with `incarnation` (a
+    /// fresh random number, never 0) for a secure room: a room deleted and
+    /// created again under the same name is another room, whose keys no
+    /// label of the old one matches.
+    pub(crate) fn create_room(
+        &mut self,
+        conn: ConnId,
+        room: Bytes,
+        password: Option<Arc<str>>,
+        incarnation: u64,
+    ) {
         let user = &self.users[&conn];
         let secure = user.identity.is_some();
         info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room),
               protected = password.is_some(), secure, "room created");
-        let keys = secure.then(|| {
-            let incarnation = std::iter::repeat_with(|| self.rng.next_u64())
-                .find(|incarnation| *incarnation != 0)
-                .expect("an endless stream");
-            RoomKeyState::new(incarnation)
-        });
+        let keys = secure.then(|| RoomKeyState::new(incarnation));
         self.directory.create_room(room, password, keys);
     }
 
@@ -279,7 +285,7 @@ impl Hub {
         out: &mut Vec<Action>,
     ) {
         // The legacy client sends no LEAVE before a JOIN.
-        let left = self.leave_room(conn);
+        let left = self.leave_room(conn, out);
         if let Some(left) = &left {
             self.transfers.left_room(conn, left, now, out);
         }
@@ -302,9 +308,12 @@ impl Hub {
 
     /// Takes the user out of its room, if any, and returns that room. The
     /// caller rotates the room's key.
-    pub(crate) fn leave_room(&mut self, conn: ConnId) -> Option<Bytes> {
+    pub(crate) fn leave_room(&mut self, conn: ConnId, out: &mut Vec<Action>) -> Option<Bytes> {
         let user = self.users.get_mut(&conn)?;
         let room = user.room.take()?;
+        let member = user.name.clone();
+        self.left_shared_room(&room, &member, out);
+        let user = &self.users[&conn];
         if let Some(deleted) = self.directory.remove_member(&room, conn) {
             info!(peer = %user.peer, nick = %Printable(&user.name), room = %Printable(&room), "room deleted");
             self.room_deleted(&room, deleted);
@@ -313,7 +322,7 @@ impl Hub {
     }
 
     pub(crate) fn leave(&mut self, conn: ConnId, now: Instant, out: &mut Vec<Action>) {
-        let Some(room) = self.leave_room(conn) else {
+        let Some(room) = self.leave_room(conn, out) else {
             out.push(send(conn, OK_RESPONSE));
             return self.close(conn, CloseReason::LeftServer, now, out);
         };
@@ -328,10 +337,12 @@ impl Hub {
 
     pub(crate) fn list_users(&self, conn: ConnId, out: &mut Vec<Action>) {
         let mut names: Vec<&[u8]> = match &self.users[&conn].room {
-            Some(room) => self.directory.room(room).map_or_else(Vec::new, |room| {
+            Some(name) => self.directory.room(name).map_or_else(Vec::new, |room| {
                 room.members()
                     .iter()
-                    .map(|member| &self.users[member].name[..])
+                    .map(|member| &self.users[member].name)
+                    .chain(self.members_elsewhere(name))
+                    .map(|name| &name[..])
                     .collect()
             }),
             None => self.directory.all_names().map(|name| &name[..]).collect(),
@@ -343,7 +354,13 @@ impl Hub {
 
     pub(crate) fn list_rooms(&self, conn: ConnId, out: &mut Vec<Action>) {
         let mut rooms: Vec<&[u8]> = self.directory.room_names().map(|room| &room[..]).collect();
+        rooms.extend(
+            self.directory
+                .records()
+                .map(|shared| &shared.record.room[..]),
+        );
         rooms.sort_unstable();
+        rooms.dedup();
         out.push(send(conn, encode_name_list(rooms.into_iter())));
     }
 
@@ -402,9 +419,16 @@ impl Hub {
             .relayed(Relayed::Room, room.members().len().saturating_sub(1));
         out.push(Action::Broadcast {
             to: room.members_now(),
-            except: conn,
-            frame,
+            except: Some(conn),
+            frame: frame.clone(),
         });
+        if let Some(nodes) = self.nodes_of(current) {
+            out.push(Action::Relay {
+                nodes: Arc::clone(nodes),
+                room: current.clone(),
+                frame,
+            });
+        }
     }
 
     pub(crate) fn direct_message(
@@ -418,12 +442,15 @@ impl Hub {
         if !self.admit_message(conn, now, out) {
             return;
         }
+        let frame = encode_direct_message(&self.users[&conn].name, text);
         let Some(recipient) = self.directory.find_user(target) else {
-            return self.no_such_user(conn, target, out);
+            if !self.relay_direct(conn, target, frame, out) {
+                self.no_such_user(conn, target, out);
+            }
+            return;
         };
         out.push(send(conn, OK_RESPONSE));
-        let sender = &self.users[&conn].name;
-        out.push(send(recipient, encode_direct_message(sender, text)));
+        out.push(send(recipient, frame));
         self.stats.relayed(Relayed::Direct, 1);
     }
 }

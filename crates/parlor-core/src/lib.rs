@@ -89,6 +89,7 @@ mod idle;
 mod invariants;
 mod legacy;
 mod limits;
+mod nodes;
 mod rate;
 mod secure;
 mod stats;
@@ -117,6 +118,10 @@ use claims::{NamePurpose, PendingName};
 use directory::{Directory, Room};
 use idle::IdleTimers;
 pub use limits::Limits;
+pub use nodes::{
+    DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, NodeId,
+    RoomEntry, RoomRecord,
+};
 pub use rate::Rate;
 use rate::SlidingWindow;
 use secure::{Change, RegisteredIdentity, RoomTimers, WrapPurpose};
@@ -180,6 +185,13 @@ enum Pending {
     DmKey,
     /// A guest name or a NICK waiting for the cluster's store.
     Name(PendingName),
+    /// A JOIN waiting for the cluster's store to enter the room
+    /// (`room_generation` is the incarnation judged; `None` to create it).
+    Entry(PendingJoin),
+    /// A DM, or a DM_KEY_REQUEST, waiting for the node of its target.
+    Direct {
+        ticket: u64,
+    },
 }
 
 /// A JOIN waiting for its password to be hashed or checked.
@@ -265,11 +277,15 @@ impl Hub {
     /// A hub that is one node of a cluster: like [`Hub::new`], but every
     /// name it gives out is claimed through the driver, so that it is
     /// unique across the cluster (see [`NameClaim`]).
+    ///
+    /// Its DM key ids count up from a random start rather than from 1:
+    /// every node issues them, and a client may hold keys from two nodes
+    /// for one peer, so two nodes' ids must seldom meet.
     pub fn clustered(limits: Limits, rng_seed: [u8; 32]) -> Hub {
-        Hub {
-            clustered: true,
-            ..Hub::new(limits, rng_seed)
-        }
+        let mut hub = Hub::new(limits, rng_seed);
+        hub.clustered = true;
+        hub.last_key_id = hub.rng.next_u32();
+        hub
     }
 
     /// What the hub has counted, and how many users, rooms and transfers
@@ -559,10 +575,12 @@ impl Hub {
         else {
             return;
         };
-        let room_now = self.directory.room(&pending.room);
+        if matches!(outcome, PasswordOutcome::Busy) {
+            warn!(peer = %user.peer, nick = %Printable(&user.name), "password queue full");
+        }
+        let version_now = self.room_terms(&pending.room).map(|terms| terms.version);
         match outcome {
             PasswordOutcome::Busy => {
-                warn!(peer = %user.peer, nick = %Printable(&user.name), "password queue full");
                 respond(out, conn, Status::TryLater, text::PASSWORDS_BUSY);
             }
             PasswordOutcome::Failed => respond(out, conn, Status::Error, text::PASSWORD_FAILED),
@@ -573,18 +591,18 @@ impl Hub {
             {
                 self.attempt_join(conn, pending.room, pending.password, now, false, out)
             }
-            PasswordOutcome::Verified(matches)
-                if room_now.map(Room::generation) == pending.room_generation =>
-            {
-                if matches {
-                    self.admit(conn, pending.room, false, now, out);
-                } else {
-                    self.wrong_password(conn, &pending.room, out);
+            PasswordOutcome::Verified(matches) if version_now == pending.room_generation => {
+                match (matches, version_now) {
+                    (true, Some(version)) => {
+                        let PendingJoin { room, password, .. } = pending;
+                        self.enter_room(conn, room, password, version, now, out)
+                    }
+                    _ => self.wrong_password(conn, &pending.room, out),
                 }
             }
-            PasswordOutcome::Hashed(phc) if room_now.is_none() => {
-                self.create_room(conn, pending.room.clone(), Some(phc));
-                self.admit(conn, pending.room, true, now, out);
+            PasswordOutcome::Hashed(phc) if version_now.is_none() => {
+                let PendingJoin { room, password, .. } = pending;
+                self.found_room(conn, room, password, Some(phc), now, out);
             }
             // The room was created, deleted or recreated while the hash ran:
             // judge the join again against the room as it is now.
@@ -611,7 +629,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Action>,
     ) -> bool {
-        let left = self.leave_room(conn);
+        let left = self.leave_room(conn, out);
         let Some(user) = self.users.remove(&conn) else {
             return false;
         };

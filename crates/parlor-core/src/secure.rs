@@ -1,6 +1,7 @@
 //! The hub's part of the secure extension, version 2 (PROTOCOL.md §12):
 //! registered identities and their proofs, signed renames, room key
-//! rotation with its timers, and DM key requests.
+//! rotation with its timers, and DM key requests, including those between
+//! users of two nodes of a cluster (issued by the target's node).
 //!
 //! # Identities
 //!
@@ -50,9 +51,13 @@ use rsa::pkcs8::der::Decode;
 use rsa::pkcs8::SubjectPublicKeyInfoRef;
 use rsa::traits::PublicKeyParts;
 use rsa::BoxedUint;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use super::{respond, respond_naming, send, Action, ConnId, Hub, Pending, Room, User};
+use super::{
+    respond, respond_naming, send, Action, ConnId, DmKeyAnswer, DmKeyRelay, Hub, NodeId, Pending,
+    Room, User,
+};
+use parlor_proto::frame::{FrameCodec, MAX_CLIENT_PAYLOAD};
 use parlor_proto::legacy::OK_RESPONSE;
 use parlor_proto::printable::Printable;
 use parlor_proto::secure::{
@@ -216,7 +221,9 @@ pub struct KeyWrapJob {
     pub recipients: Vec<KeyRecipient>,
     /// The connection whose reply is owed until the job is done (a
     /// DM_KEY_REQUEST): the driver reads no further requests from it
-    /// meanwhile. `None` for a room key rotation, which nobody waits for.
+    /// meanwhile. `None` for a room key rotation, which nobody waits for,
+    /// and for a DM key asked for by another node, whose reply is owed
+    /// there.
     pub requester: Option<ConnId>,
 }
 
@@ -340,6 +347,39 @@ pub(super) enum WrapPurpose {
         target_name: Bytes,
         key_id: u32,
     },
+    /// A DM key asked for by a user of another node.
+    RemoteDm(RemoteDmKey),
+}
+
+/// A DM key being made for a target here and a requester on another node,
+/// whose answer the driver sends back as `ask`.
+#[derive(Debug)]
+pub(super) struct RemoteDmKey {
+    ask: u64,
+    target: ConnId,
+    /// The `81` introducing the requester, sent to the target as it came.
+    introduction: Bytes,
+    requester_name: Bytes,
+    requester_fingerprint: Fingerprint,
+    key_id: u32,
+}
+
+/// Stands for a requester on another node among a [`KeyWrapJob`]'s
+/// recipients. Connections are numbered up from 0 and never reach it.
+const ANOTHER_NODE: ConnId = ConnId(u64::MAX);
+
+/// The requester's name, identity block and RSA key in an introduction
+/// (an `81` PEER_KEY frame) sent by another node; `None` if it is not one.
+fn introduced(introduction: &Bytes) -> Option<(Bytes, Fingerprint, rsa::PublicKey)> {
+    let mut wire = BytesMut::from(&introduction[..]);
+    let frame = FrameCodec::new(MAX_CLIENT_PAYLOAD)
+        .decode(&mut wire)
+        .ok()??;
+    let SecureMessage::PeerKey { name, identity, .. } = SecureMessage::parse(&frame).ok()? else {
+        return None;
+    };
+    let rsa = parse_rsa(&identity.rsa_der)?;
+    Some((name, identity.fingerprint(), rsa))
 }
 
 /// Why a membership changed, for [`Hub::membership_changed`].
@@ -475,7 +515,7 @@ impl Hub {
         .encode();
         out.push(Action::Broadcast {
             to: entry.members_now(),
-            except: conn,
+            except: Some(conn),
             frame: notice,
         });
     }
@@ -506,7 +546,7 @@ impl Hub {
             };
             out.push(Action::Broadcast {
                 to: members,
-                except: left,
+                except: Some(left),
                 frame: notice.encode(),
             });
         }
@@ -594,6 +634,9 @@ impl Hub {
             return respond(out, conn, Status::Error, text::REGISTER_KEY_FIRST);
         };
         let Some(peer) = self.directory.find_user(target) else {
+            if let Some(node) = self.directory.remote_node_of(target).cloned() {
+                return self.relay_dm_key_request(conn, node, target, out);
+            }
             return self.no_such_user(conn, target, out);
         };
         if peer == conn {
@@ -641,6 +684,189 @@ impl Hub {
         }));
     }
 
+    /// A DM_KEY_REQUEST for a user of another node, which issues the key
+    /// (it holds the target's keys and the bound on keys issued for it).
+    /// The request carries the requester's introduction, the `81` the
+    /// target is to get.
+    fn relay_dm_key_request(
+        &mut self,
+        conn: ConnId,
+        node: NodeId,
+        target: &[u8],
+        out: &mut Vec<Action>,
+    ) {
+        let ticket = self.new_ticket();
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        let own = user.identity.as_ref().expect("caller checked");
+        let introduction = SecureMessage::PeerKey {
+            name: user.name.clone(),
+            renamed_from: Bytes::new(),
+            identity: own.block.clone(),
+        };
+        user.pending = Some(Box::new(Pending::Direct { ticket }));
+        out.push(Action::RelayDmKey(DmKeyRelay {
+            conn,
+            ticket,
+            node,
+            target: Bytes::copy_from_slice(target),
+            introduction: introduction.encode(),
+        }));
+    }
+
+    /// A [`DmKeyRelay`] was answered by the target's node (or not at all):
+    /// the requester gets what a DM_KEY_REQUEST on one node would have.
+    pub fn dm_key_relayed(
+        &mut self,
+        conn: ConnId,
+        ticket: u64,
+        target: &[u8],
+        answer: DmKeyAnswer,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.stop_waiting_for_node(conn, ticket) {
+            return;
+        }
+        match answer {
+            DmKeyAnswer::Issued(issued) => {
+                out.push(send(conn, issued));
+                out.push(send(conn, OK_RESPONSE));
+            }
+            DmKeyAnswer::Absent => self.no_such_user(conn, target, out),
+            DmKeyAnswer::HasNoKey => {
+                respond_naming(out, conn, Status::Error, text::has_no_key(target))
+            }
+            DmKeyAnswer::TooMany => {
+                let reply = text::dm_keys_for_target(target);
+                respond_naming(out, conn, Status::TryLater, reply)
+            }
+            DmKeyAnswer::Busy => respond(out, conn, Status::TryLater, text::KEYS_BUSY),
+            DmKeyAnswer::Failed => respond(out, conn, Status::Error, text::KEY_WRAP_FAILED),
+            DmKeyAnswer::Unavailable => {
+                respond(out, conn, Status::TryLater, text::CLUSTER_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// A DM_KEY_REQUEST that another node sent as `ask`, for `target`, by
+    /// the user its `introduction` names. The requester's node has checked
+    /// the requester; this one checks the target, as a request made here
+    /// would be, and issues the key. The answer goes back as
+    /// [`Action::AnswerDmKey`], once the key is wrapped.
+    pub fn relayed_dm_key_request(
+        &mut self,
+        ask: u64,
+        target: &[u8],
+        introduction: Bytes,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let mut answer = |answer| out.push(Action::AnswerDmKey { ask, answer });
+        let Some((requester_name, requester_fingerprint, requester_rsa)) =
+            introduced(&introduction)
+        else {
+            warn!(target = %Printable(target), "a DM key request from another node that cannot be read");
+            return answer(DmKeyAnswer::Failed);
+        };
+        let Some(peer) = self.directory.find_user(target) else {
+            return answer(DmKeyAnswer::Absent);
+        };
+        let peer_user = self.users.get_mut(&peer).expect("found by name");
+        let Some(theirs) = &peer_user.identity else {
+            return answer(DmKeyAnswer::HasNoKey);
+        };
+        let key_id = self.last_key_id.checked_add(1).unwrap_or(1);
+        let recipients = vec![
+            KeyRecipient {
+                conn: peer,
+                key: Arc::clone(&theirs.rsa),
+                label: dm_key_label(key_id, &theirs.fingerprint, &requester_fingerprint),
+            },
+            KeyRecipient {
+                conn: ANOTHER_NODE,
+                key: Arc::new(requester_rsa),
+                label: dm_key_label(key_id, &requester_fingerprint, &theirs.fingerprint),
+            },
+        ];
+        if !peer_user
+            .rates()
+            .dm_keys
+            .try_acquire(now, self.limits.dm_keys_per_target)
+        {
+            return answer(DmKeyAnswer::TooMany);
+        }
+        self.last_key_id = key_id;
+        let ticket = self.new_ticket();
+        let purpose = RemoteDmKey {
+            ask,
+            target: peer,
+            introduction,
+            requester_name,
+            requester_fingerprint,
+            key_id,
+        };
+        self.wraps.insert(ticket, WrapPurpose::RemoteDm(purpose));
+        // Nobody here waits for it, so it goes with the room rotations;
+        // what is in flight stays bounded by the per-target bound above.
+        out.push(Action::WrapKeys(KeyWrapJob {
+            ticket,
+            recipients,
+            requester: None,
+        }));
+    }
+
+    /// A key asked for by another node is wrapped: the target gets `81`
+    /// and `80` here, and the requester's node the `89` for its requester.
+    fn remote_dm_key_wrapped(
+        &mut self,
+        purpose: RemoteDmKey,
+        outcome: KeyWrapOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        let RemoteDmKey {
+            ask,
+            target,
+            introduction,
+            requester_name,
+            requester_fingerprint,
+            key_id,
+        } = purpose;
+        let answer = match (outcome, self.users.get(&target)) {
+            (_, None) => DmKeyAnswer::Absent,
+            (KeyWrapOutcome::Busy, _) => DmKeyAnswer::Busy,
+            (KeyWrapOutcome::Failed, _) => DmKeyAnswer::Failed,
+            (KeyWrapOutcome::Wrapped(wrapped), Some(peer)) => {
+                let wrapped_for = |conn: ConnId| {
+                    wrapped
+                        .iter()
+                        .find(|(recipient, _)| *recipient == conn)
+                        .map(|(_, wrapped)| wrapped.clone())
+                };
+                match (wrapped_for(ANOTHER_NODE), wrapped_for(target)) {
+                    (Some(for_requester), Some(for_target)) => {
+                        let theirs = peer.identity.as_ref().expect("never removed");
+                        let issued = SecureMessage::DmKeyIssued {
+                            target: peer.name.clone(),
+                            identity: theirs.block.clone(),
+                            key_id,
+                            wrapped: for_requester,
+                        };
+                        out.push(send(target, introduction));
+                        let dm_key = SecureMessage::DmKey {
+                            peer: requester_name,
+                            peer_fingerprint: requester_fingerprint,
+                            key_id,
+                            wrapped: for_target,
+                        };
+                        out.push(send(target, dm_key.encode()));
+                        DmKeyAnswer::Issued(issued.encode())
+                    }
+                    _ => DmKeyAnswer::Failed,
+                }
+            }
+        };
+        out.push(Action::AnswerDmKey { ask, answer });
+    }
+
     /// A [`KeyWrapJob`] finished at `now`. An answer for an unknown ticket,
     /// or for a room or requester that is gone, is dropped.
     pub fn keys_wrapped(
@@ -672,6 +898,9 @@ impl Hub {
                 target_name,
                 key_id,
             }) => self.dm_key_wrapped(requester, target, &target_name, key_id, outcome, out),
+            Some(WrapPurpose::RemoteDm(purpose)) => {
+                self.remote_dm_key_wrapped(purpose, outcome, out)
+            }
         }
     }
 

@@ -26,9 +26,9 @@ pub const NICK_NOT_PRESENT: &str = "Nick not present";
 pub const SERVER_FULL: &str = "Server full, try again later.";
 /// A connection past `max_connections_per_ip`; then the server closes it.
 pub const TOO_MANY_FROM_ADDRESS: &str = "Too many connections from your address, try again later.";
-/// In cluster mode, a name could not be claimed because the cluster's
-/// shared store did not answer: a new connection is then closed, a NICK
-/// leaves the old name in place.
+/// In cluster mode, the cluster's shared store or another node did not
+/// answer: a new connection gets no name and is closed, a NICK leaves the
+/// old name in place, a JOIN the old room, a DM is not delivered.
 pub const CLUSTER_UNAVAILABLE: &str = "The chat network is unavailable, try again later.";
 /// A JOIN that would create a room past `max_rooms`.
 pub const TOO_MANY_ROOMS: &str = "The server has too many rooms, try again later.";
@@ -88,6 +88,17 @@ pub fn not_in_room(room: &[u8]) -> [&[u8]; 3] {
 /// JOIN of a full room.
 pub fn room_is_full(room: &[u8]) -> [&[u8]; 3] {
     [b"Room '", room, b"' is full, try again later."]
+}
+
+/// In cluster mode, JOIN of a secure room whose members are on another
+/// node: a secure room's keys are issued by one node, so its members are
+/// all served by that one.
+pub fn secure_room_elsewhere(room: &[u8]) -> [&[u8]; 3] {
+    [
+        b"Room '",
+        room,
+        b"' is end-to-end encrypted and served by another node of the network.",
+    ]
 }
 
 /// JOIN of a secure room from a legacy connection.

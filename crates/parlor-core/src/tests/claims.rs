@@ -5,7 +5,7 @@ use super::*;
 use crate::{ClaimOutcome, NameClaim, NameRequest};
 
 /// A harness whose hub is one node of a cluster.
-fn clustered() -> Harness {
+pub(super) fn clustered() -> Harness {
     Harness {
         hub: Hub::clustered(Limits::default(), [0x5e; 32]),
         ..Harness::with_defaults()
@@ -47,7 +47,7 @@ impl Harness {
     }
 
     /// Connection `id`, which the cluster named `name`.
-    fn guest(&mut self, id: u64, name: &str) -> ConnId {
+    pub(super) fn guest(&mut self, id: u64, name: &str) -> ConnId {
         let conn = ConnId(id);
         let out = self.connect(conn);
         let request = claim(&out);
@@ -147,10 +147,10 @@ fn a_name_won_for_a_connection_that_is_gone_is_released_at_once() {
 fn list_users_outside_a_room_lists_every_node_once_and_in_order() {
     let mut h = clustered();
     let a = h.guest(1, "mallory");
-    h.hub.remote_name_held(bytes("bob"));
-    h.hub.remote_name_held(bytes("zed"));
+    h.hub.remote_name_held(bytes("bob"), "b".into());
+    h.hub.remote_name_held(bytes("zed"), "b".into());
     // The copy of the store can lag behind a name that moved here.
-    h.hub.remote_name_held(bytes("mallory"));
+    h.hub.remote_name_held(bytes("mallory"), "b".into());
     let expected = [
         &[0, 0, 0, 17, 4, 0x17, 0x9a, 0][..],
         b"\x03bob\x07mallory\x03zed",

@@ -1,0 +1,600 @@
+//! A clustered hub's rooms, room messages and DMs. The test plays the
+//! driver: the cluster's store (entries and records) and the other nodes
+//! (relays).
+
+use super::claims::clustered;
+use super::*;
+use crate::{
+    DirectOutcome, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, NodeId, RoomEntry, RoomRecord,
+};
+use parlor_proto::legacy::{encode_direct_message, encode_room_message};
+use parlor_proto::secure::{dm_key_label, SecureMessage};
+
+/// A record of `room` with no password whose members elsewhere are
+/// `elsewhere`, and `here` more on this node.
+fn record(room: &str, revision: u64, here: usize, elsewhere: &[(&str, &[&str])]) -> RoomRecord {
+    let elsewhere: Vec<(NodeId, Vec<Bytes>)> = elsewhere
+        .iter()
+        .map(|(node, names)| {
+            (
+                NodeId::from(*node),
+                names.iter().map(|name| bytes(name)).collect(),
+            )
+        })
+        .collect();
+    RoomRecord {
+        room: bytes(room),
+        revision,
+        password: None,
+        secure: false,
+        incarnation: 77,
+        members: here
+            + elsewhere
+                .iter()
+                .map(|(_, names)| names.len())
+                .sum::<usize>(),
+        elsewhere,
+    }
+}
+
+/// The one room entry among `out`, with the reply waiting for it.
+fn entry(out: &[Action]) -> RoomEntry {
+    let entries: Vec<_> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::EnterRoom(entry) => Some(entry.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(entries.len(), 1, "one entry in {out:?}");
+    entries[0].clone()
+}
+
+/// The cluster's work among `out` that owes no reply, in order, as text.
+fn work(out: &[Action]) -> Vec<String> {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    out.iter()
+        .filter_map(|action| match action {
+            Action::LeaveRoom { room, member } => {
+                Some(format!("leave {} {}", text(room), text(member)))
+            }
+            Action::RenameMember { room, old, new } => {
+                Some(format!("rename {} {} {}", text(room), text(old), text(new)))
+            }
+            Action::ReleaseName(name) => Some(format!("release {}", text(name))),
+            Action::Relay { nodes, room, .. } => Some(format!("relay {} to {nodes:?}", text(room))),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    /// Reports the outcome of `entry`, as the driver does.
+    fn entered(&mut self, entry: &RoomEntry, outcome: EntryOutcome) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.hub
+            .room_entered(entry.conn, entry.ticket, outcome, self.now, &mut out);
+        self.settle(&mut out);
+        self.hub.check_invariants().unwrap();
+        out
+    }
+
+    /// Enters `conn` into `room` (no password) as the store would.
+    fn in_room(&mut self, conn: ConnId, room: &str, stored: RoomRecord) {
+        let asked = entry(&self.join(conn, room, ""));
+        let member = asked.member.clone();
+        let out = self.entered(
+            &asked,
+            EntryOutcome::Entered {
+                record: stored,
+                member,
+            },
+        );
+        assert_eq!(sent(&out), [(conn, ok())]);
+    }
+}
+
+#[test]
+fn a_join_creates_the_room_in_the_store_and_is_answered_once_it_is_there() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    let out = h.join(alice, "lobby", "");
+    assert!(sent(&out).is_empty(), "the reply waits for the store");
+    let asked = entry(&out);
+    assert!(
+        matches!(asked.terms, EntryTerms::Create { password: None, secure: false, incarnation } if incarnation != 0),
+        "{asked:?}"
+    );
+    assert_eq!(
+        (asked.member.clone(), asked.max_members),
+        (bytes("alice"), 1_000)
+    );
+    let stored = record("lobby", 1, 1, &[]);
+    let out = h.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: stored,
+            member: bytes("alice"),
+        },
+    );
+    assert_eq!(sent(&out), [(alice, ok())]);
+    assert_eq!(h.hub.room_of(alice), Some(&b"lobby"[..]));
+}
+
+#[test]
+fn a_room_created_first_on_another_node_is_judged_again_with_its_password() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    // Hashed for a new room...
+    let asked = entry(&h.join(alice, "den", "mine"));
+    assert!(matches!(
+        asked.terms,
+        EntryTerms::Create {
+            password: Some(_),
+            ..
+        }
+    ));
+    // ...but another node created it first, with another password.
+    let theirs = fake_password_check(PasswordTask::Hash {
+        password: Zeroizing::new(b"theirs".to_vec()),
+    });
+    let PasswordOutcome::Hashed(phc) = theirs else {
+        panic!("{theirs:?}")
+    };
+    let stored = RoomRecord {
+        password: Some(phc),
+        ..record("den", 3, 0, &[("b", &["bob"])])
+    };
+    let out = h.entered(&asked, EntryOutcome::Changed(Some(stored)));
+    assert_eq!(sent(&out), [(alice, response(1, text::WRONG_PASSWORD))]);
+    assert_eq!(h.hub.room_of(alice), None);
+    // With the right one it joins that room, as judged.
+    let asked = entry(&h.join(alice, "den", "theirs"));
+    assert_eq!(asked.terms, EntryTerms::Join { incarnation: 77 });
+}
+
+#[test]
+fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    h.hub.remote_room(record("full", 1, 0, &[("b", &["bob"])]));
+    let asked = entry(&h.join(alice, "full", ""));
+    let out = h.entered(&asked, EntryOutcome::Full);
+    let full = response(2, "Room 'full' is full, try again later.");
+    assert_eq!(sent(&out), [(alice, full)]);
+    let asked = entry(&h.join(alice, "full", ""));
+    let out = h.entered(&asked, EntryOutcome::Unavailable);
+    assert_eq!(
+        sent(&out),
+        [(alice, response(2, text::CLUSTER_UNAVAILABLE))]
+    );
+}
+
+#[test]
+fn lists_cover_the_rooms_and_members_of_every_node() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    h.hub.remote_room(record("zoo", 4, 0, &[("b", &["zed"])]));
+    h.in_room(
+        alice,
+        "lobby",
+        record("lobby", 2, 1, &[("b", &["bob"]), ("c", &["carol"])]),
+    );
+    let rooms = [&[0, 0, 0, 11, 4, 0x17, 0x9a, 0][..], b"\x05lobby\x03zoo"].concat();
+    assert_eq!(
+        sent(&h.send(alice, ClientMessage::ListRooms)),
+        [(alice, rooms)]
+    );
+    let members = [
+        &[0, 0, 0, 17, 4, 0x17, 0x9a, 0][..],
+        b"\x05alice\x03bob\x05carol",
+    ]
+    .concat();
+    assert_eq!(
+        sent(&h.send(alice, ClientMessage::ListUsers)),
+        [(alice, members)]
+    );
+    // An older record than the one known changes nothing; a deletion does.
+    h.hub.remote_room(record("lobby", 1, 1, &[]));
+    h.hub.remote_room_deleted(b"zoo", 5);
+    let rooms = [&[0, 0, 0, 7, 4, 0x17, 0x9a, 0][..], b"\x05lobby"].concat();
+    assert_eq!(
+        sent(&h.send(alice, ClientMessage::ListRooms)),
+        [(alice, rooms)]
+    );
+    let members = h.send(alice, ClientMessage::ListUsers);
+    assert_eq!(
+        sent(&members)[0].1.len(),
+        8 + 16,
+        "bob and carol still listed"
+    );
+}
+
+#[test]
+fn a_room_message_is_relayed_once_per_other_node_and_relays_reach_members_here() {
+    let mut h = clustered();
+    let (alice, carol) = (h.guest(1, "alice"), h.guest(2, "carol"));
+    let stored = record("lobby", 2, 1, &[("b", &["bob", "bea"]), ("c", &["cy"])]);
+    h.in_room(alice, "lobby", stored.clone());
+    let out = h.join(carol, "lobby", "");
+    let asked = entry(&out);
+    h.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: RoomRecord {
+                revision: 3,
+                members: 5,
+                ..stored
+            },
+            member: bytes("carol"),
+        },
+    );
+    let out = h.say(alice, "lobby", "hi");
+    assert_eq!(work(&out), [r#"relay lobby to ["b", "c"]"#]);
+    let frame = encode_room_message(b"lobby", b"alice", b"hi");
+    assert_eq!(sent(&out), [(alice, ok()), (carol, frame.to_vec())]);
+    // From another node: every member here gets it, none is skipped.
+    let relayed = encode_room_message(b"lobby", b"bob", b"yo");
+    let mut out = Vec::new();
+    h.hub
+        .relayed_room_message(b"lobby", relayed.clone(), &mut out);
+    assert_eq!(
+        sent(&out),
+        [(alice, relayed.to_vec()), (carol, relayed.to_vec())]
+    );
+    // A room with nobody elsewhere relays nothing.
+    h.hub.remote_room(record("lobby", 9, 2, &[]));
+    assert!(work(&h.say(alice, "lobby", "alone")).is_empty());
+}
+
+#[test]
+fn a_dm_for_a_user_of_another_node_is_answered_when_that_node_says() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    h.hub.remote_name_held(bytes("bob"), "b".into());
+    let out = h.send(
+        alice,
+        ClientMessage::DirectMessage {
+            target: bytes("bob"),
+            text: bytes("psst"),
+        },
+    );
+    assert!(sent(&out).is_empty(), "the reply waits for bob's node");
+    let [Action::RelayDirect(relay)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((&*relay.node, &relay.target[..]), ("b", &b"bob"[..]));
+    assert_eq!(relay.frame, encode_direct_message(b"alice", b"psst"));
+    let mut out = Vec::new();
+    h.hub.direct_relayed(
+        alice,
+        relay.ticket,
+        b"bob",
+        DirectOutcome::Delivered,
+        &mut out,
+    );
+    assert_eq!(sent(&out), [(alice, ok())]);
+    let [Action::RelayDirect(relay)] = &h.send(
+        alice,
+        ClientMessage::DirectMessage {
+            target: bytes("bob"),
+            text: bytes("again"),
+        },
+    )[..] else {
+        panic!()
+    };
+    let mut out = Vec::new();
+    h.hub
+        .direct_relayed(alice, relay.ticket, b"bob", DirectOutcome::Absent, &mut out);
+    assert_eq!(sent(&out), [(alice, response(1, text::NICK_NOT_PRESENT))]);
+    // A DM from another node for a user here.
+    let mut out = Vec::new();
+    let dm = encode_direct_message(b"bob", b"back");
+    assert!(h.hub.relayed_direct_message(b"alice", dm.clone(), &mut out));
+    assert_eq!(sent(&out), [(alice, dm.to_vec())]);
+    assert!(!h.hub.relayed_direct_message(b"nobody", dm, &mut out));
+}
+
+#[test]
+fn leaving_moving_renaming_and_going_are_told_to_the_store_in_order() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    h.in_room(alice, "one", record("one", 1, 1, &[]));
+    let asked = entry(&h.join(alice, "two", ""));
+    let out = h.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: record("two", 2, 1, &[]),
+            member: bytes("alice"),
+        },
+    );
+    assert_eq!(
+        work(&out),
+        ["leave one alice"],
+        "moving leaves the first room"
+    );
+    let out = h.nick(alice, "alicia");
+    let [Action::ClaimName(claim)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let mut out = Vec::new();
+    h.hub.name_claimed(
+        alice,
+        claim.ticket,
+        crate::ClaimOutcome::Claimed(bytes("alicia")),
+        h.now,
+        &mut out,
+    );
+    assert_eq!(work(&out), ["rename two alice alicia", "release alice"]);
+    assert_eq!(
+        work(&h.disconnect(alice)),
+        ["leave two alicia", "release alicia"]
+    );
+}
+
+#[test]
+fn an_entry_nobody_waits_for_is_undone() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    let asked = entry(&h.join(alice, "lobby", ""));
+    assert_eq!(work(&h.disconnect(alice)), ["release alice"]);
+    let out = h.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: record("lobby", 1, 1, &[]),
+            member: bytes("alice"),
+        },
+    );
+    assert_eq!(work(&out), ["leave lobby alice"]);
+}
+
+#[test]
+fn members_who_may_have_missed_a_relay_are_disconnected_and_no_one_else() {
+    let mut h = clustered();
+    let (alice, carol, dave) = (h.guest(1, "alice"), h.guest(2, "carol"), h.guest(3, "dave"));
+    h.in_room(alice, "with-b", record("with-b", 1, 1, &[("b", &["bob"])]));
+    h.in_room(carol, "with-c", record("with-c", 1, 1, &[("c", &["cy"])]));
+    let mut out = Vec::new();
+    h.hub.relay_lost("b", h.now, &mut out);
+    assert_eq!(closed(&out), [(alice, CloseReason::SlowConsumer)]);
+    assert!(h.hub.is_connected(carol) && h.hub.is_connected(dave));
+    h.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn a_secure_room_is_served_by_one_node() {
+    let mut h = clustered();
+    let (alice, legacy) = (h.guest(1, "alice"), h.guest(2, "lee"));
+    h.hub.channel_bound(alice, binding(1));
+    let register = identity(1).register(b"alice", &binding(1));
+    assert_eq!(sent(&h.send(alice, register)), [(alice, ok())]);
+    let secure = RoomRecord {
+        secure: true,
+        ..record("vault", 1, 0, &[("b", &["bob"])])
+    };
+    h.hub.remote_room(secure);
+    let elsewhere = text::secure_room_elsewhere(b"vault").concat();
+    let elsewhere = response(1, std::str::from_utf8(&elsewhere).unwrap());
+    assert_eq!(sent(&h.join(alice, "vault", "")), [(alice, elsewhere)]);
+    let legacy_text = text::room_is_secure(b"vault").concat();
+    let legacy_text = response(1, std::str::from_utf8(&legacy_text).unwrap());
+    assert_eq!(sent(&h.join(legacy, "vault", "")), [(legacy, legacy_text)]);
+}
+
+impl Harness {
+    /// A guest named `name` by the cluster, over "TLS", registered by
+    /// [`identity`]`(id)`.
+    fn secure_guest(&mut self, id: u64, name: &str) -> ConnId {
+        let conn = self.guest(id, name);
+        self.hub.channel_bound(conn, binding(id));
+        let register = identity(id).register(name.as_bytes(), &binding(id));
+        assert_eq!(sent(&self.send(conn, register)), [(conn, ok())]);
+        conn
+    }
+}
+
+/// The one DM key request for another node among `out`.
+fn dm_key_relay(out: &[Action]) -> DmKeyRelay {
+    let [Action::RelayDmKey(relay)] = out else {
+        panic!("one DM key relay in {out:?}")
+    };
+    relay.clone()
+}
+
+/// The answers to other nodes' DM key requests among `out`.
+fn dm_key_answers(out: &[Action]) -> Vec<(u64, DmKeyAnswer)> {
+    out.iter()
+        .filter_map(|action| match action {
+            Action::AnswerDmKey { ask, answer } => Some((*ask, answer.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_dm_key_for_a_user_of_another_node_is_issued_by_that_node() {
+    let (mut a, mut b) = (clustered(), clustered());
+    let alice = a.secure_guest(1, "alice");
+    let bob = b.secure_guest(2, "bob");
+    a.hub.remote_name_held(bytes("bob"), "b".into());
+    let request = ClientMessage::DmKeyRequest {
+        target: bytes("bob"),
+    };
+    let out = a.send(alice, request.clone());
+    assert!(sent(&out).is_empty(), "the reply waits for bob's node");
+    let relay = dm_key_relay(&out);
+    assert_eq!((&*relay.node, &relay.target[..]), ("b", &b"bob"[..]));
+
+    // Bob's node checks bob and makes the key: a wrap for each end, each
+    // under a label naming both, the recipient first.
+    let mut out = Vec::new();
+    b.hub
+        .relayed_dm_key_request(7, b"bob", relay.introduction.clone(), b.now, &mut out);
+    b.settle(&mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let job = &b.rotations[0];
+    let (fa, fb) = (identity(1).fingerprint(), identity(2).fingerprint());
+    let key_id = match &job.recipients[..] {
+        [to_bob, to_alice] => {
+            assert_eq!(to_bob.conn, bob);
+            let key_id = u32::from_be_bytes(to_bob.label[16..20].try_into().unwrap());
+            assert_eq!(to_bob.label, dm_key_label(key_id, &fb, &fa));
+            assert_eq!(to_alice.label, dm_key_label(key_id, &fa, &fb));
+            key_id
+        }
+        other => panic!("{other:?}"),
+    };
+    let out = b.finish_rotations();
+    let to_bob = decoded(&out);
+    assert_eq!(to_bob.len(), 2, "{to_bob:?}");
+    assert_eq!(to_bob[0].0, bob);
+    assert!(matches!(
+        &to_bob[0].1,
+        ServerMessage::Secure(SecureMessage::PeerKey { name, identity: block, .. })
+            if &name[..] == b"alice" && *block == identity(1).block(b"alice")
+    ));
+    assert!(matches!(
+        &to_bob[1].1,
+        ServerMessage::Secure(SecureMessage::DmKey { peer, peer_fingerprint, key_id: id, .. })
+            if &peer[..] == b"alice" && *peer_fingerprint == fa && *id == key_id
+    ));
+    let [(7, DmKeyAnswer::Issued(issued))] = &dm_key_answers(&out)[..] else {
+        panic!("{out:?}")
+    };
+
+    // Alice's node passes the issued key on, and only then answers her.
+    let mut out = Vec::new();
+    a.hub.dm_key_relayed(
+        alice,
+        relay.ticket,
+        b"bob",
+        DmKeyAnswer::Issued(issued.clone()),
+        &mut out,
+    );
+    assert_eq!(sent(&out), [(alice, issued.to_vec()), (alice, ok())]);
+    let to_alice = decoded(&out);
+    assert!(matches!(
+        &to_alice[0].1,
+        ServerMessage::Secure(SecureMessage::DmKeyIssued { target, identity: block, key_id: id, .. })
+            if &target[..] == b"bob" && *block == identity(2).block(b"bob") && *id == key_id
+    ));
+    // An answer nobody waits for any more is dropped.
+    let mut out = Vec::new();
+    a.hub
+        .dm_key_relayed(alice, relay.ticket, b"bob", DmKeyAnswer::Absent, &mut out);
+    assert!(out.is_empty());
+    a.hub.check_invariants().unwrap();
+    b.hub.check_invariants().unwrap();
+}
+
+/// A `9a` whose text names something, as its parts.
+fn naming(status: u8, parts: [&[u8]; 3]) -> Vec<u8> {
+    parlor_proto::legacy::encode_response(status, parts.into_iter()).to_vec()
+}
+
+#[test]
+fn a_dm_key_for_another_node_is_refused_with_the_texts_of_one_node() {
+    let (mut a, mut b) = (clustered(), clustered());
+    let alice = a.secure_guest(1, "alice");
+    b.guest(2, "lee");
+    a.hub.remote_name_held(bytes("lee"), "b".into());
+    a.hub.remote_name_held(bytes("gone"), "b".into());
+    let ask = |a: &mut Harness, target: &str| {
+        // Past the message rate limit, which DM key requests count against.
+        a.advance(Duration::from_secs(2));
+        dm_key_relay(&a.send(
+            alice,
+            ClientMessage::DmKeyRequest {
+                target: bytes(target),
+            },
+        ))
+    };
+    // Bob's node's side: a legacy target, an absent one, an unreadable
+    // request.
+    let relay = ask(&mut a, "lee");
+    let mut out = Vec::new();
+    b.hub
+        .relayed_dm_key_request(1, b"lee", relay.introduction.clone(), b.now, &mut out);
+    b.hub
+        .relayed_dm_key_request(2, b"gone", relay.introduction.clone(), b.now, &mut out);
+    b.hub
+        .relayed_dm_key_request(3, b"lee", Bytes::from_static(b"junk"), b.now, &mut out);
+    assert_eq!(
+        dm_key_answers(&out),
+        [
+            (1, DmKeyAnswer::HasNoKey),
+            (2, DmKeyAnswer::Absent),
+            (3, DmKeyAnswer::Failed)
+        ]
+    );
+    // Alice's node's side: each answer is the reply a request on one node
+    // would have had.
+    let cases = [
+        (
+            DmKeyAnswer::HasNoKey,
+            vec![naming(1, text::has_no_key(b"lee"))],
+        ),
+        (
+            DmKeyAnswer::TooMany,
+            vec![naming(2, text::dm_keys_for_target(b"lee"))],
+        ),
+        (DmKeyAnswer::Busy, vec![response(2, text::KEYS_BUSY)]),
+        (
+            DmKeyAnswer::Failed,
+            vec![response(1, text::KEY_WRAP_FAILED)],
+        ),
+        (
+            DmKeyAnswer::Unavailable,
+            vec![response(2, text::CLUSTER_UNAVAILABLE)],
+        ),
+        (
+            DmKeyAnswer::Absent,
+            vec![
+                SecureMessage::NoSuchUser { name: bytes("lee") }
+                    .encode()
+                    .to_vec(),
+                response(1, text::NICK_NOT_PRESENT),
+            ],
+        ),
+    ];
+    for (index, (answer, replies)) in cases.into_iter().enumerate() {
+        let relay = if index == 0 {
+            relay.clone()
+        } else {
+            ask(&mut a, "lee")
+        };
+        let mut out = Vec::new();
+        a.hub
+            .dm_key_relayed(alice, relay.ticket, b"lee", answer.clone(), &mut out);
+        let expected: Vec<_> = replies.into_iter().map(|reply| (alice, reply)).collect();
+        assert_eq!(sent(&out), expected, "{answer:?}");
+        a.hub.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn dm_keys_for_another_node_are_bounded_per_target_there() {
+    let (mut a, mut b) = (clustered(), clustered());
+    let alice = a.secure_guest(1, "alice");
+    b.secure_guest(2, "bob");
+    a.hub.remote_name_held(bytes("bob"), "b".into());
+    let relay = dm_key_relay(&a.send(
+        alice,
+        ClientMessage::DmKeyRequest {
+            target: bytes("bob"),
+        },
+    ));
+    let mut out = Vec::new();
+    let bound = Limits::default().dm_keys_per_target.limit as u64;
+    for ask in 0..=bound {
+        b.hub
+            .relayed_dm_key_request(ask, b"bob", relay.introduction.clone(), b.now, &mut out);
+    }
+    b.settle(&mut out);
+    assert_eq!(
+        b.rotations.len() as u64,
+        bound,
+        "one wrap per key within the bound"
+    );
+    assert_eq!(dm_key_answers(&out), [(bound, DmKeyAnswer::TooMany)]);
+}
