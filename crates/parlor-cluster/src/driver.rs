@@ -1,6 +1,7 @@
-//! The tokio side of the cluster: one queue of claims and releases, the
-//! lease loop, the two watches and the sweep. Every decision is made in
-//! `lease.rs` and `liveness.rs`; this file only talks to NATS.
+//! The tokio side of the cluster: one queue of changes to names and rooms,
+//! the lease loop, the three watches and the sweep. Every decision is made
+//! in `lease.rs`, `liveness.rs` and `rooms.rs`, and the relay between nodes
+//! lives in `relay.rs`; this file only talks to the key-value store.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -16,18 +17,25 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::keys::{name_key, name_of_key, Run, GUEST_COUNTER, NAME_PREFIX};
+use crate::keys::{
+    name_key, name_of_key, room_key, room_of_key, Run, GUEST_COUNTER, NAME_PREFIX, ROOM_PREFIX,
+};
 use crate::lease::Lease;
 use crate::liveness::Liveness;
-use crate::{JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET};
-use parlor_core::{ClaimOutcome, NameRequest};
+use crate::relay::Relay;
+use crate::rooms::StoredRoom;
+use crate::{JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET, ROOMS_BUCKET};
+use parlor_core::{
+    ClaimOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms, NameRequest, NodeId,
+    RoomEntry,
+};
 
 /// How long a purge marker stays in the names bucket. Long enough for
 /// every watcher to see it; after it, the bucket holds nothing of the name.
 const MARKER_TTL: Duration = Duration::from_secs(60);
-/// How often a lost compare-and-set on the guest counter is tried again
-/// before the claim gives up.
-const GUEST_COUNTER_TRIES: usize = 16;
+/// How often a lost compare-and-set (on the guest counter, or on a room's
+/// record) is tried again before the change gives up.
+const CAS_TRIES: usize = 16;
 /// The longest wait between two attempts to watch a bucket again.
 const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -52,12 +60,22 @@ pub struct ClusterStats {
     pub nodes: usize,
     /// How long the last lease renewal took to be acknowledged.
     pub nats_round_trip: Duration,
+    /// Room messages and DMs handed to NATS for other nodes.
+    pub relays_sent: u64,
+    /// Relays dropped because the queue to NATS was full.
+    pub relays_dropped: u64,
+    /// Room messages and DMs received from other nodes.
+    pub relays_received: u64,
+    /// Gaps seen in the room messages relayed from another node.
+    pub relay_gaps: u64,
 }
 
 struct Inner {
     settings: Settings,
     names: Store,
     nodes: Store,
+    rooms: Store,
+    relay: Relay,
     node: Arc<dyn Node>,
     state: Mutex<State>,
     renewals_failed: AtomicU64,
@@ -80,6 +98,19 @@ enum Op {
         reply: oneshot::Sender<ClaimOutcome>,
     },
     Release(Bytes),
+    Enter {
+        entry: RoomEntry,
+        reply: oneshot::Sender<EntryOutcome>,
+    },
+    Leave {
+        room: Bytes,
+        member: Bytes,
+    },
+    Rename {
+        room: Bytes,
+        old: Bytes,
+        new: Bytes,
+    },
     /// Answered once everything queued before it is done.
     Flush(oneshot::Sender<()>),
     /// The lease was lost and every connection closed: the names this run
@@ -95,14 +126,30 @@ impl Cluster {
         let client = connect(&settings, lease.renew_every()).await?;
         let context = jetstream::ContextBuilder::new()
             .timeout(lease.renew_every())
-            .build(client);
+            .build(client.clone());
         let names = open_bucket(&context, NAMES_BUCKET, &settings, None).await?;
         let nodes =
             open_bucket(&context, NODES_BUCKET, &settings, Some(lease.record_ttl())).await?;
+        let rooms = open_bucket(&context, ROOMS_BUCKET, &settings, None).await?;
         let run = Run {
             node: settings.node_id.clone(),
             incarnation: rand::random(),
         };
+        // Subscribed before anything is claimed: no node relays to this
+        // one before it sees a member here.
+        let (relay, relay_tasks) = Relay::start(
+            client.clone(),
+            &run.node,
+            run.incarnation,
+            lease.renew_every(),
+            Arc::clone(&node),
+        )
+        .await
+        .map_err(|err| JoinError::Relay(err.to_string()))?;
+        client
+            .flush()
+            .await
+            .map_err(|err| JoinError::Relay(err.to_string()))?;
         let sent = Instant::now();
         nodes
             .put(&run.node, run.encode())
@@ -117,6 +164,8 @@ impl Cluster {
             settings,
             names,
             nodes,
+            rooms,
+            relay,
             node,
             state: Mutex::new(State {
                 run,
@@ -134,7 +183,12 @@ impl Cluster {
             tokio::spawn(Arc::clone(&inner).keep_lease(ops.clone())),
             tokio::spawn(Arc::clone(&inner).watch_names()),
             tokio::spawn(Arc::clone(&inner).watch_nodes()),
+            tokio::spawn(Arc::clone(&inner).watch_rooms()),
             tokio::spawn(Arc::clone(&inner).sweep()),
+            tokio::spawn(relay_tasks.publish),
+            tokio::spawn(relay_tasks.receive),
+            tokio::spawn(relay_tasks.replies),
+            tokio::spawn(relay_tasks.expire),
         ];
         Ok(Cluster { ops, inner, tasks })
     }
@@ -159,6 +213,57 @@ impl Cluster {
         let _ = self.ops.send(Op::Release(name));
     }
 
+    /// Enters a room (see [`RoomEntry`]); the outcome comes on the
+    /// receiver. If the receiver is dropped first, an entry made is undone.
+    /// Bounded as claims are: one entry in flight per connection.
+    pub fn enter(&self, entry: RoomEntry) -> oneshot::Receiver<EntryOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        let _ = self.ops.send(Op::Enter { entry, reply });
+        outcome
+    }
+
+    /// Takes a member of this node out of a room, after every entry queued
+    /// before.
+    pub fn leave_room(&self, room: Bytes, member: Bytes) {
+        let _ = self.ops.send(Op::Leave { room, member });
+    }
+
+    /// Renames a member of this node in a room's record.
+    pub fn rename_member(&self, room: Bytes, old: Bytes, new: Bytes) {
+        let _ = self.ops.send(Op::Rename { room, old, new });
+    }
+
+    /// Relays a room message to the members of `room` on `nodes`.
+    pub fn relay(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
+        self.inner.relay.room(nodes, room, frame);
+    }
+
+    /// Sends a DM for `target` to `node`; the outcome comes on the receiver.
+    pub fn relay_direct(
+        &self,
+        node: &str,
+        target: &[u8],
+        frame: &[u8],
+    ) -> oneshot::Receiver<DirectOutcome> {
+        self.inner.relay.direct(node, target, frame)
+    }
+
+    /// Sends a DM key request for `target` to `node`, which issues the
+    /// key; the answer comes on the receiver.
+    pub fn relay_dm_key(
+        &self,
+        node: &str,
+        target: &[u8],
+        introduction: &[u8],
+    ) -> oneshot::Receiver<DmKeyAnswer> {
+        self.inner.relay.dm_key(node, target, introduction)
+    }
+
+    /// Answers the DM key request `ask` of another node.
+    pub fn answer_dm_key(&self, ask: u64, answer: DmKeyAnswer) {
+        self.inner.relay.answer_dm_key(ask, answer);
+    }
+
     /// What the cluster has counted.
     pub fn stats(&self) -> ClusterStats {
         let nodes = self.inner.state().liveness.nodes_heard(Instant::now());
@@ -170,6 +275,10 @@ impl Cluster {
             nats_round_trip: Duration::from_micros(
                 self.inner.round_trip_micros.load(Ordering::Relaxed),
             ),
+            relays_sent: self.inner.relay.sent.load(Ordering::Relaxed),
+            relays_dropped: self.inner.relay.dropped.load(Ordering::Relaxed),
+            relays_received: self.inner.relay.received.load(Ordering::Relaxed),
+            relay_gaps: self.inner.relay.gaps.load(Ordering::Relaxed),
         }
     }
 
@@ -314,6 +423,23 @@ impl Inner {
                         self.purge(&name, revision).await;
                     }
                 }
+                Op::Enter { entry, reply } => {
+                    let outcome = self.enter(&entry).await;
+                    // The connection went while its entry ran: undo it.
+                    if let Err(EntryOutcome::Entered { member, .. }) = reply.send(outcome) {
+                        self.leave(&entry.room, &member).await;
+                    }
+                }
+                // A fenced run's places in rooms are swept by the nodes
+                // that hold their leases; writing them here would only
+                // wait for a store that does not answer.
+                Op::Leave { .. } | Op::Rename { .. } if self.state().lease.is_fenced() => {}
+                Op::Leave { room, member } => self.leave(&room, &member).await,
+                Op::Rename { room, old, new } => {
+                    let run = self.state().run.clone();
+                    self.change_room(&room, |stored| stored.rename(&run, &old, &new))
+                        .await;
+                }
                 Op::Flush(done) => {
                     let _ = done.send(());
                 }
@@ -362,7 +488,7 @@ impl Inner {
 
     /// Moves the shared guest counter on by a block, and returns the block.
     async fn take_guest_block(&self) -> Result<Range<u64>, Refused> {
-        for _ in 0..GUEST_COUNTER_TRIES {
+        for _ in 0..CAS_TRIES {
             let entry = self.names.entry(GUEST_COUNTER).await.map_err(|err| {
                 warn!(%err, "cannot read the guest counter");
                 Refused::Unavailable
@@ -425,13 +551,153 @@ impl Inner {
         }
     }
 
-    /// Renews the lease every quarter TTL; fences the node when it cannot,
+    /// Enters a room under the terms the hub judged (see [`EntryTerms`]).
+    async fn enter(&self, entry: &RoomEntry) -> EntryOutcome {
+        let (run, holds) = {
+            let state = self.state();
+            (state.run.clone(), state.lease.holds(Instant::now()))
+        };
+        if !holds {
+            return EntryOutcome::Unavailable;
+        }
+        let key = room_key(&entry.room);
+        for _ in 0..CAS_TRIES {
+            let current = match self.read_room(&key).await {
+                Ok(current) => current,
+                Err(()) => return EntryOutcome::Unavailable,
+            };
+            let written = match (current, &entry.terms) {
+                (
+                    None,
+                    EntryTerms::Create {
+                        password,
+                        secure,
+                        incarnation,
+                    },
+                ) => {
+                    let stored = StoredRoom::new(
+                        password.clone(),
+                        *secure,
+                        *incarnation,
+                        &run,
+                        &entry.member,
+                    );
+                    match self.rooms.create(&key, stored.encode()).await {
+                        Ok(revision) => (stored, revision),
+                        // Created on another node first: judged again.
+                        Err(err) if err.kind() == CreateErrorKind::AlreadyExists => continue,
+                        Err(err) => {
+                            warn!(%err, "cannot create a room");
+                            return EntryOutcome::Unavailable;
+                        }
+                    }
+                }
+                (None, EntryTerms::Join { .. }) => return EntryOutcome::Changed(None),
+                (Some((mut stored, revision)), terms) => {
+                    let as_judged = *terms
+                        == EntryTerms::Join {
+                            incarnation: stored.incarnation(),
+                        };
+                    let split = stored.is_secure() && stored.has_members_besides(&run.node);
+                    if !as_judged || split {
+                        let record = stored.to_record(entry.room.clone(), revision, &run.node);
+                        return EntryOutcome::Changed(Some(record));
+                    }
+                    if stored.member_count() >= entry.max_members {
+                        return EntryOutcome::Full;
+                    }
+                    stored.add(&run, &entry.member);
+                    match self.rooms.update(&key, stored.encode(), revision).await {
+                        Ok(revision) => (stored, revision),
+                        Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            continue
+                        }
+                        Err(err) => {
+                            warn!(%err, "cannot join a room");
+                            return EntryOutcome::Unavailable;
+                        }
+                    }
+                }
+            };
+            let (stored, revision) = written;
+            return EntryOutcome::Entered {
+                record: stored.to_record(entry.room.clone(), revision, &run.node),
+                member: entry.member.clone(),
+            };
+        }
+        warn!(key, "a room is too contended to enter");
+        EntryOutcome::Unavailable
+    }
+
+    /// The room stored under `key` and its revision; `None` if there is
+    /// none.
+    async fn read_room(&self, key: &str) -> Result<Option<(StoredRoom, u64)>, ()> {
+        let entry = match self.rooms.entry(key).await {
+            Ok(Some(entry)) if entry.operation == Operation::Put => entry,
+            Ok(_) => return Ok(None),
+            Err(err) => {
+                warn!(%err, key, "cannot read a room");
+                return Err(());
+            }
+        };
+        match StoredRoom::decode(&entry.value) {
+            Some(stored) => Ok(Some((stored, entry.revision))),
+            None => {
+                error!(key, "a room's record that no node wrote");
+                Err(())
+            }
+        }
+    }
+
+    /// Takes a member of this run out of a room.
+    async fn leave(&self, room: &[u8], member: &[u8]) {
+        let run = self.state().run.clone();
+        self.change_room(room, |stored| stored.remove(&run, member))
+            .await;
+    }
+
+    /// Reads the room, makes `change` to it and writes it back by
+    /// compare-and-set, again while another node wrote it meanwhile; a
+    /// room left with no member is deleted. A change that finds nothing to
+    /// change writes nothing.
+    async fn change_room(&self, room: &[u8], change: impl Fn(&mut StoredRoom) -> bool) {
+        let key = room_key(room);
+        for _ in 0..CAS_TRIES {
+            let Ok(Some((mut stored, revision))) = self.read_room(&key).await else {
+                return;
+            };
+            if !change(&mut stored) {
+                return;
+            }
+            let written = if stored.is_empty() {
+                self.rooms
+                    .purge_expect_revision_with_ttl(&key, revision, MARKER_TTL)
+                    .await
+            } else {
+                let value = stored.encode();
+                self.rooms.update(&key, value, revision).await.map(drop)
+            };
+            match written {
+                Ok(()) => return,
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) => {
+                    warn!(%err, key, "cannot change a room; the sweep will");
+                    return;
+                }
+            }
+        }
+        warn!(key, "a room is too contended to change; the sweep will");
+    }
+
+    /// Renews the lease every quarter TTL (and ticks the relay: see
+    /// `relay.rs`); fences the node when it cannot,
     /// and starts a new run once it can again.
     async fn keep_lease(self: Arc<Self>, ops: mpsc::UnboundedSender<Op>) {
         let every = self.state().lease.renew_every();
         let mut next = Instant::now() + every;
         loop {
             tokio::time::sleep_until(next.into()).await;
+            self.relay.tick();
             let sent = Instant::now();
             next = sent + every;
             let run = {
@@ -455,6 +721,7 @@ impl Inner {
                         info!(node = %run.node, incarnation = %format_args!("{:016x}", run.incarnation),
                               "the lease is back: rejoined the cluster as a new run");
                         state.liveness.restarted(run.clone());
+                        self.relay.restarted(run.incarnation);
                         state.run = run;
                         state.lease.unfence();
                     }
@@ -502,6 +769,7 @@ impl Inner {
             warn!(key = %entry.key, "a name held by no node's run; left alone");
             return;
         };
+        let node = NodeId::from(owner.node.as_str());
         let mine = {
             let mut state = self.state();
             let mine = owner == state.run;
@@ -511,8 +779,40 @@ impl Inner {
             mine
         };
         if !mine {
-            self.node.remote_name_held(name);
+            self.node.remote_name_held(name, node);
         }
+    }
+
+    /// Keeps the copy of the rooms bucket, and tells the server.
+    async fn watch_rooms(self: Arc<Self>) {
+        let subjects = format!("{ROOM_PREFIX}>");
+        let saw = |inner: &Self, entry| inner.saw_room(entry);
+        let lost = |inner: &Self| inner.node.remote_rooms_cleared();
+        self.watch(&self.rooms, &subjects, saw, lost).await;
+    }
+
+    fn saw_room(&self, entry: Entry) {
+        let Some(room) = room_of_key(&entry.key) else {
+            return;
+        };
+        if entry.operation != Operation::Put {
+            self.state().liveness.room_deleted(&room);
+            self.node.remote_room_deleted(&room, entry.revision);
+            return;
+        }
+        let Some(stored) = StoredRoom::decode(&entry.value) else {
+            warn!(key = %entry.key, "a room's record that no node wrote; left alone");
+            return;
+        };
+        let me = {
+            let mut state = self.state();
+            state
+                .liveness
+                .room_members(room.clone(), stored.runs(), Instant::now());
+            state.run.node.clone()
+        };
+        self.node
+            .remote_room(stored.to_record(room, entry.revision, &me));
     }
 
     /// Keeps the copy of the nodes bucket: when each run was last renewed.
@@ -566,7 +866,7 @@ impl Inner {
         }
     }
 
-    /// Frees the names of runs that are over.
+    /// Frees the names, and the places in rooms, of runs that are over.
     async fn sweep(self: Arc<Self>) {
         let every = self.state().lease.sweep_every();
         loop {
@@ -579,7 +879,7 @@ impl Inner {
                 }
                 state.liveness.sweep(Instant::now())
             };
-            let mut names = sweep.names;
+            let (mut names, mut rooms) = (sweep.names, sweep.rooms);
             for run in sweep.suspects {
                 match self.nodes.entry(&run.node).await {
                     // Still there: not expired yet, or renewed, which the
@@ -589,9 +889,10 @@ impl Inner {
                             && Run::decode(&entry.value).as_ref() == Some(&run) => {}
                     Ok(_) => {
                         let over = self.state().liveness.run_over(&run);
-                        info!(node = %run.node, names = over.len(),
-                              "a node's lease expired: freeing its names");
-                        names.extend(over);
+                        info!(node = %run.node, names = over.names.len(), rooms = over.rooms.len(),
+                              "a node's lease expired: freeing its names and rooms");
+                        names.extend(over.names);
+                        rooms.extend(over.rooms.into_iter().map(|room| (room, run.clone())));
                     }
                     Err(err) => warn!(node = %run.node, %err, "cannot read a node's record"),
                 }
@@ -600,6 +901,10 @@ impl Inner {
                 if self.purge(&name, revision).await {
                     self.names_swept.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            for (room, run) in rooms {
+                self.change_room(&room, |stored| stored.drop_run(&run))
+                    .await;
             }
         }
     }

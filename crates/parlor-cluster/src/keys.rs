@@ -1,33 +1,61 @@
-//! How names and owners are written in the key-value buckets.
+//! How names, rooms and owners are written in the key-value buckets.
 //!
-//! A nick is any bytes `21`–`7e` and `80`–`ff`, but a key may only hold
-//! `[-/_=.a-zA-Z0-9]`, so a name's key is `n.` and the name in lowercase
-//! hex: one key per name, whatever its bytes, and the `n.>` prefix
-//! selects every name and nothing else in the bucket.
+//! A nick or a room name is any bytes `21`–`7e` and `80`–`ff`, but a key
+//! may only hold `[-/_=.a-zA-Z0-9]`, so a name's key is `n.` and the name
+//! in lowercase hex (a room's, `r.` and its name): one key per name,
+//! whatever its bytes, and the `n.>` prefix selects every name and nothing
+//! else in the bucket.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The prefix of every name's key; watching `n.>` sees every name.
 pub(crate) const NAME_PREFIX: &str = "n.";
+/// The prefix of every room's key in the rooms bucket.
+pub(crate) const ROOM_PREFIX: &str = "r.";
 /// The key whose value is the next guest number not yet handed to a node.
 pub(crate) const GUEST_COUNTER: &str = "guests";
 
 /// The key of `name` in the names bucket.
 pub(crate) fn name_key(name: &[u8]) -> String {
-    let mut key = String::with_capacity(NAME_PREFIX.len() + 2 * name.len());
-    key.push_str(NAME_PREFIX);
-    for byte in name {
-        key.push(char::from(HEX[usize::from(byte >> 4)]));
-        key.push(char::from(HEX[usize::from(byte & 0xf)]));
-    }
-    key
+    prefixed_hex(NAME_PREFIX, name)
 }
 
 /// The name whose key is `key`; `None` for any other key.
 pub(crate) fn name_of_key(key: &str) -> Option<Bytes> {
-    let hex = key.strip_prefix(NAME_PREFIX)?.as_bytes();
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    from_hex(key.strip_prefix(NAME_PREFIX)?)
+}
+
+/// The key of `room` in the rooms bucket.
+pub(crate) fn room_key(room: &[u8]) -> String {
+    prefixed_hex(ROOM_PREFIX, room)
+}
+
+/// The room whose key is `key`; `None` for any other key.
+pub(crate) fn room_of_key(key: &str) -> Option<Bytes> {
+    from_hex(key.strip_prefix(ROOM_PREFIX)?)
+}
+
+/// `bytes` in lowercase hex.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    prefixed_hex("", bytes)
+}
+
+/// `prefix` and then `bytes` in lowercase hex.
+fn prefixed_hex(prefix: &str, bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(prefix.len() + 2 * bytes.len());
+    text.push_str(prefix);
+    for byte in bytes {
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    text
+}
+
+/// The bytes that `hex` (lowercase, at least one byte) spells.
+pub(crate) fn from_hex(hex: &str) -> Option<Bytes> {
+    let hex = hex.as_bytes();
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16).filter(|_| !c.is_ascii_uppercase());
@@ -92,6 +120,9 @@ mod tests {
             assert_eq!(name_of_key(&key).as_deref(), Some(name));
         }
         assert_eq!(name_key(b"Ab"), "n.4162");
+        assert_eq!(room_key(b"Ab"), "r.4162");
+        assert_eq!(room_of_key("r.4162").as_deref(), Some(&b"Ab"[..]));
+        assert_eq!(room_of_key("n.4162"), None);
         for other in [GUEST_COUNTER, "n.", "n.4", "n.4G", "n.4A", "x.41"] {
             assert_eq!(name_of_key(other), None, "{other}");
         }

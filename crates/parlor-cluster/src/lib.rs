@@ -39,11 +39,14 @@ mod driver;
 mod keys;
 mod lease;
 mod liveness;
+mod relay;
+mod rooms;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parlor_core::{NodeId, RoomRecord};
 
 pub use driver::{Cluster, ClusterStats};
 
@@ -54,6 +57,8 @@ pub const GUEST_BLOCK: u64 = 256;
 pub const NAMES_BUCKET: &str = "parlor_names";
 /// The name of the bucket of node records.
 pub const NODES_BUCKET: &str = "parlor_nodes";
+/// The name of the bucket of rooms.
+pub const ROOMS_BUCKET: &str = "parlor_rooms";
 
 /// How this node joins the cluster.
 #[derive(Clone, Debug)]
@@ -77,12 +82,29 @@ pub struct Settings {
 
 /// What the cluster tells the server it runs in.
 pub trait Node: Send + Sync + 'static {
-    /// A user of another node holds `name`.
-    fn remote_name_held(&self, name: Bytes);
+    /// A user of `node`, another node, holds `name`.
+    fn remote_name_held(&self, name: Bytes, node: NodeId);
     /// No user of another node holds `name` any more.
     fn remote_name_released(&self, name: &[u8]);
     /// The copy of the names bucket is being read again from the start.
     fn remote_names_cleared(&self);
+    /// A room's record is now `record`.
+    fn remote_room(&self, record: RoomRecord);
+    /// A room's record was deleted at `revision`.
+    fn remote_room_deleted(&self, room: &[u8], revision: u64);
+    /// The copy of the rooms bucket is being read again from the start.
+    fn remote_rooms_cleared(&self);
+    /// Another node relayed a room message for the members of `room` here.
+    fn relayed_room_message(&self, room: &[u8], frame: Bytes);
+    /// Another node relayed a DM for `target`; returns whether `target` is
+    /// a user here (and was sent it).
+    fn relayed_direct_message(&self, target: &[u8], frame: Bytes) -> bool;
+    /// Another node sent a DM_KEY_REQUEST for `target` by the user its
+    /// `introduction` names; the answer goes back with
+    /// [`Cluster::answer_dm_key`](crate::Cluster::answer_dm_key) and `ask`.
+    fn relayed_dm_key_request(&self, ask: u64, target: &[u8], introduction: Bytes);
+    /// Room messages relayed from `node` were lost on the way.
+    fn relay_lost(&self, node: &str);
     /// The lease is lost: close every connection now, before other nodes
     /// can give their names away.
     fn fence(&self);
@@ -116,6 +138,9 @@ pub enum JoinError {
         /// What JetStream said.
         reason: String,
     },
+    /// This node's relay subjects could not be subscribed.
+    #[error("cannot subscribe to this node's relay subjects: {0}")]
+    Relay(String),
     /// The first lease could not be written.
     #[error("cannot write this node's lease record: {0}")]
     Lease(String),

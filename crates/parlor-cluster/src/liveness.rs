@@ -1,11 +1,14 @@
-//! Which names are nobody's any more: the sweep, decided without I/O.
+//! Which names and room memberships are nobody's any more: the sweep,
+//! decided without I/O.
 //!
 //! Every node renews a record of its run in the nodes bucket; every node
-//! watches that bucket and the names bucket, and feeds what it sees here
-//! with the time it saw it. A name whose owner's run is over is swept: its
-//! key is purged, on the condition that it still holds the revision seen,
-//! so a sweep can never take a name that someone won since. Every node
-//! sweeps; the condition makes it harmless when two do.
+//! watches that bucket, the names bucket and the rooms bucket, and feeds
+//! what it sees here with the time it saw it. A name whose owner's run is
+//! over is swept: its key is purged, on the condition that it still holds
+//! the revision seen, so a sweep can never take a name that someone won
+//! since. A room's members of a run that is over are taken out of it, by
+//! compare-and-set too. Every node sweeps; the condition makes it harmless
+//! when two do.
 //!
 //! A run is over when
 //! - its node has started another run since (this node, too, after a
@@ -32,6 +35,9 @@ pub(crate) struct Liveness {
     nodes: HashMap<String, Heard>,
     /// Every name held by a run other than this node's current one.
     names: HashMap<Bytes, Held>,
+    /// Every room with members of a run other than this node's current
+    /// one: those runs, and when each was first seen there.
+    rooms: HashMap<Bytes, Vec<(Run, Instant)>>,
 }
 
 #[derive(Debug)]
@@ -55,9 +61,29 @@ pub(crate) struct Sweep {
     /// Names whose owner's run is certainly over, with the revision to
     /// purge at.
     pub(crate) names: Vec<(Bytes, u64)>,
+    /// Rooms with members of a run that is certainly over: take them out.
+    pub(crate) rooms: Vec<(Bytes, Run)>,
     /// Runs not heard of for a lease: read their node's record, and call
     /// [`Liveness::run_over`] if it is gone or names another run.
     pub(crate) suspects: Vec<Run>,
+}
+
+/// What a run that is over leaves to sweep.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Leftovers {
+    /// Its names, with the revision to purge at.
+    pub(crate) names: Vec<(Bytes, u64)>,
+    /// The rooms it has members in.
+    pub(crate) rooms: Vec<Bytes>,
+}
+
+/// What the copy says of a run.
+enum Verdict {
+    Live,
+    /// Certainly over: its node started another run.
+    Over,
+    /// Not heard of for a lease.
+    Suspect,
 }
 
 impl Liveness {
@@ -67,6 +93,7 @@ impl Liveness {
             lease,
             nodes: HashMap::new(),
             names: HashMap::new(),
+            rooms: HashMap::new(),
         }
     }
 
@@ -115,14 +142,51 @@ impl Liveness {
         self.names.remove(name);
     }
 
+    /// The runs with members in `room` are now `runs`.
+    pub(crate) fn room_members(
+        &mut self,
+        room: Bytes,
+        runs: impl Iterator<Item = Run>,
+        now: Instant,
+    ) {
+        let known = self.rooms.remove(&room).unwrap_or_default();
+        let runs: Vec<(Run, Instant)> = runs
+            .filter(|run| *run != self.me)
+            .map(|run| {
+                let seen = known
+                    .iter()
+                    .find(|(old, _)| *old == run)
+                    .map_or(now, |(_, seen)| *seen);
+                (run, seen)
+            })
+            .collect();
+        if !runs.is_empty() {
+            self.rooms.insert(room, runs);
+        }
+    }
+
+    /// The room is gone.
+    pub(crate) fn room_deleted(&mut self, room: &[u8]) {
+        self.rooms.remove(room);
+    }
+
     /// The driver read `run`'s node record and found it gone, or naming
     /// another run: the run is over.
-    pub(crate) fn run_over(&mut self, run: &Run) -> Vec<(Bytes, u64)> {
-        self.names
+    pub(crate) fn run_over(&mut self, run: &Run) -> Leftovers {
+        let names = self
+            .names
             .iter()
             .filter(|(_, held)| held.owner == *run)
-            .map(|(name, held)| (name.clone(), held.revision))
-            .collect()
+            .map(|(name, held)| (name.clone(), held.revision));
+        let rooms = self
+            .rooms
+            .iter()
+            .filter(|(_, runs)| runs.iter().any(|(member, _)| member == run))
+            .map(|(room, _)| room.clone());
+        Leftovers {
+            names: names.collect(),
+            rooms: rooms.collect(),
+        }
     }
 
     /// How many nodes were heard renewing within the last TTL.
@@ -134,26 +198,47 @@ impl Liveness {
     /// What to sweep at `now`.
     pub(crate) fn sweep(&self, now: Instant) -> Sweep {
         let mut sweep = Sweep::default();
-        for (name, held) in &self.names {
-            let owner = &held.owner;
-            let heard = self.nodes.get(&owner.node);
-            let restarted = if owner.node == self.me.node {
-                owner.incarnation != self.me.incarnation
-            } else {
-                heard.is_some_and(|heard| heard.incarnation != owner.incarnation)
-            };
-            if restarted {
-                sweep.names.push((name.clone(), held.revision));
-                continue;
+        let suspect = |run: &Run, sweep: &mut Sweep| {
+            if !sweep.suspects.contains(run) {
+                sweep.suspects.push(run.clone());
             }
-            let last_heard = heard.map_or(held.seen, |heard| heard.at.max(held.seen));
-            if now.saturating_duration_since(last_heard) >= self.lease
-                && !sweep.suspects.contains(owner)
-            {
-                sweep.suspects.push(owner.clone());
+        };
+        for (name, held) in &self.names {
+            match self.verdict(&held.owner, held.seen, now) {
+                Verdict::Live => {}
+                Verdict::Over => sweep.names.push((name.clone(), held.revision)),
+                Verdict::Suspect => suspect(&held.owner, &mut sweep),
+            }
+        }
+        for (room, runs) in &self.rooms {
+            for (run, seen) in runs {
+                match self.verdict(run, *seen, now) {
+                    Verdict::Live => {}
+                    Verdict::Over => sweep.rooms.push((room.clone(), run.clone())),
+                    Verdict::Suspect => suspect(run, &mut sweep),
+                }
             }
         }
         sweep
+    }
+
+    /// What the copy says of `run`, first seen owning something at `seen`.
+    fn verdict(&self, run: &Run, seen: Instant, now: Instant) -> Verdict {
+        let heard = self.nodes.get(&run.node);
+        let restarted = if run.node == self.me.node {
+            run.incarnation != self.me.incarnation
+        } else {
+            heard.is_some_and(|heard| heard.incarnation != run.incarnation)
+        };
+        if restarted {
+            return Verdict::Over;
+        }
+        let last_heard = heard.map_or(seen, |heard| heard.at.max(seen));
+        if now.saturating_duration_since(last_heard) >= self.lease {
+            Verdict::Suspect
+        } else {
+            Verdict::Live
+        }
     }
 }
 
@@ -198,7 +283,7 @@ mod tests {
         let sweep = live.sweep(start + LEASE);
         assert!(sweep.names.is_empty());
         assert_eq!(sweep.suspects, [run("b", 7)], "one entry per run");
-        let mut over = live.run_over(&run("b", 7));
+        let mut over = live.run_over(&run("b", 7)).names;
         over.sort();
         assert_eq!(over, [(name("bea"), 4), (name("bob"), 3)]);
     }
@@ -237,6 +322,30 @@ mod tests {
         live.name_held(name("bea"), run("b", 7), 4, start);
         live.name_released(b"bob");
         live.name_held(name("bea"), run("a", 1), 9, start);
-        assert!(live.run_over(&run("b", 7)).is_empty());
+        assert_eq!(live.run_over(&run("b", 7)), Leftovers::default());
+    }
+
+    #[test]
+    fn room_members_of_a_run_that_is_over_are_swept_like_its_names() {
+        let start = Instant::now();
+        let mut live = Liveness::new(run("a", 2), LEASE);
+        live.node_renewed("b", 7, start);
+        let members = [run("a", 2), run("a", 1), run("b", 7)];
+        live.room_members(name("lobby"), members.into_iter(), start);
+        live.room_members(name("den"), [run("b", 7)].into_iter(), start);
+        let sweep = live.sweep(start);
+        assert_eq!(
+            sweep.rooms,
+            [(name("lobby"), run("a", 1))],
+            "an earlier run of ours"
+        );
+        let sweep = live.sweep(start + LEASE);
+        assert_eq!(sweep.suspects, [run("b", 7)]);
+        let mut rooms = live.run_over(&run("b", 7)).rooms;
+        rooms.sort();
+        assert_eq!(rooms, [name("den"), name("lobby")]);
+        live.room_deleted(b"den");
+        live.room_members(name("lobby"), [run("a", 2)].into_iter(), start);
+        assert_eq!(live.run_over(&run("b", 7)), Leftovers::default());
     }
 }

@@ -1,0 +1,787 @@
+//! Room messages and DMs between nodes, over core NATS.
+//!
+//! Each node subscribes, before it claims anything, to one subject of its
+//! own, `parlor.node.<id>`, and to the replies to its DMs,
+//! `parlor.reply.<id>.*`. Subscriptions made at JOIN would reach the other
+//! NATS servers of a cluster a moment later than the JOIN, and could miss
+//! the next message; these are made once, at start.
+//!
+//! **Room messages.** A node relays a room message once to each other node
+//! that serves members of the room; that node queues it for its own
+//! members. NATS keeps the order of the messages one connection publishes
+//! to one subscriber, and each node publishes from one connection and one
+//! task, so every member sees one node's messages in the order that node
+//! accepted them: one sender's messages in its order.
+//!
+//! Core NATS delivers at most once: a message is lost when a subscriber's
+//! channel is full, when the server cuts a slow connection, or across a
+//! reconnect. So each node numbers what it relays to each other node, and
+//! a node that sees a number skipped knows that it missed room messages
+//! from that node; its hub then disconnects every member who may have
+//! missed one, as a slow consumer ([`parlor_core::Hub::relay_lost`]),
+//! rather than leave them believing they have them all. The first message
+//! heard from a run of a node sets where its numbers start. A loss with
+//! nothing relayed after it would show no gap, so a node that relayed to
+//! another since its last tick also tells it, every tick (a quarter of the
+//! lease TTL), the last number it sent.
+//!
+//! **DMs.** A DM for a user of another node is sent to that node with a
+//! reply subject; the node answers whether the user was there, and the
+//! sender is answered `9a 00` or "Nick not present" only then. A node that
+//! does not answer within the timeout leaves the sender told that the
+//! network is unavailable. DMs go through the same queue as room messages,
+//! so they keep their place among them.
+//!
+//! **DM keys.** A DM_KEY_REQUEST for a user of another node goes the same
+//! way, carrying the requester's introduction (its `81`); the target's
+//! node issues the key and answers, once it is wrapped, with the `89` for
+//! the requester or the reason it was refused. A node owes at most
+//! [`ASKS`] such answers at once; past that it answers "busy" at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::{Client, Subject, Subscriber};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
+use parlor_core::{DirectOutcome, DmKeyAnswer, NodeId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::Node;
+
+/// How many relayed messages may wait to be handed to the NATS client.
+/// Past it, a message is dropped; its number is not reused, so the nodes
+/// it was for see the gap.
+const QUEUE: usize = 16 * 1024;
+
+const ROOM: u8 = 1;
+const DIRECT: u8 = 2;
+const SYNC: u8 = 3;
+const DM_KEY: u8 = 4;
+
+/// How many DM key requests from other nodes may wait for their keys.
+const ASKS: usize = 4096;
+
+/// The subject a node receives relays on.
+fn node_subject(node: &str) -> Subject {
+    Subject::from(format!("parlor.node.{node}"))
+}
+
+/// The subjects the answers to a node's DMs come back on: one per DM.
+fn reply_subject(node: &str, id: Option<u64>) -> String {
+    match id {
+        Some(id) => format!("parlor.reply.{node}.{id}"),
+        None => format!("parlor.reply.{node}.*"),
+    }
+}
+
+/// What one node sends another, as decoded.
+#[derive(Debug, PartialEq, Eq)]
+enum Envelope {
+    /// A room message for the members of `room`, the `seq`th that run
+    /// `run` of node `from` relayed to this node.
+    Room {
+        from: Bytes,
+        run: u64,
+        seq: u64,
+        room: Bytes,
+        frame: Bytes,
+    },
+    /// A DM for `target`.
+    Direct { target: Bytes, frame: Bytes },
+    /// The last number that run `run` of node `from` relayed to this node.
+    Sync { from: Bytes, run: u64, seq: u64 },
+    /// A DM_KEY_REQUEST for `target` by the user `introduction` names.
+    DmKey { target: Bytes, introduction: Bytes },
+}
+
+impl Envelope {
+    /// `01`, the sender's id (u8 length), run and number (u64 BE), the
+    /// room (u16 length), then the frame.
+    fn room(from: &str, run: u64, seq: u64, room: &[u8], frame: &[u8]) -> Bytes {
+        let mut out =
+            BytesMut::with_capacity(1 + 1 + from.len() + 16 + 2 + room.len() + frame.len());
+        out.put_u8(ROOM);
+        put_short(&mut out, from.as_bytes());
+        out.put_u64(run);
+        out.put_u64(seq);
+        put_long(&mut out, room);
+        out.put_slice(frame);
+        out.freeze()
+    }
+
+    /// `03`, the sender's id (u8 length), run and number (u64 BE).
+    fn sync(from: &str, run: u64, seq: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 1 + from.len() + 16);
+        out.put_u8(SYNC);
+        put_short(&mut out, from.as_bytes());
+        out.put_u64(run);
+        out.put_u64(seq);
+        out.freeze()
+    }
+
+    /// `02` (or `04` for a DM key request), the target (u16 length), then
+    /// the frame (or the introduction).
+    fn direct(kind: u8, target: &[u8], frame: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 2 + target.len() + frame.len());
+        out.put_u8(kind);
+        put_long(&mut out, target);
+        out.put_slice(frame);
+        out.freeze()
+    }
+
+    fn decode(mut payload: Bytes) -> Option<Envelope> {
+        if !payload.has_remaining() {
+            return None;
+        }
+        let kind = payload.get_u8();
+        match kind {
+            ROOM | SYNC => {
+                let from = take(&mut payload, 1)?;
+                if payload.remaining() < 16 {
+                    return None;
+                }
+                let (run, seq) = (payload.get_u64(), payload.get_u64());
+                if kind == SYNC {
+                    return payload
+                        .is_empty()
+                        .then_some(Envelope::Sync { from, run, seq });
+                }
+                let room = take(&mut payload, 2)?;
+                Some(Envelope::Room {
+                    from,
+                    run,
+                    seq,
+                    room,
+                    frame: payload,
+                })
+            }
+            DIRECT => {
+                let target = take(&mut payload, 2)?;
+                Some(Envelope::Direct {
+                    target,
+                    frame: payload,
+                })
+            }
+            DM_KEY => {
+                let target = take(&mut payload, 2)?;
+                Some(Envelope::DmKey {
+                    target,
+                    introduction: payload,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a DM key request, on the wire: one byte, then for an
+/// issued key the `89` frame.
+fn encode_dm_key_answer(answer: DmKeyAnswer) -> Bytes {
+    let (tag, frame) = match answer {
+        DmKeyAnswer::Issued(frame) => (1, frame),
+        DmKeyAnswer::Absent => (2, Bytes::new()),
+        DmKeyAnswer::HasNoKey => (3, Bytes::new()),
+        DmKeyAnswer::TooMany => (4, Bytes::new()),
+        DmKeyAnswer::Busy => (5, Bytes::new()),
+        // Never sent: it is what a node that does not answer means.
+        DmKeyAnswer::Failed | DmKeyAnswer::Unavailable => (6, Bytes::new()),
+    };
+    let mut out = BytesMut::with_capacity(1 + frame.len());
+    out.put_u8(tag);
+    out.put_slice(&frame);
+    out.freeze()
+}
+
+fn decode_dm_key_answer(mut payload: Bytes) -> DmKeyAnswer {
+    if !payload.has_remaining() {
+        return DmKeyAnswer::Failed;
+    }
+    match payload.get_u8() {
+        1 if !payload.is_empty() => DmKeyAnswer::Issued(payload),
+        2 => DmKeyAnswer::Absent,
+        3 => DmKeyAnswer::HasNoKey,
+        4 => DmKeyAnswer::TooMany,
+        5 => DmKeyAnswer::Busy,
+        _ => DmKeyAnswer::Failed,
+    }
+}
+
+fn put_short(out: &mut BytesMut, field: &[u8]) {
+    out.put_u8(u8::try_from(field.len()).expect("node ids are at most 64 bytes"));
+    out.put_slice(field);
+}
+
+fn put_long(out: &mut BytesMut, field: &[u8]) {
+    out.put_u16(u16::try_from(field.len()).expect("names fit a frame"));
+    out.put_slice(field);
+}
+
+/// A field of `width` length bytes (1 or 2) and its contents.
+fn take(payload: &mut Bytes, width: usize) -> Option<Bytes> {
+    if payload.remaining() < width {
+        return None;
+    }
+    let len = match width {
+        1 => usize::from(payload.get_u8()),
+        _ => usize::from(payload.get_u16()),
+    };
+    (payload.remaining() >= len).then(|| payload.split_to(len))
+}
+
+/// What waits to be handed to the NATS client, in order.
+enum Outgoing {
+    Publish {
+        subject: Subject,
+        payload: Bytes,
+    },
+    Request {
+        subject: Subject,
+        id: u64,
+        payload: Bytes,
+    },
+}
+
+/// Who waits for the answer to a request sent to another node.
+enum Waiter {
+    Direct(oneshot::Sender<DirectOutcome>),
+    DmKey(oneshot::Sender<DmKeyAnswer>),
+}
+
+impl Waiter {
+    /// Hands over the answer `payload`, or `None` for no answer in time.
+    fn answer(self, payload: Option<Bytes>) {
+        match self {
+            Waiter::Direct(waiter) => {
+                let outcome = match payload.as_deref() {
+                    None => DirectOutcome::Unavailable,
+                    Some(b"1") => DirectOutcome::Delivered,
+                    Some(_) => DirectOutcome::Absent,
+                };
+                let _ = waiter.send(outcome);
+            }
+            Waiter::DmKey(waiter) => {
+                let answer = payload.map_or(DmKeyAnswer::Unavailable, decode_dm_key_answer);
+                let _ = waiter.send(answer);
+            }
+        }
+    }
+}
+
+/// Requests sent to other nodes and not yet answered, by id.
+type Waiting = Arc<Mutex<HashMap<u64, Waiter>>>;
+
+/// Requests sent, by when they stop waiting, earliest first.
+type Expiries = Arc<Mutex<VecDeque<(Instant, u64)>>>;
+
+/// DM key requests from other nodes that this node owes an answer, by the
+/// number the hub was given: where the answer goes.
+#[derive(Default)]
+struct Asks {
+    next: u64,
+    reply_to: HashMap<u64, Subject>,
+}
+
+/// This node's side of the relay: what it sends, and the tasks that send
+/// and receive.
+pub(crate) struct Relay {
+    node: String,
+    queue: mpsc::Sender<Outgoing>,
+    numbers: Mutex<Numbers>,
+    waiting: Waiting,
+    /// When each request sent stops waiting for its answer, in the order
+    /// sent: every request waits as long, so the earliest is in front.
+    expiries: Expiries,
+    asks: Arc<Mutex<Asks>>,
+    timeout: Duration,
+    pub(crate) sent: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) received: Arc<AtomicU64>,
+    pub(crate) gaps: Arc<AtomicU64>,
+}
+
+/// The numbering of this run's relays.
+struct Numbers {
+    run: u64,
+    /// What this run relayed to each node.
+    last: HashMap<NodeId, Sent>,
+    next_request: u64,
+}
+
+/// What a run relayed to one node.
+struct Sent {
+    subject: Subject,
+    /// The last number relayed.
+    seq: u64,
+    /// The last number the node was told of in a tick.
+    synced: u64,
+}
+
+/// The tasks a [`Relay`] needs run.
+pub(crate) struct RelayTasks {
+    pub(crate) publish: futures_util::future::BoxFuture<'static, ()>,
+    pub(crate) receive: futures_util::future::BoxFuture<'static, ()>,
+    pub(crate) replies: futures_util::future::BoxFuture<'static, ()>,
+    pub(crate) expire: futures_util::future::BoxFuture<'static, ()>,
+}
+
+impl Relay {
+    /// Subscribes this node's subjects; the returned tasks must be run.
+    pub(crate) async fn start(
+        client: Client,
+        node_id: &str,
+        run: u64,
+        timeout: Duration,
+        node: Arc<dyn Node>,
+    ) -> Result<(Relay, RelayTasks), async_nats::SubscribeError> {
+        let relays = client.subscribe(node_subject(node_id)).await?;
+        let replies = client.subscribe(reply_subject(node_id, None)).await?;
+        let (queue, outgoing) = mpsc::channel(QUEUE);
+        let relay = Relay {
+            node: node_id.to_owned(),
+            queue,
+            numbers: Mutex::new(Numbers {
+                run,
+                last: HashMap::new(),
+                next_request: rand::random(),
+            }),
+            waiting: Arc::default(),
+            expiries: Arc::default(),
+            asks: Arc::default(),
+            timeout,
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            received: Arc::default(),
+            gaps: Arc::default(),
+        };
+        let tasks = RelayTasks {
+            publish: Box::pin(publish(client.clone(), node_id.to_owned(), outgoing)),
+            receive: Box::pin(receive(
+                client,
+                relays,
+                node,
+                Arc::clone(&relay.asks),
+                Arc::clone(&relay.received),
+                Arc::clone(&relay.gaps),
+            )),
+            replies: Box::pin(answers(replies, Arc::clone(&relay.waiting))),
+            expire: Box::pin(expire(
+                Arc::clone(&relay.waiting),
+                Arc::clone(&relay.expiries),
+                timeout,
+            )),
+        };
+        Ok((relay, tasks))
+    }
+
+    fn numbers(&self) -> MutexGuard<'_, Numbers> {
+        self.numbers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// This node starts a new run: its relays are numbered afresh.
+    pub(crate) fn restarted(&self, run: u64) {
+        let mut numbers = self.numbers();
+        numbers.run = run;
+        numbers.last.clear();
+    }
+
+    /// Relays a room message to `nodes`, one copy each.
+    pub(crate) fn room(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
+        let mut numbers = self.numbers();
+        let run = numbers.run;
+        for node in nodes {
+            let sent = numbers.last.entry(node.clone()).or_insert_with(|| Sent {
+                subject: node_subject(node),
+                seq: 0,
+                synced: 0,
+            });
+            sent.seq += 1;
+            let payload = Envelope::room(&self.node, run, sent.seq, room, frame);
+            let subject = sent.subject.clone();
+            self.hand_over(Outgoing::Publish { subject, payload });
+        }
+    }
+
+    /// Tells each node relayed to since the last tick the last number it
+    /// was sent.
+    pub(crate) fn tick(&self) {
+        let mut numbers = self.numbers();
+        let run = numbers.run;
+        for sent in numbers.last.values_mut() {
+            if sent.synced == sent.seq {
+                continue;
+            }
+            sent.synced = sent.seq;
+            let payload = Envelope::sync(&self.node, run, sent.seq);
+            let subject = sent.subject.clone();
+            // Not counted as a relay: it carries no message. If the queue
+            // is full, the next tick tells the same.
+            if self
+                .queue
+                .try_send(Outgoing::Publish { subject, payload })
+                .is_err()
+            {
+                sent.synced = 0;
+            }
+        }
+    }
+
+    /// Sends a DM for `target` to `node`; the outcome comes on the receiver.
+    pub(crate) fn direct(
+        &self,
+        node: &str,
+        target: &[u8],
+        frame: &[u8],
+    ) -> oneshot::Receiver<DirectOutcome> {
+        let (answer, outcome) = oneshot::channel();
+        let payload = Envelope::direct(DIRECT, target, frame);
+        self.request(node, payload, Waiter::Direct(answer));
+        outcome
+    }
+
+    /// Sends a DM key request for `target` to `node`; the answer comes on
+    /// the receiver.
+    pub(crate) fn dm_key(
+        &self,
+        node: &str,
+        target: &[u8],
+        introduction: &[u8],
+    ) -> oneshot::Receiver<DmKeyAnswer> {
+        let (answer, outcome) = oneshot::channel();
+        let payload = Envelope::direct(DM_KEY, target, introduction);
+        self.request(node, payload, Waiter::DmKey(answer));
+        outcome
+    }
+
+    /// Sends a request to `node`; `waiter` gets its answer, or is told
+    /// there was none once the timeout has passed.
+    fn request(&self, node: &str, payload: Bytes, waiter: Waiter) {
+        let id = {
+            let mut numbers = self.numbers();
+            numbers.next_request = numbers.next_request.wrapping_add(1);
+            numbers.next_request
+        };
+        lock(&self.waiting).insert(id, waiter);
+        let request = Outgoing::Request {
+            subject: node_subject(node),
+            id,
+            payload,
+        };
+        if !self.hand_over(request) {
+            return answer_once(&self.waiting, id, None);
+        }
+        lock(&self.expiries).push_back((Instant::now() + self.timeout, id));
+    }
+
+    /// Answers the DM key request `ask` of another node.
+    pub(crate) fn answer_dm_key(&self, ask: u64, answer: DmKeyAnswer) {
+        let Some(subject) = lock(&self.asks).reply_to.remove(&ask) else {
+            return warn!(ask, "an answer to a DM key request nobody asked");
+        };
+        let payload = encode_dm_key_answer(answer);
+        self.hand_over(Outgoing::Publish { subject, payload });
+    }
+
+    fn hand_over(&self, outgoing: Outgoing) -> bool {
+        match self.queue.try_send(outgoing) {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                warn!("relay queue full: a message for another node was dropped");
+                false
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn answer_once(waiting: &Mutex<HashMap<u64, Waiter>>, id: u64, payload: Option<Bytes>) {
+    if let Some(waiter) = lock(waiting).remove(&id) {
+        waiter.answer(payload);
+    }
+}
+
+/// Hands what is queued to the NATS client, in order.
+async fn publish(client: Client, node: String, mut outgoing: mpsc::Receiver<Outgoing>) {
+    while let Some(next) = outgoing.recv().await {
+        let sent = match next {
+            Outgoing::Publish { subject, payload } => client.publish(subject, payload).await,
+            Outgoing::Request {
+                subject,
+                id,
+                payload,
+            } => {
+                let reply = reply_subject(&node, Some(id));
+                client.publish_with_reply(subject, reply, payload).await
+            }
+        };
+        if let Err(err) = sent {
+            warn!(%err, "cannot relay to another node");
+        }
+    }
+}
+
+/// Hands what other nodes relay to the server, and answers their DMs.
+async fn receive(
+    client: Client,
+    mut relays: Subscriber,
+    node: Arc<dyn Node>,
+    asks: Arc<Mutex<Asks>>,
+    received: Arc<AtomicU64>,
+    gaps: Arc<AtomicU64>,
+) {
+    // The run and the last number heard from each node.
+    let mut heard: HashMap<Bytes, (u64, u64)> = HashMap::new();
+    while let Some(message) = relays.next().await {
+        let envelope = Envelope::decode(message.payload);
+        // A tick carries no message: only what was relayed is counted.
+        if !matches!(envelope, Some(Envelope::Sync { .. }) | None) {
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+        match envelope {
+            Some(Envelope::Room {
+                from,
+                run,
+                seq,
+                room,
+                frame,
+            }) => {
+                if !heard_in_order(&mut heard, from.clone(), run, seq) {
+                    lost(&*node, &from, &gaps);
+                }
+                node.relayed_room_message(&room, frame);
+            }
+            Some(Envelope::Sync { from, run, seq }) => {
+                let behind = match heard.get_mut(&from) {
+                    Some(last) if last.0 == run && last.1 < seq => {
+                        last.1 = seq;
+                        true
+                    }
+                    _ => false,
+                };
+                if behind {
+                    lost(&*node, &from, &gaps);
+                }
+            }
+            Some(Envelope::Direct { target, frame }) => {
+                let delivered = node.relayed_direct_message(&target, frame);
+                if let Some(reply) = message.reply {
+                    let answer = Bytes::from_static(if delivered { b"1" } else { b"0" });
+                    if let Err(err) = client.publish(reply, answer).await {
+                        warn!(%err, "cannot answer a relayed DM");
+                    }
+                }
+            }
+            Some(Envelope::DmKey {
+                target,
+                introduction,
+            }) => {
+                let Some(reply) = message.reply else {
+                    warn!("a DM key request with nowhere to answer");
+                    continue;
+                };
+                let ask = {
+                    let mut asks = lock(&asks);
+                    if asks.reply_to.len() >= ASKS {
+                        None
+                    } else {
+                        asks.next = asks.next.wrapping_add(1);
+                        let ask = asks.next;
+                        asks.reply_to.insert(ask, reply.clone());
+                        Some(ask)
+                    }
+                };
+                match ask {
+                    Some(ask) => node.relayed_dm_key_request(ask, &target, introduction),
+                    None => {
+                        let busy = encode_dm_key_answer(DmKeyAnswer::Busy);
+                        if let Err(err) = client.publish(reply, busy).await {
+                            warn!(%err, "cannot answer a DM key request");
+                        }
+                    }
+                }
+            }
+            None => warn!(subject = %message.subject, "a relay that no node of parlor sent"),
+        }
+    }
+}
+
+/// Takes in number `seq` from run `run` of node `from`; returns whether
+/// it was the next one expected (or the first heard from that run).
+fn heard_in_order(heard: &mut HashMap<Bytes, (u64, u64)>, from: Bytes, run: u64, seq: u64) -> bool {
+    match heard.get_mut(&from) {
+        Some(last) if last.0 == run => std::mem::replace(&mut last.1, seq) + 1 == seq,
+        _ => {
+            heard.insert(from, (run, seq));
+            true
+        }
+    }
+}
+
+/// Relayed room messages from `from` were lost: counted, logged, and the
+/// server told.
+fn lost(node: &dyn Node, from: &[u8], gaps: &AtomicU64) {
+    gaps.fetch_add(1, Ordering::Relaxed);
+    let from = String::from_utf8_lossy(from);
+    warn!(node = %from, "room messages relayed from a node were lost");
+    node.relay_lost(&from);
+}
+
+/// Tells the requests that waited their time that no answer came, a
+/// quarter of the timeout late at most.
+async fn expire(waiting: Waiting, expiries: Expiries, timeout: Duration) {
+    let mut ticks = tokio::time::interval(timeout / 4);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = ticks.tick().await;
+        loop {
+            let expired = {
+                let mut expiries = lock(&expiries);
+                match expiries.front() {
+                    Some(&(deadline, id)) if deadline <= now => {
+                        expiries.pop_front();
+                        id
+                    }
+                    _ => break,
+                }
+            };
+            // An answered request is no longer waiting: nothing happens.
+            answer_once(&waiting, expired, None);
+        }
+    }
+}
+
+/// Passes the answers to this node's requests on.
+async fn answers(mut replies: Subscriber, waiting: Waiting) {
+    while let Some(message) = replies.next().await {
+        let id = message
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|id| id.parse::<u64>().ok());
+        if let Some(id) = id {
+            answer_once(&waiting, id, Some(message.payload));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_read_back_and_truncated_ones_are_refused() {
+        let room = Envelope::room("node-a", 7, 42, b"lobby", b"\x00\x00\x00\x01frame");
+        let direct = Envelope::direct(DIRECT, b"bob", b"dm");
+        let dm_key = Envelope::direct(DM_KEY, b"bob", b"intro");
+        assert_eq!(
+            Envelope::decode(room.clone()),
+            Some(Envelope::Room {
+                from: Bytes::from_static(b"node-a"),
+                run: 7,
+                seq: 42,
+                room: Bytes::from_static(b"lobby"),
+                frame: Bytes::from_static(b"\x00\x00\x00\x01frame"),
+            })
+        );
+        assert_eq!(
+            Envelope::decode(direct.clone()),
+            Some(Envelope::Direct {
+                target: Bytes::from_static(b"bob"),
+                frame: Bytes::from_static(b"dm"),
+            })
+        );
+        assert_eq!(
+            Envelope::decode(dm_key.clone()),
+            Some(Envelope::DmKey {
+                target: Bytes::from_static(b"bob"),
+                introduction: Bytes::from_static(b"intro"),
+            })
+        );
+        // Cut anywhere before its frame starts: refused, never a panic.
+        for (whole, frame_len) in [(room, 9), (direct, 2), (dm_key, 5)] {
+            for end in 0..whole.len() - frame_len {
+                assert_eq!(Envelope::decode(whole.slice(..end)), None, "cut at {end}");
+            }
+        }
+        assert_eq!(Envelope::decode(Bytes::from_static(b"\x09")), None);
+        let sync = Envelope::sync("b", 3, 10);
+        assert_eq!(
+            Envelope::decode(sync.clone()),
+            Some(Envelope::Sync {
+                from: Bytes::from_static(b"b"),
+                run: 3,
+                seq: 10
+            })
+        );
+        assert_eq!(Envelope::decode(sync.slice(..sync.len() - 1)), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_unanswered_in_time_is_told_so_and_an_answered_one_is_left_alone() {
+        let (waiting, expiries): (Waiting, Expiries) = Default::default();
+        let (unanswered, no_answer) = oneshot::channel();
+        let (answered, answer) = oneshot::channel();
+        lock(&waiting).insert(1, Waiter::Direct(unanswered));
+        lock(&waiting).insert(2, Waiter::Direct(answered));
+        let timeout = Duration::from_millis(40);
+        let deadline = Instant::now() + timeout;
+        lock(&expiries).extend([(deadline, 1), (deadline, 2)]);
+        tokio::spawn(expire(Arc::clone(&waiting), Arc::clone(&expiries), timeout));
+        answer_once(&waiting, 2, Some(Bytes::from_static(b"1")));
+        assert_eq!(answer.await, Ok(DirectOutcome::Delivered));
+        assert_eq!(no_answer.await, Ok(DirectOutcome::Unavailable));
+        assert!(Instant::now() >= deadline, "not before its time");
+        assert!(lock(&waiting).is_empty());
+    }
+
+    #[test]
+    fn dm_key_answers_read_back() {
+        let issued = Bytes::from_static(b"\x00\x00\x00\x01\x04\x17\x89x");
+        for answer in [
+            DmKeyAnswer::Issued(issued),
+            DmKeyAnswer::Absent,
+            DmKeyAnswer::HasNoKey,
+            DmKeyAnswer::TooMany,
+            DmKeyAnswer::Busy,
+            DmKeyAnswer::Failed,
+        ] {
+            let wire = encode_dm_key_answer(answer.clone());
+            assert_eq!(decode_dm_key_answer(wire), answer);
+        }
+        // Nothing readable is a failure, never a key.
+        for junk in [&b""[..], b"\x01", b"\x09"] {
+            let junk = Bytes::copy_from_slice(junk);
+            assert_eq!(decode_dm_key_answer(junk), DmKeyAnswer::Failed);
+        }
+    }
+
+    #[test]
+    fn numbers_in_order_pass_and_a_skip_is_seen_once() {
+        let mut heard = HashMap::new();
+        let a = Bytes::from_static(b"a");
+        // The first number heard from a run is where it starts.
+        assert!(heard_in_order(&mut heard, a.clone(), 1, 5));
+        assert!(heard_in_order(&mut heard, a.clone(), 1, 6));
+        assert!(!heard_in_order(&mut heard, a.clone(), 1, 8), "7 was lost");
+        assert!(heard_in_order(&mut heard, a.clone(), 1, 9));
+        assert!(
+            heard_in_order(&mut heard, a, 2, 1),
+            "a new run starts again"
+        );
+    }
+}
