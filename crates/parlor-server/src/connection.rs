@@ -43,7 +43,11 @@ use super::outbox::{OutboxEvent, Queued};
 use super::state::{Fed, Shared};
 use crate::tls::Tls;
 use crate::{keywrap, password};
-use parlor_core::{ClaimOutcome, CloseReason, ConnId, KeyWrapOutcome, PasswordOutcome};
+use bytes::Bytes;
+use parlor_core::{
+    ClaimOutcome, CloseReason, ConnId, DirectOutcome, DmKeyAnswer, EntryOutcome, KeyWrapOutcome,
+    PasswordOutcome,
+};
 use parlor_proto::secure::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 
 /// Bytes read per `read` call; frames larger than this grow the buffer to
@@ -311,6 +315,20 @@ enum OwedReply {
         ticket: u64,
         answer: oneshot::Receiver<ClaimOutcome>,
     },
+    Room {
+        ticket: u64,
+        answer: oneshot::Receiver<EntryOutcome>,
+    },
+    Direct {
+        ticket: u64,
+        target: Bytes,
+        answer: oneshot::Receiver<DirectOutcome>,
+    },
+    DmKey {
+        ticket: u64,
+        target: Bytes,
+        answer: oneshot::Receiver<DmKeyAnswer>,
+    },
 }
 
 /// Output queued for the connection is written on the task's next turn,
@@ -337,6 +355,9 @@ enum Event {
     PasswordChecked(u64, PasswordOutcome),
     KeysWrapped(u64, KeyWrapOutcome),
     NameClaimed(u64, ClaimOutcome),
+    RoomEntered(u64, EntryOutcome),
+    DirectRelayed(u64, Bytes, DirectOutcome),
+    DmKeyRelayed(u64, Bytes, DmKeyAnswer),
     Closing(CloseReason),
 }
 
@@ -363,12 +384,21 @@ impl<S: Transport> Connection<S> {
     }
 
     async fn flush_and_close(&mut self, reason: CloseReason) {
-        // A name won just now is the user's, so that leaving releases it.
+        // A name won or a room entered just now is the user's, so that
+        // leaving releases it.
         if let Some(owed) = self.owed.take() {
-            if let OwedReply::Name { ticket, mut answer } = *owed {
-                if let Ok(outcome) = answer.try_recv() {
-                    self.shared.name_claimed(self.conn, ticket, outcome);
+            match *owed {
+                OwedReply::Name { ticket, mut answer } => {
+                    if let Ok(outcome) = answer.try_recv() {
+                        self.shared.name_claimed(self.conn, ticket, outcome);
+                    }
                 }
+                OwedReply::Room { ticket, mut answer } => {
+                    if let Ok(outcome) = answer.try_recv() {
+                        self.shared.room_entered(self.conn, ticket, outcome);
+                    }
+                }
+                _ => {}
             }
         }
         self.shared.disconnect(self.conn, reason);
@@ -408,6 +438,25 @@ impl<S: Transport> Connection<S> {
                 }
                 Event::NameClaimed(ticket, outcome) => {
                     let fed = self.shared.name_claimed(self.conn, ticket, outcome);
+                    self.resume(fed);
+                    Ok(())
+                }
+                Event::RoomEntered(ticket, outcome) => {
+                    let fed = self.shared.room_entered(self.conn, ticket, outcome);
+                    self.resume(fed);
+                    Ok(())
+                }
+                Event::DirectRelayed(ticket, target, outcome) => {
+                    let fed = self
+                        .shared
+                        .direct_relayed(self.conn, ticket, &target, outcome);
+                    self.resume(fed);
+                    Ok(())
+                }
+                Event::DmKeyRelayed(ticket, target, answer) => {
+                    let fed = self
+                        .shared
+                        .dm_key_relayed(self.conn, ticket, &target, answer);
                     self.resume(fed);
                     Ok(())
                 }
@@ -468,6 +517,34 @@ impl<S: Transport> Connection<S> {
                     let ticket = *ticket;
                     Pin::new(answer).poll(cx).map(|outcome| {
                         Event::NameClaimed(ticket, outcome.unwrap_or(ClaimOutcome::Unavailable))
+                    })
+                }
+                OwedReply::Room { ticket, answer } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|outcome| {
+                        Event::RoomEntered(ticket, outcome.unwrap_or(EntryOutcome::Unavailable))
+                    })
+                }
+                OwedReply::Direct {
+                    ticket,
+                    target,
+                    answer,
+                } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|outcome| {
+                        let outcome = outcome.unwrap_or(DirectOutcome::Unavailable);
+                        Event::DirectRelayed(ticket, target.clone(), outcome)
+                    })
+                }
+                OwedReply::DmKey {
+                    ticket,
+                    target,
+                    answer,
+                } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|answer| {
+                        let answer = answer.unwrap_or(DmKeyAnswer::Unavailable);
+                        Event::DmKeyRelayed(ticket, target.clone(), answer)
                     })
                 }
             };
@@ -540,6 +617,64 @@ impl<S: Transport> Connection<S> {
                         let fed = self
                             .shared
                             .name_claimed(self.conn, claim.ticket, unavailable);
+                        self.continue_after_reply(fed)
+                    }
+                },
+                Fed::Room(entry) => {
+                    let ticket = entry.ticket;
+                    match self.shared.enter_room(entry) {
+                        Some(answer) => {
+                            self.owed = Some(Box::new(OwedReply::Room { ticket, answer }));
+                            return;
+                        }
+                        None => {
+                            let unavailable = EntryOutcome::Unavailable;
+                            let fed = self.shared.room_entered(self.conn, ticket, unavailable);
+                            self.continue_after_reply(fed)
+                        }
+                    }
+                }
+                Fed::Direct(relay) => match self.shared.relay_direct(&relay) {
+                    Some(answer) => {
+                        let (ticket, target) = (relay.ticket, relay.target);
+                        let owed = OwedReply::Direct {
+                            ticket,
+                            target,
+                            answer,
+                        };
+                        self.owed = Some(Box::new(owed));
+                        return;
+                    }
+                    None => {
+                        let unavailable = DirectOutcome::Unavailable;
+                        let fed = self.shared.direct_relayed(
+                            self.conn,
+                            relay.ticket,
+                            &relay.target,
+                            unavailable,
+                        );
+                        self.continue_after_reply(fed)
+                    }
+                },
+                Fed::DmKey(relay) => match self.shared.relay_dm_key(&relay) {
+                    Some(answer) => {
+                        let (ticket, target) = (relay.ticket, relay.target);
+                        let owed = OwedReply::DmKey {
+                            ticket,
+                            target,
+                            answer,
+                        };
+                        self.owed = Some(Box::new(owed));
+                        return;
+                    }
+                    None => {
+                        let unavailable = DmKeyAnswer::Unavailable;
+                        let fed = self.shared.dm_key_relayed(
+                            self.conn,
+                            relay.ticket,
+                            &relay.target,
+                            unavailable,
+                        );
                         self.continue_after_reply(fed)
                     }
                 },

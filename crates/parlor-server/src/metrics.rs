@@ -148,6 +148,26 @@ pub fn render(stats: &Stats, busy_pauses: u64, cluster: Option<&ClusterStats>) -
             "Names of nodes whose lease expired, freed by this node",
             counter(cluster.names_swept),
         );
+        cluster_registry.register(
+            "relays_sent",
+            "Room messages and DMs handed to NATS for other nodes (one per node, not per member)",
+            counter(cluster.relays_sent),
+        );
+        cluster_registry.register(
+            "relays_dropped",
+            "Relays dropped because the queue to NATS was full (the nodes they were for see a gap)",
+            counter(cluster.relays_dropped),
+        );
+        cluster_registry.register(
+            "relays_received",
+            "Room messages and DMs received from other nodes",
+            counter(cluster.relays_received),
+        );
+        cluster_registry.register(
+            "relay_gaps",
+            "Gaps in the room messages relayed from another node; those who missed one were disconnected",
+            counter(cluster.relay_gaps),
+        );
     }
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)

@@ -23,8 +23,9 @@ use crate::keywrap::KeyWrapPool;
 use crate::password::PasswordPool;
 use parlor_cluster::Cluster;
 use parlor_core::{
-    Action, ClaimOutcome, CloseReason, ConnId, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim,
-    NameRequest, PasswordJob, PasswordOutcome,
+    Action, ClaimOutcome, CloseReason, ConnId, DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay,
+    EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim, NameRequest, NodeId, PasswordJob,
+    PasswordOutcome, RoomEntry, RoomRecord,
 };
 use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::FrameCodec;
@@ -67,6 +68,15 @@ pub(crate) enum Fed {
     /// Claim this name in the cluster ([`Shared::claim_name`]), then report
     /// with [`Shared::name_claimed`].
     Name(NameClaim),
+    /// Enter this room in the cluster ([`Shared::enter_room`]), then report
+    /// with [`Shared::room_entered`].
+    Room(RoomEntry),
+    /// Hand this DM to another node ([`Shared::relay_direct`]), then report
+    /// with [`Shared::direct_relayed`].
+    Direct(DirectRelay),
+    /// Send this DM key request to another node ([`Shared::relay_dm_key`]),
+    /// then report with [`Shared::dm_key_relayed`].
+    DmKey(DmKeyRelay),
 }
 
 impl Shared {
@@ -126,10 +136,81 @@ impl Shared {
         })
     }
 
-    fn release_name(&self, name: Bytes) {
-        match self.cluster.get() {
-            Some(cluster) => cluster.release(name),
-            None => error!("the hub released a name, but this server is in no cluster"),
+    /// Starts a room entry in the cluster; `None` without one.
+    pub(crate) fn enter_room(&self, entry: RoomEntry) -> Option<oneshot::Receiver<EntryOutcome>> {
+        Some(self.cluster.get()?.enter(entry))
+    }
+
+    /// Reports a finished room entry to the hub.
+    pub(crate) fn room_entered(&self, conn: ConnId, ticket: u64, outcome: EntryOutcome) -> Fed {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.room_entered(conn, ticket, outcome, now, out)
+        })
+    }
+
+    /// Hands a DM to another node; `None` without a cluster.
+    pub(crate) fn relay_direct(
+        &self,
+        relay: &DirectRelay,
+    ) -> Option<oneshot::Receiver<DirectOutcome>> {
+        let cluster = self.cluster.get()?;
+        Some(cluster.relay_direct(&relay.node, &relay.target, &relay.frame))
+    }
+
+    /// Reports a DM handed to another node to the hub.
+    pub(crate) fn direct_relayed(
+        &self,
+        conn: ConnId,
+        ticket: u64,
+        target: &[u8],
+        outcome: DirectOutcome,
+    ) -> Fed {
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.direct_relayed(conn, ticket, target, outcome, out)
+        })
+    }
+
+    /// Sends a DM key request to another node; `None` without a cluster.
+    pub(crate) fn relay_dm_key(
+        &self,
+        relay: &DmKeyRelay,
+    ) -> Option<oneshot::Receiver<DmKeyAnswer>> {
+        let cluster = self.cluster.get()?;
+        Some(cluster.relay_dm_key(&relay.node, &relay.target, &relay.introduction))
+    }
+
+    /// Reports another node's answer to a DM key request to the hub.
+    pub(crate) fn dm_key_relayed(
+        &self,
+        conn: ConnId,
+        ticket: u64,
+        target: &[u8],
+        answer: DmKeyAnswer,
+    ) -> Fed {
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.dm_key_relayed(conn, ticket, target, answer, out)
+        })
+    }
+
+    /// Carries out an action that is the cluster's work and owes no reply.
+    fn cluster_work(&self, action: Action) {
+        let Some(cluster) = self.cluster.get() else {
+            return error!(
+                ?action,
+                "the hub asked for a cluster's work, but this server is in no cluster"
+            );
+        };
+        match action {
+            Action::ReleaseName(name) => cluster.release(name),
+            Action::LeaveRoom { room, member } => cluster.leave_room(room, member),
+            Action::RenameMember { room, old, new } => cluster.rename_member(room, old, new),
+            Action::Relay { nodes, room, frame } => cluster.relay(&nodes, &room, &frame),
+            Action::AnswerDmKey { ask, answer } => cluster.answer_dm_key(ask, answer),
+            other => error!(action = ?other, "not the cluster's work"),
         }
     }
 
@@ -311,8 +392,8 @@ impl Shared {
             wake(outbox.close(reason));
         }
         for action in departures {
-            if let Action::ReleaseName(name) = action {
-                self.release_name(name);
+            if let Action::ReleaseName(_) | Action::LeaveRoom { .. } = action {
+                self.cluster_work(action);
             }
         }
     }
@@ -358,7 +439,7 @@ impl Shared {
                         // The sender's own replies may pass its messages'
                         // run, which is not for it; any other frame waits
                         // until the run is queued, so every order holds.
-                        if run.as_ref().is_some_and(|run| run.except != to) {
+                        if run.as_ref().is_some_and(|run| run.except != Some(to)) {
                             self.deliver_run(state, run.take(), &mut too_slow);
                         }
                         if !self.deliver(state, to, Queued::Frame(frame)) {
@@ -381,7 +462,25 @@ impl Shared {
                     Action::ClaimName(claim) => {
                         self.owe(state, &mut fed, claim.conn, Fed::Name(claim))
                     }
-                    Action::ReleaseName(name) => self.release_name(name),
+                    Action::EnterRoom(entry) => {
+                        self.owe(state, &mut fed, entry.conn, Fed::Room(entry))
+                    }
+                    Action::RelayDirect(relay) => {
+                        self.owe(state, &mut fed, relay.conn, Fed::Direct(relay))
+                    }
+                    Action::RelayDmKey(relay) => {
+                        self.owe(state, &mut fed, relay.conn, Fed::DmKey(relay))
+                    }
+                    Action::Relay { .. } => {
+                        // Queued for the members here first, as the hub
+                        // ordered; the relay keeps the order per node.
+                        self.deliver_run(state, run.take(), &mut too_slow);
+                        self.cluster_work(action);
+                    }
+                    work @ (Action::ReleaseName(_)
+                    | Action::LeaveRoom { .. }
+                    | Action::RenameMember { .. }
+                    | Action::AnswerDmKey { .. }) => self.cluster_work(work),
                 }
             }
             self.deliver_run(state, run.take(), &mut too_slow);
@@ -426,7 +525,7 @@ impl Shared {
             return;
         };
         let run = Queued::run(frames);
-        for &member in to.iter().filter(|member| **member != except) {
+        for &member in to.iter().filter(|member| Some(**member) != except) {
             if !self.deliver(state, member, run.clone()) {
                 too_slow.push(member);
             }
@@ -468,14 +567,14 @@ impl Shared {
 /// while a hub call's actions are applied, to be queued as one shared run.
 struct BroadcastRun {
     to: Arc<Vec<ConnId>>,
-    except: ConnId,
+    except: Option<ConnId>,
     frames: Vec<Bytes>,
 }
 
 impl BroadcastRun {
     /// Whether a broadcast to `to` except `except` goes to exactly the same
     /// recipients (the member list unchanged since), so it may join the run.
-    fn continues(&self, to: &Arc<Vec<ConnId>>, except: ConnId) -> bool {
+    fn continues(&self, to: &Arc<Vec<ConnId>>, except: Option<ConnId>) -> bool {
         Arc::ptr_eq(&self.to, to) && self.except == except
     }
 }
@@ -491,23 +590,70 @@ fn wake(waker: Option<Waker>) {
 /// shared state weakly: the cluster lives inside it.
 pub(crate) struct ServerNode(pub(crate) Weak<Shared>);
 
-impl parlor_cluster::Node for ServerNode {
-    fn remote_name_held(&self, name: Bytes) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.lock().hub.remote_name_held(name);
+impl ServerNode {
+    /// Calls the hub, if the server is still there, and applies what it
+    /// asks for.
+    fn with_hub<T: Default>(&self, call: impl FnOnce(&mut Hub, &mut Vec<Action>) -> T) -> T {
+        let Some(shared) = self.0.upgrade() else {
+            return T::default();
+        };
+        let mut state = shared.lock();
+        let mut answer = T::default();
+        let fed = shared.run_hub(&mut state, |hub, out| answer = call(hub, out));
+        if !matches!(fed, Fed::More) {
+            error!(?fed, "the hub owed a reply to the cluster");
         }
+        answer
+    }
+}
+
+impl parlor_cluster::Node for ServerNode {
+    fn remote_name_held(&self, name: Bytes, node: NodeId) {
+        self.with_hub(|hub, _| hub.remote_name_held(name, node));
+    }
+
+    fn remote_room(&self, record: RoomRecord) {
+        self.with_hub(|hub, _| hub.remote_room(record));
+    }
+
+    fn remote_room_deleted(&self, room: &[u8], revision: u64) {
+        self.with_hub(|hub, _| hub.remote_room_deleted(room, revision));
+    }
+
+    fn remote_rooms_cleared(&self) {
+        self.with_hub(|hub, _| hub.remote_rooms_cleared());
+    }
+
+    fn relayed_room_message(&self, room: &[u8], frame: Bytes) {
+        self.with_hub(|hub, out| hub.relayed_room_message(room, frame, out));
+    }
+
+    fn relayed_direct_message(&self, target: &[u8], frame: Bytes) -> bool {
+        self.with_hub(|hub, out| hub.relayed_direct_message(target, frame, out))
+    }
+
+    fn relayed_dm_key_request(&self, ask: u64, target: &[u8], introduction: Bytes) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let now = shared.clock.now();
+        self.with_hub(|hub, out| hub.relayed_dm_key_request(ask, target, introduction, now, out));
+    }
+
+    fn relay_lost(&self, node: &str) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let now = shared.clock.now();
+        self.with_hub(|hub, out| hub.relay_lost(node, now, out));
     }
 
     fn remote_name_released(&self, name: &[u8]) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.lock().hub.remote_name_released(name);
-        }
+        self.with_hub(|hub, _| hub.remote_name_released(name));
     }
 
     fn remote_names_cleared(&self) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.lock().hub.remote_names_cleared();
-        }
+        self.with_hub(|hub, _| hub.remote_names_cleared());
     }
 
     fn fence(&self) {
@@ -579,7 +725,7 @@ mod tests {
         let room = Arc::new(vec![alice, bob, carol]);
         let broadcast = |text| Action::Broadcast {
             to: Arc::clone(&room),
-            except: alice,
+            except: Some(alice),
             frame: frame(text),
         };
         let mut actions = vec![
@@ -615,7 +761,7 @@ mod tests {
         let mut actions = vec![
             Action::Broadcast {
                 to: Arc::new(vec![alice, bob]),
-                except: alice,
+                except: Some(alice),
                 frame: frame("bye"),
             },
             Action::Close {
