@@ -23,7 +23,7 @@ use bytes::Bytes;
 use parlor_crypto::envelope::{Envelope, Kind};
 use parlor_proto::legacy::{encode_direct_message, encode_room_message};
 use parlor_proto::{ClientMessage, Frame, SecureMessage, ServerMessage};
-use parlor_server::config::Config;
+use parlor_server::config::{ClusterConfig, Config};
 use process::ClientProcess;
 use relay::{Relay, Tamper};
 use serde_json::Value;
@@ -461,6 +461,98 @@ async fn dm_key_setup_and_round_trips_with_secure_and_legacy_users() {
     alice.quit().await;
     bob.quit().await;
     server.stop().await;
+}
+
+/// Asks LIST_USERS on `client` until the answer is `expected` (another
+/// node's names arrive a moment after they are won).
+async fn users_become(client: &mut Client, expected: &[&str]) {
+    let start = std::time::Instant::now();
+    let expected = names(expected);
+    loop {
+        client.send(&ClientMessage::ListUsers).await;
+        if client.recv_raw().await == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "users never became {expected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn encrypted_dms_between_users_of_two_nodes_of_a_cluster() {
+    let nats = support::nats::NatsServer::start();
+    let node = |id: &str| Config {
+        cluster: Some(ClusterConfig::new(vec![nats.url.clone()], id.to_owned())),
+        ..config()
+    };
+    let (a, b) = (
+        TestServer::start(node("a")).await,
+        TestServer::start(node("b")).await,
+    );
+    let (mut legacy, _) = a.greeted().await;
+    legacy.request(&nick("legacy"), &ok_bytes()).await;
+    let (mut alice, alice_relay) = secure_client(&a, "alice").await;
+    let (mut bob, bob_relay) = secure_client(&b, "bob").await;
+    users_become(&mut legacy, &["alice", "bob", "legacy"]).await;
+
+    // Alice's node asks bob's, which issues the key: bob gets alice's
+    // identity and his half, alice bob's identity and hers.
+    alice.line("\\msg bob psst").await;
+    let echo = alice.expect(&[("event", "sent"), ("to", "bob")]).await;
+    assert!(encrypted(&echo));
+    let got = bob
+        .expect(&[("event", "message"), ("kind", "dm"), ("from", "alice")])
+        .await;
+    assert_eq!(
+        (got["text"].as_str(), encrypted(&got)),
+        (Some("psst"), true)
+    );
+    let issued = secure_messages(&alice_relay.to_client())
+        .into_iter()
+        .find_map(|message| match message {
+            SecureMessage::DmKeyIssued { target, key_id, .. } => Some((target, key_id)),
+            _ => None,
+        });
+    let (target, key_id) = issued.expect("alice received DM_KEY_ISSUED");
+    assert_eq!(&target[..], b"bob");
+    let to_bob = secure_messages(&bob_relay.to_client());
+    assert!(to_bob.iter().any(|message| matches!(message,
+        SecureMessage::DmKey { peer, key_id: id, .. } if &peer[..] == b"alice" && *id == key_id)));
+    // What crossed the nodes is sealed: bob's node relayed no plaintext.
+    assert!(!bob_relay
+        .to_client()
+        .iter()
+        .any(|frame| contains(&frame.payload, b"psst")));
+
+    // Bob answers under the same key, across the nodes again.
+    bob.line("\\msg alice got it").await;
+    let got = alice
+        .expect(&[("event", "message"), ("kind", "dm"), ("from", "bob")])
+        .await;
+    assert_eq!(
+        (got["text"].as_str(), encrypted(&got)),
+        (Some("got it"), true)
+    );
+    // A user of the other node without a key: refused as on one node
+    // (nothing sent), and sent in clear only when alice asks for that.
+    let (mut lee, _) = b.greeted().await;
+    lee.request(&nick("lee"), &ok_bytes()).await;
+    users_become(&mut legacy, &["alice", "bob", "lee", "legacy"]).await;
+    alice.line("\\msg lee hello lee").await;
+    let refused = alice.expect(&[("event", "error")]).await;
+    assert!(refused["text"]
+        .as_str()
+        .unwrap()
+        .contains("\\plainmsg lee TEXT"));
+    alice.line("\\plainmsg lee in clear, as asked").await;
+    lee.expect(&encode_direct_message(b"alice", b"in clear, as asked"))
+        .await;
+    lee.request(&ClientMessage::ListRooms, &names(&[])).await;
+    curtain(a, &mut legacy, &[], [alice, bob]).await;
+    b.stop().await;
 }
 
 #[tokio::test]

@@ -212,6 +212,20 @@ impl Client {
         self.expect_closed_within(PATIENCE).await;
     }
 
+    /// Reads every frame until the server closes the connection; panics if
+    /// it is still open after [`PATIENCE`].
+    pub(crate) async fn frames_until_closed(&mut self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while let Some(frame) = tokio::time::timeout_at(deadline, self.next_frame())
+            .await
+            .expect("the server never closed the connection")
+        {
+            frames.push(frame);
+        }
+        frames
+    }
+
     /// Reads one whole frame; `None` when the server closes (or resets) the
     /// connection first.
     async fn next_frame(&mut self) -> Option<Vec<u8>> {

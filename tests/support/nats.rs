@@ -1,5 +1,6 @@
 //! Real nats-server processes on loopback ports, for the cluster tests:
-//! JetStream servers, which a test may kill and start again.
+//! JetStream servers, alone or three in a NATS cluster, which a test may
+//! kill and start again.
 //! The binary comes from `scripts/nats-server`, which installs the pinned
 //! release when the machine has none recent enough.
 
@@ -16,6 +17,8 @@ const STARTUP: Duration = Duration::from_secs(20);
 pub(crate) struct NatsServer {
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
+    /// The monitoring port, whose `/healthz` says when JetStream is ready.
+    monitor: u16,
     child: Child,
     /// The JetStream store, removed on drop.
     store: PathBuf,
@@ -49,31 +52,119 @@ fn fresh_store(name: &str) -> PathBuf {
     dir
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl NatsServer {
     /// One JetStream server on a free loopback port.
     pub(crate) fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let store = fresh_store("single");
-        let args = ["-a", "127.0.0.1", "-js", "-p", &port.to_string(), "-sd"]
-            .map(String::from)
-            .into_iter()
-            .chain([store.display().to_string()])
-            .collect();
-        NatsServer::spawn(port, store, args)
+        let server = NatsServer::spawn("single", Vec::new());
+        server.wait_healthy();
+        server
     }
 
-    fn spawn(port: u16, store: PathBuf, args: Vec<String>) -> NatsServer {
-        let child = NatsServer::run(&args);
+    /// Three JetStream servers routed into one NATS cluster, whose
+    /// JetStream has a leader: a bucket made with three replicas survives
+    /// the loss of any one of them.
+    pub(crate) fn cluster() -> Vec<NatsServer> {
+        let routes = [(); 3].map(|()| free_port());
+        let list = routes
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .join(",");
+        let servers: Vec<NatsServer> = routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| {
+                let name = format!("n{index}");
+                let cluster = [
+                    "--name",
+                    &name,
+                    "--cluster_name",
+                    "parlor",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{route}"),
+                    "--routes",
+                    &list,
+                ];
+                NatsServer::spawn(&name, cluster.map(String::from).to_vec())
+            })
+            .collect();
+        for server in &servers {
+            server.wait_healthy();
+        }
+        servers
+    }
+
+    fn spawn(name: &str, extra: Vec<String>) -> NatsServer {
+        let (port, monitor) = (free_port(), free_port());
+        let store = fresh_store(name);
+        let (port_arg, monitor_arg) = (port.to_string(), monitor.to_string());
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-js",
+            "-p",
+            &port_arg,
+            "-m",
+            &monitor_arg,
+            "-sd",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([store.display().to_string()])
+        .chain(extra)
+        .collect();
         NatsServer {
             url: format!("nats://127.0.0.1:{port}"),
-            child,
+            monitor,
+            child: NatsServer::run(&args),
             store,
             args,
         }
+    }
+
+    /// Waits until `/healthz` answers 200: JetStream is up and, in a
+    /// cluster, has a meta leader, so buckets can be made.
+    pub(crate) fn wait_healthy(&self) {
+        let deadline = std::time::Instant::now() + STARTUP;
+        while self.get("/healthz").is_none_or(|(status, _)| status != 200) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server {} never healthy",
+                self.url
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server name (`n0`, `n1`, ...) of the leader of the JetStream
+    /// stream `stream`, as this server's monitoring endpoint says.
+    pub(crate) fn stream_leader(&self, stream: &str) -> Option<String> {
+        let (_, body) = self.get("/jsz?accounts=true&streams=true")?;
+        let jsz: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let accounts = jsz["account_details"].as_array()?;
+        let streams = accounts
+            .iter()
+            .filter_map(|account| account["stream_detail"].as_array());
+        let found = streams.flatten().find(|detail| detail["name"] == stream)?;
+        Some(found["cluster"]["leader"].as_str()?.to_owned())
+    }
+
+    /// An HTTP GET of the monitoring endpoint: the status and the body.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut http = std::net::TcpStream::connect(("127.0.0.1", self.monitor)).ok()?;
+        write!(http, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        http.read_to_string(&mut reply).ok()?;
+        let (head, body) = reply.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
     }
 
     /// Starts the binary and waits until it says it is ready.
@@ -110,6 +201,7 @@ impl NatsServer {
     /// port and store.
     pub(crate) fn restart(&mut self) {
         self.child = NatsServer::run(&self.args);
+        self.wait_healthy();
     }
 }
 
