@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parlor_core::fuzzing::{
-    file_session_seed, secure_session_seed, session, EventKind, SessionEvent, SESSION_CLIENTS,
+    cluster_session, file_session_seed, secure_session_seed, session, EventKind, SessionEvent,
+    SESSION_CLIENTS,
 };
 use parlor_proto::fuzzing::{frame_decoder, DecoderInput};
 use parlor_proto::legacy::{HEARTBEAT_PAYLOAD, LEGACY_GREETING};
@@ -193,6 +194,16 @@ fn session_holds_on_its_corpus() {
     }
 }
 
+/// The session corpus, against one node of a cluster: the seeds' JOINs,
+/// NICKs and guest names go through the store.
+#[test]
+fn cluster_session_holds_on_the_session_corpus() {
+    for (path, bytes) in corpus_inputs("session") {
+        eprintln!("{}", path.display());
+        cluster_session(&bytes);
+    }
+}
+
 fn wire(message: &ClientMessage) -> Vec<u8> {
     message.to_frame().to_bytes().to_vec()
 }
@@ -335,5 +346,10 @@ proptest! {
         let bytes = SessionEvent::encode(&events);
         prop_assert_eq!(SessionEvent::decode(&bytes), events);
         session(&bytes);
+    }
+
+    #[test]
+    fn cluster_session_holds_on_generated_sessions(events in session_events()) {
+        cluster_session(&SessionEvent::encode(&events));
     }
 }

@@ -9,13 +9,24 @@
 //! [`SessionEvent`] builds such bytes for seeds and property tests. The body
 //! panics, with the broken invariant in the message, on anything wrong; the
 //! rules of the legacy client it checks are [`parlor_proto::rules`].
+//!
+//! [`cluster_session`] runs the same inputs against a hub that is one node
+//! of a cluster ([`Hub::clustered`]), with a store in memory standing in
+//! for the driver: names claimed and released, rooms entered, left and
+//! renamed in, its records told back to the hub one event later (as a
+//! watch would), and now and then no answer at all.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::harness::{fake_wrap, Harness, TestIdentity};
-use crate::{Action, CloseReason, ConnId, KeyWrapJob, Limits, PasswordJob};
+use crate::{
+    Action, ClaimOutcome, CloseReason, ConnId, EntryOutcome, EntryTerms, Hub, KeyWrapJob, Limits,
+    NameClaim, NameRequest, PasswordJob, RoomEntry, RoomRecord,
+};
 use parlor_proto::rules::{self, Conversation, Delivery, Reader};
 use parlor_proto::secure::{opcode as secure_opcode, PLAIN_CHANNEL_BINDING};
 use parlor_proto::transfer::is_transfer_news;
@@ -163,9 +174,172 @@ pub fn session_limits() -> Limits {
 ///
 /// [`Hub::receive`]: crate::Hub::receive
 pub fn session(data: &[u8]) {
-    let mut session = SessionDriver::new();
+    let mut session = SessionDriver::new(None);
     for event in SessionEvent::decode(data) {
         session.step(event);
+    }
+}
+
+/// [`session`] against one node of a cluster, the cluster's store kept in
+/// memory; the same invariants hold.
+pub fn cluster_session(data: &[u8]) {
+    let mut session = SessionDriver::new(Some(FakeStore::default()));
+    for event in SessionEvent::decode(data) {
+        session.step(event);
+    }
+}
+
+/// A room as the fake store keeps it.
+struct StoredRoom {
+    revision: u64,
+    secure: bool,
+    incarnation: u64,
+    password: Option<Arc<str>>,
+    members: Vec<Bytes>,
+}
+
+/// The cluster's store, as far as one node's hub can tell: the names held
+/// and the rooms' records, every member on this one node. Every
+/// [`FakeStore::SILENT_EVERY`]th claim or entry gets no answer, as when
+/// NATS does not answer in time.
+#[derive(Default)]
+struct FakeStore {
+    names: HashSet<Bytes>,
+    rooms: HashMap<Bytes, StoredRoom>,
+    revision: u64,
+    operations: u64,
+    next_guest: u64,
+    /// Records changed, to be told to the hub at the next event: the room
+    /// and its record, `None` when it was deleted.
+    watched: Vec<(Bytes, Option<RoomRecord>)>,
+}
+
+impl FakeStore {
+    const SILENT_EVERY: u64 = 13;
+
+    /// Whether this operation goes unanswered.
+    fn silent(&mut self) -> bool {
+        self.operations += 1;
+        self.operations.is_multiple_of(FakeStore::SILENT_EVERY)
+    }
+
+    fn claim(&mut self, claim: &NameClaim) -> ClaimOutcome {
+        if self.silent() {
+            return ClaimOutcome::Unavailable;
+        }
+        let name = match &claim.name {
+            NameRequest::Guest => loop {
+                let name = Bytes::from(format!("rand{}", self.next_guest));
+                self.next_guest += 1;
+                if !self.names.contains(&name) {
+                    break name;
+                }
+            },
+            NameRequest::Exactly(name) if self.names.contains(name) => return ClaimOutcome::Taken,
+            NameRequest::Exactly(name) => name.clone(),
+        };
+        self.names.insert(name.clone());
+        ClaimOutcome::Claimed(name)
+    }
+
+    fn record(&self, room: &Bytes) -> Option<RoomRecord> {
+        let stored = self.rooms.get(room)?;
+        Some(RoomRecord {
+            room: room.clone(),
+            revision: stored.revision,
+            password: stored.password.clone(),
+            secure: stored.secure,
+            incarnation: stored.incarnation,
+            members: stored.members.len(),
+            elsewhere: Vec::new(),
+        })
+    }
+
+    /// The room changed: a new revision, and the watch to tell of it.
+    fn changed(&mut self, room: &Bytes) {
+        self.revision += 1;
+        if let Some(stored) = self.rooms.get_mut(room) {
+            stored.revision = self.revision;
+        }
+        let record = self.record(room);
+        self.watched.push((room.clone(), record));
+    }
+
+    fn enter(&mut self, entry: &RoomEntry) -> EntryOutcome {
+        if self.silent() {
+            return EntryOutcome::Unavailable;
+        }
+        let room = &entry.room;
+        match (&entry.terms, self.rooms.get_mut(room)) {
+            (EntryTerms::Create { .. }, Some(_)) => {
+                return EntryOutcome::Changed(self.record(room))
+            }
+            (
+                EntryTerms::Create {
+                    password,
+                    secure,
+                    incarnation,
+                },
+                None,
+            ) => {
+                let stored = StoredRoom {
+                    revision: 0,
+                    secure: *secure,
+                    incarnation: *incarnation,
+                    password: password.clone(),
+                    members: vec![entry.member.clone()],
+                };
+                self.rooms.insert(room.clone(), stored);
+            }
+            (EntryTerms::Join { .. }, None) => return EntryOutcome::Changed(None),
+            (EntryTerms::Join { incarnation }, Some(stored))
+                if stored.incarnation != *incarnation =>
+            {
+                return EntryOutcome::Changed(self.record(room))
+            }
+            (EntryTerms::Join { .. }, Some(stored))
+                if stored.members.len() >= entry.max_members =>
+            {
+                return EntryOutcome::Full
+            }
+            (EntryTerms::Join { .. }, Some(stored)) => stored.members.push(entry.member.clone()),
+        }
+        self.changed(room);
+        EntryOutcome::Entered {
+            record: self.record(room).expect("just entered"),
+            member: entry.member.clone(),
+        }
+    }
+
+    fn leave(&mut self, room: &Bytes, member: &Bytes) {
+        let Some(stored) = self.rooms.get_mut(room) else {
+            return;
+        };
+        stored.members.retain(|name| name != member);
+        if stored.members.is_empty() {
+            self.rooms.remove(room);
+        }
+        self.changed(room);
+    }
+
+    fn rename(&mut self, room: &Bytes, old: &Bytes, new: &Bytes) {
+        let Some(stored) = self.rooms.get_mut(room) else {
+            return;
+        };
+        for name in stored.members.iter_mut().filter(|name| *name == old) {
+            *name = new.clone();
+        }
+        self.changed(room);
+    }
+
+    /// Tells the hub what changed in the records since the last call.
+    fn tell(&mut self, hub: &mut Hub) {
+        for (room, record) in self.watched.drain(..) {
+            match record {
+                Some(record) => hub.remote_room(record),
+                None => hub.remote_room_deleted(&room, u64::MAX),
+            }
+        }
     }
 }
 
@@ -200,18 +374,28 @@ struct SessionDriver {
     /// Each client's connection, if it has one now.
     slots: [Option<FuzzedConnection>; SESSION_CLIENTS as usize],
     next_conn: u64,
+    /// The cluster's store, for a clustered hub.
+    store: Option<FakeStore>,
 }
 
 impl SessionDriver {
-    fn new() -> SessionDriver {
+    fn new(store: Option<FakeStore>) -> SessionDriver {
+        let mut harness = Harness::new(session_limits());
+        if store.is_some() {
+            harness.hub = Hub::clustered(session_limits(), [0x5e; 32]);
+        }
         SessionDriver {
-            harness: Harness::new(session_limits()),
+            harness,
             slots: Default::default(),
             next_conn: 0,
+            store,
         }
     }
 
     fn step(&mut self, event: SessionEvent) {
+        if let Some(store) = &mut self.store {
+            store.tell(&mut self.harness.hub);
+        }
         let waited = u64::from(event.wait);
         let timers = self.harness.advance(Duration::from_millis(waited * waited));
         // News is what may reach anyone at any time: a transfer's, and a
@@ -228,6 +412,8 @@ impl SessionDriver {
             Action::Send { frame, .. } | Action::Broadcast { frame, .. } => {
                 split_frames(frame).iter().all(news)
             }
+            // What a cut-off connection held, given back to the store.
+            Action::ReleaseName(_) | Action::LeaveRoom { .. } => self.store.is_some(),
             _ => false,
         });
         assert!(
@@ -272,12 +458,22 @@ impl SessionDriver {
     fn open(&mut self, slot: usize) -> bool {
         self.next_conn += 1;
         let id = ConnId(self.next_conn);
-        let out = self.harness.connect(id);
+        let mut out = self.harness.connect(id);
+        // A clustered hub names the connection through the store first.
+        if let [Action::ClaimName(claim)] = out.as_slice() {
+            let claim = claim.clone();
+            assert_eq!(claim.conn, id, "a claim for another connection");
+            let outcome = self.store().claim(&claim);
+            out.clear();
+            let now = self.harness.now;
+            let hub = &mut self.harness.hub;
+            hub.name_claimed(id, claim.ticket, outcome, now, &mut out);
+        }
         match out.as_slice() {
             [] => {}
             [Action::Send { to, frame }, Action::Close {
                 conn,
-                reason: CloseReason::ServerFull,
+                reason: CloseReason::ServerFull | CloseReason::ClusterUnavailable,
             }] if *to == id && *conn == id => {
                 let refusal = check_frame(frame, Reader::Legacy);
                 assert!(
@@ -407,6 +603,7 @@ impl SessionDriver {
     fn apply(&mut self, actor: Option<usize>, out: Vec<Action>) {
         let actor_id = actor.and_then(|slot| self.slots[slot].as_ref().map(|conn| conn.id));
         let mut wraps = Vec::new();
+        let mut answered = Vec::new();
         for action in out {
             match action {
                 Action::Send { .. } | Action::Broadcast { .. } => {
@@ -437,12 +634,45 @@ impl SessionDriver {
                 // Key wraps (for connections that registered a valid key)
                 // finish once this batch is applied, with stand-in keys.
                 Action::WrapKeys(job) => wraps.push(job),
-                Action::ClaimName(_) | Action::ReleaseName(_) => {
-                    panic!("a hub made with Hub::new asked the cluster for a name")
+                // The store answers at once; what the hub does then is
+                // applied once this batch is.
+                Action::ClaimName(claim) => {
+                    let outcome = self.store().claim(&claim);
+                    let (now, mut more) = (self.harness.now, Vec::new());
+                    let hub = &mut self.harness.hub;
+                    hub.name_claimed(claim.conn, claim.ticket, outcome, now, &mut more);
+                    answered.push((claim.conn, more));
+                }
+                Action::EnterRoom(entry) => {
+                    let outcome = self.store().enter(&entry);
+                    let (now, mut more) = (self.harness.now, Vec::new());
+                    let hub = &mut self.harness.hub;
+                    hub.room_entered(entry.conn, entry.ticket, outcome, now, &mut more);
+                    answered.push((entry.conn, more));
+                }
+                Action::ReleaseName(name) => {
+                    self.store().names.remove(&name);
+                }
+                Action::LeaveRoom { room, member } => self.store().leave(&room, &member),
+                Action::RenameMember { room, old, new } => self.store().rename(&room, &old, &new),
+                // With no other node, there is nobody to relay to.
+                Action::Relay { .. } => {
+                    self.store();
+                }
+                Action::RelayDirect(_) | Action::RelayDmKey(_) | Action::AnswerDmKey { .. } => {
+                    panic!("work for another node, which no hub here knows of: {action:?}")
                 }
             }
         }
         self.finish_wraps(wraps);
+        // As the server does once an owed reply is out: read on.
+        for (conn, more) in answered {
+            let slot = self.slot_of(conn);
+            self.apply(slot, more);
+            if let Some(slot) = slot.filter(|slot| self.slots[*slot].is_some()) {
+                self.receive(slot);
+            }
+        }
         for conn in self.slots.iter().filter_map(Option::as_ref) {
             conn.check_counts("open");
         }
@@ -469,6 +699,13 @@ impl SessionDriver {
                 self.receive(slot);
             }
         }
+    }
+
+    /// The store, which only a clustered hub asks for.
+    fn store(&mut self) -> &mut FakeStore {
+        self.store
+            .as_mut()
+            .expect("a hub made with Hub::new asked for the cluster's work")
     }
 
     fn slot_of(&self, id: ConnId) -> Option<usize> {
