@@ -23,6 +23,11 @@
 //! configured window). Scaling the settings instead would have changed those
 //! texts. A server given with `--server` keeps its own clock, so timing
 //! there is faithful only at speed 1.
+//!
+//! `--server` may name several servers, the nodes of one cluster: the
+//! capture's clients are then spread over them, and since a cluster's guest
+//! names are unique but not one sequence (PROTOCOL.md §15), the check
+//! compares them up to their numbers ([`Expected::rename_guests`]).
 
 #![warn(missing_docs)]
 
@@ -34,8 +39,6 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-use tokio::sync::oneshot;
 
 pub use capture::{Capture, CaptureError};
 use parlor_server::config::Config;
@@ -49,9 +52,11 @@ pub struct ReplayArgs {
     /// The capture to replay: a pcap file, as tcpdump writes it.
     #[arg(value_name = "FILE.pcap")]
     pub capture: PathBuf,
-    /// Replay against this server instead of an in-process one.
-    #[arg(long, value_name = "ADDR")]
-    pub server: Option<SocketAddr>,
+    /// Replay against this server instead of an in-process one; or
+    /// against the nodes of a cluster, as ADDR,ADDR,..., with client i
+    /// connected to the i-th node (round robin).
+    #[arg(long, value_name = "ADDR", value_delimiter = ',')]
+    pub server: Vec<SocketAddr>,
     /// Play this many times faster than captured (0.5 is half speed).
     /// The in-process server's clock runs at the same speed [default: 1].
     #[arg(long, value_name = "X", value_parser = parse_speed)]
@@ -99,7 +104,7 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         (true, _) => Pace::AsFastAsPossible,
         (false, speed) => Pace::Speed(speed.unwrap_or(1.0)),
     };
-    let recording = match replay(&capture, args.server, pace) {
+    let recording = match replay(&capture, &args.server, pace) {
         Ok(recording) => recording,
         Err(err) => {
             eprintln!("parlor replay: {err}");
@@ -118,7 +123,11 @@ pub fn run(args: ReplayArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     };
-    match expected.compare(&recording.received()) {
+    let mut received = recording.received();
+    if args.server.len() > 1 {
+        received = expected.rename_guests(&received);
+    }
+    match expected.compare(&received) {
         Err(difference) => {
             eprintln!(
                 "parlor replay: the replies differ from {}, first at {difference}",
@@ -150,17 +159,13 @@ pub fn read_expected(path: &Path) -> Result<Expected, Box<dyn std::error::Error>
     Ok(Expected::parse(&text)?)
 }
 
-fn replay(
-    capture: &Capture,
-    server: Option<SocketAddr>,
-    pace: Pace,
-) -> Result<Recording, PlayError> {
+fn replay(capture: &Capture, servers: &[SocketAddr], pace: Pace) -> Result<Recording, PlayError> {
     let runtime = tokio::runtime::Runtime::new().map_err(PlayError::Server)?;
     let mut stdout = std::io::stdout();
     runtime.block_on(async {
-        match server {
-            Some(addr) => play(capture, addr, pace, &mut stdout).await,
-            None => {
+        match servers {
+            [_, ..] => play(capture, servers, pace, &mut stdout).await,
+            [] => {
                 // Captures are of the plain protocol: no TLS port, and so no
                 // certificate made in the state directory.
                 let config = Config {
@@ -182,24 +187,43 @@ pub async fn play_in_process(
     pace: Pace,
     out: &mut (dyn Write + Send),
 ) -> Result<Recording, PlayError> {
+    play_on_nodes(capture, vec![config], pace, out).await
+}
+
+/// Starts one parlor per config (the nodes of a cluster, say), each with a
+/// clock running at the replay's pace, replays the capture with its
+/// clients spread over them, and stops them again.
+pub async fn play_on_nodes(
+    capture: &Capture,
+    configs: Vec<Config>,
+    pace: Pace,
+    out: &mut (dyn Write + Send),
+) -> Result<Recording, PlayError> {
     let clock = match pace {
         Pace::Speed(speed) => Clock::accelerated(speed),
         Pace::AsFastAsPossible => Clock::real(),
     };
-    let server = Server::bind_with_clock(config, clock)
-        .await
-        .map_err(PlayError::Server)?;
-    let addr = server.local_addr().map_err(PlayError::Server)?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
-    let recording = play(capture, addr, pace, out).await;
-    let _ = stop.send(());
-    match running.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => return Err(PlayError::Server(err)),
-        Err(panic) => std::panic::resume_unwind(panic.into_panic()),
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut addrs = Vec::new();
+    let mut running = Vec::new();
+    for config in configs {
+        let server = Server::bind_with_clock(config, clock)
+            .await
+            .map_err(PlayError::Server)?;
+        addrs.push(server.local_addr().map_err(PlayError::Server)?);
+        let mut stopped = stopped.clone();
+        running.push(tokio::spawn(server.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })));
+    }
+    let recording = play(capture, &addrs, pace, out).await;
+    let _ = stop.send(true);
+    for node in running {
+        match node.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(PlayError::Server(err)),
+            Err(panic) => std::panic::resume_unwind(panic.into_panic()),
+        }
     }
     recording
 }

@@ -139,16 +139,19 @@ pub enum PlayError {
     Server(std::io::Error),
 }
 
-/// Plays every client of `capture` against the server at `server`, writing
-/// the transcript (replies, with what was sent as comments) to `out` as it
-/// happens.
+/// Plays every client of `capture` against the server at `servers`,
+/// writing the transcript (replies, with what was sent as comments) to
+/// `out` as it happens. With several servers (the nodes of a cluster),
+/// client *i* connects to server *i* mod their number, so the clients of a
+/// capture are spread over all of them.
 pub async fn play(
     capture: &Capture,
-    server: SocketAddr,
+    servers: &[SocketAddr],
     pace: Pace,
     out: &mut (dyn Write + Send),
 ) -> Result<Recording, PlayError> {
-    let mut player = Player::new(capture, server, pace, out);
+    assert!(!servers.is_empty(), "a replay needs a server");
+    let mut player = Player::new(capture, servers, pace, out);
     for event in schedule(capture) {
         if !event.is_heartbeat() {
             player.wait_for_answers().await;
@@ -240,7 +243,7 @@ struct Client {
 }
 
 struct Player<'a> {
-    server: SocketAddr,
+    servers: &'a [SocketAddr],
     pace: Pace,
     origin: Instant,
     out: &'a mut (dyn Write + Send),
@@ -252,7 +255,7 @@ struct Player<'a> {
 impl<'a> Player<'a> {
     fn new(
         capture: &Capture,
-        server: SocketAddr,
+        servers: &'a [SocketAddr],
         pace: Pace,
         out: &'a mut (dyn Write + Send),
     ) -> Player<'a> {
@@ -275,7 +278,7 @@ impl<'a> Player<'a> {
             .collect();
         let (incoming_sender, incoming) = mpsc::unbounded_channel();
         let mut player = Player {
-            server,
+            servers,
             pace,
             origin: Instant::now(),
             out,
@@ -434,7 +437,7 @@ impl<'a> Player<'a> {
     }
 
     async fn connect(&mut self, index: usize) -> Result<(), PlayError> {
-        let addr = self.server;
+        let addr = self.servers[index % self.servers.len()];
         let connecting = tokio::time::timeout(REPLY_PATIENCE, TcpStream::connect(addr));
         let stream = match connecting.await {
             Ok(Ok(stream)) => stream,

@@ -281,6 +281,63 @@ impl Expected {
         self.lines.is_empty()
     }
 
+    /// `received` with its guest names (`randN`) renamed to the ones this
+    /// transcript gives in their place, for a replay against several nodes
+    /// of a cluster, whose guest names are unique but not one sequence.
+    /// Each client's first reply, to its HELLO, says what it was called;
+    /// that name is then renamed wherever it appears, and lists are sorted
+    /// again, bytewise as the server sorts them. A name that no HELLO explains is left as it is, so a guest
+    /// name the cluster gave twice, or one the transcript does not expect,
+    /// still shows as a difference.
+    pub fn rename_guests(&self, received: &[(String, Vec<String>)]) -> Vec<(String, Vec<String>)> {
+        let hello_of = |client: &str| self.lines.iter().find(|line| line.client == client);
+        let renames: HashMap<&str, &str> = received
+            .iter()
+            .filter_map(|(client, lines)| {
+                let got = guest_in_hello(lines.first()?)?;
+                let want = guest_in_hello(&hello_of(client)?.reply)?;
+                Some((got, want))
+            })
+            .collect();
+        let rename = |word: &str| -> String {
+            let name = word
+                .strip_prefix('"')
+                .and_then(|word| word.strip_suffix('"'));
+            match name.and_then(|name| renames.get(name)) {
+                Some(renamed) => format!("\"{renamed}\""),
+                None => word.to_owned(),
+            }
+        };
+        let rename_line = |line: &String| -> String {
+            if let Some(list) = line
+                .strip_prefix("ok [")
+                .and_then(|list| list.strip_suffix(']'))
+            {
+                let mut names: Vec<String> = split_words(list)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|word| rename(word))
+                    .collect();
+                names.sort_by(|a, b| a.trim_matches('"').cmp(b.trim_matches('"')));
+                return format!("ok [{}]", names.join(" "));
+            }
+            let words = split_words(line).unwrap_or_default();
+            if words.iter().all(|word| rename(word) == *word) {
+                // Nothing to rename: the line stays exactly as received.
+                return line.clone();
+            }
+            words
+                .iter()
+                .map(|word| rename(word))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        received
+            .iter()
+            .map(|(client, lines)| (client.clone(), lines.iter().map(rename_line).collect()))
+            .collect()
+    }
+
     /// Compares with what each client received (its lines in order, without
     /// the client label), returning the first difference in file order.
     pub fn compare(&self, received: &[(String, Vec<String>)]) -> Result<(), Difference> {
@@ -317,6 +374,13 @@ impl Expected {
         }
         Ok(())
     }
+}
+
+/// The guest name in a reply to HELLO, `ok "randN"`.
+fn guest_in_hello(reply: &str) -> Option<&str> {
+    let name = reply.strip_prefix("ok \"")?.strip_suffix('"')?;
+    let number = name.strip_prefix("rand")?;
+    (!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())).then_some(name)
 }
 
 /// Splits a line into words at whitespace outside quotes, dropping a `#`
@@ -395,6 +459,38 @@ mod tests {
 
     fn frame(opcode: u8, payload: &[u8]) -> Frame {
         Frame::new(opcode, Bytes::copy_from_slice(payload))
+    }
+
+    #[test]
+    fn guest_names_of_a_cluster_are_renamed_as_the_transcript_names_them() {
+        let expected = Expected::parse(
+            r#"
+            A ok "rand0"
+            B ok "rand1"
+            A ok ["bee" "rand0" "rand1"]
+            B room "lobby" "rand0" "hi"
+            "#,
+        )
+        .unwrap();
+        let lines = |lines: &[&str]| lines.iter().map(|line| line.to_string()).collect();
+        let received = vec![
+            (
+                "A".to_owned(),
+                lines(&[r#"ok "rand256""#, r#"ok ["bee" "rand256" "rand3"]"#]),
+            ),
+            (
+                "B".to_owned(),
+                lines(&[r#"ok "rand3""#, r#"room "lobby" "rand256" "hi""#]),
+            ),
+        ];
+        assert!(expected.compare(&received).is_err());
+        assert_eq!(expected.compare(&expected.rename_guests(&received)), Ok(()));
+        // A guest name given twice stays a difference.
+        let twice = vec![
+            ("A".to_owned(), lines(&[r#"ok "rand7""#])),
+            ("B".to_owned(), lines(&[r#"ok "rand7""#])),
+        ];
+        assert!(expected.compare(&expected.rename_guests(&twice)).is_err());
     }
 
     #[test]
