@@ -56,6 +56,7 @@ impl DmArgs {
             endpoints,
             deliveries_per_message: 1,
             params: serde_json::to_value(self).expect("options serialize"),
+            relay_metrics: Vec::new(),
         }
     }
 }

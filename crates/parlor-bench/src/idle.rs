@@ -176,7 +176,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     if let Err(err) = process::ensure_open_files(connections as u64 + 64) {
         bail!("cannot open {connections} connections: {err}");
     }
-    let server = ServerWatch::new(args.target.server_pid);
+    let server = ServerWatch::new(&args.target.server_pid);
     let rss_before = server.rss_kib();
     let probe_timeout = Duration::from_secs_f64(args.probe_timeout);
     let shared = Arc::new(IdleRun {
@@ -193,7 +193,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     let setup = Setup::new(&args.target)?;
     let (phase_tx, phase_rx) = watch::channel(HoldPhase::Hold);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-    let setup_cpu = CpuMeter::start(server.pid());
+    let setup_cpu = CpuMeter::start(server.pids());
     let setup_started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|index| {
@@ -222,7 +222,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     let hold_started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let rss_loaded = server.rss_kib();
-    let hold_cpu = CpuMeter::start(server.pid());
+    let hold_cpu = CpuMeter::start(server.pids());
     sleep_until((hold_started + Duration::from_secs_f64(args.hold)).into()).await;
     let hold_cpu = hold_cpu.stop();
     let rss_end_of_hold = server.rss_kib();
@@ -253,7 +253,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     let mut report = IdleReport {
         tool: "parlor bench",
         workload: "idle",
-        server: args.target.server.to_string(),
+        server: args.target.servers_text(),
         params: serde_json::to_value(args)?,
         connections,
         registered,
@@ -281,9 +281,11 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<IdleReport> {
     Ok(report)
 }
 
-/// A fresh connection's HELLO, which must be answered `9a 00`.
+/// A fresh connection's HELLO, which must be answered `9a 00`. It is
+/// connection number `--connections` (the one after the held ones), so
+/// with several `--server` addresses it goes where the next one would.
 async fn probe(args: &IdleArgs) -> anyhow::Result<()> {
-    let mut session = Setup::new(&args.target)?.connect().await?;
+    let mut session = Setup::new(&args.target)?.connect(args.connections).await?;
     let hello = ClientMessage::Hello {
         greeting: Bytes::from_static(GREETING),
     };
@@ -299,7 +301,7 @@ async fn hold_connection(
     ready: mpsc::UnboundedSender<Result<(), String>>,
     mut phase: watch::Receiver<HoldPhase>,
 ) {
-    let mut session = match setup.open(&nick, None).await {
+    let mut session = match setup.open(index, &nick, None).await {
         Ok(session) => session,
         Err(err) => {
             let _ = ready.send(Err(format!("{err:#}")));

@@ -132,10 +132,11 @@ async fn run(
         if Instant::now() >= end {
             break;
         }
-        let nick = target.nick(joins.first_index + times.len());
+        let index = joins.first_index + times.len();
+        let nick = target.nick(index);
         let started = Instant::now();
         setup
-            .within_limits(join_once(&setup, &nick, &joins.identity))
+            .within_limits(join_once(&setup, index, &nick, &joins.identity))
             .await
             .with_context(|| format!("join {} ({nick})", times.len() + 1))?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
@@ -143,10 +144,16 @@ async fn run(
     Ok(JoinReport::from_times(times))
 }
 
-/// Connects as `nick`, joins [`ROOM`] and reads until its room key arrives
-/// and opens; then the connection closes, which is the departure.
-async fn join_once(setup: &Setup, nick: &str, identity: &Identity) -> anyhow::Result<()> {
-    let mut session = setup.connect().await?;
+/// Connects as connection `index`, named `nick`, joins [`ROOM`] and reads
+/// until its room key arrives and opens; then the connection closes, which
+/// is the departure.
+async fn join_once(
+    setup: &Setup,
+    index: usize,
+    nick: &str,
+    identity: &Identity,
+) -> anyhow::Result<()> {
+    let mut session = setup.connect(index).await?;
     // A join checks every member's identity, as a real client would.
     let checked = CheckedPeers::default();
     let mut keyring = join_securely(&mut session, nick, ROOM, identity, &checked).await?;

@@ -25,8 +25,12 @@
 //! - `sequence.rs`: lost, duplicated and reordered deliveries;
 //! - `latency.rs`: the clock and the HDR histogram;
 //! - `process.rs`: CPU, memory and file limits from the OS;
-//! - `server_sample.rs`: the server figures every report carries;
-//! - `target.rs`: the options every workload shares (loopback only), and
+//! - `server_sample.rs`: the server figures every report carries (summed
+//!   over a cluster's nodes);
+//! - `relay_metrics.rs`: `--metrics`, the cluster nodes' relay counters
+//!   read before and after a fanout run (NATS messages per room message);
+//! - `target.rs`: the options every workload shares (loopback only; a
+//!   cluster's nodes as a list, the connections spread over them), and
 //!   the parsers of option values;
 //! - `tls.rs`: TLS under the same non-waiting reads and writes
 //!   (`--tls-pin`).
@@ -47,6 +51,7 @@ mod idle;
 mod joiner;
 mod latency;
 mod process;
+mod relay_metrics;
 mod secure_fanout;
 mod sequence;
 mod server_sample;
@@ -66,6 +71,7 @@ pub use fanout::FanoutArgs;
 pub use idle::{IdleArgs, IdleReport};
 pub use joiner::JoinReport;
 pub use latency::LatencySummary;
+pub use relay_metrics::{MetricsUrl, NatsRelays};
 pub use secure_fanout::{SecureFanoutArgs, SecureFanoutReport};
 pub use server_sample::ServerSample;
 pub use target::{parse_size, TargetArgs};

@@ -129,11 +129,14 @@ fn malformed(file: &str) -> io::Error {
 }
 
 /// CPU use of the bench and the server over an interval, as percent of one
-/// core (chatload's convention: 100 means one core fully busy).
+/// core (chatload's convention: 100 means one core fully busy). With the
+/// several processes of a cluster, the server's share is their sum, so it
+/// may exceed 100.
 pub(crate) struct CpuMeter {
     started: Instant,
     own: Duration,
-    server: Option<(u32, Duration)>,
+    /// The server processes and the CPU time they had used together.
+    server: Option<(Vec<u32>, Duration)>,
 }
 
 /// The result of a [`CpuMeter`].
@@ -144,24 +147,37 @@ pub(crate) struct CpuShare {
 }
 
 impl CpuMeter {
-    pub(crate) fn start(server_pid: Option<u32>) -> CpuMeter {
+    /// Starts measuring the bench and the `server_pids` (none, one, or the
+    /// nodes of a cluster).
+    pub(crate) fn start(server_pids: &[u32]) -> CpuMeter {
+        let server = (!server_pids.is_empty())
+            .then(|| Some((server_pids.to_vec(), total_cpu_time(server_pids)?)))
+            .flatten();
         CpuMeter {
             started: Instant::now(),
             own: own_cpu_time(),
-            server: server_pid.and_then(|pid| Some((pid, cpu_time(pid).ok()?))),
+            server,
         }
     }
 
+    /// The shares since the start; the server's is `None` when one of its
+    /// processes could not be read at either end.
     pub(crate) fn stop(&self) -> CpuShare {
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
         let percent = |used: Duration| used.as_secs_f64() / wall * 100.0;
         CpuShare {
             bench_pct: percent(own_cpu_time().saturating_sub(self.own)),
-            server_pct: self.server.and_then(|(pid, before)| {
-                Some(percent(cpu_time(pid).ok()?.saturating_sub(before)))
+            server_pct: self.server.as_ref().and_then(|(pids, before)| {
+                Some(percent(total_cpu_time(pids)?.saturating_sub(*before)))
             }),
         }
     }
+}
+
+/// The CPU time the processes `pids` have used together; `None` if one of
+/// them cannot be read.
+fn total_cpu_time(pids: &[u32]) -> Option<Duration> {
+    pids.iter().map(|&pid| cpu_time(pid).ok()).sum()
 }
 
 /// Raises the soft open-file limit so that `needed` descriptors fit, as the

@@ -144,7 +144,13 @@ impl SecureFanoutArgs {
             rooms,
             members,
             load,
+            metrics,
         } = &self.fanout;
+        if !metrics.is_empty() {
+            // Key deliveries and joins are relayed too: what a message owes
+            // would need counting them.
+            return Err("--metrics: for fanout only, not secure-fanout".into());
+        }
         if !KEY_BITS.contains(&self.rsa_bits) {
             return Err(format!(
                 "--rsa-bits: from {} to {}, the sizes the server accepts",
@@ -511,7 +517,7 @@ impl Messages for Sealed {
         let identity = Arc::clone(&self.identities[index as usize]);
         let (mut session, mut keyring) = setup
             .within_limits(async {
-                let mut session = setup.connect().await?;
+                let mut session = setup.connect(index as usize).await?;
                 let keyring = join_securely(
                     &mut session,
                     &endpoint.nick,

@@ -8,33 +8,50 @@
 //! script reads them with the same code. What only one workload measures
 //! (transfer's peak, idle's memory at the end of the hold) stays in its own
 //! report.
+//!
+//! A cluster's nodes (`--server-pid A,B,C`) are read as one server: memory
+//! is the sum of their resident memory, CPU the sum of their CPU time (so a
+//! share above 100 % of a core is possible), and the server is alive only
+//! if every node is. The keys stay the same, so a report of one server
+//! reads exactly as before; only `server_pid` becomes the list of pids, and
+//! `server_cpus` each node's CPUs in the same order, when there are several.
 
 use serde::Serialize;
 
 use super::process;
+use super::target::one_or_list;
 
 /// The figures every workload reports about the server process, all `null`
 /// without `--server-pid`. Flattened into each report, so its keys are the
-/// report's own `server_*` keys.
+/// report's own `server_*` keys. With several pids (a cluster's nodes),
+/// the memory figures are sums over them.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServerSample {
-    /// The `--server-pid` the figures were read from.
-    #[serde(rename = "server_pid")]
-    pub pid: Option<u32>,
+    /// The `--server-pid`s the figures were read from: `null` without, the
+    /// pid itself with one, the list with several.
+    #[serde(rename = "server_pid", serialize_with = "one_or_list")]
+    pub pids: Vec<u32>,
     /// The CPUs the server may run on, as the kernel lists them ("0",
-    /// "0-1"): a server sharing the bench's core sets a lower pace.
+    /// "0-1"): a server sharing the bench's core sets a lower pace. With
+    /// several pids, each one's list in `--server-pid` order, separated by
+    /// " / " ("0 / 1 / 0-1").
     #[serde(rename = "server_cpus")]
     pub cpus: Option<String>,
-    /// Resident memory, in KiB, before the bench connected anything.
+    /// Resident memory, in KiB, before the bench connected anything
+    /// (summed over the pids).
     #[serde(rename = "server_rss_kb_before")]
     pub rss_kb_before: Option<u64>,
-    /// Resident memory, in KiB, once every connection was set up.
+    /// Resident memory, in KiB, once every connection was set up (summed
+    /// over the pids).
     #[serde(rename = "server_rss_kb_loaded")]
     pub rss_kb_loaded: Option<u64>,
-    /// Whether the server process was still there when the run was over:
-    /// a server that died under the load fails the run.
+    /// Whether the server process (every one of them) was still there when
+    /// the run was over: a server that died under the load fails the run.
     #[serde(rename = "server_alive_after")]
     pub alive_after: Option<bool>,
+    /// The pids that were gone after the run, for the failure line.
+    #[serde(skip)]
+    pub gone: Vec<u32>,
 }
 
 impl ServerSample {
@@ -46,36 +63,60 @@ impl ServerSample {
         Some(loaded.saturating_sub(before) * 1024 / connections)
     }
 
-    /// The failure line of a run after which the server process is gone.
+    /// The failure line of a run after which the server process (or one
+    /// of a cluster's) is gone.
     pub(crate) fn failure(&self) -> Option<String> {
-        (self.alive_after == Some(false)).then(|| "the server process is gone".into())
+        if self.alive_after != Some(false) {
+            return None;
+        }
+        Some(match self.pids.as_slice() {
+            [_] => "the server process is gone".into(),
+            _ => {
+                let gone: Vec<String> = self.gone.iter().map(u32::to_string).collect();
+                format!("server processes gone: {}", gone.join(", "))
+            }
+        })
     }
 }
 
-/// Reads the server process during a run: every reading is `None` without
-/// `--server-pid`, or when `/proc` does not answer.
-#[derive(Clone, Copy, Debug)]
+/// Reads the server process (or a cluster's processes) during a run: every
+/// reading is `None` without `--server-pid`, or when `/proc` does not
+/// answer for one of them.
+#[derive(Clone, Debug)]
 pub(crate) struct ServerWatch {
-    pid: Option<u32>,
+    pids: Vec<u32>,
 }
 
 impl ServerWatch {
-    pub(crate) fn new(pid: Option<u32>) -> ServerWatch {
-        ServerWatch { pid }
+    pub(crate) fn new(pids: &[u32]) -> ServerWatch {
+        ServerWatch {
+            pids: pids.to_vec(),
+        }
     }
 
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.pid
+    /// The `--server-pid`s; empty without.
+    pub(crate) fn pids(&self) -> &[u32] {
+        &self.pids
     }
 
-    /// Resident memory (VmRSS) now, in KiB.
+    /// Resident memory (VmRSS) now, in KiB, summed over the pids.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
-        self.pid.and_then(|pid| process::rss_kib(pid).ok())
+        self.sum(process::rss_kib)
     }
 
-    /// The most resident memory the server ever had (VmHWM), in KiB.
+    /// The most resident memory the server ever had (VmHWM), in KiB; with
+    /// several pids, the sum of each one's peak (which they need not have
+    /// reached at the same time).
     pub(crate) fn hwm_kib(&self) -> Option<u64> {
-        self.pid.and_then(|pid| process::hwm_kib(pid).ok())
+        self.sum(process::hwm_kib)
+    }
+
+    /// `read` summed over the pids; `None` without pids or if one fails.
+    fn sum(&self, read: impl Fn(u32) -> std::io::Result<u64>) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| read(pid).ok()).sum()
     }
 
     /// The report's block, from the two memory readings every workload
@@ -86,12 +127,26 @@ impl ServerWatch {
         rss_kb_before: Option<u64>,
         rss_kb_loaded: Option<u64>,
     ) -> ServerSample {
+        let cpus: Option<Vec<String>> = self
+            .pids
+            .iter()
+            .map(|&pid| process::allowed_cpus(pid))
+            .collect();
+        let gone: Vec<u32> = self
+            .pids
+            .iter()
+            .copied()
+            .filter(|&pid| !process::is_alive(pid))
+            .collect();
         ServerSample {
-            pid: self.pid,
-            cpus: self.pid.and_then(process::allowed_cpus),
+            pids: self.pids.clone(),
+            cpus: cpus
+                .filter(|cpus| !cpus.is_empty())
+                .map(|cpus| cpus.join(" / ")),
             rss_kb_before,
             rss_kb_loaded,
-            alive_after: self.pid.map(process::is_alive),
+            alive_after: (!self.pids.is_empty()).then_some(gone.is_empty()),
+            gone,
         }
     }
 }
@@ -103,11 +158,12 @@ mod tests {
     #[test]
     fn memory_per_connection_needs_both_readings_and_connections() {
         let sample = |before, loaded| ServerSample {
-            pid: Some(1),
+            pids: vec![1],
             cpus: None,
             rss_kb_before: before,
             rss_kb_loaded: loaded,
             alive_after: Some(true),
+            gone: Vec::new(),
         };
         assert_eq!(
             sample(Some(1000), Some(1100)).rss_bytes_per_conn(10),
@@ -125,7 +181,7 @@ mod tests {
     /// The block adds exactly the keys the reports had before it was one.
     #[test]
     fn flattened_keys_are_the_reports_server_keys() {
-        let sample = ServerWatch::new(Some(std::process::id())).sample(Some(1), None);
+        let sample = ServerWatch::new(&[std::process::id()]).sample(Some(1), None);
         let json = serde_json::to_value(&sample).unwrap();
         let mut keys: Vec<&str> = json
             .as_object()
@@ -145,6 +201,45 @@ mod tests {
             ]
         );
         assert_eq!(json["server_alive_after"], true);
+        assert_eq!(json["server_pid"], std::process::id());
         assert_eq!(sample.failure(), None);
+    }
+
+    /// Without `--server-pid`, every figure is `null`.
+    #[test]
+    fn no_pid_reads_nothing() {
+        let watch = ServerWatch::new(&[]);
+        assert_eq!(watch.rss_kib(), None);
+        assert_eq!(watch.hwm_kib(), None);
+        let json = serde_json::to_value(watch.sample(None, None)).unwrap();
+        assert!(json.as_object().unwrap().values().all(|v| v.is_null()));
+    }
+
+    /// Several pids are one server: memory summed, alive only if all are,
+    /// the pids and their CPUs listed in order.
+    #[test]
+    fn several_pids_are_summed() {
+        let me = std::process::id();
+        let one = ServerWatch::new(&[me]);
+        let twice = ServerWatch::new(&[me, me]);
+        let (single, double) = (one.hwm_kib().unwrap(), twice.hwm_kib().unwrap());
+        assert!(double >= 2 * single, "{double} < 2 × {single}");
+        let sample = twice.sample(Some(10), Some(20));
+        let json = serde_json::to_value(&sample).unwrap();
+        assert_eq!(json["server_pid"], serde_json::json!([me, me]));
+        let cpus = process::allowed_cpus(me).unwrap();
+        assert_eq!(json["server_cpus"], format!("{cpus} / {cpus}"));
+        assert_eq!(json["server_alive_after"], true);
+        assert_eq!(sample.rss_bytes_per_conn(10), Some(1024));
+        assert_eq!(sample.failure(), None);
+
+        let dead = ServerWatch::new(&[me, u32::MAX]);
+        assert_eq!(dead.rss_kib(), None, "one unreadable pid: no sum");
+        let sample = dead.sample(None, None);
+        assert_eq!(sample.alive_after, Some(false));
+        assert_eq!(
+            sample.failure().as_deref(),
+            Some(format!("server processes gone: {}", u32::MAX).as_str())
+        );
     }
 }

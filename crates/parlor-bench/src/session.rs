@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::target::TargetArgs;
+use super::target::{self, TargetArgs};
 use super::tls::{self, TlsSession};
 use parlor_proto::secure::{CHANNEL_BINDING_LEN, PLAIN_CHANNEL_BINDING};
 use parlor_proto::{opcode, ClientMessage, Frame, FrameCodec, FrameError, Status};
@@ -46,7 +46,8 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(5);
 /// each may take. Cheap to clone into every connection task.
 #[derive(Clone)]
 pub(crate) struct Setup {
-    server: SocketAddr,
+    /// The `--server` addresses; connection i goes to the (i mod n)-th.
+    servers: Arc<[SocketAddr]>,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
@@ -56,22 +57,23 @@ impl Setup {
     pub(crate) fn new(target: &TargetArgs) -> anyhow::Result<Setup> {
         let tls = target.tls_pin.map(tls::client_config).transpose()?;
         Ok(Setup {
-            server: target.server,
+            servers: target.server.as_slice().into(),
             tls,
             timeout: target.setup_timeout(),
             permits: Arc::new(Semaphore::new(target.connect_concurrency)),
         })
     }
 
-    /// Connects, registers as `nick` and joins `room`, as the legacy client
-    /// does.
+    /// Connects connection `index`, registers as `nick` and joins `room`,
+    /// as the legacy client does.
     pub(crate) async fn open(
         &self,
+        index: usize,
         nick: &str,
         room: Option<&str>,
     ) -> anyhow::Result<BenchConnection> {
         self.within_limits(async {
-            let mut session = self.connect().await?;
+            let mut session = self.connect(index).await?;
             session.register(nick).await?;
             if let Some(room) = room {
                 session.join(room).await?;
@@ -81,9 +83,10 @@ impl Setup {
         .await
     }
 
-    /// Connects to the server, over TLS when `--tls-pin` asks for it.
-    pub(crate) async fn connect(&self) -> anyhow::Result<BenchConnection> {
-        BenchConnection::connect(self.server, self.tls.as_ref()).await
+    /// Connects connection `index` to its server (see
+    /// [`TargetArgs::server_for`]), over TLS when `--tls-pin` asks for it.
+    pub(crate) async fn connect(&self, index: usize) -> anyhow::Result<BenchConnection> {
+        BenchConnection::connect(target::spread(&self.servers, index), self.tls.as_ref()).await
     }
 
     /// Runs the setup `steps` of one connection once a permit is free, so

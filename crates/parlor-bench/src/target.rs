@@ -1,5 +1,10 @@
 //! Options every workload shares: which server to load (loopback only), how
 //! to watch it, and how connections are named and set up.
+//!
+//! A cluster of parlor nodes is loaded as one server: `--server` takes the
+//! nodes' addresses, comma-separated, and connection i goes to the
+//! (i mod n)-th of them ([`TargetArgs::server_for`]), whatever the
+//! workload; `--server-pid` takes their process ids the same way.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,15 +19,26 @@ use parlor_proto::tls::TlsFingerprint;
 /// how its connections are named and set up.
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct TargetArgs {
-    /// Server to load, as IP:PORT. Only loopback addresses (127.0.0.0/8 and
-    /// ::1) are accepted: the bench is a load generator, and load goes
-    /// nowhere but this machine.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4170", value_parser = loopback_address)]
-    pub server: SocketAddr,
-    /// The server's process id; its CPU share and memory are then read from
-    /// /proc/PID and reported.
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
+    /// Server to load, as IP:PORT; the nodes of a cluster as a
+    /// comma-separated list (IP:PORT,IP:PORT,…), connection i going to the
+    /// (i mod n)-th. Only loopback addresses (127.0.0.0/8 and ::1) are
+    /// accepted: the bench is a load generator, and load goes nowhere but
+    /// this machine.
+    #[arg(
+        long,
+        value_name = "ADDR[,ADDR…]",
+        default_value = "127.0.0.1:4170",
+        value_delimiter = ',',
+        value_parser = loopback_address
+    )]
+    #[serde(serialize_with = "comma_list")]
+    pub server: Vec<SocketAddr>,
+    /// The server's process id, or the cluster nodes' ids comma-separated;
+    /// their CPU share and memory are then read from /proc/PID and
+    /// reported: with several, CPU and memory are the sums over them.
+    #[arg(long, value_name = "PID[,PID…]", value_delimiter = ',')]
+    #[serde(serialize_with = "one_or_list")]
+    pub server_pid: Vec<u32>,
     /// Connection i is named PREFIX followed by i in five or more digits.
     #[arg(long, value_name = "PREFIX", default_value = "u")]
     pub nick_prefix: String,
@@ -38,6 +54,28 @@ pub struct TargetArgs {
     #[arg(long, value_name = "SHA256:HEX")]
     #[serde(serialize_with = "display")]
     pub tls_pin: Option<TlsFingerprint>,
+}
+
+/// Writes the addresses as they are given, comma-separated: one address is
+/// the string it always was.
+fn comma_list<S: serde::Serializer>(
+    servers: &[SocketAddr],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&addresses_text(servers))
+}
+
+/// Writes no value as `null`, one as itself, several as a list: one
+/// `--server-pid` is the number it always was.
+pub(crate) fn one_or_list<S: serde::Serializer, T: Serialize>(
+    values: &[T],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match values {
+        [] => serializer.serialize_none(),
+        [one] => one.serialize(serializer),
+        several => several.serialize(serializer),
+    }
 }
 
 /// Writes an option as it is shown, the fingerprint as `SHA256:…`.
@@ -68,12 +106,29 @@ impl TargetArgs {
             return Err("--connect-concurrency: at least 1".into());
         }
         seconds("--setup-timeout", self.setup_timeout)?;
-        if let Some(pid) = self.server_pid {
+        if self.server.is_empty() {
+            return Err("--server: at least one address".into());
+        }
+        for &pid in &self.server_pid {
             if !process::is_alive(pid) {
                 return Err(format!("--server-pid: no running process {pid}"));
             }
         }
         Ok(())
+    }
+
+    /// The server connection `index` goes to: the (index mod n)-th of the
+    /// n `--server` addresses, so that the connections of every workload
+    /// are spread evenly over the nodes of a cluster, and a single address
+    /// takes them all.
+    pub fn server_for(&self, index: usize) -> SocketAddr {
+        spread(&self.server, index)
+    }
+
+    /// The `--server` addresses as given, comma-separated: the report's
+    /// `server`, which for one address is that address.
+    pub fn servers_text(&self) -> String {
+        addresses_text(&self.server)
     }
 
     /// The name of connection `index`.
@@ -85,6 +140,17 @@ impl TargetArgs {
     pub fn setup_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.setup_timeout)
     }
+}
+
+/// The address connection `index` goes to: `servers[index mod n]`.
+pub(crate) fn spread(servers: &[SocketAddr], index: usize) -> SocketAddr {
+    assert!(!servers.is_empty(), "--server has at least one address");
+    servers[index % servers.len()]
+}
+
+fn addresses_text(servers: &[SocketAddr]) -> String {
+    let texts: Vec<String> = servers.iter().map(SocketAddr::to_string).collect();
+    texts.join(",")
 }
 
 /// Parses `IP:PORT` and refuses anything that is not on this machine.
@@ -179,6 +245,83 @@ mod tests {
         assert_eq!(size_text(1 << 30), "1 GiB");
         assert_eq!(size_text(256 << 10), "256 KiB");
         assert_eq!(size_text(1000), "1000 B");
+    }
+
+    /// `TargetArgs` as `parlor bench WORKLOAD` parses it.
+    fn parse(args: &str) -> Result<TargetArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            target: TargetArgs,
+        }
+        let words = std::iter::once("bench").chain(args.split_whitespace());
+        <Cli as clap::Parser>::try_parse_from(words).map(|cli| cli.target)
+    }
+
+    #[test]
+    fn one_server_is_as_before() {
+        let target = parse("--server-pid 42").unwrap();
+        let default: SocketAddr = "127.0.0.1:4170".parse().unwrap();
+        assert_eq!(target.server, [default]);
+        assert_eq!(target.server_pid, [42]);
+        assert!((0..5).all(|index| target.server_for(index) == default));
+        assert_eq!(target.servers_text(), "127.0.0.1:4170");
+        let json = serde_json::to_value(&target).unwrap();
+        assert_eq!(json["server"], "127.0.0.1:4170");
+        assert_eq!(json["server_pid"], 42);
+        let none = serde_json::to_value(parse("").unwrap()).unwrap();
+        assert!(none["server_pid"].is_null());
+    }
+
+    #[test]
+    fn servers_are_a_comma_list_of_loopback_addresses() {
+        let target =
+            parse("--server 127.0.0.1:4370,127.0.0.1:4380,[::1]:4390 --server-pid 7,8,9").unwrap();
+        let servers: Vec<SocketAddr> = ["127.0.0.1:4370", "127.0.0.1:4380", "[::1]:4390"]
+            .iter()
+            .map(|text| text.parse().unwrap())
+            .collect();
+        assert_eq!(target.server, servers);
+        assert_eq!(target.server_pid, [7, 8, 9]);
+        assert_eq!(
+            target.servers_text(),
+            "127.0.0.1:4370,127.0.0.1:4380,[::1]:4390"
+        );
+        let json = serde_json::to_value(&target).unwrap();
+        assert_eq!(json["server"], "127.0.0.1:4370,127.0.0.1:4380,[::1]:4390");
+        assert_eq!(json["server_pid"], serde_json::json!([7, 8, 9]));
+        // Repeating the option adds to the list.
+        let repeated = parse("--server 127.0.0.1:1 --server 127.0.0.2:2").unwrap();
+        assert_eq!(repeated.server.len(), 2);
+        for (args, why) in [
+            ("--server 127.0.0.1:4370,10.0.0.1:4380", "not a loopback"),
+            ("--server 127.0.0.1:4370,", "not an IP:PORT"),
+            ("--server 127.0.0.1:4370,,127.0.0.1:4380", "not an IP:PORT"),
+            ("--server-pid 7,x", "invalid digit"),
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains(why), "{args}: {err}");
+        }
+        let dead = parse(&format!("--server-pid {},{}", std::process::id(), u32::MAX)).unwrap();
+        let err = dead.validate().unwrap_err();
+        assert!(
+            err.contains(&format!("no running process {}", u32::MAX)),
+            "{err}"
+        );
+    }
+
+    /// Connection i goes to server i mod n: consecutive connections take
+    /// the servers in turn, each the same share.
+    #[test]
+    fn connections_are_spread_in_turn() {
+        let target = parse("--server 127.0.0.1:1,127.0.0.1:2,127.0.0.1:3").unwrap();
+        let ports: Vec<u16> = (0..7).map(|i| target.server_for(i).port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1]);
+        let mut per_server = [0; 3];
+        for index in 0..300 {
+            per_server[usize::from(target.server_for(index).port()) - 1] += 1;
+        }
+        assert_eq!(per_server, [100, 100, 100]);
     }
 
     #[test]

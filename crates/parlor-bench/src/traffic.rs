@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
@@ -54,6 +54,7 @@ use tokio::time::sleep_until;
 use super::body::{self, Stamp, MIN_MESSAGE_BYTES};
 use super::latency::{round1, round3, BenchClock, LatencyHistogram, LatencySummary};
 use super::process::{self, CpuMeter, CpuShare};
+use super::relay_metrics::{self, MetricsUrl, NatsRelays, RelayCounters};
 use super::sequence::{Arrival, SequenceTracker};
 use super::server_sample::{ServerSample, ServerWatch};
 use super::session::{BenchConnection, Setup};
@@ -152,6 +153,9 @@ pub(crate) struct Plan {
     pub deliveries_per_message: u64,
     /// The workload's own options, echoed in the JSON report.
     pub params: serde_json::Value,
+    /// `--metrics`: the cluster nodes' metrics endpoints, whose relay
+    /// counters are read before and after the run; empty for none.
+    pub relay_metrics: Vec<MetricsUrl>,
 }
 
 /// One connection of a plan.
@@ -251,11 +255,13 @@ impl Messages for Stamped {
 
     async fn open(
         &self,
-        _index: u32,
+        index: u32,
         endpoint: &Endpoint,
         setup: &Setup,
     ) -> anyhow::Result<(BenchConnection, Vec<u8>)> {
-        let session = setup.open(&endpoint.nick, endpoint.room.as_deref()).await?;
+        let session = setup
+            .open(index as usize, &endpoint.nick, endpoint.room.as_deref())
+            .await?;
         Ok((session, endpoint.sends_to.frame_prefix(self.message_bytes)))
     }
 
@@ -335,12 +341,17 @@ pub struct TrafficReport {
     /// What every workload reports about the server process.
     #[serde(flatten)]
     pub server_sample: ServerSample,
-    /// The server's CPU use over the same interval as `bench_cpu_pct`.
+    /// The server's CPU use over the same interval as `bench_cpu_pct`
+    /// (with several `--server-pid`s, their sum).
     pub server_cpu_pct: Option<f64>,
-    /// Resident memory after the drain, in KiB.
+    /// Resident memory after the drain, in KiB (summed over the pids).
     pub server_rss_kb_after: Option<u64>,
     /// (loaded − before) / connections.
     pub server_rss_bytes_per_conn: Option<u64>,
+    /// With `--metrics`: what the cluster's nodes handed to NATS for the
+    /// run's messages (keys `nats_*`; absent without `--metrics`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsRelays>,
     /// One line per problem found; empty for a clean run.
     pub failures: Vec<String>,
     #[serde(skip)]
@@ -359,7 +370,19 @@ pub(crate) async fn run<M: Messages>(
     if let Err(err) = process::ensure_open_files(connections as u64 + 64) {
         bail!("cannot open {connections} connections: {err}");
     }
-    let server = ServerWatch::new(target.server_pid);
+    let server = ServerWatch::new(&target.server_pid);
+    // The relay counters before anything connects: setup relays nothing
+    // (joins are no room messages), so this is the start of the run's
+    // relays. A node that cannot be read fails the run before it begins.
+    let relays_before = match plan.relay_metrics.as_slice() {
+        [] => None,
+        urls => Some(
+            relay_metrics::scrape_all(urls)
+                .await
+                .context("--metrics, before the run")?,
+        ),
+    };
+    let remote_nodes = remote_nodes(&plan, target);
     let rss_before = server.rss_kib();
     let shared = Arc::new(TrafficRun {
         clock: BenchClock::start(),
@@ -376,13 +399,25 @@ pub(crate) async fn run<M: Messages>(
     let tasks = set_up(&shared, target, &phase, phase_rx).await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
     let rss_loaded = server.rss_kib();
-    let (schedule, cpu, drained) = send_and_drain(&shared, load, server.pid(), &phase).await;
+    let (schedule, cpu, drained) = send_and_drain(&shared, load, server.pids(), &phase).await;
     let rss_after = server.rss_kib();
+    // Every message answered and delivered: every relay is counted.
+    let relays = match &relays_before {
+        None => None,
+        Some(before) => Some(
+            relay_metrics::scrape_all(&shared.plan.relay_metrics)
+                .await
+                .map(|after| total_growth(before, &after))
+                .map_err(|err| format!("--metrics, after the run: {err:#}")),
+        ),
+    };
     let _ = phase.send(TrafficPhase::Stop);
     let mut tally = TrafficTally::default();
+    let mut relays_owed = 0;
     let mut conns = Vec::with_capacity(connections);
-    for task in tasks {
+    for (task, remote) in tasks.into_iter().zip(&remote_nodes) {
         let (connection_tally, conn) = task.await?;
+        relays_owed += connection_tally.accepted * remote;
         tally.add(&connection_tally);
         conns.extend(conn);
     }
@@ -393,9 +428,55 @@ pub(crate) async fn run<M: Messages>(
         cpu,
         server_sample: server.sample(rss_before, rss_loaded),
         rss_after,
+        relays: relays.map(|growth| growth.map(|growth| (growth, relays_owed))),
     };
     let report = TrafficReport::new(&shared, target, load, &tally, readings);
     Ok((report, conns))
+}
+
+/// For each endpoint, the relays to NATS one accepted message of it costs
+/// the cluster: one per node, other than the sender's, with a member of
+/// the room it sends to (or one when the user it writes to is on another
+/// node). The nodes are the `--server` addresses the connections are
+/// spread over, each distinct address a node.
+pub(crate) fn remote_nodes(plan: &Plan, target: &TargetArgs) -> Vec<u64> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut room_nodes: HashMap<&str, BTreeSet<std::net::SocketAddr>> = HashMap::new();
+    let mut nick_node = HashMap::new();
+    for (index, endpoint) in plan.endpoints.iter().enumerate() {
+        let node = target.server_for(index);
+        if let Some(room) = &endpoint.room {
+            room_nodes.entry(room).or_default().insert(node);
+        }
+        nick_node.insert(endpoint.nick.as_str(), node);
+    }
+    plan.endpoints
+        .iter()
+        .enumerate()
+        .map(|(index, endpoint)| {
+            let own = target.server_for(index);
+            match &endpoint.sends_to {
+                Target::Room(room) => room_nodes
+                    .get(room.as_str())
+                    .map_or(0, |nodes| nodes.iter().filter(|&&node| node != own).count())
+                    as u64,
+                Target::User(nick) => u64::from(
+                    nick_node
+                        .get(nick.as_str())
+                        .is_some_and(|&node| node != own),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// The growth of the relay counters, summed over the nodes.
+fn total_growth(before: &[RelayCounters], after: &[RelayCounters]) -> RelayCounters {
+    let mut total = RelayCounters::default();
+    for (before, after) in before.iter().zip(after) {
+        total.add(&after.since(before));
+    }
+    total
 }
 
 /// Starts one task per endpoint and waits until every one is set up; if
@@ -446,7 +527,7 @@ async fn set_up<M: Messages>(
 async fn send_and_drain<M: Messages>(
     shared: &TrafficRun<M>,
     load: &LoadArgs,
-    pid: Option<u32>,
+    pids: &[u32],
     phase: &watch::Sender<TrafficPhase>,
 ) -> (Schedule, CpuShare, bool) {
     let start = Instant::now() + START_LEAD;
@@ -458,7 +539,7 @@ async fn send_and_drain<M: Messages>(
     };
     let _ = phase.send(TrafficPhase::Send(schedule));
     sleep_until(measure_from.into()).await;
-    let cpu = CpuMeter::start(pid);
+    let cpu = CpuMeter::start(pids);
 
     let progress = &shared.progress;
     let senders = shared.plan.endpoints.len() as u64;
@@ -483,6 +564,10 @@ struct Readings {
     cpu: CpuShare,
     server_sample: ServerSample,
     rss_after: Option<u64>,
+    /// With `--metrics`: the growth of the relay counters over the run and
+    /// the relays owed for the accepted messages, or why the counters could
+    /// not be read after the run.
+    relays: Option<Result<(RelayCounters, u64), String>>,
 }
 
 impl TrafficReport {
@@ -503,10 +588,15 @@ impl TrafficReport {
         let send_phase_s = since_measuring(tally.last_send_ns);
         let cpu = readings.cpu;
         let rss_bytes_per_conn = readings.server_sample.rss_bytes_per_conn(connections);
+        let (nats, nats_error) = match readings.relays {
+            None => (None, None),
+            Some(Ok((growth, owed))) => (Some(NatsRelays::new(growth, owed, tally.accepted)), None),
+            Some(Err(err)) => (None, Some(err)),
+        };
         let mut report = TrafficReport {
             tool: "parlor bench",
             workload: plan.workload,
-            server: target.server.to_string(),
+            server: target.servers_text(),
             mode: if load.rate.is_some() {
                 "rate"
             } else {
@@ -541,6 +631,7 @@ impl TrafficReport {
             server_cpu_pct: cpu.server_pct.map(round1),
             server_rss_kb_after: readings.rss_after,
             server_rss_bytes_per_conn: rss_bytes_per_conn,
+            nats,
             failures: Vec::new(),
             summary_title: format!(
                 "{}, {}, {}-byte messages, {} s (+{} s warmup)",
@@ -552,6 +643,7 @@ impl TrafficReport {
             ),
         };
         report.failures = report.find_failures();
+        report.failures.extend(nats_error);
         report
     }
 
@@ -574,6 +666,9 @@ impl TrafficReport {
             ("connections closed by the server", self.disconnects),
         ];
         super::note_failures(&mut failures, &counts, &self.server_sample);
+        if let Some(nats) = &self.nats {
+            failures.extend(nats.failures());
+        }
         failures
     }
 
@@ -621,6 +716,9 @@ impl TrafficReport {
                 "  server RSS  {before} kB before, {loaded} kB with {} connections ({per_conn} B each)\n",
                 self.connections
             );
+        }
+        if let Some(nats) = &self.nats {
+            text += &nats.summary(self.accepted);
         }
         text
     }

@@ -140,7 +140,7 @@ pub(crate) async fn run(args: &TransferArgs) -> anyhow::Result<TransferReport> {
     if let Err(err) = process::ensure_open_files(connections as u64 + 64) {
         bail!("cannot open {connections} connections: {err}");
     }
-    let server = ServerWatch::new(args.target.server_pid);
+    let server = ServerWatch::new(&args.target.server_pid);
     let (rss_before, hwm_before) = (server.rss_kib(), server.hwm_kib());
 
     let prepare_started = Instant::now();
@@ -178,7 +178,7 @@ pub(crate) async fn run(args: &TransferArgs) -> anyhow::Result<TransferReport> {
     let rss_loaded = server.rss_kib();
 
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration);
-    let cpu = CpuMeter::start(server.pid());
+    let cpu = CpuMeter::start(server.pids());
     let timed_started = Instant::now();
     let _ = phase.send(TransferPhase::Run(deadline));
     let mut peak = rss_loaded;
@@ -188,7 +188,7 @@ pub(crate) async fn run(args: &TransferArgs) -> anyhow::Result<TransferReport> {
     let sender = loop {
         tokio::select! {
             sender = &mut sender => break sender.context("the sender's task")?,
-            _ = sampling.tick(), if server.pid().is_some() => {
+            _ = sampling.tick(), if !server.pids().is_empty() => {
                 if let Some(now) = server.rss_kib() {
                     peak = peak.max(Some(now));
                     samples += 1;
@@ -242,6 +242,7 @@ async fn set_up(
         .map(|index| {
             tokio::spawn(recipient_task(
                 Arc::clone(run),
+                index as usize,
                 target.nick(index as usize),
                 setup.clone(),
                 ready_tx.clone(),
@@ -271,18 +272,20 @@ async fn set_up(
     )
 }
 
-/// HELLO, NICK and JOIN as a legacy client, then REGISTER_KEY: the room is
-/// created (or entered) by a connection that is not secure yet, so it is a
+/// HELLO, NICK and JOIN as a legacy client on connection `index` (the
+/// sender is 0, recipient i is i), then REGISTER_KEY: the room is created
+/// (or entered) by a connection that is not secure yet, so it is a
 /// plaintext room.
 async fn open(
     setup: &Setup,
+    index: usize,
     nick: &str,
     room: &str,
     identity: &Identity,
 ) -> anyhow::Result<BenchConnection> {
     setup
         .within_limits(async {
-            let mut connection = setup.connect().await?;
+            let mut connection = setup.connect(index).await?;
             connection.register(nick).await?;
             connection.join(room).await?;
             // Plain TCP, to a server that allows the extension there.

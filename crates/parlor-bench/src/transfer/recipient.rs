@@ -85,16 +85,18 @@ struct RecipientState {
     tally: RecipientTally,
 }
 
-/// One recipient's task: sets up its connection, waits for the start, then
-/// receives until the coordinator says to stop. Returns what it counted.
+/// One recipient's task: sets up its connection (connection number
+/// `index`, from 1), waits for the start, then receives until the
+/// coordinator says to stop. Returns what it counted.
 pub(super) async fn recipient_task(
     run: Arc<TransferRun>,
+    index: usize,
     nick: String,
     setup: Setup,
     ready: mpsc::UnboundedSender<Result<(), String>>,
     mut phase: watch::Receiver<TransferPhase>,
 ) -> RecipientTally {
-    let mut connection = match open(&setup, &nick, &run.room, &run.identity).await {
+    let mut connection = match open(&setup, index, &nick, &run.room, &run.identity).await {
         Ok(connection) => connection,
         Err(err) => {
             let _ = ready.send(Err(format!("{nick}: {err:#}")));

@@ -175,7 +175,7 @@ impl TransferReport {
         let mut report = TransferReport {
             tool: "parlor bench",
             workload: "transfer",
-            server: args.target.server.to_string(),
+            server: args.target.servers_text(),
             params: serde_json::to_value(args)?,
             connections: run.recipients as usize + 1,
             recipients: run.recipients,

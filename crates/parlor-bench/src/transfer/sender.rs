@@ -115,7 +115,7 @@ pub(super) async fn sender_task(
     mut phase: watch::Receiver<TransferPhase>,
 ) -> SenderTally {
     let nick = run.sender_nick.clone();
-    let mut connection = match open(&setup, &nick, &run.room, &run.identity).await {
+    let mut connection = match open(&setup, 0, &nick, &run.room, &run.identity).await {
         Ok(connection) => connection,
         Err(err) => {
             let _ = ready.send(Err(format!("{nick}: {err:#}")));
