@@ -656,7 +656,9 @@ async fn the_cluster_goes_on_when_one_of_three_nats_servers_dies() {
         bob.request(&room_msg("lobby", &text), &ok_bytes()).await;
         alice.expect(&relay("lobby", "bob", &text)).await;
         alice.send(&nick(format!("alice{round}"))).await;
-        let reply = alice.recv_raw().await;
+        // A claim sent mid-election waits up to a quarter of the lease for
+        // the store before it is answered as unavailable.
+        let reply = alice.recv_raw_within(Duration::from_secs(10)).await;
         if reply == ok_bytes() {
             claimed = Some(killed.elapsed());
             break;

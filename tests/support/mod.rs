@@ -149,7 +149,13 @@ impl Client {
     /// for every server frame (a legacy client's, unless `secure`); panics
     /// on close or timeout.
     pub(crate) async fn recv_raw(&mut self) -> Vec<u8> {
-        let frame = tokio::time::timeout(PATIENCE, self.next_frame())
+        self.recv_raw_within(PATIENCE).await
+    }
+
+    /// [`Client::recv_raw`], for a reply that may take longer than
+    /// [`PATIENCE`]: one waiting on a cluster's store mid-election, say.
+    pub(crate) async fn recv_raw_within(&mut self, within: Duration) -> Vec<u8> {
+        let frame = tokio::time::timeout(within, self.next_frame())
             .await
             .expect("timed out waiting for a frame")
             .expect("connection closed while waiting for a frame");
