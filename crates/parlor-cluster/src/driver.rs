@@ -131,10 +131,7 @@ impl Cluster {
         let nodes =
             open_bucket(&context, NODES_BUCKET, &settings, Some(lease.record_ttl())).await?;
         let rooms = open_bucket(&context, ROOMS_BUCKET, &settings, None).await?;
-        let run = Run {
-            node: settings.node_id.clone(),
-            incarnation: rand::random(),
-        };
+        let run = Run::fresh(settings.node_id.clone());
         // Subscribed before anything is claimed: no node relays to this
         // one before it sees a member here.
         let (relay, relay_tasks) = Relay::start(
@@ -703,10 +700,7 @@ impl Inner {
             let run = {
                 let state = self.state();
                 if state.lease.is_fenced() {
-                    Run {
-                        node: state.run.node.clone(),
-                        incarnation: rand::random(),
-                    }
+                    Run::fresh(state.run.node.clone())
                 } else {
                     state.run.clone()
                 }
@@ -822,6 +816,7 @@ impl Inner {
                 return;
             }
             if let Some(run) = Run::decode(&entry.value) {
+                inner.relay.node_renewed(&run.node, run.incarnation);
                 inner
                     .state()
                     .liveness

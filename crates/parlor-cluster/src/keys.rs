@@ -84,6 +84,15 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// A new run of `node`: its incarnation drawn at random, and never 0,
+    /// which the relay keeps for a run it has not seen.
+    pub(crate) fn fresh(node: String) -> Run {
+        Run {
+            node,
+            incarnation: rand::random::<u64>().max(1),
+        }
+    }
+
     pub(crate) fn owner(&self) -> Owner<'_> {
         Owner {
             node: &self.node,

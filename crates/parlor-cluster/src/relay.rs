@@ -19,11 +19,16 @@
 //! a node that sees a number skipped knows that it missed room messages
 //! from that node; its hub then disconnects every member who may have
 //! missed one, as a slow consumer ([`parlor_core::Hub::relay_lost`]),
-//! rather than leave them believing they have them all. The first message
-//! heard from a run of a node sets where its numbers start. A loss with
-//! nothing relayed after it would show no gap, so a node that relayed to
-//! another since its last tick also tells it, every tick (a quarter of the
-//! lease TTL), the last number it sent.
+//! rather than leave them believing they have them all. The numbers count
+//! from 1 for each run of the sender and each run of the receiver that the
+//! sender has seen renew its lease (a [`Numbering`]), so a receiver knows
+//! that a numbering meant for its own run must start at 1, and a lost
+//! first message is a gap like any other. Only while the sender has not
+//! yet seen the receiver's run (a moment after it starts) does the first
+//! number heard set where they start. A loss with nothing relayed after it
+//! would show no gap, so a node that relayed to another since its last
+//! tick also tells it, every tick (a quarter of the lease TTL), the last
+//! number it sent.
 //!
 //! **DMs.** A DM for a user of another node is sent to that node with a
 //! reply subject; the node answers whether the user was there, and the
@@ -79,48 +84,62 @@ fn reply_subject(node: &str, id: Option<u64>) -> String {
     }
 }
 
+/// Which count a relayed room message's number belongs to: one per run of
+/// the sender and run of the receiver, each counting from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Numbering {
+    /// The sender's run.
+    from_run: u64,
+    /// The receiver's run as the sender last saw it renew, or
+    /// [`UNSEEN_RUN`].
+    to_run: u64,
+}
+
+/// The receiver's run, in a [`Numbering`] made before the sender saw the
+/// receiver's lease record: runs are never 0.
+const UNSEEN_RUN: u64 = 0;
+
 /// What one node sends another, as decoded.
 #[derive(Debug, PartialEq, Eq)]
 enum Envelope {
-    /// A room message for the members of `room`, the `seq`th that run
-    /// `run` of node `from` relayed to this node.
+    /// A room message for the members of `room`, number `seq` of
+    /// `numbering` from node `from`.
     Room {
         from: Bytes,
-        run: u64,
+        numbering: Numbering,
         seq: u64,
         room: Bytes,
         frame: Bytes,
     },
     /// A DM for `target`.
     Direct { target: Bytes, frame: Bytes },
-    /// The last number that run `run` of node `from` relayed to this node.
-    Sync { from: Bytes, run: u64, seq: u64 },
+    /// The last number of `numbering` that node `from` relayed here.
+    Sync {
+        from: Bytes,
+        numbering: Numbering,
+        seq: u64,
+    },
     /// A DM_KEY_REQUEST for `target` by the user `introduction` names.
     DmKey { target: Bytes, introduction: Bytes },
 }
 
 impl Envelope {
-    /// `01`, the sender's id (u8 length), run and number (u64 BE), the
-    /// room (u16 length), then the frame.
-    fn room(from: &str, run: u64, seq: u64, room: &[u8], frame: &[u8]) -> Bytes {
+    /// `01`, the sender's id (u8 length), the numbering's two runs and the
+    /// number (u64 BE), the room (u16 length), then the frame.
+    fn room(from: &str, numbering: Numbering, seq: u64, room: &[u8], frame: &[u8]) -> Bytes {
         let mut out =
-            BytesMut::with_capacity(1 + 1 + from.len() + 16 + 2 + room.len() + frame.len());
-        out.put_u8(ROOM);
-        put_short(&mut out, from.as_bytes());
-        out.put_u64(run);
-        out.put_u64(seq);
+            BytesMut::with_capacity(1 + 1 + from.len() + NUMBERED + 2 + room.len() + frame.len());
+        put_numbered(&mut out, ROOM, from, numbering, seq);
         put_long(&mut out, room);
         out.put_slice(frame);
         out.freeze()
     }
 
-    /// `03`, the sender's id (u8 length), run and number (u64 BE).
-    fn sync(from: &str, run: u64, seq: u64) -> Bytes {
-        let mut out = BytesMut::with_capacity(1 + 1 + from.len() + 16);
-        out.put_u8(SYNC);
-        put_short(&mut out, from.as_bytes());
-        out.put_u64(run);
-        out.put_u64(seq);
+    /// `03`, the sender's id (u8 length), the numbering's two runs and the
+    /// number (u64 BE).
+    fn sync(from: &str, numbering: Numbering, seq: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 1 + from.len() + NUMBERED);
+        put_numbered(&mut out, SYNC, from, numbering, seq);
         out.freeze()
     }
 
@@ -142,19 +161,25 @@ impl Envelope {
         match kind {
             ROOM | SYNC => {
                 let from = take(&mut payload, 1)?;
-                if payload.remaining() < 16 {
+                if payload.remaining() < NUMBERED {
                     return None;
                 }
-                let (run, seq) = (payload.get_u64(), payload.get_u64());
+                let numbering = Numbering {
+                    from_run: payload.get_u64(),
+                    to_run: payload.get_u64(),
+                };
+                let seq = payload.get_u64();
                 if kind == SYNC {
-                    return payload
-                        .is_empty()
-                        .then_some(Envelope::Sync { from, run, seq });
+                    return payload.is_empty().then_some(Envelope::Sync {
+                        from,
+                        numbering,
+                        seq,
+                    });
                 }
                 let room = take(&mut payload, 2)?;
                 Some(Envelope::Room {
                     from,
-                    run,
+                    numbering,
                     seq,
                     room,
                     frame: payload,
@@ -209,6 +234,19 @@ fn decode_dm_key_answer(mut payload: Bytes) -> DmKeyAnswer {
         5 => DmKeyAnswer::Busy,
         _ => DmKeyAnswer::Failed,
     }
+}
+
+/// The bytes of a numbering and a number.
+const NUMBERED: usize = 3 * 8;
+
+/// The head of a numbered envelope: its kind, the sender, the numbering and
+/// the number.
+fn put_numbered(out: &mut BytesMut, kind: u8, from: &str, numbering: Numbering, seq: u64) {
+    out.put_u8(kind);
+    put_short(out, from.as_bytes());
+    out.put_u64(numbering.from_run);
+    out.put_u64(numbering.to_run);
+    out.put_u64(seq);
 }
 
 fn put_short(out: &mut BytesMut, field: &[u8]) {
@@ -292,6 +330,8 @@ pub(crate) struct Relay {
     node: String,
     queue: mpsc::Sender<Outgoing>,
     numbers: Mutex<Numbers>,
+    /// This node's run, as the receiving task checks numberings against.
+    run: Arc<AtomicU64>,
     waiting: Waiting,
     /// When each request sent stops waiting for its answer, in the order
     /// sent: every request waits as long, so the earliest is in front.
@@ -309,12 +349,16 @@ struct Numbers {
     run: u64,
     /// What this run relayed to each node.
     last: HashMap<NodeId, Sent>,
+    /// Each other node's run, as last seen renewing its lease.
+    runs: HashMap<String, u64>,
     next_request: u64,
 }
 
 /// What a run relayed to one node.
 struct Sent {
     subject: Subject,
+    /// The node's run the numbers count for.
+    to_run: u64,
     /// The last number relayed.
     seq: u64,
     /// The last number the node was told of in a tick.
@@ -347,8 +391,10 @@ impl Relay {
             numbers: Mutex::new(Numbers {
                 run,
                 last: HashMap::new(),
+                runs: HashMap::new(),
                 next_request: rand::random(),
             }),
+            run: Arc::new(AtomicU64::new(run)),
             waiting: Arc::default(),
             expiries: Arc::default(),
             asks: Arc::default(),
@@ -364,6 +410,7 @@ impl Relay {
                 client,
                 relays,
                 node,
+                Arc::clone(&relay.run),
                 Arc::clone(&relay.asks),
                 Arc::clone(&relay.received),
                 Arc::clone(&relay.gaps),
@@ -389,20 +436,41 @@ impl Relay {
         let mut numbers = self.numbers();
         numbers.run = run;
         numbers.last.clear();
+        self.run.store(run, Ordering::Relaxed);
+    }
+
+    /// `node` renewed its lease as run `run`: from its first renewal on,
+    /// what is relayed to it is numbered from 1 for that run.
+    pub(crate) fn node_renewed(&self, node: &str, run: u64) {
+        let mut numbers = self.numbers();
+        if numbers.runs.get(node) != Some(&run) {
+            numbers.runs.insert(node.to_owned(), run);
+        }
     }
 
     /// Relays a room message to `nodes`, one copy each.
     pub(crate) fn room(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
         let mut numbers = self.numbers();
-        let run = numbers.run;
+        let Numbers {
+            run, last, runs, ..
+        } = &mut *numbers;
         for node in nodes {
-            let sent = numbers.last.entry(node.clone()).or_insert_with(|| Sent {
+            let to_run = runs.get(&**node).copied().unwrap_or(UNSEEN_RUN);
+            let sent = last.entry(node.clone()).or_insert_with(|| Sent {
                 subject: node_subject(node),
+                to_run,
                 seq: 0,
                 synced: 0,
             });
+            if sent.to_run != to_run {
+                (sent.to_run, sent.seq, sent.synced) = (to_run, 0, 0);
+            }
             sent.seq += 1;
-            let payload = Envelope::room(&self.node, run, sent.seq, room, frame);
+            let numbering = Numbering {
+                from_run: *run,
+                to_run,
+            };
+            let payload = Envelope::room(&self.node, numbering, sent.seq, room, frame);
             let subject = sent.subject.clone();
             self.hand_over(Outgoing::Publish { subject, payload });
         }
@@ -418,7 +486,11 @@ impl Relay {
                 continue;
             }
             sent.synced = sent.seq;
-            let payload = Envelope::sync(&self.node, run, sent.seq);
+            let numbering = Numbering {
+                from_run: run,
+                to_run: sent.to_run,
+            };
+            let payload = Envelope::sync(&self.node, numbering, sent.seq);
             let subject = sent.subject.clone();
             // Not counted as a relay: it carries no message. If the queue
             // is full, the next tick tells the same.
@@ -540,12 +612,12 @@ async fn receive(
     client: Client,
     mut relays: Subscriber,
     node: Arc<dyn Node>,
+    run: Arc<AtomicU64>,
     asks: Arc<Mutex<Asks>>,
     received: Arc<AtomicU64>,
     gaps: Arc<AtomicU64>,
 ) {
-    // The run and the last number heard from each node.
-    let mut heard: HashMap<Bytes, (u64, u64)> = HashMap::new();
+    let mut heard = Heard::default();
     while let Some(message) = relays.next().await {
         let envelope = Envelope::decode(message.payload);
         // A tick carries no message: only what was relayed is counted.
@@ -555,25 +627,23 @@ async fn receive(
         match envelope {
             Some(Envelope::Room {
                 from,
-                run,
+                numbering,
                 seq,
                 room,
                 frame,
             }) => {
-                if !heard_in_order(&mut heard, from.clone(), run, seq) {
+                let mine = run.load(Ordering::Relaxed);
+                if !heard.room(from.clone(), numbering, seq, mine) {
                     lost(&*node, &from, &gaps);
                 }
                 node.relayed_room_message(&room, frame);
             }
-            Some(Envelope::Sync { from, run, seq }) => {
-                let behind = match heard.get_mut(&from) {
-                    Some(last) if last.0 == run && last.1 < seq => {
-                        last.1 = seq;
-                        true
-                    }
-                    _ => false,
-                };
-                if behind {
+            Some(Envelope::Sync {
+                from,
+                numbering,
+                seq,
+            }) => {
+                if heard.sync(from.clone(), numbering, seq, run.load(Ordering::Relaxed)) {
                     lost(&*node, &from, &gaps);
                 }
             }
@@ -620,15 +690,48 @@ async fn receive(
     }
 }
 
-/// Takes in number `seq` from run `run` of node `from`; returns whether
-/// it was the next one expected (or the first heard from that run).
-fn heard_in_order(heard: &mut HashMap<Bytes, (u64, u64)>, from: Bytes, run: u64, seq: u64) -> bool {
-    match heard.get_mut(&from) {
-        Some(last) if last.0 == run => std::mem::replace(&mut last.1, seq) + 1 == seq,
-        _ => {
-            heard.insert(from, (run, seq));
-            true
+/// The last number heard from each node, and of which numbering.
+#[derive(Default)]
+struct Heard {
+    last: HashMap<Bytes, (Numbering, u64)>,
+}
+
+impl Heard {
+    /// Takes in number `seq` of `numbering` from node `from`, this node
+    /// being run `mine`; returns whether it was the next one expected.
+    fn room(&mut self, from: Bytes, numbering: Numbering, seq: u64, mine: u64) -> bool {
+        match self.last.get_mut(&from) {
+            Some((known, last)) if *known == numbering => std::mem::replace(last, seq) + 1 == seq,
+            _ => {
+                self.last.insert(from, (numbering, seq));
+                seq == 1 || !Self::meant_for(numbering, mine)
+            }
         }
+    }
+
+    /// Takes in that node `from` relayed `seq` numbers of `numbering` here;
+    /// returns whether some of them were never heard.
+    fn sync(&mut self, from: Bytes, numbering: Numbering, seq: u64, mine: u64) -> bool {
+        match self.last.get_mut(&from) {
+            Some((known, last)) if *known == numbering => {
+                let behind = *last < seq;
+                *last = seq.max(*last);
+                behind
+            }
+            _ if Self::meant_for(numbering, mine) => {
+                self.last.insert(from, (numbering, seq));
+                seq > 0
+            }
+            // Numbers for another run of this node, or from before the
+            // sender saw this one: nothing to tell what was missed.
+            _ => false,
+        }
+    }
+
+    /// Whether `numbering` counts from 1 for this node's run `mine`, so
+    /// its first number heard must be 1.
+    fn meant_for(numbering: Numbering, mine: u64) -> bool {
+        numbering.to_run == mine
     }
 }
 
@@ -685,14 +788,18 @@ mod tests {
 
     #[test]
     fn envelopes_read_back_and_truncated_ones_are_refused() {
-        let room = Envelope::room("node-a", 7, 42, b"lobby", b"\x00\x00\x00\x01frame");
+        let numbering = Numbering {
+            from_run: 7,
+            to_run: 9,
+        };
+        let room = Envelope::room("node-a", numbering, 42, b"lobby", b"\x00\x00\x00\x01frame");
         let direct = Envelope::direct(DIRECT, b"bob", b"dm");
         let dm_key = Envelope::direct(DM_KEY, b"bob", b"intro");
         assert_eq!(
             Envelope::decode(room.clone()),
             Some(Envelope::Room {
                 from: Bytes::from_static(b"node-a"),
-                run: 7,
+                numbering,
                 seq: 42,
                 room: Bytes::from_static(b"lobby"),
                 frame: Bytes::from_static(b"\x00\x00\x00\x01frame"),
@@ -719,12 +826,12 @@ mod tests {
             }
         }
         assert_eq!(Envelope::decode(Bytes::from_static(b"\x09")), None);
-        let sync = Envelope::sync("b", 3, 10);
+        let sync = Envelope::sync("b", numbering, 10);
         assert_eq!(
             Envelope::decode(sync.clone()),
             Some(Envelope::Sync {
                 from: Bytes::from_static(b"b"),
-                run: 3,
+                numbering,
                 seq: 10
             })
         );
@@ -770,18 +877,53 @@ mod tests {
         }
     }
 
+    const MINE: u64 = 4;
+
+    fn numbering(from_run: u64, to_run: u64) -> Numbering {
+        Numbering { from_run, to_run }
+    }
+
     #[test]
     fn numbers_in_order_pass_and_a_skip_is_seen_once() {
-        let mut heard = HashMap::new();
+        let mut heard = Heard::default();
         let a = Bytes::from_static(b"a");
-        // The first number heard from a run is where it starts.
-        assert!(heard_in_order(&mut heard, a.clone(), 1, 5));
-        assert!(heard_in_order(&mut heard, a.clone(), 1, 6));
-        assert!(!heard_in_order(&mut heard, a.clone(), 1, 8), "7 was lost");
-        assert!(heard_in_order(&mut heard, a.clone(), 1, 9));
+        let ours = numbering(1, MINE);
+        assert!(heard.room(a.clone(), ours, 1, MINE));
+        assert!(heard.room(a.clone(), ours, 2, MINE));
+        assert!(!heard.room(a.clone(), ours, 4, MINE), "3 was lost");
+        assert!(heard.room(a.clone(), ours, 5, MINE));
         assert!(
-            heard_in_order(&mut heard, a, 2, 1),
-            "a new run starts again"
+            heard.room(a, numbering(2, MINE), 1, MINE),
+            "a new run of the sender counts from 1 again"
         );
+    }
+
+    #[test]
+    fn a_lost_first_message_is_a_gap_when_the_numbering_is_this_runs() {
+        let a = Bytes::from_static(b"a");
+        let mut heard = Heard::default();
+        assert!(!heard.room(a.clone(), numbering(1, MINE), 3, MINE));
+        // Before the sender saw this run, or for a run before it, the
+        // first number heard is where the count starts.
+        for unknown in [UNSEEN_RUN, MINE - 1] {
+            let mut heard = Heard::default();
+            assert!(heard.room(a.clone(), numbering(1, unknown), 3, MINE));
+            assert!(heard.room(a.clone(), numbering(1, unknown), 4, MINE));
+        }
+    }
+
+    #[test]
+    fn a_tick_past_the_last_number_heard_is_a_gap() {
+        let a = Bytes::from_static(b"a");
+        let ours = numbering(1, MINE);
+        let mut heard = Heard::default();
+        assert!(heard.room(a.clone(), ours, 1, MINE));
+        assert!(!heard.sync(a.clone(), ours, 1, MINE), "all heard");
+        assert!(heard.sync(a.clone(), ours, 2, MINE), "2 was lost");
+        assert!(heard.room(a.clone(), ours, 3, MINE), "and was counted once");
+        // Everything of a numbering for this run lost: the tick tells.
+        let mut heard = Heard::default();
+        assert!(heard.sync(a.clone(), ours, 2, MINE));
+        assert!(!heard.sync(a, numbering(1, UNSEEN_RUN), 2, MINE));
     }
 }
