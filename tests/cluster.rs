@@ -621,6 +621,46 @@ async fn every_member_on_every_node_gets_every_message_or_is_cut_off_as_slow() {
     }
 }
 
+/// A burst of room messages larger than the queue to NATS (16,384
+/// relays): the sender's node stops reading from its clients while the
+/// queue drains instead of dropping relays, so every member on the other
+/// node gets every message and nobody is cut off.
+#[tokio::test]
+async fn a_burst_larger_than_the_relay_queue_reaches_the_other_node_whole() {
+    const BURST: usize = 40_000;
+    let nats = NatsServer::start();
+    let start = |node_id| {
+        let config = Config {
+            rate_limit_messages: 1_000_000,
+            ..node_config(&[&nats], node_id)
+        };
+        TestServer::start(config)
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    let mut sender = joined(&a, "sender", "burst").await;
+    let mut reader = joined(&b, "reader", "burst").await;
+    reply_becomes(&mut sender, &list_users(), &names(&["reader", "sender"])).await;
+    let texts: Vec<String> = (0..BURST).map(|n| format!("{n:06}")).collect();
+    let burst: Vec<u8> = texts
+        .iter()
+        .flat_map(|text| room_msg("burst", text).to_frame().to_bytes())
+        .collect();
+    let send = async {
+        sender.send_raw(&burst).await;
+        for _ in &texts {
+            sender.expect(&ok_bytes()).await;
+        }
+    };
+    let read = async {
+        for text in &texts {
+            reader.expect(&relay("burst", "sender", text)).await;
+        }
+    };
+    tokio::join!(send, read);
+    a.stop().await;
+    b.stop().await;
+}
+
 /// One of three NATS servers is killed, the one that leads the names
 /// bucket: the nodes move to the others and nobody is disconnected; room
 /// messages keep flowing, and name claims, refused with the unavailable

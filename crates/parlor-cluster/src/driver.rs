@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv::{self, CreateErrorKind, Entry, Operation, Store};
 use async_nats::jetstream::{self, stream::StorageType};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -64,6 +65,9 @@ pub struct ClusterStats {
     pub relays_sent: u64,
     /// Relays dropped because the queue to NATS was full.
     pub relays_dropped: u64,
+    /// How often this node's connections stopped reading until the queue
+    /// of relays to NATS drained.
+    pub relay_backlogs: u64,
     /// Room messages and DMs received from other nodes.
     pub relays_received: u64,
     /// Gaps seen in the room messages relayed from another node.
@@ -235,6 +239,13 @@ impl Cluster {
         self.inner.relay.room(nodes, room, frame);
     }
 
+    /// `None` while the queue of relays to NATS has room; else what a
+    /// connection must await before it reads again, so that a burst of
+    /// room messages slows its senders instead of overflowing the queue.
+    pub fn relay_backlogged(&self) -> Option<BoxFuture<'static, ()>> {
+        self.inner.relay.backlogged()
+    }
+
     /// Sends a DM for `target` to `node`; the outcome comes on the receiver.
     pub fn relay_direct(
         &self,
@@ -274,6 +285,7 @@ impl Cluster {
             ),
             relays_sent: self.inner.relay.sent.load(Ordering::Relaxed),
             relays_dropped: self.inner.relay.dropped.load(Ordering::Relaxed),
+            relay_backlogs: self.inner.relay.backlogs.load(Ordering::Relaxed),
             relays_received: self.inner.relay.received.load(Ordering::Relaxed),
             relay_gaps: self.inner.relay.gaps.load(Ordering::Relaxed),
         }

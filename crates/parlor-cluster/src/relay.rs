@@ -30,6 +30,13 @@
 //! tick also tells it, every tick (a quarter of the lease TTL), the last
 //! number it sent.
 //!
+//! When NATS takes relays more slowly than this node's clients send room
+//! messages, the queue to it fills; before it is full, the node stops
+//! reading from its clients until it has drained a little
+//! ([`Relay::backlogged`]), as a single node stops reading from a sender
+//! while its own writes wait. A gap is for what is lost on the way, not
+//! for a burst.
+//!
 //! **DMs.** A DM for a user of another node is sent to that node with a
 //! reply subject; the node answers whether the user was there, and the
 //! sender is answered `9a 00` or "Nick not present" only then. A node that
@@ -44,15 +51,16 @@
 //! [`ASKS`] such answers at once; past that it answers "busy" at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::{Client, Subject, Subscriber};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use parlor_core::{DirectOutcome, DmKeyAnswer, NodeId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -62,6 +70,15 @@ use crate::Node;
 /// Past it, a message is dropped; its number is not reused, so the nodes
 /// it was for see the gap.
 const QUEUE: usize = 16 * 1024;
+
+/// How many relays may wait in the queue for this node's connections to go
+/// on reading: past it they wait ([`Relay::backlogged`]) while it drains,
+/// so that a burst slows its senders down instead of overflowing the queue.
+/// What is read between the check and the relay (a read's worth of frames
+/// per connection) lands in the places above it. Small, since every relay
+/// waiting is latency for its members: at 100,000 relays a second, 1,024
+/// are 10 ms.
+const BACKLOG: usize = 1024;
 
 const ROOM: u8 = 1;
 const DIRECT: u8 = 2;
@@ -324,11 +341,22 @@ struct Asks {
     reply_to: HashMap<u64, Subject>,
 }
 
+/// Connections waiting for the queue to NATS to drain, and how they are
+/// woken.
+#[derive(Default)]
+struct Backlog {
+    /// How many wait: the publishing task looks at it after each relay
+    /// and wakes them only when someone waits.
+    waiting: AtomicUsize,
+    drained: Notify,
+}
+
 /// This node's side of the relay: what it sends, and the tasks that send
 /// and receive.
 pub(crate) struct Relay {
     node: String,
     queue: mpsc::Sender<Outgoing>,
+    backlog: Arc<Backlog>,
     numbers: Mutex<Numbers>,
     /// This node's run, as the receiving task checks numberings against.
     run: Arc<AtomicU64>,
@@ -340,6 +368,8 @@ pub(crate) struct Relay {
     timeout: Duration,
     pub(crate) sent: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// How often this node's connections waited for the queue to drain.
+    pub(crate) backlogs: AtomicU64,
     pub(crate) received: Arc<AtomicU64>,
     pub(crate) gaps: Arc<AtomicU64>,
 }
@@ -367,10 +397,10 @@ struct Sent {
 
 /// The tasks a [`Relay`] needs run.
 pub(crate) struct RelayTasks {
-    pub(crate) publish: futures_util::future::BoxFuture<'static, ()>,
-    pub(crate) receive: futures_util::future::BoxFuture<'static, ()>,
-    pub(crate) replies: futures_util::future::BoxFuture<'static, ()>,
-    pub(crate) expire: futures_util::future::BoxFuture<'static, ()>,
+    pub(crate) publish: BoxFuture<'static, ()>,
+    pub(crate) receive: BoxFuture<'static, ()>,
+    pub(crate) replies: BoxFuture<'static, ()>,
+    pub(crate) expire: BoxFuture<'static, ()>,
 }
 
 impl Relay {
@@ -388,6 +418,7 @@ impl Relay {
         let relay = Relay {
             node: node_id.to_owned(),
             queue,
+            backlog: Arc::default(),
             numbers: Mutex::new(Numbers {
                 run,
                 last: HashMap::new(),
@@ -401,11 +432,17 @@ impl Relay {
             timeout,
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            backlogs: AtomicU64::new(0),
             received: Arc::default(),
             gaps: Arc::default(),
         };
         let tasks = RelayTasks {
-            publish: Box::pin(publish(client.clone(), node_id.to_owned(), outgoing)),
+            publish: Box::pin(publish(
+                client.clone(),
+                node_id.to_owned(),
+                outgoing,
+                Arc::clone(&relay.backlog),
+            )),
             receive: Box::pin(receive(
                 client,
                 relays,
@@ -560,6 +597,32 @@ impl Relay {
         self.hand_over(Outgoing::Publish { subject, payload });
     }
 
+    /// `None` while at most [`BACKLOG`] relays wait for NATS; else what a
+    /// connection awaits before it reads again: the queue having drained
+    /// back to it.
+    pub(crate) fn backlogged(&self) -> Option<BoxFuture<'static, ()>> {
+        if queued(&self.queue) <= BACKLOG {
+            return None;
+        }
+        self.backlogs.fetch_add(1, Ordering::Relaxed);
+        let (queue, backlog) = (self.queue.clone(), Arc::clone(&self.backlog));
+        Some(Box::pin(async move {
+            backlog.waiting.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let drained = backlog.drained.notified();
+                tokio::pin!(drained);
+                // Registered before the capacity is read again, so that a
+                // wake-up between the two is not missed.
+                drained.as_mut().enable();
+                if queued(&queue) <= BACKLOG {
+                    break;
+                }
+                drained.await;
+            }
+            backlog.waiting.fetch_sub(1, Ordering::SeqCst);
+        }))
+    }
+
     fn hand_over(&self, outgoing: Outgoing) -> bool {
         match self.queue.try_send(outgoing) {
             Ok(()) => {
@@ -575,6 +638,11 @@ impl Relay {
     }
 }
 
+/// How many relays wait in `queue`.
+fn queued(queue: &mpsc::Sender<Outgoing>) -> usize {
+    queue.max_capacity() - queue.capacity()
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -587,9 +655,18 @@ fn answer_once(waiting: &Mutex<HashMap<u64, Waiter>>, id: u64, payload: Option<B
     }
 }
 
-/// Hands what is queued to the NATS client, in order.
-async fn publish(client: Client, node: String, mut outgoing: mpsc::Receiver<Outgoing>) {
+/// Hands what is queued to the NATS client, in order, and wakes the
+/// connections waiting for the queue to drain once it has.
+async fn publish(
+    client: Client,
+    node: String,
+    mut outgoing: mpsc::Receiver<Outgoing>,
+    backlog: Arc<Backlog>,
+) {
     while let Some(next) = outgoing.recv().await {
+        if backlog.waiting.load(Ordering::SeqCst) > 0 && outgoing.len() <= BACKLOG {
+            backlog.drained.notify_waiters();
+        }
         let sent = match next {
             Outgoing::Publish { subject, payload } => client.publish(subject, payload).await,
             Outgoing::Request {

@@ -40,7 +40,7 @@ use tracing::{debug, warn};
 
 use super::busy_pause;
 use super::outbox::{OutboxEvent, Queued};
-use super::state::{Fed, Shared};
+use super::state::{Backlogged, Fed, Shared};
 use crate::tls::Tls;
 use crate::{keywrap, password};
 use bytes::Bytes;
@@ -300,6 +300,9 @@ struct Connection<S> {
     /// Work off the event loop that the reply to the last request waits
     /// for; no further request is read meanwhile, so replies stay in order.
     owed: Option<Box<OwedReply>>,
+    /// Cluster mode: the queue of relays to NATS is short of room, and no
+    /// request is read until it has drained.
+    backlogged: Option<Backlogged>,
 }
 
 enum OwedReply {
@@ -371,6 +374,7 @@ impl<S: Transport> Connection<S> {
             write_blocked: false,
             flush: Flush::Idle,
             owed: None,
+            backlogged: None,
         }
     }
 
@@ -552,6 +556,15 @@ impl<S: Transport> Connection<S> {
                 self.owed = None;
             }
             return event;
+        }
+        if self.backlogged.is_none() {
+            self.backlogged = self.shared.relay_backlogged();
+        }
+        if let Some(drained) = &mut self.backlogged {
+            if drained.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.backlogged = None;
         }
         if !S::BUFFERS_INPUT && self.stream.tcp().poll_read_ready(cx).is_pending() {
             return Poll::Pending;

@@ -6,7 +6,9 @@
 //! and the bytes queued per connection are counted so a slow reader is cut
 //! off at `send_queue_bytes` instead of growing without bound.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -44,6 +46,10 @@ struct State {
     /// Reused for every hub call, so feeding the hub allocates nothing.
     actions: Vec<Action>,
 }
+
+/// What a connection awaits before it reads again while the queue of
+/// relays to NATS is short of room ([`Shared::relay_backlogged`]).
+pub(crate) type Backlogged = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -148,6 +154,12 @@ impl Shared {
         self.run_hub(&mut state, |hub, out| {
             hub.room_entered(conn, ticket, outcome, now, out)
         })
+    }
+
+    /// `None` unless this node's queue of relays to NATS is short of room;
+    /// else what a connection awaits before it reads again.
+    pub(crate) fn relay_backlogged(&self) -> Option<Backlogged> {
+        self.cluster.get()?.relay_backlogged()
     }
 
     /// Hands a DM to another node; `None` without a cluster.
