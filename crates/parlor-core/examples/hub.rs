@@ -69,7 +69,7 @@ fn show(what: &str, out: &mut Vec<Action>) {
             | Action::ReleaseName(_)
             | Action::EnterRoom(_)
             | Action::LeaveRoom { .. }
-            | Action::RenameMember { .. }
+            | Action::RenameMember(_)
             | Action::Relay { .. }
             | Action::RelayDirect(_)
             | Action::RelayDmKey(_)

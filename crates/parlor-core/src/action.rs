@@ -9,7 +9,8 @@ use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use crate::{
-    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, KeyWrapJob, NameClaim, NodeId, RoomEntry,
+    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, KeyWrapJob, MemberRename, NameClaim, RelayTarget,
+    RoomEntry,
 };
 
 /// What the hub asks its driver to do.
@@ -67,7 +68,7 @@ pub enum Action {
     /// the hub judged it), and report back with
     /// [`Hub::room_entered`](crate::Hub::room_entered); the connection's
     /// reply waits for it. Cluster mode only.
-    EnterRoom(RoomEntry),
+    EnterRoom(Box<RoomEntry>),
     /// Take `member` out of `room` in the cluster's store, deleting the
     /// room if it was the last member anywhere; after every entry asked for
     /// before. Cluster mode only.
@@ -77,35 +78,26 @@ pub enum Action {
         /// The member's name.
         member: Bytes,
     },
-    /// A member of `room` was renamed: change its name in the room's
+    /// A member of a room was renamed: change its name in the room's
     /// record, after every entry asked for before. Cluster mode only.
-    RenameMember {
-        /// The room.
-        room: Bytes,
-        /// The name it had.
-        old: Bytes,
-        /// The name it has now.
-        new: Bytes,
-    },
-    /// Relay a room message to the other nodes serving members of `room`:
-    /// one copy per node, which queues it for its own members. Cluster
-    /// mode only.
+    RenameMember(Box<MemberRename>),
+    /// Relay a room message to the other nodes serving members of its
+    /// room: one copy per node, which queues it for its own members.
+    /// Cluster mode only.
     Relay {
-        /// The nodes, never this one.
-        nodes: Arc<[NodeId]>,
-        /// The room, which the receiving node looks its members up by.
-        room: Bytes,
+        /// The room and the nodes.
+        to: Arc<RelayTarget>,
         /// The frame, as encoded for the members here.
         frame: Bytes,
     },
     /// Hand a DM to the node serving its target, and report back with
     /// [`Hub::direct_relayed`](crate::Hub::direct_relayed); the sender's
     /// reply waits for it. Cluster mode only.
-    RelayDirect(DirectRelay),
+    RelayDirect(Box<DirectRelay>),
     /// Send a DM_KEY_REQUEST to the node serving its target, and report
     /// back with [`Hub::dm_key_relayed`](crate::Hub::dm_key_relayed); the
     /// requester's reply waits for it. Cluster mode only.
-    RelayDmKey(DmKeyRelay),
+    RelayDmKey(Box<DmKeyRelay>),
     /// Answer the DM_KEY_REQUEST that another node sent as `ask`
     /// ([`Hub::relayed_dm_key_request`](crate::Hub::relayed_dm_key_request)).
     /// Cluster mode only.
@@ -146,7 +138,7 @@ impl Action {
             | Action::Close { .. }
             | Action::ReleaseName(_)
             | Action::LeaveRoom { .. }
-            | Action::RenameMember { .. }
+            | Action::RenameMember(_)
             | Action::Relay { .. }
             | Action::AnswerDmKey { .. } => false,
         }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::secure::RoomKeyState;
-use super::{ConnId, NodeId, RoomRecord};
+use super::{ConnId, NodeId, RelayTarget, RoomRecord};
 
 /// A chat room: its members, in order of joining, its password, and for a
 /// secure room the state of its key.
@@ -80,13 +80,13 @@ pub(crate) struct Directory {
     records: HashMap<Bytes, SharedRoom>,
 }
 
-/// A room's record in the cluster's store, and the nodes other than this
-/// one that serve its members: where its messages are relayed.
+/// A room's record in the cluster's store, and where its messages are
+/// relayed.
 #[derive(Debug)]
 pub(crate) struct SharedRoom {
     pub(crate) record: RoomRecord,
     /// Made once per record, so a relay shares it instead of copying.
-    pub(crate) nodes: Arc<[NodeId]>,
+    pub(crate) relay: Arc<RelayTarget>,
 }
 
 /// What a JOIN is judged against: the room's password, kind and size,
@@ -153,13 +153,16 @@ impl Directory {
                 return;
             }
         }
-        let nodes = record
-            .elsewhere
-            .iter()
-            .map(|(node, _)| node.clone())
-            .collect();
+        let relay = Arc::new(RelayTarget {
+            room: record.room.clone(),
+            nodes: record
+                .elsewhere
+                .iter()
+                .map(|(node, _)| node.clone())
+                .collect(),
+        });
         self.records
-            .insert(record.room.clone(), SharedRoom { record, nodes });
+            .insert(record.room.clone(), SharedRoom { record, relay });
     }
 
     /// The room's record was deleted at `revision`.

@@ -25,7 +25,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::harness::{fake_wrap, Harness, TestIdentity};
 use crate::{
     Action, ClaimOutcome, CloseReason, ConnId, EntryOutcome, EntryTerms, Hub, KeyWrapJob, Limits,
-    NameClaim, NameRequest, PasswordJob, RoomEntry, RoomRecord,
+    MemberRename, NameClaim, NameRequest, PasswordJob, RoomEntry, RoomRecord,
 };
 use parlor_proto::rules::{self, Conversation, Delivery, Reader};
 use parlor_proto::secure::{opcode as secure_opcode, PLAIN_CHANNEL_BINDING};
@@ -654,7 +654,10 @@ impl SessionDriver {
                     self.store().names.remove(&name);
                 }
                 Action::LeaveRoom { room, member } => self.store().leave(&room, &member),
-                Action::RenameMember { room, old, new } => self.store().rename(&room, &old, &new),
+                Action::RenameMember(rename) => {
+                    let MemberRename { room, old, new } = *rename;
+                    self.store().rename(&room, &old, &new)
+                }
                 // With no other node, there is nobody to relay to.
                 Action::Relay { .. } => {
                     self.store();

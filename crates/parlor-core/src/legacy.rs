@@ -417,18 +417,16 @@ impl Hub {
         };
         self.stats
             .relayed(Relayed::Room, room.members().len().saturating_sub(1));
+        let relay = self.relay_target(current).map(|to| Action::Relay {
+            to: Arc::clone(to),
+            frame: frame.clone(),
+        });
         out.push(Action::Broadcast {
             to: room.members_now(),
             except: Some(conn),
-            frame: frame.clone(),
+            frame,
         });
-        if let Some(nodes) = self.nodes_of(current) {
-            out.push(Action::Relay {
-                nodes: Arc::clone(nodes),
-                room: current.clone(),
-                frame,
-            });
-        }
+        out.extend(relay);
     }
 
     pub(crate) fn direct_message(

@@ -119,8 +119,8 @@ use directory::{Directory, Room};
 use idle::IdleTimers;
 pub use limits::Limits;
 pub use nodes::{
-    DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, NodeId,
-    RoomEntry, RoomRecord,
+    DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, MemberRename,
+    NodeId, RelayTarget, RoomEntry, RoomRecord,
 };
 pub use rate::Rate;
 use rate::SlidingWindow;

@@ -71,6 +71,28 @@ pub struct RoomRecord {
     pub elsewhere: Vec<(NodeId, Vec<Bytes>)>,
 }
 
+/// Where a room's messages are relayed: the room, which the receiving node
+/// looks its members up by, and the other nodes that serve members of it.
+/// Made once per record of the room, so each relay shares it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RelayTarget {
+    /// The room.
+    pub room: Bytes,
+    /// The nodes, never this one.
+    pub nodes: Vec<NodeId>,
+}
+
+/// A member of a room renamed, for the room's record in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRename {
+    /// The room.
+    pub room: Bytes,
+    /// The name it had.
+    pub old: Bytes,
+    /// The name it has now.
+    pub new: Bytes,
+}
+
 /// A room the hub needs a connection entered into in the cluster's store.
 #[derive(Debug, Clone)]
 pub struct RoomEntry {
@@ -293,14 +315,14 @@ impl Hub {
             EntryTerms::Create { .. } => None,
             EntryTerms::Join { incarnation } => Some(incarnation),
         };
-        out.push(Action::EnterRoom(RoomEntry {
+        out.push(Action::EnterRoom(Box::new(RoomEntry {
             conn,
             ticket,
             room: room.clone(),
             member: user.name.clone(),
             terms,
             max_members: self.limits.max_room_members,
-        }));
+        })));
         user.pending = Some(Box::new(Pending::Entry(PendingJoin {
             ticket,
             room,
@@ -381,10 +403,11 @@ impl Hub {
         self.directory.clear_records();
     }
 
-    /// The nodes other than this one that serve members of `room`.
-    pub(crate) fn nodes_of(&self, room: &[u8]) -> Option<&Arc<[NodeId]>> {
+    /// Where messages of `room` are relayed, if other nodes serve members
+    /// of it.
+    pub(crate) fn relay_target(&self, room: &[u8]) -> Option<&Arc<RelayTarget>> {
         let shared = self.directory.record(room)?;
-        (!shared.nodes.is_empty()).then_some(&shared.nodes)
+        (!shared.relay.nodes.is_empty()).then_some(&shared.relay)
     }
 
     /// The names of the members of `room` served by other nodes.
@@ -410,13 +433,13 @@ impl Hub {
         let ticket = self.new_ticket();
         let user = self.users.get_mut(&conn).expect("caller checked");
         user.pending = Some(Box::new(Pending::Direct { ticket }));
-        out.push(Action::RelayDirect(DirectRelay {
+        out.push(Action::RelayDirect(Box::new(DirectRelay {
             conn,
             ticket,
             node,
             target: Bytes::copy_from_slice(target),
             frame,
-        }));
+        })));
         true
     }
 
@@ -496,7 +519,7 @@ impl Hub {
             .filter(|(name, _)| {
                 self.directory
                     .record(name)
-                    .is_some_and(|shared| shared.nodes.iter().any(|other| &**other == node))
+                    .is_some_and(|shared| shared.relay.nodes.iter().any(|other| &**other == node))
             })
             .flat_map(|(_, room)| room.members().iter().copied())
             .collect();
@@ -524,11 +547,11 @@ impl Hub {
             return;
         };
         if let (true, Some(room)) = (self.clustered, &user.room) {
-            out.push(Action::RenameMember {
+            out.push(Action::RenameMember(Box::new(MemberRename {
                 room: room.clone(),
                 old: old.clone(),
                 new: user.name.clone(),
-            });
+            })));
         }
     }
 }

@@ -704,13 +704,13 @@ impl Hub {
             identity: own.block.clone(),
         };
         user.pending = Some(Box::new(Pending::Direct { ticket }));
-        out.push(Action::RelayDmKey(DmKeyRelay {
+        out.push(Action::RelayDmKey(Box::new(DmKeyRelay {
             conn,
             ticket,
             node,
             target: Bytes::copy_from_slice(target),
             introduction: introduction.encode(),
-        }));
+        })));
     }
 
     /// A [`DmKeyRelay`] was answered by the target's node (or not at all):

@@ -635,7 +635,7 @@ impl<S: Transport> Connection<S> {
                 },
                 Fed::Room(entry) => {
                     let ticket = entry.ticket;
-                    match self.shared.enter_room(entry) {
+                    match self.shared.enter_room(*entry) {
                         Some(answer) => {
                             self.owed = Some(Box::new(OwedReply::Room { ticket, answer }));
                             return;

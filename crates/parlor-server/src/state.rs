@@ -26,8 +26,8 @@ use crate::password::PasswordPool;
 use parlor_cluster::Cluster;
 use parlor_core::{
     Action, ClaimOutcome, CloseReason, ConnId, DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay,
-    EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim, NameRequest, NodeId, PasswordJob,
-    PasswordOutcome, RoomEntry, RoomRecord,
+    EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, MemberRename, NameClaim, NameRequest, NodeId,
+    PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
 };
 use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::FrameCodec;
@@ -76,13 +76,13 @@ pub(crate) enum Fed {
     Name(NameClaim),
     /// Enter this room in the cluster ([`Shared::enter_room`]), then report
     /// with [`Shared::room_entered`].
-    Room(RoomEntry),
+    Room(Box<RoomEntry>),
     /// Hand this DM to another node ([`Shared::relay_direct`]), then report
     /// with [`Shared::direct_relayed`].
-    Direct(DirectRelay),
+    Direct(Box<DirectRelay>),
     /// Send this DM key request to another node ([`Shared::relay_dm_key`]),
     /// then report with [`Shared::dm_key_relayed`].
-    DmKey(DmKeyRelay),
+    DmKey(Box<DmKeyRelay>),
 }
 
 impl Shared {
@@ -219,8 +219,11 @@ impl Shared {
         match action {
             Action::ReleaseName(name) => cluster.release(name),
             Action::LeaveRoom { room, member } => cluster.leave_room(room, member),
-            Action::RenameMember { room, old, new } => cluster.rename_member(room, old, new),
-            Action::Relay { nodes, room, frame } => cluster.relay(&nodes, &room, &frame),
+            Action::RenameMember(rename) => {
+                let MemberRename { room, old, new } = *rename;
+                cluster.rename_member(room, old, new)
+            }
+            Action::Relay { to, frame } => cluster.relay(&to.nodes, &to.room, &frame),
             Action::AnswerDmKey { ask, answer } => cluster.answer_dm_key(ask, answer),
             other => error!(action = ?other, "not the cluster's work"),
         }
@@ -491,7 +494,7 @@ impl Shared {
                     }
                     work @ (Action::ReleaseName(_)
                     | Action::LeaveRoom { .. }
-                    | Action::RenameMember { .. }
+                    | Action::RenameMember(_)
                     | Action::AnswerDmKey { .. }) => self.cluster_work(work),
                 }
             }

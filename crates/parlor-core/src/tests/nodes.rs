@@ -5,7 +5,8 @@
 use super::claims::clustered;
 use super::*;
 use crate::{
-    DirectOutcome, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, NodeId, RoomEntry, RoomRecord,
+    DirectOutcome, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, MemberRename, NodeId,
+    RoomEntry, RoomRecord,
 };
 use parlor_proto::legacy::{encode_direct_message, encode_room_message};
 use parlor_proto::secure::{dm_key_label, SecureMessage};
@@ -47,7 +48,7 @@ fn entry(out: &[Action]) -> RoomEntry {
         })
         .collect();
     assert_eq!(entries.len(), 1, "one entry in {out:?}");
-    entries[0].clone()
+    (*entries[0]).clone()
 }
 
 /// The cluster's work among `out` that owes no reply, in order, as text.
@@ -58,11 +59,12 @@ fn work(out: &[Action]) -> Vec<String> {
             Action::LeaveRoom { room, member } => {
                 Some(format!("leave {} {}", text(room), text(member)))
             }
-            Action::RenameMember { room, old, new } => {
+            Action::RenameMember(rename) => {
+                let MemberRename { room, old, new } = &**rename;
                 Some(format!("rename {} {} {}", text(room), text(old), text(new)))
             }
             Action::ReleaseName(name) => Some(format!("release {}", text(name))),
-            Action::Relay { nodes, room, .. } => Some(format!("relay {} to {nodes:?}", text(room))),
+            Action::Relay { to, .. } => Some(format!("relay {} to {:?}", text(&to.room), to.nodes)),
             _ => None,
         })
         .collect()
@@ -398,7 +400,7 @@ fn dm_key_relay(out: &[Action]) -> DmKeyRelay {
     let [Action::RelayDmKey(relay)] = out else {
         panic!("one DM key relay in {out:?}")
     };
-    relay.clone()
+    (**relay).clone()
 }
 
 /// The answers to other nodes' DM key requests among `out`.
