@@ -23,7 +23,7 @@ use crate::keys::{
 };
 use crate::lease::Lease;
 use crate::liveness::Liveness;
-use crate::relay::Relay;
+use crate::relay::{self, Relay};
 use crate::rooms::StoredRoom;
 use crate::{JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET, ROOMS_BUCKET};
 use parlor_core::{
@@ -65,6 +65,8 @@ pub struct ClusterStats {
     pub relays_sent: u64,
     /// Relays dropped because the queue to NATS was full.
     pub relays_dropped: u64,
+    /// Room messages sent again because another node missed them.
+    pub relays_resent: u64,
     /// How often this node's connections stopped reading until the queue
     /// of relays to NATS drained.
     pub relay_backlogs: u64,
@@ -182,6 +184,7 @@ impl Cluster {
         let tasks = vec![
             tokio::spawn(Arc::clone(&inner).run_queue(queue)),
             tokio::spawn(Arc::clone(&inner).keep_lease(ops.clone())),
+            tokio::spawn(Arc::clone(&inner).tick_relay()),
             tokio::spawn(Arc::clone(&inner).watch_names()),
             tokio::spawn(Arc::clone(&inner).watch_nodes()),
             tokio::spawn(Arc::clone(&inner).watch_rooms()),
@@ -285,6 +288,7 @@ impl Cluster {
             ),
             relays_sent: self.inner.relay.sent.load(Ordering::Relaxed),
             relays_dropped: self.inner.relay.dropped.load(Ordering::Relaxed),
+            relays_resent: self.inner.relay.resent.load(Ordering::Relaxed),
             relay_backlogs: self.inner.relay.backlogs.load(Ordering::Relaxed),
             relays_received: self.inner.relay.received.load(Ordering::Relaxed),
             relay_gaps: self.inner.relay.gaps.load(Ordering::Relaxed),
@@ -698,15 +702,24 @@ impl Inner {
         warn!(key, "a room is too contended to change; the sweep will");
     }
 
-    /// Renews the lease every quarter TTL (and ticks the relay: see
-    /// `relay.rs`); fences the node when it cannot,
+    /// Tells the other nodes, every [`relay::TICK`], the last number
+    /// relayed to each since the last tick (see `relay.rs`).
+    async fn tick_relay(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(relay::TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.relay.tick();
+        }
+    }
+
+    /// Renews the lease every quarter TTL; fences the node when it cannot,
     /// and starts a new run once it can again.
     async fn keep_lease(self: Arc<Self>, ops: mpsc::UnboundedSender<Op>) {
         let every = self.state().lease.renew_every();
         let mut next = Instant::now() + every;
         loop {
             tokio::time::sleep_until(next.into()).await;
-            self.relay.tick();
             let sent = Instant::now();
             next = sent + every;
             let run = {

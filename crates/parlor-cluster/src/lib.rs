@@ -39,6 +39,7 @@ mod driver;
 mod keys;
 mod lease;
 mod liveness;
+mod order;
 mod relay;
 mod rooms;
 

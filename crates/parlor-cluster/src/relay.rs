@@ -13,22 +13,15 @@
 //! task, so every member sees one node's messages in the order that node
 //! accepted them: one sender's messages in its order.
 //!
-//! Core NATS delivers at most once: a message is lost when a subscriber's
-//! channel is full, when the server cuts a slow connection, or across a
-//! reconnect. So each node numbers what it relays to each other node, and
-//! a node that sees a number skipped knows that it missed room messages
-//! from that node; its hub then disconnects every member who may have
-//! missed one, as a slow consumer ([`parlor_core::Hub::relay_lost`]),
-//! rather than leave them believing they have them all. The numbers count
-//! from 1 for each run of the sender and each run of the receiver that the
-//! sender has seen renew its lease (a [`Numbering`]), so a receiver knows
-//! that a numbering meant for its own run must start at 1, and a lost
-//! first message is a gap like any other. Only while the sender has not
-//! yet seen the receiver's run (a moment after it starts) does the first
-//! number heard set where they start. A loss with nothing relayed after it
-//! would show no gap, so a node that relayed to another since its last
-//! tick also tells it, every tick (a quarter of the lease TTL), the last
-//! number it sent.
+//! Core NATS delivers at most once, so each node numbers what it relays to
+//! each other node and keeps the last [`RETAIN`] of them; a receiver that
+//! sees a number skipped asks for it again (a RESEND, answered from what
+//! was kept) and holds what follows until it comes, and only a gap that
+//! stays open disconnects the members who may have missed a message, as
+//! slow consumers ([`parlor_core::Hub::relay_lost`]): `order.rs` decides
+//! it. A loss with nothing relayed after it would show no gap, so a node
+//! that relayed to another since its last tick also tells it, every
+//! [`TICK`], the last number it sent.
 //!
 //! When NATS takes relays more slowly than this node's clients send room
 //! messages, the queue to it fills; before it is full, the node stops
@@ -62,8 +55,9 @@ use futures_util::StreamExt;
 use parlor_core::{DirectOutcome, DmKeyAnswer, NodeId};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::order::{Numbering, Order, Steps, ASK_AGAIN, UNSEEN_RUN};
 use crate::Node;
 
 /// How many relayed messages may wait to be handed to the NATS client.
@@ -84,6 +78,18 @@ const ROOM: u8 = 1;
 const DIRECT: u8 = 2;
 const SYNC: u8 = 3;
 const DM_KEY: u8 = 4;
+const RESEND: u8 = 5;
+
+/// How often a node tells each node it relayed to since the last time the
+/// last number it sent: how late, at most, a lost message with none after
+/// it is seen missing. One small message per node and tick, and none while
+/// nothing is relayed.
+pub(crate) const TICK: Duration = Duration::from_millis(250);
+
+/// How many of the room messages last relayed to each node are kept to be
+/// sent again: at 100,000 relays a second, 0.16 s, and at a busy node's
+/// usual rate many seconds.
+const RETAIN: usize = 16 * 1024;
 
 /// How many DM key requests from other nodes may wait for their keys.
 const ASKS: usize = 4096;
@@ -100,21 +106,6 @@ fn reply_subject(node: &str, id: Option<u64>) -> String {
         None => format!("parlor.reply.{node}.*"),
     }
 }
-
-/// Which count a relayed room message's number belongs to: one per run of
-/// the sender and run of the receiver, each counting from 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Numbering {
-    /// The sender's run.
-    from_run: u64,
-    /// The receiver's run as the sender last saw it renew, or
-    /// [`UNSEEN_RUN`].
-    to_run: u64,
-}
-
-/// The receiver's run, in a [`Numbering`] made before the sender saw the
-/// receiver's lease record: runs are never 0.
-const UNSEEN_RUN: u64 = 0;
 
 /// What one node sends another, as decoded.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,6 +126,13 @@ enum Envelope {
         from: Bytes,
         numbering: Numbering,
         seq: u64,
+    },
+    /// Node `from` asks for numbers `first` to `last` of `numbering` again.
+    Resend {
+        from: Bytes,
+        numbering: Numbering,
+        first: u64,
+        last: u64,
     },
     /// A DM_KEY_REQUEST for `target` by the user `introduction` names.
     DmKey { target: Bytes, introduction: Bytes },
@@ -160,6 +158,15 @@ impl Envelope {
         out.freeze()
     }
 
+    /// `05`, the asking node's id (u8 length), the numbering's two runs,
+    /// the first and the last number (u64 BE).
+    fn resend(from: &str, numbering: Numbering, first: u64, last: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 1 + from.len() + NUMBERED + 8);
+        put_numbered(&mut out, RESEND, from, numbering, first);
+        out.put_u64(last);
+        out.freeze()
+    }
+
     /// `02` (or `04` for a DM key request), the target (u16 length), then
     /// the frame (or the introduction).
     fn direct(kind: u8, target: &[u8], frame: &[u8]) -> Bytes {
@@ -176,7 +183,7 @@ impl Envelope {
         }
         let kind = payload.get_u8();
         match kind {
-            ROOM | SYNC => {
+            ROOM | SYNC | RESEND => {
                 let from = take(&mut payload, 1)?;
                 if payload.remaining() < NUMBERED {
                     return None;
@@ -191,6 +198,14 @@ impl Envelope {
                         from,
                         numbering,
                         seq,
+                    });
+                }
+                if kind == RESEND {
+                    return (payload.remaining() == 8).then(|| Envelope::Resend {
+                        from,
+                        numbering,
+                        first: seq,
+                        last: payload.get_u64(),
                     });
                 }
                 let room = take(&mut payload, 2)?;
@@ -294,6 +309,23 @@ enum Outgoing {
         subject: Subject,
         payload: Bytes,
     },
+    /// A room message, number `seq` of `numbering` to `node`: kept to be
+    /// sent again.
+    Numbered {
+        node: NodeId,
+        subject: Subject,
+        numbering: Numbering,
+        seq: u64,
+        payload: Bytes,
+    },
+    /// Numbers `first` to `last` of `numbering` to `node` again, as far as
+    /// they are kept.
+    Resend {
+        node: Bytes,
+        numbering: Numbering,
+        first: u64,
+        last: u64,
+    },
     Request {
         subject: Subject,
         id: u64,
@@ -372,6 +404,8 @@ pub(crate) struct Relay {
     pub(crate) backlogs: AtomicU64,
     pub(crate) received: Arc<AtomicU64>,
     pub(crate) gaps: Arc<AtomicU64>,
+    /// Room messages sent again because another node asked.
+    pub(crate) resent: Arc<AtomicU64>,
 }
 
 /// The numbering of this run's relays.
@@ -435,6 +469,7 @@ impl Relay {
             backlogs: AtomicU64::new(0),
             received: Arc::default(),
             gaps: Arc::default(),
+            resent: Arc::default(),
         };
         let tasks = RelayTasks {
             publish: Box::pin(publish(
@@ -442,15 +477,20 @@ impl Relay {
                 node_id.to_owned(),
                 outgoing,
                 Arc::clone(&relay.backlog),
+                Arc::clone(&relay.resent),
             )),
             receive: Box::pin(receive(
                 client,
                 relays,
-                node,
+                Receiving {
+                    node,
+                    me: node_id.to_owned(),
+                    queue: relay.queue.clone(),
+                    gaps: Arc::clone(&relay.gaps),
+                },
                 Arc::clone(&relay.run),
                 Arc::clone(&relay.asks),
                 Arc::clone(&relay.received),
-                Arc::clone(&relay.gaps),
             )),
             replies: Box::pin(answers(replies, Arc::clone(&relay.waiting))),
             expire: Box::pin(expire(
@@ -508,8 +548,13 @@ impl Relay {
                 to_run,
             };
             let payload = Envelope::room(&self.node, numbering, sent.seq, room, frame);
-            let subject = sent.subject.clone();
-            self.hand_over(Outgoing::Publish { subject, payload });
+            self.hand_over(Outgoing::Numbered {
+                node: node.clone(),
+                subject: sent.subject.clone(),
+                numbering,
+                seq: sent.seq,
+                payload,
+            });
         }
     }
 
@@ -655,20 +700,54 @@ fn answer_once(waiting: &Mutex<HashMap<u64, Waiter>>, id: u64, payload: Option<B
     }
 }
 
-/// Hands what is queued to the NATS client, in order, and wakes the
-/// connections waiting for the queue to drain once it has.
+/// Hands what is queued to the NATS client, in order, keeps the room
+/// messages to be sent again, and wakes the connections waiting for the
+/// queue to drain once it has.
 async fn publish(
     client: Client,
     node: String,
     mut outgoing: mpsc::Receiver<Outgoing>,
     backlog: Arc<Backlog>,
+    resent: Arc<AtomicU64>,
 ) {
+    let mut kept: HashMap<NodeId, Kept> = HashMap::new();
     while let Some(next) = outgoing.recv().await {
         if backlog.waiting.load(Ordering::SeqCst) > 0 && outgoing.len() <= BACKLOG {
             backlog.drained.notify_waiters();
         }
         let sent = match next {
             Outgoing::Publish { subject, payload } => client.publish(subject, payload).await,
+            Outgoing::Numbered {
+                node,
+                subject,
+                numbering,
+                seq,
+                payload,
+            } => {
+                kept.entry(node)
+                    .or_insert_with(|| Kept::new(subject.clone(), numbering, seq))
+                    .keep(numbering, seq, payload.clone());
+                client.publish(subject, payload).await
+            }
+            Outgoing::Resend {
+                node,
+                numbering,
+                first,
+                last,
+            } => {
+                let kept = std::str::from_utf8(&node)
+                    .ok()
+                    .and_then(|node| kept.get(node))
+                    .filter(|kept| kept.numbering == numbering);
+                let mut sent = Ok(());
+                if let Some(kept) = kept {
+                    for payload in kept.range(first, last) {
+                        resent.fetch_add(1, Ordering::Relaxed);
+                        sent = client.publish(kept.subject.clone(), payload.clone()).await;
+                    }
+                }
+                sent
+            }
             Outgoing::Request {
                 subject,
                 id,
@@ -684,23 +763,128 @@ async fn publish(
     }
 }
 
-/// Hands what other nodes relay to the server, and answers their DMs.
+/// The room messages last relayed to one node, to be sent again when it
+/// asks: at most [`RETAIN`] of them and [`RETAIN_BYTES`] in all.
+struct Kept {
+    subject: Subject,
+    numbering: Numbering,
+    /// The number of the first one kept.
+    first: u64,
+    payloads: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// The most bytes of room messages kept for one node.
+const RETAIN_BYTES: usize = 8 * 1024 * 1024;
+
+impl Kept {
+    fn new(subject: Subject, numbering: Numbering, first: u64) -> Kept {
+        Kept {
+            subject,
+            numbering,
+            first,
+            payloads: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Keeps number `seq` of `numbering`. A new numbering, or a number
+    /// that does not follow the last (one dropped by a full queue, which
+    /// nobody can have), starts the keeping afresh.
+    fn keep(&mut self, numbering: Numbering, seq: u64, payload: Bytes) {
+        let next = self.first + self.payloads.len() as u64;
+        if numbering != self.numbering || seq != next {
+            (self.numbering, self.first) = (numbering, seq);
+            self.payloads.clear();
+            self.bytes = 0;
+        }
+        self.bytes += payload.len();
+        self.payloads.push_back(payload);
+        while self.payloads.len() > RETAIN || self.bytes > RETAIN_BYTES {
+            let dropped = self.payloads.pop_front().expect("more than none kept");
+            self.bytes -= dropped.len();
+            self.first += 1;
+        }
+    }
+
+    /// Numbers `first` to `last`, as far as they are kept.
+    fn range(&self, first: u64, last: u64) -> impl Iterator<Item = &Bytes> + '_ {
+        let len = self.payloads.len() as u64;
+        let from = first.saturating_sub(self.first).min(len);
+        let to = last
+            .saturating_add(1)
+            .saturating_sub(self.first)
+            .clamp(from, len);
+        self.payloads.range(from as usize..to as usize)
+    }
+}
+
+/// What the receiving task tells the server and asks of other nodes.
+struct Receiving {
+    node: Arc<dyn Node>,
+    /// This node's id, which its RESENDs carry.
+    me: String,
+    queue: mpsc::Sender<Outgoing>,
+    gaps: Arc<AtomicU64>,
+}
+
+impl Receiving {
+    /// Carries out what [`Order`] decided about the relays from `from`.
+    fn carry_out(&self, from: &Bytes, steps: Steps) {
+        if steps.lost {
+            lost(&*self.node, from, &self.gaps);
+        }
+        for (room, frame) in steps.deliver {
+            self.node.relayed_room_message(&room, frame);
+        }
+        if let Some((numbering, first, last)) = steps.ask {
+            let from = String::from_utf8_lossy(from);
+            info!(node = %from, first, last, "asking a node again for room messages it relayed");
+            let subject = node_subject(&from);
+            let payload = Envelope::resend(&self.me, numbering, first, last);
+            // Not a relay: nothing counted. If the queue is full, the gap
+            // is asked for again a moment later.
+            let _ = self.queue.try_send(Outgoing::Publish { subject, payload });
+        }
+    }
+}
+
+/// Hands what other nodes relay to the server, in each sender's order, and
+/// answers their DMs and RESENDs.
 async fn receive(
     client: Client,
     mut relays: Subscriber,
-    node: Arc<dyn Node>,
+    receiving: Receiving,
     run: Arc<AtomicU64>,
     asks: Arc<Mutex<Asks>>,
     received: Arc<AtomicU64>,
-    gaps: Arc<AtomicU64>,
 ) {
-    let mut heard = Heard::default();
-    while let Some(message) = relays.next().await {
+    let mut order = Order::default();
+    let mut ticks = tokio::time::interval(ASK_AGAIN);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            message = relays.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = ticks.tick() => {
+                for (from, steps) in order.poll(std::time::Instant::now()) {
+                    receiving.carry_out(&from, steps);
+                }
+                continue;
+            }
+        };
         let envelope = Envelope::decode(message.payload);
-        // A tick carries no message: only what was relayed is counted.
-        if !matches!(envelope, Some(Envelope::Sync { .. }) | None) {
+        // Ticks and RESENDs carry no message: only what was relayed is
+        // counted.
+        if !matches!(
+            envelope,
+            Some(Envelope::Sync { .. } | Envelope::Resend { .. }) | None
+        ) {
             received.fetch_add(1, Ordering::Relaxed);
         }
+        let (mine, now) = (run.load(Ordering::Relaxed), std::time::Instant::now());
         match envelope {
             Some(Envelope::Room {
                 from,
@@ -709,23 +893,34 @@ async fn receive(
                 room,
                 frame,
             }) => {
-                let mine = run.load(Ordering::Relaxed);
-                if !heard.room(from.clone(), numbering, seq, mine) {
-                    lost(&*node, &from, &gaps);
-                }
-                node.relayed_room_message(&room, frame);
+                let steps = order.room(&from, numbering, seq, (room, frame), mine, now);
+                receiving.carry_out(&from, steps);
             }
             Some(Envelope::Sync {
                 from,
                 numbering,
                 seq,
             }) => {
-                if heard.sync(from.clone(), numbering, seq, run.load(Ordering::Relaxed)) {
-                    lost(&*node, &from, &gaps);
-                }
+                let steps = order.sync(&from, numbering, seq, mine, now);
+                receiving.carry_out(&from, steps);
+            }
+            Some(Envelope::Resend {
+                from,
+                numbering,
+                first,
+                last,
+            }) => {
+                let resend = Outgoing::Resend {
+                    node: from,
+                    numbering,
+                    first,
+                    last,
+                };
+                // If the queue is full, the asking node asks again.
+                let _ = receiving.queue.try_send(resend);
             }
             Some(Envelope::Direct { target, frame }) => {
-                let delivered = node.relayed_direct_message(&target, frame);
+                let delivered = receiving.node.relayed_direct_message(&target, frame);
                 if let Some(reply) = message.reply {
                     let answer = Bytes::from_static(if delivered { b"1" } else { b"0" });
                     if let Err(err) = client.publish(reply, answer).await {
@@ -753,7 +948,9 @@ async fn receive(
                     }
                 };
                 match ask {
-                    Some(ask) => node.relayed_dm_key_request(ask, &target, introduction),
+                    Some(ask) => receiving
+                        .node
+                        .relayed_dm_key_request(ask, &target, introduction),
                     None => {
                         let busy = encode_dm_key_answer(DmKeyAnswer::Busy);
                         if let Err(err) = client.publish(reply, busy).await {
@@ -764,51 +961,6 @@ async fn receive(
             }
             None => warn!(subject = %message.subject, "a relay that no node of parlor sent"),
         }
-    }
-}
-
-/// The last number heard from each node, and of which numbering.
-#[derive(Default)]
-struct Heard {
-    last: HashMap<Bytes, (Numbering, u64)>,
-}
-
-impl Heard {
-    /// Takes in number `seq` of `numbering` from node `from`, this node
-    /// being run `mine`; returns whether it was the next one expected.
-    fn room(&mut self, from: Bytes, numbering: Numbering, seq: u64, mine: u64) -> bool {
-        match self.last.get_mut(&from) {
-            Some((known, last)) if *known == numbering => std::mem::replace(last, seq) + 1 == seq,
-            _ => {
-                self.last.insert(from, (numbering, seq));
-                seq == 1 || !Self::meant_for(numbering, mine)
-            }
-        }
-    }
-
-    /// Takes in that node `from` relayed `seq` numbers of `numbering` here;
-    /// returns whether some of them were never heard.
-    fn sync(&mut self, from: Bytes, numbering: Numbering, seq: u64, mine: u64) -> bool {
-        match self.last.get_mut(&from) {
-            Some((known, last)) if *known == numbering => {
-                let behind = *last < seq;
-                *last = seq.max(*last);
-                behind
-            }
-            _ if Self::meant_for(numbering, mine) => {
-                self.last.insert(from, (numbering, seq));
-                seq > 0
-            }
-            // Numbers for another run of this node, or from before the
-            // sender saw this one: nothing to tell what was missed.
-            _ => false,
-        }
-    }
-
-    /// Whether `numbering` counts from 1 for this node's run `mine`, so
-    /// its first number heard must be 1.
-    fn meant_for(numbering: Numbering, mine: u64) -> bool {
-        numbering.to_run == mine
     }
 }
 
@@ -913,6 +1065,17 @@ mod tests {
             })
         );
         assert_eq!(Envelope::decode(sync.slice(..sync.len() - 1)), None);
+        let resend = Envelope::resend("a", numbering, 3, 9);
+        assert_eq!(
+            Envelope::decode(resend.clone()),
+            Some(Envelope::Resend {
+                from: Bytes::from_static(b"a"),
+                numbering,
+                first: 3,
+                last: 9
+            })
+        );
+        assert_eq!(Envelope::decode(resend.slice(..resend.len() - 1)), None);
     }
 
     #[tokio::test]
@@ -954,53 +1117,23 @@ mod tests {
         }
     }
 
-    const MINE: u64 = 4;
-
-    fn numbering(from_run: u64, to_run: u64) -> Numbering {
-        Numbering { from_run, to_run }
-    }
-
     #[test]
-    fn numbers_in_order_pass_and_a_skip_is_seen_once() {
-        let mut heard = Heard::default();
-        let a = Bytes::from_static(b"a");
-        let ours = numbering(1, MINE);
-        assert!(heard.room(a.clone(), ours, 1, MINE));
-        assert!(heard.room(a.clone(), ours, 2, MINE));
-        assert!(!heard.room(a.clone(), ours, 4, MINE), "3 was lost");
-        assert!(heard.room(a.clone(), ours, 5, MINE));
-        assert!(
-            heard.room(a, numbering(2, MINE), 1, MINE),
-            "a new run of the sender counts from 1 again"
-        );
-    }
-
-    #[test]
-    fn a_lost_first_message_is_a_gap_when_the_numbering_is_this_runs() {
-        let a = Bytes::from_static(b"a");
-        let mut heard = Heard::default();
-        assert!(!heard.room(a.clone(), numbering(1, MINE), 3, MINE));
-        // Before the sender saw this run, or for a run before it, the
-        // first number heard is where the count starts.
-        for unknown in [UNSEEN_RUN, MINE - 1] {
-            let mut heard = Heard::default();
-            assert!(heard.room(a.clone(), numbering(1, unknown), 3, MINE));
-            assert!(heard.room(a.clone(), numbering(1, unknown), 4, MINE));
+    fn the_last_relays_are_kept_in_order_and_a_skip_starts_afresh() {
+        let numbering = Numbering {
+            from_run: 1,
+            to_run: 2,
+        };
+        let payload = |seq: u64| Bytes::from(seq.to_string());
+        let mut kept = Kept::new(node_subject("b"), numbering, 1);
+        for seq in 1..=(RETAIN as u64 + 10) {
+            kept.keep(numbering, seq, payload(seq));
         }
-    }
-
-    #[test]
-    fn a_tick_past_the_last_number_heard_is_a_gap() {
-        let a = Bytes::from_static(b"a");
-        let ours = numbering(1, MINE);
-        let mut heard = Heard::default();
-        assert!(heard.room(a.clone(), ours, 1, MINE));
-        assert!(!heard.sync(a.clone(), ours, 1, MINE), "all heard");
-        assert!(heard.sync(a.clone(), ours, 2, MINE), "2 was lost");
-        assert!(heard.room(a.clone(), ours, 3, MINE), "and was counted once");
-        // Everything of a numbering for this run lost: the tick tells.
-        let mut heard = Heard::default();
-        assert!(heard.sync(a.clone(), ours, 2, MINE));
-        assert!(!heard.sync(a, numbering(1, UNSEEN_RUN), 2, MINE));
+        assert_eq!(kept.first, 11, "only the last RETAIN");
+        let range: Vec<_> = kept.range(5, 13).cloned().collect();
+        assert_eq!(range, [payload(11), payload(12), payload(13)]);
+        assert_eq!(kept.range(RETAIN as u64 + 10, u64::MAX).count(), 1);
+        assert_eq!(kept.range(9, 3).count(), 0);
+        kept.keep(numbering, RETAIN as u64 + 12, payload(0));
+        assert_eq!(kept.range(0, u64::MAX).count(), 1, "11 was never kept");
     }
 }

@@ -159,6 +159,11 @@ pub fn render(stats: &Stats, busy_pauses: u64, cluster: Option<&ClusterStats>) -
             counter(cluster.relays_dropped),
         );
         cluster_registry.register(
+            "relays_resent",
+            "Room messages sent again because another node missed them",
+            counter(cluster.relays_resent),
+        );
+        cluster_registry.register(
             "relay_backlogs",
             "Times a connection stopped reading until the queue of relays to NATS drained",
             counter(cluster.relay_backlogs),
