@@ -124,11 +124,16 @@ impl FromNode {
 #[derive(Debug, Default)]
 pub(crate) struct Order {
     nodes: HashMap<Bytes, FromNode>,
+    /// What [`Order::room`] and [`Order::sync`] decide, for the caller to
+    /// carry out and empty: kept, so that a message in order allocates
+    /// nothing.
+    steps: Steps,
 }
 
 impl Order {
     /// Message number `seq` of `numbering` came from node `from`, this node
-    /// being run `mine`.
+    /// being run `mine`: what to do, for the caller to carry out and leave
+    /// empty.
     pub(crate) fn room(
         &mut self,
         from: &Bytes,
@@ -137,9 +142,9 @@ impl Order {
         message: Relayed,
         mine: u64,
         now: Instant,
-    ) -> Steps {
-        let mut steps = Steps::default();
-        let node = self.count(from, numbering, seq.saturating_sub(1), mine, &mut steps);
+    ) -> &mut Steps {
+        let Order { nodes, steps } = self;
+        let node = count(nodes, from, numbering, seq.saturating_sub(1), mine, steps);
         node.known = node.known.max(seq);
         if seq <= node.delivered || node.held.contains_key(&seq) {
             // A copy: asked for again, and the first came after all.
@@ -154,16 +159,17 @@ impl Order {
             }
         } else if node.held.len() >= HOLD {
             node.held.insert(seq, message);
-            node.give_up(&mut steps);
+            node.give_up(steps);
             return steps;
         } else {
             node.held.insert(seq, message);
         }
-        node.check_gap(now, &mut steps);
+        node.check_gap(now, steps);
         steps
     }
 
-    /// Node `from` says it relayed `seq` numbers of `numbering` here.
+    /// Node `from` says it relayed `seq` numbers of `numbering` here; as
+    /// [`Order::room`].
     pub(crate) fn sync(
         &mut self,
         from: &Bytes,
@@ -171,12 +177,18 @@ impl Order {
         seq: u64,
         mine: u64,
         now: Instant,
-    ) -> Steps {
-        let mut steps = Steps::default();
-        let node = self.count(from, numbering, seq, mine, &mut steps);
+    ) -> &mut Steps {
+        let Order { nodes, steps } = self;
+        let node = count(nodes, from, numbering, seq, mine, steps);
         node.known = node.known.max(seq);
-        node.check_gap(now, &mut steps);
+        node.check_gap(now, steps);
         steps
+    }
+
+    /// Whether some node's relays have a gap open, which [`Order::poll`]
+    /// must be called for until it closes.
+    pub(crate) fn gaps_open(&self) -> bool {
+        self.nodes.values().any(|node| node.gap.is_some())
     }
 
     /// What is due at `now`: gaps to ask for again, and gaps given up.
@@ -199,36 +211,36 @@ impl Order {
         }
         due
     }
+}
 
-    /// The count of `numbering` from `from`, started afresh when it is a
-    /// new one: at 0 when it is meant for this run, else at `heard_before`
-    /// (the first number heard sets the start). What an older count still
-    /// held is given up.
-    fn count(
-        &mut self,
-        from: &Bytes,
-        numbering: Numbering,
-        heard_before: u64,
-        mine: u64,
-        steps: &mut Steps,
-    ) -> &mut FromNode {
-        let start = if numbering.to_run == mine {
-            0
-        } else {
-            heard_before
-        };
-        let node = self
-            .nodes
-            .entry(from.clone())
-            .or_insert_with(|| FromNode::new(numbering, start));
-        if node.numbering != numbering {
-            if node.gap.is_some() {
-                node.give_up(steps);
-            }
-            *node = FromNode::new(numbering, start);
-        }
-        node
+/// The count of `numbering` from `from` among `nodes`, started afresh when
+/// it is a new one: at 0 when it is meant for this run, `mine`, else at
+/// `heard_before` (the first number heard sets the start). What an older
+/// count still held is given up into `steps`.
+fn count<'a>(
+    nodes: &'a mut HashMap<Bytes, FromNode>,
+    from: &Bytes,
+    numbering: Numbering,
+    heard_before: u64,
+    mine: u64,
+    steps: &mut Steps,
+) -> &'a mut FromNode {
+    let start = if numbering.to_run == mine {
+        0
+    } else {
+        heard_before
+    };
+    if !nodes.contains_key(from) {
+        nodes.insert(from.clone(), FromNode::new(numbering, start));
     }
+    let node = nodes.get_mut(from).expect("just made");
+    if node.numbering != numbering {
+        if node.gap.is_some() {
+            node.give_up(steps);
+        }
+        *node = FromNode::new(numbering, start);
+    }
+    node
 }
 
 #[cfg(test)]
@@ -270,13 +282,13 @@ mod tests {
 
         fn room(&mut self, numbering: Numbering, seq: u64) -> Steps {
             let from = self.from.clone();
-            self.order
-                .room(&from, numbering, seq, message(seq), MINE, self.now)
+            let steps = (self.order).room(&from, numbering, seq, message(seq), MINE, self.now);
+            std::mem::take(steps)
         }
 
         fn sync(&mut self, numbering: Numbering, seq: u64) -> Steps {
             let from = self.from.clone();
-            self.order.sync(&from, numbering, seq, MINE, self.now)
+            std::mem::take(self.order.sync(&from, numbering, seq, MINE, self.now))
         }
 
         fn wait(&mut self, time: Duration) -> Vec<Steps> {
