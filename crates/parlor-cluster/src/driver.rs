@@ -3,7 +3,7 @@
 //! in `lease.rs`, `liveness.rs` and `rooms.rs`, and the relay between nodes
 //! lives in `relay.rs`; this file only talks to the key-value store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use crate::keys::{
@@ -36,7 +36,21 @@ use parlor_core::{
 const MARKER_TTL: Duration = Duration::from_secs(60);
 /// How often a lost compare-and-set (on the guest counter, or on a room's
 /// record) is tried again before the change gives up.
-const CAS_TRIES: usize = 16;
+const CAS_TRIES: u32 = 16;
+/// The longest pause before a compare-and-set is tried again.
+const MAX_CAS_PAUSE: Duration = Duration::from_millis(50);
+
+/// Before attempt `attempt` of a compare-and-set, a pause drawn at random
+/// from up to 1 ms × 2^(attempt − 1), [`MAX_CAS_PAUSE`] at most (none
+/// before the first): nodes that keep losing to each other fall out of
+/// step, and the one on the slowest core is not always the one that reads
+/// last.
+async fn pause_before(attempt: u32) {
+    if attempt > 0 {
+        let most = Duration::from_millis(1 << (attempt - 1).min(6)).min(MAX_CAS_PAUSE);
+        tokio::time::sleep(most.mul_f64(rand::random::<f64>())).await;
+    }
+}
 /// The longest wait between two attempts to watch a bucket again.
 const MAX_WATCH_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -380,6 +394,55 @@ async fn open_bucket(
         })
 }
 
+/// How many pieces of the store's work run at once.
+const IN_FLIGHT: usize = 64;
+
+/// Which work must be done in the order it was asked for: work on one name
+/// (a release, then a claim of it again), on one room (an entry, then a
+/// leave), or on the guest counter.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Lane {
+    Name(Bytes),
+    Room(Bytes),
+    Guests,
+}
+
+impl Lane {
+    /// The lane of `op`; `None` for work that waits for everything asked
+    /// before it.
+    fn of(op: &Op) -> Option<Lane> {
+        match op {
+            Op::Claim {
+                request: NameRequest::Guest,
+                ..
+            } => Some(Lane::Guests),
+            Op::Claim {
+                request: NameRequest::Exactly(name),
+                ..
+            }
+            | Op::Release(name) => Some(Lane::Name(name.clone())),
+            Op::Enter { entry, .. } => Some(Lane::Room(entry.room.clone())),
+            Op::Leave { room, .. } | Op::Rename { room, .. } => Some(Lane::Room(room.clone())),
+            Op::Flush(_) | Op::Fenced => None,
+        }
+    }
+}
+
+/// What the store's queue keeps of this run.
+#[derive(Default)]
+struct Mine {
+    /// The names this run holds, with the revision each was won at.
+    held: Mutex<HashMap<Bytes, u64>>,
+    /// The guest numbers left in this node's block.
+    guests: Mutex<Range<u64>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Why a claim failed.
 enum Refused {
     Taken,
@@ -393,71 +456,134 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Carries out claims and releases one at a time, in order.
+    /// Carries out the store's work in the order it was asked for, per
+    /// lane: one name, one room, or the guest counter. Work in different
+    /// lanes runs side by side, [`IN_FLIGHT`] at most, so a crowd of
+    /// connections claiming names and entering rooms waits for the store's
+    /// round trips together rather than one after another. A flush, or the
+    /// end of the lease, waits for everything asked before it.
     async fn run_queue(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Op>) {
-        // The names this run holds, with the revision each was won at.
-        let mut held: HashMap<Bytes, u64> = HashMap::new();
-        let mut guests: Range<u64> = 0..0;
-        while let Some(op) = queue.recv().await {
-            match op {
-                Op::Claim { request, reply } => {
-                    let (value, holds) = {
-                        let state = self.state();
-                        (state.run.encode(), state.lease.holds(Instant::now()))
-                    };
-                    let won = if !holds {
-                        Err(Refused::Unavailable)
-                    } else {
-                        match request {
-                            NameRequest::Guest => self.claim_guest(&mut guests, &value).await,
-                            NameRequest::Exactly(name) => self
-                                .claim(&name, &value)
-                                .await
-                                .map(|revision| (name, revision)),
-                        }
-                    };
-                    let outcome = match won {
-                        Ok((name, revision)) => {
-                            held.insert(name.clone(), revision);
-                            ClaimOutcome::Claimed(name)
-                        }
-                        Err(Refused::Taken) => ClaimOutcome::Taken,
-                        Err(Refused::Unavailable) => ClaimOutcome::Unavailable,
-                    };
-                    // The connection went while its claim ran.
-                    if let Err(ClaimOutcome::Claimed(name)) = reply.send(outcome) {
-                        if let Some(revision) = held.remove(&name) {
-                            self.purge(&name, revision).await;
-                        }
-                    }
+        let mine = Arc::new(Mine::default());
+        // The lanes with work running, and what waits behind it.
+        let mut lanes: HashMap<Lane, VecDeque<Op>> = HashMap::new();
+        let mut running: JoinSet<Lane> = JoinSet::new();
+        let start = |running: &mut JoinSet<Lane>, lane: Lane, op: Op| {
+            let (inner, mine) = (Arc::clone(&self), Arc::clone(&mine));
+            running.spawn(async move {
+                inner.carry_out(op, &mine).await;
+                lane
+            });
+        };
+        let finished = |lanes: &mut HashMap<Lane, VecDeque<Op>>,
+                        running: &mut JoinSet<Lane>,
+                        done: Result<Lane, tokio::task::JoinError>| {
+            let Ok(lane) = done else {
+                return error!("a task of the store's queue failed");
+            };
+            match lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                Some(next) => start(running, lane, next),
+                None => {
+                    lanes.remove(&lane);
                 }
-                Op::Release(name) => {
-                    if let Some(revision) = held.remove(&name) {
-                        self.purge(&name, revision).await;
-                    }
-                }
-                Op::Enter { entry, reply } => {
-                    let outcome = self.enter(&entry).await;
-                    // The connection went while its entry ran: undo it.
-                    if let Err(EntryOutcome::Entered { member, .. }) = reply.send(outcome) {
-                        self.leave(&entry.room, &member).await;
-                    }
-                }
-                // A fenced run's places in rooms are swept by the nodes
-                // that hold their leases; writing them here would only
-                // wait for a store that does not answer.
-                Op::Leave { .. } | Op::Rename { .. } if self.state().lease.is_fenced() => {}
-                Op::Leave { room, member } => self.leave(&room, &member).await,
-                Op::Rename { room, old, new } => {
-                    let run = self.state().run.clone();
-                    self.change_room(&room, |stored| stored.rename(&run, &old, &new))
-                        .await;
-                }
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Op::Fenced => held.clear(),
             }
+        };
+        loop {
+            let op = tokio::select! {
+                op = queue.recv(), if running.len() < IN_FLIGHT => match op {
+                    Some(op) => op,
+                    None => return,
+                },
+                Some(done) = running.join_next() => {
+                    finished(&mut lanes, &mut running, done);
+                    continue;
+                }
+            };
+            match Lane::of(&op) {
+                Some(lane) => match lanes.get_mut(&lane) {
+                    Some(waiting) => waiting.push_back(op),
+                    None => {
+                        lanes.insert(lane.clone(), VecDeque::new());
+                        start(&mut running, lane, op);
+                    }
+                },
+                None => {
+                    while let Some(done) = running.join_next().await {
+                        finished(&mut lanes, &mut running, done);
+                    }
+                    self.carry_out(op, &mine).await;
+                }
+            }
+        }
+    }
+
+    /// Does one piece of the store's work.
+    async fn carry_out(&self, op: Op, mine: &Mine) {
+        match op {
+            Op::Claim { request, reply } => {
+                let (value, holds) = {
+                    let state = self.state();
+                    (state.run.encode(), state.lease.holds(Instant::now()))
+                };
+                let won = if !holds {
+                    Err(Refused::Unavailable)
+                } else {
+                    match request {
+                        NameRequest::Guest => {
+                            // The guest lane runs one claim at a time.
+                            let mut guests = std::mem::take(&mut *lock(&mine.guests));
+                            let won = self.claim_guest(&mut guests, &value).await;
+                            *lock(&mine.guests) = guests;
+                            won
+                        }
+                        NameRequest::Exactly(name) => self
+                            .claim(&name, &value)
+                            .await
+                            .map(|revision| (name, revision)),
+                    }
+                };
+                let outcome = match won {
+                    Ok((name, revision)) => {
+                        lock(&mine.held).insert(name.clone(), revision);
+                        ClaimOutcome::Claimed(name)
+                    }
+                    Err(Refused::Taken) => ClaimOutcome::Taken,
+                    Err(Refused::Unavailable) => ClaimOutcome::Unavailable,
+                };
+                // The connection went while its claim ran.
+                if let Err(ClaimOutcome::Claimed(name)) = reply.send(outcome) {
+                    self.release(&name, mine).await;
+                }
+            }
+            Op::Release(name) => self.release(&name, mine).await,
+            Op::Enter { entry, reply } => {
+                let outcome = self.enter(&entry).await;
+                // The connection went while its entry ran: undo it.
+                if let Err(EntryOutcome::Entered { member, .. }) = reply.send(outcome) {
+                    self.leave(&entry.room, &member).await;
+                }
+            }
+            // A fenced run's places in rooms are swept by the nodes
+            // that hold their leases; writing them here would only
+            // wait for a store that does not answer.
+            Op::Leave { .. } | Op::Rename { .. } if self.state().lease.is_fenced() => {}
+            Op::Leave { room, member } => self.leave(&room, &member).await,
+            Op::Rename { room, old, new } => {
+                let run = self.state().run.clone();
+                self.change_room(&room, |stored| stored.rename(&run, &old, &new))
+                    .await;
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            Op::Fenced => lock(&mine.held).clear(),
+        }
+    }
+
+    /// Gives a name this run holds back to the store.
+    async fn release(&self, name: &[u8], mine: &Mine) {
+        let revision = lock(&mine.held).remove(name);
+        if let Some(revision) = revision {
+            self.purge(name, revision).await;
         }
     }
 
@@ -501,7 +627,8 @@ impl Inner {
 
     /// Moves the shared guest counter on by a block, and returns the block.
     async fn take_guest_block(&self) -> Result<Range<u64>, Refused> {
-        for _ in 0..CAS_TRIES {
+        for attempt in 0..CAS_TRIES {
+            pause_before(attempt).await;
             let entry = self.names.entry(GUEST_COUNTER).await.map_err(|err| {
                 warn!(%err, "cannot read the guest counter");
                 Refused::Unavailable
@@ -574,7 +701,8 @@ impl Inner {
             return EntryOutcome::Unavailable;
         }
         let key = room_key(&entry.room);
-        for _ in 0..CAS_TRIES {
+        for attempt in 0..CAS_TRIES {
+            pause_before(attempt).await;
             let current = match self.read_room(&key).await {
                 Ok(current) => current,
                 Err(()) => return EntryOutcome::Unavailable,
@@ -675,7 +803,8 @@ impl Inner {
     /// change writes nothing.
     async fn change_room(&self, room: &[u8], change: impl Fn(&mut StoredRoom) -> bool) {
         let key = room_key(room);
-        for _ in 0..CAS_TRIES {
+        for attempt in 0..CAS_TRIES {
+            pause_before(attempt).await;
             let Ok(Some((mut stored, revision))) = self.read_room(&key).await else {
                 return;
             };
