@@ -16,8 +16,9 @@
 //!
 //! **Names.** A hub made with `Hub::clustered` claims every name through
 //! [`Cluster::claim`] and releases it through [`Cluster::release`]; both go
-//! through one queue, in order, so a name released and claimed again on one
-//! node goes to its new holder. A guest name is `randN` for a number from a
+//! through the store's queue, in order for each name (its lane), so a name
+//! released and claimed again on one node goes to its new holder. Lanes of
+//! other names, of rooms and of the guest counter run side by side. A guest name is `randN` for a number from a
 //! block of [`GUEST_BLOCK`] that the node takes from the `guests` counter:
 //! unique across the cluster, and increasing on each node, but not one
 //! sequence across nodes. A number whose name somebody took with NICK is
