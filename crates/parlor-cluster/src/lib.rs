@@ -8,6 +8,7 @@
 //! | `parlor_names` | `n.<name in hex>` | the owning run | the node that won the name, with *create* (compare-and-set on "no such key") |
 //! | `parlor_names` | `guests` | the next guest number not handed out | any node taking a block of guest numbers (compare-and-set on its revision) |
 //! | `parlor_nodes` | the node id | its current run | the node, every quarter lease; entries expire a lease after they were written |
+//! | `parlor_rooms` | `r.<name in hex>` | the whole room: password hash, kind, incarnation, members by node and run (`rooms.rs`) | any node changing it (compare-and-set on its revision); the last member out deletes it |
 //!
 //! A *run* is one node id with an incarnation drawn at random when the node
 //! starts and again after it lost its lease. Only the store's
