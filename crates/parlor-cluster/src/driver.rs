@@ -25,7 +25,9 @@ use crate::lease::Lease;
 use crate::liveness::Liveness;
 use crate::relay::{self, Relay};
 use crate::rooms::StoredRoom;
-use crate::{JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET, ROOMS_BUCKET};
+use crate::{
+    lock, JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET, ROOMS_BUCKET,
+};
 use parlor_core::{
     ClaimOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms, NameRequest, NodeId,
     RoomEntry,
@@ -437,12 +439,6 @@ struct Mine {
     guests: Mutex<Range<u64>>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Why a claim failed.
 enum Refused {
     Taken,
@@ -451,9 +447,7 @@ enum Refused {
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// Carries out the store's work in the order it was asked for, per

@@ -46,6 +46,7 @@ mod relay;
 mod rooms;
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -81,6 +82,14 @@ pub struct Settings {
     pub credentials_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for `tls://` servers.
     pub tls_ca_file: Option<PathBuf>,
+}
+
+/// Locks `mutex`, going on with its data if a holder panicked: the one
+/// way this crate takes its locks.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What the cluster tells the server it runs in.

@@ -58,7 +58,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::order::{Numbering, Order, Steps, ASK_AGAIN, UNSEEN_RUN};
-use crate::Node;
+use crate::{lock, Node};
 
 /// How many relayed messages may wait to be handed to the NATS client.
 /// Past it, a message is dropped; its number is not reused, so the nodes
@@ -393,7 +393,9 @@ pub(crate) struct Relay {
     queue: mpsc::Sender<Outgoing>,
     backlog: Arc<Backlog>,
     numbers: Mutex<Numbers>,
-    /// This node's run, as the receiving task checks numberings against.
+    /// This node's run: what its relays are numbered in, and what the
+    /// receiving task checks numberings against. Changed only with
+    /// `numbers` held, so a numbering never mixes two runs.
     run: Arc<AtomicU64>,
     waiting: Waiting,
     /// When each request sent stops waiting for its answer, in the order
@@ -413,7 +415,6 @@ pub(crate) struct Relay {
 
 /// The numbering of this run's relays.
 struct Numbers {
-    run: u64,
     /// What this run relayed to each node.
     last: HashMap<NodeId, Sent>,
     /// Each other node's run, as last seen renewing its lease.
@@ -457,7 +458,6 @@ impl Relay {
             queue,
             backlog: Arc::default(),
             numbers: Mutex::new(Numbers {
-                run,
                 last: HashMap::new(),
                 runs: HashMap::new(),
                 next_request: rand::random(),
@@ -506,15 +506,12 @@ impl Relay {
     }
 
     fn numbers(&self) -> MutexGuard<'_, Numbers> {
-        self.numbers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.numbers)
     }
 
     /// This node starts a new run: its relays are numbered afresh.
     pub(crate) fn restarted(&self, run: u64) {
         let mut numbers = self.numbers();
-        numbers.run = run;
         numbers.last.clear();
         self.run.store(run, Ordering::Relaxed);
     }
@@ -531,9 +528,8 @@ impl Relay {
     /// Relays a room message to `nodes`, one copy each.
     pub(crate) fn room(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
         let mut numbers = self.numbers();
-        let Numbers {
-            run, last, runs, ..
-        } = &mut *numbers;
+        let run = self.run.load(Ordering::Relaxed);
+        let Numbers { last, runs, .. } = &mut *numbers;
         for node in nodes {
             let to_run = runs.get(&**node).copied().unwrap_or(UNSEEN_RUN);
             let sent = last.entry(node.clone()).or_insert_with(|| Sent {
@@ -547,7 +543,7 @@ impl Relay {
             }
             sent.seq += 1;
             let numbering = Numbering {
-                from_run: *run,
+                from_run: run,
                 to_run,
             };
             let payload = Envelope::room(&self.node, numbering, sent.seq, room, frame);
@@ -564,7 +560,7 @@ impl Relay {
     /// was sent.
     pub(crate) fn tick(&self) {
         let mut numbers = self.numbers();
-        let run = numbers.run;
+        let run = self.run.load(Ordering::Relaxed);
         for sent in numbers.last.values_mut() {
             if sent.synced == sent.seq {
                 continue;
@@ -688,12 +684,6 @@ impl Relay {
 /// How many relays wait in `queue`.
 fn queued(queue: &mpsc::Sender<Outgoing>) -> usize {
     queue.max_capacity() - queue.capacity()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn answer_once(waiting: &Mutex<HashMap<u64, Waiter>>, id: u64, payload: Option<Bytes>) {
