@@ -116,12 +116,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let pending = self.users.get_mut(&conn).and_then(|user| {
-            user.pending.take_if(
-                |pending| matches!(pending.as_ref(), Pending::Name(name) if name.ticket == ticket),
-            )
-        });
-        let Some(Pending::Name(pending)) = pending.map(|pending| *pending) else {
+        let Some(Pending::Name(pending)) = self.take_pending(conn, ticket) else {
             // Nobody waits for this name any more.
             if let ClaimOutcome::Claimed(name) = outcome {
                 out.push(Action::ReleaseName(name));

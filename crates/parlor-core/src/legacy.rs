@@ -252,6 +252,16 @@ impl Hub {
         self.next_ticket
     }
 
+    /// Ends `conn`'s wait that `ticket` numbers and returns it; `None` if
+    /// the connection is gone or no longer waits for it.
+    pub(crate) fn take_pending(&mut self, conn: ConnId, ticket: u64) -> Option<Pending> {
+        let user = self.users.get_mut(&conn)?;
+        let pending = user
+            .pending
+            .take_if(|pending| pending.ticket() == Some(ticket))?;
+        Some(*pending)
+    }
+
     /// Creates a room, secure when its creator is, with `incarnation` (a
     /// fresh random number, never 0) for a secure room: a room deleted and
     /// created again under the same name is another room, whose keys no

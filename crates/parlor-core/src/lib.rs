@@ -194,6 +194,20 @@ enum Pending {
     },
 }
 
+impl Pending {
+    /// The ticket the driver answers this wait with; every ticket is new
+    /// ([`Hub::new_ticket`]), so it names the wait and its kind.
+    fn ticket(&self) -> Option<u64> {
+        match self {
+            Pending::Join(PendingJoin { ticket, .. })
+            | Pending::Entry(PendingJoin { ticket, .. })
+            | Pending::Name(PendingName { ticket, .. })
+            | Pending::Direct { ticket } => Some(*ticket),
+            Pending::DmKey => None,
+        }
+    }
+}
+
 /// A JOIN waiting for its password to be hashed or checked.
 #[derive(Debug)]
 struct PendingJoin {
@@ -563,19 +577,11 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let Some(user) = self.users.get_mut(&conn) else {
-            return;
-        };
-        let Some(Pending::Join(pending)) = user
-            .pending
-            .take_if(
-                |pending| matches!(pending.as_ref(), Pending::Join(join) if join.ticket == ticket),
-            )
-            .map(|pending| *pending)
-        else {
+        let Some(Pending::Join(pending)) = self.take_pending(conn, ticket) else {
             return;
         };
         if matches!(outcome, PasswordOutcome::Busy) {
+            let user = &self.users[&conn];
             warn!(peer = %user.peer, nick = %Printable(&user.name), "password queue full");
         }
         let version_now = self.room_terms(&pending.room).map(|terms| terms.version);

@@ -340,12 +340,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let pending = self.users.get_mut(&conn).and_then(|user| {
-            user.pending.take_if(
-                |pending| matches!(pending.as_ref(), Pending::Entry(entry) if entry.ticket == ticket),
-            )
-        });
-        let Some(Pending::Entry(pending)) = pending.map(|pending| *pending) else {
+        let Some(Pending::Entry(pending)) = self.take_pending(conn, ticket) else {
             // Nobody waits for this entry any more: undo it.
             if let EntryOutcome::Entered { record, member } = outcome {
                 let room = record.room.clone();
@@ -443,18 +438,6 @@ impl Hub {
         true
     }
 
-    /// Ends `conn`'s wait for another node's answer `ticket`; returns
-    /// whether it was still waiting for it.
-    pub(crate) fn stop_waiting_for_node(&mut self, conn: ConnId, ticket: u64) -> bool {
-        let Some(user) = self.users.get_mut(&conn) else {
-            return false;
-        };
-        let waited = user.pending.take_if(
-            |pending| matches!(pending.as_ref(), Pending::Direct { ticket: t } if *t == ticket),
-        );
-        waited.is_some()
-    }
-
     /// A [`DirectRelay`] finished.
     pub fn direct_relayed(
         &mut self,
@@ -464,7 +447,10 @@ impl Hub {
         outcome: DirectOutcome,
         out: &mut Vec<Action>,
     ) {
-        if !self.stop_waiting_for_node(conn, ticket) {
+        if !matches!(
+            self.take_pending(conn, ticket),
+            Some(Pending::Direct { .. })
+        ) {
             return;
         }
         match outcome {

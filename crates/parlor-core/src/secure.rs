@@ -723,7 +723,10 @@ impl Hub {
         answer: DmKeyAnswer,
         out: &mut Vec<Action>,
     ) {
-        if !self.stop_waiting_for_node(conn, ticket) {
+        if !matches!(
+            self.take_pending(conn, ticket),
+            Some(Pending::Direct { .. })
+        ) {
             return;
         }
         match answer {
