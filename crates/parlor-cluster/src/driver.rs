@@ -29,8 +29,8 @@ use crate::{
     lock, JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET, ROOMS_BUCKET,
 };
 use parlor_core::{
-    ClaimOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms, NameRequest, NodeId,
-    RoomEntry,
+    ClaimOutcome, CommitOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms,
+    EpochCommit, MemberFrames, MemberRename, NameRequest, NodeId, RoomEntry,
 };
 
 /// How long a purge marker stays in the names bucket. Long enough for
@@ -128,11 +128,9 @@ enum Op {
         room: Bytes,
         member: Bytes,
     },
-    Rename {
-        room: Bytes,
-        old: Bytes,
-        new: Bytes,
-    },
+    Rename(MemberRename),
+    /// Writes a room key's epoch; the hub is told how it went.
+    Commit(EpochCommit),
     /// Answered once everything queued before it is done.
     Flush(oneshot::Sender<()>),
     /// The lease was lost and every connection closed: the names this run
@@ -249,13 +247,25 @@ impl Cluster {
     }
 
     /// Renames a member of this node in a room's record.
-    pub fn rename_member(&self, room: Bytes, old: Bytes, new: Bytes) {
-        let _ = self.ops.send(Op::Rename { room, old, new });
+    pub fn rename_member(&self, rename: MemberRename) {
+        let _ = self.ops.send(Op::Rename(rename));
+    }
+
+    /// Writes a room key's epoch into the room's record, after every entry
+    /// queued before; the outcome goes to [`Node::epoch_committed`].
+    pub fn commit_epoch(&self, commit: EpochCommit) {
+        let _ = self.ops.send(Op::Commit(commit));
     }
 
     /// Relays a room message to the members of `room` on `nodes`.
     pub fn relay(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
         self.inner.relay.room(nodes, room, frame);
+    }
+
+    /// Relays frames for members of a room on one other node, in order
+    /// with the room messages relayed to it.
+    pub fn relay_to_members(&self, frames: &MemberFrames) {
+        self.inner.relay.members(frames);
     }
 
     /// `None` while the queue of relays to NATS has room; else what a
@@ -424,7 +434,9 @@ impl Lane {
             }
             | Op::Release(name) => Some(Lane::Name(name.clone())),
             Op::Enter { entry, .. } => Some(Lane::Room(entry.room.clone())),
-            Op::Leave { room, .. } | Op::Rename { room, .. } => Some(Lane::Room(room.clone())),
+            Op::Leave { room, .. }
+            | Op::Rename(MemberRename { room, .. })
+            | Op::Commit(EpochCommit { room, .. }) => Some(Lane::Room(room.clone())),
             Op::Flush(_) | Op::Fenced => None,
         }
     }
@@ -559,12 +571,24 @@ impl Inner {
             // A fenced run's places in rooms are swept by the nodes
             // that hold their leases; writing them here would only
             // wait for a store that does not answer.
-            Op::Leave { .. } | Op::Rename { .. } if self.state().lease.is_fenced() => {}
+            Op::Leave { .. } | Op::Rename(_) if self.state().lease.is_fenced() => {}
             Op::Leave { room, member } => self.leave(&room, &member).await,
-            Op::Rename { room, old, new } => {
+            Op::Rename(MemberRename {
+                room,
+                old,
+                new,
+                introduction,
+            }) => {
                 let run = self.state().run.clone();
-                self.change_room(&room, |stored| stored.rename(&run, &old, &new))
-                    .await;
+                let introduction = introduction.as_deref();
+                self.change_room(&room, |stored| {
+                    stored.rename(&run, &old, &new, introduction)
+                })
+                .await;
+            }
+            Op::Commit(commit) => {
+                let outcome = self.commit(&commit).await;
+                self.node.epoch_committed(commit.ticket, outcome);
             }
             Op::Flush(done) => {
                 let _ = done.send(());
@@ -716,6 +740,7 @@ impl Inner {
                         *incarnation,
                         &run,
                         &entry.member,
+                        entry.introduction.as_deref(),
                     );
                     match self.rooms.create(&key, stored.encode()).await {
                         Ok(revision) => (stored, revision),
@@ -733,15 +758,14 @@ impl Inner {
                         == EntryTerms::Join {
                             incarnation: stored.incarnation(),
                         };
-                    let split = stored.is_secure() && stored.has_members_besides(&run.node);
-                    if !as_judged || split {
+                    if !as_judged {
                         let record = stored.to_record(entry.room.clone(), revision, &run.node);
                         return EntryOutcome::Changed(Some(record));
                     }
                     if stored.member_count() >= entry.max_members {
                         return EntryOutcome::Full;
                     }
-                    stored.add(&run, &entry.member);
+                    stored.add(&run, &entry.member, entry.introduction.as_deref());
                     match self.rooms.update(&key, stored.encode(), revision).await {
                         Ok(revision) => (stored, revision),
                         Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -782,6 +806,41 @@ impl Inner {
                 Err(())
             }
         }
+    }
+
+    /// Writes a room key's epoch into its room's record (see
+    /// [`EpochCommit`]), while this node holds its lease.
+    async fn commit(&self, commit: &EpochCommit) -> CommitOutcome {
+        let (node, holds) = {
+            let state = self.state();
+            (state.run.node.clone(), state.lease.holds(Instant::now()))
+        };
+        if !holds {
+            return CommitOutcome::Unavailable;
+        }
+        let key = room_key(&commit.room);
+        for attempt in 0..CAS_TRIES {
+            pause_before(attempt).await;
+            let Ok(current) = self.read_room(&key).await else {
+                return CommitOutcome::Unavailable;
+            };
+            let Some((mut stored, revision)) = current else {
+                return CommitOutcome::Superseded;
+            };
+            if !stored.commit(&node, commit.incarnation, commit.epoch) {
+                return CommitOutcome::Superseded;
+            }
+            match self.rooms.update(&key, stored.encode(), revision).await {
+                Ok(_) => return CommitOutcome::Committed,
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(err) => {
+                    warn!(%err, key, "cannot commit a room key's epoch");
+                    return CommitOutcome::Unavailable;
+                }
+            }
+        }
+        warn!(key, "a room is too contended to commit a key's epoch");
+        CommitOutcome::Unavailable
     }
 
     /// Takes a member of this run out of a room.

@@ -50,7 +50,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parlor_core::{NodeId, RoomRecord};
+use parlor_core::{CommitOutcome, NodeId, RoomRecord};
 
 pub use driver::{Cluster, ClusterStats};
 
@@ -108,6 +108,12 @@ pub trait Node: Send + Sync + 'static {
     fn remote_rooms_cleared(&self);
     /// Another node relayed a room message for the members of `room` here.
     fn relayed_room_message(&self, room: &[u8], frame: Bytes);
+    /// Another node relayed frames for members of `room` here, each for
+    /// one member by name (a room's keys, from its owner).
+    fn relayed_to_members(&self, room: &[u8], frames: Vec<(Bytes, Bytes)>);
+    /// An epoch commit asked for with
+    /// [`Cluster::commit_epoch`](crate::Cluster::commit_epoch) finished.
+    fn epoch_committed(&self, ticket: u64, outcome: CommitOutcome);
     /// Another node relayed a DM for `target`; returns whether `target` is
     /// a user here (and was sent it).
     fn relayed_direct_message(&self, target: &[u8], frame: Bytes) -> bool;

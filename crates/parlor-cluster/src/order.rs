@@ -54,8 +54,15 @@ pub(crate) const ASK_AGAIN: Duration = Duration::from_millis(100);
 /// relays at the rates one node serves.
 pub(crate) const GIVE_UP: Duration = Duration::from_secs(2);
 
-/// A relayed room message: its room and its frame.
-pub(crate) type Relayed = (Bytes, Bytes);
+/// What a numbered relay carries for the members of a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Relayed {
+    /// A frame for every member: a room message, or a notice.
+    Room { room: Bytes, frame: Bytes },
+    /// Frames for some members, by name, as the relay carries them
+    /// (`relay.rs`): the room's keys.
+    Members { room: Bytes, frames: Bytes },
+}
 
 /// What the receiver does after taking something in, in this order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -254,15 +261,18 @@ mod tests {
     }
 
     fn message(n: u64) -> Relayed {
-        (Bytes::from_static(b"lobby"), Bytes::from(format!("m{n}")))
+        Relayed::Room {
+            room: Bytes::from_static(b"lobby"),
+            frame: Bytes::from(format!("m{n}")),
+        }
     }
 
     fn delivered(steps: &Steps) -> Vec<u64> {
-        steps
-            .deliver
-            .iter()
-            .map(|(_, frame)| std::str::from_utf8(&frame[1..]).unwrap().parse().unwrap())
-            .collect()
+        let number = |relayed: &Relayed| match relayed {
+            Relayed::Room { frame, .. } => std::str::from_utf8(&frame[1..]).unwrap().parse(),
+            Relayed::Members { .. } => panic!("only room messages here"),
+        };
+        steps.deliver.iter().map(|relayed| number(relayed).unwrap()).collect()
     }
 
     struct Receiver {

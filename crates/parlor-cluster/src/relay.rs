@@ -52,12 +52,12 @@ use async_nats::{Client, Subject, Subscriber};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use parlor_core::{DirectOutcome, DmKeyAnswer, NodeId};
+use parlor_core::{DirectOutcome, DmKeyAnswer, MemberFrames, NodeId};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::order::{Numbering, Order, Steps, ASK_AGAIN, UNSEEN_RUN};
+use crate::order::{Numbering, Order, Relayed, Steps, ASK_AGAIN, UNSEEN_RUN};
 use crate::{lock, Node};
 
 /// How many relayed messages may wait to be handed to the NATS client.
@@ -79,6 +79,7 @@ const DIRECT: u8 = 2;
 const SYNC: u8 = 3;
 const DM_KEY: u8 = 4;
 const RESEND: u8 = 5;
+const MEMBERS: u8 = 6;
 
 /// How often a node tells each node it relayed to since the last time the
 /// last number it sent: how late, at most, a lost message with none after
@@ -114,14 +115,13 @@ fn reply_subject(node: &str, id: Option<u64>) -> String {
 /// What one node sends another, as decoded.
 #[derive(Debug, PartialEq, Eq)]
 enum Envelope {
-    /// A room message for the members of `room`, number `seq` of
-    /// `numbering` from node `from`.
+    /// A room message or notice for the members of a room, or frames for
+    /// some of them: number `seq` of `numbering` from node `from`.
     Room {
         from: Bytes,
         numbering: Numbering,
         seq: u64,
-        room: Bytes,
-        frame: Bytes,
+        relayed: Relayed,
     },
     /// A DM for `target`.
     Direct { target: Bytes, frame: Bytes },
@@ -143,14 +143,22 @@ enum Envelope {
 }
 
 impl Envelope {
-    /// `01`, the sender's id (u8 length), the numbering's two runs and the
-    /// number (u64 BE), the room (u16 length), then the frame.
-    fn room(from: &str, numbering: Numbering, seq: u64, room: &[u8], frame: &[u8]) -> Bytes {
+    /// `01` (or `06` for frames for members), the sender's id (u8
+    /// length), the numbering's two runs and the number (u64 BE), the room
+    /// (u16 length), then the frame (or the members' frames, as
+    /// [`member_frames`] writes them).
+    fn room(
+        kind: u8,
+        from: &str,
+        (numbering, seq): (Numbering, u64),
+        room: &[u8],
+        body: &[u8],
+    ) -> Bytes {
         let mut out =
-            BytesMut::with_capacity(1 + 1 + from.len() + NUMBERED + 2 + room.len() + frame.len());
-        put_numbered(&mut out, ROOM, from, numbering, seq);
+            BytesMut::with_capacity(1 + 1 + from.len() + NUMBERED + 2 + room.len() + body.len());
+        put_numbered(&mut out, kind, from, numbering, seq);
         put_long(&mut out, room);
-        out.put_slice(frame);
+        out.put_slice(body);
         out.freeze()
     }
 
@@ -187,7 +195,7 @@ impl Envelope {
         }
         let kind = payload.get_u8();
         match kind {
-            ROOM | SYNC | RESEND => {
+            ROOM | MEMBERS | SYNC | RESEND => {
                 let from = take(&mut payload, 1)?;
                 if payload.remaining() < NUMBERED {
                     return None;
@@ -213,12 +221,21 @@ impl Envelope {
                     });
                 }
                 let room = take(&mut payload, 2)?;
+                let relayed = match kind {
+                    ROOM => Relayed::Room {
+                        room,
+                        frame: payload,
+                    },
+                    _ => Relayed::Members {
+                        room,
+                        frames: payload,
+                    },
+                };
                 Some(Envelope::Room {
                     from,
                     numbering,
                     seq,
-                    room,
-                    frame: payload,
+                    relayed,
                 })
             }
             DIRECT => {
@@ -238,6 +255,36 @@ impl Envelope {
             _ => None,
         }
     }
+}
+
+/// Frames for members, by name, as a relay carries them: for each, the
+/// name (u16 length) and the frame (u32 length).
+fn member_frames(frames: &[(Bytes, Bytes)]) -> Bytes {
+    let len = frames.iter().map(|(name, frame)| 6 + name.len() + frame.len());
+    let mut out = BytesMut::with_capacity(len.sum());
+    for (name, frame) in frames {
+        put_long(&mut out, name);
+        out.put_u32(u32::try_from(frame.len()).expect("a frame's length fits its header"));
+        out.put_slice(frame);
+    }
+    out.freeze()
+}
+
+/// The frames [`member_frames`] wrote; `None` if they are cut short.
+fn read_member_frames(mut body: Bytes) -> Option<Vec<(Bytes, Bytes)>> {
+    let mut frames = Vec::new();
+    while body.has_remaining() {
+        let name = take(&mut body, 2)?;
+        if body.remaining() < 4 {
+            return None;
+        }
+        let len = body.get_u32() as usize;
+        if body.remaining() < len {
+            return None;
+        }
+        frames.push((name, body.split_to(len)));
+    }
+    Some(frames)
 }
 
 /// The answer to a DM key request, on the wire: one byte, then for an
@@ -527,6 +574,18 @@ impl Relay {
 
     /// Relays a room message to `nodes`, one copy each.
     pub(crate) fn room(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
+        self.numbered(nodes, ROOM, room, frame);
+    }
+
+    /// Relays frames for members of a room to their node, numbered with
+    /// the room messages relayed to it so that they keep their order.
+    pub(crate) fn members(&self, frames: &MemberFrames) {
+        let body = member_frames(&frames.frames);
+        self.numbered(std::slice::from_ref(&frames.node), MEMBERS, &frames.room, &body);
+    }
+
+    /// Relays a numbered envelope of `kind` to `nodes`, one copy each.
+    fn numbered(&self, nodes: &[NodeId], kind: u8, room: &[u8], body: &[u8]) {
         let mut numbers = self.numbers();
         let run = self.run.load(Ordering::Relaxed);
         let Numbers { last, runs, .. } = &mut *numbers;
@@ -546,7 +605,7 @@ impl Relay {
                 from_run: run,
                 to_run,
             };
-            let payload = Envelope::room(&self.node, numbering, sent.seq, room, frame);
+            let payload = Envelope::room(kind, &self.node, (numbering, sent.seq), room, body);
             self.hand_over(Outgoing::Numbered {
                 subject: sent.subject.clone(),
                 numbering,
@@ -832,8 +891,14 @@ impl Receiving {
         if std::mem::take(&mut steps.lost) {
             lost(&*self.node, from, &self.gaps);
         }
-        for (room, frame) in steps.deliver.drain(..) {
-            self.node.relayed_room_message(&room, frame);
+        for relayed in steps.deliver.drain(..) {
+            match relayed {
+                Relayed::Room { room, frame } => self.node.relayed_room_message(&room, frame),
+                Relayed::Members { room, frames } => match read_member_frames(frames) {
+                    Some(frames) => self.node.relayed_to_members(&room, frames),
+                    None => warn!("frames for members that cannot be read; dropped"),
+                },
+            }
         }
         if let Some((numbering, first, last)) = steps.ask.take() {
             let from = String::from_utf8_lossy(from);
@@ -894,10 +959,9 @@ async fn receive(
                 from,
                 numbering,
                 seq,
-                room,
-                frame,
+                relayed,
             }) => {
-                let steps = order.room(&from, numbering, seq, (room, frame), mine, now);
+                let steps = order.room(&from, numbering, seq, relayed, mine, now);
                 receiving.carry_out(&from, steps);
             }
             Some(Envelope::Sync {
@@ -1025,7 +1089,13 @@ mod tests {
             from_run: 7,
             to_run: 9,
         };
-        let room = Envelope::room("node-a", numbering, 42, b"lobby", b"\x00\x00\x00\x01frame");
+        let room = Envelope::room(
+            ROOM,
+            "node-a",
+            (numbering, 42),
+            b"lobby",
+            b"\x00\x00\x00\x01frame",
+        );
         let direct = Envelope::direct(DIRECT, b"bob", b"dm");
         let dm_key = Envelope::direct(DM_KEY, b"bob", b"intro");
         assert_eq!(
@@ -1034,8 +1104,10 @@ mod tests {
                 from: Bytes::from_static(b"node-a"),
                 numbering,
                 seq: 42,
-                room: Bytes::from_static(b"lobby"),
-                frame: Bytes::from_static(b"\x00\x00\x00\x01frame"),
+                relayed: Relayed::Room {
+                    room: Bytes::from_static(b"lobby"),
+                    frame: Bytes::from_static(b"\x00\x00\x00\x01frame"),
+                },
             })
         );
         assert_eq!(
@@ -1080,6 +1152,33 @@ mod tests {
             })
         );
         assert_eq!(Envelope::decode(resend.slice(..resend.len() - 1)), None);
+    }
+
+    #[test]
+    fn frames_for_members_read_back_and_cut_ones_are_refused() {
+        let frames = vec![
+            (Bytes::from_static(b"bob"), Bytes::from_static(b"\x00\x00\x00\x02\x04\x17\x84k")),
+            (Bytes::from_static(b"carol"), Bytes::new()),
+        ];
+        let numbering = Numbering {
+            from_run: 1,
+            to_run: 2,
+        };
+        let body = member_frames(&frames);
+        let wire = Envelope::room(MEMBERS, "a", (numbering, 3), b"vault", &body);
+        let Some(Envelope::Room {
+            relayed: Relayed::Members { room, frames: read },
+            ..
+        }) = Envelope::decode(wire)
+        else {
+            panic!("not read back as frames for members")
+        };
+        assert_eq!(&room[..], b"vault");
+        assert_eq!(read_member_frames(read), Some(frames));
+        for end in 1..body.len() - 6 {
+            let cut = read_member_frames(body.slice(..end));
+            assert!(cut.is_none() || end == 6 + 3 + 8, "cut at {end}: {cut:?}");
+        }
     }
 
     #[tokio::test]

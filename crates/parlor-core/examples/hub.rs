@@ -73,6 +73,8 @@ fn show(what: &str, out: &mut Vec<Action>) {
             | Action::Relay { .. }
             | Action::RelayDirect(_)
             | Action::RelayDmKey(_)
+            | Action::CommitEpoch(_)
+            | Action::RelayToMembers(_)
             | Action::AnswerDmKey { .. } => println!("  work for the cluster's driver"),
         }
     }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use crate::{
-    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, KeyWrapJob, MemberRename, NameClaim, RelayTarget,
-    RoomEntry,
+    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, EpochCommit, KeyWrapJob, MemberFrames,
+    MemberRename, NameClaim, RelayTarget, RoomEntry,
 };
 
 /// What the hub asks its driver to do.
@@ -90,6 +90,15 @@ pub enum Action {
         /// The frame, as encoded for the members here.
         frame: Bytes,
     },
+    /// Write a room key's epoch into its room's record, and report back
+    /// with [`Hub::epoch_committed`](crate::Hub::epoch_committed); the key
+    /// is delivered only then. Nobody's reply waits for it. Cluster mode
+    /// only.
+    CommitEpoch(Box<EpochCommit>),
+    /// Relay frames for some members of a room to the node serving them,
+    /// in the same order as [`Action::Relay`]s to it: a room's keys,
+    /// wrapped for its members there. Cluster mode only.
+    RelayToMembers(Box<MemberFrames>),
     /// Hand a DM to the node serving its target, and report back with
     /// [`Hub::direct_relayed`](crate::Hub::direct_relayed); the sender's
     /// reply waits for it. Cluster mode only.
@@ -140,6 +149,8 @@ impl Action {
             | Action::LeaveRoom { .. }
             | Action::RenameMember(_)
             | Action::Relay { .. }
+            | Action::CommitEpoch(_)
+            | Action::RelayToMembers(_)
             | Action::AnswerDmKey { .. } => false,
         }
     }

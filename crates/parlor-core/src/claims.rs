@@ -89,8 +89,8 @@ pub(crate) enum NamePurpose {
 
 impl Hub {
     /// Whether names are claimed through the driver (see [`Hub::clustered`]).
-    pub(crate) fn claims_names(&self) -> bool {
-        self.clustered
+    pub(crate) fn in_cluster(&self) -> bool {
+        self.node.is_some()
     }
 
     /// Asks the driver to claim `name` for `conn`, which waits for it.
@@ -158,7 +158,7 @@ impl Hub {
     /// Lets go of a name this hub held, in the cluster too.
     pub(crate) fn release_name(&mut self, name: &Bytes, out: &mut Vec<Action>) {
         self.directory.release_name(name);
-        if self.claims_names() && !name.is_empty() {
+        if self.in_cluster() && !name.is_empty() {
             out.push(Action::ReleaseName(name.clone()));
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::secure::RoomKeyState;
+use super::secure::{RemotePeer, RoomKeyState};
 use super::{ConnId, NodeId, RelayTarget, RoomRecord};
 
 /// A chat room: its members, in order of joining, its password, and for a
@@ -87,6 +87,10 @@ pub(crate) struct SharedRoom {
     pub(crate) record: RoomRecord,
     /// Made once per record, so a relay shares it instead of copying.
     pub(crate) relay: Arc<RelayTarget>,
+    /// A secure room's members elsewhere, their introductions read once:
+    /// an RSA key takes 10–20 µs to parse, and a record changes at every
+    /// join.
+    pub(crate) peers: Vec<RemotePeer>,
 }
 
 /// What a JOIN is judged against: the room's password, kind and size,
@@ -99,8 +103,6 @@ pub(crate) struct RoomTerms {
     /// checked against one room is not taken for the next.
     pub(crate) version: u64,
     pub(crate) members: usize,
-    /// Whether members of the room are served by another node.
-    pub(crate) elsewhere: bool,
 }
 
 impl Directory {
@@ -146,13 +148,24 @@ impl Directory {
         self.remote_names.clear();
     }
 
-    /// Takes in a room's record, unless the copy has a later one.
-    pub(crate) fn record_room(&mut self, record: RoomRecord) {
-        if let Some(known) = self.records.get(&record.room) {
-            if known.record.revision >= record.revision {
-                return;
-            }
+    /// Takes in a room's record, unless the copy has it or a later one.
+    /// Returns whether it took it.
+    pub(crate) fn record_room(&mut self, record: RoomRecord) -> bool {
+        let known = self.records.get(&record.room);
+        if known.is_some_and(|known| known.record.revision >= record.revision) {
+            return false;
         }
+        let known_peers = known.map_or(&[][..], |known| &known.peers[..]);
+        let peers = record
+            .introductions
+            .iter()
+            .filter_map(|(node, introduction)| {
+                let again = known_peers
+                    .iter()
+                    .find(|peer| peer.node == *node && peer.introduction == *introduction);
+                again.cloned().or_else(|| RemotePeer::read(node, introduction))
+            })
+            .collect();
         let relay = Arc::new(RelayTarget {
             room: record.room.clone(),
             nodes: record
@@ -161,8 +174,13 @@ impl Directory {
                 .map(|(node, _)| node.clone())
                 .collect(),
         });
-        self.records
-            .insert(record.room.clone(), SharedRoom { record, relay });
+        let shared = SharedRoom {
+            record,
+            relay,
+            peers,
+        };
+        self.records.insert(shared.record.room.clone(), shared);
+        true
     }
 
     /// The room's record was deleted at `revision`.

@@ -24,8 +24,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::harness::{fake_wrap, Harness, TestIdentity};
 use crate::{
-    Action, ClaimOutcome, CloseReason, ConnId, EntryOutcome, EntryTerms, Hub, KeyWrapJob, Limits,
-    MemberRename, NameClaim, NameRequest, PasswordJob, RoomEntry, RoomRecord,
+    Action, ClaimOutcome, CloseReason, CommitOutcome, ConnId, EntryOutcome, EntryTerms,
+    EpochCommit, Hub, KeyWrapJob, Limits, MemberRename, NameClaim, NameRequest, NodeId,
+    PasswordJob, RoomEntry, RoomRecord,
 };
 use parlor_proto::rules::{self, Conversation, Delivery, Reader};
 use parlor_proto::secure::{opcode as secure_opcode, PLAIN_CHANNEL_BINDING};
@@ -189,14 +190,20 @@ pub fn cluster_session(data: &[u8]) {
     }
 }
 
-/// A room as the fake store keeps it.
+/// A room as the fake store keeps it. A secure room's owner is always
+/// the one node.
 struct StoredRoom {
     revision: u64,
     secure: bool,
     incarnation: u64,
     password: Option<Arc<str>>,
     members: Vec<Bytes>,
+    epoch: u32,
+    changes: u64,
 }
+
+/// The one node's id.
+const NODE: &str = "fuzzed";
 
 /// The cluster's store, as far as one node's hub can tell: the names held
 /// and the rooms' records, every member on this one node. Every
@@ -252,7 +259,28 @@ impl FakeStore {
             incarnation: stored.incarnation,
             members: stored.members.len(),
             elsewhere: Vec::new(),
+            owner: stored.secure.then(|| NodeId::from(NODE)),
+            epoch: stored.epoch,
+            changes: stored.changes,
+            introductions: Vec::new(),
         })
+    }
+
+    /// Writes a room key's epoch, as the cluster's store would.
+    fn commit(&mut self, commit: &EpochCommit) -> CommitOutcome {
+        if self.silent() {
+            return CommitOutcome::Unavailable;
+        }
+        match self.rooms.get_mut(&commit.room) {
+            Some(stored)
+                if stored.incarnation == commit.incarnation && stored.epoch < commit.epoch =>
+            {
+                stored.epoch = commit.epoch;
+            }
+            _ => return CommitOutcome::Superseded,
+        }
+        self.changed(&commit.room);
+        CommitOutcome::Committed
     }
 
     /// The room changed: a new revision, and the watch to tell of it.
@@ -288,6 +316,8 @@ impl FakeStore {
                     incarnation: *incarnation,
                     password: password.clone(),
                     members: vec![entry.member.clone()],
+                    epoch: 0,
+                    changes: 1,
                 };
                 self.rooms.insert(room.clone(), stored);
             }
@@ -302,7 +332,10 @@ impl FakeStore {
             {
                 return EntryOutcome::Full
             }
-            (EntryTerms::Join { .. }, Some(stored)) => stored.members.push(entry.member.clone()),
+            (EntryTerms::Join { .. }, Some(stored)) => {
+                stored.members.push(entry.member.clone());
+                stored.changes += 1;
+            }
         }
         self.changed(room);
         EntryOutcome::Entered {
@@ -316,6 +349,7 @@ impl FakeStore {
             return;
         };
         stored.members.retain(|name| name != member);
+        stored.changes += 1;
         if stored.members.is_empty() {
             self.rooms.remove(room);
         }
@@ -332,14 +366,17 @@ impl FakeStore {
         self.changed(room);
     }
 
-    /// Tells the hub what changed in the records since the last call.
-    fn tell(&mut self, hub: &mut Hub) {
+    /// Tells the hub what changed in the records since the last call; a
+    /// record may start a rotation, whose actions are returned.
+    fn tell(&mut self, hub: &mut Hub) -> Vec<Action> {
+        let mut out = Vec::new();
         for (room, record) in self.watched.drain(..) {
             match record {
-                Some(record) => hub.remote_room(record),
+                Some(record) => hub.remote_room(record, &mut out),
                 None => hub.remote_room_deleted(&room, u64::MAX),
             }
         }
+        out
     }
 }
 
@@ -382,7 +419,7 @@ impl SessionDriver {
     fn new(store: Option<FakeStore>) -> SessionDriver {
         let mut harness = Harness::new(session_limits());
         if store.is_some() {
-            harness.hub = Hub::clustered(session_limits(), [0x5e; 32]);
+            harness.hub = Hub::clustered(session_limits(), [0x5e; 32], NodeId::from(NODE));
         }
         SessionDriver {
             harness,
@@ -394,7 +431,8 @@ impl SessionDriver {
 
     fn step(&mut self, event: SessionEvent) {
         if let Some(store) = &mut self.store {
-            store.tell(&mut self.harness.hub);
+            let told = store.tell(&mut self.harness.hub);
+            self.apply(None, told);
         }
         let waited = u64::from(event.wait);
         let timers = self.harness.advance(Duration::from_millis(waited * waited));
@@ -603,6 +641,7 @@ impl SessionDriver {
     fn apply(&mut self, actor: Option<usize>, out: Vec<Action>) {
         let actor_id = actor.and_then(|slot| self.slots[slot].as_ref().map(|conn| conn.id));
         let mut wraps = Vec::new();
+        let mut commits = Vec::new();
         let mut answered = Vec::new();
         for action in out {
             match action {
@@ -655,19 +694,30 @@ impl SessionDriver {
                 }
                 Action::LeaveRoom { room, member } => self.store().leave(&room, &member),
                 Action::RenameMember(rename) => {
-                    let MemberRename { room, old, new } = *rename;
+                    let MemberRename { room, old, new, .. } = *rename;
                     self.store().rename(&room, &old, &new)
                 }
+                Action::CommitEpoch(commit) => commits.push(*commit),
                 // With no other node, there is nobody to relay to.
                 Action::Relay { .. } => {
                     self.store();
                 }
-                Action::RelayDirect(_) | Action::RelayDmKey(_) | Action::AnswerDmKey { .. } => {
+                Action::RelayDirect(_)
+                | Action::RelayDmKey(_)
+                | Action::RelayToMembers(_)
+                | Action::AnswerDmKey { .. } => {
                     panic!("work for another node, which no hub here knows of: {action:?}")
                 }
             }
         }
         self.finish_wraps(wraps);
+        for commit in commits {
+            let outcome = self.store().commit(&commit);
+            let (now, mut more) = (self.harness.now, Vec::new());
+            let hub = &mut self.harness.hub;
+            hub.epoch_committed(commit.ticket, outcome, now, &mut more);
+            self.apply(None, more);
+        }
         // As the server does once an owed reply is out: read on.
         for (conn, more) in answered {
             let slot = self.slot_of(conn);

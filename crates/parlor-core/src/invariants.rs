@@ -21,7 +21,7 @@ impl Hub {
         for (conn, user) in &self.users {
             // A new connection of a clustered hub has no name until the
             // cluster gives it one.
-            let unnamed = user.name.is_empty() && self.claims_names();
+            let unnamed = user.name.is_empty() && self.in_cluster();
             if !unnamed && self.directory.find_user(&user.name) != Some(*conn) {
                 return Err(format!(
                     "{conn} does not hold its name {}",

@@ -89,7 +89,7 @@ impl Hub {
             return respond(out, conn, Status::Error, text::NICK_TAKEN);
         }
         let name = Bytes::copy_from_slice(name);
-        if self.claims_names() {
+        if self.in_cluster() {
             let purpose = NamePurpose::Rename {
                 proof: proof.map(|proof| Box::new(*proof)),
             };
@@ -170,10 +170,6 @@ impl Hub {
             // Before any password work: a legacy client could never enter.
             Some(terms) if terms.secure && !self.is_secure(conn) => {
                 let reply = text::room_is_secure(&room);
-                return respond_naming(out, conn, Status::Error, reply);
-            }
-            Some(terms) if terms.secure && terms.elsewhere => {
-                let reply = text::secure_room_elsewhere(&room);
                 return respond_naming(out, conn, Status::Error, reply);
             }
             Some(terms) => match terms.password {

@@ -119,12 +119,12 @@ use directory::{Directory, Room};
 use idle::IdleTimers;
 pub use limits::Limits;
 pub use nodes::{
-    DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, MemberRename,
-    NodeId, RelayTarget, RoomEntry, RoomRecord,
+    CommitOutcome, DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms,
+    EpochCommit, MemberFrames, MemberRename, NodeId, RelayTarget, RoomEntry, RoomRecord,
 };
 pub use rate::Rate;
 use rate::SlidingWindow;
-use secure::{Change, RegisteredIdentity, RoomTimers, WrapPurpose};
+use secure::{Change, RegisteredIdentity, RoomTimers, WrapPurpose, WrappedRoomKey};
 pub use secure::{KeyRecipient, KeyWrapJob, KeyWrapOutcome};
 pub use stats::{Rejection, Relayed, Stats};
 use transfer::Transfers;
@@ -245,8 +245,12 @@ pub struct Hub {
     rng: StdRng,
     /// File transfers in progress.
     transfers: Transfers,
-    /// Whether names are claimed through the driver ([`Hub::clustered`]).
-    clustered: bool,
+    /// Cluster mode: room keys wrapped and waiting for their epoch to be
+    /// committed ([`Action::CommitEpoch`]), by ticket.
+    commits: HashMap<u64, WrappedRoomKey>,
+    /// This node's id in its cluster ([`Hub::clustered`]); `None` for a
+    /// whole server. Names are claimed through the driver when it is set.
+    node: Option<NodeId>,
 }
 
 impl Hub {
@@ -283,21 +287,23 @@ impl Hub {
             room_timers: RoomTimers::default(),
             rng,
             transfers: Transfers::new(limits.transfers.clone(), transfer_seed),
+            commits: HashMap::new(),
             limits,
-            clustered: false,
+            node: None,
         }
     }
 
-    /// A hub that is one node of a cluster: like [`Hub::new`], but every
+    /// A hub that is node `node` of a cluster: like [`Hub::new`], but every
     /// name it gives out is claimed through the driver, so that it is
-    /// unique across the cluster (see [`NameClaim`]).
+    /// unique across the cluster (see [`NameClaim`]), and its rooms are
+    /// the cluster's (`nodes.rs`).
     ///
     /// Its DM key ids count up from a random start rather than from 1:
     /// every node issues them, and a client may hold keys from two nodes
     /// for one peer, so two nodes' ids must seldom meet.
-    pub fn clustered(limits: Limits, rng_seed: [u8; 32]) -> Hub {
+    pub fn clustered(limits: Limits, rng_seed: [u8; 32], node: NodeId) -> Hub {
         let mut hub = Hub::new(limits, rng_seed);
-        hub.clustered = true;
+        hub.node = Some(node);
         hub.last_key_id = hub.rng.next_u32();
         hub
     }
@@ -345,7 +351,7 @@ impl Hub {
             return;
         }
         *from_address += 1;
-        let name = if self.claims_names() {
+        let name = if self.in_cluster() {
             Bytes::new()
         } else {
             let name = self.fresh_guest_name(conn);
@@ -368,7 +374,7 @@ impl Hub {
         );
         self.idle
             .schedule(conn, now + self.limits.handshake_timeout);
-        if self.claims_names() {
+        if self.in_cluster() {
             self.claim_name(conn, NameRequest::Guest, NamePurpose::Guest, out);
         }
     }

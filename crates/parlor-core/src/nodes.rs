@@ -44,6 +44,7 @@ use crate::{
     Relayed,
 };
 use parlor_proto::legacy::OK_RESPONSE;
+use parlor_proto::secure::Fingerprint;
 use parlor_proto::text;
 use parlor_proto::Status;
 
@@ -69,6 +70,21 @@ pub struct RoomRecord {
     /// Its members served by other nodes, by node; a node without members
     /// in it is not listed.
     pub elsewhere: Vec<(NodeId, Vec<Bytes>)>,
+    /// For a secure room: the node that issues its keys, always one with
+    /// members in it; `None` for a plaintext room.
+    pub owner: Option<NodeId>,
+    /// For a secure room: the newest epoch its owners have committed
+    /// ([`EpochCommit`]); 0 before its first key.
+    pub epoch: u32,
+    /// How many arrivals and departures the record has seen (renames and
+    /// epochs are not counted): the owner keys the room again whenever it
+    /// moves past what its last key was made for.
+    pub changes: u64,
+    /// For a secure room: the introduction of each member served by
+    /// another node, with its node. An introduction is the `81` PEER_KEY a
+    /// joiner is sent for that member (its current name, `renamed_from`
+    /// empty); its RSA key is what the owner wraps the member's keys under.
+    pub introductions: Vec<(NodeId, Bytes)>,
 }
 
 /// Where a room's messages are relayed: the room, which the receiving node
@@ -91,6 +107,51 @@ pub struct MemberRename {
     pub old: Bytes,
     /// The name it has now.
     pub new: Bytes,
+    /// Its introduction under the new name, for a secure member.
+    pub introduction: Option<Bytes>,
+}
+
+/// A room key's epoch to write into the room's record before the key is
+/// delivered: the fence that keeps one owner's epochs from ever going back
+/// behind another's. The store takes it only if the record is still the
+/// room's incarnation, still names this node as the owner, and holds an
+/// older epoch; the driver reports with [`Hub::epoch_committed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochCommit {
+    /// Echoed back in [`Hub::epoch_committed`].
+    pub ticket: u64,
+    /// The room.
+    pub room: Bytes,
+    /// The incarnation the key is for.
+    pub incarnation: u64,
+    /// The epoch.
+    pub epoch: u32,
+}
+
+/// The outcome of an [`EpochCommit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The record holds the epoch now: the key may be delivered.
+    Committed,
+    /// The record names another owner, another incarnation or a later
+    /// epoch (or the room is gone): the key is never delivered.
+    Superseded,
+    /// The store did not answer: nothing was written.
+    Unavailable,
+}
+
+/// Frames for members of a room served by one other node, each for one
+/// member by name: the keys a room's owner wrapped for them. That node
+/// queues each for its member if it is still in the room
+/// ([`Hub::relayed_to_members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberFrames {
+    /// The node.
+    pub node: NodeId,
+    /// The room.
+    pub room: Bytes,
+    /// Each member's name and frame.
+    pub frames: Vec<(Bytes, Bytes)>,
 }
 
 /// A room the hub needs a connection entered into in the cluster's store.
@@ -108,6 +169,9 @@ pub struct RoomEntry {
     pub terms: EntryTerms,
     /// The most members the room may have, on all nodes together.
     pub max_members: usize,
+    /// The member's introduction, for a secure member: kept in the record
+    /// of a secure room (see [`RoomRecord::introductions`]).
+    pub introduction: Option<Bytes>,
 }
 
 /// Under what terms a [`RoomEntry`] enters its room.
@@ -123,8 +187,7 @@ pub enum EntryTerms {
         /// The new room's incarnation.
         incarnation: u64,
     },
-    /// Join the room if it is still the incarnation judged (and, for a
-    /// secure room, has no member on another node).
+    /// Join the room if it is still the incarnation judged.
     Join {
         /// The incarnation the hub judged.
         incarnation: u64,
@@ -143,9 +206,8 @@ pub enum EntryOutcome {
     },
     /// The room has as many members as it may.
     Full,
-    /// The room is not as judged: created, deleted or recreated since, or
-    /// a secure room that now has a member on another node. `None` when
-    /// there is no such room now.
+    /// The room is not as judged: created, deleted or recreated since.
+    /// `None` when there is no such room now.
     Changed(Option<RoomRecord>),
     /// The store did not answer; nothing was entered.
     Unavailable,
@@ -221,14 +283,13 @@ impl Hub {
     /// What a JOIN of `room` is judged against: for a clustered hub the
     /// room's record, otherwise the room itself.
     pub(crate) fn room_terms(&self, room: &[u8]) -> Option<RoomTerms> {
-        if self.clustered {
+        if self.in_cluster() {
             let shared = &self.directory.record(room)?.record;
             return Some(RoomTerms {
                 password: shared.password.clone(),
                 secure: shared.secure,
                 version: shared.incarnation,
                 members: shared.members,
-                elsewhere: !shared.elsewhere.is_empty(),
             });
         }
         let local = self.directory.room(room)?;
@@ -237,13 +298,12 @@ impl Hub {
             secure: local.is_secure(),
             version: local.generation(),
             members: local.members().len(),
-            elsewhere: false,
         })
     }
 
     /// How many rooms there are, on every node.
     pub(crate) fn rooms_everywhere(&self) -> usize {
-        if self.clustered {
+        if self.in_cluster() {
             self.directory.records().count()
         } else {
             self.directory.room_count()
@@ -261,7 +321,7 @@ impl Hub {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if !self.clustered {
+        if !self.in_cluster() {
             return self.admit(conn, room, false, now, out);
         }
         let terms = EntryTerms::Join {
@@ -282,7 +342,7 @@ impl Hub {
     ) {
         let secure = self.is_secure(conn);
         let incarnation = self.new_incarnation();
-        if !self.clustered {
+        if !self.in_cluster() {
             self.create_room(conn, room.clone(), phc, incarnation);
             return self.admit(conn, room, true, now, out);
         }
@@ -310,6 +370,7 @@ impl Hub {
         out: &mut Vec<Action>,
     ) {
         let ticket = self.new_ticket();
+        let introduction = self.introduction(conn);
         let user = self.users.get_mut(&conn).expect("caller checked");
         let room_generation = match terms {
             EntryTerms::Create { .. } => None,
@@ -322,6 +383,7 @@ impl Hub {
             member: user.name.clone(),
             terms,
             max_members: self.limits.max_room_members,
+            introduction,
         })));
         user.pending = Some(Box::new(Pending::Entry(PendingJoin {
             ticket,
@@ -354,12 +416,19 @@ impl Hub {
             EntryOutcome::Entered { record, .. } => {
                 let room = pending.room;
                 if self.directory.room(&room).is_none() {
-                    let keys = record.secure.then(|| RoomKeyState::new(record.incarnation));
+                    let me = self.node.as_ref();
+                    let keys = record
+                        .secure
+                        .then(|| RoomKeyState::from_record(&record, me));
                     self.directory
                         .create_room(room.clone(), record.password.clone(), keys);
                 }
-                self.directory.record_room(record);
-                self.admit(conn, room, creating, now, out);
+                let before = self.peer_fingerprints(&room);
+                let taken = self.directory.record_room(record);
+                self.admit(conn, room.clone(), creating, now, out);
+                if taken {
+                    self.follow_room_record(&room, &before, out);
+                }
             }
             EntryOutcome::Full => {
                 self.stats.reject(Rejection::RoomLimit);
@@ -372,7 +441,9 @@ impl Hub {
             }
             EntryOutcome::Changed(record) => {
                 match record {
-                    Some(record) => self.directory.record_room(record),
+                    Some(record) => {
+                        self.directory.record_room(record);
+                    }
                     None => self.directory.forget_record(&pending.room, u64::MAX),
                 }
                 self.attempt_join(conn, pending.room, pending.password, now, false, out);
@@ -383,9 +454,24 @@ impl Hub {
         }
     }
 
-    /// The room's record in the cluster's store is now `record`.
-    pub fn remote_room(&mut self, record: RoomRecord) {
-        self.directory.record_room(record);
+    /// The room's record in the cluster's store is now `record`. For a
+    /// secure room with members here, what the record says of its owner
+    /// and its members elsewhere may start a rotation
+    /// (`secure.rs`, [`Hub::follow_room_record`]).
+    pub fn remote_room(&mut self, record: RoomRecord, out: &mut Vec<Action>) {
+        let room = record.room.clone();
+        let before = self.peer_fingerprints(&room);
+        if self.directory.record_room(record) {
+            self.follow_room_record(&room, &before, out);
+        }
+    }
+
+    /// Who the members elsewhere of a secure room are, by fingerprint, as
+    /// the copy of its record says.
+    fn peer_fingerprints(&self, room: &[u8]) -> Vec<Fingerprint> {
+        let shared = self.directory.record(room);
+        let peers = shared.into_iter().flat_map(|shared| &shared.peers);
+        peers.map(|peer| peer.fingerprint).collect()
     }
 
     /// The room's record was deleted at `revision`: the room is gone.
@@ -519,7 +605,7 @@ impl Hub {
 
     /// Cluster mode: the member's room in the store follows a change here.
     pub(crate) fn left_shared_room(&self, room: &Bytes, member: &Bytes, out: &mut Vec<Action>) {
-        if self.clustered {
+        if self.in_cluster() {
             out.push(Action::LeaveRoom {
                 room: room.clone(),
                 member: member.clone(),
@@ -532,11 +618,12 @@ impl Hub {
         let Some(user) = self.users.get(&conn) else {
             return;
         };
-        if let (true, Some(room)) = (self.clustered, &user.room) {
+        if let (true, Some(room)) = (self.in_cluster(), &user.room) {
             out.push(Action::RenameMember(Box::new(MemberRename {
                 room: room.clone(),
                 old: old.clone(),
                 new: user.name.clone(),
+                introduction: self.introduction(conn),
             })));
         }
     }

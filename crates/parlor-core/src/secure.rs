@@ -54,8 +54,8 @@ use rsa::BoxedUint;
 use tracing::{error, info, warn};
 
 use super::{
-    respond, respond_naming, send, Action, ConnId, DmKeyAnswer, DmKeyRelay, Hub, NodeId, Pending,
-    Room, User,
+    respond, respond_naming, send, Action, CommitOutcome, ConnId, DmKeyAnswer, DmKeyRelay,
+    EpochCommit, Hub, MemberFrames, NodeId, Pending, Room, RoomRecord, User,
 };
 use parlor_proto::frame::{FrameCodec, MAX_CLIENT_PAYLOAD};
 use parlor_proto::legacy::OK_RESPONSE;
@@ -244,7 +244,8 @@ pub enum KeyWrapOutcome {
 ///
 /// At any moment a secure room either has a rotation in flight or a
 /// deadline in [`RoomTimers`] (its retry, or its key's end of life), never
-/// both and never neither: [`Hub::check_invariants`] checks it.
+/// both, and never neither while this node owns it: [`Hub::check_invariants`]
+/// checks it.
 #[derive(Debug)]
 pub(crate) struct RoomKeyState {
     /// Which room of this name: random, never 0.
@@ -259,9 +260,16 @@ pub(crate) struct RoomKeyState {
     stale: bool,
     /// When the room's entry in [`RoomTimers`] comes due.
     deadline: Option<Instant>,
+    /// Whether this node issues the room's keys: always on one server; in
+    /// a cluster, when the room's record names this node its owner.
+    owned: bool,
+    /// Cluster mode: the record's count of arrivals and departures
+    /// ([`RoomRecord::changes`]) that the last rotation was made for.
+    keyed_changes: u64,
 }
 
 impl RoomKeyState {
+    /// The key state of a new room of one server.
     pub(crate) fn new(incarnation: u64) -> RoomKeyState {
         RoomKeyState {
             incarnation,
@@ -269,6 +277,18 @@ impl RoomKeyState {
             rotating: false,
             stale: false,
             deadline: None,
+            owned: true,
+            keyed_changes: 0,
+        }
+    }
+
+    /// The key state of a cluster's room as its record says, on node `me`:
+    /// its epoch so far, and whether `me` issues its keys.
+    pub(crate) fn from_record(record: &RoomRecord, me: Option<&NodeId>) -> RoomKeyState {
+        RoomKeyState {
+            epoch: record.epoch,
+            owned: record.owner.is_some() && record.owner.as_ref() == me,
+            ..RoomKeyState::new(record.incarnation)
         }
     }
 
@@ -338,8 +358,12 @@ pub(super) enum WrapPurpose {
         room: Bytes,
         incarnation: u64,
         epoch: u32,
-        /// The members it was made for, every one of whom must get a wrap.
+        /// The members here it was made for, every one of whom must get a
+        /// wrap.
         recipients: Vec<ConnId>,
+        /// The members on other nodes it was made for, by node and name;
+        /// the `i`th is [`member_elsewhere`]`(i)` among the recipients.
+        elsewhere: Vec<(NodeId, Bytes)>,
     },
     Dm {
         requester: ConnId,
@@ -367,6 +391,60 @@ pub(super) struct RemoteDmKey {
 /// Stands for a requester on another node among a [`KeyWrapJob`]'s
 /// recipients. Connections are numbered up from 0 and never reach it.
 const ANOTHER_NODE: ConnId = ConnId(u64::MAX);
+
+/// Stands for the `index`th member on another node among a room key's
+/// recipients, below [`ANOTHER_NODE`]: a room has far fewer members than
+/// the gap between the connections' numbers and these.
+fn member_elsewhere(index: usize) -> ConnId {
+    ConnId(ANOTHER_NODE.0 - 1 - index as u64)
+}
+
+/// Which member elsewhere `conn` stands for, if it is one of `count`.
+fn index_elsewhere(conn: ConnId, count: usize) -> Option<usize> {
+    let index = usize::try_from(ANOTHER_NODE.0.checked_sub(conn.0)?.checked_sub(1)?).ok()?;
+    (index < count).then_some(index)
+}
+
+/// A member of a secure room served by another node, as its introduction
+/// in the room's record says.
+#[derive(Debug, Clone)]
+pub(crate) struct RemotePeer {
+    pub(crate) node: NodeId,
+    pub(crate) name: Bytes,
+    pub(crate) fingerprint: Fingerprint,
+    rsa: Arc<rsa::PublicKey>,
+    /// The `81` a joiner of the room is sent for this member, as stored.
+    pub(crate) introduction: Bytes,
+}
+
+impl RemotePeer {
+    /// Reads an introduction of node `node`'s member; `None`, logged, if it
+    /// is not one.
+    pub(crate) fn read(node: &NodeId, introduction: &Bytes) -> Option<RemotePeer> {
+        let Some((name, fingerprint, rsa)) = introduced(introduction) else {
+            warn!(%node, "an introduction in a room's record that cannot be read; left out");
+            return None;
+        };
+        Some(RemotePeer {
+            node: node.clone(),
+            name,
+            fingerprint,
+            rsa: Arc::new(rsa),
+            introduction: introduction.clone(),
+        })
+    }
+}
+
+/// A room key wrapped for its recipients, to be delivered once its epoch
+/// is committed (cluster mode) or at once (one server).
+#[derive(Debug)]
+pub(super) struct WrappedRoomKey {
+    room: Bytes,
+    incarnation: u64,
+    epoch: u32,
+    wrapped: Vec<(ConnId, Bytes)>,
+    elsewhere: Vec<(NodeId, Bytes)>,
+}
 
 /// The requester's name, identity block and RSA key in an introduction
 /// (an `81` PEER_KEY frame) sent by another node; `None` if it is not one.
@@ -459,17 +537,17 @@ impl Hub {
         if !self.is_secure(conn) {
             return;
         }
-        let (room, secure) = (room.clone(), entry.is_secure());
+        let secure = entry.is_secure();
         let incarnation = entry.keys().map_or(0, RoomKeyState::incarnation);
         let confirmation = if created {
             SecureMessage::RoomCreated {
-                room,
+                room: room.clone(),
                 secure,
                 incarnation,
             }
         } else {
             SecureMessage::RoomJoined {
-                room,
+                room: room.clone(),
                 secure,
                 incarnation,
             }
@@ -489,6 +567,24 @@ impl Hub {
                 notice.encode_into(dst);
             }
         }
+        let shared = self.directory.record(room);
+        for peer in shared.into_iter().flat_map(|shared| &shared.peers) {
+            dst.extend_from_slice(&peer.introduction);
+        }
+    }
+
+    /// The `81` PEER_KEY that introduces a secure user under its current
+    /// name: what its peers get, and what a secure room's record keeps for
+    /// it in cluster mode. `None` for a legacy connection.
+    pub(crate) fn introduction(&self, conn: ConnId) -> Option<Bytes> {
+        let user = self.users.get(&conn)?;
+        let identity = user.identity.as_ref()?;
+        let notice = SecureMessage::PeerKey {
+            name: user.name.clone(),
+            renamed_from: Bytes::new(),
+            identity: identity.block.clone(),
+        };
+        Some(notice.encode())
     }
 
     /// Sends the user's identity, under its current name, to every other
@@ -513,6 +609,7 @@ impl Hub {
             identity: identity.block.clone(),
         }
         .encode();
+        self.relay_to_room(room, &notice, out);
         out.push(Action::Broadcast {
             to: entry.members_now(),
             except: Some(conn),
@@ -520,36 +617,69 @@ impl Hub {
         });
     }
 
+    /// Cluster mode: relays a notice for every member of `room` to the
+    /// other nodes serving members of it, as a room message is relayed.
+    fn relay_to_room(&self, room: &[u8], frame: &Bytes, out: &mut Vec<Action>) {
+        if let Some(to) = self.relay_target(room) {
+            out.push(Action::Relay {
+                to: Arc::clone(to),
+                frame: frame.clone(),
+            });
+        }
+    }
+
     /// The membership of `room` changed: rotate its key, or, if a rotation
     /// is already in flight, make sure another one follows it. On a
     /// departure the remaining members first hear ROOM_REKEYING, in this
-    /// same event. Nothing for a plaintext room or one that was deleted with
-    /// its last member.
+    /// same event. Nothing for a plaintext room, one that was deleted with
+    /// its last member, or one whose keys another node issues (that node
+    /// sees the change in the room's record, [`Hub::follow_room_record`]).
     pub(super) fn membership_changed(
         &mut self,
         room: &Bytes,
         change: Change,
         out: &mut Vec<Action>,
     ) {
-        let Some(entry) = self.directory.room_mut(room) else {
+        let Some(keys) = self.directory.room(room).and_then(Room::keys) else {
             return;
         };
-        let members = entry.members_now();
-        let Some(keys) = entry.keys_mut() else {
+        if !keys.owned {
             return;
-        };
-        if let Change::Departure(left) = change {
-            let notice = SecureMessage::RoomRekeying {
-                room: room.clone(),
-                incarnation: keys.incarnation,
-                next_epoch: keys.next_epoch(),
-            };
-            out.push(Action::Broadcast {
-                to: members,
-                except: Some(left),
-                frame: notice.encode(),
-            });
         }
+        if let Change::Departure(left) = change {
+            self.rekeying_notice(room, Some(left), out);
+        }
+        self.rekey(room, out);
+    }
+
+    /// Tells every member of `room` but `except`, here and on the other
+    /// nodes, that a key is on its way (`95` ROOM_REKEYING): they hold
+    /// their sends until it comes.
+    fn rekeying_notice(&self, room: &Bytes, except: Option<ConnId>, out: &mut Vec<Action>) {
+        let entry = self.directory.room(room).expect("caller checked");
+        let keys = entry.keys().expect("caller checked");
+        let notice = SecureMessage::RoomRekeying {
+            room: room.clone(),
+            incarnation: keys.incarnation,
+            next_epoch: keys.next_epoch(),
+        }
+        .encode();
+        self.relay_to_room(room, &notice, out);
+        out.push(Action::Broadcast {
+            to: entry.members_now(),
+            except,
+            frame: notice,
+        });
+    }
+
+    /// Rotates the key of `room`, a secure room this node owns, or has the
+    /// rotation in flight followed by another.
+    fn rekey(&mut self, room: &Bytes, out: &mut Vec<Action>) {
+        let keys = self
+            .directory
+            .room_mut(room)
+            .and_then(Room::keys_mut)
+            .expect("caller checked");
         if keys.rotating {
             keys.stale = true;
         } else {
@@ -557,37 +687,101 @@ impl Hub {
         }
     }
 
-    /// Starts a rotation: the next epoch, for the members of this moment,
-    /// each with the label that names the room, its incarnation, the epoch
-    /// and the member.
+    /// Cluster mode: the record of `room` has changed (its members
+    /// elsewhere were those of `before`, by fingerprint). A node that
+    /// becomes the room's owner takes it over: it tells every member a key
+    /// is coming, since its predecessor may have committed an epoch it
+    /// never delivered, then rotates, at the epoch after the last
+    /// committed. An owner whose room gained or lost members elsewhere
+    /// rotates, telling the members first if somebody left. A node that is
+    /// no longer the owner stops timing the room's keys.
+    pub(crate) fn follow_room_record(
+        &mut self,
+        room: &Bytes,
+        before: &[Fingerprint],
+        out: &mut Vec<Action>,
+    ) {
+        let me = self.node.clone();
+        let Some(shared) = self.directory.record(room) else {
+            return;
+        };
+        let record = &shared.record;
+        let owner_here = record.owner.is_some() && record.owner == me;
+        let (incarnation, epoch, changes) = (record.incarnation, record.epoch, record.changes);
+        let departed = before
+            .iter()
+            .any(|gone| !shared.peers.iter().any(|peer| peer.fingerprint == *gone));
+        let Some(keys) = self.directory.room_mut(room).and_then(Room::keys_mut) else {
+            return;
+        };
+        if keys.incarnation != incarnation {
+            return;
+        }
+        keys.epoch = keys.epoch.max(epoch);
+        match (keys.owned, owner_here) {
+            (true, false) => {
+                keys.owned = false;
+                keys.stale = false;
+                self.room_timers.clear(room, keys);
+            }
+            (false, true) => {
+                keys.owned = true;
+                info!(room = %Printable(room), epoch = keys.epoch, "took over a secure room's keys");
+                self.rekeying_notice(room, None, out);
+                self.rekey(room, out);
+            }
+            (true, true) if changes != keys.keyed_changes => {
+                if departed {
+                    self.rekeying_notice(room, None, out);
+                }
+                self.rekey(room, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts a rotation: the next epoch, for the members of this moment
+    /// on every node, each with the label that names the room, its
+    /// incarnation, the epoch and the member.
     fn rotate(&mut self, room: &Bytes, out: &mut Vec<Action>) {
+        let shared = self.directory.record(room);
+        let changes = shared.map_or(0, |shared| shared.record.changes);
+        let peers: Vec<RemotePeer> = shared.map_or_else(Vec::new, |shared| shared.peers.clone());
         let entry = self.directory.room_mut(room).expect("caller checked");
         let members = entry.members_now();
         let keys = entry.keys_mut().expect("caller checked");
         self.room_timers.clear(room, keys);
         keys.rotating = true;
         keys.stale = false;
+        keys.keyed_changes = changes;
         let (incarnation, epoch) = (keys.incarnation, keys.next_epoch());
-        let recipients: Vec<KeyRecipient> = members
-            .iter()
-            .map(|member| {
-                let identity = self.users[member]
-                    .identity
-                    .as_ref()
-                    .expect("members of a secure room are secure");
-                KeyRecipient {
-                    conn: *member,
-                    key: Arc::clone(&identity.rsa),
-                    label: room_key_label(room, incarnation, epoch, &identity.fingerprint),
-                }
-            })
-            .collect();
+        let here = members.iter().map(|member| {
+            let identity = self.users[member]
+                .identity
+                .as_ref()
+                .expect("members of a secure room are secure");
+            KeyRecipient {
+                conn: *member,
+                key: Arc::clone(&identity.rsa),
+                label: room_key_label(room, incarnation, epoch, &identity.fingerprint),
+            }
+        });
+        let elsewhere = peers.iter().enumerate().map(|(index, peer)| KeyRecipient {
+            conn: member_elsewhere(index),
+            key: Arc::clone(&peer.rsa),
+            label: room_key_label(room, incarnation, epoch, &peer.fingerprint),
+        });
+        let recipients: Vec<KeyRecipient> = here.chain(elsewhere).collect();
         let ticket = self.new_ticket();
         let purpose = WrapPurpose::Room {
             room: room.clone(),
             incarnation,
             epoch,
             recipients: members.to_vec(),
+            elsewhere: peers
+                .into_iter()
+                .map(|peer| (peer.node, peer.name))
+                .collect(),
         };
         self.wraps.insert(ticket, purpose);
         out.push(Action::WrapKeys(KeyWrapJob {
@@ -696,20 +890,15 @@ impl Hub {
         out: &mut Vec<Action>,
     ) {
         let ticket = self.new_ticket();
+        let introduction = self.introduction(conn).expect("caller checked");
         let user = self.users.get_mut(&conn).expect("caller checked");
-        let own = user.identity.as_ref().expect("caller checked");
-        let introduction = SecureMessage::PeerKey {
-            name: user.name.clone(),
-            renamed_from: Bytes::new(),
-            identity: own.block.clone(),
-        };
         user.pending = Some(Box::new(Pending::Direct { ticket }));
         out.push(Action::RelayDmKey(Box::new(DmKeyRelay {
             conn,
             ticket,
             node,
             target: Bytes::copy_from_slice(target),
-            introduction: introduction.encode(),
+            introduction,
         })));
     }
 
@@ -886,14 +1075,23 @@ impl Hub {
                 incarnation,
                 epoch,
                 recipients,
+                elsewhere,
             }) => {
-                let wrapped = match outcome {
-                    KeyWrapOutcome::Wrapped(wrapped) if wrapped.len() == recipients.len() => {
-                        Some(wrapped)
+                match outcome {
+                    KeyWrapOutcome::Wrapped(wrapped)
+                        if wrapped.len() == recipients.len() + elsewhere.len() =>
+                    {
+                        let key = WrappedRoomKey {
+                            room,
+                            incarnation,
+                            epoch,
+                            wrapped,
+                            elsewhere,
+                        };
+                        self.room_key_wrapped(key, now, out)
                     }
-                    _ => None,
-                };
-                self.room_key_wrapped(room, incarnation, epoch, wrapped, now, out);
+                    _ => self.rotation_failed(&room, incarnation, epoch, now, out),
+                }
             }
             Some(WrapPurpose::Dm {
                 requester,
@@ -907,61 +1105,171 @@ impl Hub {
         }
     }
 
-    /// Hands a rotation's keys to the recipients that are still members and
-    /// schedules the key's end of life; or, if the wrap failed, delivers
-    /// nothing and schedules a retry. Starts the next rotation at once if
-    /// the membership changed meanwhile.
-    fn room_key_wrapped(
+    /// A rotation's keys are wrapped. One server delivers them at once; a
+    /// node of a cluster first commits their epoch to the room's record,
+    /// which only the room's owner can ([`EpochCommit`]).
+    fn room_key_wrapped(&mut self, key: WrappedRoomKey, now: Instant, out: &mut Vec<Action>) {
+        let Some(keys) = self.room_keys_mut(&key.room, key.incarnation) else {
+            return;
+        };
+        if !keys.owned {
+            // Another node took the room over meanwhile, and keys it.
+            return self.finish_rotation(&key.room, now, out);
+        }
+        if !self.in_cluster() {
+            return self.deliver_room_key(key, now, out);
+        }
+        let ticket = self.new_ticket();
+        out.push(Action::CommitEpoch(Box::new(EpochCommit {
+            ticket,
+            room: key.room.clone(),
+            incarnation: key.incarnation,
+            epoch: key.epoch,
+        })));
+        self.commits.insert(ticket, key);
+    }
+
+    /// An [`EpochCommit`] finished at `now`: the key it was for is
+    /// delivered if its epoch is the room's now, and never otherwise.
+    pub fn epoch_committed(
         &mut self,
-        room: Bytes,
-        incarnation: u64,
-        epoch: u32,
-        wrapped: Option<Vec<(ConnId, Bytes)>>,
+        ticket: u64,
+        outcome: CommitOutcome,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        // A room deleted (and perhaps recreated) meanwhile has nobody, or
-        // other people, to give this key to.
-        let Some(entry) = self
-            .directory
-            .room_mut(&room)
-            .filter(|entry| entry.keys().map(RoomKeyState::incarnation) == Some(incarnation))
-        else {
+        let Some(key) = self.commits.remove(&ticket) else {
+            return;
+        };
+        match outcome {
+            CommitOutcome::Committed => self.deliver_room_key(key, now, out),
+            CommitOutcome::Superseded | CommitOutcome::Unavailable => {
+                let WrappedRoomKey {
+                    room,
+                    incarnation,
+                    epoch,
+                    ..
+                } = key;
+                self.rotation_failed(&room, incarnation, epoch, now, out)
+            }
+        }
+    }
+
+    /// A rotation delivered nothing: its wrap failed, its epoch could not
+    /// be committed, or another owner's epoch passed it. The room fails
+    /// closed (its members keep holding) and is tried again after the
+    /// retry, or at once if its membership changed meanwhile.
+    fn rotation_failed(
+        &mut self,
+        room: &Bytes,
+        incarnation: u64,
+        epoch: u32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.room_keys_mut(room, incarnation).is_none() {
+            return;
+        }
+        error!(room = %Printable(room), epoch, retry = ?self.limits.rotation_retry,
+               "room key rotation failed; its members hold their sends until the retry");
+        self.finish_rotation(room, now + self.limits.rotation_retry, out);
+    }
+
+    /// The key state of `room` if it is still the incarnation
+    /// `incarnation`: a room deleted (and perhaps recreated) meanwhile has
+    /// nobody, or other people, to give a key of the old one to.
+    fn room_keys_mut(&mut self, room: &[u8], incarnation: u64) -> Option<&mut RoomKeyState> {
+        self.directory
+            .room_mut(room)
+            .and_then(Room::keys_mut)
+            .filter(|keys| keys.incarnation == incarnation)
+    }
+
+    /// Hands a rotation's keys to the recipients that are still members:
+    /// here directly, on other nodes through their node, which checks the
+    /// same. Then schedules the key's end of life.
+    fn deliver_room_key(&mut self, key: WrappedRoomKey, now: Instant, out: &mut Vec<Action>) {
+        let WrappedRoomKey {
+            room,
+            incarnation,
+            epoch,
+            wrapped,
+            elsewhere,
+        } = key;
+        let Some(entry) = self.directory.room_mut(&room) else {
             return;
         };
         let members: HashSet<ConnId> = entry.members().iter().copied().collect();
-        let keys = entry.keys_mut().expect("matched its incarnation");
+        let Some(keys) = entry.keys_mut().filter(|keys| keys.incarnation == incarnation) else {
+            return;
+        };
+        keys.epoch = epoch;
+        let mut by_node: Vec<MemberFrames> = Vec::new();
+        for (conn, wrapped) in wrapped {
+            let message = SecureMessage::RoomKey {
+                room: room.clone(),
+                incarnation,
+                epoch,
+                wrapped,
+            };
+            if members.contains(&conn) {
+                out.push(send(conn, message.encode()));
+            } else if let Some(index) = index_elsewhere(conn, elsewhere.len()) {
+                let (node, name) = &elsewhere[index];
+                let frame = (name.clone(), message.encode());
+                match by_node.iter_mut().find(|frames| frames.node == *node) {
+                    Some(frames) => frames.frames.push(frame),
+                    None => by_node.push(MemberFrames {
+                        node: node.clone(),
+                        room: room.clone(),
+                        frames: vec![frame],
+                    }),
+                }
+            }
+        }
+        out.extend(
+            by_node
+                .into_iter()
+                .map(|frames| Action::RelayToMembers(Box::new(frames))),
+        );
+        self.finish_rotation(&room, now + self.limits.room_key_lifetime, out);
+    }
+
+    /// A rotation of `room` is over: the next starts at once if the
+    /// membership changed meanwhile, else the room waits for `next` (its
+    /// key's end of life, or a retry), as long as this node owns it.
+    fn finish_rotation(&mut self, room: &Bytes, next: Instant, out: &mut Vec<Action>) {
+        let Some(keys) = self.directory.room_mut(room).and_then(Room::keys_mut) else {
+            return;
+        };
         keys.rotating = false;
         let again = std::mem::take(&mut keys.stale);
-        let next = match wrapped {
-            Some(wrapped) => {
-                keys.epoch = epoch;
-                out.extend(
-                    wrapped
-                        .into_iter()
-                        .filter(|(conn, _)| members.contains(conn))
-                        .map(|(conn, wrapped)| {
-                            let message = SecureMessage::RoomKey {
-                                room: room.clone(),
-                                incarnation,
-                                epoch,
-                                wrapped,
-                            };
-                            send(conn, message.encode())
-                        }),
-                );
-                now + self.limits.room_key_lifetime
-            }
-            None => {
-                error!(room = %Printable(&room), epoch, retry = ?self.limits.rotation_retry,
-                       "room key rotation failed; its members hold their sends until the retry");
-                now + self.limits.rotation_retry
-            }
-        };
+        if !keys.owned {
+            return;
+        }
         if again {
-            self.rotate(&room, out);
+            self.rotate(room, out);
         } else {
-            self.room_timers.set(&room, keys, next);
+            self.room_timers.set(room, keys, next);
+        }
+    }
+
+    /// Frames another node relayed for members of `room` here, by name
+    /// ([`MemberFrames`]): each is queued if its member is still in the
+    /// room.
+    pub fn relayed_to_members(
+        &mut self,
+        room: &[u8],
+        frames: Vec<(Bytes, Bytes)>,
+        out: &mut Vec<Action>,
+    ) {
+        for (name, frame) in frames {
+            let Some(conn) = self.directory.find_user(&name) else {
+                continue;
+            };
+            if self.users[&conn].room.as_deref() == Some(room) {
+                out.push(send(conn, frame));
+            }
         }
     }
 
@@ -1046,11 +1354,15 @@ impl Hub {
                     Printable(name)
                 ));
             }
-            let in_flight = self.wraps.values().filter(|purpose| {
+            let wrapping = self.wraps.values().filter(|purpose| {
                 matches!(purpose, WrapPurpose::Room { room: r, incarnation, .. }
                     if r == name && *incarnation == keys.incarnation)
             });
-            let count = in_flight.count();
+            let committing = self
+                .commits
+                .values()
+                .filter(|key| key.room == name && key.incarnation == keys.incarnation);
+            let count = wrapping.count() + committing.count();
             if count != usize::from(keys.rotating) {
                 return Err(format!(
                     "room {} (rotating: {}) has {count} rotations in flight",
@@ -1060,7 +1372,11 @@ impl Hub {
             }
             match (keys.rotating, keys.deadline) {
                 (true, None) => {}
-                (false, Some(at)) if self.room_timers.contains(at, name) => timed += 1,
+                // A room another node owns waits for nothing here.
+                (false, None) if !keys.owned => {}
+                (false, Some(at)) if keys.owned && self.room_timers.contains(at, name) => {
+                    timed += 1
+                }
                 state => {
                     return Err(format!(
                     "room {} has (rotating, deadline) {state:?}, or a deadline not in the timers",

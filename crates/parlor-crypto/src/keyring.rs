@@ -9,9 +9,9 @@
 //!   [`Trust::Changed`] until the user says otherwise. A rename is believed
 //!   only when the key under the new name is the one under the old.
 //! - **The room key** is kept for the one room (and incarnation) the client
-//!   is in; another room's key, or an epoch other than the next, is
-//!   refused, so nobody can install a key for a room we are not in or
-//!   freeze us on a forged epoch. The key it replaced still opens messages
+//!   is in; another room's key, or an epoch other than the next (or the
+//!   one a ROOM_REKEYING announced), is refused, so nobody can install a
+//!   key for a room we are not in or freeze us on a forged epoch. The key it replaced still opens messages
 //!   for [`EPOCH_GRACE`], because members who sent just before the rotation
 //!   could not know about it. After a member leaves, sealing waits for the
 //!   next key ([`Keyring::rekeying`]).
@@ -392,7 +392,7 @@ impl Keyring {
 
     /// Installs a room key (ROOM_KEY, `84`): only for the room and
     /// incarnation we are in, and after the first one only for the epoch
-    /// after the current one; returns the epoch. The superseded key keeps
+    /// after the current one, or the one a ROOM_REKEYING announced. The superseded key keeps
     /// opening messages for [`EPOCH_GRACE`] from `now`.
     pub fn add_room_key(
         &mut self,
@@ -409,7 +409,12 @@ impl Keyring {
             .filter(|keys| keys.is(room, incarnation))
             .ok_or(KeyRefused::NotOurRoom)?;
         if let Some((current, _)) = &keys.current {
-            if current.checked_add(1) != Some(epoch) {
+            // The epoch a ROOM_REKEYING announced is taken even past a gap:
+            // in a cluster, a node taking a room over announces the epoch
+            // after the last one committed, which its predecessor may not
+            // have delivered.
+            let announced = keys.hold_until == Some(epoch) && epoch > *current;
+            if current.checked_add(1) != Some(epoch) && !announced {
                 return Err(KeyRefused::BadEpoch {
                     current: *current,
                     offered: epoch,

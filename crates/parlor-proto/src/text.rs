@@ -90,17 +90,6 @@ pub fn room_is_full(room: &[u8]) -> [&[u8]; 3] {
     [b"Room '", room, b"' is full, try again later."]
 }
 
-/// In cluster mode, JOIN of a secure room whose members are on another
-/// node: a secure room's keys are issued by one node, so its members are
-/// all served by that one.
-pub fn secure_room_elsewhere(room: &[u8]) -> [&[u8]; 3] {
-    [
-        b"Room '",
-        room,
-        b"' is end-to-end encrypted and served by another node of the network.",
-    ]
-}
-
 /// JOIN of a secure room from a legacy connection.
 pub fn room_is_secure(room: &[u8]) -> [&[u8]; 3] {
     [

@@ -25,9 +25,9 @@ use crate::keywrap::KeyWrapPool;
 use crate::password::PasswordPool;
 use parlor_cluster::Cluster;
 use parlor_core::{
-    Action, ClaimOutcome, CloseReason, ConnId, DirectOutcome, DirectRelay, DmKeyAnswer, DmKeyRelay,
-    EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, MemberRename, NameClaim, NameRequest, NodeId,
-    PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
+    Action, ClaimOutcome, CloseReason, CommitOutcome, ConnId, DirectOutcome, DirectRelay,
+    DmKeyAnswer, DmKeyRelay, EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim, NameRequest,
+    NodeId, PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
 };
 use parlor_proto::secure::CHANNEL_BINDING_LEN;
 use parlor_proto::FrameCodec;
@@ -92,8 +92,12 @@ impl Shared {
         key_wraps: KeyWrapPool,
         clock: Clock,
     ) -> Shared {
-        let hub = match config.cluster {
-            Some(_) => Hub::clustered(config.hub_limits(), rand::random()),
+        let hub = match &config.cluster {
+            Some(cluster) => Hub::clustered(
+                config.hub_limits(),
+                rand::random(),
+                cluster.node_id.as_str().into(),
+            ),
             None => Hub::new(config.hub_limits(), rand::random()),
         };
         let state = State {
@@ -219,11 +223,10 @@ impl Shared {
         match action {
             Action::ReleaseName(name) => cluster.release(name),
             Action::LeaveRoom { room, member } => cluster.leave_room(room, member),
-            Action::RenameMember(rename) => {
-                let MemberRename { room, old, new } = *rename;
-                cluster.rename_member(room, old, new)
-            }
+            Action::RenameMember(rename) => cluster.rename_member(*rename),
+            Action::CommitEpoch(commit) => cluster.commit_epoch(*commit),
             Action::Relay { to, frame } => cluster.relay(&to.nodes, &to.room, &frame),
+            Action::RelayToMembers(frames) => cluster.relay_to_members(&frames),
             Action::AnswerDmKey { ask, answer } => cluster.answer_dm_key(ask, answer),
             other => error!(action = ?other, "not the cluster's work"),
         }
@@ -486,7 +489,7 @@ impl Shared {
                     Action::RelayDmKey(relay) => {
                         self.owe(state, &mut fed, relay.conn, Fed::DmKey(relay))
                     }
-                    Action::Relay { .. } => {
+                    Action::Relay { .. } | Action::RelayToMembers(_) => {
                         // Queued for the members here first, as the hub
                         // ordered; the relay keeps the order per node.
                         self.deliver_run(state, run.take(), &mut too_slow);
@@ -495,6 +498,7 @@ impl Shared {
                     work @ (Action::ReleaseName(_)
                     | Action::LeaveRoom { .. }
                     | Action::RenameMember(_)
+                    | Action::CommitEpoch(_)
                     | Action::AnswerDmKey { .. }) => self.cluster_work(work),
                 }
             }
@@ -628,7 +632,7 @@ impl parlor_cluster::Node for ServerNode {
     }
 
     fn remote_room(&self, record: RoomRecord) {
-        self.with_hub(|hub, _| hub.remote_room(record));
+        self.with_hub(|hub, out| hub.remote_room(record, out));
     }
 
     fn remote_room_deleted(&self, room: &[u8], revision: u64) {
@@ -641,6 +645,18 @@ impl parlor_cluster::Node for ServerNode {
 
     fn relayed_room_message(&self, room: &[u8], frame: Bytes) {
         self.with_hub(|hub, out| hub.relayed_room_message(room, frame, out));
+    }
+
+    fn relayed_to_members(&self, room: &[u8], frames: Vec<(Bytes, Bytes)>) {
+        self.with_hub(|hub, out| hub.relayed_to_members(room, frames, out));
+    }
+
+    fn epoch_committed(&self, ticket: u64, outcome: CommitOutcome) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        let now = shared.clock.now();
+        self.with_hub(|hub, out| hub.epoch_committed(ticket, outcome, now, out));
     }
 
     fn relayed_direct_message(&self, target: &[u8], frame: Bytes) -> bool {

@@ -6,8 +6,13 @@ use crate::{ClaimOutcome, NameClaim, NameRequest};
 
 /// A harness whose hub is one node of a cluster.
 pub(super) fn clustered() -> Harness {
+    clustered_as("a")
+}
+
+/// A harness whose hub is node `node` of a cluster.
+pub(super) fn clustered_as(node: &str) -> Harness {
     Harness {
-        hub: Hub::clustered(Limits::default(), [0x5e; 32]),
+        hub: Hub::clustered(Limits::default(), [0x5e; 32], node.into()),
         ..Harness::with_defaults()
     }
 }

@@ -2,14 +2,15 @@
 //! driver: the cluster's store (entries and records) and the other nodes
 //! (relays).
 
-use super::claims::clustered;
+use super::claims::{clustered, clustered_as};
+use super::secure::{rekeyings, room_keys};
 use super::*;
 use crate::{
-    DirectOutcome, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, MemberRename, NodeId,
-    RoomEntry, RoomRecord,
+    CommitOutcome, DirectOutcome, DmKeyAnswer, DmKeyRelay, EntryOutcome, EntryTerms, EpochCommit,
+    MemberFrames, MemberRename, NodeId, RoomEntry, RoomRecord,
 };
 use parlor_proto::legacy::{encode_direct_message, encode_room_message};
-use parlor_proto::secure::{dm_key_label, SecureMessage};
+use parlor_proto::secure::{dm_key_label, room_key_label, SecureMessage};
 
 /// A record of `room` with no password whose members elsewhere are
 /// `elsewhere`, and `here` more on this node.
@@ -35,6 +36,10 @@ fn record(room: &str, revision: u64, here: usize, elsewhere: &[(&str, &[&str])])
                 .map(|(_, names)| names.len())
                 .sum::<usize>(),
         elsewhere,
+        owner: None,
+        epoch: 0,
+        changes: 0,
+        introductions: Vec::new(),
     }
 }
 
@@ -60,7 +65,7 @@ fn work(out: &[Action]) -> Vec<String> {
                 Some(format!("leave {} {}", text(room), text(member)))
             }
             Action::RenameMember(rename) => {
-                let MemberRename { room, old, new } = &**rename;
+                let MemberRename { room, old, new, .. } = &**rename;
                 Some(format!("rename {} {} {}", text(room), text(old), text(new)))
             }
             Action::ReleaseName(name) => Some(format!("release {}", text(name))),
@@ -159,7 +164,7 @@ fn a_room_created_first_on_another_node_is_judged_again_with_its_password() {
 fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
     let mut h = clustered();
     let alice = h.guest(1, "alice");
-    h.hub.remote_room(record("full", 1, 0, &[("b", &["bob"])]));
+    h.hub.remote_room(record("full", 1, 0, &[("b", &["bob"])]), &mut Vec::new());
     let asked = entry(&h.join(alice, "full", ""));
     let out = h.entered(&asked, EntryOutcome::Full);
     let full = response(2, "Room 'full' is full, try again later.");
@@ -176,7 +181,7 @@ fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
 fn lists_cover_the_rooms_and_members_of_every_node() {
     let mut h = clustered();
     let alice = h.guest(1, "alice");
-    h.hub.remote_room(record("zoo", 4, 0, &[("b", &["zed"])]));
+    h.hub.remote_room(record("zoo", 4, 0, &[("b", &["zed"])]), &mut Vec::new());
     h.in_room(
         alice,
         "lobby",
@@ -197,7 +202,7 @@ fn lists_cover_the_rooms_and_members_of_every_node() {
         [(alice, members)]
     );
     // An older record than the one known changes nothing; a deletion does.
-    h.hub.remote_room(record("lobby", 1, 1, &[]));
+    h.hub.remote_room(record("lobby", 1, 1, &[]), &mut Vec::new());
     h.hub.remote_room_deleted(b"zoo", 5);
     let rooms = [&[0, 0, 0, 7, 4, 0x17, 0x9a, 0][..], b"\x05lobby"].concat();
     assert_eq!(
@@ -245,7 +250,7 @@ fn a_room_message_is_relayed_once_per_other_node_and_relays_reach_members_here()
         [(alice, relayed.to_vec()), (carol, relayed.to_vec())]
     );
     // A room with nobody elsewhere relays nothing.
-    h.hub.remote_room(record("lobby", 9, 2, &[]));
+    h.hub.remote_room(record("lobby", 9, 2, &[]), &mut Vec::new());
     assert!(work(&h.say(alice, "lobby", "alone")).is_empty());
 }
 
@@ -363,24 +368,248 @@ fn members_who_may_have_missed_a_relay_are_disconnected_and_no_one_else() {
     h.hub.check_invariants().unwrap();
 }
 
-#[test]
-fn a_secure_room_is_served_by_one_node() {
-    let mut h = clustered();
-    let (alice, legacy) = (h.guest(1, "alice"), h.guest(2, "lee"));
-    h.hub.channel_bound(alice, binding(1));
-    let register = identity(1).register(b"alice", &binding(1));
-    assert_eq!(sent(&h.send(alice, register)), [(alice, ok())]);
-    let secure = RoomRecord {
+/// A record of the secure room `vault`, incarnation `incarnation`, owned
+/// by `owner` at `epoch` after `changes` arrivals and departures, with
+/// `here` members on this node and `elsewhere` on others, as (node, name,
+/// introduction).
+fn secure_record(
+    incarnation: u64,
+    revision: u64,
+    (owner, epoch, changes): (&str, u32, u64),
+    here: usize,
+    elsewhere: &[(&str, &str, &Bytes)],
+) -> RoomRecord {
+    let mut names: Vec<(NodeId, Vec<Bytes>)> = Vec::new();
+    for (node, name, _) in elsewhere {
+        match names.iter_mut().find(|(known, _)| &**known == *node) {
+            Some((_, list)) => list.push(bytes(name)),
+            None => names.push((NodeId::from(*node), vec![bytes(name)])),
+        }
+    }
+    RoomRecord {
         secure: true,
-        ..record("vault", 1, 0, &[("b", &["bob"])])
+        incarnation,
+        owner: Some(NodeId::from(owner)),
+        epoch,
+        changes,
+        introductions: elsewhere
+            .iter()
+            .map(|(node, _, introduction)| (NodeId::from(*node), (*introduction).clone()))
+            .collect(),
+        members: here + elsewhere.len(),
+        elsewhere: names,
+        ..record("vault", revision, 0, &[])
+    }
+}
+
+/// The one epoch commit among `out`.
+fn commit(out: &[Action]) -> EpochCommit {
+    let commits: Vec<_> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::CommitEpoch(commit) => Some((**commit).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits.len(), 1, "one commit in {out:?}");
+    commits[0].clone()
+}
+
+/// The frames relayed for members of other nodes among `out`.
+fn for_members(out: &[Action]) -> Vec<MemberFrames> {
+    out.iter()
+        .filter_map(|action| match action {
+            Action::RelayToMembers(frames) => Some((**frames).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Harness {
+    /// Finishes the rotation started, which must ask for its epoch to be
+    /// committed, and reports `outcome` for it; returns the epoch and
+    /// what the hub did then.
+    fn rotate_and_commit(&mut self, outcome: CommitOutcome) -> (u32, Vec<Action>) {
+        let out = self.finish_rotations();
+        assert!(room_keys(&out).is_empty(), "no key before its epoch is committed");
+        let asked = commit(&out);
+        let mut out = Vec::new();
+        self.hub
+            .epoch_committed(asked.ticket, outcome, self.now, &mut out);
+        self.settle(&mut out);
+        self.hub.check_invariants().unwrap();
+        (asked.epoch, out)
+    }
+}
+
+#[test]
+fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
+    let (mut a, mut b) = (clustered_as("a"), clustered_as("b"));
+    let alice = a.secure_guest(1, "alice");
+    let bob = b.secure_guest(2, "bob");
+    let alice_intro = a.hub.introduction(alice).unwrap();
+    let bob_intro = b.hub.introduction(bob).unwrap();
+
+    // Alice creates the room on a, which then owns it; her first key
+    // waits for its epoch to be in the room's record.
+    let asked = entry(&a.join(alice, "vault", ""));
+    let EntryTerms::Create {
+        secure: true,
+        incarnation,
+        ..
+    } = asked.terms
+    else {
+        panic!("{asked:?}")
     };
-    h.hub.remote_room(secure);
-    let elsewhere = text::secure_room_elsewhere(b"vault").concat();
-    let elsewhere = response(1, std::str::from_utf8(&elsewhere).unwrap());
-    assert_eq!(sent(&h.join(alice, "vault", "")), [(alice, elsewhere)]);
-    let legacy_text = text::room_is_secure(b"vault").concat();
-    let legacy_text = response(1, std::str::from_utf8(&legacy_text).unwrap());
-    assert_eq!(sent(&h.join(legacy, "vault", "")), [(legacy, legacy_text)]);
+    assert_eq!(asked.introduction.as_ref(), Some(&alice_intro));
+    let created = secure_record(incarnation, 1, ("a", 0, 1), 1, &[]);
+    a.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: created,
+            member: bytes("alice"),
+        },
+    );
+    let (epoch, out) = a.rotate_and_commit(CommitOutcome::Committed);
+    assert_eq!(epoch, 1);
+    assert_eq!(room_keys(&out), [(alice, "vault".to_owned(), 1)]);
+
+    // Bob joins from b: his node introduces alice to him from the record
+    // and relays his introduction to a, but makes him no key.
+    let elsewhere_for_b = [("a", "alice", &alice_intro)];
+    let seen = secure_record(incarnation, 2, ("a", 1, 1), 0, &elsewhere_for_b);
+    b.hub.remote_room(seen, &mut Vec::new());
+    let asked = entry(&b.join(bob, "vault", ""));
+    assert_eq!(asked.terms, EntryTerms::Join { incarnation });
+    let at_b = secure_record(incarnation, 3, ("a", 1, 2), 1, &elsewhere_for_b);
+    let out = b.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: at_b,
+            member: bytes("bob"),
+        },
+    );
+    let to_bob: Vec<_> = decoded(&out).into_iter().map(|(_, message)| message).collect();
+    assert!(matches!(
+        &to_bob[..],
+        [
+            ServerMessage::Secure(SecureMessage::RoomJoined { secure: true, .. }),
+            ServerMessage::Secure(SecureMessage::PeerKey { name, .. }),
+            ServerMessage::Response { status: 0, .. },
+        ] if &name[..] == b"alice"
+    ));
+    let relayed: Vec<_> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::Relay { to, frame } => Some((to.nodes.clone(), frame.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(relayed, [(vec![NodeId::from("a")], bob_intro.clone())]);
+    assert!(b.rotations.is_empty(), "only the owner makes keys");
+
+    // Node a sees bob in the record: a key for both, bob's wrapped under
+    // his own label, and his sent to his node.
+    let mut out = Vec::new();
+    let at_a = secure_record(incarnation, 3, ("a", 1, 2), 1, &[("b", "bob", &bob_intro)]);
+    a.hub.remote_room(at_a, &mut out);
+    a.settle(&mut out);
+    assert!(sent(&out).is_empty(), "{out:?}");
+    let labels: Vec<_> = a.rotations[0]
+        .recipients
+        .iter()
+        .map(|recipient| recipient.label.clone())
+        .collect();
+    let label = |id: u64| room_key_label(b"vault", incarnation, 2, &identity(id).fingerprint());
+    assert_eq!(labels, [label(1), label(2)]);
+    let (_, out) = a.rotate_and_commit(CommitOutcome::Committed);
+    assert_eq!(room_keys(&out), [(alice, "vault".to_owned(), 2)]);
+    let [frames] = &for_members(&out)[..] else {
+        panic!("one relay of keys in {out:?}")
+    };
+    assert_eq!((&*frames.node, &frames.room[..]), ("b", &b"vault"[..]));
+    let mut out = Vec::new();
+    b.hub
+        .relayed_to_members(b"vault", frames.frames.clone(), &mut out);
+    assert_eq!(room_keys(&out), [(bob, "vault".to_owned(), 2)]);
+
+    // Bob leaves: his node only changes the record, and a, seeing him
+    // gone, tells alice to hold, then makes a key for her alone.
+    let out = b.send(bob, ClientMessage::Leave);
+    assert!(rekeyings(&out).is_empty());
+    assert_eq!(work(&out), ["leave vault bob"]);
+    let mut out = Vec::new();
+    let left = secure_record(incarnation, 5, ("a", 2, 3), 1, &[]);
+    a.hub.remote_room(left, &mut out);
+    assert_eq!(rekeyings(&out), [(alice, "vault".to_owned(), 3)]);
+    a.settle(&mut out);
+    assert_eq!(a.rotations[0].recipients.len(), 1);
+    // A commit the store refuses delivers nothing, and is tried again.
+    let (_, out) = a.rotate_and_commit(CommitOutcome::Superseded);
+    assert!(room_keys(&out).is_empty() && for_members(&out).is_empty());
+    a.now += a.hub.limits.rotation_retry;
+    let mut out = Vec::new();
+    a.hub.handle_timeout(a.now, &mut out);
+    a.settle(&mut out);
+    let (epoch, out) = a.rotate_and_commit(CommitOutcome::Committed);
+    assert_eq!(room_keys(&out), [(alice, "vault".to_owned(), epoch)]);
+    assert_eq!(epoch, 3);
+    b.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_committed_epoch() {
+    let mut b = clustered_as("b");
+    let (bob, carol) = (b.secure_guest(2, "bob"), b.secure_guest(3, "carol"));
+    let alice_intro = SecureMessage::PeerKey {
+        name: bytes("alice"),
+        renamed_from: Bytes::new(),
+        identity: identity(1).block(b"alice"),
+    }
+    .encode();
+    let alice_only = secure_record(9, 1, ("a", 4, 1), 0, &[("a", "alice", &alice_intro)]);
+    b.hub.remote_room(alice_only, &mut Vec::new());
+    for (conn, name, revision) in [(bob, "bob", 2), (carol, "carol", 3)] {
+        let asked = entry(&b.join(conn, "vault", ""));
+        let here = revision as usize - 1;
+        let record = secure_record(9, revision, ("a", 4, revision), here, &[("a", "alice", &alice_intro)]);
+        let member = bytes(name);
+        b.entered(&asked, EntryOutcome::Entered { record, member });
+    }
+    assert!(b.rotations.is_empty());
+
+    // Node a dies. The sweep takes its members out and hands the room to
+    // b, whose copy of the record shows epoch 6: a committed it, and may
+    // never have delivered it.
+    let mut out = Vec::new();
+    let swept = secure_record(9, 7, ("b", 6, 4), 2, &[]);
+    b.hub.remote_room(swept, &mut out);
+    let holding = |epoch| [(bob, "vault".to_owned(), epoch), (carol, "vault".to_owned(), epoch)];
+    assert_eq!(rekeyings(&out), holding(7));
+    b.settle(&mut out);
+    let (epoch, out) = b.rotate_and_commit(CommitOutcome::Committed);
+    assert_eq!(epoch, 7);
+    assert_eq!(room_keys(&out), holding(7));
+    assert!(for_members(&out).is_empty());
+
+    // The room is b's to key from now on, its key's end of life included;
+    // and b gives it up when the record names another owner.
+    b.now += b.hub.limits.room_key_lifetime;
+    let mut out = Vec::new();
+    b.hub.handle_timeout(b.now, &mut out);
+    b.settle(&mut out);
+    assert_eq!(b.rotations.len(), 1);
+    let mut out = Vec::new();
+    b.hub.remote_room(secure_record(9, 8, ("c", 7, 5), 2, &[]), &mut out);
+    // The key wrapped meanwhile is not committed, nor delivered.
+    let out = b.finish_rotations();
+    assert!(out.is_empty(), "{out:?}");
+    b.hub.check_invariants().unwrap();
+    b.now += b.hub.limits.room_key_lifetime * 2;
+    let mut out = Vec::new();
+    b.hub.handle_timeout(b.now, &mut out);
+    b.settle(&mut out);
+    assert!(b.rotations.is_empty(), "another node keys it now");
 }
 
 impl Harness {

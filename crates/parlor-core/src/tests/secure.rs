@@ -56,7 +56,7 @@ impl Harness {
 }
 
 /// The ROOM_KEY frames sent, as (recipient, room, epoch).
-fn room_keys(actions: &[Action]) -> Vec<(ConnId, String, u32)> {
+pub(super) fn room_keys(actions: &[Action]) -> Vec<(ConnId, String, u32)> {
     decoded(actions)
         .into_iter()
         .filter_map(|(to, message)| match message {
@@ -69,7 +69,7 @@ fn room_keys(actions: &[Action]) -> Vec<(ConnId, String, u32)> {
 }
 
 /// The ROOM_REKEYING frames sent, as (recipient, room, next epoch).
-fn rekeyings(actions: &[Action]) -> Vec<(ConnId, String, u32)> {
+pub(super) fn rekeyings(actions: &[Action]) -> Vec<(ConnId, String, u32)> {
     decoded(actions)
         .into_iter()
         .filter_map(|(to, message)| match message {

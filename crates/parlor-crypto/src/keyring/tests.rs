@@ -242,7 +242,7 @@ fn a_superseded_epoch_opens_only_within_the_grace_period_for_files_too() {
 }
 
 #[test]
-fn room_keys_are_taken_only_for_our_room_and_the_next_epoch() {
+fn room_keys_are_taken_only_for_our_room_and_the_next_or_announced_epoch() {
     let now = Instant::now();
     let mut ring = Keyring::default();
     let key = other_key(1);
@@ -278,6 +278,14 @@ fn room_keys_are_taken_only_for_our_room_and_the_next_epoch() {
     }
     assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 6), Ok(()));
     assert_eq!(ring.room_epoch(kat::ROOM), Ok(6));
+    // Past a gap, only the epoch a ROOM_REKEYING announced (a cluster node
+    // taking the room over), and never one before the current.
+    ring.rekeying(kat::ROOM, INCARNATION, 9).unwrap();
+    let past = |offered| KeyRefused::BadEpoch { current: 6, offered };
+    assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 8), Err(past(8)));
+    assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 10), Err(past(10)));
+    assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 9), Ok(()));
+    assert_eq!(ring.room_epoch(kat::ROOM), Ok(9));
     ring.leave_room();
     assert_eq!(ring.room_epoch(kat::ROOM), Err(SealError::NoKey));
 }
