@@ -19,6 +19,9 @@ mod process;
 #[path = "reference_client/relay.rs"]
 mod relay;
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use parlor_crypto::envelope::{Envelope, Kind};
 use parlor_proto::legacy::{encode_direct_message, encode_room_message};
@@ -28,6 +31,8 @@ use process::ClientProcess;
 use relay::{Relay, Tamper};
 use serde_json::Value;
 use sha2::Digest;
+use support::nats::NatsServer;
+use support::process::ServerProcess;
 
 /// The clients' identities are made with 2048-bit RSA keys
 /// (`process::write_identity`): RSA operations stay fast.
@@ -65,9 +70,10 @@ fn names(list: &[&str]) -> Vec<u8> {
     response_bytes(0, &data)
 }
 
-/// Starts a secure client behind a relay and gives it a nick.
-async fn secure_client(server: &TestServer, name: &'static str) -> (ClientProcess, Relay) {
-    let relay = Relay::start(server.addr).await;
+/// Starts a secure client behind a relay to the server at `server` and
+/// gives it a nick.
+async fn secure_client(server: SocketAddr, name: &'static str) -> (ClientProcess, Relay) {
+    let relay = Relay::start(server).await;
     let mut client = ClientProcess::start(name, relay.addr, SECURE).await;
     client.line(&format!("\\nick {name}")).await;
     client.expect(&[("event", "nick"), ("name", name)]).await;
@@ -91,8 +97,8 @@ impl Cast {
         let (mut legacy, _) = server.greeted().await;
         legacy.request(&nick("legacy"), &ok_bytes()).await;
         let ((alice, alice_relay), (bob, bob_relay)) = tokio::join!(
-            secure_client(&server, "alice"),
-            secure_client(&server, "bob")
+            secure_client(server.addr, "alice"),
+            secure_client(server.addr, "bob")
         );
         Cast {
             server,
@@ -494,8 +500,8 @@ async fn encrypted_dms_between_users_of_two_nodes_of_a_cluster() {
     );
     let (mut legacy, _) = a.greeted().await;
     legacy.request(&nick("legacy"), &ok_bytes()).await;
-    let (mut alice, alice_relay) = secure_client(&a, "alice").await;
-    let (mut bob, bob_relay) = secure_client(&b, "bob").await;
+    let (mut alice, alice_relay) = secure_client(a.addr, "alice").await;
+    let (mut bob, bob_relay) = secure_client(b.addr, "bob").await;
     users_become(&mut legacy, &["alice", "bob", "legacy"]).await;
 
     // Alice's node asks bob's, which issues the key: bob gets alice's
@@ -552,6 +558,146 @@ async fn encrypted_dms_between_users_of_two_nodes_of_a_cluster() {
         .await;
     lee.request(&ClientMessage::ListRooms, &names(&[])).await;
     curtain(a, &mut legacy, &[], [alice, bob]).await;
+    b.stop().await;
+}
+
+/// How long a node's lease lasts in the test of a secure room outliving
+/// its owner: short, so that the takeover is quick to see.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// A secure room across two nodes. Its owner, alice's node, keys the
+/// members of both; sealed messages cross; a leave on the other node
+/// rotates the key. When the owner is killed, the other node takes the
+/// room over within the lease: its members are told a key is coming and
+/// get one past every epoch the dead node reached, and go on talking.
+#[tokio::test]
+async fn a_secure_room_spans_two_nodes_and_outlives_its_owner() {
+    let nats = NatsServer::start();
+    let node = |id: &str| {
+        let mut cluster = ClusterConfig::new(vec![nats.url.clone()], id.to_owned());
+        cluster.lease_secs = LEASE.as_secs_f64();
+        Config {
+            cluster: Some(cluster),
+            ..config()
+        }
+    };
+    let mut a = ServerProcess::start(&node("a"), false);
+    let b = TestServer::start(node("b")).await;
+    let (mut alice, _alice_relay) = secure_client(a.addr, "alice").await;
+    let (mut bob, bob_relay) = secure_client(b.addr, "bob").await;
+    let (mut carol, _carol_relay) = secure_client(b.addr, "carol").await;
+
+    alice.line("\\join vault").await;
+    assert!(secure(
+        &alice
+            .expect(&[("event", "joined"), ("room", "vault")])
+            .await
+    ));
+    let first = epoch(
+        &alice
+            .expect(&[("event", "room_key"), ("room", "vault")])
+            .await,
+    );
+
+    // Bob joins from b: alice's node makes his key, and each learns the
+    // other's identity across the nodes.
+    bob.line("\\join vault").await;
+    bob.expect(&[("event", "peer_key"), ("name", "alice")])
+        .await;
+    assert!(secure(
+        &bob.expect(&[("event", "joined"), ("room", "vault")]).await
+    ));
+    let second = epoch(
+        &bob.expect(&[("event", "room_key"), ("room", "vault")])
+            .await,
+    );
+    assert!(second > first);
+    alice
+        .expect(&[("event", "peer_key"), ("name", "bob")])
+        .await;
+    alice
+        .expect_where(&[("event", "room_key")], |event| epoch(event) == second)
+        .await;
+    alice.line("hello from a").await;
+    let got = bob
+        .expect(&[
+            ("event", "message"),
+            ("from", "alice"),
+            ("text", "hello from a"),
+        ])
+        .await;
+    assert!(encrypted(&got) && got["verified"] == true);
+    bob.line("hello from b").await;
+    let got = alice
+        .expect(&[
+            ("event", "message"),
+            ("from", "bob"),
+            ("text", "hello from b"),
+        ])
+        .await;
+    assert!(encrypted(&got) && got["verified"] == true);
+    // The key crossed the nodes wrapped: bob's node relayed no plaintext.
+    assert!(!bob_relay
+        .to_client()
+        .iter()
+        .any(|frame| contains(&frame.payload, b"hello from a")));
+
+    // Carol joins on b and leaves again: the owner on a tells the others
+    // to hold, and keys them without her.
+    carol.line("\\join vault").await;
+    let third = epoch(
+        &carol
+            .expect(&[("event", "room_key"), ("room", "vault")])
+            .await,
+    );
+    carol.line("\\leave").await;
+    carol.expect(&[("event", "left"), ("room", "vault")]).await;
+    bob.expect(&[("event", "rekeying"), ("room", "vault")])
+        .await;
+    let fourth = epoch(
+        &bob.expect_where(&[("event", "room_key")], |event| epoch(event) > third)
+            .await,
+    );
+    alice
+        .expect_where(&[("event", "room_key")], |event| epoch(event) == fourth)
+        .await;
+
+    // The owner dies. Within the lease, b takes the room over: bob hears
+    // a key is coming, then gets one, and what he says opens for carol,
+    // back in the room on his node.
+    let killed = Instant::now();
+    a.kill();
+    bob.expect(&[("event", "rekeying"), ("room", "vault")])
+        .await;
+    let fifth = epoch(
+        &bob.expect_where(&[("event", "room_key")], |event| epoch(event) > fourth)
+            .await,
+    );
+    let took = killed.elapsed();
+    println!("secure room's new epoch {took:?} after SIGKILL of its owner (lease {LEASE:?})");
+    assert!(took < LEASE, "{took:?}");
+    carol.line("\\join vault").await;
+    let sixth = epoch(
+        &carol
+            .expect(&[("event", "room_key"), ("room", "vault")])
+            .await,
+    );
+    assert!(sixth > fifth);
+    bob.expect_where(&[("event", "room_key")], |event| epoch(event) == sixth)
+        .await;
+    bob.line("after the owner").await;
+    let got = carol
+        .expect(&[
+            ("event", "message"),
+            ("from", "bob"),
+            ("text", "after the owner"),
+        ])
+        .await;
+    assert!(encrypted(&got) && got["verified"] == true);
+    for client in [bob, carol] {
+        client.quit().await;
+    }
+    alice.expect(&[("event", "disconnected")]).await;
     b.stop().await;
 }
 
@@ -677,7 +823,7 @@ async fn a_changed_key_for_a_known_nick_is_loud_unverified_and_dms_wait_for_trus
     drop(bob_relay);
 
     // Mallory, with a key of her own, takes the name bob left and joins.
-    let (mut mallory, mallory_relay) = secure_client(&server, "mallory").await;
+    let (mut mallory, mallory_relay) = secure_client(server.addr, "mallory").await;
     mallory.line("\\nick bob").await;
     mallory.expect(&[("event", "nick"), ("name", "bob")]).await;
     mallory.line("\\join vault").await;
@@ -952,7 +1098,7 @@ async fn after_a_departure_nothing_is_sealed_under_the_epoch_the_leaver_holds() 
         mut bob,
         bob_relay: _bob_relay,
     } = Cast::start().await;
-    let (mut carol, _carol_relay) = secure_client(&server, "carol").await;
+    let (mut carol, _carol_relay) = secure_client(server.addr, "carol").await;
     alice.line("\\join vault").await;
     alice.expect(&[("event", "room_key")]).await;
     bob.line("\\join vault").await;

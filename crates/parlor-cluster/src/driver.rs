@@ -29,8 +29,8 @@ use crate::{
     lock, JoinError, Node, Settings, GUEST_BLOCK, NAMES_BUCKET, NODES_BUCKET, ROOMS_BUCKET,
 };
 use parlor_core::{
-    ClaimOutcome, CommitOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms,
-    EpochCommit, MemberFrames, MemberRename, NameRequest, NodeId, RoomEntry,
+    ClaimOutcome, CommitOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms, EpochCommit,
+    MemberFrames, MemberRename, NameRequest, NodeId, RoomEntry,
 };
 
 /// How long a purge marker stays in the names bucket. Long enough for

@@ -272,7 +272,11 @@ mod tests {
             Relayed::Room { frame, .. } => std::str::from_utf8(&frame[1..]).unwrap().parse(),
             Relayed::Members { .. } => panic!("only room messages here"),
         };
-        steps.deliver.iter().map(|relayed| number(relayed).unwrap()).collect()
+        steps
+            .deliver
+            .iter()
+            .map(|relayed| number(relayed).unwrap())
+            .collect()
     }
 
     struct Receiver {

@@ -260,7 +260,9 @@ impl Envelope {
 /// Frames for members, by name, as a relay carries them: for each, the
 /// name (u16 length) and the frame (u32 length).
 fn member_frames(frames: &[(Bytes, Bytes)]) -> Bytes {
-    let len = frames.iter().map(|(name, frame)| 6 + name.len() + frame.len());
+    let len = frames
+        .iter()
+        .map(|(name, frame)| 6 + name.len() + frame.len());
     let mut out = BytesMut::with_capacity(len.sum());
     for (name, frame) in frames {
         put_long(&mut out, name);
@@ -581,7 +583,12 @@ impl Relay {
     /// the room messages relayed to it so that they keep their order.
     pub(crate) fn members(&self, frames: &MemberFrames) {
         let body = member_frames(&frames.frames);
-        self.numbered(std::slice::from_ref(&frames.node), MEMBERS, &frames.room, &body);
+        self.numbered(
+            std::slice::from_ref(&frames.node),
+            MEMBERS,
+            &frames.room,
+            &body,
+        );
     }
 
     /// Relays a numbered envelope of `kind` to `nodes`, one copy each.
@@ -1157,7 +1164,10 @@ mod tests {
     #[test]
     fn frames_for_members_read_back_and_cut_ones_are_refused() {
         let frames = vec![
-            (Bytes::from_static(b"bob"), Bytes::from_static(b"\x00\x00\x00\x02\x04\x17\x84k")),
+            (
+                Bytes::from_static(b"bob"),
+                Bytes::from_static(b"\x00\x00\x00\x02\x04\x17\x84k"),
+            ),
             (Bytes::from_static(b"carol"), Bytes::new()),
         ];
         let numbering = Numbering {

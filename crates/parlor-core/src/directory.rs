@@ -163,7 +163,9 @@ impl Directory {
                 let again = known_peers
                     .iter()
                     .find(|peer| peer.node == *node && peer.introduction == *introduction);
-                again.cloned().or_else(|| RemotePeer::read(node, introduction))
+                again
+                    .cloned()
+                    .or_else(|| RemotePeer::read(node, introduction))
             })
             .collect();
         let relay = Arc::new(RelayTarget {

@@ -1076,23 +1076,21 @@ impl Hub {
                 epoch,
                 recipients,
                 elsewhere,
-            }) => {
-                match outcome {
-                    KeyWrapOutcome::Wrapped(wrapped)
-                        if wrapped.len() == recipients.len() + elsewhere.len() =>
-                    {
-                        let key = WrappedRoomKey {
-                            room,
-                            incarnation,
-                            epoch,
-                            wrapped,
-                            elsewhere,
-                        };
-                        self.room_key_wrapped(key, now, out)
-                    }
-                    _ => self.rotation_failed(&room, incarnation, epoch, now, out),
+            }) => match outcome {
+                KeyWrapOutcome::Wrapped(wrapped)
+                    if wrapped.len() == recipients.len() + elsewhere.len() =>
+                {
+                    let key = WrappedRoomKey {
+                        room,
+                        incarnation,
+                        epoch,
+                        wrapped,
+                        elsewhere,
+                    };
+                    self.room_key_wrapped(key, now, out)
                 }
-            }
+                _ => self.rotation_failed(&room, incarnation, epoch, now, out),
+            },
             Some(WrapPurpose::Dm {
                 requester,
                 target,
@@ -1200,7 +1198,10 @@ impl Hub {
             return;
         };
         let members: HashSet<ConnId> = entry.members().iter().copied().collect();
-        let Some(keys) = entry.keys_mut().filter(|keys| keys.incarnation == incarnation) else {
+        let Some(keys) = entry
+            .keys_mut()
+            .filter(|keys| keys.incarnation == incarnation)
+        else {
             return;
         };
         keys.epoch = epoch;

@@ -164,7 +164,8 @@ fn a_room_created_first_on_another_node_is_judged_again_with_its_password() {
 fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
     let mut h = clustered();
     let alice = h.guest(1, "alice");
-    h.hub.remote_room(record("full", 1, 0, &[("b", &["bob"])]), &mut Vec::new());
+    h.hub
+        .remote_room(record("full", 1, 0, &[("b", &["bob"])]), &mut Vec::new());
     let asked = entry(&h.join(alice, "full", ""));
     let out = h.entered(&asked, EntryOutcome::Full);
     let full = response(2, "Room 'full' is full, try again later.");
@@ -181,7 +182,8 @@ fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
 fn lists_cover_the_rooms_and_members_of_every_node() {
     let mut h = clustered();
     let alice = h.guest(1, "alice");
-    h.hub.remote_room(record("zoo", 4, 0, &[("b", &["zed"])]), &mut Vec::new());
+    h.hub
+        .remote_room(record("zoo", 4, 0, &[("b", &["zed"])]), &mut Vec::new());
     h.in_room(
         alice,
         "lobby",
@@ -202,7 +204,8 @@ fn lists_cover_the_rooms_and_members_of_every_node() {
         [(alice, members)]
     );
     // An older record than the one known changes nothing; a deletion does.
-    h.hub.remote_room(record("lobby", 1, 1, &[]), &mut Vec::new());
+    h.hub
+        .remote_room(record("lobby", 1, 1, &[]), &mut Vec::new());
     h.hub.remote_room_deleted(b"zoo", 5);
     let rooms = [&[0, 0, 0, 7, 4, 0x17, 0x9a, 0][..], b"\x05lobby"].concat();
     assert_eq!(
@@ -250,7 +253,8 @@ fn a_room_message_is_relayed_once_per_other_node_and_relays_reach_members_here()
         [(alice, relayed.to_vec()), (carol, relayed.to_vec())]
     );
     // A room with nobody elsewhere relays nothing.
-    h.hub.remote_room(record("lobby", 9, 2, &[]), &mut Vec::new());
+    h.hub
+        .remote_room(record("lobby", 9, 2, &[]), &mut Vec::new());
     assert!(work(&h.say(alice, "lobby", "alone")).is_empty());
 }
 
@@ -431,7 +435,10 @@ impl Harness {
     /// what the hub did then.
     fn rotate_and_commit(&mut self, outcome: CommitOutcome) -> (u32, Vec<Action>) {
         let out = self.finish_rotations();
-        assert!(room_keys(&out).is_empty(), "no key before its epoch is committed");
+        assert!(
+            room_keys(&out).is_empty(),
+            "no key before its epoch is committed"
+        );
         let asked = commit(&out);
         let mut out = Vec::new();
         self.hub
@@ -489,7 +496,10 @@ fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
             member: bytes("bob"),
         },
     );
-    let to_bob: Vec<_> = decoded(&out).into_iter().map(|(_, message)| message).collect();
+    let to_bob: Vec<_> = decoded(&out)
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect();
     assert!(matches!(
         &to_bob[..],
         [
@@ -572,7 +582,13 @@ fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_comm
     for (conn, name, revision) in [(bob, "bob", 2), (carol, "carol", 3)] {
         let asked = entry(&b.join(conn, "vault", ""));
         let here = revision as usize - 1;
-        let record = secure_record(9, revision, ("a", 4, revision), here, &[("a", "alice", &alice_intro)]);
+        let record = secure_record(
+            9,
+            revision,
+            ("a", 4, revision),
+            here,
+            &[("a", "alice", &alice_intro)],
+        );
         let member = bytes(name);
         b.entered(&asked, EntryOutcome::Entered { record, member });
     }
@@ -584,7 +600,12 @@ fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_comm
     let mut out = Vec::new();
     let swept = secure_record(9, 7, ("b", 6, 4), 2, &[]);
     b.hub.remote_room(swept, &mut out);
-    let holding = |epoch| [(bob, "vault".to_owned(), epoch), (carol, "vault".to_owned(), epoch)];
+    let holding = |epoch| {
+        [
+            (bob, "vault".to_owned(), epoch),
+            (carol, "vault".to_owned(), epoch),
+        ]
+    };
     assert_eq!(rekeyings(&out), holding(7));
     b.settle(&mut out);
     let (epoch, out) = b.rotate_and_commit(CommitOutcome::Committed);
@@ -600,7 +621,8 @@ fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_comm
     b.settle(&mut out);
     assert_eq!(b.rotations.len(), 1);
     let mut out = Vec::new();
-    b.hub.remote_room(secure_record(9, 8, ("c", 7, 5), 2, &[]), &mut out);
+    b.hub
+        .remote_room(secure_record(9, 8, ("c", 7, 5), 2, &[]), &mut out);
     // The key wrapped meanwhile is not committed, nor delivered.
     let out = b.finish_rotations();
     assert!(out.is_empty(), "{out:?}");

@@ -281,7 +281,10 @@ fn room_keys_are_taken_only_for_our_room_and_the_next_or_announced_epoch() {
     // Past a gap, only the epoch a ROOM_REKEYING announced (a cluster node
     // taking the room over), and never one before the current.
     ring.rekeying(kat::ROOM, INCARNATION, 9).unwrap();
-    let past = |offered| KeyRefused::BadEpoch { current: 6, offered };
+    let past = |offered| KeyRefused::BadEpoch {
+        current: 6,
+        offered,
+    };
     assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 8), Err(past(8)));
     assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 10), Err(past(10)));
     assert_eq!(offer(&mut ring, kat::ROOM, INCARNATION, 9), Ok(()));
