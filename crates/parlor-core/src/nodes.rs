@@ -25,9 +25,15 @@
 //! A DM key for a user of another node is issued by that node
 //! ([`Action::RelayDmKey`], [`Hub::relayed_dm_key_request`]).
 //!
-//! A secure room's keys are issued by one node, so all of its members are
-//! served by the node that created it; a JOIN of it from another node is
-//! refused (`text::secure_room_elsewhere`).
+//! A secure room's keys are issued by one node, its owner, which the
+//! record names ([`RoomRecord::owner`]): at first its creator's. The owner
+//! wraps each key for the members of every node, from the introductions
+//! the record keeps ([`RoomRecord::introductions`]), writes its epoch into
+//! the record ([`Action::CommitEpoch`]) and only then delivers it, to the
+//! members of other nodes through their node ([`Action::RelayToMembers`]).
+//! Identities and ROOM_REKEYING are relayed like room messages. A node the
+//! record names owner from one revision to the next takes the room over
+//! (`secure.rs`, [`Hub::follow_room_record`]).
 
 use std::sync::Arc;
 use std::time::Instant;
