@@ -51,6 +51,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parlor_core::{CommitOutcome, NodeId, RoomRecord};
+use parlor_proto::secure::Fingerprint;
 
 pub use driver::{Cluster, ClusterStats};
 
@@ -109,8 +110,8 @@ pub trait Node: Send + Sync + 'static {
     /// Another node relayed a room message for the members of `room` here.
     fn relayed_room_message(&self, room: &[u8], frame: Bytes);
     /// Another node relayed frames for members of `room` here, each for
-    /// one member by name (a room's keys, from its owner).
-    fn relayed_to_members(&self, room: &[u8], frames: Vec<(Bytes, Bytes)>);
+    /// one member by its key's fingerprint (a room's keys, from its owner).
+    fn relayed_to_members(&self, room: &[u8], frames: Vec<(Fingerprint, Bytes)>);
     /// An epoch commit asked for with
     /// [`Cluster::commit_epoch`](crate::Cluster::commit_epoch) finished.
     fn epoch_committed(&self, ticket: u64, outcome: CommitOutcome);

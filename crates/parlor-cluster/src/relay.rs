@@ -53,6 +53,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use parlor_core::{DirectOutcome, DmKeyAnswer, MemberFrames, NodeId};
+use parlor_proto::secure::Fingerprint;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -257,34 +258,38 @@ impl Envelope {
     }
 }
 
-/// Frames for members, by name, as a relay carries them: for each, the
-/// name (u16 length) and the frame (u32 length).
-fn member_frames(frames: &[(Bytes, Bytes)]) -> Bytes {
+/// Frames for members, by fingerprint, as a relay carries them: for each,
+/// the fingerprint (32 bytes) and the frame (u32 length).
+fn member_frames(frames: &[(Fingerprint, Bytes)]) -> Bytes {
     let len = frames
         .iter()
-        .map(|(name, frame)| 6 + name.len() + frame.len());
+        .map(|(_, frame)| FINGERPRINT + 4 + frame.len());
     let mut out = BytesMut::with_capacity(len.sum());
-    for (name, frame) in frames {
-        put_long(&mut out, name);
+    for (fingerprint, frame) in frames {
+        out.put_slice(fingerprint);
         out.put_u32(u32::try_from(frame.len()).expect("a frame's length fits its header"));
         out.put_slice(frame);
     }
     out.freeze()
 }
 
+/// The bytes of a fingerprint.
+const FINGERPRINT: usize = std::mem::size_of::<Fingerprint>();
+
 /// The frames [`member_frames`] wrote; `None` if they are cut short.
-fn read_member_frames(mut body: Bytes) -> Option<Vec<(Bytes, Bytes)>> {
+fn read_member_frames(mut body: Bytes) -> Option<Vec<(Fingerprint, Bytes)>> {
     let mut frames = Vec::new();
     while body.has_remaining() {
-        let name = take(&mut body, 2)?;
-        if body.remaining() < 4 {
+        if body.remaining() < FINGERPRINT + 4 {
             return None;
         }
+        let mut fingerprint = Fingerprint::default();
+        body.copy_to_slice(&mut fingerprint);
         let len = body.get_u32() as usize;
         if body.remaining() < len {
             return None;
         }
-        frames.push((name, body.split_to(len)));
+        frames.push((fingerprint, body.split_to(len)));
     }
     Some(frames)
 }
@@ -1165,10 +1170,10 @@ mod tests {
     fn frames_for_members_read_back_and_cut_ones_are_refused() {
         let frames = vec![
             (
-                Bytes::from_static(b"bob"),
+                [7; FINGERPRINT],
                 Bytes::from_static(b"\x00\x00\x00\x02\x04\x17\x84k"),
             ),
-            (Bytes::from_static(b"carol"), Bytes::new()),
+            ([9; FINGERPRINT], Bytes::new()),
         ];
         let numbering = Numbering {
             from_run: 1,
@@ -1185,9 +1190,10 @@ mod tests {
         };
         assert_eq!(&room[..], b"vault");
         assert_eq!(read_member_frames(read), Some(frames));
-        for end in 1..body.len() - 6 {
+        let first = FINGERPRINT + 4 + 8;
+        for end in 1..body.len() {
             let cut = read_member_frames(body.slice(..end));
-            assert!(cut.is_none() || end == 6 + 3 + 8, "cut at {end}: {cut:?}");
+            assert!(cut.is_none() || end == first, "cut at {end}: {cut:?}");
         }
     }
 

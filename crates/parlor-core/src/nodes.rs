@@ -147,17 +147,18 @@ pub enum CommitOutcome {
 }
 
 /// Frames for members of a room served by one other node, each for one
-/// member by name: the keys a room's owner wrapped for them. That node
-/// queues each for its member if it is still in the room
-/// ([`Hub::relayed_to_members`]).
+/// member by the fingerprint of its key: the keys a room's owner wrapped
+/// for them. A fingerprint, unlike a name, stays the same through a
+/// rename made while the key was on its way. That node queues each for
+/// its member if it is still in the room ([`Hub::relayed_to_members`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberFrames {
     /// The node.
     pub node: NodeId,
     /// The room.
     pub room: Bytes,
-    /// Each member's name and frame.
-    pub frames: Vec<(Bytes, Bytes)>,
+    /// Each member's fingerprint and frame.
+    pub frames: Vec<(Fingerprint, Bytes)>,
 }
 
 /// A room the hub needs a connection entered into in the cluster's store.

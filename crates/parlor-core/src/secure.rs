@@ -282,12 +282,17 @@ impl RoomKeyState {
         }
     }
 
-    /// The key state of a cluster's room as its record says, on node `me`:
-    /// its epoch so far, and whether `me` issues its keys.
+    /// The key state of a cluster's room as its record says, on node `me`,
+    /// when its first member here enters: its epoch so far, and whether
+    /// `me` issues its keys from the start. That is so only for a room no
+    /// key was committed for yet (one `me` creates); a room whose record
+    /// names `me` with an epoch reached elsewhere is taken over, with its
+    /// warning, once the member is in ([`Hub::follow_room_record`]).
     pub(crate) fn from_record(record: &RoomRecord, me: Option<&NodeId>) -> RoomKeyState {
+        let owner_here = record.owner.is_some() && record.owner.as_ref() == me;
         RoomKeyState {
             epoch: record.epoch,
-            owned: record.owner.is_some() && record.owner.as_ref() == me,
+            owned: owner_here && record.epoch == 0,
             ..RoomKeyState::new(record.incarnation)
         }
     }
@@ -361,9 +366,10 @@ pub(super) enum WrapPurpose {
         /// The members here it was made for, every one of whom must get a
         /// wrap.
         recipients: Vec<ConnId>,
-        /// The members on other nodes it was made for, by node and name;
-        /// the `i`th is [`member_elsewhere`]`(i)` among the recipients.
-        elsewhere: Vec<(NodeId, Bytes)>,
+        /// The members on other nodes it was made for, by node and
+        /// fingerprint; the `i`th is [`member_elsewhere`]`(i)` among the
+        /// recipients.
+        elsewhere: Vec<(NodeId, Fingerprint)>,
     },
     Dm {
         requester: ConnId,
@@ -410,7 +416,6 @@ fn index_elsewhere(conn: ConnId, count: usize) -> Option<usize> {
 #[derive(Debug, Clone)]
 pub(crate) struct RemotePeer {
     pub(crate) node: NodeId,
-    pub(crate) name: Bytes,
     pub(crate) fingerprint: Fingerprint,
     rsa: Arc<rsa::PublicKey>,
     /// The `81` a joiner of the room is sent for this member, as stored.
@@ -421,13 +426,12 @@ impl RemotePeer {
     /// Reads an introduction of node `node`'s member; `None`, logged, if it
     /// is not one.
     pub(crate) fn read(node: &NodeId, introduction: &Bytes) -> Option<RemotePeer> {
-        let Some((name, fingerprint, rsa)) = introduced(introduction) else {
+        let Some((_, fingerprint, rsa)) = introduced(introduction) else {
             warn!(%node, "an introduction in a room's record that cannot be read; left out");
             return None;
         };
         Some(RemotePeer {
             node: node.clone(),
-            name,
             fingerprint,
             rsa: Arc::new(rsa),
             introduction: introduction.clone(),
@@ -443,7 +447,7 @@ pub(super) struct WrappedRoomKey {
     incarnation: u64,
     epoch: u32,
     wrapped: Vec<(ConnId, Bytes)>,
-    elsewhere: Vec<(NodeId, Bytes)>,
+    elsewhere: Vec<(NodeId, Fingerprint)>,
 }
 
 /// The requester's name, identity block and RSA key in an introduction
@@ -780,7 +784,7 @@ impl Hub {
             recipients: members.to_vec(),
             elsewhere: peers
                 .into_iter()
-                .map(|peer| (peer.node, peer.name))
+                .map(|peer| (peer.node, peer.fingerprint))
                 .collect(),
         };
         self.wraps.insert(ticket, purpose);
@@ -1216,8 +1220,8 @@ impl Hub {
             if members.contains(&conn) {
                 out.push(send(conn, message.encode()));
             } else if let Some(index) = index_elsewhere(conn, elsewhere.len()) {
-                let (node, name) = &elsewhere[index];
-                let frame = (name.clone(), message.encode());
+                let (node, fingerprint) = &elsewhere[index];
+                let frame = (*fingerprint, message.encode());
                 match by_node.iter_mut().find(|frames| frames.node == *node) {
                     Some(frames) => frames.frames.push(frame),
                     None => by_node.push(MemberFrames {
@@ -1255,21 +1259,27 @@ impl Hub {
         }
     }
 
-    /// Frames another node relayed for members of `room` here, by name
-    /// ([`MemberFrames`]): each is queued if its member is still in the
-    /// room.
+    /// Frames another node relayed for members of `room` here, by
+    /// fingerprint ([`MemberFrames`]): each is queued for a member of the
+    /// room with that key, one frame per member (a user may be in the room
+    /// twice, with one key).
     pub fn relayed_to_members(
         &mut self,
         room: &[u8],
-        frames: Vec<(Bytes, Bytes)>,
+        frames: Vec<(Fingerprint, Bytes)>,
         out: &mut Vec<Action>,
     ) {
-        for (name, frame) in frames {
-            let Some(conn) = self.directory.find_user(&name) else {
-                continue;
-            };
-            if self.users[&conn].room.as_deref() == Some(room) {
-                out.push(send(conn, frame));
+        let Some(entry) = self.directory.room(room) else {
+            return;
+        };
+        let mut waiting: Vec<ConnId> = entry.members().to_vec();
+        for (fingerprint, frame) in frames {
+            let holder = waiting.iter().position(|member| {
+                let identity = self.users[member].identity.as_deref();
+                identity.is_some_and(|identity| identity.fingerprint == fingerprint)
+            });
+            if let Some(at) = holder {
+                out.push(send(waiting.swap_remove(at), frame));
             }
         }
     }

@@ -29,7 +29,7 @@ use parlor_core::{
     DmKeyAnswer, DmKeyRelay, EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim, NameRequest,
     NodeId, PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
 };
-use parlor_proto::secure::CHANNEL_BINDING_LEN;
+use parlor_proto::secure::{Fingerprint, CHANNEL_BINDING_LEN};
 use parlor_proto::FrameCodec;
 use tokio::sync::oneshot;
 
@@ -647,7 +647,7 @@ impl parlor_cluster::Node for ServerNode {
         self.with_hub(|hub, out| hub.relayed_room_message(room, frame, out));
     }
 
-    fn relayed_to_members(&self, room: &[u8], frames: Vec<(Bytes, Bytes)>) {
+    fn relayed_to_members(&self, room: &[u8], frames: Vec<(Fingerprint, Bytes)>) {
         self.with_hub(|hub, out| hub.relayed_to_members(room, frames, out));
     }
 

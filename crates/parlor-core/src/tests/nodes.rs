@@ -851,3 +851,78 @@ fn dm_keys_for_another_node_are_bounded_per_target_there() {
     );
     assert_eq!(dm_key_answers(&out), [(bound, DmKeyAnswer::TooMany)]);
 }
+
+#[test]
+fn keys_relayed_for_members_find_them_by_their_key_even_renamed_meanwhile() {
+    let mut b = clustered_as("b");
+    let bob = b.secure_guest(2, "bob");
+    let alice_intro = SecureMessage::PeerKey {
+        name: bytes("alice"),
+        renamed_from: Bytes::new(),
+        identity: identity(1).block(b"alice"),
+    }
+    .encode();
+    let before = secure_record(9, 1, ("a", 3, 1), 0, &[("a", "alice", &alice_intro)]);
+    b.hub.remote_room(before, &mut Vec::new());
+    let asked = entry(&b.join(bob, "vault", ""));
+    let record = secure_record(9, 2, ("a", 3, 2), 1, &[("a", "alice", &alice_intro)]);
+    let member = bytes("bob");
+    b.entered(&asked, EntryOutcome::Entered { record, member });
+    // Bob becomes robert while a wraps his key under the name it knew.
+    let out = b.send(bob, identity(2).signed_nick(b"robert"));
+    let claim = out.iter().find_map(|action| match action {
+        Action::ClaimName(claim) => Some(claim.clone()),
+        _ => None,
+    });
+    let claim = claim.expect("the new name is claimed");
+    let mut out = Vec::new();
+    let won = crate::ClaimOutcome::Claimed(bytes("robert"));
+    b.hub.name_claimed(bob, claim.ticket, won, b.now, &mut out);
+    assert_eq!(b.hub.name_of(bob), Some(&b"robert"[..]));
+    let key = |epoch| {
+        SecureMessage::RoomKey {
+            room: bytes("vault"),
+            incarnation: 9,
+            epoch,
+            wrapped: Bytes::from_static(b"wrapped"),
+        }
+        .encode()
+    };
+    let frames = vec![
+        (identity(2).fingerprint(), key(4)),
+        (identity(7).fingerprint(), key(4)),
+    ];
+    let mut out = Vec::new();
+    b.hub.relayed_to_members(b"vault", frames, &mut out);
+    assert_eq!(room_keys(&out), [(bob, "vault".to_owned(), 4)]);
+    b.hub.check_invariants().unwrap();
+}
+
+#[test]
+fn a_node_restarted_with_its_id_takes_its_room_back_with_a_warning() {
+    // The room's record names this node, whose last run reached epoch 5
+    // with members elsewhere: the new run's first member is let in, then
+    // everyone hears a key is coming, and gets epoch 6.
+    let mut a = clustered_as("a");
+    let alice = a.secure_guest(1, "alice");
+    let bob_intro = SecureMessage::PeerKey {
+        name: bytes("bob"),
+        renamed_from: Bytes::new(),
+        identity: identity(2).block(b"bob"),
+    }
+    .encode();
+    let elsewhere = [("b", "bob", &bob_intro)];
+    a.hub.remote_room(
+        secure_record(9, 4, ("a", 5, 3), 0, &elsewhere),
+        &mut Vec::new(),
+    );
+    let asked = entry(&a.join(alice, "vault", ""));
+    let record = secure_record(9, 5, ("a", 5, 4), 1, &elsewhere);
+    let member = bytes("alice");
+    let out = a.entered(&asked, EntryOutcome::Entered { record, member });
+    assert_eq!(rekeyings(&out), [(alice, "vault".to_owned(), 6)]);
+    let (epoch, out) = a.rotate_and_commit(CommitOutcome::Committed);
+    assert_eq!(epoch, 6);
+    assert_eq!(room_keys(&out), [(alice, "vault".to_owned(), 6)]);
+    assert_eq!(for_members(&out).len(), 1, "bob's key goes to his node");
+}
