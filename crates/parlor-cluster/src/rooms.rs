@@ -50,9 +50,9 @@ struct NodeMembers {
     /// Their names, in hex, in order of joining.
     names: Vec<String>,
     /// In a secure room, each member's introduction (its `81`, in base64),
-    /// by its name in hex. Base64, not hex: at about 460 bytes each, a
-    /// room of 1,000 members keeps about 620 KB of them, within NATS's
-    /// default 1 MB message.
+    /// by its name in hex. Base64, not hex: a record must fit one NATS
+    /// message (1 MiB by default), and at 1,000 members with 4096-bit
+    /// keys it is 1.00 MB in base64 (1.45 MB in hex).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     introductions: BTreeMap<String, String>,
 }
@@ -357,6 +357,34 @@ mod tests {
         assert!(
             record.introductions.is_empty(),
             "c's own are not given to c"
+        );
+    }
+
+    /// The size of the record of a secure room as full as the default
+    /// limit lets it be, with introductions the size of a 2048-bit key's
+    /// (469 bytes) and of a 4096-bit key's (725): the record must fit one
+    /// NATS message, 1 MiB unless the NATS server's `max_payload` is
+    /// raised. (661 KB and 1.00 MB: README, "Cluster", says so.)
+    #[test]
+    fn a_full_secure_room_fits_one_nats_message() {
+        let members = parlor_core::Limits::default().max_room_members;
+        let size = |introduction_len: usize| {
+            let runs = [run("node-a", 1), run("node-b", 2), run("node-c", 3)];
+            let introduction = vec![0xa5; introduction_len];
+            let mut room = StoredRoom::new(None, true, 9, &runs[0], b"u00000", Some(&introduction));
+            for member in 1..members {
+                let name = format!("u{member:05}");
+                room.add(&runs[member % 3], name.as_bytes(), Some(&introduction));
+            }
+            room.encode().len()
+        };
+        let (rsa_2048, rsa_4096) = (size(469), size(725));
+        println!(
+            "a secure room of {members}: {rsa_2048} bytes (2048-bit keys), {rsa_4096} (4096-bit)"
+        );
+        assert!(
+            rsa_2048.max(rsa_4096) < 1024 * 1024,
+            "{rsa_2048}, {rsa_4096}"
         );
     }
 }
