@@ -561,6 +561,21 @@ async fn encrypted_dms_between_users_of_two_nodes_of_a_cluster() {
     b.stop().await;
 }
 
+/// `from`, called `sender`, says `text` in its room, sealed, and `to`
+/// gets it opened and verified.
+async fn sealed_reaches(
+    from: &mut ClientProcess,
+    sender: &str,
+    to: &mut ClientProcess,
+    text: &str,
+) {
+    from.line(text).await;
+    let got = to
+        .expect(&[("event", "message"), ("from", sender), ("text", text)])
+        .await;
+    assert!(encrypted(&got) && got["verified"] == true);
+}
+
 /// How long a node's lease lasts in the test of a secure room outliving
 /// its owner: short, so that the takeover is quick to see.
 const LEASE: Duration = Duration::from_secs(3);
@@ -618,24 +633,8 @@ async fn a_secure_room_spans_two_nodes_and_outlives_its_owner() {
     alice
         .expect_where(&[("event", "room_key")], |event| epoch(event) == second)
         .await;
-    alice.line("hello from a").await;
-    let got = bob
-        .expect(&[
-            ("event", "message"),
-            ("from", "alice"),
-            ("text", "hello from a"),
-        ])
-        .await;
-    assert!(encrypted(&got) && got["verified"] == true);
-    bob.line("hello from b").await;
-    let got = alice
-        .expect(&[
-            ("event", "message"),
-            ("from", "bob"),
-            ("text", "hello from b"),
-        ])
-        .await;
-    assert!(encrypted(&got) && got["verified"] == true);
+    sealed_reaches(&mut alice, "alice", &mut bob, "hello from a").await;
+    sealed_reaches(&mut bob, "bob", &mut alice, "hello from b").await;
     // The key crossed the nodes wrapped: bob's node relayed no plaintext.
     assert!(!bob_relay
         .to_client()
@@ -685,15 +684,7 @@ async fn a_secure_room_spans_two_nodes_and_outlives_its_owner() {
     assert!(sixth > fifth);
     bob.expect_where(&[("event", "room_key")], |event| epoch(event) == sixth)
         .await;
-    bob.line("after the owner").await;
-    let got = carol
-        .expect(&[
-            ("event", "message"),
-            ("from", "bob"),
-            ("text", "after the owner"),
-        ])
-        .await;
-    assert!(encrypted(&got) && got["verified"] == true);
+    sealed_reaches(&mut bob, "bob", &mut carol, "after the owner").await;
     for client in [bob, carol] {
         client.quit().await;
     }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,9 @@ struct Inner {
     names_swept: AtomicU64,
     /// The last renewal's round trip, in microseconds.
     round_trip_micros: AtomicU64,
+    /// The rooms watch is being made again; the server is told once it has
+    /// read up to the bucket's current values.
+    rooms_resyncing: AtomicBool,
 }
 
 struct State {
@@ -193,6 +196,7 @@ impl Cluster {
             fences: AtomicU64::new(0),
             names_swept: AtomicU64::new(0),
             round_trip_micros: AtomicU64::new(0),
+            rooms_resyncing: AtomicBool::new(false),
         });
         let (ops, queue) = mpsc::unbounded_channel();
         let tasks = vec![
@@ -988,11 +992,23 @@ impl Inner {
     async fn watch_rooms(self: Arc<Self>) {
         let subjects = format!("{ROOM_PREFIX}>");
         let saw = |inner: &Self, entry| inner.saw_room(entry);
-        let lost = |inner: &Self| inner.node.remote_rooms_cleared();
+        let lost = |inner: &Self| {
+            inner.rooms_resyncing.store(true, Ordering::Relaxed);
+            inner.node.remote_rooms_resyncing();
+        };
         self.watch(&self.rooms, &subjects, saw, lost).await;
     }
 
     fn saw_room(&self, entry: Entry) {
+        // The last of the values read again: the server's copy is whole.
+        let caught_up = entry.seen_current && self.rooms_resyncing.swap(false, Ordering::Relaxed);
+        self.take_room(entry);
+        if caught_up {
+            self.node.remote_rooms_resynced();
+        }
+    }
+
+    fn take_room(&self, entry: Entry) {
         let Some(room) = room_of_key(&entry.key) else {
             return;
         };

@@ -8,7 +8,7 @@
 //! | `parlor_names` | `n.<name in hex>` | the owning run | the node that won the name, with *create* (compare-and-set on "no such key") |
 //! | `parlor_names` | `guests` | the next guest number not handed out | any node taking a block of guest numbers (compare-and-set on its revision) |
 //! | `parlor_nodes` | the node id | its current run | the node, every quarter lease; entries expire a lease after they were written |
-//! | `parlor_rooms` | `r.<name in hex>` | the whole room: password hash, kind, incarnation, members by node and run (`rooms.rs`) | any node changing it (compare-and-set on its revision); the last member out deletes it |
+//! | `parlor_rooms` | `r.<name in hex>` | the whole room: password hash, kind, incarnation, members by node and run; for a secure room also its owner, its last epoch committed and each member's introduction (`rooms.rs`) | any node changing it (compare-and-set on its revision); the last member out deletes it; only the owner commits epochs |
 //!
 //! A *run* is one node id with an incarnation drawn at random when the node
 //! starts and again after it lost its lease. Only the store's
@@ -106,7 +106,9 @@ pub trait Node: Send + Sync + 'static {
     /// A room's record was deleted at `revision`.
     fn remote_room_deleted(&self, room: &[u8], revision: u64);
     /// The copy of the rooms bucket is being read again from the start.
-    fn remote_rooms_cleared(&self);
+    fn remote_rooms_resyncing(&self);
+    /// The rooms bucket has been read again up to its current values.
+    fn remote_rooms_resynced(&self);
     /// Another node relayed a room message for the members of `room` here.
     fn relayed_room_message(&self, room: &[u8], frame: Bytes);
     /// Another node relayed frames for members of `room` here, each for

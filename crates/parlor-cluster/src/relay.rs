@@ -30,6 +30,13 @@
 //! while its own writes wait. A gap is for what is lost on the way, not
 //! for a burst.
 //!
+//! **Secure rooms.** An identity (`81`) or a ROOM_REKEYING (`95`) for a
+//! secure room's members is relayed as a room message is. The keys its
+//! owner wrapped for the members of a node go to that node in one relay,
+//! each frame naming its member by fingerprint, numbered with the room
+//! messages: a member gets its key before the messages sealed under it
+//! that the owner's node relays after it.
+//!
 //! **DMs.** A DM for a user of another node is sent to that node with a
 //! reply subject; the node answers whether the user was there, and the
 //! sender is answered `9a 00` or "Nick not present" only then. A node that

@@ -78,6 +78,9 @@ pub(crate) struct Directory {
     /// Cluster mode: every room of the cluster, this node's included, as
     /// its record in the store last said.
     records: HashMap<Bytes, SharedRoom>,
+    /// Cluster mode: the driver is reading the records again; those it
+    /// has not given again by the time it has caught up are gone.
+    resyncing: bool,
 }
 
 /// A room's record in the cluster's store, and where its messages are
@@ -87,6 +90,8 @@ pub(crate) struct SharedRoom {
     pub(crate) record: RoomRecord,
     /// Made once per record, so a relay shares it instead of copying.
     pub(crate) relay: Arc<RelayTarget>,
+    /// Given (again) since the driver began reading the records anew.
+    current: bool,
     /// A secure room's members elsewhere, their introductions read once:
     /// an RSA key takes 10–20 µs to parse, and a record changes at every
     /// join.
@@ -151,10 +156,13 @@ impl Directory {
     /// Takes in a room's record, unless the copy has it or a later one.
     /// Returns whether it took it.
     pub(crate) fn record_room(&mut self, record: RoomRecord) -> bool {
-        let known = self.records.get(&record.room);
-        if known.is_some_and(|known| known.record.revision >= record.revision) {
-            return false;
+        if let Some(known) = self.records.get_mut(&record.room) {
+            if known.record.revision >= record.revision {
+                known.current = true;
+                return false;
+            }
         }
+        let known = self.records.get(&record.room);
         let known_peers = known.map_or(&[][..], |known| &known.peers[..]);
         let peers = record
             .introductions
@@ -180,6 +188,7 @@ impl Directory {
             record,
             relay,
             peers,
+            current: true,
         };
         self.records.insert(shared.record.room.clone(), shared);
         true
@@ -196,8 +205,23 @@ impl Directory {
         }
     }
 
-    pub(crate) fn clear_records(&mut self) {
-        self.records.clear();
+    /// The driver lost track of the store and is reading every record
+    /// again. The copy is kept meanwhile: until the records come again, a
+    /// room message is relayed, and a key made, for the members the copy
+    /// knew, rather than for nobody elsewhere.
+    pub(crate) fn resync_records(&mut self) {
+        self.resyncing = true;
+        for shared in self.records.values_mut() {
+            shared.current = false;
+        }
+    }
+
+    /// The driver has caught up with the store: a record it did not give
+    /// again since [`Directory::resync_records`] was deleted meanwhile.
+    pub(crate) fn records_resynced(&mut self) {
+        if std::mem::take(&mut self.resyncing) {
+            self.records.retain(|_, shared| shared.current);
+        }
     }
 
     pub(crate) fn record(&self, room: &[u8]) -> Option<&SharedRoom> {

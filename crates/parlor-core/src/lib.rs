@@ -26,6 +26,9 @@
 //! | [`Hub::keys_wrapped`] | a [`KeyWrapJob`] finished |
 //! | [`Hub::name_claimed`] | a [`NameClaim`] finished (cluster mode) |
 //! | [`Hub::remote_name_held`], [`Hub::remote_name_released`], [`Hub::remote_names_cleared`] | the cluster's names changed on another node (cluster mode) |
+//! | [`Hub::room_entered`], [`Hub::epoch_committed`], [`Hub::direct_relayed`], [`Hub::dm_key_relayed`] | an [`Action::EnterRoom`], [`Action::CommitEpoch`], [`Action::RelayDirect`] or [`Action::RelayDmKey`] finished (cluster mode) |
+//! | [`Hub::remote_room`], [`Hub::remote_room_deleted`], [`Hub::remote_rooms_resyncing`], [`Hub::remote_rooms_resynced`] | a room's record changed in the cluster's store, or the driver reads them all again (cluster mode) |
+//! | [`Hub::relayed_room_message`], [`Hub::relayed_to_members`], [`Hub::relayed_direct_message`], [`Hub::relayed_dm_key_request`], [`Hub::relay_lost`] | another node relayed something, or relays from it were lost (cluster mode) |
 //!
 //! **Outputs**, which the driver must carry out in the order given:
 //!
@@ -47,6 +50,11 @@
 //!   it and report it whenever it is done; nobody waits for it.
 //! - [`Action::ReleaseName`] (cluster mode): release the name in the
 //!   cluster's store, after every claim asked for before it.
+//! - The rest of the cluster's work ([`Action::EnterRoom`],
+//!   [`Action::RelayDirect`] and [`Action::RelayDmKey`] owe the
+//!   connection its reply, as a claim does; the others owe nothing):
+//!   carried out in the order given, a room's work after every entry of
+//!   that room asked for before it, and relays to one node in order.
 //!
 //! A hub made with [`Hub::new`] is a whole server and never asks for a
 //! claim or a release; one made with [`Hub::clustered`] is one node of a

@@ -486,9 +486,19 @@ impl Hub {
         self.directory.forget_record(room, revision);
     }
 
-    /// The driver lost its copy of the rooms and is reading them again.
-    pub fn remote_rooms_cleared(&mut self) {
-        self.directory.clear_records();
+    /// The driver lost track of the rooms in the store and is reading
+    /// them again. The copy is kept until [`Hub::remote_rooms_resynced`],
+    /// so that room messages and keys still reach the other nodes' members
+    /// it knows of.
+    pub fn remote_rooms_resyncing(&mut self) {
+        self.directory.resync_records();
+    }
+
+    /// The driver has read every record again since
+    /// [`Hub::remote_rooms_resyncing`]: rooms it did not give again are
+    /// gone.
+    pub fn remote_rooms_resynced(&mut self) {
+        self.directory.records_resynced();
     }
 
     /// Where messages of `room` are relayed, if other nodes serve members

@@ -639,8 +639,12 @@ impl parlor_cluster::Node for ServerNode {
         self.with_hub(|hub, _| hub.remote_room_deleted(room, revision));
     }
 
-    fn remote_rooms_cleared(&self) {
-        self.with_hub(|hub, _| hub.remote_rooms_cleared());
+    fn remote_rooms_resyncing(&self) {
+        self.with_hub(|hub, _| hub.remote_rooms_resyncing());
+    }
+
+    fn remote_rooms_resynced(&self) {
+        self.with_hub(|hub, _| hub.remote_rooms_resynced());
     }
 
     fn relayed_room_message(&self, room: &[u8], frame: Bytes) {

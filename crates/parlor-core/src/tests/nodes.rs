@@ -406,6 +406,16 @@ fn secure_record(
     }
 }
 
+/// The `81` that introduces the user of [`identity`]`(id)` as `name`.
+fn introduction(id: u64, name: &str) -> Bytes {
+    SecureMessage::PeerKey {
+        name: bytes(name),
+        renamed_from: Bytes::new(),
+        identity: identity(id).block(name.as_bytes()),
+    }
+    .encode()
+}
+
 /// The one epoch commit among `out`.
 fn commit(out: &[Action]) -> EpochCommit {
     let commits: Vec<_> = out
@@ -571,12 +581,7 @@ fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
 fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_committed_epoch() {
     let mut b = clustered_as("b");
     let (bob, carol) = (b.secure_guest(2, "bob"), b.secure_guest(3, "carol"));
-    let alice_intro = SecureMessage::PeerKey {
-        name: bytes("alice"),
-        renamed_from: Bytes::new(),
-        identity: identity(1).block(b"alice"),
-    }
-    .encode();
+    let alice_intro = introduction(1, "alice");
     let alice_only = secure_record(9, 1, ("a", 4, 1), 0, &[("a", "alice", &alice_intro)]);
     b.hub.remote_room(alice_only, &mut Vec::new());
     for (conn, name, revision) in [(bob, "bob", 2), (carol, "carol", 3)] {
@@ -856,12 +861,7 @@ fn dm_keys_for_another_node_are_bounded_per_target_there() {
 fn keys_relayed_for_members_find_them_by_their_key_even_renamed_meanwhile() {
     let mut b = clustered_as("b");
     let bob = b.secure_guest(2, "bob");
-    let alice_intro = SecureMessage::PeerKey {
-        name: bytes("alice"),
-        renamed_from: Bytes::new(),
-        identity: identity(1).block(b"alice"),
-    }
-    .encode();
+    let alice_intro = introduction(1, "alice");
     let before = secure_record(9, 1, ("a", 3, 1), 0, &[("a", "alice", &alice_intro)]);
     b.hub.remote_room(before, &mut Vec::new());
     let asked = entry(&b.join(bob, "vault", ""));
@@ -905,12 +905,7 @@ fn a_node_restarted_with_its_id_takes_its_room_back_with_a_warning() {
     // everyone hears a key is coming, and gets epoch 6.
     let mut a = clustered_as("a");
     let alice = a.secure_guest(1, "alice");
-    let bob_intro = SecureMessage::PeerKey {
-        name: bytes("bob"),
-        renamed_from: Bytes::new(),
-        identity: identity(2).block(b"bob"),
-    }
-    .encode();
+    let bob_intro = introduction(2, "bob");
     let elsewhere = [("b", "bob", &bob_intro)];
     a.hub.remote_room(
         secure_record(9, 4, ("a", 5, 3), 0, &elsewhere),
@@ -925,4 +920,26 @@ fn a_node_restarted_with_its_id_takes_its_room_back_with_a_warning() {
     assert_eq!(epoch, 6);
     assert_eq!(room_keys(&out), [(alice, "vault".to_owned(), 6)]);
     assert_eq!(for_members(&out).len(), 1, "bob's key goes to his node");
+}
+
+#[test]
+fn while_the_records_are_read_again_the_copy_still_relays_then_drops_what_is_gone() {
+    let mut h = clustered();
+    let alice = h.guest(1, "alice");
+    h.in_room(alice, "lobby", record("lobby", 2, 1, &[("b", &["bob"])]));
+    h.hub
+        .remote_room(record("zoo", 3, 0, &[("c", &["zed"])]), &mut Vec::new());
+    h.hub.remote_rooms_resyncing();
+    // A message said meanwhile still reaches bob's node.
+    let out = h.say(alice, "lobby", "still there?");
+    assert_eq!(work(&out), ["relay lobby to [\"b\"]"]);
+    // The store gives lobby again, as it was; zoo was deleted meanwhile.
+    h.hub
+        .remote_room(record("lobby", 2, 1, &[("b", &["bob"])]), &mut Vec::new());
+    h.hub.remote_rooms_resynced();
+    let out = h.send(alice, ClientMessage::ListRooms);
+    let rooms = parlor_proto::legacy::encode_name_list([&b"lobby"[..]].into_iter());
+    assert_eq!(sent(&out), [(alice, rooms.to_vec())]);
+    let out = h.say(alice, "lobby", "and now?");
+    assert_eq!(work(&out), ["relay lobby to [\"b\"]"]);
 }
