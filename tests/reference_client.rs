@@ -641,9 +641,22 @@ async fn a_secure_room_spans_two_nodes_and_outlives_its_owner() {
         .iter()
         .any(|frame| contains(&frame.payload, b"hello from a")));
 
-    // Carol joins on b and leaves again: the owner on a tells the others
-    // to hold, and keys them without her.
+    // Alice renames on a: bob hears of it across the nodes, and carol,
+    // joining on b afterwards, is introduced to her under her new name
+    // (the record's introduction was renewed). Then carol leaves again:
+    // the owner on a tells the others to hold, and keys them without her.
+    alice.line("\\nick alicia").await;
+    alice.expect(&[("event", "nick"), ("name", "alicia")]).await;
+    bob.expect(&[
+        ("event", "peer_key"),
+        ("name", "alicia"),
+        ("renamed_from", "alice"),
+    ])
+    .await;
     carol.line("\\join vault").await;
+    carol
+        .expect(&[("event", "peer_key"), ("name", "alicia")])
+        .await;
     let third = epoch(
         &carol
             .expect(&[("event", "room_key"), ("room", "vault")])
