@@ -14,7 +14,11 @@
 //! of a cluster ([`Hub::clustered`]), with a store in memory standing in
 //! for the driver: names claimed and released, rooms entered, left and
 //! renamed in, its records told back to the hub one event later (as a
-//! watch would), and now and then no answer at all.
+//! watch would), and now and then no answer at all. In a secure room the
+//! store also plays another node: a member there comes and goes, and the
+//! room's keys pass to that node (which commits an epoch of its own) and
+//! come back an event later, so keys made for members elsewhere, lost
+//! ownership and takeovers are fuzzed as well.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,7 +33,7 @@ use crate::{
     PasswordJob, RoomEntry, RoomRecord,
 };
 use parlor_proto::rules::{self, Conversation, Delivery, Reader};
-use parlor_proto::secure::{opcode as secure_opcode, PLAIN_CHANNEL_BINDING};
+use parlor_proto::secure::{opcode as secure_opcode, SecureMessage, PLAIN_CHANNEL_BINDING};
 use parlor_proto::transfer::is_transfer_news;
 use parlor_proto::{ClientMessage, Frame, FrameCodec, HEADER_LEN, MAX_CLIENT_PAYLOAD};
 
@@ -190,8 +194,10 @@ pub fn cluster_session(data: &[u8]) {
     }
 }
 
-/// A room as the fake store keeps it. A secure room's owner is always
-/// the one node.
+/// A room as the fake store keeps it. In a secure room, a member of
+/// another node (the ghost) comes and goes, and the room's keys pass to
+/// that node and back (see [`FakeStore::changed`]), so that rotations for
+/// members elsewhere and takeovers are fuzzed too.
 struct StoredRoom {
     revision: u64,
     secure: bool,
@@ -200,10 +206,19 @@ struct StoredRoom {
     members: Vec<Bytes>,
     epoch: u32,
     changes: u64,
+    /// The ghost is in the room.
+    ghost: bool,
+    /// The keys are issued by the other node.
+    owned_elsewhere: bool,
 }
 
-/// The one node's id.
+/// The fuzzed node's id, and the other node's.
 const NODE: &str = "fuzzed";
+const OTHER_NODE: &str = "other";
+/// The ghost's name on the other node, and the seed of its identity (no
+/// client's).
+const GHOST: &[u8] = b"ghost";
+const GHOST_IDENTITY: u8 = 0xee;
 
 /// The cluster's store, as far as one node's hub can tell: the names held
 /// and the rooms' records, every member on this one node. Every
@@ -219,6 +234,8 @@ struct FakeStore {
     /// Records changed, to be told to the hub at the next event: the room
     /// and its record, `None` when it was deleted.
     watched: Vec<(Bytes, Option<RoomRecord>)>,
+    /// Changes made to secure rooms, which decide the ghost's moves.
+    twists: u64,
 }
 
 impl FakeStore {
@@ -251,18 +268,35 @@ impl FakeStore {
 
     fn record(&self, room: &Bytes) -> Option<RoomRecord> {
         let stored = self.rooms.get(room)?;
+        let other = NodeId::from(OTHER_NODE);
+        let owner = match stored.owned_elsewhere {
+            false => NodeId::from(NODE),
+            true => other.clone(),
+        };
+        let ghost_introduction = SecureMessage::PeerKey {
+            name: Bytes::from_static(GHOST),
+            renamed_from: Bytes::new(),
+            identity: TestIdentity::new(GHOST_IDENTITY).block(GHOST),
+        };
+        let (elsewhere, introductions) = match stored.ghost {
+            true => (
+                vec![(other.clone(), vec![Bytes::from_static(GHOST)])],
+                vec![(other, ghost_introduction.encode())],
+            ),
+            false => (Vec::new(), Vec::new()),
+        };
         Some(RoomRecord {
             room: room.clone(),
             revision: stored.revision,
             password: stored.password.clone(),
             secure: stored.secure,
             incarnation: stored.incarnation,
-            members: stored.members.len(),
-            elsewhere: Vec::new(),
-            owner: stored.secure.then(|| NodeId::from(NODE)),
+            members: stored.members.len() + usize::from(stored.ghost),
+            elsewhere,
+            owner: stored.secure.then_some(owner),
             epoch: stored.epoch,
             changes: stored.changes,
-            introductions: Vec::new(),
+            introductions,
         })
     }
 
@@ -273,7 +307,9 @@ impl FakeStore {
         }
         match self.rooms.get_mut(&commit.room) {
             Some(stored)
-                if stored.incarnation == commit.incarnation && stored.epoch < commit.epoch =>
+                if stored.incarnation == commit.incarnation
+                    && !stored.owned_elsewhere
+                    && stored.epoch < commit.epoch =>
             {
                 stored.epoch = commit.epoch;
             }
@@ -283,11 +319,27 @@ impl FakeStore {
         CommitOutcome::Committed
     }
 
-    /// The room changed: a new revision, and the watch to tell of it.
+    /// The room changed: a new revision, and the watch to tell of it. A
+    /// secure room's every third change brings the ghost in or takes it
+    /// out, and every fifth hands the keys to the other node (which
+    /// commits an epoch it never delivers) or back.
     fn changed(&mut self, room: &Bytes) {
         self.revision += 1;
         if let Some(stored) = self.rooms.get_mut(room) {
             stored.revision = self.revision;
+            if stored.secure {
+                self.twists += 1;
+                if self.twists.is_multiple_of(3) {
+                    stored.ghost = !stored.ghost;
+                    stored.changes += 1;
+                }
+                if self.twists.is_multiple_of(5) {
+                    stored.owned_elsewhere = !stored.owned_elsewhere;
+                    if stored.owned_elsewhere {
+                        stored.epoch += 1;
+                    }
+                }
+            }
         }
         let record = self.record(room);
         self.watched.push((room.clone(), record));
@@ -318,6 +370,8 @@ impl FakeStore {
                     members: vec![entry.member.clone()],
                     epoch: 0,
                     changes: 1,
+                    ghost: false,
+                    owned_elsewhere: false,
                 };
                 self.rooms.insert(room.clone(), stored);
             }
@@ -367,8 +421,21 @@ impl FakeStore {
     }
 
     /// Tells the hub what changed in the records since the last call; a
-    /// record may start a rotation, whose actions are returned.
+    /// record may start a rotation, whose actions are returned. The other
+    /// node hands back the keys of a room it took, one event later.
     fn tell(&mut self, hub: &mut Hub) -> Vec<Action> {
+        let taken: Vec<Bytes> = self
+            .rooms
+            .iter()
+            .filter(|(_, stored)| stored.owned_elsewhere)
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in taken {
+            if let Some(stored) = self.rooms.get_mut(&room) {
+                stored.owned_elsewhere = false;
+            }
+            self.changed(&room);
+        }
         let mut out = Vec::new();
         for (room, record) in self.watched.drain(..) {
             match record {
@@ -450,8 +517,10 @@ impl SessionDriver {
             Action::Send { frame, .. } | Action::Broadcast { frame, .. } => {
                 split_frames(frame).iter().all(news)
             }
-            // What a cut-off connection held, given back to the store.
+            // What a cut-off connection held, given back to the store, and
+            // its secure room's ROOM_REKEYING for the ghost's node.
             Action::ReleaseName(_) | Action::LeaveRoom { .. } => self.store.is_some(),
+            Action::Relay { frame, .. } => self.store.is_some() && news(frame),
             _ => false,
         });
         assert!(
@@ -702,10 +771,14 @@ impl SessionDriver {
                 Action::Relay { .. } => {
                     self.store();
                 }
-                Action::RelayDirect(_)
-                | Action::RelayDmKey(_)
-                | Action::RelayToMembers(_)
-                | Action::AnswerDmKey { .. } => {
+                // Keys for the ghost, which only the other node can take.
+                Action::RelayToMembers(frames) => {
+                    self.store();
+                    assert_eq!(&*frames.node, OTHER_NODE, "keys for a node nobody runs");
+                    let ghost = TestIdentity::new(GHOST_IDENTITY).fingerprint();
+                    assert!(frames.frames.iter().all(|(to, _)| *to == ghost));
+                }
+                Action::RelayDirect(_) | Action::RelayDmKey(_) | Action::AnswerDmKey { .. } => {
                     panic!("work for another node, which no hub here knows of: {action:?}")
                 }
             }
@@ -869,7 +942,28 @@ pub fn secure_session_seed() -> Vec<u8> {
         (1, TestIdentity::new(1).signed_nick(b"robert")),
         (1, ClientMessage::Leave),
     ]);
-    scripted_seed(script)
+    let mut events = scripted_events(script);
+    // Pauses past the rotation retry, so that rotations that failed are
+    // made again (in cluster mode, with the other node's member, and
+    // across the keys' passing to that node and back).
+    for _ in 0..4 {
+        let heartbeat = ClientMessage::Heartbeat {
+            payload: Bytes::new(),
+        }
+        .to_frame();
+        events.insert(
+            events.len() - 1,
+            SessionEvent {
+                client: 0,
+                wait: 33,
+                what: EventKind::Frame {
+                    opcode: heartbeat.opcode,
+                    payload: heartbeat.payload.to_vec(),
+                },
+            },
+        );
+    }
+    SessionEvent::encode(&events)
 }
 
 /// A `session` seed in which a file moves: three clients register and
@@ -944,6 +1038,11 @@ pub fn file_session_seed() -> Vec<u8> {
 /// The events of a script of (client, message), ending with client 0
 /// closing its connection.
 fn scripted_seed(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<u8> {
+    SessionEvent::encode(&scripted_events(script))
+}
+
+/// The events of [`scripted_seed`].
+fn scripted_events(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<SessionEvent> {
     let mut events: Vec<SessionEvent> = script
         .into_iter()
         .map(|(client, message)| {
@@ -963,5 +1062,5 @@ fn scripted_seed(script: impl IntoIterator<Item = (u8, ClientMessage)>) -> Vec<u
         wait: 0,
         what: EventKind::Close,
     });
-    SessionEvent::encode(&events)
+    events
 }
