@@ -1145,14 +1145,19 @@ impl Hub {
         };
         match outcome {
             CommitOutcome::Committed => self.deliver_room_key(key, now, out),
-            CommitOutcome::Superseded | CommitOutcome::Unavailable => {
-                let WrappedRoomKey {
-                    room,
-                    incarnation,
-                    epoch,
-                    ..
-                } = key;
-                self.rotation_failed(&room, incarnation, epoch, now, out)
+            // Another node owns the room now (this one hears of it from the
+            // record), or has passed this epoch: the retry, if this node is
+            // still the owner by then, takes the next.
+            CommitOutcome::Superseded => {
+                info!(room = %Printable(&key.room), epoch = key.epoch,
+                      "a room key's epoch was not the room's to take; not delivered");
+                if self.room_keys_mut(&key.room, key.incarnation).is_some() {
+                    let retry = now + self.limits.rotation_retry;
+                    self.finish_rotation(&key.room, retry, out);
+                }
+            }
+            CommitOutcome::Unavailable => {
+                self.rotation_failed(&key.room, key.incarnation, key.epoch, now, out)
             }
         }
     }
