@@ -220,6 +220,21 @@ const OTHER_NODE: &str = "other";
 const GHOST: &[u8] = b"ghost";
 const GHOST_IDENTITY: u8 = 0xee;
 
+/// The ghost's introduction, signed once: signing at every record would
+/// slow each fuzzed input down threefold.
+fn ghost_introduction() -> Bytes {
+    static INTRODUCTION: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let introduce = || {
+        SecureMessage::PeerKey {
+            name: Bytes::from_static(GHOST),
+            renamed_from: Bytes::new(),
+            identity: TestIdentity::new(GHOST_IDENTITY).block(GHOST),
+        }
+        .encode()
+    };
+    INTRODUCTION.get_or_init(introduce).clone()
+}
+
 /// The cluster's store, as far as one node's hub can tell: the names held
 /// and the rooms' records, every member on this one node. Every
 /// [`FakeStore::SILENT_EVERY`]th claim or entry gets no answer, as when
@@ -273,15 +288,10 @@ impl FakeStore {
             false => NodeId::from(NODE),
             true => other.clone(),
         };
-        let ghost_introduction = SecureMessage::PeerKey {
-            name: Bytes::from_static(GHOST),
-            renamed_from: Bytes::new(),
-            identity: TestIdentity::new(GHOST_IDENTITY).block(GHOST),
-        };
         let (elsewhere, introductions) = match stored.ghost {
             true => (
                 vec![(other.clone(), vec![Bytes::from_static(GHOST)])],
-                vec![(other, ghost_introduction.encode())],
+                vec![(other, ghost_introduction())],
             ),
             false => (Vec::new(), Vec::new()),
         };
