@@ -709,3 +709,110 @@ mod s14_6_sealing_and_signing {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+// ===========================================================================
+
+/// PROTOCOL.md §15 (cluster mode)
+mod s15_cluster_mode {
+    use super::*;
+    use parlor_server::config::ClusterConfig;
+    use support::nats::NatsServer;
+
+    /// §15: a file offered in a secure room runs on its sender's node and
+    /// reaches the members of another node: one declines, one accepts and
+    /// gets it whole (four chunks, each relayed to its node, each
+    /// acknowledgement relayed back), one accepts and never acknowledges
+    /// and is taken out as too slow, and the sender sees the file
+    /// delivered.
+    #[tokio::test]
+    async fn a_rooms_file_reaches_its_members_on_another_node() {
+        let nats = NatsServer::start();
+        let node = |id: &str| Config {
+            cluster: Some(ClusterConfig::new(vec![nats.url.clone()], id.to_owned())),
+            // The recipient that never acknowledges is dropped after this.
+            file_ack_timeout_secs: 3.0,
+            ..config()
+        };
+        let (a, b) = (
+            ServerProcess::start(&node("a"), false),
+            ServerProcess::start(&node("b"), false),
+        );
+        let dirs: Vec<PathBuf> = ["alice", "bob", "carol"]
+            .iter()
+            .map(|who| download_dir("nodes", who))
+            .collect();
+        let (mut alice, mut bob, mut carol) = tokio::join!(
+            client("alice", a.addr, &dirs[0], &[]),
+            client("bob", b.addr, &dirs[1], &[]),
+            client("carol", b.addr, &dirs[2], &[]),
+        );
+        let mut slow = Raw::connect(b.addr, "slowpoke").await;
+        join_room(&mut alice, "vault").await;
+        join_room(&mut bob, "vault").await;
+        slow.join("vault").await;
+        let epoch = join_room(&mut carol, "vault").await;
+        for member in [&mut alice, &mut bob] {
+            has_epoch(member, "vault", epoch).await;
+        }
+
+        let data = content(3 * 262_144 + 5, 4);
+        let path = dirs[0].join("across.bin");
+        std::fs::write(&path, &data).unwrap();
+        alice.line(&format!("\\file send {}", path.display())).await;
+        let offer = alice.expect(&[("event", "file_offer")]).await;
+        let id = id_of(&offer);
+        assert_eq!(offer["skipped"], serde_json::json!([]));
+        for recipient in [&mut bob, &mut carol] {
+            let offered = recipient.expect(&[("event", "file_offered")]).await;
+            assert_eq!((id_of(&offered), &offered["from"]), (id, &"alice".into()));
+        }
+        carol.line(&format!("\\file decline {id}")).await;
+        carol.expect(&[("event", "file_declined")]).await;
+        slow.notice("83", |notice| {
+            matches!(notice, FileNotice::Offered { id: of, .. } if *of == id).then_some(())
+        })
+        .await;
+        slow.send_file(FileRequest::Decision { id, accept: true })
+            .await;
+        slow.notice("8b", |notice| {
+            matches!(notice, FileNotice::Accepted { id: of, .. } if *of == id).then_some(())
+        })
+        .await;
+        assert_eq!(slow.response().await.0, 0);
+        bob.line(&format!("\\file accept {id}")).await;
+        bob.expect(&[("event", "file_accepted")]).await;
+
+        let started = alice.expect(&[("event", "file_started")]).await;
+        assert_eq!(names(&started["recipients"]), set(&["bob", "slowpoke"]));
+        let who = slow
+            .notice("8f", |notice| match notice {
+                FileNotice::Ended {
+                    id: of,
+                    who,
+                    reason: EndReason::TooSlow,
+                    ..
+                } if *of == id => Some(who.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(&who[..], b"slowpoke");
+        alice
+            .expect(&[("event", "file_ended"), ("who", "slowpoke")])
+            .await;
+        let received = bob.expect(&[("event", "file_received")]).await;
+        assert_eq!(id_of(&received), id);
+        assert_eq!(received["sha256"], sha256_hex(&data));
+        assert!(std::fs::read(dirs[1].join("across.bin")).unwrap() == data);
+        let sent = alice.expect(&[("event", "file_sent")]).await;
+        assert_eq!(names(&sent["delivered"]), set(&["bob"]));
+        assert_eq!(listing(&dirs[2]), Vec::<String>::new(), "carol declined");
+
+        for client in [alice, bob, carol] {
+            client.quit().await;
+        }
+        slow.close().await;
+        for dir in dirs {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}

@@ -30,7 +30,7 @@ use crate::{
 };
 use parlor_core::{
     ClaimOutcome, CommitOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms, EpochCommit,
-    MemberFrames, MemberRename, NameRequest, NodeId, RoomEntry,
+    FileRelay, MemberFrames, MemberRename, NameRequest, NodeId, RoomEntry, UserFrame,
 };
 
 /// How long a purge marker stays in the names bucket. Long enough for
@@ -264,6 +264,32 @@ impl Cluster {
     /// Relays a room message to the members of `room` on `nodes`.
     pub fn relay(&self, nodes: &[NodeId], room: &[u8], frame: &[u8]) {
         self.inner.relay.room(nodes, room, frame);
+    }
+
+    /// Relays a frame of a file transfer that runs here to its recipient
+    /// on another node.
+    pub fn relay_to_user(&self, frame: &UserFrame) {
+        self.inner
+            .relay
+            .to_user(&frame.node, &frame.name, &frame.frame);
+    }
+
+    /// Sends a user's file request to the node its transfer runs on; for
+    /// one whose reply the user waits for, the answer (the frames for the
+    /// user, `None` for none in time) comes on the receiver.
+    pub fn relay_file_request(
+        &self,
+        relay: &FileRelay,
+    ) -> Option<oneshot::Receiver<Option<Bytes>>> {
+        let answered = relay.ticket.is_some();
+        self.inner
+            .relay
+            .file_request(&relay.node, &relay.name, &relay.frame, answered)
+    }
+
+    /// Answers the file request `ask` of another node with `frames`.
+    pub fn answer_file_request(&self, ask: u64, frames: Bytes) {
+        self.inner.relay.answer_file_request(ask, frames);
     }
 
     /// Relays frames for members of a room on one other node, in order

@@ -114,6 +114,13 @@ pub trait Node: Send + Sync + 'static {
     /// Another node relayed frames for members of `room` here, each for
     /// one member by its key's fingerprint (a room's keys, from its owner).
     fn relayed_to_members(&self, room: &[u8], frames: Vec<(Fingerprint, Bytes)>);
+    /// Node `node` relayed a frame of a file transfer that runs there for
+    /// the user `name` here.
+    fn relayed_to_user(&self, node: &str, name: &[u8], frame: Bytes);
+    /// The user `name` of node `node` sent a file request about a transfer
+    /// that runs here; with `ask`, the answer goes back with
+    /// [`Cluster::answer_file_request`](crate::Cluster::answer_file_request).
+    fn relayed_file_request(&self, ask: Option<u64>, node: &str, name: &[u8], frame: Bytes);
     /// An epoch commit asked for with
     /// [`Cluster::commit_epoch`](crate::Cluster::commit_epoch) finished.
     fn epoch_committed(&self, ticket: u64, outcome: CommitOutcome);

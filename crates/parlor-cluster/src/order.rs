@@ -59,9 +59,13 @@ pub(crate) const GIVE_UP: Duration = Duration::from_secs(2);
 pub(crate) enum Relayed {
     /// A frame for every member: a room message, or a notice.
     Room { room: Bytes, frame: Bytes },
-    /// Frames for some members, by name, as the relay carries them
+    /// Frames for some members, by fingerprint, as the relay carries them
     /// (`relay.rs`): the room's keys.
     Members { room: Bytes, frames: Bytes },
+    /// A frame of a file transfer for one user.
+    User { name: Bytes, frame: Bytes },
+    /// A user's file request that nobody answers (an acknowledgement).
+    FileRequest { name: Bytes, frame: Bytes },
 }
 
 /// What the receiver does after taking something in, in this order.
@@ -270,7 +274,7 @@ mod tests {
     fn delivered(steps: &Steps) -> Vec<u64> {
         let number = |relayed: &Relayed| match relayed {
             Relayed::Room { frame, .. } => std::str::from_utf8(&frame[1..]).unwrap().parse(),
-            Relayed::Members { .. } => panic!("only room messages here"),
+            _ => panic!("only room messages here"),
         };
         steps
             .deliver

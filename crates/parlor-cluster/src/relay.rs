@@ -37,6 +37,12 @@
 //! messages: a member gets its key before the messages sealed under it
 //! that the owner's node relays after it.
 //!
+//! **Files.** A transfer runs on its sender's node. Its frames for a
+//! recipient here go to the recipient's node numbered, as room messages
+//! do, one relay per frame and recipient; the recipient's acknowledgements
+//! come back numbered too, and its decisions and cancels as requests,
+//! answered with the frames the transfer answered (as DMs are, below).
+//!
 //! **DMs.** A DM for a user of another node is sent to that node with a
 //! reply subject; the node answers whether the user was there, and the
 //! sender is answered `9a 00` or "Nick not present" only then. A node that
@@ -88,6 +94,9 @@ const SYNC: u8 = 3;
 const DM_KEY: u8 = 4;
 const RESEND: u8 = 5;
 const MEMBERS: u8 = 6;
+const USER: u8 = 7;
+const FILE_REQUEST: u8 = 8;
+const FILE_ASK: u8 = 9;
 
 /// How often a node tells each node it relayed to since the last time the
 /// last number it sent: how late, at most, a lost message with none after
@@ -104,7 +113,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(250);
 /// (BENCHMARKS.md, "Cluster mode").
 const RETAIN: usize = 1024;
 
-/// How many DM key requests from other nodes may wait for their keys.
+/// How many requests from other nodes (DM key requests, file requests)
+/// may wait for their answers.
 const ASKS: usize = 4096;
 
 /// The subject a node receives relays on.
@@ -148,6 +158,13 @@ enum Envelope {
     },
     /// A DM_KEY_REQUEST for `target` by the user `introduction` names.
     DmKey { target: Bytes, introduction: Bytes },
+    /// A file request of `user`, served by node `from`, whose answer
+    /// `from` waits for.
+    FileAsk {
+        from: Bytes,
+        user: Bytes,
+        frame: Bytes,
+    },
 }
 
 impl Envelope {
@@ -187,6 +204,17 @@ impl Envelope {
         out.freeze()
     }
 
+    /// `09`, the asking node's id (u8 length), the user (u16 length), then
+    /// the user's file request.
+    fn file_ask(from: &str, user: &[u8], frame: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(1 + 1 + from.len() + 2 + user.len() + frame.len());
+        out.put_u8(FILE_ASK);
+        put_short(&mut out, from.as_bytes());
+        put_long(&mut out, user);
+        out.put_slice(frame);
+        out.freeze()
+    }
+
     /// `02` (or `04` for a DM key request), the target (u16 length), then
     /// the frame (or the introduction).
     fn direct(kind: u8, target: &[u8], frame: &[u8]) -> Bytes {
@@ -203,7 +231,7 @@ impl Envelope {
         }
         let kind = payload.get_u8();
         match kind {
-            ROOM | MEMBERS | SYNC | RESEND => {
+            ROOM | MEMBERS | USER | FILE_REQUEST | SYNC | RESEND => {
                 let from = take(&mut payload, 1)?;
                 if payload.remaining() < NUMBERED {
                     return None;
@@ -229,14 +257,23 @@ impl Envelope {
                     });
                 }
                 let room = take(&mut payload, 2)?;
+                // The field after the number is a room, or a user.
                 let relayed = match kind {
                     ROOM => Relayed::Room {
                         room,
                         frame: payload,
                     },
-                    _ => Relayed::Members {
+                    MEMBERS => Relayed::Members {
                         room,
                         frames: payload,
+                    },
+                    USER => Relayed::User {
+                        name: room,
+                        frame: payload,
+                    },
+                    _ => Relayed::FileRequest {
+                        name: room,
+                        frame: payload,
                     },
                 };
                 Some(Envelope::Room {
@@ -258,6 +295,15 @@ impl Envelope {
                 Some(Envelope::DmKey {
                     target,
                     introduction: payload,
+                })
+            }
+            FILE_ASK => {
+                let from = take(&mut payload, 1)?;
+                let user = take(&mut payload, 2)?;
+                Some(Envelope::FileAsk {
+                    from,
+                    user,
+                    frame: payload,
                 })
             }
             _ => None,
@@ -401,6 +447,8 @@ enum Outgoing {
 enum Waiter {
     Direct(oneshot::Sender<DirectOutcome>),
     DmKey(oneshot::Sender<DmKeyAnswer>),
+    /// The frames a file request was answered with.
+    File(oneshot::Sender<Option<Bytes>>),
 }
 
 impl Waiter {
@@ -418,6 +466,10 @@ impl Waiter {
             Waiter::DmKey(waiter) => {
                 let answer = payload.map_or(DmKeyAnswer::Unavailable, decode_dm_key_answer);
                 let _ = waiter.send(answer);
+            }
+            // An empty answer is a node too busy to take the request.
+            Waiter::File(waiter) => {
+                let _ = waiter.send(payload.filter(|frames| !frames.is_empty()));
             }
         }
     }
@@ -591,6 +643,33 @@ impl Relay {
         self.numbered(nodes, ROOM, room, frame);
     }
 
+    /// Relays a frame of a file transfer to the user `name` of `node`, in
+    /// order with everything else relayed there.
+    pub(crate) fn to_user(&self, node: &NodeId, name: &[u8], frame: &[u8]) {
+        self.numbered(std::slice::from_ref(node), USER, name, frame);
+    }
+
+    /// Sends the file request of the user `name` here to `node`, where its
+    /// transfer runs: an acknowledgement in order with the relays there,
+    /// and nothing comes back; with `answered`, a request whose answer
+    /// comes on the receiver.
+    pub(crate) fn file_request(
+        &self,
+        node: &NodeId,
+        name: &[u8],
+        frame: &[u8],
+        answered: bool,
+    ) -> Option<oneshot::Receiver<Option<Bytes>>> {
+        if !answered {
+            self.numbered(std::slice::from_ref(node), FILE_REQUEST, name, frame);
+            return None;
+        }
+        let (answer, outcome) = oneshot::channel();
+        let payload = Envelope::file_ask(&self.node, name, frame);
+        self.request(node, payload, Waiter::File(answer));
+        Some(outcome)
+    }
+
     /// Relays frames for members of a room to their node, numbered with
     /// the room messages relayed to it so that they keep their order.
     pub(crate) fn members(&self, frames: &MemberFrames) {
@@ -711,10 +790,21 @@ impl Relay {
 
     /// Answers the DM key request `ask` of another node.
     pub(crate) fn answer_dm_key(&self, ask: u64, answer: DmKeyAnswer) {
+        self.answer(ask, encode_dm_key_answer(answer));
+    }
+
+    /// Answers the file request `ask` of another node with `frames`.
+    pub(crate) fn answer_file_request(&self, ask: u64, frames: Bytes) {
+        self.answer(ask, frames);
+    }
+
+    fn answer(&self, ask: u64, payload: Bytes) {
         let Some(subject) = lock(&self.asks).reply_to.remove(&ask) else {
-            return warn!(ask, "an answer to a DM key request nobody asked");
+            return warn!(
+                ask,
+                "an answer to a request of another node that nobody asked"
+            );
         };
-        let payload = encode_dm_key_answer(answer);
         self.hand_over(Outgoing::Publish { subject, payload });
     }
 
@@ -917,6 +1007,14 @@ impl Receiving {
                     Some(frames) => self.node.relayed_to_members(&room, frames),
                     None => warn!("frames for members that cannot be read; dropped"),
                 },
+                Relayed::User { name, frame } => {
+                    self.node
+                        .relayed_to_user(&String::from_utf8_lossy(from), &name, frame)
+                }
+                Relayed::FileRequest { name, frame } => {
+                    let from = String::from_utf8_lossy(from);
+                    self.node.relayed_file_request(None, &from, &name, frame)
+                }
             }
         }
         if let Some((numbering, first, last)) = steps.ask.take() {
@@ -1023,18 +1121,7 @@ async fn receive(
                     warn!("a DM key request with nowhere to answer");
                     continue;
                 };
-                let ask = {
-                    let mut asks = lock(&asks);
-                    if asks.reply_to.len() >= ASKS {
-                        None
-                    } else {
-                        asks.next = asks.next.wrapping_add(1);
-                        let ask = asks.next;
-                        asks.reply_to.insert(ask, reply.clone());
-                        Some(ask)
-                    }
-                };
-                match ask {
+                match owe(&asks, &reply) {
                     Some(ask) => receiving
                         .node
                         .relayed_dm_key_request(ask, &target, introduction),
@@ -1046,9 +1133,42 @@ async fn receive(
                     }
                 }
             }
+            Some(Envelope::FileAsk { from, user, frame }) => {
+                let Some(reply) = message.reply else {
+                    warn!("a file request with nowhere to answer");
+                    continue;
+                };
+                match owe(&asks, &reply) {
+                    Some(ask) => {
+                        let from = String::from_utf8_lossy(&from);
+                        let node = &receiving.node;
+                        node.relayed_file_request(Some(ask), &from, &user, frame)
+                    }
+                    // Empty: too busy, which the asking node takes as no
+                    // answer.
+                    None => {
+                        if let Err(err) = client.publish(reply, Bytes::new()).await {
+                            warn!(%err, "cannot answer a file request");
+                        }
+                    }
+                }
+            }
             None => warn!(subject = %message.subject, "a relay that no node of parlor sent"),
         }
     }
+}
+
+/// Numbers a request of another node that this one owes an answer to,
+/// kept until answered; `None` when [`ASKS`] are owed already.
+fn owe(asks: &Mutex<Asks>, reply: &Subject) -> Option<u64> {
+    let mut asks = lock(asks);
+    if asks.reply_to.len() >= ASKS {
+        return None;
+    }
+    asks.next = asks.next.wrapping_add(1);
+    let ask = asks.next;
+    asks.reply_to.insert(ask, reply.clone());
+    Some(ask)
 }
 
 /// Relayed room messages from `from` were lost: counted, logged, and the

@@ -75,6 +75,9 @@ fn show(what: &str, out: &mut Vec<Action>) {
             | Action::RelayDmKey(_)
             | Action::CommitEpoch(_)
             | Action::RelayToMembers(_)
+            | Action::RelayToUser(_)
+            | Action::RelayFileRequest(_)
+            | Action::AnswerFileRequest { .. }
             | Action::AnswerDmKey { .. } => println!("  work for the cluster's driver"),
         }
     }

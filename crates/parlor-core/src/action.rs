@@ -9,8 +9,8 @@ use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use crate::{
-    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, EpochCommit, KeyWrapJob, MemberFrames,
-    MemberRename, NameClaim, RelayTarget, RoomEntry,
+    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, EpochCommit, FileRelay, KeyWrapJob, MemberFrames,
+    MemberRename, NameClaim, RelayTarget, RoomEntry, UserFrame,
 };
 
 /// What the hub asks its driver to do.
@@ -99,6 +99,24 @@ pub enum Action {
     /// in the same order as [`Action::Relay`]s to it: a room's keys,
     /// wrapped for its members there. Cluster mode only.
     RelayToMembers(Box<MemberFrames>),
+    /// Relay a frame of a file transfer that runs here to a recipient
+    /// served by another node, in order with the other relays to that
+    /// node. Cluster mode only.
+    RelayToUser(Box<UserFrame>),
+    /// Send a user's file request about a transfer that runs on another
+    /// node there; with a ticket, the user's reply waits for the answer
+    /// ([`Hub::file_request_relayed`](crate::Hub::file_request_relayed)).
+    /// Cluster mode only.
+    RelayFileRequest(Box<FileRelay>),
+    /// Answer the file request that another node sent as `ask`
+    /// ([`Hub::relayed_file_request`](crate::Hub::relayed_file_request))
+    /// with `frames`, what the transfer answered. Cluster mode only.
+    AnswerFileRequest {
+        /// The request's number, as the driver gave it.
+        ask: u64,
+        /// The frames for the user who asked.
+        frames: Bytes,
+    },
     /// Hand a DM to the node serving its target, and report back with
     /// [`Hub::direct_relayed`](crate::Hub::direct_relayed); the sender's
     /// reply waits for it. Cluster mode only.
@@ -142,6 +160,7 @@ impl Action {
             | Action::RelayDirect(_)
             | Action::RelayDmKey(_) => true,
             Action::WrapKeys(job) => job.requester.is_some(),
+            Action::RelayFileRequest(relay) => relay.ticket.is_some(),
             Action::Send { .. }
             | Action::Broadcast { .. }
             | Action::Close { .. }
@@ -151,6 +170,8 @@ impl Action {
             | Action::Relay { .. }
             | Action::CommitEpoch(_)
             | Action::RelayToMembers(_)
+            | Action::RelayToUser(_)
+            | Action::AnswerFileRequest { .. }
             | Action::AnswerDmKey { .. } => false,
         }
     }

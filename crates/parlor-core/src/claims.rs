@@ -169,9 +169,11 @@ impl Hub {
         self.directory.add_remote_name(name, node);
     }
 
-    /// No user of another node holds `name` any more.
-    pub fn remote_name_released(&mut self, name: &[u8]) {
+    /// No user of another node holds `name` any more: it has also left
+    /// the file transfers that run here.
+    pub fn remote_name_released(&mut self, name: &[u8], now: Instant, out: &mut Vec<Action>) {
         self.directory.remove_remote_name(name);
+        self.stand_ins_gone(name, now, out);
     }
 
     /// The driver lost its copy of the store and is reading it again:

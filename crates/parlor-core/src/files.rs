@@ -40,23 +40,39 @@ impl Hub {
             }
             return;
         }
-        let transfers = &mut self.transfers;
+        // A recipient's request about a transfer another node runs goes
+        // there (`stand_ins.rs`).
+        if let FileRequest::Decision { id, .. }
+        | FileRequest::Ack { id, .. }
+        | FileRequest::Cancel { id } = request
+        {
+            if self.forward_file_request(conn, id, &request, out) {
+                return;
+            }
+        }
         match request {
             FileRequest::Offer {
                 target,
                 meta,
                 window,
             } => self.offer_file(conn, target, meta, window, now, out),
-            FileRequest::Decision { id, accept } => transfers.decide(conn, id, accept, now, out),
-            FileRequest::Chunk { id, index, data } => {
-                transfers.chunk(conn, id, index, &data, now, out)
-            }
-            FileRequest::Ack { id, index } => transfers.ack(conn, id, index, now, out),
-            FileRequest::Done { id } => transfers.done(conn, id, now, out),
             FileRequest::Resume { id, token, proof } => {
                 self.resume_file(conn, id, &token, &proof, now, out)
             }
-            FileRequest::Cancel { id } => transfers.cancel(conn, id, now, out),
+            request => self.with_transfers(out, |transfers, out| match request {
+                FileRequest::Decision { id, accept } => {
+                    transfers.decide(conn, id, accept, now, out)
+                }
+                FileRequest::Chunk { id, index, data } => {
+                    transfers.chunk(conn, id, index, &data, now, out)
+                }
+                FileRequest::Ack { id, index } => transfers.ack(conn, id, index, now, out),
+                FileRequest::Done { id } => transfers.done(conn, id, now, out),
+                FileRequest::Cancel { id } => transfers.cancel(conn, id, now, out),
+                FileRequest::Offer { .. } | FileRequest::Resume { .. } => {
+                    unreachable!("matched above")
+                }
+            }),
         }
     }
 
@@ -94,9 +110,14 @@ impl Hub {
                     None => skipped.push(self.users[&member].name.clone()),
                 }
             }
+            self.offer_recipients_elsewhere(&room, &mut recipients, &mut skipped);
             (Some(room), recipients, skipped)
         } else {
             let Some(recipient) = self.directory.find_user(&target) else {
+                if self.directory.remote_node_of(&target).is_some() {
+                    let reply = text::file_to_another_node(&target);
+                    return respond_naming(out, conn, Status::Error, reply);
+                }
                 return self.no_such_user(conn, &target, out);
             };
             if recipient == conn {
@@ -124,8 +145,39 @@ impl Hub {
             meta,
             window,
         };
-        if let Err(refusal) = self.transfers.offer(offer, now, out) {
+        let offered = self.with_transfers(out, |transfers, out| transfers.offer(offer, now, out));
+        if let Err(refusal) = offered {
             respond(out, conn, refusal.status, refusal.text);
+        }
+    }
+
+    /// Cluster mode: the members of `room` on other nodes, as an offer's
+    /// recipients (by their stand-ins, `stand_ins.rs`) when the room's
+    /// record has their identities (a secure room), else as skipped.
+    fn offer_recipients_elsewhere(
+        &mut self,
+        room: &[u8],
+        recipients: &mut Vec<OfferRecipient>,
+        skipped: &mut Vec<Bytes>,
+    ) {
+        let Some(shared) = self.directory.record(room) else {
+            return;
+        };
+        for (node, names) in &shared.record.elsewhere {
+            for name in names {
+                let peer = shared
+                    .peers
+                    .iter()
+                    .find(|peer| peer.node == *node && peer.name == *name);
+                match peer {
+                    Some(peer) => recipients.push(OfferRecipient {
+                        conn: self.stand_ins.of(node, name),
+                        name: name.clone(),
+                        fingerprint: peer.fingerprint,
+                    }),
+                    None => skipped.push(name.clone()),
+                }
+            }
         }
     }
 
@@ -159,7 +211,8 @@ impl Hub {
             return respond(out, conn, Status::Error, text::RESUME_PROOF_FAILED);
         }
         let fingerprint = *identity.fingerprint();
-        self.transfers
-            .resume(conn, id, token, &fingerprint, now, out);
+        self.with_transfers(out, |transfers, out| {
+            transfers.resume(conn, id, token, &fingerprint, now, out)
+        });
     }
 }

@@ -18,11 +18,12 @@
 //! store also plays another node: a member there comes and goes, and the
 //! room's keys pass to that node (which commits an epoch of its own) and
 //! come back an event later, so keys made for members elsewhere, lost
-//! ownership and takeovers are fuzzed as well.
+//! ownership and takeovers are fuzzed as well; the room's files are
+//! offered to that member too, which never answers.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -433,7 +434,7 @@ impl FakeStore {
     /// Tells the hub what changed in the records since the last call; a
     /// record may start a rotation, whose actions are returned. The other
     /// node hands back the keys of a room it took, one event later.
-    fn tell(&mut self, hub: &mut Hub) -> Vec<Action> {
+    fn tell(&mut self, hub: &mut Hub, now: Instant) -> Vec<Action> {
         let taken: Vec<Bytes> = self
             .rooms
             .iter()
@@ -449,8 +450,8 @@ impl FakeStore {
         let mut out = Vec::new();
         for (room, record) in self.watched.drain(..) {
             match record {
-                Some(record) => hub.remote_room(record, &mut out),
-                None => hub.remote_room_deleted(&room, u64::MAX),
+                Some(record) => hub.remote_room(record, now, &mut out),
+                None => hub.remote_room_deleted(&room, u64::MAX, now, &mut out),
             }
         }
         out
@@ -508,7 +509,7 @@ impl SessionDriver {
 
     fn step(&mut self, event: SessionEvent) {
         if let Some(store) = &mut self.store {
-            let told = store.tell(&mut self.harness.hub);
+            let told = store.tell(&mut self.harness.hub, self.harness.now);
             self.apply(None, told);
         }
         let waited = u64::from(event.wait);
@@ -528,9 +529,10 @@ impl SessionDriver {
                 split_frames(frame).iter().all(news)
             }
             // What a cut-off connection held, given back to the store, and
-            // its secure room's ROOM_REKEYING for the ghost's node.
+            // the news for the ghost's node: a ROOM_REKEYING, a file's end.
             Action::ReleaseName(_) | Action::LeaveRoom { .. } => self.store.is_some(),
             Action::Relay { frame, .. } => self.store.is_some() && news(frame),
+            Action::RelayToUser(relay) => self.store.is_some() && news(&relay.frame),
             _ => false,
         });
         assert!(
@@ -788,7 +790,22 @@ impl SessionDriver {
                     let ghost = TestIdentity::new(GHOST_IDENTITY).fingerprint();
                     assert!(frames.frames.iter().all(|(to, _)| *to == ghost));
                 }
-                Action::RelayDirect(_) | Action::RelayDmKey(_) | Action::AnswerDmKey { .. } => {
+                // A file's frames for the ghost, a recipient of the room's
+                // files who never answers.
+                Action::RelayToUser(frame) => {
+                    self.store();
+                    let to = (&*frame.node, &frame.name[..]);
+                    assert_eq!(
+                        to,
+                        (OTHER_NODE, GHOST),
+                        "a file's frame for a user nobody has"
+                    );
+                }
+                Action::RelayDirect(_)
+                | Action::RelayDmKey(_)
+                | Action::AnswerDmKey { .. }
+                | Action::RelayFileRequest(_)
+                | Action::AnswerFileRequest { .. } => {
                     panic!("work for another node, which no hub here knows of: {action:?}")
                 }
             }

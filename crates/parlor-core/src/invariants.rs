@@ -51,6 +51,6 @@ impl Hub {
         }
         self.check_secure_invariants()?;
         self.transfers
-            .check_invariants(|conn| self.users.contains_key(&conn))
+            .check_invariants(|conn| self.users.contains_key(&conn) || self.stands_in(conn))
     }
 }

@@ -293,7 +293,9 @@ impl Hub {
         // The legacy client sends no LEAVE before a JOIN.
         let left = self.leave_room(conn, out);
         if let Some(left) = &left {
-            self.transfers.left_room(conn, left, now, out);
+            self.with_transfers(out, |transfers, out| {
+                transfers.left_room(conn, left, now, out)
+            });
         }
         self.directory.add_member(&room, conn);
         self.users.get_mut(&conn).expect("caller checked").room = Some(room.clone());
@@ -332,7 +334,9 @@ impl Hub {
             out.push(send(conn, OK_RESPONSE));
             return self.close(conn, CloseReason::LeftServer, now, out);
         };
-        self.transfers.left_room(conn, &room, now, out);
+        self.with_transfers(out, |transfers, out| {
+            transfers.left_room(conn, &room, now, out)
+        });
         if self.is_secure(conn) {
             let confirmation = SecureMessage::RoomLeft { room: room.clone() };
             out.push(send(conn, confirmation.encode()));

@@ -80,7 +80,8 @@
 //! so) or one entry in the rotation timers, never both.
 //!
 //! The secure extension (registered keys, key rotation, DM keys) lives in
-//! `secure.rs`, file transfer in `transfer.rs` and `files.rs`; this file
+//! `secure.rs`, file transfer in `transfer.rs` and `files.rs` (and, across
+//! the nodes of a cluster, `stand_ins.rs`); this file
 //! calls into them where a legacy request has a secure side.
 
 #![warn(missing_docs)]
@@ -100,6 +101,7 @@ mod limits;
 mod nodes;
 mod rate;
 mod secure;
+mod stand_ins;
 mod stats;
 pub mod transfer;
 
@@ -134,6 +136,8 @@ pub use rate::Rate;
 use rate::SlidingWindow;
 use secure::{Change, RegisteredIdentity, RoomTimers, WrapPurpose, WrappedRoomKey};
 pub use secure::{KeyRecipient, KeyWrapJob, KeyWrapOutcome};
+pub use stand_ins::{FileRelay, UserFrame};
+use stand_ins::{Routes, StandIns};
 pub use stats::{Rejection, Relayed, Stats};
 use transfer::Transfers;
 
@@ -256,6 +260,11 @@ pub struct Hub {
     /// Cluster mode: room keys wrapped and waiting for their epoch to be
     /// committed ([`Action::CommitEpoch`]), by ticket.
     commits: HashMap<u64, WrappedRoomKey>,
+    /// Cluster mode: users of other nodes in this node's file transfers.
+    stand_ins: StandIns,
+    /// Cluster mode: where the transfers offered to users here from other
+    /// nodes run.
+    routes: Routes,
     /// This node's id in its cluster ([`Hub::clustered`]); `None` for a
     /// whole server. Names are claimed through the driver when it is set.
     node: Option<NodeId>,
@@ -296,6 +305,8 @@ impl Hub {
             rng,
             transfers: Transfers::new(limits.transfers.clone(), transfer_seed),
             commits: HashMap::new(),
+            stand_ins: StandIns::default(),
+            routes: Routes::default(),
             limits,
             node: None,
         }
@@ -313,6 +324,10 @@ impl Hub {
         let mut hub = Hub::new(limits, rng_seed);
         hub.node = Some(node);
         hub.last_key_id = hub.rng.next_u32();
+        // Transfer ids too: a user's node tells its own transfers from
+        // those of other nodes by id.
+        let first_transfer = hub.rng.next_u32();
+        hub.transfers.start_ids_after(first_transfer);
         hub
     }
 
@@ -578,7 +593,7 @@ impl Hub {
                 self.idle.schedule(conn, deadline);
             }
         }
-        self.transfers.handle_timeout(now, out);
+        self.with_transfers(out, |transfers, out| transfers.handle_timeout(now, out));
         self.rotate_due_rooms(now, out);
     }
 
@@ -653,7 +668,8 @@ impl Hub {
         let Some(user) = self.users.remove(&conn) else {
             return false;
         };
-        self.transfers.disconnected(conn, now, out);
+        self.with_transfers(out, |transfers, out| transfers.disconnected(conn, now, out));
+        self.routes.forget(conn);
         if let Some(left) = left {
             self.membership_changed(&left, Change::Departure(conn), out);
         }

@@ -464,12 +464,13 @@ impl Hub {
     /// The room's record in the cluster's store is now `record`. For a
     /// secure room with members here, what the record says of its owner
     /// and its members elsewhere may start a rotation
-    /// (`secure.rs`, [`Hub::follow_room_record`]).
-    pub fn remote_room(&mut self, record: RoomRecord, out: &mut Vec<Action>) {
+    /// (`secure.rs`, `follow_room_record`).
+    pub fn remote_room(&mut self, record: RoomRecord, now: Instant, out: &mut Vec<Action>) {
         let room = record.room.clone();
         let before = self.peer_fingerprints(&room);
         if self.directory.record_room(record) {
             self.follow_room_record(&room, &before, out);
+            self.stand_ins_follow_room(&room, now, out);
         }
     }
 
@@ -482,8 +483,15 @@ impl Hub {
     }
 
     /// The room's record was deleted at `revision`: the room is gone.
-    pub fn remote_room_deleted(&mut self, room: &[u8], revision: u64) {
+    pub fn remote_room_deleted(
+        &mut self,
+        room: &[u8],
+        revision: u64,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.directory.forget_record(room, revision);
+        self.stand_ins_follow_room(room, now, out);
     }
 
     /// The driver lost track of the rooms in the store and is reading

@@ -416,6 +416,7 @@ fn index_elsewhere(conn: ConnId, count: usize) -> Option<usize> {
 #[derive(Debug, Clone)]
 pub(crate) struct RemotePeer {
     pub(crate) node: NodeId,
+    pub(crate) name: Bytes,
     pub(crate) fingerprint: Fingerprint,
     rsa: Arc<rsa::PublicKey>,
     /// The `81` a joiner of the room is sent for this member, as stored.
@@ -426,12 +427,13 @@ impl RemotePeer {
     /// Reads an introduction of node `node`'s member; `None`, logged, if it
     /// is not one.
     pub(crate) fn read(node: &NodeId, introduction: &Bytes) -> Option<RemotePeer> {
-        let Some((_, fingerprint, rsa)) = introduced(introduction) else {
+        let Some((name, fingerprint, rsa)) = introduced(introduction) else {
             warn!(%node, "an introduction in a room's record that cannot be read; left out");
             return None;
         };
         Some(RemotePeer {
             node: node.clone(),
+            name,
             fingerprint,
             rsa: Arc::new(rsa),
             introduction: introduction.clone(),

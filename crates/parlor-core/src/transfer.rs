@@ -477,6 +477,21 @@ impl Transfers {
         Ok(())
     }
 
+    /// Ids from now on count up from after `id`: a node of a cluster
+    /// starts somewhere at random, so that two nodes' transfers seldom
+    /// share an id.
+    pub fn start_ids_after(&mut self, id: u32) {
+        self.last_id = id;
+    }
+
+    /// Whether `conn` takes part in transfer `id`, as its sender or as a
+    /// recipient connected now.
+    pub fn involves(&self, conn: ConnId, id: u32) -> bool {
+        self.transfers
+            .get(&id)
+            .is_some_and(|transfer| transfer.sender == conn || transfer.position_of(conn).is_some())
+    }
+
     fn new_id(&mut self) -> u32 {
         loop {
             self.last_id = self.last_id.checked_add(1).unwrap_or(1);

@@ -332,6 +332,10 @@ enum OwedReply {
         target: Bytes,
         answer: oneshot::Receiver<DmKeyAnswer>,
     },
+    File {
+        ticket: u64,
+        answer: oneshot::Receiver<Option<Bytes>>,
+    },
 }
 
 /// Output queued for the connection is written on the task's next turn,
@@ -361,6 +365,7 @@ enum Event {
     RoomEntered(u64, EntryOutcome),
     DirectRelayed(u64, Bytes, DirectOutcome),
     DmKeyRelayed(u64, Bytes, DmKeyAnswer),
+    FileRelayed(u64, Option<Bytes>),
     Closing(CloseReason),
 }
 
@@ -464,6 +469,11 @@ impl<S: Transport> Connection<S> {
                     self.resume(fed);
                     Ok(())
                 }
+                Event::FileRelayed(ticket, answer) => {
+                    let fed = self.shared.file_request_relayed(self.conn, ticket, answer);
+                    self.resume(fed);
+                    Ok(())
+                }
             };
             if let Err(reason) = outcome {
                 return reason;
@@ -550,6 +560,12 @@ impl<S: Transport> Connection<S> {
                         let answer = answer.unwrap_or(DmKeyAnswer::Unavailable);
                         Event::DmKeyRelayed(ticket, target.clone(), answer)
                     })
+                }
+                OwedReply::File { ticket, answer } => {
+                    let ticket = *ticket;
+                    Pin::new(answer)
+                        .poll(cx)
+                        .map(|answer| Event::FileRelayed(ticket, answer.ok().flatten()))
                 }
             };
             if event.is_ready() {
@@ -691,6 +707,19 @@ impl<S: Transport> Connection<S> {
                         self.continue_after_reply(fed)
                     }
                 },
+                Fed::File(relay) => {
+                    let ticket = relay.ticket.expect("only owed requests are fed");
+                    match self.shared.relay_file_request(&relay) {
+                        Some(answer) => {
+                            self.owed = Some(Box::new(OwedReply::File { ticket, answer }));
+                            return;
+                        }
+                        None => {
+                            let fed = self.shared.file_request_relayed(self.conn, ticket, None);
+                            self.continue_after_reply(fed)
+                        }
+                    }
+                }
                 Fed::Keys(job) => {
                     let ticket = job.ticket;
                     match self.shared.key_wraps().submit(job) {

@@ -26,8 +26,8 @@ use crate::password::PasswordPool;
 use parlor_cluster::Cluster;
 use parlor_core::{
     Action, ClaimOutcome, CloseReason, CommitOutcome, ConnId, DirectOutcome, DirectRelay,
-    DmKeyAnswer, DmKeyRelay, EntryOutcome, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim, NameRequest,
-    NodeId, PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
+    DmKeyAnswer, DmKeyRelay, EntryOutcome, FileRelay, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim,
+    NameRequest, NodeId, PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
 };
 use parlor_proto::secure::{Fingerprint, CHANNEL_BINDING_LEN};
 use parlor_proto::FrameCodec;
@@ -83,6 +83,10 @@ pub(crate) enum Fed {
     /// Send this DM key request to another node ([`Shared::relay_dm_key`]),
     /// then report with [`Shared::dm_key_relayed`].
     DmKey(Box<DmKeyRelay>),
+    /// Send this file request to the node its transfer runs on
+    /// ([`Shared::relay_file_request`]), then report with
+    /// [`Shared::file_request_relayed`].
+    File(Box<FileRelay>),
 }
 
 impl Shared {
@@ -212,6 +216,28 @@ impl Shared {
         })
     }
 
+    /// Sends a file request to the node its transfer runs on; `None`
+    /// without a cluster, or for one nobody answers.
+    pub(crate) fn relay_file_request(
+        &self,
+        relay: &FileRelay,
+    ) -> Option<oneshot::Receiver<Option<Bytes>>> {
+        self.cluster.get()?.relay_file_request(relay)
+    }
+
+    /// Reports another node's answer to a file request to the hub.
+    pub(crate) fn file_request_relayed(
+        &self,
+        conn: ConnId,
+        ticket: u64,
+        answer: Option<Bytes>,
+    ) -> Fed {
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.file_request_relayed(conn, ticket, answer, out)
+        })
+    }
+
     /// Carries out an action that is the cluster's work and owes no reply.
     fn cluster_work(&self, action: Action) {
         let Some(cluster) = self.cluster.get() else {
@@ -227,6 +253,11 @@ impl Shared {
             Action::CommitEpoch(commit) => cluster.commit_epoch(*commit),
             Action::Relay { to, frame } => cluster.relay(&to.nodes, &to.room, &frame),
             Action::RelayToMembers(frames) => cluster.relay_to_members(&frames),
+            Action::RelayToUser(frame) => cluster.relay_to_user(&frame),
+            Action::RelayFileRequest(relay) => {
+                cluster.relay_file_request(&relay);
+            }
+            Action::AnswerFileRequest { ask, frames } => cluster.answer_file_request(ask, frames),
             Action::AnswerDmKey { ask, answer } => cluster.answer_dm_key(ask, answer),
             other => error!(action = ?other, "not the cluster's work"),
         }
@@ -489,7 +520,13 @@ impl Shared {
                     Action::RelayDmKey(relay) => {
                         self.owe(state, &mut fed, relay.conn, Fed::DmKey(relay))
                     }
-                    Action::Relay { .. } | Action::RelayToMembers(_) => {
+                    Action::RelayFileRequest(relay) if relay.ticket.is_some() => {
+                        self.owe(state, &mut fed, relay.conn, Fed::File(relay))
+                    }
+                    Action::Relay { .. }
+                    | Action::RelayToMembers(_)
+                    | Action::RelayToUser(_)
+                    | Action::RelayFileRequest(_) => {
                         // Queued for the members here first, as the hub
                         // ordered; the relay keeps the order per node.
                         self.deliver_run(state, run.take(), &mut too_slow);
@@ -499,6 +536,7 @@ impl Shared {
                     | Action::LeaveRoom { .. }
                     | Action::RenameMember(_)
                     | Action::CommitEpoch(_)
+                    | Action::AnswerFileRequest { .. }
                     | Action::AnswerDmKey { .. }) => self.cluster_work(work),
                 }
             }
@@ -613,12 +651,21 @@ impl ServerNode {
     /// Calls the hub, if the server is still there, and applies what it
     /// asks for.
     fn with_hub<T: Default>(&self, call: impl FnOnce(&mut Hub, &mut Vec<Action>) -> T) -> T {
+        self.with_hub_at(|hub, _, out| call(hub, out))
+    }
+
+    /// [`ServerNode::with_hub`] for a call that takes the time.
+    fn with_hub_at<T: Default>(
+        &self,
+        call: impl FnOnce(&mut Hub, Instant, &mut Vec<Action>) -> T,
+    ) -> T {
         let Some(shared) = self.0.upgrade() else {
             return T::default();
         };
+        let now = shared.clock.now();
         let mut state = shared.lock();
         let mut answer = T::default();
-        let fed = shared.run_hub(&mut state, |hub, out| answer = call(hub, out));
+        let fed = shared.run_hub(&mut state, |hub, out| answer = call(hub, now, out));
         if !matches!(fed, Fed::More) {
             error!(?fed, "the hub owed a reply to the cluster");
         }
@@ -632,11 +679,11 @@ impl parlor_cluster::Node for ServerNode {
     }
 
     fn remote_room(&self, record: RoomRecord) {
-        self.with_hub(|hub, out| hub.remote_room(record, out));
+        self.with_hub_at(|hub, now, out| hub.remote_room(record, now, out));
     }
 
     fn remote_room_deleted(&self, room: &[u8], revision: u64) {
-        self.with_hub(|hub, _| hub.remote_room_deleted(room, revision));
+        self.with_hub_at(|hub, now, out| hub.remote_room_deleted(room, revision, now, out));
     }
 
     fn remote_rooms_resyncing(&self) {
@@ -651,16 +698,24 @@ impl parlor_cluster::Node for ServerNode {
         self.with_hub(|hub, out| hub.relayed_room_message(room, frame, out));
     }
 
+    fn relayed_to_user(&self, node: &str, name: &[u8], frame: Bytes) {
+        let node = NodeId::from(node);
+        self.with_hub(|hub, out| hub.relayed_to_user(&node, name, frame, out));
+    }
+
+    fn relayed_file_request(&self, ask: Option<u64>, node: &str, name: &[u8], frame: Bytes) {
+        let node = NodeId::from(node);
+        self.with_hub_at(|hub, now, out| {
+            hub.relayed_file_request(ask, &node, name, frame, now, out)
+        });
+    }
+
     fn relayed_to_members(&self, room: &[u8], frames: Vec<(Fingerprint, Bytes)>) {
         self.with_hub(|hub, out| hub.relayed_to_members(room, frames, out));
     }
 
     fn epoch_committed(&self, ticket: u64, outcome: CommitOutcome) {
-        let Some(shared) = self.0.upgrade() else {
-            return;
-        };
-        let now = shared.clock.now();
-        self.with_hub(|hub, out| hub.epoch_committed(ticket, outcome, now, out));
+        self.with_hub_at(|hub, now, out| hub.epoch_committed(ticket, outcome, now, out));
     }
 
     fn relayed_direct_message(&self, target: &[u8], frame: Bytes) -> bool {
@@ -668,23 +723,17 @@ impl parlor_cluster::Node for ServerNode {
     }
 
     fn relayed_dm_key_request(&self, ask: u64, target: &[u8], introduction: Bytes) {
-        let Some(shared) = self.0.upgrade() else {
-            return;
-        };
-        let now = shared.clock.now();
-        self.with_hub(|hub, out| hub.relayed_dm_key_request(ask, target, introduction, now, out));
+        self.with_hub_at(|hub, now, out| {
+            hub.relayed_dm_key_request(ask, target, introduction, now, out)
+        });
     }
 
     fn relay_lost(&self, node: &str) {
-        let Some(shared) = self.0.upgrade() else {
-            return;
-        };
-        let now = shared.clock.now();
-        self.with_hub(|hub, out| hub.relay_lost(node, now, out));
+        self.with_hub_at(|hub, now, out| hub.relay_lost(node, now, out));
     }
 
     fn remote_name_released(&self, name: &[u8]) {
-        self.with_hub(|hub, _| hub.remote_name_released(name));
+        self.with_hub_at(|hub, now, out| hub.remote_name_released(name, now, out));
     }
 
     fn remote_names_cleared(&self) {

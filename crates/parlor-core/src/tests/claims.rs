@@ -162,7 +162,7 @@ fn list_users_outside_a_room_lists_every_node_once_and_in_order() {
     ]
     .concat();
     assert_eq!(sent(&h.send(a, ClientMessage::ListUsers)), [(a, expected)]);
-    h.hub.remote_name_released(b"zed");
+    h.hub.remote_name_released(b"zed", h.now, &mut Vec::new());
     h.hub.remote_names_cleared();
     let expected = [&[0, 0, 0, 9, 4, 0x17, 0x9a, 0][..], b"\x07mallory"].concat();
     assert_eq!(sent(&h.send(a, ClientMessage::ListUsers)), [(a, expected)]);

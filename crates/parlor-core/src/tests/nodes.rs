@@ -164,8 +164,11 @@ fn a_room_created_first_on_another_node_is_judged_again_with_its_password() {
 fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
     let mut h = clustered();
     let alice = h.guest(1, "alice");
-    h.hub
-        .remote_room(record("full", 1, 0, &[("b", &["bob"])]), &mut Vec::new());
+    h.hub.remote_room(
+        record("full", 1, 0, &[("b", &["bob"])]),
+        h.now,
+        &mut Vec::new(),
+    );
     let asked = entry(&h.join(alice, "full", ""));
     let out = h.entered(&asked, EntryOutcome::Full);
     let full = response(2, "Room 'full' is full, try again later.");
@@ -182,8 +185,11 @@ fn a_full_room_and_an_unavailable_store_are_answered_with_their_texts() {
 fn lists_cover_the_rooms_and_members_of_every_node() {
     let mut h = clustered();
     let alice = h.guest(1, "alice");
-    h.hub
-        .remote_room(record("zoo", 4, 0, &[("b", &["zed"])]), &mut Vec::new());
+    h.hub.remote_room(
+        record("zoo", 4, 0, &[("b", &["zed"])]),
+        h.now,
+        &mut Vec::new(),
+    );
     h.in_room(
         alice,
         "lobby",
@@ -205,8 +211,8 @@ fn lists_cover_the_rooms_and_members_of_every_node() {
     );
     // An older record than the one known changes nothing; a deletion does.
     h.hub
-        .remote_room(record("lobby", 1, 1, &[]), &mut Vec::new());
-    h.hub.remote_room_deleted(b"zoo", 5);
+        .remote_room(record("lobby", 1, 1, &[]), h.now, &mut Vec::new());
+    h.hub.remote_room_deleted(b"zoo", 5, h.now, &mut Vec::new());
     let rooms = [&[0, 0, 0, 7, 4, 0x17, 0x9a, 0][..], b"\x05lobby"].concat();
     assert_eq!(
         sent(&h.send(alice, ClientMessage::ListRooms)),
@@ -254,7 +260,7 @@ fn a_room_message_is_relayed_once_per_other_node_and_relays_reach_members_here()
     );
     // A room with nobody elsewhere relays nothing.
     h.hub
-        .remote_room(record("lobby", 9, 2, &[]), &mut Vec::new());
+        .remote_room(record("lobby", 9, 2, &[]), h.now, &mut Vec::new());
     assert!(work(&h.say(alice, "lobby", "alone")).is_empty());
 }
 
@@ -495,7 +501,7 @@ fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
     // and relays his introduction to a, but makes him no key.
     let elsewhere_for_b = [("a", "alice", &alice_intro)];
     let seen = secure_record(incarnation, 2, ("a", 1, 1), 0, &elsewhere_for_b);
-    b.hub.remote_room(seen, &mut Vec::new());
+    b.hub.remote_room(seen, b.now, &mut Vec::new());
     let asked = entry(&b.join(bob, "vault", ""));
     assert_eq!(asked.terms, EntryTerms::Join { incarnation });
     let at_b = secure_record(incarnation, 3, ("a", 1, 2), 1, &elsewhere_for_b);
@@ -532,7 +538,7 @@ fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
     // his own label, and his sent to his node.
     let mut out = Vec::new();
     let at_a = secure_record(incarnation, 3, ("a", 1, 2), 1, &[("b", "bob", &bob_intro)]);
-    a.hub.remote_room(at_a, &mut out);
+    a.hub.remote_room(at_a, a.now, &mut out);
     a.settle(&mut out);
     assert!(sent(&out).is_empty(), "{out:?}");
     let labels: Vec<_> = a.rotations[0]
@@ -560,7 +566,7 @@ fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
     assert_eq!(work(&out), ["leave vault bob"]);
     let mut out = Vec::new();
     let left = secure_record(incarnation, 5, ("a", 2, 3), 1, &[]);
-    a.hub.remote_room(left, &mut out);
+    a.hub.remote_room(left, a.now, &mut out);
     assert_eq!(rekeyings(&out), [(alice, "vault".to_owned(), 3)]);
     a.settle(&mut out);
     assert_eq!(a.rotations[0].recipients.len(), 1);
@@ -583,7 +589,7 @@ fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_comm
     let (bob, carol) = (b.secure_guest(2, "bob"), b.secure_guest(3, "carol"));
     let alice_intro = introduction(1, "alice");
     let alice_only = secure_record(9, 1, ("a", 4, 1), 0, &[("a", "alice", &alice_intro)]);
-    b.hub.remote_room(alice_only, &mut Vec::new());
+    b.hub.remote_room(alice_only, b.now, &mut Vec::new());
     for (conn, name, revision) in [(bob, "bob", 2), (carol, "carol", 3)] {
         let asked = entry(&b.join(conn, "vault", ""));
         let here = revision as usize - 1;
@@ -604,7 +610,7 @@ fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_comm
     // never have delivered it.
     let mut out = Vec::new();
     let swept = secure_record(9, 7, ("b", 6, 4), 2, &[]);
-    b.hub.remote_room(swept, &mut out);
+    b.hub.remote_room(swept, b.now, &mut out);
     let holding = |epoch| {
         [
             (bob, "vault".to_owned(), epoch),
@@ -627,7 +633,7 @@ fn a_node_that_becomes_a_rooms_owner_warns_its_members_then_keys_past_every_comm
     assert_eq!(b.rotations.len(), 1);
     let mut out = Vec::new();
     b.hub
-        .remote_room(secure_record(9, 8, ("c", 7, 5), 2, &[]), &mut out);
+        .remote_room(secure_record(9, 8, ("c", 7, 5), 2, &[]), b.now, &mut out);
     // The key wrapped meanwhile is not committed, nor delivered.
     let out = b.finish_rotations();
     assert!(out.is_empty(), "{out:?}");
@@ -863,7 +869,7 @@ fn keys_relayed_for_members_find_them_by_their_key_even_renamed_meanwhile() {
     let bob = b.secure_guest(2, "bob");
     let alice_intro = introduction(1, "alice");
     let before = secure_record(9, 1, ("a", 3, 1), 0, &[("a", "alice", &alice_intro)]);
-    b.hub.remote_room(before, &mut Vec::new());
+    b.hub.remote_room(before, b.now, &mut Vec::new());
     let asked = entry(&b.join(bob, "vault", ""));
     let record = secure_record(9, 2, ("a", 3, 2), 1, &[("a", "alice", &alice_intro)]);
     let member = bytes("bob");
@@ -909,6 +915,7 @@ fn a_node_restarted_with_its_id_takes_its_room_back_with_a_warning() {
     let elsewhere = [("b", "bob", &bob_intro)];
     a.hub.remote_room(
         secure_record(9, 4, ("a", 5, 3), 0, &elsewhere),
+        a.now,
         &mut Vec::new(),
     );
     let asked = entry(&a.join(alice, "vault", ""));
@@ -927,19 +934,241 @@ fn while_the_records_are_read_again_the_copy_still_relays_then_drops_what_is_gon
     let mut h = clustered();
     let alice = h.guest(1, "alice");
     h.in_room(alice, "lobby", record("lobby", 2, 1, &[("b", &["bob"])]));
-    h.hub
-        .remote_room(record("zoo", 3, 0, &[("c", &["zed"])]), &mut Vec::new());
+    h.hub.remote_room(
+        record("zoo", 3, 0, &[("c", &["zed"])]),
+        h.now,
+        &mut Vec::new(),
+    );
     h.hub.remote_rooms_resyncing();
     // A message said meanwhile still reaches bob's node.
     let out = h.say(alice, "lobby", "still there?");
     assert_eq!(work(&out), ["relay lobby to [\"b\"]"]);
     // The store gives lobby again, as it was; zoo was deleted meanwhile.
-    h.hub
-        .remote_room(record("lobby", 2, 1, &[("b", &["bob"])]), &mut Vec::new());
+    h.hub.remote_room(
+        record("lobby", 2, 1, &[("b", &["bob"])]),
+        h.now,
+        &mut Vec::new(),
+    );
     h.hub.remote_rooms_resynced();
     let out = h.send(alice, ClientMessage::ListRooms);
     let rooms = parlor_proto::legacy::encode_name_list([&b"lobby"[..]].into_iter());
     assert_eq!(sent(&out), [(alice, rooms.to_vec())]);
     let out = h.say(alice, "lobby", "and now?");
     assert_eq!(work(&out), ["relay lobby to [\"b\"]"]);
+}
+
+/// The frames relayed to users of other nodes among `out`, as (node, name,
+/// decoded frame).
+fn to_users(out: &[Action]) -> Vec<(String, String, ServerMessage)> {
+    out.iter()
+        .filter_map(|action| match action {
+            Action::RelayToUser(relay) => {
+                let frame = Frame::new(
+                    relay.frame[HEADER_LEN - 1],
+                    relay.frame[HEADER_LEN..].to_vec(),
+                );
+                let message = ServerMessage::parse(&frame).unwrap();
+                let name = String::from_utf8(relay.name.to_vec()).unwrap();
+                Some((relay.node.to_string(), name, message))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one file request relayed to another node among `out`.
+fn file_relay(out: &[Action]) -> crate::FileRelay {
+    let relays: Vec<_> = out
+        .iter()
+        .filter_map(|action| match action {
+            Action::RelayFileRequest(relay) => Some((**relay).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(relays.len(), 1, "one file request relayed in {out:?}");
+    relays[0].clone()
+}
+
+#[test]
+fn a_room_file_runs_on_its_senders_node_for_recipients_of_another() {
+    use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest};
+    let (mut a, mut b) = (clustered_as("a"), clustered_as("b"));
+    let alice = a.secure_guest(1, "alice");
+    let bob = b.secure_guest(2, "bob");
+    let (alice_intro, bob_intro) = (introduction(1, "alice"), introduction(2, "bob"));
+    // Alice made vault on a; bob joined it on b.
+    let asked = entry(&a.join(alice, "vault", ""));
+    let EntryTerms::Create { incarnation, .. } = asked.terms else {
+        panic!("{asked:?}")
+    };
+    let created = secure_record(incarnation, 1, ("a", 0, 1), 1, &[]);
+    let member = bytes("alice");
+    a.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: created,
+            member,
+        },
+    );
+    a.rotate_and_commit(CommitOutcome::Committed);
+    let with_bob = secure_record(incarnation, 3, ("a", 1, 2), 1, &[("b", "bob", &bob_intro)]);
+    let mut out = Vec::new();
+    a.hub.remote_room(with_bob, a.now, &mut out);
+    a.settle(&mut out);
+    a.rotate_and_commit(CommitOutcome::Committed);
+    let with_alice = secure_record(
+        incarnation,
+        3,
+        ("a", 1, 2),
+        1,
+        &[("a", "alice", &alice_intro)],
+    );
+    b.hub
+        .remote_room(with_alice.clone(), b.now, &mut Vec::new());
+    let asked = entry(&b.join(bob, "vault", ""));
+    let member = bytes("bob");
+    b.entered(
+        &asked,
+        EntryOutcome::Entered {
+            record: with_alice,
+            member,
+        },
+    );
+
+    // Alice offers a file to the room: bob's offer goes to his node.
+    let meta = FileMeta {
+        name: bytes("notes.txt"),
+        size: 150,
+        chunk_size: 100,
+        chunk_count: 2,
+        flags: 1,
+        key_id: 2,
+        nonce: [1; 16],
+        manifest: bytes("sealed manifest"),
+        counter: 1,
+        signature: [3; 64],
+    };
+    let offer = FileRequest::Offer {
+        target: Bytes::new(),
+        meta,
+        window: 8,
+    };
+    let out = a.send(alice, ClientMessage::File(offer));
+    let [(node, name, ServerMessage::File(FileNotice::Offered { id, .. }))] = &to_users(&out)[..]
+    else {
+        panic!("one offer for bob's node in {out:?}")
+    };
+    let id = *id;
+    assert_eq!((node.as_str(), name.as_str()), ("b", "bob"));
+    let Some(Action::RelayToUser(offered)) =
+        out.iter().find(|a| matches!(a, Action::RelayToUser(_)))
+    else {
+        unreachable!()
+    };
+
+    // Bob's node hands it to him, and sends his acceptance to a, where
+    // the transfer answers it; the answer comes back to bob.
+    let mut out = Vec::new();
+    let from_a = NodeId::from("a");
+    b.hub
+        .relayed_to_user(&from_a, b"bob", offered.frame.clone(), &mut out);
+    assert!(matches!(
+        &decoded(&out)[..],
+        [(to, ServerMessage::File(FileNotice::Offered { .. }))] if *to == bob
+    ));
+    let accept = FileRequest::Decision { id, accept: true };
+    let out = b.send(bob, ClientMessage::File(accept));
+    assert!(sent(&out).is_empty(), "the reply waits for a: {out:?}");
+    let relay = file_relay(&out);
+    assert_eq!((&*relay.node, relay.ticket.is_some()), ("a", true));
+    let mut out = Vec::new();
+    let from_b = NodeId::from("b");
+    a.hub.relayed_file_request(
+        Some(7),
+        &from_b,
+        b"bob",
+        relay.frame.clone(),
+        a.now,
+        &mut out,
+    );
+    let answer = out.iter().find_map(|action| match action {
+        Action::AnswerFileRequest { ask: 7, frames } => Some(frames.clone()),
+        _ => None,
+    });
+    let answer = answer.expect("the answer for bob");
+    assert!(decoded(&out).iter().any(|(to, message)| *to == alice
+        && matches!(message, ServerMessage::File(FileNotice::Start { .. }))));
+    let mut out = Vec::new();
+    b.hub
+        .file_request_relayed(bob, relay.ticket.unwrap(), Some(answer), &mut out);
+    let to_bob: Vec<_> = decoded(&out)
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect();
+    assert!(matches!(
+        &to_bob[..],
+        [
+            ServerMessage::File(FileNotice::Accepted { .. }),
+            ServerMessage::Response { status: 0, .. }
+        ]
+    ));
+
+    // A chunk goes to bob's node; his acknowledgement comes back unanswered
+    // and moves alice's window.
+    let chunk = FileRequest::Chunk {
+        id,
+        index: 0,
+        data: Bytes::from(vec![7; 100]),
+    };
+    let out = a.send(alice, ClientMessage::File(chunk));
+    assert!(matches!(
+        &to_users(&out)[..],
+        [(_, name, ServerMessage::File(FileNotice::Chunk { index: 0, .. }))] if name == "bob"
+    ));
+    let out = b.send(bob, ClientMessage::File(FileRequest::Ack { id, index: 0 }));
+    let relay = file_relay(&out);
+    assert_eq!(relay.ticket, None);
+    let mut out = Vec::new();
+    a.hub
+        .relayed_file_request(None, &from_b, b"bob", relay.frame, a.now, &mut out);
+    assert!(decoded(&out).iter().any(|(to, message)| *to == alice
+        && matches!(
+            message,
+            ServerMessage::File(FileNotice::Window { acked: 1, .. })
+        )));
+
+    // Bob leaves the room on b: a sees him gone from the record, and the
+    // transfer, whose one recipient he was, ends for alice.
+    let mut out = Vec::new();
+    let without_bob = secure_record(incarnation, 9, ("a", 2, 3), 1, &[]);
+    a.hub.remote_room(without_bob, a.now, &mut out);
+    assert!(decoded(&out).iter().any(|(to, message)| *to == alice
+        && matches!(message, ServerMessage::File(FileNotice::Ended { .. }))));
+    a.hub.check_invariants().unwrap();
+    b.hub.check_invariants().unwrap();
+
+    // A file for one user of another node is refused, saying where files
+    // do cross.
+    a.hub.remote_name_held(bytes("zed"), "c".into());
+    let to_zed = FileRequest::Offer {
+        target: bytes("zed"),
+        meta: FileMeta {
+            name: bytes("notes.txt"),
+            size: 0,
+            chunk_size: 100,
+            chunk_count: 0,
+            flags: 1,
+            key_id: 9,
+            nonce: [1; 16],
+            manifest: bytes("sealed manifest"),
+            counter: 2,
+            signature: [3; 64],
+        },
+        window: 8,
+    };
+    let refusal = naming(1, text::file_to_another_node(b"zed"));
+    assert_eq!(
+        sent(&a.send(alice, ClientMessage::File(to_zed))),
+        [(alice, refusal)]
+    );
 }
