@@ -306,13 +306,22 @@ impl Hub {
         let request = read_file_request(frame);
         let conn = self.stand_ins.of(node, &Bytes::copy_from_slice(name));
         let from = out.len();
-        match request {
-            Some(FileRequest::Decision { id, accept }) => {
+        match (request, ask) {
+            (Some(FileRequest::Decision { id, accept }), Some(_)) => {
                 self.transfers.decide(conn, id, accept, now, out)
             }
-            Some(FileRequest::Ack { id, index }) => self.transfers.ack(conn, id, index, now, out),
-            Some(FileRequest::Cancel { id }) => self.transfers.cancel(conn, id, now, out),
-            _ => {
+            (Some(FileRequest::Cancel { id }), Some(_)) => {
+                self.transfers.cancel(conn, id, now, out)
+            }
+            (Some(FileRequest::Ack { id, index }), None) => {
+                self.transfers.ack(conn, id, index, now, out)
+            }
+            // Only a request waited for may be answered: anything else is
+            // dropped, as a stray acknowledgement is.
+            (_, None) => {
+                warn!(%node, "a file request from another node that is no acknowledgement")
+            }
+            (_, Some(_)) => {
                 warn!(%node, "a file request from another node that cannot be carried out here");
                 respond(out, conn, Status::Error, text::CLUSTER_UNAVAILABLE);
             }
