@@ -269,9 +269,8 @@ impl Cluster {
     /// Relays a frame of a file transfer that runs here to its recipient
     /// on another node.
     pub fn relay_to_user(&self, frame: &UserFrame) {
-        self.inner
-            .relay
-            .to_user(&frame.node, &frame.name, &frame.frame);
+        let relay = &self.inner.relay;
+        relay.to_user(&frame.node, &frame.name, &frame.fingerprint, &frame.frame);
     }
 
     /// Sends a user's file request to the node its transfer runs on; for

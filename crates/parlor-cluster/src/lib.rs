@@ -115,8 +115,8 @@ pub trait Node: Send + Sync + 'static {
     /// one member by its key's fingerprint (a room's keys, from its owner).
     fn relayed_to_members(&self, room: &[u8], frames: Vec<(Fingerprint, Bytes)>);
     /// Node `node` relayed a frame of a file transfer that runs there for
-    /// the user `name` here.
-    fn relayed_to_user(&self, node: &str, name: &[u8], frame: Bytes);
+    /// the user `name` here, the holder of `fingerprint`.
+    fn relayed_to_user(&self, node: &str, name: &[u8], fingerprint: &Fingerprint, frame: Bytes);
     /// The user `name` of node `node` sent a file request about a transfer
     /// that runs here; with `ask`, the answer goes back with
     /// [`Cluster::answer_file_request`](crate::Cluster::answer_file_request).

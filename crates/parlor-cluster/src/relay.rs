@@ -643,10 +643,19 @@ impl Relay {
         self.numbered(nodes, ROOM, room, frame);
     }
 
-    /// Relays a frame of a file transfer to the user `name` of `node`, in
-    /// order with everything else relayed there.
-    pub(crate) fn to_user(&self, node: &NodeId, name: &[u8], frame: &[u8]) {
-        self.numbered(std::slice::from_ref(node), USER, name, frame);
+    /// Relays a frame of a file transfer to the user `name` of `node`, the
+    /// holder of `fingerprint`, in order with everything else relayed
+    /// there: after the user's name, the fingerprint (32 bytes), then the
+    /// frame.
+    pub(crate) fn to_user(
+        &self,
+        node: &NodeId,
+        name: &[u8],
+        fingerprint: &Fingerprint,
+        frame: &[u8],
+    ) {
+        let body = [&fingerprint[..], frame].concat();
+        self.numbered(std::slice::from_ref(node), USER, name, &body);
     }
 
     /// Sends the file request of the user `name` here to `node`, where its
@@ -1007,10 +1016,13 @@ impl Receiving {
                     Some(frames) => self.node.relayed_to_members(&room, frames),
                     None => warn!("frames for members that cannot be read; dropped"),
                 },
-                Relayed::User { name, frame } => {
-                    self.node
-                        .relayed_to_user(&String::from_utf8_lossy(from), &name, frame)
+                Relayed::User { name, mut frame } if frame.len() >= FINGERPRINT => {
+                    let mut fingerprint = Fingerprint::default();
+                    frame.copy_to_slice(&mut fingerprint);
+                    let from = String::from_utf8_lossy(from);
+                    self.node.relayed_to_user(&from, &name, &fingerprint, frame)
                 }
+                Relayed::User { .. } => warn!("a file's frame for a user, cut short; dropped"),
                 Relayed::FileRequest { name, frame } => {
                     let from = String::from_utf8_lossy(from);
                     self.node.relayed_file_request(None, &from, &name, frame)

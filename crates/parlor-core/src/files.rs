@@ -171,7 +171,7 @@ impl Hub {
                     .find(|peer| peer.node == *node && peer.name == *name);
                 match peer {
                     Some(peer) => recipients.push(OfferRecipient {
-                        conn: self.stand_ins.of(node, name),
+                        conn: self.stand_ins.recipient(node, name, peer.fingerprint),
                         name: name.clone(),
                         fingerprint: peer.fingerprint,
                     }),

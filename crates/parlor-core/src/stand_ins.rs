@@ -32,6 +32,7 @@ use tracing::warn;
 
 use crate::transfer::Transfers;
 use crate::{respond, send, Action, ConnId, Hub, NodeId, Pending};
+use parlor_proto::secure::Fingerprint;
 use parlor_proto::text;
 use parlor_proto::transfer::opcode::{FILE_ENDED, FILE_OFFER};
 use parlor_proto::transfer::FileRequest;
@@ -58,6 +59,10 @@ pub struct UserFrame {
     pub node: NodeId,
     /// The user's name.
     pub name: Bytes,
+    /// The fingerprint of the user's key: the frame is for that key's
+    /// holder only, never for whoever holds the name by the time it
+    /// arrives (perhaps a legacy client, which a file frame would crash).
+    pub fingerprint: Fingerprint,
     /// The frame, as the user is to get it.
     pub frame: Bytes,
 }
@@ -85,6 +90,8 @@ pub struct FileRelay {
 pub(crate) struct StandIns {
     users: HashMap<ConnId, (NodeId, Bytes)>,
     by_user: HashMap<(NodeId, Bytes), ConnId>,
+    /// The key each stand-in was offered a file under.
+    fingerprints: HashMap<ConnId, Fingerprint>,
     made: u64,
 }
 
@@ -99,6 +106,19 @@ impl StandIns {
         self.made += 1;
         self.users.insert(conn, key.clone());
         self.by_user.insert(key, conn);
+        conn
+    }
+
+    /// The stand-in of the holder of `fingerprint`, called `name` on
+    /// `node`, as an offer's recipient.
+    pub(crate) fn recipient(
+        &mut self,
+        node: &NodeId,
+        name: &Bytes,
+        fingerprint: Fingerprint,
+    ) -> ConnId {
+        let conn = self.of(node, name);
+        self.fingerprints.insert(conn, fingerprint);
         conn
     }
 
@@ -118,6 +138,7 @@ impl StandIns {
             if let Some(key) = self.users.remove(conn) {
                 self.by_user.remove(&key);
             }
+            self.fingerprints.remove(conn);
         }
         gone
     }
@@ -189,7 +210,7 @@ impl Hub {
 
     /// Turns every frame in `out[from..]` for a stand-in into a relay to
     /// its user's node; a frame for a stand-in forgotten meanwhile (its
-    /// user left) is dropped.
+    /// user left), or never offered a file, is dropped.
     fn route_to_stand_ins(&self, out: &mut Vec<Action>, from: usize) {
         let for_stand_in =
             |action: &Action| matches!(action, Action::Send { to, .. } if is_stand_in(*to));
@@ -200,10 +221,13 @@ impl Hub {
         for action in queued {
             match action {
                 Action::Send { to, frame } if is_stand_in(to) => {
-                    if let Some((node, name)) = self.stand_ins.user(to) {
+                    let user = self.stand_ins.user(to);
+                    let fingerprint = self.stand_ins.fingerprints.get(&to);
+                    if let (Some((node, name)), Some(fingerprint)) = (user, fingerprint) {
                         out.push(Action::RelayToUser(Box::new(UserFrame {
                             node: node.clone(),
                             name: name.clone(),
+                            fingerprint: *fingerprint,
                             frame,
                         })));
                     }
@@ -213,20 +237,25 @@ impl Hub {
         }
     }
 
-    /// A frame another node relayed for the user `name` here, from a
-    /// transfer that runs there: queued for the user. An offer starts a
-    /// route to that node for the transfer, and its end for this user
-    /// ends it.
+    /// A frame another node relayed for the user `name` here, the holder
+    /// of `fingerprint`, from a transfer that runs there: queued for the
+    /// user if it is still that key's. An offer starts a route to that
+    /// node for the transfer, and its end for this user ends it.
     pub fn relayed_to_user(
         &mut self,
         node: &NodeId,
         name: &[u8],
+        fingerprint: &Fingerprint,
         frame: Bytes,
         out: &mut Vec<Action>,
     ) {
         let Some(conn) = self.directory.find_user(name) else {
             return;
         };
+        let identity = self.users[&conn].identity.as_deref();
+        if !identity.is_some_and(|identity| identity.fingerprint() == fingerprint) {
+            return;
+        }
         let opcode = frame.get(HEADER_LEN - 1).copied();
         match (opcode, notice_id(&frame)) {
             (Some(FILE_OFFER), Some(id)) => self.routes.add(conn, id, node.clone()),

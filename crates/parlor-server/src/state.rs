@@ -698,9 +698,9 @@ impl parlor_cluster::Node for ServerNode {
         self.with_hub(|hub, out| hub.relayed_room_message(room, frame, out));
     }
 
-    fn relayed_to_user(&self, node: &str, name: &[u8], frame: Bytes) {
+    fn relayed_to_user(&self, node: &str, name: &[u8], fingerprint: &Fingerprint, frame: Bytes) {
         let node = NodeId::from(node);
-        self.with_hub(|hub, out| hub.relayed_to_user(&node, name, frame, out));
+        self.with_hub(|hub, out| hub.relayed_to_user(&node, name, fingerprint, frame, out));
     }
 
     fn relayed_file_request(&self, ask: Option<u64>, node: &str, name: &[u8], frame: Bytes) {

@@ -1070,8 +1070,19 @@ fn a_room_file_runs_on_its_senders_node_for_recipients_of_another() {
     // the transfer answers it; the answer comes back to bob.
     let mut out = Vec::new();
     let from_a = NodeId::from("a");
+    assert_eq!(offered.fingerprint, identity(2).fingerprint());
+    // Whoever holds the name by then gets it only with that key.
+    let stranger = identity(9).fingerprint();
     b.hub
-        .relayed_to_user(&from_a, b"bob", offered.frame.clone(), &mut out);
+        .relayed_to_user(&from_a, b"bob", &stranger, offered.frame.clone(), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    b.hub.relayed_to_user(
+        &from_a,
+        b"bob",
+        &offered.fingerprint,
+        offered.frame.clone(),
+        &mut out,
+    );
     assert!(matches!(
         &decoded(&out)[..],
         [(to, ServerMessage::File(FileNotice::Offered { .. }))] if *to == bob
