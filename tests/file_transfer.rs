@@ -723,9 +723,9 @@ mod s15_cluster_mode {
     /// gets it whole (four chunks, each relayed to its node, each
     /// acknowledgement relayed back), one accepts and never acknowledges
     /// and is taken out as too slow, and the sender sees the file
-    /// delivered.
+    /// delivered. Then a file to one user of the other node.
     #[tokio::test]
-    async fn a_rooms_file_reaches_its_members_on_another_node() {
+    async fn files_reach_their_recipients_on_another_node() {
         let nats = NatsServer::start();
         let node = |id: &str| Config {
             cluster: Some(ClusterConfig::new(vec![nats.url.clone()], id.to_owned())),
@@ -806,6 +806,25 @@ mod s15_cluster_mode {
         let sent = alice.expect(&[("event", "file_sent")]).await;
         assert_eq!(names(&sent["delivered"]), set(&["bob"]));
         assert_eq!(listing(&dirs[2]), Vec::<String>::new(), "carol declined");
+
+        // A file to bob alone: alice's node asks bob's whose key he holds,
+        // and the file goes under a DM key made across the nodes.
+        let direct = content(2 * 262_144, 5);
+        let path = dirs[0].join("direct.bin");
+        std::fs::write(&path, &direct).unwrap();
+        alice
+            .line(&format!("\\file send {} bob", path.display()))
+            .await;
+        let offer = alice.expect(&[("event", "file_offer")]).await;
+        let id = id_of(&offer);
+        let offered = bob.expect(&[("event", "file_offered")]).await;
+        assert_eq!((id_of(&offered), &offered["room"]), (id, &Value::Null));
+        bob.line(&format!("\\file accept {id}")).await;
+        let received = bob.expect(&[("event", "file_received")]).await;
+        assert_eq!(received["sha256"], sha256_hex(&direct));
+        assert!(std::fs::read(dirs[1].join("direct.bin")).unwrap() == direct);
+        let sent = alice.expect(&[("event", "file_sent")]).await;
+        assert_eq!(names(&sent["delivered"]), set(&["bob"]));
 
         for client in [alice, bob, carol] {
             client.quit().await;

@@ -30,7 +30,8 @@ use crate::{
 };
 use parlor_core::{
     ClaimOutcome, CommitOutcome, DirectOutcome, DmKeyAnswer, EntryOutcome, EntryTerms, EpochCommit,
-    FileRelay, MemberFrames, MemberRename, NameRequest, NodeId, RoomEntry, UserFrame,
+    FileRelay, FileTarget, FileTargetAsk, MemberFrames, MemberRename, NameRequest, NodeId,
+    RoomEntry, UserFrame,
 };
 
 /// How long a purge marker stays in the names bucket. Long enough for
@@ -284,6 +285,12 @@ impl Cluster {
         self.inner
             .relay
             .file_request(&relay.node, &relay.name, &relay.frame, answered)
+    }
+
+    /// Asks the node of a file's target whose key the target holds; the
+    /// answer comes on the receiver.
+    pub fn ask_file_target(&self, ask: &FileTargetAsk) -> oneshot::Receiver<FileTarget> {
+        self.inner.relay.file_target(&ask.node, &ask.target)
     }
 
     /// Answers the file request `ask` of another node with `frames`.

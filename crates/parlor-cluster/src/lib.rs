@@ -50,7 +50,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use parlor_core::{CommitOutcome, NodeId, RoomRecord};
+use parlor_core::{CommitOutcome, FileTarget, NodeId, RoomRecord};
 use parlor_proto::secure::Fingerprint;
 
 pub use driver::{Cluster, ClusterStats};
@@ -117,6 +117,9 @@ pub trait Node: Send + Sync + 'static {
     /// Node `node` relayed a frame of a file transfer that runs there for
     /// the user `name` here, the holder of `fingerprint`.
     fn relayed_to_user(&self, node: &str, name: &[u8], fingerprint: &Fingerprint, frame: Bytes);
+    /// Another node asks whose key its user's file's target, `target`,
+    /// holds here.
+    fn relayed_file_target(&self, target: &[u8]) -> FileTarget;
     /// The user `name` of node `node` sent a file request about a transfer
     /// that runs here; with `ask`, the answer goes back with
     /// [`Cluster::answer_file_request`](crate::Cluster::answer_file_request).

@@ -65,7 +65,7 @@ use async_nats::{Client, Subject, Subscriber};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use parlor_core::{DirectOutcome, DmKeyAnswer, MemberFrames, NodeId};
+use parlor_core::{DirectOutcome, DmKeyAnswer, FileTarget, MemberFrames, NodeId};
 use parlor_proto::secure::Fingerprint;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -97,6 +97,7 @@ const MEMBERS: u8 = 6;
 const USER: u8 = 7;
 const FILE_REQUEST: u8 = 8;
 const FILE_ASK: u8 = 9;
+const FILE_TARGET: u8 = 10;
 
 /// How often a node tells each node it relayed to since the last time the
 /// last number it sent: how late, at most, a lost message with none after
@@ -158,6 +159,8 @@ enum Envelope {
     },
     /// A DM_KEY_REQUEST for `target` by the user `introduction` names.
     DmKey { target: Bytes, introduction: Bytes },
+    /// Whose key `target`, the target of a file, holds.
+    FileTarget { target: Bytes },
     /// A file request of `user`, served by node `from`, whose answer
     /// `from` waits for.
     FileAsk {
@@ -297,6 +300,12 @@ impl Envelope {
                     introduction: payload,
                 })
             }
+            FILE_TARGET => {
+                let target = take(&mut payload, 2)?;
+                payload
+                    .is_empty()
+                    .then_some(Envelope::FileTarget { target })
+            }
             FILE_ASK => {
                 let from = take(&mut payload, 1)?;
                 let user = take(&mut payload, 2)?;
@@ -345,6 +354,29 @@ fn read_member_frames(mut body: Bytes) -> Option<Vec<(Fingerprint, Bytes)>> {
         frames.push((fingerprint, body.split_to(len)));
     }
     Some(frames)
+}
+
+/// The answer to a file target's question, on the wire: `1` and the
+/// fingerprint, `2` for no key, `3` for nobody of that name.
+fn encode_file_target(answer: FileTarget) -> Bytes {
+    match answer {
+        FileTarget::Key(fingerprint) => Bytes::from([&[1u8][..], &fingerprint[..]].concat()),
+        FileTarget::NoKey => Bytes::from_static(&[2]),
+        // Never sent: it is what a node that does not answer means.
+        FileTarget::Absent | FileTarget::Unavailable => Bytes::from_static(&[3]),
+    }
+}
+
+fn decode_file_target(payload: Bytes) -> FileTarget {
+    match &payload[..] {
+        [1, fingerprint @ ..] => match Fingerprint::try_from(fingerprint) {
+            Ok(fingerprint) => FileTarget::Key(fingerprint),
+            Err(_) => FileTarget::Unavailable,
+        },
+        [2] => FileTarget::NoKey,
+        [3] => FileTarget::Absent,
+        _ => FileTarget::Unavailable,
+    }
 }
 
 /// The answer to a DM key request, on the wire: one byte, then for an
@@ -449,6 +481,7 @@ enum Waiter {
     DmKey(oneshot::Sender<DmKeyAnswer>),
     /// The frames a file request was answered with.
     File(oneshot::Sender<Option<Bytes>>),
+    FileTarget(oneshot::Sender<FileTarget>),
 }
 
 impl Waiter {
@@ -470,6 +503,10 @@ impl Waiter {
             // An empty answer is a node too busy to take the request.
             Waiter::File(waiter) => {
                 let _ = waiter.send(payload.filter(|frames| !frames.is_empty()));
+            }
+            Waiter::FileTarget(waiter) => {
+                let answer = payload.map_or(FileTarget::Unavailable, decode_file_target);
+                let _ = waiter.send(answer);
             }
         }
     }
@@ -656,6 +693,15 @@ impl Relay {
     ) {
         let body = [&fingerprint[..], frame].concat();
         self.numbered(std::slice::from_ref(node), USER, name, &body);
+    }
+
+    /// Asks `node` whose key its user `target` holds; the answer comes on
+    /// the receiver.
+    pub(crate) fn file_target(&self, node: &str, target: &[u8]) -> oneshot::Receiver<FileTarget> {
+        let (answer, outcome) = oneshot::channel();
+        let payload = Envelope::direct(FILE_TARGET, target, &[]);
+        self.request(node, payload, Waiter::FileTarget(answer));
+        outcome
     }
 
     /// Sends the file request of the user `name` here to `node`, where its
@@ -1142,6 +1188,14 @@ async fn receive(
                         if let Err(err) = client.publish(reply, busy).await {
                             warn!(%err, "cannot answer a DM key request");
                         }
+                    }
+                }
+            }
+            Some(Envelope::FileTarget { target }) => {
+                let answer = encode_file_target(receiving.node.relayed_file_target(&target));
+                if let Some(reply) = message.reply {
+                    if let Err(err) = client.publish(reply, answer).await {
+                        warn!(%err, "cannot answer whose key a file's target holds");
                     }
                 }
             }

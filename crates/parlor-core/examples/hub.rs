@@ -77,6 +77,7 @@ fn show(what: &str, out: &mut Vec<Action>) {
             | Action::RelayToMembers(_)
             | Action::RelayToUser(_)
             | Action::RelayFileRequest(_)
+            | Action::AskFileTarget(_)
             | Action::AnswerFileRequest { .. }
             | Action::AnswerDmKey { .. } => println!("  work for the cluster's driver"),
         }

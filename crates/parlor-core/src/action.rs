@@ -9,8 +9,8 @@ use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use crate::{
-    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, EpochCommit, FileRelay, KeyWrapJob, MemberFrames,
-    MemberRename, NameClaim, RelayTarget, RoomEntry, UserFrame,
+    ConnId, DirectRelay, DmKeyAnswer, DmKeyRelay, EpochCommit, FileRelay, FileTargetAsk,
+    KeyWrapJob, MemberFrames, MemberRename, NameClaim, RelayTarget, RoomEntry, UserFrame,
 };
 
 /// What the hub asks its driver to do.
@@ -108,6 +108,11 @@ pub enum Action {
     /// ([`Hub::file_request_relayed`](crate::Hub::file_request_relayed)).
     /// Cluster mode only.
     RelayFileRequest(Box<FileRelay>),
+    /// Ask the node of a file's target whose key the target holds, and
+    /// report back with
+    /// [`Hub::file_target_answered`](crate::Hub::file_target_answered);
+    /// the sender's reply waits for it. Cluster mode only.
+    AskFileTarget(Box<FileTargetAsk>),
     /// Answer the file request that another node sent as `ask`
     /// ([`Hub::relayed_file_request`](crate::Hub::relayed_file_request))
     /// with `frames`, what the transfer answered. Cluster mode only.
@@ -158,7 +163,8 @@ impl Action {
             | Action::ClaimName(_)
             | Action::EnterRoom(_)
             | Action::RelayDirect(_)
-            | Action::RelayDmKey(_) => true,
+            | Action::RelayDmKey(_)
+            | Action::AskFileTarget(_) => true,
             Action::WrapKeys(job) => job.requester.is_some(),
             Action::RelayFileRequest(relay) => relay.ticket.is_some(),
             Action::Send { .. }

@@ -114,9 +114,8 @@ impl Hub {
             (Some(room), recipients, skipped)
         } else {
             let Some(recipient) = self.directory.find_user(&target) else {
-                if self.directory.remote_node_of(&target).is_some() {
-                    let reply = text::file_to_another_node(&target);
-                    return respond_naming(out, conn, Status::Error, reply);
+                if let Some(node) = self.directory.remote_node_of(&target).cloned() {
+                    return self.ask_file_target(conn, node, target, (meta, window), out);
                 }
                 return self.no_such_user(conn, &target, out);
             };
@@ -129,6 +128,20 @@ impl Hub {
             };
             (None, vec![recipient], Vec::new())
         };
+        self.make_offer(conn, room, (recipients, skipped), (meta, window), now, out);
+    }
+
+    /// Hands an offer the hub has checked to the transfers: to the
+    /// recipients invited, naming those skipped.
+    pub(crate) fn make_offer(
+        &mut self,
+        conn: ConnId,
+        room: Option<Bytes>,
+        (recipients, skipped): (Vec<OfferRecipient>, Vec<Bytes>),
+        (meta, window): (FileMeta, u8),
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let sender = &self.users[&conn];
         let offer = Offer {
             sender: conn,

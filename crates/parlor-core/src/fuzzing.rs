@@ -805,6 +805,7 @@ impl SessionDriver {
                 | Action::RelayDmKey(_)
                 | Action::AnswerDmKey { .. }
                 | Action::RelayFileRequest(_)
+                | Action::AskFileTarget(_)
                 | Action::AnswerFileRequest { .. } => {
                     panic!("work for another node, which no hub here knows of: {action:?}")
                 }

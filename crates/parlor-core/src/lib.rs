@@ -136,7 +136,7 @@ pub use rate::Rate;
 use rate::SlidingWindow;
 use secure::{Change, RegisteredIdentity, RoomTimers, WrapPurpose, WrappedRoomKey};
 pub use secure::{KeyRecipient, KeyWrapJob, KeyWrapOutcome};
-pub use stand_ins::{FileRelay, UserFrame};
+pub use stand_ins::{FileRelay, FileTarget, FileTargetAsk, UserFrame};
 use stand_ins::{Routes, StandIns};
 pub use stats::{Rejection, Relayed, Stats};
 use transfer::Transfers;
@@ -204,6 +204,9 @@ enum Pending {
     Direct {
         ticket: u64,
     },
+    /// A FILE_OFFER to a user of another node, waiting for that node to
+    /// say whose key the user holds.
+    FileTarget(Box<stand_ins::PendingOffer>),
 }
 
 impl Pending {
@@ -215,6 +218,7 @@ impl Pending {
             | Pending::Entry(PendingJoin { ticket, .. })
             | Pending::Name(PendingName { ticket, .. })
             | Pending::Direct { ticket } => Some(*ticket),
+            Pending::FileTarget(offer) => Some(offer.ticket),
             Pending::DmKey => None,
         }
     }

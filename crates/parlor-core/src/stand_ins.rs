@@ -30,12 +30,12 @@ use std::time::Instant;
 use bytes::{Buf, Bytes};
 use tracing::warn;
 
-use crate::transfer::Transfers;
-use crate::{respond, send, Action, ConnId, Hub, NodeId, Pending};
+use crate::transfer::{OfferRecipient, Transfers};
+use crate::{respond, respond_naming, send, Action, ConnId, Hub, NodeId, Pending};
 use parlor_proto::secure::Fingerprint;
 use parlor_proto::text;
 use parlor_proto::transfer::opcode::{FILE_ENDED, FILE_OFFER};
-use parlor_proto::transfer::FileRequest;
+use parlor_proto::transfer::{FileMeta, FileRequest};
 use parlor_proto::{ClientMessage, Frame, FrameCodec, Status, HEADER_LEN, MAX_CLIENT_PAYLOAD};
 
 /// The first stand-in's connection id: connections count up from 0 and
@@ -83,6 +83,44 @@ pub struct FileRelay {
     pub name: Bytes,
     /// The request, as the user sent it.
     pub frame: Bytes,
+}
+
+/// A FILE_OFFER to one user of another node: that node is asked whose key
+/// the user holds ([`Hub::relayed_file_target`]) before the transfer is
+/// made, and the sender's reply waits ([`Hub::file_target_answered`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTargetAsk {
+    /// The sender.
+    pub conn: ConnId,
+    /// Echoed back in [`Hub::file_target_answered`].
+    pub ticket: u64,
+    /// The node serving the target.
+    pub node: NodeId,
+    /// The target's name.
+    pub target: Bytes,
+}
+
+/// What the node of a file's target says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileTarget {
+    /// The user holds this key.
+    Key(Fingerprint),
+    /// The user has registered no key.
+    NoKey,
+    /// Nobody of that name is there.
+    Absent,
+    /// The node did not answer (given by the driver, never sent).
+    Unavailable,
+}
+
+/// A FILE_OFFER waiting for [`FileTargetAsk`]'s answer.
+#[derive(Debug)]
+pub(crate) struct PendingOffer {
+    pub(crate) ticket: u64,
+    node: NodeId,
+    target: Bytes,
+    meta: FileMeta,
+    window: u8,
 }
 
 /// Users of other nodes taking part in this node's transfers.
@@ -190,6 +228,88 @@ fn notice_id(frame: &[u8]) -> Option<u32> {
 }
 
 impl Hub {
+    /// A FILE_OFFER from `conn` to `target`, a user of node `node`: asks
+    /// that node first whose key the user holds.
+    pub(crate) fn ask_file_target(
+        &mut self,
+        conn: ConnId,
+        node: NodeId,
+        target: Bytes,
+        (meta, window): (FileMeta, u8),
+        out: &mut Vec<Action>,
+    ) {
+        let ticket = self.new_ticket();
+        out.push(Action::AskFileTarget(Box::new(FileTargetAsk {
+            conn,
+            ticket,
+            node: node.clone(),
+            target: target.clone(),
+        })));
+        let offer = PendingOffer {
+            ticket,
+            node,
+            target,
+            meta,
+            window,
+        };
+        let user = self.users.get_mut(&conn).expect("caller checked");
+        user.pending = Some(Box::new(Pending::FileTarget(Box::new(offer))));
+    }
+
+    /// The node of a file's target answered a [`FileTargetAsk`] (or did
+    /// not): the offer is made, to the target's stand-in, or refused with
+    /// the text one server would give.
+    pub fn file_target_answered(
+        &mut self,
+        conn: ConnId,
+        ticket: u64,
+        answer: FileTarget,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(Pending::FileTarget(offer)) = self.take_pending(conn, ticket) else {
+            return;
+        };
+        let PendingOffer {
+            node,
+            target,
+            meta,
+            window,
+            ..
+        } = *offer;
+        match answer {
+            FileTarget::Key(fingerprint) => {
+                let recipient = OfferRecipient {
+                    conn: self.stand_ins.recipient(&node, &target, fingerprint),
+                    name: target,
+                    fingerprint,
+                };
+                let invited = (vec![recipient], Vec::new());
+                self.make_offer(conn, None, invited, (meta, window), now, out);
+            }
+            FileTarget::NoKey => {
+                let reply = text::cannot_receive_files(&target);
+                respond_naming(out, conn, Status::Error, reply);
+            }
+            FileTarget::Absent => self.no_such_user(conn, &target, out),
+            FileTarget::Unavailable => {
+                respond(out, conn, Status::TryLater, text::CLUSTER_UNAVAILABLE)
+            }
+        }
+    }
+
+    /// Another node asks whose key its user's file's target, `target`,
+    /// holds here.
+    pub fn relayed_file_target(&self, target: &[u8]) -> FileTarget {
+        let Some(conn) = self.directory.find_user(target) else {
+            return FileTarget::Absent;
+        };
+        match &self.users[&conn].identity {
+            Some(identity) => FileTarget::Key(*identity.fingerprint()),
+            None => FileTarget::NoKey,
+        }
+    }
+
     /// Whether `conn` is the stand-in of a user of another node.
     pub(crate) fn stands_in(&self, conn: ConnId) -> bool {
         self.stand_ins.user(conn).is_some()

@@ -118,17 +118,6 @@ pub fn dm_keys_for_target(user: &[u8]) -> [&[u8]; 3] {
     ]
 }
 
-/// In cluster mode, FILE_OFFER to one user of another node: a file
-/// crosses nodes only to the members of a room, whose record holds their
-/// keys.
-pub fn file_to_another_node(user: &[u8]) -> [&[u8]; 3] {
-    [
-        b"User '",
-        user,
-        b"' is on another node of the network: offer the file in a room you share.",
-    ]
-}
-
 /// FILE_OFFER to a legacy connection.
 pub fn cannot_receive_files(user: &[u8]) -> [&[u8]; 3] {
     [

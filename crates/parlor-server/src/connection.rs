@@ -45,8 +45,8 @@ use crate::tls::Tls;
 use crate::{keywrap, password};
 use bytes::Bytes;
 use parlor_core::{
-    ClaimOutcome, CloseReason, ConnId, DirectOutcome, DmKeyAnswer, EntryOutcome, KeyWrapOutcome,
-    PasswordOutcome,
+    ClaimOutcome, CloseReason, ConnId, DirectOutcome, DmKeyAnswer, EntryOutcome, FileTarget,
+    KeyWrapOutcome, PasswordOutcome,
 };
 use parlor_proto::secure::{CHANNEL_BINDING_LABEL, CHANNEL_BINDING_LEN};
 
@@ -336,6 +336,10 @@ enum OwedReply {
         ticket: u64,
         answer: oneshot::Receiver<Option<Bytes>>,
     },
+    FileTarget {
+        ticket: u64,
+        answer: oneshot::Receiver<FileTarget>,
+    },
 }
 
 /// Output queued for the connection is written on the task's next turn,
@@ -366,6 +370,7 @@ enum Event {
     DirectRelayed(u64, Bytes, DirectOutcome),
     DmKeyRelayed(u64, Bytes, DmKeyAnswer),
     FileRelayed(u64, Option<Bytes>),
+    FileTargetAnswered(u64, FileTarget),
     Closing(CloseReason),
 }
 
@@ -474,6 +479,11 @@ impl<S: Transport> Connection<S> {
                     self.resume(fed);
                     Ok(())
                 }
+                Event::FileTargetAnswered(ticket, answer) => {
+                    let fed = self.shared.file_target_answered(self.conn, ticket, answer);
+                    self.resume(fed);
+                    Ok(())
+                }
             };
             if let Err(reason) = outcome {
                 return reason;
@@ -566,6 +576,13 @@ impl<S: Transport> Connection<S> {
                     Pin::new(answer)
                         .poll(cx)
                         .map(|answer| Event::FileRelayed(ticket, answer.ok().flatten()))
+                }
+                OwedReply::FileTarget { ticket, answer } => {
+                    let ticket = *ticket;
+                    Pin::new(answer).poll(cx).map(|answer| {
+                        let answer = answer.unwrap_or(FileTarget::Unavailable);
+                        Event::FileTargetAnswered(ticket, answer)
+                    })
                 }
             };
             if event.is_ready() {
@@ -704,6 +721,20 @@ impl<S: Transport> Connection<S> {
                             &relay.target,
                             unavailable,
                         );
+                        self.continue_after_reply(fed)
+                    }
+                },
+                Fed::FileTarget(ask) => match self.shared.ask_file_target(&ask) {
+                    Some(answer) => {
+                        let ticket = ask.ticket;
+                        self.owed = Some(Box::new(OwedReply::FileTarget { ticket, answer }));
+                        return;
+                    }
+                    None => {
+                        let unavailable = FileTarget::Unavailable;
+                        let fed =
+                            self.shared
+                                .file_target_answered(self.conn, ask.ticket, unavailable);
                         self.continue_after_reply(fed)
                     }
                 },

@@ -26,8 +26,9 @@ use crate::password::PasswordPool;
 use parlor_cluster::Cluster;
 use parlor_core::{
     Action, ClaimOutcome, CloseReason, CommitOutcome, ConnId, DirectOutcome, DirectRelay,
-    DmKeyAnswer, DmKeyRelay, EntryOutcome, FileRelay, Hub, KeyWrapJob, KeyWrapOutcome, NameClaim,
-    NameRequest, NodeId, PasswordJob, PasswordOutcome, RoomEntry, RoomRecord,
+    DmKeyAnswer, DmKeyRelay, EntryOutcome, FileRelay, FileTarget, FileTargetAsk, Hub, KeyWrapJob,
+    KeyWrapOutcome, NameClaim, NameRequest, NodeId, PasswordJob, PasswordOutcome, RoomEntry,
+    RoomRecord,
 };
 use parlor_proto::secure::{Fingerprint, CHANNEL_BINDING_LEN};
 use parlor_proto::FrameCodec;
@@ -83,6 +84,10 @@ pub(crate) enum Fed {
     /// Send this DM key request to another node ([`Shared::relay_dm_key`]),
     /// then report with [`Shared::dm_key_relayed`].
     DmKey(Box<DmKeyRelay>),
+    /// Ask the node of this file's target whose key it holds
+    /// ([`Shared::ask_file_target`]), then report with
+    /// [`Shared::file_target_answered`].
+    FileTarget(Box<FileTargetAsk>),
     /// Send this file request to the node its transfer runs on
     /// ([`Shared::relay_file_request`]), then report with
     /// [`Shared::file_request_relayed`].
@@ -223,6 +228,29 @@ impl Shared {
         relay: &FileRelay,
     ) -> Option<oneshot::Receiver<Option<Bytes>>> {
         self.cluster.get()?.relay_file_request(relay)
+    }
+
+    /// Asks the node of a file's target whose key the target holds; `None`
+    /// without a cluster.
+    pub(crate) fn ask_file_target(
+        &self,
+        ask: &FileTargetAsk,
+    ) -> Option<oneshot::Receiver<FileTarget>> {
+        Some(self.cluster.get()?.ask_file_target(ask))
+    }
+
+    /// Reports whose key a file's target holds to the hub.
+    pub(crate) fn file_target_answered(
+        &self,
+        conn: ConnId,
+        ticket: u64,
+        answer: FileTarget,
+    ) -> Fed {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        self.run_hub(&mut state, |hub, out| {
+            hub.file_target_answered(conn, ticket, answer, now, out)
+        })
     }
 
     /// Reports another node's answer to a file request to the hub.
@@ -520,6 +548,9 @@ impl Shared {
                     Action::RelayDmKey(relay) => {
                         self.owe(state, &mut fed, relay.conn, Fed::DmKey(relay))
                     }
+                    Action::AskFileTarget(ask) => {
+                        self.owe(state, &mut fed, ask.conn, Fed::FileTarget(ask))
+                    }
                     Action::RelayFileRequest(relay) if relay.ticket.is_some() => {
                         self.owe(state, &mut fed, relay.conn, Fed::File(relay))
                     }
@@ -701,6 +732,14 @@ impl parlor_cluster::Node for ServerNode {
     fn relayed_to_user(&self, node: &str, name: &[u8], fingerprint: &Fingerprint, frame: Bytes) {
         let node = NodeId::from(node);
         self.with_hub(|hub, out| hub.relayed_to_user(&node, name, fingerprint, frame, out));
+    }
+
+    fn relayed_file_target(&self, target: &[u8]) -> FileTarget {
+        let Some(shared) = self.0.upgrade() else {
+            return FileTarget::Unavailable;
+        };
+        let state = shared.lock();
+        state.hub.relayed_file_target(target)
     }
 
     fn relayed_file_request(&self, ask: Option<u64>, node: &str, name: &[u8], frame: Bytes) {

@@ -990,7 +990,7 @@ fn file_relay(out: &[Action]) -> crate::FileRelay {
 }
 
 #[test]
-fn a_room_file_runs_on_its_senders_node_for_recipients_of_another() {
+fn a_file_runs_on_its_senders_node_for_recipients_of_another() {
     use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest};
     let (mut a, mut b) = (clustered_as("a"), clustered_as("b"));
     let alice = a.secure_guest(1, "alice");
@@ -1158,10 +1158,10 @@ fn a_room_file_runs_on_its_senders_node_for_recipients_of_another() {
     a.hub.check_invariants().unwrap();
     b.hub.check_invariants().unwrap();
 
-    // A file for one user of another node is refused, saying where files
-    // do cross.
+    // A file for one user of another node: that node is asked whose key
+    // the user holds, and the offer is made (or refused) only then.
     a.hub.remote_name_held(bytes("zed"), "c".into());
-    let to_zed = FileRequest::Offer {
+    let to_zed = |counter| FileRequest::Offer {
         target: bytes("zed"),
         meta: FileMeta {
             name: bytes("notes.txt"),
@@ -1172,14 +1172,42 @@ fn a_room_file_runs_on_its_senders_node_for_recipients_of_another() {
             key_id: 9,
             nonce: [1; 16],
             manifest: bytes("sealed manifest"),
-            counter: 2,
+            counter,
             signature: [3; 64],
         },
         window: 8,
     };
-    let refusal = naming(1, text::file_to_another_node(b"zed"));
-    assert_eq!(
-        sent(&a.send(alice, ClientMessage::File(to_zed))),
-        [(alice, refusal)]
-    );
+    let ask_for = |out: &[Action]| match out {
+        [Action::AskFileTarget(ask)] => (**ask).clone(),
+        other => panic!("one question for zed's node in {other:?}"),
+    };
+    let ask = ask_for(&a.send(alice, ClientMessage::File(to_zed(2))));
+    assert_eq!((&*ask.node, &ask.target[..]), ("c", &b"zed"[..]));
+    let mut out = Vec::new();
+    let no_key = crate::FileTarget::NoKey;
+    a.hub
+        .file_target_answered(alice, ask.ticket, no_key, a.now, &mut out);
+    let refusal = naming(1, text::cannot_receive_files(b"zed"));
+    assert_eq!(sent(&out), [(alice, refusal)]);
+    let ask = ask_for(&a.send(alice, ClientMessage::File(to_zed(3))));
+    let mut out = Vec::new();
+    let zeds_key = crate::FileTarget::Key(identity(5).fingerprint());
+    a.hub
+        .file_target_answered(alice, ask.ticket, zeds_key, a.now, &mut out);
+    assert!(matches!(
+        &decoded(&out)[..],
+        [
+            (_, ServerMessage::File(FileNotice::Pending { .. })),
+            (_, ServerMessage::Response { status: 0, .. })
+        ]
+    ));
+    assert!(matches!(
+        &to_users(&out)[..],
+        [(node, name, ServerMessage::File(FileNotice::Offered { .. }))] if node == "c" && name == "zed"
+    ));
+    // Zed's node answers as one server would.
+    let bobs_key = crate::FileTarget::Key(identity(2).fingerprint());
+    assert_eq!(b.hub.relayed_file_target(b"bob"), bobs_key);
+    let nobody = b.hub.relayed_file_target(b"nobody");
+    assert_eq!(nobody, crate::FileTarget::Absent);
 }
