@@ -373,7 +373,7 @@ impl Hub {
             return;
         };
         let identity = self.users[&conn].identity.as_deref();
-        if !identity.is_some_and(|identity| identity.fingerprint() == fingerprint) {
+        if identity.is_none_or(|identity| identity.fingerprint() != fingerprint) {
             return;
         }
         let opcode = frame.get(HEADER_LEN - 1).copied();
