@@ -42,6 +42,8 @@
 //! do, one relay per frame and recipient; the recipient's acknowledgements
 //! come back numbered too, and its decisions and cancels as requests,
 //! answered with the frames the transfer answered (as DMs are, below).
+//! Before a file to one user of another node, that node is asked whose
+//! key the user holds, a request it answers at once.
 //!
 //! **DMs.** A DM for a user of another node is sent to that node with a
 //! reply subject; the node answers whether the user was there, and the

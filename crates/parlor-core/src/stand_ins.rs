@@ -10,7 +10,11 @@
 //! ([`Action::RelayToUser`]); what the user sends about the transfer comes
 //! back from that node as the stand-in's ([`Hub::relayed_file_request`]).
 //! A stand-in leaves a room when the room's record no longer lists its
-//! user there, and disconnects when its name is released.
+//! user there, and disconnects when its name is released. A room's
+//! record gives its members' keys; for a file to one user of another
+//! node, that node is asked first whose key the user holds
+//! ([`Hub::relayed_file_target`]). Each frame for a stand-in names that
+//! key, and the user's node delivers it to the key's holder only.
 //!
 //! The user's node, for its part, keeps a **route** for each transfer
 //! offered to a user of its own from another node (read from the offer it
