@@ -127,6 +127,21 @@ async fn join_room(client: &mut ClientProcess, room: &str) -> u32 {
     key["epoch"].as_u64().unwrap() as u32
 }
 
+/// `raw` receives the offer of transfer `id` and accepts it.
+async fn raw_accepts(raw: &mut Raw, id: u32) {
+    raw.notice("83", |notice| {
+        matches!(notice, FileNotice::Offered { id: of, .. } if *of == id).then_some(())
+    })
+    .await;
+    raw.send_file(FileRequest::Decision { id, accept: true })
+        .await;
+    raw.notice("8b", |notice| {
+        matches!(notice, FileNotice::Accepted { id: of, .. } if *of == id).then_some(())
+    })
+    .await;
+    assert_eq!(raw.response().await.0, 0);
+}
+
 /// Waits until `client` holds the key of `room` at `epoch`.
 async fn has_epoch(client: &mut ClientProcess, room: &str, epoch: u32) {
     let seen = client.seen.iter().any(|event| {
@@ -264,17 +279,7 @@ mod s14_4_chunks_acknowledgements_and_the_window {
         }
         bob.line(&format!("\\file decline {id}")).await;
         bob.expect(&[("event", "file_declined")]).await;
-        slow.notice("83", |notice| {
-            matches!(notice, FileNotice::Offered { id: of, .. } if *of == id).then_some(())
-        })
-        .await;
-        slow.send_file(FileRequest::Decision { id, accept: true })
-            .await;
-        slow.notice("8b", |notice| {
-            matches!(notice, FileNotice::Accepted { id: of, .. } if *of == id).then_some(())
-        })
-        .await;
-        assert_eq!(slow.response().await.0, 0);
+        raw_accepts(&mut slow, id).await;
         for recipient in [&mut carol, &mut dave] {
             recipient.line(&format!("\\file accept {id}")).await;
             recipient.expect(&[("event", "file_accepted")]).await;
@@ -768,17 +773,7 @@ mod s15_cluster_mode {
         }
         carol.line(&format!("\\file decline {id}")).await;
         carol.expect(&[("event", "file_declined")]).await;
-        slow.notice("83", |notice| {
-            matches!(notice, FileNotice::Offered { id: of, .. } if *of == id).then_some(())
-        })
-        .await;
-        slow.send_file(FileRequest::Decision { id, accept: true })
-            .await;
-        slow.notice("8b", |notice| {
-            matches!(notice, FileNotice::Accepted { id: of, .. } if *of == id).then_some(())
-        })
-        .await;
-        assert_eq!(slow.response().await.0, 0);
+        raw_accepts(&mut slow, id).await;
         bob.line(&format!("\\file accept {id}")).await;
         bob.expect(&[("event", "file_accepted")]).await;
 

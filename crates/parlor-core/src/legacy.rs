@@ -248,6 +248,15 @@ impl Hub {
         self.next_ticket
     }
 
+    /// Ends `conn`'s wait for another node's answer that `ticket` numbers
+    /// (a DM, a DM key, a file request); returns whether it was waiting.
+    pub(crate) fn take_direct(&mut self, conn: ConnId, ticket: u64) -> bool {
+        matches!(
+            self.take_pending(conn, ticket),
+            Some(Pending::Direct { .. })
+        )
+    }
+
     /// Ends `conn`'s wait that `ticket` numbers and returns it; `None` if
     /// the connection is gone or no longer waits for it.
     pub(crate) fn take_pending(&mut self, conn: ConnId, ticket: u64) -> Option<Pending> {

@@ -558,10 +558,7 @@ impl Hub {
         outcome: DirectOutcome,
         out: &mut Vec<Action>,
     ) {
-        if !matches!(
-            self.take_pending(conn, ticket),
-            Some(Pending::Direct { .. })
-        ) {
+        if !self.take_direct(conn, ticket) {
             return;
         }
         match outcome {

@@ -431,10 +431,7 @@ impl Hub {
         answer: Option<Bytes>,
         out: &mut Vec<Action>,
     ) {
-        if !matches!(
-            self.take_pending(conn, ticket),
-            Some(Pending::Direct { .. })
-        ) {
+        if !self.take_direct(conn, ticket) {
             return;
         }
         match answer {

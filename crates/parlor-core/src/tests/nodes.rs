@@ -45,15 +45,10 @@ fn record(room: &str, revision: u64, here: usize, elsewhere: &[(&str, &[&str])])
 
 /// The one room entry among `out`, with the reply waiting for it.
 fn entry(out: &[Action]) -> RoomEntry {
-    let entries: Vec<_> = out
-        .iter()
-        .filter_map(|action| match action {
-            Action::EnterRoom(entry) => Some(entry.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(entries.len(), 1, "one entry in {out:?}");
-    (*entries[0]).clone()
+    the_one(out, "entry", |action| match action {
+        Action::EnterRoom(entry) => Some((**entry).clone()),
+        _ => None,
+    })
 }
 
 /// The cluster's work among `out` that owes no reply, in order, as text.
@@ -422,17 +417,19 @@ fn introduction(id: u64, name: &str) -> Bytes {
     .encode()
 }
 
+/// The one action among `out` that `pick` picks, what it picks of it.
+fn the_one<T>(out: &[Action], what: &str, pick: impl Fn(&Action) -> Option<T>) -> T {
+    let mut picked: Vec<T> = out.iter().filter_map(pick).collect();
+    assert_eq!(picked.len(), 1, "one {what} in {out:?}");
+    picked.remove(0)
+}
+
 /// The one epoch commit among `out`.
 fn commit(out: &[Action]) -> EpochCommit {
-    let commits: Vec<_> = out
-        .iter()
-        .filter_map(|action| match action {
-            Action::CommitEpoch(commit) => Some((**commit).clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(commits.len(), 1, "one commit in {out:?}");
-    commits[0].clone()
+    the_one(out, "commit", |action| match action {
+        Action::CommitEpoch(commit) => Some((**commit).clone()),
+        _ => None,
+    })
 }
 
 /// The frames relayed for members of other nodes among `out`.
@@ -978,15 +975,10 @@ fn to_users(out: &[Action]) -> Vec<(String, String, ServerMessage)> {
 
 /// The one file request relayed to another node among `out`.
 fn file_relay(out: &[Action]) -> crate::FileRelay {
-    let relays: Vec<_> = out
-        .iter()
-        .filter_map(|action| match action {
-            Action::RelayFileRequest(relay) => Some((**relay).clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(relays.len(), 1, "one file request relayed in {out:?}");
-    relays[0].clone()
+    the_one(out, "file request relayed", |action| match action {
+        Action::RelayFileRequest(relay) => Some((**relay).clone()),
+        _ => None,
+    })
 }
 
 #[test]
