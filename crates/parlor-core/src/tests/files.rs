@@ -26,24 +26,29 @@ impl Harness {
     }
 
     fn offer(&mut self, conn: ConnId, target: &str, size: u64) -> Vec<Action> {
-        let meta = FileMeta {
-            name: bytes("photo.jpg"),
-            size,
-            chunk_size: 100_000,
-            chunk_count: size.div_ceil(100_000) as u32,
-            flags: 1,
-            key_id: 1,
-            nonce: [1; 16],
-            manifest: bytes("sealed manifest"),
-            counter: 1,
-            signature: [3; 64],
-        };
-        let request = FileRequest::Offer {
-            target: bytes(target),
-            meta,
-            window: 8,
-        };
-        self.file(conn, request)
+        self.file(conn, offer_of(target, size))
+    }
+}
+
+/// A sealed FILE_OFFER of `size` bytes in chunks of 100,000 to `target`
+/// (empty: the room), as a client would make it.
+pub(super) fn offer_of(target: &str, size: u64) -> FileRequest {
+    let meta = FileMeta {
+        name: bytes("photo.jpg"),
+        size,
+        chunk_size: 100_000,
+        chunk_count: size.div_ceil(100_000) as u32,
+        flags: 1,
+        key_id: 1,
+        nonce: [1; 16],
+        manifest: bytes("sealed manifest"),
+        counter: 1,
+        signature: [3; 64],
+    };
+    FileRequest::Offer {
+        target: bytes(target),
+        meta,
+        window: 8,
     }
 }
 

@@ -983,7 +983,7 @@ fn file_relay(out: &[Action]) -> crate::FileRelay {
 
 #[test]
 fn a_file_runs_on_its_senders_node_for_recipients_of_another() {
-    use parlor_proto::transfer::{FileMeta, FileNotice, FileRequest};
+    use parlor_proto::transfer::{FileNotice, FileRequest};
     let (mut a, mut b) = (clustered_as("a"), clustered_as("b"));
     let alice = a.secure_guest(1, "alice");
     let bob = b.secure_guest(2, "bob");
@@ -1028,23 +1028,7 @@ fn a_file_runs_on_its_senders_node_for_recipients_of_another() {
     );
 
     // Alice offers a file to the room: bob's offer goes to his node.
-    let meta = FileMeta {
-        name: bytes("notes.txt"),
-        size: 150,
-        chunk_size: 100,
-        chunk_count: 2,
-        flags: 1,
-        key_id: 2,
-        nonce: [1; 16],
-        manifest: bytes("sealed manifest"),
-        counter: 1,
-        signature: [3; 64],
-    };
-    let offer = FileRequest::Offer {
-        target: Bytes::new(),
-        meta,
-        window: 8,
-    };
+    let offer = super::files::offer_of("", 150);
     let out = a.send(alice, ClientMessage::File(offer));
     let [(node, name, ServerMessage::File(FileNotice::Offered { id, .. }))] = &to_users(&out)[..]
     else {
@@ -1153,27 +1137,12 @@ fn a_file_runs_on_its_senders_node_for_recipients_of_another() {
     // A file for one user of another node: that node is asked whose key
     // the user holds, and the offer is made (or refused) only then.
     a.hub.remote_name_held(bytes("zed"), "c".into());
-    let to_zed = |counter| FileRequest::Offer {
-        target: bytes("zed"),
-        meta: FileMeta {
-            name: bytes("notes.txt"),
-            size: 0,
-            chunk_size: 100,
-            chunk_count: 0,
-            flags: 1,
-            key_id: 9,
-            nonce: [1; 16],
-            manifest: bytes("sealed manifest"),
-            counter,
-            signature: [3; 64],
-        },
-        window: 8,
-    };
+    let to_zed = || super::files::offer_of("zed", 0);
     let ask_for = |out: &[Action]| match out {
         [Action::AskFileTarget(ask)] => (**ask).clone(),
         other => panic!("one question for zed's node in {other:?}"),
     };
-    let ask = ask_for(&a.send(alice, ClientMessage::File(to_zed(2))));
+    let ask = ask_for(&a.send(alice, ClientMessage::File(to_zed())));
     assert_eq!((&*ask.node, &ask.target[..]), ("c", &b"zed"[..]));
     let mut out = Vec::new();
     let no_key = crate::FileTarget::NoKey;
@@ -1181,7 +1150,7 @@ fn a_file_runs_on_its_senders_node_for_recipients_of_another() {
         .file_target_answered(alice, ask.ticket, no_key, a.now, &mut out);
     let refusal = naming(1, text::cannot_receive_files(b"zed"));
     assert_eq!(sent(&out), [(alice, refusal)]);
-    let ask = ask_for(&a.send(alice, ClientMessage::File(to_zed(3))));
+    let ask = ask_for(&a.send(alice, ClientMessage::File(to_zed())));
     let mut out = Vec::new();
     let zeds_key = crate::FileTarget::Key(identity(5).fingerprint());
     a.hub
