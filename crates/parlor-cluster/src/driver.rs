@@ -171,11 +171,7 @@ impl Cluster {
             .flush()
             .await
             .map_err(|err| JoinError::Relay(err.to_string()))?;
-        let sent = Instant::now();
-        nodes
-            .put(&run.node, run.encode())
-            .await
-            .map_err(|err| JoinError::Lease(err.to_string()))?;
+        let sent = first_lease(&nodes, &run).await?;
         let mut lease = lease;
         lease.renewed(sent);
         info!(node = %run.node, incarnation = %format_args!("{:016x}", run.incarnation),
@@ -440,6 +436,31 @@ async fn open_bucket(
             bucket,
             reason: err.to_string(),
         })
+}
+
+/// How long a node that starts waits for its first lease record to be
+/// taken. A bucket just made on a cluster of NATS servers refuses writes
+/// ("no stream found") until its stream has elected a leader, which takes
+/// a moment, longer on a loaded machine.
+const FIRST_LEASE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Writes this run's first lease record, again while the bucket is not
+/// ready yet; returns when the write that was taken was sent.
+async fn first_lease(nodes: &Store, run: &Run) -> Result<Instant, JoinError> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let sent = Instant::now();
+        match nodes.put(&run.node, run.encode()).await {
+            Ok(_) => return Ok(sent),
+            Err(err) if start.elapsed() < FIRST_LEASE_PATIENCE => {
+                debug!(%err, "the nodes bucket takes no write yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(err) => return Err(JoinError::Lease(err.to_string())),
+        }
+    }
 }
 
 /// How many pieces of the store's work run at once.
