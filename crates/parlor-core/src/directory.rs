@@ -163,18 +163,22 @@ impl Directory {
             }
         }
         let known = self.records.get(&record.room);
-        let known_peers = known.map_or(&[][..], |known| &known.peers[..]);
+        // By node and introduction: a room of 1,000 would otherwise compare
+        // a million introductions at every join.
+        let known_peers: HashMap<(&NodeId, &Bytes), &RemotePeer> = known
+            .into_iter()
+            .flat_map(|known| &known.peers)
+            .map(|peer| ((&peer.node, &peer.introduction), peer))
+            .collect();
         let peers = record
             .introductions
             .iter()
-            .filter_map(|(node, introduction)| {
-                let again = known_peers
-                    .iter()
-                    .find(|peer| peer.node == *node && peer.introduction == *introduction);
-                again
-                    .cloned()
-                    .or_else(|| RemotePeer::read(node, introduction))
-            })
+            .filter_map(
+                |(node, introduction)| match known_peers.get(&(node, introduction)) {
+                    Some(again) => Some((*again).clone()),
+                    None => RemotePeer::read(node, introduction),
+                },
+            )
             .collect();
         let relay = Arc::new(RelayTarget {
             room: record.room.clone(),

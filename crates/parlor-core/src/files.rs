@@ -12,13 +12,14 @@
 //! recipients. A resume is checked here, against the resuming connection's
 //! own key, before the transfer hears of it.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::secure::binding_of;
+use super::secure::{binding_of, RemotePeer};
 use super::transfer::{Offer, OfferRecipient};
-use super::{respond, respond_naming, Action, ConnId, Hub, Room};
+use super::{respond, respond_naming, Action, ConnId, Hub, NodeId, Room};
 use parlor_proto::secure::{resume_statement, SIGNATURE_LEN};
 use parlor_proto::text;
 use parlor_proto::transfer::{FileMeta, FileRequest};
@@ -176,13 +177,14 @@ impl Hub {
         let Some(shared) = self.directory.record(room) else {
             return;
         };
+        let peers: HashMap<(&NodeId, &Bytes), &RemotePeer> = shared
+            .peers
+            .iter()
+            .map(|peer| ((&peer.node, &peer.name), peer))
+            .collect();
         for (node, names) in &shared.record.elsewhere {
             for name in names {
-                let peer = shared
-                    .peers
-                    .iter()
-                    .find(|peer| peer.node == *node && peer.name == *name);
-                match peer {
+                match peers.get(&(node, name)) {
                     Some(peer) => recipients.push(OfferRecipient {
                         conn: self.stand_ins.recipient(node, name, peer.fingerprint),
                         name: name.clone(),

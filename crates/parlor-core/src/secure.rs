@@ -40,7 +40,7 @@
 //! [`Limits::rotation_retry`]: crate::Limits::rotation_retry
 //! [`Limits::room_key_lifetime`]: crate::Limits::room_key_lifetime
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -714,9 +714,9 @@ impl Hub {
         let record = &shared.record;
         let owner_here = record.owner.is_some() && record.owner == me;
         let (incarnation, epoch, changes) = (record.incarnation, record.epoch, record.changes);
-        let departed = before
-            .iter()
-            .any(|gone| !shared.peers.iter().any(|peer| peer.fingerprint == *gone));
+        let now_there: HashSet<&Fingerprint> =
+            shared.peers.iter().map(|peer| &peer.fingerprint).collect();
+        let departed = before.iter().any(|gone| !now_there.contains(gone));
         let Some(keys) = self.directory.room_mut(room).and_then(Room::keys_mut) else {
             return;
         };
@@ -1276,14 +1276,18 @@ impl Hub {
         let Some(entry) = self.directory.room(room) else {
             return;
         };
-        let mut waiting: Vec<ConnId> = entry.members().to_vec();
+        let mut holders: HashMap<&Fingerprint, Vec<ConnId>> = HashMap::new();
+        for member in entry.members() {
+            if let Some(identity) = &self.users[member].identity {
+                holders
+                    .entry(&identity.fingerprint)
+                    .or_default()
+                    .push(*member);
+            }
+        }
         for (fingerprint, frame) in frames {
-            let holder = waiting.iter().position(|member| {
-                let identity = self.users[member].identity.as_deref();
-                identity.is_some_and(|identity| identity.fingerprint == fingerprint)
-            });
-            if let Some(at) = holder {
-                out.push(send(waiting.swap_remove(at), frame));
+            if let Some(holder) = holders.get_mut(&fingerprint).and_then(Vec::pop) {
+                out.push(send(holder, frame));
             }
         }
     }
