@@ -417,6 +417,14 @@ fn introduction(id: u64, name: &str) -> Bytes {
     .encode()
 }
 
+/// The messages sent among `out`, whoever they are for.
+fn messages(out: &[Action]) -> Vec<ServerMessage> {
+    decoded(out)
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect()
+}
+
 /// The one action among `out` that `pick` picks, what it picks of it.
 fn the_one<T>(out: &[Action], what: &str, pick: impl Fn(&Action) -> Option<T>) -> T {
     let mut picked: Vec<T> = out.iter().filter_map(pick).collect();
@@ -509,10 +517,7 @@ fn a_secure_room_spans_nodes_and_its_owner_keys_every_member() {
             member: bytes("bob"),
         },
     );
-    let to_bob: Vec<_> = decoded(&out)
-        .into_iter()
-        .map(|(_, message)| message)
-        .collect();
+    let to_bob = messages(&out);
     assert!(matches!(
         &to_bob[..],
         [
@@ -1088,10 +1093,7 @@ fn a_file_runs_on_its_senders_node_for_recipients_of_another() {
     let mut out = Vec::new();
     b.hub
         .file_request_relayed(bob, relay.ticket.unwrap(), Some(answer), &mut out);
-    let to_bob: Vec<_> = decoded(&out)
-        .into_iter()
-        .map(|(_, message)| message)
-        .collect();
+    let to_bob = messages(&out);
     assert!(matches!(
         &to_bob[..],
         [
